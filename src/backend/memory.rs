@@ -1,0 +1,197 @@
+//! The embedded backend: entries in this process's memory, bounded in count
+//! and bytes, each expiring after its own TTL. Built on `moka`.
+
+use super::{Backend, BackendFuture};
+use crate::{Entry, Key};
+use moka::sync::Cache;
+use std::time::{Duration, Instant};
+
+/// Keeps entries in process memory. The default backend.
+///
+/// Bounded by both a number of entries and a number of bytes (body, headers
+/// and key). `moka` bounds one total weight, so each entry weighs at least
+/// `max_bytes / max_entries`: the total weight can then stay within
+/// `max_bytes` only while there are at most `max_entries` entries, and the
+/// bytes held never exceed the total weight.
+///
+/// Cloning is cheap and the clones share one store.
+#[derive(Clone)]
+pub struct MemoryBackend {
+    cache: Cache<Key, Stored>,
+}
+
+#[derive(Clone)]
+struct Stored {
+    entry: Entry,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<Key, Stored> for PerEntryTtl {
+    fn expire_after_create(&self, _: &Key, value: &Stored, _: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("entries", &self.cache.entry_count())
+            .field("weight", &self.cache.weighted_size())
+            .finish()
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    /// At most 10,000 entries and 64 MiB.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Sets the bounds before building.
+    pub fn builder() -> MemoryBackendBuilder {
+        MemoryBackendBuilder {
+            max_entries: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+
+    /// How many entries are held (eventually consistent, as in `moka`).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    /// Forgets the entry under `key`.
+    pub fn invalidate(&self, key: &Key) {
+        self.cache.invalidate(key);
+    }
+}
+
+/// Builds a [`MemoryBackend`].
+#[derive(Debug, Clone)]
+pub struct MemoryBackendBuilder {
+    max_entries: u64,
+    max_bytes: u64,
+}
+
+impl MemoryBackendBuilder {
+    /// The most entries kept at once (at least 1).
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = n.max(1);
+        self
+    }
+
+    /// The most bytes kept at once (at least 1).
+    pub fn max_bytes(mut self, n: u64) -> Self {
+        self.max_bytes = n.max(1);
+        self
+    }
+
+    /// The backend.
+    pub fn build(self) -> MemoryBackend {
+        let floor = (self.max_bytes / self.max_entries).max(1);
+        let cache = Cache::builder()
+            .max_capacity(self.max_bytes)
+            .weigher(move |key: &Key, value: &Stored| {
+                let bytes = (key.as_bytes().len() + value.entry.weight()) as u64;
+                u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryTtl)
+            .build();
+        MemoryBackend { cache }
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn get_local(&self, key: &Key) -> Option<Entry> {
+        self.cache.get(key).map(|s| s.entry)
+    }
+
+    fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
+        let found = self.get_local(key);
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()> {
+        if !ttl.is_zero() {
+            self.cache.insert(key.clone(), Stored { entry, ttl });
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode, Version};
+
+    fn entry(body: &'static [u8]) -> Entry {
+        Entry::new(
+            StatusCode::OK,
+            Version::HTTP_11,
+            HeaderMap::new(),
+            Bytes::from_static(body),
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn stores_and_finds_until_the_ttl_passes() {
+        let b = MemoryBackend::new();
+        let k = Key::from("a");
+        b.store(&k, entry(b"x"), Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(b.lookup(&k).await.unwrap().unwrap().body(), "x");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(b.lookup(&k).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn entry_count_is_bounded() {
+        let b = MemoryBackend::builder()
+            .max_entries(10)
+            .max_bytes(1 << 20)
+            .build();
+        for i in 0..100 {
+            let k = Key::from(format!("k{i}"));
+            b.store(&k, entry(b"x"), Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert!(b.entry_count() <= 10, "held {}", b.entry_count());
+    }
+
+    #[tokio::test]
+    async fn bytes_are_bounded() {
+        static BIG: [u8; 1000] = [7; 1000];
+        let b = MemoryBackend::builder()
+            .max_entries(1000)
+            .max_bytes(10_000)
+            .build();
+        for i in 0..100 {
+            let k = Key::from(format!("k{i}"));
+            b.store(&k, entry(&BIG), Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert!(b.entry_count() <= 10, "held {}", b.entry_count());
+    }
+
+    #[tokio::test]
+    async fn zero_ttl_stores_nothing() {
+        let b = MemoryBackend::new();
+        let k = Key::from("a");
+        b.store(&k, entry(b"x"), Duration::ZERO).await.unwrap();
+        assert!(b.get_local(&k).is_none());
+    }
+}

@@ -1,0 +1,152 @@
+//! [`CoalesceConfig`]: every setting of the layer, with its default.
+
+use crate::backend::{Backend, MemoryBackend};
+use http::HeaderName;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a follower does when its flight has not landed by the wait timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WaitFallback {
+    /// Answer `504 Gateway Timeout`, with a
+    /// [`FlightError`](crate::FlightError) of kind `WaitTimeout` in the
+    /// response's extensions. The default: an origin that is already slow is
+    /// not handed more load.
+    #[default]
+    GatewayTimeout,
+    /// Call the inner service on its own.
+    CallOrigin,
+}
+
+/// The layer's settings. Builder methods consume and return the config.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_coalesce::{CoalesceConfig, MemoryBackend, WaitFallback};
+///
+/// let config = CoalesceConfig::new()
+///     .ttl(Duration::from_secs(5))
+///     .max_body_bytes(256 * 1024)
+///     .wait_timeout(Duration::from_secs(10))
+///     .wait_fallback(WaitFallback::CallOrigin)
+///     .backend(MemoryBackend::builder().max_entries(1_000).build())
+///     .outcome_header("x-coalesce");
+/// ```
+#[derive(Clone)]
+pub struct CoalesceConfig {
+    pub(crate) ttl: Duration,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) wait_timeout: Duration,
+    pub(crate) wait_fallback: WaitFallback,
+    pub(crate) complete_abandoned: bool,
+    pub(crate) outcome_header: Option<HeaderName>,
+    pub(crate) backend: Arc<dyn Backend>,
+}
+
+impl Default for CoalesceConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for CoalesceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CoalesceConfig")
+            .field("ttl", &self.ttl)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("wait_fallback", &self.wait_fallback)
+            .field("complete_abandoned", &self.complete_abandoned)
+            .field("outcome_header", &self.outcome_header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CoalesceConfig {
+    /// The defaults: coalesce concurrent requests but store nothing (`ttl`
+    /// zero), share bodies up to 1 MiB, followers wait up to 30 s and then
+    /// answer `504`, abandoned flights complete, no outcome header, the
+    /// embedded [`MemoryBackend`].
+    pub fn new() -> Self {
+        Self {
+            ttl: Duration::ZERO,
+            max_body_bytes: 1024 * 1024,
+            wait_timeout: Duration::from_secs(30),
+            wait_fallback: WaitFallback::GatewayTimeout,
+            complete_abandoned: true,
+            outcome_header: None,
+            backend: Arc::new(MemoryBackend::new()),
+        }
+    }
+
+    /// How long an answer stays in the backend and answers later requests
+    /// without a flight. Zero (the default) stores nothing: only requests that
+    /// arrive while a flight is under way share its answer. The application
+    /// knows how stale its data may be; the layer does not guess.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The largest body that is buffered and shared. A larger body streams to
+    /// its own caller untouched, is never stored, and the flight's followers
+    /// call the inner service themselves.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// How long a follower waits for its flight before the
+    /// [fallback](Self::wait_fallback). Zero means followers do not wait.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// What a follower does at the wait timeout.
+    pub fn wait_fallback(mut self, fallback: WaitFallback) -> Self {
+        self.wait_fallback = fallback;
+        self
+    }
+
+    /// Whether a flight whose callers have all gone still runs to the end
+    /// (the default) and stores its answer, or is cancelled.
+    ///
+    /// Completing is the default because in a stampede the callers often give
+    /// up together (a client timeout shorter than the slow query): cancelling
+    /// would throw the query away and every retry would start it again.
+    pub fn complete_abandoned(mut self, complete: bool) -> Self {
+        self.complete_abandoned = complete;
+        self
+    }
+
+    /// Also write each response's [`Outcome`](crate::Outcome) as this header
+    /// (`hit`, `leader`, `follower`, `bypass` or `pass`). Off by default.
+    ///
+    /// # Panics
+    /// If `name` is not a valid header name; use
+    /// [`outcome_header_name`](Self::outcome_header_name) with a checked one.
+    pub fn outcome_header(self, name: &'static str) -> Self {
+        self.outcome_header_name(Some(HeaderName::from_static(name)))
+    }
+
+    /// Sets or clears the outcome header with a checked [`HeaderName`].
+    pub fn outcome_header_name(mut self, name: Option<HeaderName>) -> Self {
+        self.outcome_header = name;
+        self
+    }
+
+    /// Where answers are stored. The default is a [`MemoryBackend`] of its own.
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.backend = Arc::new(backend);
+        self
+    }
+
+    /// Shares one backend value between several configs.
+    pub fn shared_backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = backend;
+        self
+    }
+}

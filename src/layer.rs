@@ -1,0 +1,84 @@
+//! [`CoalesceLayer`]: the value handed to `ServiceBuilder::layer` or
+//! `axum::Router::layer`. It holds the state every service it makes shares:
+//! configuration, extractor, flight table, backend and counters.
+
+use crate::flight::FlightTable;
+use crate::stats::Counters;
+use crate::{CoalesceConfig, CoalesceService, HttpKey, Stats};
+use std::sync::Arc;
+use tower_layer::Layer;
+
+/// Applies request coalescing to the services it wraps.
+///
+/// Cloning is cheap, and every clone and every service made by any clone share
+/// one flight table, backend and set of counters: two requests with the same
+/// key coalesce whichever route or connection they arrive on. Keys are made
+/// from the request as this layer sees it, so apply it where the whole path is
+/// visible (the outermost router).
+pub struct CoalesceLayer<E = HttpKey> {
+    shared: Arc<Shared<E>>,
+}
+
+pub(crate) struct Shared<E> {
+    pub(crate) config: CoalesceConfig,
+    pub(crate) extractor: E,
+    pub(crate) table: FlightTable,
+    pub(crate) counters: Counters,
+}
+
+impl CoalesceLayer {
+    /// A layer keyed by the default [`HttpKey`] extractor.
+    pub fn new(config: CoalesceConfig) -> Self {
+        Self::with_extractor(config, HttpKey::new())
+    }
+}
+
+impl<E> CoalesceLayer<E> {
+    /// A layer keyed by `extractor` (a [`KeyExtractor`](crate::KeyExtractor),
+    /// such as a closure).
+    pub fn with_extractor(config: CoalesceConfig, extractor: E) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                extractor,
+                table: FlightTable::default(),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// How many flights are under way in this process. Zero once every burst
+    /// has been answered.
+    pub fn flights_in_progress(&self) -> usize {
+        self.shared.table.len()
+    }
+}
+
+impl<E> Clone for CoalesceLayer<E> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<E> std::fmt::Debug for CoalesceLayer<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoalesceLayer")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, E> Layer<S> for CoalesceLayer<E> {
+    type Service = CoalesceService<S, E>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CoalesceService::new(inner, self.shared.clone())
+    }
+}

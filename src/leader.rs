@@ -1,0 +1,286 @@
+//! The leader's task: one per flight. It asks the backend, calls the inner
+//! service, buffers the body within the limit, judges the response, stores
+//! it, and lands the flight.
+//!
+//! It runs detached from the caller that started it, so a caller that goes
+//! away never fails the followers. It must land or drop its [`FlightGuard`]
+//! on every path — answer, error, panic, cancellation — so no follower waits
+//! on a flight nobody will finish.
+
+use crate::flight::{FlightGuard, Landing};
+use crate::future::mark;
+use crate::layer::Shared;
+use crate::policy::{self, Sharing};
+use crate::stats::bump;
+use crate::{BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, Key, Outcome};
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use std::fmt::Display;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tower::ServiceExt;
+use tower_service::Service;
+
+/// What the leader's own caller receives: its response (with how it was
+/// made), or the inner service's own error.
+pub(crate) type Own<B, E> = Result<(Response<CoalesceBody<B>>, Outcome), E>;
+
+/// A fresh entry held in this process's memory, if caching is on.
+pub(crate) fn local_hit<E>(shared: &Shared<E>, key: &Key) -> Option<Entry> {
+    if shared.config.ttl.is_zero() {
+        return None;
+    }
+    let entry = shared.config.backend.get_local(key)?;
+    bump(&shared.counters.hits);
+    Some(entry)
+}
+
+/// Starts the flight's task; the receiver gets the leader caller's answer.
+pub(crate) fn spawn<S, E, ReqBody, ResBody>(
+    shared: Arc<Shared<E>>,
+    guard: FlightGuard,
+    key: Key,
+    req: Request<ReqBody>,
+    inner: S,
+) -> oneshot::Receiver<Own<ResBody, S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Display + Send + 'static,
+    E: Send + Sync + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    bump(&shared.counters.flights);
+    let (own_tx, own_rx) = oneshot::channel();
+    tokio::spawn(run(shared, guard, key, req, inner, own_tx));
+    own_rx
+}
+
+async fn run<S, E, ReqBody, ResBody>(
+    shared: Arc<Shared<E>>,
+    guard: FlightGuard,
+    key: Key,
+    req: Request<ReqBody>,
+    inner: S,
+    mut own_tx: oneshot::Sender<Own<ResBody, S::Error>>,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Display + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let work = AssertUnwindSafe(fly(&shared, &key, req, inner)).catch_unwind();
+    let mut work = std::pin::pin!(work);
+    let finished = if shared.config.complete_abandoned {
+        work.await
+    } else {
+        loop {
+            tokio::select! {
+                finished = &mut work => break finished,
+                _ = async { guard.followers_gone().await; own_tx.closed().await } => {
+                    if guard.abandon_if_unfollowed() {
+                        bump(&shared.counters.cancelled);
+                        tracing::debug!(?key, "every caller left; flight cancelled");
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let (landing, own) = finished.unwrap_or_else(|panic| {
+        bump(&shared.counters.errors);
+        bump(&shared.counters.panics);
+        let message = crate::error::panic_message(&*panic);
+        tracing::error!(?key, panic = %message, "inner service panicked; the flight's callers get 500");
+        let error = FlightError::new(FlightErrorKind::Panic, message);
+        let own = Ok((error_response(error.clone()), Outcome::Leader));
+        (Landing::Failed(error), own)
+    });
+    guard.land(landing);
+    let _ = own_tx.send(own);
+}
+
+/// The flight itself: backend, origin, body, policy, store.
+async fn fly<S, E, ReqBody, ResBody>(
+    shared: &Shared<E>,
+    key: &Key,
+    req: Request<ReqBody>,
+    inner: S,
+) -> (Landing, Own<ResBody, S::Error>)
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Display,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let config = &shared.config;
+    let counters = &shared.counters;
+    if !config.ttl.is_zero() {
+        match config.backend.lookup(key).await {
+            Ok(Some(entry)) => {
+                bump(&counters.hits);
+                let res = entry.to_response();
+                return (Landing::Done(entry), Ok((res, Outcome::Hit)));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                bump(&counters.backend_errors);
+                tracing::warn!(%error, "backend lookup failed; calling the origin");
+            }
+        }
+    }
+
+    bump(&counters.origin_calls);
+    let res = match inner.oneshot(req).await {
+        Ok(res) => res,
+        Err(error) => {
+            bump(&counters.errors);
+            let shared_error = FlightError::new(FlightErrorKind::Origin, error.to_string());
+            return (Landing::Failed(shared_error), Err(error));
+        }
+    };
+    let (head, body) = res.into_parts();
+    let sharing = policy::judge(&head);
+    if sharing == Sharing::Private {
+        bump(&counters.uncacheable);
+        let own = Response::from_parts(head, CoalesceBody::inner(body));
+        return (Landing::Uncacheable, Ok((own, Outcome::Leader)));
+    }
+
+    match buffer(body, config.max_body_bytes).await {
+        Buffered::Whole { data, trailers } => {
+            let entry = Entry::new(
+                head.status,
+                head.version,
+                head.headers.clone(),
+                data.clone(),
+                trailers.clone(),
+            );
+            if sharing == Sharing::Store && !config.ttl.is_zero() {
+                match config.backend.store(key, entry.clone(), config.ttl).await {
+                    Ok(()) => bump(&counters.stored),
+                    Err(error) => {
+                        bump(&counters.backend_errors);
+                        tracing::warn!(%error, "backend store failed; the answer is shared but not kept");
+                    }
+                }
+            }
+            let own = Response::from_parts(head, CoalesceBody::full(data, trailers));
+            (Landing::Done(entry), Ok((own, Outcome::Leader)))
+        }
+        Buffered::TooLarge { prefix, rest } => {
+            bump(&counters.uncacheable);
+            let own = Response::from_parts(head, CoalesceBody::replay(prefix, Some(rest), None));
+            (Landing::Uncacheable, Ok((own, Outcome::Leader)))
+        }
+        Buffered::Failed { prefix, error } => {
+            bump(&counters.errors);
+            let shared_error = FlightError::new(FlightErrorKind::Body, error.to_string());
+            let own = Response::from_parts(head, CoalesceBody::replay(prefix, None, Some(error)));
+            (Landing::Failed(shared_error), Ok((own, Outcome::Leader)))
+        }
+    }
+}
+
+/// A response body read as far as the limit allows.
+enum Buffered<B> {
+    /// All of it, within the limit.
+    Whole {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// More than the limit: what was read, and the unread rest.
+    TooLarge {
+        prefix: Vec<Bytes>,
+        rest: Pin<Box<B>>,
+    },
+    /// The body failed after `prefix`.
+    Failed { prefix: Vec<Bytes>, error: BoxError },
+}
+
+async fn buffer<B>(body: B, limit: usize) -> Buffered<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    // Boxed once per flight so the unread rest can be handed on after reading.
+    let mut body = Box::pin(body);
+    let mut prefix = Vec::new();
+    if body.size_hint().lower() > limit as u64 {
+        return Buffered::TooLarge { prefix, rest: body };
+    }
+    let mut len = 0usize;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                return Buffered::Failed {
+                    prefix,
+                    error: error.into(),
+                }
+            }
+        };
+        match frame.into_data() {
+            Ok(chunk) => {
+                len = len.saturating_add(chunk.len());
+                if !chunk.is_empty() {
+                    prefix.push(chunk);
+                }
+                if len > limit {
+                    return Buffered::TooLarge { prefix, rest: body };
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    let data = match prefix.len() {
+        0 => Bytes::new(),
+        1 => prefix.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(len);
+            prefix.iter().for_each(|c| joined.extend_from_slice(c));
+            joined.freeze()
+        }
+    };
+    Buffered::Whole { data, trailers }
+}
+
+/// The response a caller gets for a flight that failed.
+pub(crate) fn error_response<B>(error: FlightError) -> Response<CoalesceBody<B>> {
+    let mut res = Response::new(CoalesceBody::empty());
+    *res.status_mut() = error.status();
+    res.extensions_mut().insert(error);
+    res
+}
+
+/// Awaits the leader caller's answer.
+pub(crate) async fn own_answer<B, E>(
+    own_rx: oneshot::Receiver<Own<B, E>>,
+    header: Option<&http::HeaderName>,
+) -> Result<Response<CoalesceBody<B>>, E> {
+    match own_rx.await {
+        Ok(own) => own.map(|(res, outcome)| mark(res, outcome, header)),
+        // The task ended without answering: only when the runtime shuts down.
+        Err(_) => Ok(mark(
+            error_response(FlightError::new(
+                FlightErrorKind::Dropped,
+                "the flight's task was stopped",
+            )),
+            Outcome::Leader,
+            header,
+        )),
+    }
+}

@@ -1,0 +1,81 @@
+//! Request coalescing for [tower] services: identical concurrent requests cost
+//! one call to the inner service, and everyone gets its answer.
+//!
+//! When a hot entry expires or a cold burst arrives, every request misses the
+//! cache and goes to the database together (a *cache stampede*).
+//! [`CoalesceLayer`] gives each request a [`Key`]; the first request of a key
+//! becomes the *leader* of a *flight* and calls the inner service, every
+//! request with the same key that arrives meanwhile becomes a *follower* and
+//! is woken with the same answer — never by polling. With a
+//! [TTL](CoalesceConfig::ttl) the answer is also kept in a [`Backend`] and
+//! answers later requests without a flight.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{routing::get, Router};
+//! use tower_coalesce::{CoalesceConfig, CoalesceLayer};
+//!
+//! async fn product() -> &'static str {
+//!     // an expensive query
+//!     "{\"id\": 7}"
+//! }
+//!
+//! let layer = CoalesceLayer::new(CoalesceConfig::new().ttl(Duration::from_secs(1)));
+//! let app: Router = Router::new()
+//!     .route("/products/7", get(product))
+//!     .layer(layer.clone());
+//! # let _ = app;
+//! // later: layer.stats().origin_calls
+//! ```
+//!
+//! # What is shared, and with whom
+//! - The default key, [`HttpKey`], is the method, authority, path and query
+//!   plus `Accept*` headers; only `GET` and `HEAD` without a body are keyed,
+//!   and requests with `Authorization` or `Cookie` bypass unless the key
+//!   includes them. Any closure `Fn(&Request<B>) -> Option<Key>` can replace it.
+//! - A response with `Set-Cookie`, `Cache-Control: private`/`no-store`, or
+//!   `Vary` is given only to its own caller; the followers call the inner
+//!   service themselves. Server errors go to the flight's followers but are
+//!   never stored. Bodies over [`max_body_bytes`](CoalesceConfig::max_body_bytes)
+//!   stream to their own caller and are never shared.
+//!
+//! # Failures
+//! The caller that led a flight gets exactly what the inner service gave:
+//! its response, its error, or its body with its error. Followers of a failed
+//! flight get a response made by the layer (`502`, `500` for a panic, `504` at
+//! the wait timeout) carrying a [`FlightError`] in its extensions. The service's
+//! error type is the inner service's, so the layer fits `axum::Router::layer`.
+//!
+//! Every response carries its [`Outcome`] (hit, leader, follower, bypass,
+//! pass) in its extensions; [`CoalesceLayer::stats`] counts them all.
+//!
+//! [tower]: https://docs.rs/tower
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+pub mod backend;
+mod body;
+mod config;
+mod entry;
+mod error;
+mod flight;
+mod follower;
+mod future;
+mod key;
+mod layer;
+mod leader;
+mod policy;
+mod service;
+mod stats;
+
+pub use backend::{Backend, BackendError, MemoryBackend};
+pub use body::{BoxError, CoalesceBody};
+pub use config::{CoalesceConfig, WaitFallback};
+pub use entry::Entry;
+pub use error::{FlightError, FlightErrorKind};
+pub use future::ResponseFuture;
+pub use key::{HttpKey, Key, KeyExtractor};
+pub use layer::CoalesceLayer;
+pub use service::CoalesceService;
+pub use stats::{Outcome, Stats};

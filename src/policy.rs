@@ -1,0 +1,109 @@
+//! What a response allows: may it go to the other requests of its flight, and
+//! may it be stored for later ones?
+//!
+//! The request side of the secure defaults (methods, credentials, bodies) lives
+//! in the default extractor, [`HttpKey`](crate::HttpKey); this module judges
+//! responses, whatever extractor made the key. It must never let a response
+//! that is private to its caller reach anyone else.
+
+use http::{header, response, HeaderMap, StatusCode};
+
+/// What may be done with a flight's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sharing {
+    /// Give it to the flight's followers and store it.
+    Store,
+    /// Give it to the flight's followers; do not store it.
+    FlightOnly,
+    /// It belongs to its own caller alone: followers go to the origin themselves.
+    Private,
+}
+
+/// Judges a response head.
+///
+/// - `Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *`, or any
+///   other `Vary` (the varied request headers may differ between followers),
+///   and `206 Partial Content`: private.
+/// - Server errors (5xx), `Cache-Control: no-cache`: given to the flight's
+///   followers, who asked while it was being made (so no stampede on a failing
+///   origin), but never stored.
+/// - Everything else: shared and stored.
+pub(crate) fn judge(head: &response::Parts) -> Sharing {
+    let headers = &head.headers;
+    if headers.contains_key(header::SET_COOKIE)
+        || headers.contains_key(header::VARY)
+        || head.status == StatusCode::PARTIAL_CONTENT
+        || cache_control_has(headers, &["private", "no-store"])
+    {
+        return Sharing::Private;
+    }
+    if head.status.is_server_error() || cache_control_has(headers, &["no-cache"]) {
+        return Sharing::FlightOnly;
+    }
+    Sharing::Store
+}
+
+/// Whether any `Cache-Control` directive is one of `names` (case-insensitive,
+/// arguments such as `private="x"` included).
+fn cache_control_has(headers: &HeaderMap, names: &[&str]) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.split('=').next().unwrap_or_default().trim())
+        .any(|d| names.iter().any(|n| d.eq_ignore_ascii_case(n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(status: u16, headers: &[(&str, &str)]) -> response::Parts {
+        let mut b = http::Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn plain_ok_is_stored() {
+        assert_eq!(judge(&head(200, &[])), Sharing::Store);
+        assert_eq!(
+            judge(&head(404, &[("cache-control", "max-age=60")])),
+            Sharing::Store
+        );
+    }
+
+    #[test]
+    fn personal_answers_stay_private() {
+        assert_eq!(
+            judge(&head(200, &[("set-cookie", "a=b")])),
+            Sharing::Private
+        );
+        assert_eq!(
+            judge(&head(200, &[("cache-control", "max-age=5, Private")])),
+            Sharing::Private
+        );
+        assert_eq!(
+            judge(&head(200, &[("cache-control", "private=\"x\"")])),
+            Sharing::Private
+        );
+        assert_eq!(
+            judge(&head(200, &[("cache-control", "no-store")])),
+            Sharing::Private
+        );
+        assert_eq!(judge(&head(200, &[("vary", "*")])), Sharing::Private);
+        assert_eq!(judge(&head(206, &[])), Sharing::Private);
+    }
+
+    #[test]
+    fn server_errors_are_shared_with_the_flight_but_not_stored() {
+        assert_eq!(judge(&head(503, &[])), Sharing::FlightOnly);
+        assert_eq!(
+            judge(&head(200, &[("cache-control", "no-cache")])),
+            Sharing::FlightOnly
+        );
+    }
+}

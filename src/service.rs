@@ -1,0 +1,114 @@
+//! [`CoalesceService`]: decides, for each request, between bypass, hit,
+//! leading a flight and following one.
+
+use crate::future::ResponseFuture;
+use crate::layer::Shared;
+use crate::stats::bump;
+use crate::{BoxError, CoalesceBody, KeyExtractor};
+use bytes::Bytes;
+use http::{Request, Response};
+use std::fmt::Display;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower_service::Service;
+
+/// The service made by [`CoalesceLayer`](crate::CoalesceLayer).
+///
+/// Its error type is the inner service's: the only errors it returns are the
+/// inner service's own, to the caller whose request produced them. Failures
+/// the layer reports to other requests are responses (see
+/// [`FlightError`](crate::FlightError)).
+///
+/// The inner service's work for a keyed request runs in a task of its own, so
+/// a caller that goes away never cancels the answer its followers wait for.
+/// That is why the inner service, its future and the bodies must be `Send +
+/// 'static`, and why calls must be made inside a Tokio runtime.
+pub struct CoalesceService<S, E> {
+    inner: S,
+    shared: Arc<Shared<E>>,
+}
+
+impl<S, E> CoalesceService<S, E> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<E>>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Clone, E> Clone for CoalesceService<S, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, E> std::fmt::Debug for CoalesceService<S, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoalesceService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, E, ReqBody, ResBody> Service<Request<ReqBody>> for CoalesceService<S, E>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Display + Send + 'static,
+    E: KeyExtractor<ReqBody>,
+    ReqBody: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<CoalesceBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let shared = &self.shared;
+        bump(&shared.counters.requests);
+        let header = shared.config.outcome_header.clone();
+        let key = match catch_unwind(AssertUnwindSafe(|| shared.extractor.extract(&req))) {
+            Ok(key) => key,
+            Err(panic) => {
+                tracing::error!(
+                    panic = %crate::error::panic_message(&*panic),
+                    "key extractor panicked; the request bypasses the layer"
+                );
+                None
+            }
+        };
+        let Some(key) = key else {
+            bump(&shared.counters.bypasses);
+            return ResponseFuture::bypass(self.inner.call(req), header);
+        };
+        if let Some(entry) = crate::leader::local_hit(shared, &key) {
+            return ResponseFuture::ready(entry.to_response(), crate::Outcome::Hit, header);
+        }
+        let role = shared.table.join(&key);
+        // The leader's task calls the inner service later, so it takes the
+        // service that `poll_ready` readied and leaves a fresh clone in its
+        // place (tower's documented idiom). A follower may never call the inner
+        // service; it keeps an unreadied clone and readies it only if it must.
+        let inner = match role {
+            crate::flight::Role::Leader(_) => {
+                let clone = self.inner.clone();
+                std::mem::replace(&mut self.inner, clone)
+            }
+            crate::flight::Role::Follower(_) => self.inner.clone(),
+        };
+        let future = crate::follower::coalesced(self.shared.clone(), key, role, req, inner);
+        ResponseFuture::coalesced(Box::pin(future))
+    }
+}

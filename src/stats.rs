@@ -1,0 +1,150 @@
+//! Counters for everything the layer decides, and the per-response [`Outcome`].
+//!
+//! The counters are plain relaxed atomics: they are read for reporting, never
+//! used to make a decision, so they must never cost a lock on the request path.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// How one response was produced. Inserted into every response's extensions,
+/// and optionally written as a response header (see
+/// [`CoalesceConfig::outcome_header`](crate::CoalesceConfig::outcome_header)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Answered from the backend's cache; the inner service was not called.
+    Hit,
+    /// This request's own call to the inner service answered it and every
+    /// follower of its flight.
+    Leader,
+    /// Waited on another request's flight and received its answer.
+    Follower,
+    /// The extractor gave no key: the inner service answered, untouched.
+    Bypass,
+    /// Joined a flight whose answer could not be shared (uncacheable, over the
+    /// body limit, or the flight was abandoned), so it called the inner
+    /// service on its own.
+    Pass,
+}
+
+impl Outcome {
+    /// The lower-case name used in the outcome header: `hit`, `leader`,
+    /// `follower`, `bypass` or `pass`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Leader => "leader",
+            Outcome::Follower => "follower",
+            Outcome::Bypass => "bypass",
+            Outcome::Pass => "pass",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A snapshot of the layer's counters, from
+/// [`CoalesceLayer::stats`](crate::CoalesceLayer::stats).
+///
+/// Every counter only grows. `requests` = `bypasses` + `hits` + `flights` +
+/// `followers`; a request re-elected after an abandoned flight counts again
+/// under the role it took the second time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Requests seen by the layer.
+    pub requests: u64,
+    /// Requests the extractor gave no key: passed to the inner service.
+    pub bypasses: u64,
+    /// Requests answered from the backend's cache.
+    pub hits: u64,
+    /// Flights started: requests that became the leader of their key in this process.
+    pub flights: u64,
+    /// Requests that joined another request's flight in this process.
+    pub followers: u64,
+    /// Calls made to the inner service for keyed requests (by leaders, and by
+    /// followers that had to call it themselves).
+    pub origin_calls: u64,
+    /// Answers stored in the backend.
+    pub stored: u64,
+    /// Flight answers that could not be shared: `Set-Cookie`, `private`,
+    /// `no-store`, or a body over `max_body_bytes`.
+    pub uncacheable: u64,
+    /// Flights that failed: the inner service returned an error, its body
+    /// stream failed, or it panicked.
+    pub errors: u64,
+    /// Flights whose inner call panicked (also counted in `errors`).
+    pub panics: u64,
+    /// Followers whose flight ended without an answer and who were re-elected.
+    pub dangling: u64,
+    /// Followers that stopped waiting at the wait timeout.
+    pub wait_timeouts: u64,
+    /// Flights cancelled because every caller had gone (only when
+    /// [`CoalesceConfig::complete_abandoned`](crate::CoalesceConfig::complete_abandoned) is off).
+    pub cancelled: u64,
+    /// Backend operations that failed; the request went on without the backend.
+    pub backend_errors: u64,
+}
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> Stats {
+                Stats { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters!(
+    requests,
+    bypasses,
+    hits,
+    flights,
+    followers,
+    origin_calls,
+    stored,
+    uncacheable,
+    errors,
+    panics,
+    dangling,
+    wait_timeouts,
+    cancelled,
+    backend_errors,
+);
+
+/// Adds one to a counter.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_reads_every_counter() {
+        let c = Counters::default();
+        bump(&c.requests);
+        bump(&c.requests);
+        bump(&c.hits);
+        let s = c.snapshot();
+        assert_eq!(s.requests, 2);
+        assert_eq!(s.hits, 1);
+        assert_eq!(s.flights, 0);
+    }
+
+    #[test]
+    fn outcome_names_are_lower_case() {
+        assert_eq!(Outcome::Follower.to_string(), "follower");
+        assert_eq!(Outcome::Pass.as_str(), "pass");
+    }
+}

@@ -1,0 +1,111 @@
+//! Helpers shared by the integration tests: a counting origin that holds its
+//! answers until the test opens a gate, and small request/response helpers.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tower_coalesce::{BoxError, CoalesceBody, CoalesceLayer, Stats};
+
+/// Counts calls, and holds each answer until the gate opens.
+#[derive(Clone)]
+pub struct Origin {
+    pub calls: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+}
+
+impl Origin {
+    /// An origin whose gate is closed.
+    pub fn gated() -> Self {
+        Self {
+            calls: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+
+    /// An origin whose gate is open.
+    pub fn open() -> Self {
+        let o = Self::gated();
+        o.open_gate();
+        o
+    }
+
+    pub fn open_gate(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Counts the call, waits for the gate, then runs `answer`.
+    pub fn serve<F, Fut, T>(
+        &self,
+        answer: F,
+    ) -> impl tower::Service<
+        Request<Full<Bytes>>,
+        Response = T,
+        Error = BoxError,
+        Future = impl Future<Output = Result<T, BoxError>> + Send,
+    > + Clone
+           + Send
+           + 'static
+    where
+        F: Fn(Request<Full<Bytes>>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, BoxError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let me = self.clone();
+        tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let me = me.clone();
+            let answer = answer.clone();
+            async move {
+                me.calls.fetch_add(1, Ordering::SeqCst);
+                let _permit = me.gate.acquire().await.expect("gate closed");
+                answer(req).await
+            }
+        })
+    }
+}
+
+/// A 200 response whose body is the request path.
+pub async fn echo_path(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, BoxError> {
+    Ok(Response::new(Full::new(Bytes::from(
+        req.uri().path().to_owned(),
+    ))))
+}
+
+pub fn get(uri: &str) -> Request<Full<Bytes>> {
+    Request::get(uri).body(Full::new(Bytes::new())).unwrap()
+}
+
+/// The whole body, or its error.
+pub async fn body<B>(res: Response<CoalesceBody<B>>) -> Result<Bytes, BoxError>
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    Ok(res.into_body().collect().await?.to_bytes())
+}
+
+/// Waits (bounded) until the layer's counters satisfy `cond`.
+pub async fn until<E>(layer: &CoalesceLayer<E>, what: &str, cond: impl Fn(&Stats) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond(&layer.stats()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            layer.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A service that is always ready and never fails, for type inference.
+pub type Never = Infallible;
