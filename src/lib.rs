@@ -11,21 +11,55 @@
 //! answers later requests without a flight.
 //!
 //! ```
+//! use std::convert::Infallible;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
 //! use std::time::Duration;
-//! use axum::{routing::get, Router};
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Empty, Full};
+//! use tower::{Layer, ServiceExt};
 //! use tower_coalesce::{CoalesceConfig, CoalesceLayer};
 //!
-//! async fn product() -> &'static str {
-//!     // an expensive query
-//!     "{\"id\": 7}"
-//! }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let queries = Arc::new(AtomicUsize::new(0));
+//! let counted = queries.clone();
+//! // The "database": slow, and counted.
+//! let origin = tower::service_fn(move |_req: Request<Empty<bytes::Bytes>>| {
+//!     counted.fetch_add(1, Ordering::SeqCst);
+//!     async {
+//!         tokio::time::sleep(Duration::from_millis(50)).await;
+//!         Ok::<_, Infallible>(Response::new(Full::new(bytes::Bytes::from("{\"id\":7}"))))
+//!     }
+//! });
 //!
 //! let layer = CoalesceLayer::new(CoalesceConfig::new().ttl(Duration::from_secs(1)));
+//! let svc = layer.layer(origin);
+//!
+//! // A hundred identical requests at once...
+//! let burst = (0..100).map(|_| {
+//!     let req = Request::get("/products/7").body(Empty::new()).unwrap();
+//!     svc.clone().oneshot(req)
+//! });
+//! for res in futures_util::future::join_all(burst).await {
+//!     let body = res.unwrap().into_body().collect().await.unwrap().to_bytes();
+//!     assert_eq!(body, "{\"id\":7}");
+//! }
+//! // ...cost one query.
+//! assert_eq!(queries.load(Ordering::SeqCst), 1);
+//! assert_eq!(layer.stats().followers, 99);
+//! # }
+//! ```
+//!
+//! In axum, hand the same layer to `Router::layer`:
+//!
+//! ```
+//! # use axum::{routing::get, Router};
+//! # use tower_coalesce::{CoalesceConfig, CoalesceLayer};
+//! # async fn product() -> &'static str { "{}" }
 //! let app: Router = Router::new()
-//!     .route("/products/7", get(product))
-//!     .layer(layer.clone());
-//! # let _ = app;
-//! // later: layer.stats().origin_calls
+//!     .route("/products/{id}", get(product))
+//!     .layer(CoalesceLayer::new(CoalesceConfig::new()));
 //! ```
 //!
 //! # What is shared, and with whom
