@@ -8,13 +8,10 @@
 use crate::flight::{self, Landing, Role};
 use crate::future::mark;
 use crate::layer::Shared;
-use crate::leader::{self, error_response};
+use crate::leader::{self, error_response, Origin, OriginBody};
 use crate::stats::bump;
-use crate::{BoxError, CoalesceBody, FlightError, FlightErrorKind, Key, Outcome, WaitFallback};
-use bytes::Bytes;
+use crate::{CoalesceBody, FlightError, FlightErrorKind, Key, Outcome, WaitFallback};
 use http::{Request, Response};
-use http_body::Body;
-use std::fmt::Display;
 use std::sync::Arc;
 use tower::ServiceExt;
 use tower_service::Service;
@@ -27,13 +24,10 @@ pub(crate) async fn coalesced<S, E, ReqBody, ResBody>(
     inner: S,
 ) -> Result<Response<CoalesceBody<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Display + Send + 'static,
+    S: Origin<ReqBody, ResBody>,
     E: Send + Sync + 'static,
     ReqBody: Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: OriginBody,
 {
     let header = shared.config.outcome_header.clone();
     let header = header.as_ref();

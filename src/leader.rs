@@ -26,6 +26,35 @@ use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tower_service::Service;
 
+/// The inner services the flight machinery can drive: what a flight's task
+/// needs of the service, its future and its bodies, said once.
+pub(crate) trait Origin<ReqBody, ResBody>:
+    Service<
+        Request<ReqBody>,
+        Response = Response<ResBody>,
+        Future: Send + 'static,
+        Error: Display + Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, ReqBody, ResBody> Origin<ReqBody, ResBody> for S
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Display + Send + 'static,
+{
+}
+
+/// The response bodies a flight can buffer, replay and hand across tasks.
+pub(crate) trait OriginBody:
+    Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> OriginBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
 /// What the leader's own caller receives: its response (with how it was
 /// made), or the inner service's own error.
 pub(crate) type Own<B, E> = Result<(Response<CoalesceBody<B>>, Outcome), E>;
@@ -49,13 +78,10 @@ pub(crate) fn spawn<S, E, ReqBody, ResBody>(
     inner: S,
 ) -> oneshot::Receiver<Own<ResBody, S::Error>>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Display + Send + 'static,
+    S: Origin<ReqBody, ResBody>,
     E: Send + Sync + 'static,
     ReqBody: Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: OriginBody,
 {
     bump(&shared.counters.flights);
     let (own_tx, own_rx) = oneshot::channel();
@@ -71,11 +97,8 @@ async fn run<S, E, ReqBody, ResBody>(
     inner: S,
     mut own_tx: oneshot::Sender<Own<ResBody, S::Error>>,
 ) where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Display + Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    S: Origin<ReqBody, ResBody>,
+    ResBody: OriginBody,
 {
     let work = AssertUnwindSafe(fly(&shared, &key, req, inner)).catch_unwind();
     let mut work = std::pin::pin!(work);
