@@ -106,7 +106,7 @@ mod stats;
 pub use backend::{Backend, BackendError, MemoryBackend};
 pub use body::{BoxError, CoalesceBody};
 pub use config::{CoalesceConfig, WaitFallback};
-pub use entry::Entry;
+pub use entry::{DecodeError, Entry};
 pub use error::{FlightError, FlightErrorKind};
 pub use future::ResponseFuture;
 pub use key::{HttpKey, Key, KeyExtractor};
