@@ -41,6 +41,7 @@ pub struct CoalesceConfig {
     pub(crate) wait_timeout: Duration,
     pub(crate) wait_fallback: WaitFallback,
     pub(crate) complete_abandoned: bool,
+    pub(crate) backend_timeout: Duration,
     pub(crate) outcome_header: Option<HeaderName>,
     pub(crate) backend: Arc<dyn Backend>,
 }
@@ -59,6 +60,7 @@ impl fmt::Debug for CoalesceConfig {
             .field("wait_timeout", &self.wait_timeout)
             .field("wait_fallback", &self.wait_fallback)
             .field("complete_abandoned", &self.complete_abandoned)
+            .field("backend_timeout", &self.backend_timeout)
             .field("outcome_header", &self.outcome_header)
             .finish_non_exhaustive()
     }
@@ -67,8 +69,8 @@ impl fmt::Debug for CoalesceConfig {
 impl CoalesceConfig {
     /// The defaults: coalesce concurrent requests but store nothing (`ttl`
     /// zero), share bodies up to 1 MiB, followers wait up to 30 s and then
-    /// answer `504`, abandoned flights complete, no outcome header, the
-    /// embedded [`MemoryBackend`].
+    /// answer `504`, abandoned flights complete, backend operations are
+    /// given up after 250 ms, no outcome header, the embedded [`MemoryBackend`].
     pub fn new() -> Self {
         Self {
             ttl: Duration::ZERO,
@@ -76,6 +78,7 @@ impl CoalesceConfig {
             wait_timeout: Duration::from_secs(30),
             wait_fallback: WaitFallback::GatewayTimeout,
             complete_abandoned: true,
+            backend_timeout: Duration::from_millis(250),
             outcome_header: None,
             backend: Arc::new(MemoryBackend::new()),
         }
@@ -135,6 +138,16 @@ impl CoalesceConfig {
     /// Sets or clears the outcome header with a checked [`HeaderName`].
     pub fn outcome_header_name(mut self, name: Option<HeaderName>) -> Self {
         self.outcome_header = name;
+        self
+    }
+
+    /// The longest a flight waits on one backend operation (lookup or store)
+    /// before going on without it; the failure is counted in
+    /// [`Stats::backend_errors`](crate::Stats::backend_errors). This bound holds
+    /// whatever the backend does inside (a Redis client reconnecting, say), so a
+    /// slow or absent backend delays a flight by at most this much.
+    pub fn backend_timeout(mut self, timeout: Duration) -> Self {
+        self.backend_timeout = timeout;
         self
     }
 

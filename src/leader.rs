@@ -147,7 +147,7 @@ where
     let config = &shared.config;
     let counters = &shared.counters;
     if !config.ttl.is_zero() {
-        match config.backend.lookup(key).await {
+        match bounded(config.backend_timeout, config.backend.lookup(key)).await {
             Ok(Some(entry)) => {
                 bump(&counters.hits);
                 let res = entry.to_response();
@@ -188,7 +188,8 @@ where
                 trailers.clone(),
             );
             if sharing == Sharing::Store && !config.ttl.is_zero() {
-                match config.backend.store(key, entry.clone(), config.ttl).await {
+                let store = config.backend.store(key, entry.clone(), config.ttl);
+                match bounded(config.backend_timeout, store).await {
                     Ok(()) => bump(&counters.stored),
                     Err(error) => {
                         bump(&counters.backend_errors);
@@ -210,6 +211,19 @@ where
             let own = Response::from_parts(head, CoalesceBody::replay(prefix, None, Some(error)));
             (Landing::Failed(shared_error), Ok((own, Outcome::Leader)))
         }
+    }
+}
+
+/// A backend operation, given up after `limit`.
+async fn bounded<T>(
+    limit: std::time::Duration,
+    op: crate::backend::BackendFuture<'_, T>,
+) -> Result<T, crate::BackendError> {
+    match tokio::time::timeout(limit, op).await {
+        Ok(result) => result,
+        Err(_) => Err(crate::BackendError::msg(format!(
+            "no answer from the backend within {limit:?}"
+        ))),
     }
 }
 

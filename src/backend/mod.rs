@@ -3,10 +3,12 @@
 //! The layer owns the request path — flights, followers, policy — and asks a
 //! backend only to find and keep entries. Protocol logic that every backend
 //! would need lives above this trait, once. [`MemoryBackend`] is the embedded
-//! default.
+//! default; [`RedisBackend`] shares entries between processes.
 
 mod memory;
+mod redis;
 
+pub use self::redis::{RedisBackend, RedisBackendBuilder};
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
 
 use crate::{Entry, Key};

@@ -2,6 +2,8 @@
 //! answers until the test opens a gate, and small request/response helpers.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};

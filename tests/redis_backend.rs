@@ -1,0 +1,199 @@
+//! `RedisBackend` against a real redis-server started by the test.
+
+mod support;
+
+use bytes::Bytes;
+use http::StatusCode;
+use std::time::Duration;
+use support::redis::RedisServer;
+use support::{body, echo_path, get, Origin};
+use tower::{Layer, ServiceExt};
+use tower_coalesce::{Backend, CoalesceConfig, CoalesceLayer, Key, Outcome, RedisBackend};
+
+async fn instance(
+    server: &RedisServer,
+    origin: &Origin,
+) -> (
+    CoalesceLayer,
+    impl Clone
+        + tower::Service<
+            http::Request<http_body_util::Full<Bytes>>,
+            Response = http::Response<tower_coalesce::CoalesceBody<http_body_util::Full<Bytes>>>,
+            Error = tower_coalesce::BoxError,
+        >,
+) {
+    let backend = RedisBackend::connect(server.url()).await.unwrap();
+    let layer = CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_secs(60))
+            .backend(backend),
+    );
+    let svc = layer.layer(origin.serve(echo_path));
+    (layer, svc)
+}
+
+#[tokio::test]
+async fn an_answer_fetched_by_one_instance_serves_another() {
+    let server = RedisServer::start();
+    let origin = Origin::open();
+    let (a, svc_a) = instance(&server, &origin).await;
+    let (b, svc_b) = instance(&server, &origin).await;
+
+    let res = svc_a.oneshot(get("/shared")).await.unwrap();
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Leader));
+    assert_eq!(a.stats().stored, 1);
+
+    let res = svc_b.oneshot(get("/shared")).await.unwrap();
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Hit));
+    assert_eq!(body(res).await.unwrap(), "/shared");
+    assert_eq!(
+        origin.calls(),
+        1,
+        "the second instance never reached the origin"
+    );
+    assert_eq!(b.stats().backend_errors, 0);
+}
+
+#[tokio::test]
+async fn redis_keys_are_namespaced_hashed_and_hash_tagged() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::builder(server.url())
+        .namespace("shop")
+        .connect()
+        .await
+        .unwrap();
+    let huge = Key::new(vec![0xffu8; 1 << 20]);
+    let name = backend.value_key(&huge);
+    assert!(
+        name.starts_with("shop:{") && name.ends_with("}:v"),
+        "{name}"
+    );
+    assert_eq!(name.len(), "shop:{".len() + 32 + "}:v".len());
+    assert_ne!(name, backend.value_key(&Key::new(vec![0xfeu8; 1 << 20])));
+
+    let entry = tower_coalesce::Entry::new(
+        StatusCode::OK,
+        http::Version::HTTP_11,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"v"),
+        None,
+    );
+    backend
+        .store(&huge, entry, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut conn = server.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert_eq!(keys, vec![name.clone()]);
+    let ttl: i64 = redis::cmd("PTTL").arg(&name).query(&mut conn).unwrap();
+    assert!(ttl > 0 && ttl <= 5000, "stored with its TTL, got {ttl}");
+}
+
+#[tokio::test]
+async fn a_corrupt_value_is_a_miss_overwritten_and_never_served() {
+    let server = RedisServer::start();
+    let origin = Origin::open();
+    let backend = RedisBackend::connect(server.url()).await.unwrap();
+    let (layer, svc) = instance(&server, &origin).await;
+
+    // The key the layer will use for GET /victim: plant garbage under it.
+    let key =
+        tower_coalesce::KeyExtractor::extract(&tower_coalesce::HttpKey::new(), &get("/victim"))
+            .unwrap();
+    let name = backend.value_key(&key);
+    let mut conn = server.conn();
+    let _: () = redis::cmd("SET")
+        .arg(&name)
+        .arg(&b"TCE\x01garbage-from-elsewhere"[..])
+        .query(&mut conn)
+        .unwrap();
+
+    let res = svc.clone().oneshot(get("/victim")).await.unwrap();
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Leader));
+    assert_eq!(
+        body(res).await.unwrap(),
+        "/victim",
+        "the planted bytes are never served"
+    );
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(layer.stats().stored, 1);
+
+    let raw: Vec<u8> = redis::cmd("GET").arg(&name).query(&mut conn).unwrap();
+    let entry = tower_coalesce::Entry::decode(raw.into()).expect("overwritten with a valid entry");
+    assert_eq!(entry.body(), "/victim");
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_requests_still_succeed_and_storing_resumes_when_it_returns() {
+    // A port nobody listens on, yet.
+    let port = support::redis::free_port();
+    let backend = RedisBackend::builder(format!("redis://127.0.0.1:{port}/"))
+        .connect()
+        .await
+        .expect("an unreachable Redis is not a start-up error");
+    let origin = Origin::open();
+    let config = CoalesceConfig::new()
+        .ttl(Duration::from_secs(60))
+        .backend_timeout(Duration::from_millis(300))
+        .backend(backend);
+    let layer = CoalesceLayer::new(config);
+    let svc = layer.layer(origin.serve(echo_path));
+    for _ in 0..3 {
+        let res = tokio::time::timeout(Duration::from_secs(10), svc.clone().oneshot(get("/up")))
+            .await
+            .expect("bounded by the backend timeout")
+            .unwrap();
+        assert_eq!(body(res).await.unwrap(), "/up");
+    }
+    assert_eq!(origin.calls(), 3);
+    assert!(layer.stats().backend_errors >= 3, "{:?}", layer.stats());
+    assert_eq!(layer.stats().stored, 0);
+
+    // Redis comes up on that port: the same backend reconnects by itself.
+    let _server = RedisServer::start_on(port);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    while layer.stats().stored == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recovered: {:?}",
+            layer.stats()
+        );
+        n += 1;
+        let res = svc
+            .clone()
+            .oneshot(get(&format!("/back/{n}")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hit = svc
+        .clone()
+        .oneshot(get(&format!("/back/{n}")))
+        .await
+        .unwrap();
+    assert_eq!(hit.extensions().get::<Outcome>(), Some(&Outcome::Hit));
+}
+
+#[tokio::test]
+async fn nonsense_settings_are_clear_errors() {
+    for (builder, what) in [
+        (
+            RedisBackend::builder("redis://127.0.0.1:1/").namespace(""),
+            "namespace",
+        ),
+        (
+            RedisBackend::builder("redis://127.0.0.1:1/").namespace("a{b"),
+            "namespace",
+        ),
+        (
+            RedisBackend::builder("redis://127.0.0.1:1/").response_timeout(Duration::ZERO),
+            "timeouts",
+        ),
+        (RedisBackend::builder("not a url"), "URL"),
+    ] {
+        let err = builder.connect().await.unwrap_err();
+        assert!(err.to_string().contains(what), "{err}");
+    }
+}
