@@ -43,6 +43,82 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stores `entry` under `key` for `ttl`.
     fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()>;
+
+    /// Tries to take the lease on `key` for `token`, for `lease`: `true` means
+    /// this flight is the one leader of `key` among every process sharing the
+    /// backend, until the lease ends or is released.
+    ///
+    /// The default, for a backend private to one process, always grants it:
+    /// the flight table already allows one flight per key.
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        lease: Duration,
+    ) -> BackendFuture<'a, bool> {
+        let _ = (key, token, lease);
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    /// Extends the lease to `lease` from now, only if `token` still holds it.
+    /// `false` means the lease was lost: another flight may lead now.
+    fn renew<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        lease: Duration,
+    ) -> BackendFuture<'a, bool> {
+        let _ = (key, token, lease);
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    /// Ends the flight led under `token`, as one step: stores `answer` (an
+    /// entry and its TTL) if there is one, tells the waiting processes, and
+    /// releases the lease — only while `token` still holds it. `false` means
+    /// the lease had been lost and nothing was changed: a leader that lost its
+    /// lease never overwrites the answer or the lock of the one that followed.
+    fn complete<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        answer: Option<(Entry, Duration)>,
+    ) -> BackendFuture<'a, bool> {
+        let _ = token;
+        Box::pin(async move {
+            if let Some((entry, ttl)) = answer {
+                self.store(key, entry, ttl).await?;
+            }
+            Ok(true)
+        })
+    }
+}
+
+/// The proof of holding a lease: a random 128-bit value, unique to one flight.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LeaseToken(String);
+
+impl LeaseToken {
+    /// A fresh token from the operating system's random source.
+    pub fn new() -> Result<Self, BackendError> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| BackendError::msg(format!("no randomness for a lease token: {e}")))?;
+        Ok(LeaseToken(
+            bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        ))
+    }
+
+    /// The token as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only a prefix: enough to tell tokens apart in logs.
+        write!(f, "LeaseToken({}…)", &self.0[..8])
+    }
 }
 
 /// A backend operation that failed.

@@ -14,12 +14,39 @@
 //! on is the layer's [`backend_timeout`](crate::CoalesceConfig::backend_timeout),
 //! which holds for every backend.
 
+use super::LeaseToken;
 use super::{Backend, BackendError, BackendFuture};
 use crate::{Entry, Key};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 use std::time::Duration;
+
+/// KEYS[1] lock; ARGV[1] token, ARGV[2] lease in ms.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+            return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+          end
+          return 0",
+    )
+});
+
+/// KEYS[1] lock, KEYS[2] value; ARGV[1] token, ARGV[2] encoded entry,
+/// ARGV[3] TTL in ms (`0`: store nothing), ARGV[4] done channel.
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+          if ARGV[3] ~= '0' then
+            redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+          end
+          redis.call('DEL', KEYS[1])
+          redis.call('PUBLISH', ARGV[4], ARGV[3] ~= '0' and 'stored' or 'released')
+          return 1",
+    )
+});
 
 /// Stores entries in Redis. Cloning is cheap; clones share one connection.
 #[derive(Clone)]
@@ -64,14 +91,29 @@ impl RedisBackend {
 
     /// The Redis key under which the entry for `key` is stored.
     pub fn value_key(&self, key: &Key) -> String {
+        self.name(key, "v")
+    }
+
+    /// The Redis key of `key`'s lease (its value is the leader's token).
+    pub fn lock_key(&self, key: &Key) -> String {
+        self.name(key, "lock")
+    }
+
+    /// The channel on which the end of `key`'s flight is published.
+    pub fn done_channel(&self, key: &Key) -> String {
+        self.name(key, "done")
+    }
+
+    fn name(&self, key: &Key, suffix: &str) -> String {
         let digest = Sha256::digest(key.as_bytes());
-        let mut out = String::with_capacity(self.namespace.len() + 38);
+        let mut out = String::with_capacity(self.namespace.len() + 40);
         out.push_str(&self.namespace);
         out.push_str(":{");
         for byte in &digest[..16] {
             let _ = write!(out, "{byte:02x}");
         }
-        out.push_str("}:v");
+        out.push_str("}:");
+        out.push_str(suffix);
         out
     }
 }
@@ -167,4 +209,77 @@ impl Backend for RedisBackend {
                 .map_err(|e| BackendError::new("Redis SET failed", e))
         })
     }
+
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        lease: Duration,
+    ) -> BackendFuture<'a, bool> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let set: Option<String> = redis::cmd("SET")
+                .arg(self.lock_key(key))
+                .arg(token.as_str())
+                .arg("NX")
+                .arg("PX")
+                .arg(lease_millis(lease)?)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| BackendError::new("Redis SET NX failed", e))?;
+            Ok(set.is_some())
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        lease: Duration,
+    ) -> BackendFuture<'a, bool> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let renewed: i64 = RENEW
+                .key(self.lock_key(key))
+                .arg(token.as_str())
+                .arg(lease_millis(lease)?)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| BackendError::new("Redis lease renewal failed", e))?;
+            Ok(renewed == 1)
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        answer: Option<(Entry, Duration)>,
+    ) -> BackendFuture<'a, bool> {
+        Box::pin(async move {
+            let (value, ttl) = match answer {
+                Some((entry, ttl)) if !ttl.is_zero() => (entry.encode(), lease_millis(ttl)?),
+                _ => (bytes::Bytes::new(), 0),
+            };
+            let mut conn = self.conn.clone();
+            let done: i64 = COMPLETE
+                .key(self.lock_key(key))
+                .key(self.value_key(key))
+                .arg(token.as_str())
+                .arg(value.as_ref())
+                .arg(ttl)
+                .arg(self.done_channel(key))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| BackendError::new("Redis flight completion failed", e))?;
+            Ok(done == 1)
+        })
+    }
+}
+
+/// A duration in whole milliseconds, at least 1 (Redis rejects `PX 0`).
+fn lease_millis(d: Duration) -> Result<u64, BackendError> {
+    let ms = u64::try_from(d.as_millis())
+        .map_err(|_| BackendError::msg("duration too long for Redis"))?;
+    Ok(ms.max(1))
 }

@@ -1,0 +1,176 @@
+//! The lease primitives of `RedisBackend` against a real redis-server: only
+//! the owner of a lease renews, completes or releases it.
+
+mod support;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, Version};
+use std::time::Duration;
+use support::redis::RedisServer;
+use tower_coalesce::{Backend, Entry, Key, LeaseToken, RedisBackend};
+
+fn entry(body: &'static str) -> Entry {
+    Entry::new(
+        StatusCode::OK,
+        Version::HTTP_11,
+        HeaderMap::new(),
+        Bytes::from_static(body.as_bytes()),
+        None,
+    )
+}
+
+fn pttl(server: &RedisServer, name: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(name)
+        .query(&mut server.conn())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_lease_is_exclusive_until_it_expires() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        RedisBackend::connect(server.url()).await.unwrap(),
+        RedisBackend::connect(server.url()).await.unwrap(),
+    );
+    let key = Key::from("k");
+    let (ta, tb) = (LeaseToken::new().unwrap(), LeaseToken::new().unwrap());
+    assert_ne!(ta, tb);
+    assert!(a
+        .try_lock(&key, &ta, Duration::from_millis(300))
+        .await
+        .unwrap());
+    assert!(
+        !b.try_lock(&key, &tb, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        "held elsewhere"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        b.try_lock(&key, &tb, Duration::from_secs(5)).await.unwrap(),
+        "free once the lease ran out"
+    );
+}
+
+#[tokio::test]
+async fn only_the_owner_renews_a_lease() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(server.url()).await.unwrap();
+    let key = Key::from("k");
+    let (owner, other) = (LeaseToken::new().unwrap(), LeaseToken::new().unwrap());
+    assert!(backend
+        .try_lock(&key, &owner, Duration::from_millis(500))
+        .await
+        .unwrap());
+    assert!(!backend
+        .renew(&key, &other, Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(
+        pttl(&server, &backend.lock_key(&key)) <= 500,
+        "a stranger's renewal changes nothing"
+    );
+    assert!(backend
+        .renew(&key, &owner, Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(pttl(&server, &backend.lock_key(&key)) > 50_000);
+}
+
+#[tokio::test]
+async fn a_stale_leader_neither_overwrites_nor_releases_its_successor() {
+    let server = RedisServer::start();
+    let (first, second) = (
+        RedisBackend::connect(server.url()).await.unwrap(),
+        RedisBackend::connect(server.url()).await.unwrap(),
+    );
+    let key = Key::from("k");
+    let (old, new) = (LeaseToken::new().unwrap(), LeaseToken::new().unwrap());
+    assert!(first
+        .try_lock(&key, &old, Duration::from_millis(200))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(second
+        .try_lock(&key, &new, Duration::from_secs(30))
+        .await
+        .unwrap());
+
+    // The first leader finishes late.
+    assert!(
+        !first
+            .renew(&key, &old, Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "it learns it lost the lease"
+    );
+    let late = first
+        .complete(&key, &old, Some((entry("stale"), Duration::from_secs(60))))
+        .await
+        .unwrap();
+    assert!(!late, "completion is refused");
+    assert!(first
+        .complete(&key, &old, None)
+        .await
+        .is_ok_and(|done| !done));
+    let holder: String = redis::cmd("GET")
+        .arg(second.lock_key(&key))
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(holder, new.as_str(), "the successor's lock is intact");
+    assert!(
+        second.lookup(&key).await.unwrap().is_none(),
+        "no stale value was written"
+    );
+
+    assert!(second
+        .complete(&key, &new, Some((entry("fresh"), Duration::from_secs(60))))
+        .await
+        .unwrap());
+    assert_eq!(first.lookup(&key).await.unwrap().unwrap().body(), "fresh");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(second.lock_key(&key))
+        .query(&mut server.conn())
+        .unwrap();
+    assert!(!exists, "completion released the lock");
+}
+
+#[tokio::test]
+async fn completion_publishes_on_the_keys_channel() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(server.url()).await.unwrap();
+    let key = Key::from("k");
+    let channel = backend.done_channel(&key);
+    assert!(channel.starts_with("coalesce:{") && channel.ends_with("}:done"));
+    assert_eq!(
+        channel.split(['{', '}']).nth(1),
+        backend.lock_key(&key).split(['{', '}']).nth(1),
+        "one hash tag"
+    );
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut conn = server.conn();
+    let listener_channel = channel.clone();
+    let listener = std::thread::spawn(move || {
+        let mut pubsub = conn.as_pubsub();
+        pubsub.subscribe(&listener_channel).unwrap();
+        tx.send(()).unwrap();
+        pubsub
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let msg = pubsub.get_message().unwrap();
+        msg.get_payload::<String>().unwrap()
+    });
+    rx.recv().unwrap();
+    let token = LeaseToken::new().unwrap();
+    assert!(backend
+        .try_lock(&key, &token, Duration::from_secs(5))
+        .await
+        .unwrap());
+    assert!(backend
+        .complete(&key, &token, Some((entry("x"), Duration::from_secs(5))))
+        .await
+        .unwrap());
+    assert_eq!(listener.join().unwrap(), "stored");
+}
