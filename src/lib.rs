@@ -103,7 +103,7 @@ mod policy;
 mod service;
 mod stats;
 
-pub use backend::{Backend, BackendError, LeaseToken, MemoryBackend, RedisBackend};
+pub use backend::{Backend, BackendError, LeaseToken, MemoryBackend, RedisBackend, Watch};
 pub use body::{BoxError, CoalesceBody};
 pub use config::{CoalesceConfig, WaitFallback};
 pub use entry::{DecodeError, Entry};

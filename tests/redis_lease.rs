@@ -174,3 +174,94 @@ async fn completion_publishes_on_the_keys_channel() {
         .unwrap());
     assert_eq!(listener.join().unwrap(), "stored");
 }
+
+async fn numsub(server: &RedisServer, channel: &str) -> i64 {
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut server.conn())
+        .unwrap();
+    n
+}
+
+#[tokio::test]
+async fn a_watch_is_woken_by_another_instances_completion_and_unsubscribes_when_dropped() {
+    let server = RedisServer::start();
+    let (waiter, leader) = (
+        RedisBackend::connect(server.url()).await.unwrap(),
+        RedisBackend::connect(server.url()).await.unwrap(),
+    );
+    let key = Key::from("k");
+    let token = LeaseToken::new().unwrap();
+    assert!(leader
+        .try_lock(&key, &token, Duration::from_secs(30))
+        .await
+        .unwrap());
+
+    let mut watch = waiter
+        .watch(&key)
+        .await
+        .unwrap()
+        .expect("Redis has remote flights");
+    assert_eq!(waiter.subscriptions(), 1);
+    assert_eq!(numsub(&server, &waiter.done_channel(&key)).await, 1);
+    let woken = tokio::spawn(async move {
+        let fired = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
+        (fired, watch)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!woken.is_finished(), "nothing has happened yet");
+    assert!(leader
+        .complete(
+            &key,
+            &token,
+            Some((entry("answer"), Duration::from_secs(30)))
+        )
+        .await
+        .unwrap());
+    let (fired, watch) = woken.await.unwrap();
+    assert_eq!(fired, Ok(true), "woken by the message");
+    assert_eq!(waiter.lookup(&key).await.unwrap().unwrap().body(), "answer");
+
+    drop(watch);
+    assert_eq!(waiter.subscriptions(), 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while numsub(&server, &waiter.done_channel(&key)).await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never unsubscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn losing_the_connection_wakes_every_watch() {
+    let server = RedisServer::start();
+    let port = server.port;
+    let waiter = RedisBackend::connect(server.url()).await.unwrap();
+    let mut watch = waiter.watch(&Key::from("k")).await.unwrap().unwrap();
+    drop(server);
+    let fired = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
+    assert_eq!(
+        fired,
+        Ok(true),
+        "a disconnection must wake waiters: messages may be lost"
+    );
+    // Redis returns: the subscription is restored and messages arrive again.
+    let server = RedisServer::start_on(port);
+    let leader = RedisBackend::connect(server.url()).await.unwrap();
+    let key = Key::from("k");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while numsub(&server, &waiter.done_channel(&key)).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never resubscribed");
+        // The manager reconnects when it is next used.
+        let _ = waiter.lookup(&key).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = LeaseToken::new().unwrap();
+    assert!(leader
+        .try_lock(&key, &token, Duration::from_secs(5))
+        .await
+        .unwrap());
+    assert!(leader.complete(&key, &token, None).await.unwrap());
+    let fired = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
+    assert_eq!(fired, Ok(true));
+}

@@ -7,6 +7,9 @@
 
 mod memory;
 mod redis;
+mod watch;
+
+pub use watch::Watch;
 
 pub use self::redis::{RedisBackend, RedisBackendBuilder};
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
@@ -70,6 +73,16 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BackendFuture<'a, bool> {
         let _ = (key, token, lease);
         Box::pin(std::future::ready(Ok(true)))
+    }
+
+    /// A [`Watch`] that fires when a flight for `key` in another process may
+    /// have ended. `None` (the default) for a backend private to one process.
+    ///
+    /// Once this returns, a completion is not missed: look up the entry after
+    /// the watch is in place, then wait on it.
+    fn watch<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Watch>> {
+        let _ = key;
+        Box::pin(std::future::ready(Ok(None)))
     }
 
     /// Ends the flight led under `token`, as one step: stores `answer` (an

@@ -14,11 +14,13 @@
 //! on is the layer's [`backend_timeout`](crate::CoalesceConfig::backend_timeout),
 //! which holds for every backend.
 
+use super::watch::{Channels, Watch};
 use super::LeaseToken;
 use super::{Backend, BackendError, BackendFuture};
 use crate::{Entry, Key};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::sync::LazyLock;
@@ -53,6 +55,15 @@ static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
 pub struct RedisBackend {
     conn: ConnectionManager,
     namespace: String,
+    channels: Channels,
+}
+
+impl RedisBackend {
+    /// How many done channels this process is subscribed to (one per key
+    /// whose flight it waits on in another process).
+    pub fn subscriptions(&self) -> usize {
+        self.channels.len()
+    }
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -157,16 +168,35 @@ impl RedisBackendBuilder {
                 "Redis timeouts must be greater than zero",
             ));
         }
-        let client = redis::Client::open(self.url.as_str())
+        // RESP3 carries pub/sub messages on the command connection itself,
+        // so one connection per process both talks and listens.
+        let info = self
+            .url
+            .as_str()
+            .into_connection_info()
             .map_err(|e| BackendError::new("invalid Redis URL", e))?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))
+            .map_err(|e| BackendError::new("invalid Redis URL", e))?;
+        let channels = Channels::default();
+        let router = channels.clone();
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.response_timeout))
-            .set_connection_timeout(Some(self.connection_timeout));
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_automatic_resubscription()
+            .set_push_sender(move |push: PushInfo| {
+                route(&router, push);
+                Ok::<(), std::convert::Infallible>(())
+            });
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| BackendError::new("cannot create the Redis connection manager", e))?;
         Ok(RedisBackend {
             conn,
             namespace: self.namespace,
+            channels,
         })
     }
 }
@@ -250,6 +280,28 @@ impl Backend for RedisBackend {
         })
     }
 
+    fn watch<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Watch>> {
+        Box::pin(async move {
+            let channel = self.done_channel(key);
+            let unsubscriber = self.conn.clone();
+            let watch = self.channels.watch(&channel, move |name| {
+                let mut conn = unsubscriber;
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        if let Err(error) = conn.unsubscribe(&name).await {
+                            tracing::debug!(%error, %name, "unsubscribe failed");
+                        }
+                    });
+                }
+            });
+            let mut conn = self.conn.clone();
+            conn.subscribe(&channel)
+                .await
+                .map_err(|e| BackendError::new("Redis SUBSCRIBE failed", e))?;
+            Ok(Some(watch))
+        })
+    }
+
     fn complete<'a>(
         &'a self,
         key: &'a Key,
@@ -274,6 +326,23 @@ impl Backend for RedisBackend {
                 .map_err(|e| BackendError::new("Redis flight completion failed", e))?;
             Ok(done == 1)
         })
+    }
+}
+
+/// Hands a push from Redis to the watches it concerns.
+fn route(channels: &Channels, push: PushInfo) {
+    match push.kind {
+        PushKind::Message => {
+            if let Some(Value::BulkString(name)) = push.data.first() {
+                if let Ok(name) = std::str::from_utf8(name) {
+                    channels.signal(name);
+                }
+            }
+        }
+        // Messages published while the link was down are lost: every
+        // waiter must look again.
+        PushKind::Disconnection => channels.signal_all(),
+        _ => {}
     }
 }
 
