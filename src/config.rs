@@ -42,6 +42,7 @@ pub struct CoalesceConfig {
     pub(crate) wait_fallback: WaitFallback,
     pub(crate) complete_abandoned: bool,
     pub(crate) backend_timeout: Duration,
+    pub(crate) lease: Duration,
     pub(crate) outcome_header: Option<HeaderName>,
     pub(crate) backend: Arc<dyn Backend>,
 }
@@ -61,6 +62,7 @@ impl fmt::Debug for CoalesceConfig {
             .field("wait_fallback", &self.wait_fallback)
             .field("complete_abandoned", &self.complete_abandoned)
             .field("backend_timeout", &self.backend_timeout)
+            .field("lease", &self.lease)
             .field("outcome_header", &self.outcome_header)
             .finish_non_exhaustive()
     }
@@ -79,6 +81,7 @@ impl CoalesceConfig {
             wait_fallback: WaitFallback::GatewayTimeout,
             complete_abandoned: true,
             backend_timeout: Duration::from_millis(250),
+            lease: Duration::from_secs(10),
             outcome_header: None,
             backend: Arc::new(MemoryBackend::new()),
         }
@@ -148,6 +151,21 @@ impl CoalesceConfig {
     /// slow or absent backend delays a flight by at most this much.
     pub fn backend_timeout(mut self, timeout: Duration) -> Self {
         self.backend_timeout = timeout;
+        self
+    }
+
+    /// How long a flight's lease on its key lasts across processes (default
+    /// 10 s), with a backend that has leases ([`RedisBackend`](crate::RedisBackend)).
+    ///
+    /// The leader renews it every third of a lease while the origin call
+    /// runs, so a slow call keeps it; a crashed leader's lease ends within
+    /// this time, and a waiting process then takes over. Waiting processes
+    /// look again once per lease, so a shorter lease means faster takeover
+    /// and a few more Redis commands per slow flight. Cross-process
+    /// coalescing hands answers over through the store, so it needs a
+    /// [`ttl`](Self::ttl) above zero.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
         self
     }
 

@@ -11,8 +11,11 @@ use crate::flight::{FlightGuard, Landing};
 use crate::future::mark;
 use crate::layer::Shared;
 use crate::policy::{self, Sharing};
+use crate::remote::Elected;
 use crate::stats::bump;
-use crate::{BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, Key, Outcome};
+use crate::{
+    BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, Key, Outcome, WaitFallback,
+};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{HeaderMap, Request, Response};
@@ -161,34 +164,44 @@ where
         }
     }
 
-    bump(&counters.origin_calls);
-    let res = match inner.oneshot(req).await {
-        Ok(res) => res,
-        Err(error) => {
-            bump(&counters.errors);
-            let shared_error = FlightError::new(FlightErrorKind::Origin, error.to_string());
-            return (Landing::Failed(shared_error), Err(error));
+    let lease = if config.ttl.is_zero() {
+        // Nothing is stored, so nothing could be handed to another process.
+        None
+    } else {
+        match crate::remote::elect(shared, key).await {
+            Elected::Lead(lease) => lease,
+            Elected::Answer(entry) => {
+                let res = entry.to_response();
+                return (Landing::Done(entry), Ok((res, Outcome::Follower)));
+            }
+            Elected::Timeout => match config.wait_fallback {
+                WaitFallback::CallOrigin => None,
+                WaitFallback::GatewayTimeout => {
+                    let error = FlightError::new(
+                        FlightErrorKind::WaitTimeout,
+                        format!(
+                            "no answer from another instance within {:?}",
+                            config.wait_timeout
+                        ),
+                    );
+                    let own = Ok((error_response(error.clone()), Outcome::Leader));
+                    return (Landing::Failed(error), own);
+                }
+            },
         }
     };
-    let (head, body) = res.into_parts();
-    let sharing = policy::judge(&head);
-    if sharing == Sharing::Private {
-        bump(&counters.uncacheable);
-        let own = Response::from_parts(head, CoalesceBody::inner(body));
-        return (Landing::Uncacheable, Ok((own, Outcome::Leader)));
-    }
 
-    match buffer(body, config.max_body_bytes).await {
-        Buffered::Whole { data, trailers } => {
-            let entry = Entry::new(
-                head.status,
-                head.version,
-                head.headers.clone(),
-                data.clone(),
-                trailers.clone(),
-            );
-            if sharing == Sharing::Store && !config.ttl.is_zero() {
-                let store = config.backend.store(key, entry.clone(), config.ttl);
+    let produced = produce(shared, req, inner);
+    let Produced { landing, own, keep } = match &lease {
+        Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
+        None => produced.await,
+    };
+    let keep = keep.filter(|_| !config.ttl.is_zero());
+    match lease {
+        Some(lease) => crate::remote::complete(shared, key, &lease, keep).await,
+        None => {
+            if let Some(entry) = keep {
+                let store = config.backend.store(key, entry, config.ttl);
                 match bounded(config.backend_timeout, store).await {
                     Ok(()) => bump(&counters.stored),
                     Err(error) => {
@@ -197,25 +210,97 @@ where
                     }
                 }
             }
+        }
+    }
+    (landing, own)
+}
+
+/// What the origin call produced: the landing for the followers, the leader
+/// caller's own answer, and the entry to keep, if it may be stored.
+struct Produced<B, E> {
+    landing: Landing,
+    own: Own<B, E>,
+    keep: Option<Entry>,
+}
+
+/// Calls the origin, judges the response and buffers its body.
+async fn produce<S, E, ReqBody, ResBody>(
+    shared: &Shared<E>,
+    req: Request<ReqBody>,
+    inner: S,
+) -> Produced<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Display,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let counters = &shared.counters;
+    bump(&counters.origin_calls);
+    let res = match inner.oneshot(req).await {
+        Ok(res) => res,
+        Err(error) => {
+            bump(&counters.errors);
+            let shared_error = FlightError::new(FlightErrorKind::Origin, error.to_string());
+            return Produced {
+                landing: Landing::Failed(shared_error),
+                own: Err(error),
+                keep: None,
+            };
+        }
+    };
+    let (head, body) = res.into_parts();
+    let sharing = policy::judge(&head);
+    if sharing == Sharing::Private {
+        bump(&counters.uncacheable);
+        let own = Response::from_parts(head, CoalesceBody::inner(body));
+        return Produced {
+            landing: Landing::Uncacheable,
+            own: Ok((own, Outcome::Leader)),
+            keep: None,
+        };
+    }
+
+    match buffer(body, shared.config.max_body_bytes).await {
+        Buffered::Whole { data, trailers } => {
+            let entry = Entry::new(
+                head.status,
+                head.version,
+                head.headers.clone(),
+                data.clone(),
+                trailers.clone(),
+            );
             let own = Response::from_parts(head, CoalesceBody::full(data, trailers));
-            (Landing::Done(entry), Ok((own, Outcome::Leader)))
+            Produced {
+                keep: (sharing == Sharing::Store).then(|| entry.clone()),
+                landing: Landing::Done(entry),
+                own: Ok((own, Outcome::Leader)),
+            }
         }
         Buffered::TooLarge { prefix, rest } => {
             bump(&counters.uncacheable);
             let own = Response::from_parts(head, CoalesceBody::replay(prefix, Some(rest), None));
-            (Landing::Uncacheable, Ok((own, Outcome::Leader)))
+            Produced {
+                landing: Landing::Uncacheable,
+                own: Ok((own, Outcome::Leader)),
+                keep: None,
+            }
         }
         Buffered::Failed { prefix, error } => {
             bump(&counters.errors);
             let shared_error = FlightError::new(FlightErrorKind::Body, error.to_string());
             let own = Response::from_parts(head, CoalesceBody::replay(prefix, None, Some(error)));
-            (Landing::Failed(shared_error), Ok((own, Outcome::Leader)))
+            Produced {
+                landing: Landing::Failed(shared_error),
+                own: Ok((own, Outcome::Leader)),
+                keep: None,
+            }
         }
     }
 }
 
 /// A backend operation, given up after `limit`.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     limit: std::time::Duration,
     op: crate::backend::BackendFuture<'_, T>,
 ) -> Result<T, crate::BackendError> {

@@ -100,6 +100,7 @@ mod key;
 mod layer;
 mod leader;
 mod policy;
+mod remote;
 mod service;
 mod stats;
 

@@ -87,6 +87,12 @@ pub struct Stats {
     pub cancelled: u64,
     /// Backend operations that failed; the request went on without the backend.
     pub backend_errors: u64,
+    /// Flights that found the key leased by another process and waited on it.
+    pub remote_waits: u64,
+    /// Waiting flights that took the lease over (its holder went away).
+    pub takeovers: u64,
+    /// Leases found lost by the watchdog or at completion.
+    pub lease_lost: u64,
 }
 
 macro_rules! counters {
@@ -119,6 +125,9 @@ counters!(
     wait_timeouts,
     cancelled,
     backend_errors,
+    remote_waits,
+    takeovers,
+    lease_lost,
 );
 
 /// Adds one to a counter.

@@ -1,0 +1,184 @@
+//! The cross-process tier, above the [`Backend`](crate::Backend) trait so that
+//! every backend shares one protocol: take the lease or wait for the process
+//! that holds it, keep the lease alive while the origin call runs, and end
+//! the flight through the owner-checked `complete`.
+//!
+//! Only a process's local leader comes here; its local followers wait on it
+//! and never touch the backend. A wait is woken by the backend's [`Watch`]
+//! (a message), and looks again once per lease, because a holder that crashed
+//! leaves a lease that ends without a message. A backend that fails or is
+//! slow turns the flight into a process-local one; it never fails a request.
+
+use crate::backend::LeaseToken;
+use crate::layer::Shared;
+use crate::leader::bounded;
+use crate::stats::bump;
+use crate::{Entry, Key};
+use std::future::Future;
+use std::time::Duration;
+
+/// The outcome of trying to lead a key across processes.
+pub(crate) enum Elected {
+    /// Lead: with a lease, or (`None`) without one, when the backend has no
+    /// leases to give or could not be asked.
+    Lead(Option<LeaseToken>),
+    /// Another process's flight stored this answer.
+    Answer(Entry),
+    /// Another process held the lease past the wait timeout.
+    Timeout,
+}
+
+/// How often a held lease is renewed, and how often a waiter looks again.
+fn renew_every(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(1))
+}
+
+pub(crate) async fn elect<E>(shared: &Shared<E>, key: &Key) -> Elected {
+    let config = &shared.config;
+    let backend = &*config.backend;
+    let counters = &shared.counters;
+    let degrade = |what: &str, error: &dyn std::fmt::Display| {
+        bump(&counters.backend_errors);
+        tracing::warn!(%error, "{what} failed; leading this flight without a lease");
+        Elected::Lead(None)
+    };
+    let token = match LeaseToken::new() {
+        Ok(token) => token,
+        Err(error) => return degrade("making a lease token", &error),
+    };
+    match bounded(
+        config.backend_timeout,
+        backend.try_lock(key, &token, config.lease),
+    )
+    .await
+    {
+        Ok(true) => return Elected::Lead(Some(token)),
+        Ok(false) => {}
+        Err(error) => return degrade("taking the lease", &error),
+    }
+    // Held elsewhere. Subscribe first, then look: an answer completed in
+    // between is found by the lookup, one completed after it wakes the watch.
+    bump(&counters.remote_waits);
+    let mut watch = match bounded(config.backend_timeout, backend.watch(key)).await {
+        Ok(Some(watch)) => watch,
+        Ok(None) => return Elected::Lead(None),
+        Err(error) => return degrade("subscribing", &error),
+    };
+    let deadline = tokio::time::Instant::now() + config.wait_timeout;
+    loop {
+        // Look before trying the lease: a leader's completion stores the
+        // answer and frees the lease in one step, and a waiter woken by it
+        // must take the answer, not the free lease.
+        match bounded(config.backend_timeout, backend.lookup(key)).await {
+            Ok(Some(entry)) => return Elected::Answer(entry),
+            Ok(None) => {}
+            Err(error) => return degrade("looking up", &error),
+        }
+        match bounded(
+            config.backend_timeout,
+            backend.try_lock(key, &token, config.lease),
+        )
+        .await
+        {
+            Ok(true) => {
+                // The lease was free with no answer stored: its holder died,
+                // or its answer could not be shared.
+                bump(&counters.takeovers);
+                tracing::info!(
+                    ?key,
+                    "took over a flight whose leader ended without an answer"
+                );
+                return Elected::Lead(Some(token));
+            }
+            Ok(false) => {}
+            Err(error) => return degrade("taking the lease", &error),
+        }
+        let recheck = tokio::time::Instant::now() + config.lease;
+        tokio::select! {
+            _ = watch.changed() => {}
+            _ = tokio::time::sleep_until(recheck.min(deadline)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    bump(&counters.wait_timeouts);
+                    return Elected::Timeout;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `work` while renewing the lease every lease/3. A renewal that fails
+/// is observed and counted: the work goes on (its callers still want the
+/// answer), and the owner check in `complete` keeps it from touching a
+/// successor's lease or value.
+pub(crate) async fn with_watchdog<E, T>(
+    shared: &Shared<E>,
+    key: &Key,
+    token: &LeaseToken,
+    work: impl Future<Output = T>,
+) -> T {
+    let config = &shared.config;
+    let watchdog = async {
+        let mut tick = tokio::time::interval(renew_every(config.lease));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match bounded(
+                config.backend_timeout,
+                config.backend.renew(key, token, config.lease),
+            )
+            .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    bump(&shared.counters.lease_lost);
+                    tracing::warn!(
+                        ?key,
+                        "lease lost while the origin call ran; another instance may lead now"
+                    );
+                    return std::future::pending::<()>().await;
+                }
+                Err(error) => {
+                    bump(&shared.counters.backend_errors);
+                    tracing::warn!(?key, %error, "lease renewal failed; trying again");
+                }
+            }
+        }
+    };
+    tokio::select! {
+        out = work => out,
+        _ = watchdog => unreachable!("the watchdog never ends"),
+    }
+}
+
+/// Ends a leased flight: stores `keep` (if any), wakes the waiting processes
+/// and releases the lease, in one step, only if the lease is still ours.
+pub(crate) async fn complete<E>(
+    shared: &Shared<E>,
+    key: &Key,
+    token: &LeaseToken,
+    keep: Option<Entry>,
+) {
+    let config = &shared.config;
+    let stored = keep.is_some();
+    let answer = keep.map(|entry| (entry, config.ttl));
+    match bounded(
+        config.backend_timeout,
+        config.backend.complete(key, token, answer),
+    )
+    .await
+    {
+        Ok(true) if stored => bump(&shared.counters.stored),
+        Ok(true) => {}
+        Ok(false) => {
+            bump(&shared.counters.lease_lost);
+            tracing::warn!(
+                ?key,
+                "lease lost before completion; the answer went to local callers only"
+            );
+        }
+        Err(error) => {
+            bump(&shared.counters.backend_errors);
+            tracing::warn!(?key, %error, "completing the flight failed; waiters take over after the lease");
+        }
+    }
+}

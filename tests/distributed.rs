@@ -1,0 +1,247 @@
+//! Single-flight across instances sharing a real redis-server. Each instance
+//! is a layer with its own `RedisBackend` (its own connection), as separate
+//! processes would have.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::redis::RedisServer;
+use support::{body, echo_path, get, until, Origin};
+use tower::{Layer, ServiceExt};
+use tower_coalesce::{
+    BoxError, CoalesceBody, CoalesceConfig, CoalesceLayer, Outcome, RedisBackend,
+};
+
+type Svc = tower::util::BoxCloneService<
+    Request<Full<Bytes>>,
+    Response<CoalesceBody<Full<Bytes>>>,
+    BoxError,
+>;
+
+async fn instance(
+    server: &RedisServer,
+    origin: &Origin,
+    config: CoalesceConfig,
+) -> (CoalesceLayer, Svc) {
+    let backend = RedisBackend::connect(server.url()).await.unwrap();
+    let layer = CoalesceLayer::new(config.ttl(Duration::from_secs(60)).backend(backend));
+    let svc = tower::util::BoxCloneService::new(layer.layer(origin.serve(echo_path)));
+    (layer, svc)
+}
+
+/// Redis commands counted since the last `CONFIG RESETSTAT`, less the test's own.
+fn commands(server: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.conn())
+        .unwrap();
+    info.lines()
+        .filter(|l| {
+            l.starts_with("cmdstat_")
+                && !l.starts_with("cmdstat_info")
+                && !l.starts_with("cmdstat_config")
+        })
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_requests_over_four_instances_make_one_origin_call_and_few_redis_commands() {
+    const INSTANCES: usize = 4;
+    const PER_INSTANCE: usize = 2_500;
+    let server = RedisServer::start();
+    let origin = Origin::gated();
+    let mut instances = Vec::new();
+    for _ in 0..INSTANCES {
+        instances.push(instance(&server, &origin, CoalesceConfig::new()).await);
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut server.conn())
+        .unwrap();
+
+    let mut tasks = Vec::new();
+    for i in 0..PER_INSTANCE * INSTANCES {
+        let svc = instances[i % INSTANCES].1.clone();
+        tasks.push(tokio::spawn(svc.oneshot(get("/products/7"))));
+    }
+    let followers = |(layer, _): &(CoalesceLayer, Svc)| layer.stats().followers;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let gathered: u64 = instances.iter().map(followers).sum();
+        let waiting: u64 = instances.iter().map(|(l, _)| l.stats().remote_waits).sum();
+        if gathered == ((PER_INSTANCE - 1) * INSTANCES) as u64
+            && waiting == (INSTANCES - 1) as u64
+            && origin.calls() == 1
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "burst never gathered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    origin.open_gate();
+
+    let mut outcomes = std::collections::HashMap::new();
+    for t in tasks {
+        let res = t.await.unwrap().unwrap();
+        *outcomes
+            .entry(*res.extensions().get::<Outcome>().unwrap())
+            .or_insert(0) += 1;
+        assert_eq!(body(res).await.unwrap(), "/products/7");
+    }
+    assert_eq!(origin.calls(), 1, "one origin call across every instance");
+    assert_eq!(outcomes[&Outcome::Leader], 1);
+    let used = commands(&server);
+    assert!(
+        used <= 20 * INSTANCES as u64,
+        "{used} Redis commands for the burst"
+    );
+    println!(
+        "burst of {} requests over {INSTANCES} instances: {used} Redis commands",
+        PER_INSTANCE * INSTANCES
+    );
+    for (layer, _) in &instances {
+        assert_eq!(layer.flights_in_progress(), 0);
+        assert_eq!(layer.stats().backend_errors, 0);
+    }
+}
+
+#[tokio::test]
+async fn an_origin_slower_than_three_leases_keeps_its_lease() {
+    let server = RedisServer::start();
+    let origin = Origin::gated();
+    let config = || CoalesceConfig::new().lease(Duration::from_millis(150));
+    let (a, svc_a) = instance(&server, &origin, config()).await;
+    let (b, svc_b) = instance(&server, &origin, config()).await;
+    let first = tokio::spawn(svc_a.oneshot(get("/slow")));
+    until(&a, "the leader's call", |_| origin.calls() == 1).await;
+    let second = tokio::spawn(svc_b.oneshot(get("/slow")));
+    until(&b, "the remote wait", |s| s.remote_waits == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    origin.open_gate();
+    assert_eq!(body(first.await.unwrap().unwrap()).await.unwrap(), "/slow");
+    assert_eq!(body(second.await.unwrap().unwrap()).await.unwrap(), "/slow");
+    assert_eq!(
+        origin.calls(),
+        1,
+        "renewed at lease/3, the lease outlived the call"
+    );
+    assert_eq!(a.stats().lease_lost, 0);
+    assert_eq!(b.stats().takeovers, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_leader_instance_is_taken_over_after_its_lease() {
+    let server = RedisServer::start();
+    let origin = Origin::gated();
+    let lease = Duration::from_millis(400);
+    let url = server.url();
+    // The leader instance lives on a runtime of its own, so that it can die
+    // the way a process does: its tasks and connections gone, nothing released.
+    let (crash_tx, crash_rx) = std::sync::mpsc::channel::<()>();
+    let (led_tx, led_rx) = std::sync::mpsc::channel::<()>();
+    let origin_a = origin.clone();
+    let doomed = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let backend = RedisBackend::connect(url).await.unwrap();
+            let config = CoalesceConfig::new()
+                .ttl(Duration::from_secs(60))
+                .lease(lease)
+                .backend(backend);
+            let layer = CoalesceLayer::new(config);
+            let svc = layer.layer(origin_a.serve(echo_path));
+            tokio::spawn(svc.oneshot(get("/k")));
+            while origin_a.calls() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            led_tx.send(()).unwrap();
+        });
+        crash_rx.recv().unwrap();
+        rt.shutdown_background();
+    });
+    led_rx.recv().unwrap();
+
+    let (b, svc_b) = instance(&server, &origin, CoalesceConfig::new().lease(lease)).await;
+    let waiters: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(svc_b.clone().oneshot(get("/k"))))
+        .collect();
+    until(&b, "the remote wait", |s| s.remote_waits == 1).await;
+    crash_tx.send(()).unwrap();
+    doomed.join().unwrap();
+    origin.open_gate();
+
+    for w in waiters {
+        let res = w.await.unwrap().unwrap();
+        assert_eq!(body(res).await.unwrap(), "/k", "no request fails");
+    }
+    assert_eq!(b.stats().takeovers, 1);
+    assert_eq!(
+        origin.calls(),
+        2,
+        "the dead leader's call, and the one that took over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_instance_is_answered_soon_after_the_leader_completes() {
+    let server = RedisServer::start();
+    let returned = Arc::new(Mutex::new(None::<Instant>));
+    let origin = Origin::gated();
+    let r = returned.clone();
+    let served = origin.serve(move |req| {
+        let r = r.clone();
+        async move {
+            let res = echo_path(req).await;
+            *r.lock().unwrap() = Some(Instant::now());
+            res
+        }
+    });
+    let mut layers = Vec::new();
+    let mut svcs = Vec::new();
+    for _ in 0..2 {
+        let backend = RedisBackend::connect(server.url()).await.unwrap();
+        let layer = CoalesceLayer::new(
+            CoalesceConfig::new()
+                .ttl(Duration::from_secs(60))
+                .backend(backend),
+        );
+        svcs.push(layer.layer(served.clone()));
+        layers.push(layer);
+    }
+    let leader = tokio::spawn(svcs[0].clone().oneshot(get("/fast")));
+    until(&layers[0], "the leader's call", |_| origin.calls() == 1).await;
+    let remote = tokio::spawn({
+        let svc = svcs[1].clone();
+        async move {
+            let res = svc.oneshot(get("/fast")).await.unwrap();
+            (Instant::now(), res)
+        }
+    });
+    until(&layers[1], "the remote wait", |s| s.remote_waits == 1).await;
+    origin.open_gate();
+    leader.await.unwrap().unwrap();
+    let (answered, res) = remote.await.unwrap();
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Follower));
+    let latency = answered.duration_since(returned.lock().unwrap().unwrap());
+    println!("cross-instance wake-up: {latency:?}");
+    assert!(
+        latency < Duration::from_millis(100),
+        "woken by a message, not a timer: {latency:?}"
+    );
+    assert_eq!(origin.calls(), 1);
+}
