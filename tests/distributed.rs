@@ -245,3 +245,91 @@ async fn a_waiting_instance_is_answered_soon_after_the_leader_completes() {
     );
     assert_eq!(origin.calls(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_burst_fails_no_request_and_coalescing_resumes_after_restart() {
+    let server = RedisServer::start();
+    let port = server.port;
+    let origin = Origin::gated();
+    let config = || CoalesceConfig::new().backend_timeout(Duration::from_millis(200));
+    let (a, svc_a) = instance(&server, &origin, config()).await;
+    let (b, svc_b) = instance(&server, &origin, config()).await;
+
+    let mut burst = Vec::new();
+    for i in 0..400 {
+        let svc = if i % 2 == 0 {
+            svc_a.clone()
+        } else {
+            svc_b.clone()
+        };
+        burst.push(tokio::spawn(svc.oneshot(get("/during"))));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while a.stats().remote_waits + b.stats().remote_waits != 1 || origin.calls() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "burst never gathered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(server);
+    origin.open_gate();
+    for t in burst {
+        let res = tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("no request hangs")
+            .unwrap()
+            .unwrap();
+        assert_eq!(body(res).await.unwrap(), "/during", "no request fails");
+    }
+    assert!(
+        origin.calls() <= 2,
+        "at most one more call, from the waiting instance: {}",
+        origin.calls()
+    );
+    assert!(a.stats().backend_errors + b.stats().backend_errors > 0);
+
+    // Redis returns: a new burst across both instances makes one origin call again.
+    let _server = RedisServer::start_on(port);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for round in 0.. {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "coalescing never resumed"
+        );
+        let path = format!("/after/{round}");
+        let before = origin.calls();
+        let first = tokio::spawn(svc_a.clone().oneshot(get(&path)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = tokio::spawn(svc_b.clone().oneshot(get(&path)));
+        let (x, y) = (
+            first.await.unwrap().unwrap(),
+            second.await.unwrap().unwrap(),
+        );
+        assert_eq!(body(x).await.unwrap(), path);
+        assert_eq!(body(y).await.unwrap(), path);
+        if origin.calls() - before == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_remote_wait_ends_at_the_wait_timeout_with_the_fallback() {
+    let server = RedisServer::start();
+    let origin = Origin::gated();
+    let (a, svc_a) = instance(&server, &origin, CoalesceConfig::new()).await;
+    let config = CoalesceConfig::new().wait_timeout(Duration::from_millis(200));
+    let (b, svc_b) = instance(&server, &origin, config).await;
+    let _stuck = tokio::spawn(svc_a.oneshot(get("/stuck")));
+    until(&a, "the leader's call", |_| origin.calls() == 1).await;
+    let res = svc_b.oneshot(get("/stuck")).await.unwrap();
+    assert_eq!(res.status(), http::StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(b.stats().wait_timeouts, 1);
+    assert_eq!(
+        origin.calls(),
+        1,
+        "the default fallback adds no load to a slow origin"
+    );
+}
