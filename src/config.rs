@@ -68,7 +68,45 @@ impl fmt::Debug for CoalesceConfig {
     }
 }
 
+/// A configuration that cannot work, from [`CoalesceConfig::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid coalesce configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 impl CoalesceConfig {
+    /// Checks that the settings can work together:
+    /// - the lease is at least 3 ms (it is renewed every third of it);
+    /// - `backend_timeout` is above zero and below two thirds of the lease,
+    ///   so a renewal sent a third of the way through a lease is answered (or
+    ///   given up) before the lease ends.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.lease < Duration::from_millis(3) {
+            return Err(ConfigError(format!(
+                "lease {:?} is too short: it must be at least 3 ms, as it is renewed every third of it",
+                self.lease
+            )));
+        }
+        if self.backend_timeout.is_zero() {
+            return Err(ConfigError(
+                "backend_timeout must be greater than zero".into(),
+            ));
+        }
+        if self.backend_timeout * 3 >= self.lease * 2 {
+            return Err(ConfigError(format!(
+                "backend_timeout {:?} must be below two thirds of the lease {:?}: a renewal that may take longer could not keep the lease",
+                self.backend_timeout, self.lease
+            )));
+        }
+        Ok(())
+    }
+
     /// The defaults: coalesce concurrent requests but store nothing (`ttl`
     /// zero), share bodies up to 1 MiB, followers wait up to 30 s and then
     /// answer `504`, abandoned flights complete, backend operations are

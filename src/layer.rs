@@ -4,7 +4,7 @@
 
 use crate::flight::FlightTable;
 use crate::stats::Counters;
-use crate::{CoalesceConfig, CoalesceService, HttpKey, Stats};
+use crate::{CoalesceConfig, CoalesceService, ConfigError, HttpKey, Stats};
 use std::sync::Arc;
 use tower_layer::Layer;
 
@@ -28,23 +28,42 @@ pub(crate) struct Shared<E> {
 
 impl CoalesceLayer {
     /// A layer keyed by the default [`HttpKey`] extractor.
+    ///
+    /// # Panics
+    /// If the configuration is invalid (see [`CoalesceConfig::validate`]);
+    /// [`try_new`](Self::try_new) returns the error instead.
     pub fn new(config: CoalesceConfig) -> Self {
         Self::with_extractor(config, HttpKey::new())
+    }
+
+    /// A layer keyed by the default [`HttpKey`] extractor, or why the
+    /// configuration cannot work.
+    pub fn try_new(config: CoalesceConfig) -> Result<Self, ConfigError> {
+        Self::try_with_extractor(config, HttpKey::new())
     }
 }
 
 impl<E> CoalesceLayer<E> {
     /// A layer keyed by `extractor` (a [`KeyExtractor`](crate::KeyExtractor),
     /// such as a closure).
+    ///
+    /// # Panics
+    /// If the configuration is invalid (see [`CoalesceConfig::validate`]).
     pub fn with_extractor(config: CoalesceConfig, extractor: E) -> Self {
-        Self {
+        Self::try_with_extractor(config, extractor).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A layer keyed by `extractor`, or why the configuration cannot work.
+    pub fn try_with_extractor(config: CoalesceConfig, extractor: E) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
             shared: Arc::new(Shared {
                 config,
                 extractor,
                 table: FlightTable::default(),
                 counters: Counters::default(),
             }),
-        }
+        })
     }
 
     /// The counters so far.

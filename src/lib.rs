@@ -106,7 +106,7 @@ mod stats;
 
 pub use backend::{Backend, BackendError, LeaseToken, MemoryBackend, RedisBackend, Watch};
 pub use body::{BoxError, CoalesceBody};
-pub use config::{CoalesceConfig, WaitFallback};
+pub use config::{CoalesceConfig, ConfigError, WaitFallback};
 pub use entry::{DecodeError, Entry};
 pub use error::{FlightError, FlightErrorKind};
 pub use future::ResponseFuture;

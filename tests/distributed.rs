@@ -124,7 +124,11 @@ async fn ten_thousand_requests_over_four_instances_make_one_origin_call_and_few_
 async fn an_origin_slower_than_three_leases_keeps_its_lease() {
     let server = RedisServer::start();
     let origin = Origin::gated();
-    let config = || CoalesceConfig::new().lease(Duration::from_millis(150));
+    let config = || {
+        CoalesceConfig::new()
+            .lease(Duration::from_millis(150))
+            .backend_timeout(Duration::from_millis(50))
+    };
     let (a, svc_a) = instance(&server, &origin, config()).await;
     let (b, svc_b) = instance(&server, &origin, config()).await;
     let first = tokio::spawn(svc_a.oneshot(get("/slow")));

@@ -559,3 +559,28 @@ async fn trailers_are_shared_with_followers() {
         assert_eq!(collected.to_bytes(), "m");
     }
 }
+
+#[test]
+fn nonsense_settings_are_clear_errors() {
+    let cases = [
+        (CoalesceConfig::new().lease(Duration::ZERO), "lease"),
+        (
+            CoalesceConfig::new().backend_timeout(Duration::ZERO),
+            "backend_timeout must be greater than zero",
+        ),
+        (
+            CoalesceConfig::new()
+                .lease(Duration::from_secs(1))
+                .backend_timeout(Duration::from_secs(1)),
+            "two thirds of the lease",
+        ),
+    ];
+    for (config, says) in cases {
+        let err = CoalesceLayer::try_new(config).unwrap_err();
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    assert!(
+        CoalesceLayer::try_new(CoalesceConfig::new()).is_ok(),
+        "the defaults are valid"
+    );
+}
