@@ -13,10 +13,16 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with these extra arguments (the plain port stays open
+    /// on loopback for readiness checks).
+    pub fn start_with(extra: &[&str]) -> Self {
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
-            match Self::try_start_on(port) {
+            match Self::try_start(port, extra) {
                 Ok(server) => return server,
                 Err(e) => last_error = e,
             }
@@ -26,14 +32,15 @@ impl RedisServer {
 
     /// Starts a server on this port (which must be free).
     pub fn start_on(port: u16) -> Self {
-        Self::try_start_on(port).unwrap_or_else(|e| panic!("redis-server did not start: {e}"))
+        Self::try_start(port, &[]).unwrap_or_else(|e| panic!("redis-server did not start: {e}"))
     }
 
-    fn try_start_on(port: u16) -> Result<Self, String> {
+    fn try_start(port: u16, extra: &[&str]) -> Result<Self, String> {
         {
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -56,8 +63,11 @@ impl RedisServer {
                 return Err(format!("exited with {status} (port {} taken?)", self.port));
             }
             if let Ok(mut conn) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                    return Ok(());
+                match redis::cmd("PING").query::<String>(&mut conn) {
+                    Ok(_) => return Ok(()),
+                    // A server that asks for a password is up.
+                    Err(e) if e.code() == Some("NOAUTH") => return Ok(()),
+                    Err(_) => {}
                 }
             }
             if Instant::now() > deadline {
