@@ -337,3 +337,52 @@ async fn a_remote_wait_ends_at_the_wait_timeout_with_the_fallback() {
         "the default fallback adds no load to a slow origin"
     );
 }
+
+#[tokio::test]
+async fn a_leader_that_lost_its_lease_leaves_its_successor_alone() {
+    let server = RedisServer::start();
+    let origin = Origin::gated();
+    let config = CoalesceConfig::new()
+        .lease(Duration::from_millis(300))
+        .backend_timeout(Duration::from_millis(100));
+    let (a, svc_a) = instance(&server, &origin, config).await;
+    let first = tokio::spawn(svc_a.oneshot(get("/stale")));
+    until(&a, "the leader's call", |_| origin.calls() == 1).await;
+
+    // The lease ends under it (as after a long pause) and another instance's
+    // leader takes it.
+    let backend = RedisBackend::connect(server.url()).await.unwrap();
+    let key =
+        tower_coalesce::KeyExtractor::extract(&tower_coalesce::HttpKey::new(), &get("/stale"))
+            .unwrap();
+    let lock = backend.lock_key(&key);
+    let mut conn = server.conn();
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("successor-token")
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut conn)
+        .unwrap();
+
+    origin.open_gate();
+    let res = first.await.unwrap().unwrap();
+    assert_eq!(
+        body(res).await.unwrap(),
+        "/stale",
+        "its own callers still get the answer"
+    );
+    assert!(
+        a.stats().lease_lost >= 1,
+        "the loss was observed: {:?}",
+        a.stats()
+    );
+    assert_eq!(a.stats().stored, 0);
+    let holder: String = redis::cmd("GET").arg(&lock).query(&mut conn).unwrap();
+    assert_eq!(holder, "successor-token", "the successor's lock is intact");
+    let value: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(backend.value_key(&key))
+        .query(&mut conn)
+        .unwrap();
+    assert!(value.is_none(), "the late leader wrote no value");
+}
