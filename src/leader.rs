@@ -142,10 +142,8 @@ async fn fly<S, E, ReqBody, ResBody>(
     inner: S,
 ) -> (Landing, Own<ResBody, S::Error>)
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Error: Display,
-    ResBody: Body<Data = Bytes>,
-    ResBody::Error: Into<BoxError>,
+    S: Origin<ReqBody, ResBody>,
+    ResBody: OriginBody,
 {
     let config = &shared.config;
     let counters = &shared.counters;
@@ -230,10 +228,8 @@ async fn produce<S, E, ReqBody, ResBody>(
     inner: S,
 ) -> Produced<ResBody, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Error: Display,
-    ResBody: Body<Data = Bytes>,
-    ResBody::Error: Into<BoxError>,
+    S: Origin<ReqBody, ResBody>,
+    ResBody: OriginBody,
 {
     let counters = &shared.counters;
     bump(&counters.origin_calls);
