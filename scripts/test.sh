@@ -26,4 +26,3 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --all-features
-cargo test --doc --all-features
