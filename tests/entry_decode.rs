@@ -1,0 +1,72 @@
+//! `Entry::decode` against arbitrary input: it returns an error or an entry,
+//! never panics, and never accepts a value that `encode` did not produce.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use proptest::prelude::*;
+use tower_coalesce::Entry;
+
+fn entry_strategy() -> impl Strategy<Value = Entry> {
+    let header = (
+        "[a-z][a-z0-9-]{0,20}",
+        proptest::collection::vec(0x20u8..0x7f, 0..40),
+    );
+    (
+        100u16..1000,
+        proptest::collection::vec(header.clone(), 0..8),
+        proptest::collection::vec(any::<u8>(), 0..2048),
+        proptest::option::of(proptest::collection::vec(header, 0..3)),
+    )
+        .prop_map(|(status, headers, body, trailers)| {
+            let map = |pairs: Vec<(String, Vec<u8>)>| {
+                let mut m = HeaderMap::new();
+                for (n, v) in pairs {
+                    m.append(
+                        HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                        HeaderValue::from_bytes(&v).unwrap(),
+                    );
+                }
+                m
+            };
+            Entry::new(
+                StatusCode::from_u16(status).unwrap(),
+                Version::HTTP_11,
+                map(headers),
+                Bytes::from(body),
+                trailers.map(map),
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Entry::decode(Bytes::from(bytes));
+    }
+
+    #[test]
+    fn arbitrary_bytes_after_the_tag_never_panic(rest in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut bytes = b"TCE\x01".to_vec();
+        bytes.extend(rest);
+        let _ = Entry::decode(Bytes::from(bytes));
+    }
+
+    #[test]
+    fn every_entry_round_trips(entry in entry_strategy()) {
+        let back = Entry::decode(entry.encode()).unwrap();
+        prop_assert_eq!(back.status(), entry.status());
+        prop_assert_eq!(back.headers(), entry.headers());
+        prop_assert_eq!(back.body(), entry.body());
+        prop_assert_eq!(back.trailers(), entry.trailers());
+    }
+
+    #[test]
+    fn a_damaged_entry_is_rejected(entry in entry_strategy(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let mut bytes = entry.encode().to_vec();
+        let i = at.index(bytes.len());
+        bytes[i] ^= 1 << bit;
+        prop_assert!(Entry::decode(Bytes::from(bytes)).is_err());
+    }
+}
