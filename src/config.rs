@@ -43,6 +43,7 @@ pub struct CoalesceConfig {
     pub(crate) complete_abandoned: bool,
     pub(crate) backend_timeout: Duration,
     pub(crate) lease: Duration,
+    pub(crate) pass_ttl: Duration,
     pub(crate) outcome_header: Option<HeaderName>,
     pub(crate) backend: Arc<dyn Backend>,
 }
@@ -63,6 +64,7 @@ impl fmt::Debug for CoalesceConfig {
             .field("complete_abandoned", &self.complete_abandoned)
             .field("backend_timeout", &self.backend_timeout)
             .field("lease", &self.lease)
+            .field("pass_ttl", &self.pass_ttl)
             .field("outcome_header", &self.outcome_header)
             .finish_non_exhaustive()
     }
@@ -120,6 +122,7 @@ impl CoalesceConfig {
             complete_abandoned: true,
             backend_timeout: Duration::from_millis(250),
             lease: Duration::from_secs(10),
+            pass_ttl: Duration::from_secs(5),
             outcome_header: None,
             backend: Arc::new(MemoryBackend::new()),
         }
@@ -204,6 +207,16 @@ impl CoalesceConfig {
     /// [`ttl`](Self::ttl) above zero.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// How long a key whose answer could not be shared (private, or over
+    /// `max_body_bytes`) is remembered as pass-through (default 5 s; zero
+    /// turns this off). Requests for it then go straight to the inner service
+    /// with [`Outcome::Pass`](crate::Outcome::Pass), rather than waiting, one
+    /// flight after another, for answers they would not be given.
+    pub fn pass_ttl(mut self, ttl: Duration) -> Self {
+        self.pass_ttl = ttl;
         self
     }
 

@@ -26,7 +26,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
         Ready { response: Option<(Response<CoalesceBody<B>>, Outcome)> },
-        Bypass { #[pin] future: F },
+        Direct { #[pin] future: F, outcome: Outcome },
         Coalesced { future: BoxFuture<'static, Result<Response<CoalesceBody<B>>, E>> },
     }
 }
@@ -45,9 +45,11 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn bypass(future: F, header: Option<HeaderName>) -> Self {
+    /// The inner service's own future, answering untouched, marked with
+    /// `outcome` (a bypass, or a pass for a key remembered as uncacheable).
+    pub(crate) fn direct(future: F, outcome: Outcome, header: Option<HeaderName>) -> Self {
         Self {
-            kind: Kind::Bypass { future },
+            kind: Kind::Direct { future, outcome },
             header,
         }
     }
@@ -94,11 +96,11 @@ where
                     .expect("ResponseFuture polled after completion");
                 Poll::Ready(Ok(mark(res, outcome, this.header.as_ref())))
             }
-            KindProj::Bypass { future } => {
+            KindProj::Direct { future, outcome } => {
                 let res = ready!(future.poll(cx))?;
                 Poll::Ready(Ok(mark(
                     res.map(CoalesceBody::inner),
-                    Outcome::Bypass,
+                    *outcome,
                     this.header.as_ref(),
                 )))
             }

@@ -4,7 +4,7 @@
 
 use crate::flight::FlightTable;
 use crate::stats::Counters;
-use crate::{CoalesceConfig, CoalesceService, ConfigError, HttpKey, Stats};
+use crate::{CoalesceConfig, CoalesceService, ConfigError, HttpKey, Key, Stats};
 use std::sync::Arc;
 use tower_layer::Layer;
 
@@ -24,6 +24,10 @@ pub(crate) struct Shared<E> {
     pub(crate) extractor: E,
     pub(crate) table: FlightTable,
     pub(crate) counters: Counters,
+    /// Keys whose last answer could not be shared, for `pass_ttl`: requests
+    /// for them go straight to the origin instead of queueing behind a flight
+    /// whose answer they could not have (Varnish's hit-for-pass).
+    pub(crate) passes: Option<moka::sync::Cache<Key, ()>>,
 }
 
 impl CoalesceLayer {
@@ -56,12 +60,19 @@ impl<E> CoalesceLayer<E> {
     /// A layer keyed by `extractor`, or why the configuration cannot work.
     pub fn try_with_extractor(config: CoalesceConfig, extractor: E) -> Result<Self, ConfigError> {
         config.validate()?;
+        let passes = (!config.pass_ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(config.pass_ttl)
+                .build()
+        });
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
                 extractor,
                 table: FlightTable::default(),
                 counters: Counters::default(),
+                passes,
             }),
         })
     }

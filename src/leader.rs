@@ -194,6 +194,11 @@ where
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
         None => produced.await,
     };
+    if matches!(landing, Landing::Uncacheable) {
+        if let Some(passes) = &shared.passes {
+            passes.insert(key.clone(), ());
+        }
+    }
     let keep = keep.filter(|_| !config.ttl.is_zero());
     match lease {
         Some(lease) => crate::remote::complete(shared, key, &lease, keep).await,

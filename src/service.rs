@@ -91,8 +91,13 @@ where
         };
         let Some(key) = key else {
             bump(&shared.counters.bypasses);
-            return ResponseFuture::bypass(self.inner.call(req), header);
+            return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Bypass, header);
         };
+        if shared.passes.as_ref().is_some_and(|p| p.contains_key(&key)) {
+            bump(&shared.counters.passes);
+            bump(&shared.counters.origin_calls);
+            return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Pass, header);
+        }
         if let Some(entry) = crate::leader::local_hit(shared, &key) {
             return ResponseFuture::ready(entry.to_response(), crate::Outcome::Hit, header);
         }

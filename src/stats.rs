@@ -49,9 +49,11 @@ impl std::fmt::Display for Outcome {
 /// A snapshot of the layer's counters, from
 /// [`CoalesceLayer::stats`](crate::CoalesceLayer::stats).
 ///
-/// Every counter only grows. `requests` = `bypasses` + `hits` + `flights` +
-/// `followers`; a request re-elected after an abandoned flight counts again
-/// under the role it took the second time.
+/// Every counter only grows. Each request is counted once among `bypasses`,
+/// `passes`, `hits` (answered from memory before any flight), `flights` and
+/// `followers`, except that a request re-elected after an abandoned flight
+/// counts again under its second role, and a flight whose leader then finds
+/// the answer in the backend also counts a hit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -93,6 +95,9 @@ pub struct Stats {
     pub takeovers: u64,
     /// Leases found lost by the watchdog or at completion.
     pub lease_lost: u64,
+    /// Requests sent straight to the origin because their key's last answer
+    /// could not be shared (see `pass_ttl`).
+    pub passes: u64,
 }
 
 macro_rules! counters {
@@ -128,6 +133,7 @@ counters!(
     remote_waits,
     takeovers,
     lease_lost,
+    passes,
 );
 
 /// Adds one to a counter.

@@ -584,3 +584,49 @@ fn nonsense_settings_are_clear_errors() {
         "the defaults are valid"
     );
 }
+
+#[tokio::test]
+async fn a_key_whose_answer_was_private_passes_straight_to_the_origin_for_a_while() {
+    let origin = Origin::gated();
+    let layer = layer(CoalesceConfig::new().pass_ttl(Duration::from_millis(300)));
+    let svc = layer.layer(origin.serve(|req: Request<Full<Bytes>>| async move {
+        let mut res = echo_path(req).await?;
+        res.headers_mut()
+            .insert("cache-control", "private".parse().unwrap());
+        Ok::<_, BoxError>(res)
+    }));
+    origin.open_gate();
+    let first = svc.clone().oneshot(get("/mine")).await.unwrap();
+    assert_eq!(first.extensions().get::<Outcome>(), Some(&Outcome::Leader));
+
+    // Now the key is known to be private: no flight, no waiting.
+    for _ in 0..3 {
+        let res = svc.clone().oneshot(get("/mine")).await.unwrap();
+        assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Pass));
+        assert_eq!(body(res).await.unwrap(), "/mine");
+    }
+    assert_eq!((layer.stats().passes, layer.stats().flights), (3, 1));
+
+    // After pass_ttl the key is given a flight again.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let res = svc.clone().oneshot(get("/mine")).await.unwrap();
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Leader));
+    assert_eq!(origin.calls(), 5);
+}
+
+#[tokio::test]
+async fn with_pass_ttl_zero_private_keys_keep_getting_flights() {
+    let origin = Origin::open();
+    let layer = layer(CoalesceConfig::new().pass_ttl(Duration::ZERO));
+    let svc = layer.layer(origin.serve(|req: Request<Full<Bytes>>| async move {
+        let mut res = echo_path(req).await?;
+        res.headers_mut()
+            .insert("set-cookie", "a=b".parse().unwrap());
+        Ok::<_, BoxError>(res)
+    }));
+    for _ in 0..2 {
+        let res = svc.clone().oneshot(get("/c")).await.unwrap();
+        assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Leader));
+    }
+    assert_eq!(layer.stats().passes, 0);
+}
