@@ -93,13 +93,15 @@ where
             bump(&shared.counters.bypasses);
             return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Bypass, header);
         };
+        if let Some(entry) = crate::leader::local_hit(shared, &key) {
+            return ResponseFuture::ready(entry.to_response(), crate::Outcome::Hit, header);
+        }
+        // After the hit check: hits, the hot path, pay nothing for it, and a
+        // fresh stored entry was judged shareable.
         if shared.passes.as_ref().is_some_and(|p| p.contains_key(&key)) {
             bump(&shared.counters.passes);
             bump(&shared.counters.origin_calls);
             return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Pass, header);
-        }
-        if let Some(entry) = crate::leader::local_hit(shared, &key) {
-            return ResponseFuture::ready(entry.to_response(), crate::Outcome::Hit, header);
         }
         let role = shared.table.join(&key);
         // The leader's task calls the inner service later, so it takes the
