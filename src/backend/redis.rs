@@ -224,8 +224,7 @@ impl Backend for RedisBackend {
 
     fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()> {
         Box::pin(async move {
-            let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-            if millis == 0 {
+            if ttl.is_zero() {
                 return Ok(());
             }
             let mut conn = self.conn.clone();
@@ -233,7 +232,7 @@ impl Backend for RedisBackend {
                 .arg(self.value_key(key))
                 .arg(entry.encode().as_ref())
                 .arg("PX")
-                .arg(millis)
+                .arg(millis(ttl)?)
                 .query_async::<()>(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis SET failed", e))
@@ -253,7 +252,7 @@ impl Backend for RedisBackend {
                 .arg(token.as_str())
                 .arg("NX")
                 .arg("PX")
-                .arg(lease_millis(lease)?)
+                .arg(millis(lease)?)
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis SET NX failed", e))?;
@@ -272,7 +271,7 @@ impl Backend for RedisBackend {
             let renewed: i64 = RENEW
                 .key(self.lock_key(key))
                 .arg(token.as_str())
-                .arg(lease_millis(lease)?)
+                .arg(millis(lease)?)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis lease renewal failed", e))?;
@@ -310,7 +309,7 @@ impl Backend for RedisBackend {
     ) -> BackendFuture<'a, bool> {
         Box::pin(async move {
             let (value, ttl) = match answer {
-                Some((entry, ttl)) if !ttl.is_zero() => (entry.encode(), lease_millis(ttl)?),
+                Some((entry, ttl)) if !ttl.is_zero() => (entry.encode(), millis(ttl)?),
                 _ => (bytes::Bytes::new(), 0),
             };
             let mut conn = self.conn.clone();
@@ -346,8 +345,8 @@ fn route(channels: &Channels, push: PushInfo) {
     }
 }
 
-/// A duration in whole milliseconds, at least 1 (Redis rejects `PX 0`).
-fn lease_millis(d: Duration) -> Result<u64, BackendError> {
+/// A lease or TTL in whole milliseconds, at least 1 (Redis rejects `PX 0`).
+fn millis(d: Duration) -> Result<u64, BackendError> {
     let ms = u64::try_from(d.as_millis())
         .map_err(|_| BackendError::msg("duration too long for Redis"))?;
     Ok(ms.max(1))
