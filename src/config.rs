@@ -6,17 +6,21 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What a follower does when its flight has not landed by the wait timeout.
+/// What a flight's callers get when it has not landed by the wait timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WaitFallback {
-    /// Answer `504 Gateway Timeout`, with a
-    /// [`FlightError`](crate::FlightError) of kind `WaitTimeout` in the
-    /// response's extensions. The default: an origin that is already slow is
-    /// not handed more load.
+    /// Every caller of the flight, its leader's included, gets `504 Gateway
+    /// Timeout` with a [`FlightError`](crate::FlightError) of kind
+    /// `WaitTimeout` in the response's extensions, and the inner call is
+    /// dropped (a lease it held is released at once). The default: an origin
+    /// that is already slow is not handed more load, and an inner service
+    /// that never answers holds nothing for longer than the wait timeout.
     #[default]
     GatewayTimeout,
-    /// Call the inner service on its own.
+    /// The followers call the inner service each on its own; the leader's
+    /// inner call goes on for its own caller. Nothing is timed out: answers
+    /// come as late as the inner service gives them.
     CallOrigin,
 }
 
@@ -85,6 +89,7 @@ impl std::error::Error for ConfigError {}
 impl CoalesceConfig {
     /// Checks that the settings can work together:
     /// - the lease is at least 3 ms (it is renewed every third of it);
+    /// - `wait_timeout` is above zero;
     /// - `backend_timeout` is above zero and below two thirds of the lease,
     ///   so a renewal sent a third of the way through a lease is answered (or
     ///   given up) before the lease ends.
@@ -98,6 +103,11 @@ impl CoalesceConfig {
         if self.backend_timeout.is_zero() {
             return Err(ConfigError(
                 "backend_timeout must be greater than zero".into(),
+            ));
+        }
+        if self.wait_timeout.is_zero() {
+            return Err(ConfigError(
+                "wait_timeout must be greater than zero: a flight needs time to answer".into(),
             ));
         }
         if self.backend_timeout * 3 >= self.lease * 2 {
@@ -145,14 +155,16 @@ impl CoalesceConfig {
         self
     }
 
-    /// How long a follower waits for its flight before the
-    /// [fallback](Self::wait_fallback). Zero means followers do not wait.
+    /// How long a flight may take, counted from its start: no caller of it
+    /// waits longer, whenever it joined. At this time the flight ends by the
+    /// [fallback](Self::wait_fallback). It includes a wait for another
+    /// instance's flight. One timer per flight, none per follower.
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.wait_timeout = timeout;
         self
     }
 
-    /// What a follower does at the wait timeout.
+    /// What a flight's callers get at the wait timeout.
     pub fn wait_fallback(mut self, fallback: WaitFallback) -> Self {
         self.wait_fallback = fallback;
         self

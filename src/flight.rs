@@ -8,9 +8,15 @@
 //! [`FlightGuard`] removes the entry when the leader's task ends, whichever way.
 
 use crate::{Entry, FlightError, Key};
+use pin_project_lite::pin_project;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::watch;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{ready, Context, Poll};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 
 /// How a flight ended, as its followers see it.
 #[derive(Debug, Clone)]
@@ -23,13 +29,28 @@ pub(crate) enum Landing {
     Failed(FlightError),
 }
 
-type Slot = Option<Landing>;
+/// One flight's meeting point: written once by its leader, read by every
+/// follower. Kept small on purpose: a follower holds one `Arc` of it and one
+/// wait registration, nothing per follower is allocated here.
+#[derive(Debug, Default)]
+struct Flight {
+    /// `Some` once the flight landed; `None` inside means it was abandoned.
+    slot: OnceLock<Option<Landing>>,
+    /// Woken once, when `slot` is set.
+    landed: Arc<Notify>,
+    /// Followers still waiting (their [`FlightReceiver`]s alive).
+    followers: AtomicUsize,
+    /// Woken when `followers` drops to zero.
+    gone: Notify,
+}
 
-/// The sending side of a flight, held by its leader task.
-pub(crate) type FlightSender = Arc<watch::Sender<Slot>>;
-
-/// The receiving side of a flight, held by each follower.
-pub(crate) type FlightReceiver = watch::Receiver<Slot>;
+impl Flight {
+    fn settle(&self, landing: Option<Landing>) {
+        // Set before waking: a woken follower must find the landing.
+        let _ = self.slot.set(landing);
+        self.landed.notify_waiters();
+    }
+}
 
 /// What [`FlightTable::join`] made of the caller.
 pub(crate) enum Role {
@@ -42,11 +63,11 @@ pub(crate) enum Role {
 /// The flights under way in this process, by key.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct FlightTable {
-    flights: Arc<Mutex<HashMap<Key, FlightSender>>>,
+    flights: Arc<Mutex<HashMap<Key, Arc<Flight>>>>,
 }
 
 impl FlightTable {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, FlightSender>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Flight>>> {
         // A panic while holding this lock cannot leave the map half-changed
         // (every critical section is a single map operation), so poisoning is
         // ignored rather than spread to every later request.
@@ -56,15 +77,20 @@ impl FlightTable {
     /// Leads the flight for `key`, or follows the one under way.
     pub(crate) fn join(&self, key: &Key) -> Role {
         let mut flights = self.lock();
-        if let Some(sender) = flights.get(key) {
-            return Role::Follower(sender.subscribe());
+        if let Some(flight) = flights.get(key) {
+            // Counted under the table lock, so `abandon_if_unfollowed` never
+            // misses a follower that is joining.
+            flight.followers.fetch_add(1, Ordering::Relaxed);
+            return Role::Follower(FlightReceiver {
+                flight: flight.clone(),
+            });
         }
-        let sender = Arc::new(watch::Sender::new(None));
-        flights.insert(key.clone(), sender.clone());
+        let flight = Arc::new(Flight::default());
+        flights.insert(key.clone(), flight.clone());
         Role::Leader(FlightGuard {
             table: self.clone(),
             key: key.clone(),
-            sender,
+            flight,
         })
     }
 
@@ -75,13 +101,12 @@ impl FlightTable {
 }
 
 /// The leader's hold on its table entry. Dropping it without landing removes
-/// the entry and drops the sender, which tells every follower the flight was
-/// abandoned.
+/// the entry and tells every follower the flight was abandoned.
 #[derive(Debug)]
 pub(crate) struct FlightGuard {
     table: FlightTable,
     key: Key,
-    sender: FlightSender,
+    flight: Arc<Flight>,
 }
 
 impl FlightGuard {
@@ -90,31 +115,38 @@ impl FlightGuard {
     /// new flight (or find the stored answer), never join a finished one.
     pub(crate) fn land(self, landing: Landing) {
         self.remove();
-        self.sender.send_replace(Some(landing));
+        self.flight.settle(Some(landing));
     }
 
     /// Resolves when no follower is waiting any more.
     pub(crate) async fn followers_gone(&self) {
-        self.sender.closed().await
+        loop {
+            let gone = self.flight.gone.notified();
+            if self.flight.followers.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            // Created before the check, so a drop to zero after it still wakes us.
+            gone.await;
+        }
     }
 
     /// Removes the flight from the table if nobody follows it. Checked under
     /// the table lock, so no follower can join between the check and the removal.
     pub(crate) fn abandon_if_unfollowed(&self) -> bool {
         let mut flights = self.table.lock();
-        if self.sender.receiver_count() > 0 {
+        if self.flight.followers.load(Ordering::Acquire) > 0 {
             return false;
         }
-        Self::remove_locked(&mut flights, &self.key, &self.sender);
+        Self::remove_locked(&mut flights, &self.key, &self.flight);
         true
     }
 
     fn remove(&self) {
-        Self::remove_locked(&mut self.table.lock(), &self.key, &self.sender);
+        Self::remove_locked(&mut self.table.lock(), &self.key, &self.flight);
     }
 
-    fn remove_locked(flights: &mut HashMap<Key, FlightSender>, key: &Key, sender: &FlightSender) {
-        if flights.get(key).is_some_and(|s| Arc::ptr_eq(s, sender)) {
+    fn remove_locked(flights: &mut HashMap<Key, Arc<Flight>>, key: &Key, flight: &Arc<Flight>) {
+        if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             flights.remove(key);
         }
     }
@@ -123,15 +155,61 @@ impl FlightGuard {
 impl Drop for FlightGuard {
     fn drop(&mut self) {
         self.remove();
+        // A no-op after `land`: the slot is written once.
+        self.flight.settle(None);
     }
 }
 
-/// Waits for the flight to land. `None` means it was abandoned without an
-/// answer (its leader was cancelled): the caller should join again.
-pub(crate) async fn wait(receiver: &mut FlightReceiver) -> Option<Landing> {
-    match receiver.wait_for(Option::is_some).await {
-        Ok(slot) => slot.clone(),
-        Err(_) => None,
+/// A follower's hold on a flight.
+#[derive(Debug)]
+pub(crate) struct FlightReceiver {
+    flight: Arc<Flight>,
+}
+
+impl FlightReceiver {
+    /// Waits for the flight to land. `None` means it was abandoned without an
+    /// answer (its leader was cancelled): the caller should join again.
+    pub(crate) fn wait(self) -> Wait {
+        // Registered before the slot is read, so a landing between the two
+        // still wakes this waiter.
+        let notified = self.flight.landed.clone().notified_owned();
+        Wait {
+            receiver: self,
+            notified,
+        }
+    }
+}
+
+impl Drop for FlightReceiver {
+    fn drop(&mut self) {
+        if self.flight.followers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.flight.gone.notify_waiters();
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`FlightReceiver::wait`]: a follower's whole wait, woken
+    /// by the landing, never polling.
+    #[derive(Debug)]
+    pub(crate) struct Wait {
+        receiver: FlightReceiver,
+        #[pin]
+        notified: OwnedNotified,
+    }
+}
+
+impl Future for Wait {
+    type Output = Option<Landing>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(landing) = this.receiver.flight.slot.get() {
+            return Poll::Ready(landing.clone());
+        }
+        ready!(this.notified.poll(cx));
+        // `settle` writes the slot before it wakes anyone.
+        Poll::Ready(this.receiver.flight.slot.get().cloned().flatten())
     }
 }
 
@@ -150,7 +228,7 @@ mod tests {
         let Role::Leader(guard) = table.join(&key()) else {
             panic!("first caller must lead")
         };
-        let Role::Follower(mut rx) = table.join(&key()) else {
+        let Role::Follower(rx) = table.join(&key()) else {
             panic!("second caller must follow")
         };
         assert_eq!(table.len(), 1);
@@ -159,7 +237,7 @@ mod tests {
             "x",
         )));
         assert_eq!(table.len(), 0);
-        assert!(matches!(wait(&mut rx).await, Some(Landing::Failed(_))));
+        assert!(matches!(rx.wait().await, Some(Landing::Failed(_))));
     }
 
     #[tokio::test]
@@ -168,12 +246,12 @@ mod tests {
         let Role::Leader(guard) = table.join(&key()) else {
             panic!()
         };
-        let Role::Follower(mut rx) = table.join(&key()) else {
+        let Role::Follower(rx) = table.join(&key()) else {
             panic!()
         };
         drop(guard);
         assert_eq!(table.len(), 0);
-        assert!(wait(&mut rx).await.is_none());
+        assert!(rx.wait().await.is_none());
         assert!(matches!(table.join(&key()), Role::Leader(_)));
     }
 

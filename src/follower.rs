@@ -5,90 +5,204 @@
 //! woken by it, never polling. A flight that was abandoned sends it back to the
 //! table, where it leads or follows again.
 
-use crate::flight::{self, Landing, Role};
+use crate::flight::{Landing, Role, Wait};
 use crate::future::mark;
 use crate::layer::Shared;
-use crate::leader::{self, error_response, Origin, OriginBody};
+use crate::leader::{self, error_response, Origin, OriginBody, Own};
 use crate::stats::bump;
 use crate::{CoalesceBody, FlightError, FlightErrorKind, Key, Outcome, WaitFallback};
+use futures_util::future::BoxFuture;
 use http::{Request, Response};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::sync::oneshot;
 use tower::ServiceExt;
-use tower_service::Service;
 
-pub(crate) async fn coalesced<S, E, ReqBody, ResBody>(
-    shared: Arc<Shared<E>>,
-    key: Key,
-    mut role: Role,
-    req: Request<ReqBody>,
-    inner: S,
-) -> Result<Response<CoalesceBody<ResBody>>, S::Error>
+pin_project! {
+    /// A keyed request's future after a miss: it leads a flight (its task runs
+    /// elsewhere; this waits for the caller's own answer), follows one, or
+    /// calls the inner service alone when the flight's answer cannot be shared.
+    ///
+    /// Written by hand rather than as an `async fn`: a million followers each
+    /// hold one of these, and an `async fn` keeps its arguments twice (as
+    /// captures and as locals), which more than doubled its size.
+    pub(crate) struct Coalesced<S, E, ReqBody, ResBody>
+    where
+        S: Origin<ReqBody, ResBody>,
+    {
+        shared: Arc<Shared<E>>,
+        key: Key,
+        // The request and a clone of the inner service, until a flight or a
+        // pass takes them.
+        call: Option<(Request<ReqBody>, S)>,
+        #[pin]
+        state: State<ResBody, S::Error>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<B, Err> {
+        Leading { own: oneshot::Receiver<Own<B, Err>> },
+        Following { #[pin] wait: Wait },
+        // Boxed: rare, and the inner future may be large.
+        Passing { future: BoxFuture<'static, Result<Response<B>, Err>> },
+        Done,
+    }
+}
+
+impl<S, E, ReqBody, ResBody> Coalesced<S, E, ReqBody, ResBody>
 where
     S: Origin<ReqBody, ResBody>,
     E: Send + Sync + 'static,
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
-    let header = shared.config.outcome_header.clone();
-    let header = header.as_ref();
-    loop {
-        let mut receiver = match role {
-            Role::Leader(guard) => {
-                let own = leader::spawn(shared.clone(), guard, key, req, inner);
-                return leader::own_answer(own, header).await;
-            }
-            Role::Follower(receiver) => receiver,
-        };
-        bump(&shared.counters.followers);
-        let wait = tokio::time::timeout(shared.config.wait_timeout, flight::wait(&mut receiver));
-        let landing = match wait.await {
-            Ok(landing) => landing,
-            Err(_) => {
-                bump(&shared.counters.wait_timeouts);
-                tracing::debug!(?key, "wait timeout; {:?}", shared.config.wait_fallback);
-                return match shared.config.wait_fallback {
-                    WaitFallback::CallOrigin => pass(&shared, req, inner, header).await,
-                    WaitFallback::GatewayTimeout => {
-                        let error = FlightError::new(
-                            FlightErrorKind::WaitTimeout,
-                            format!("no answer within {:?}", shared.config.wait_timeout),
-                        );
-                        Ok(mark(error_response(error), Outcome::Follower, header))
-                    }
-                };
-            }
-        };
-        match landing {
-            Some(Landing::Done(entry)) => {
-                return Ok(mark(entry.to_response(), Outcome::Follower, header))
-            }
-            Some(Landing::Failed(error)) => {
-                return Ok(mark(error_response(error), Outcome::Follower, header))
-            }
-            Some(Landing::Uncacheable) => return pass(&shared, req, inner, header).await,
-            None => {
-                bump(&shared.counters.dangling);
-                drop(receiver);
-                if let Some(entry) = leader::local_hit(&shared, &key) {
-                    return Ok(mark(entry.to_response(), Outcome::Hit, header));
-                }
-                role = shared.table.join(&key);
+    /// Starts as `role`: a leader's flight task is spawned here.
+    pub(crate) fn new(
+        shared: Arc<Shared<E>>,
+        key: Key,
+        role: Role,
+        req: Request<ReqBody>,
+        inner: S,
+    ) -> Self {
+        let mut call = Some((req, inner));
+        let state = start(&shared, &key, &mut call, role);
+        Self {
+            shared,
+            key,
+            call,
+            state,
+        }
+    }
+}
+
+fn start<S, E, ReqBody, ResBody>(
+    shared: &Arc<Shared<E>>,
+    key: &Key,
+    call: &mut Option<(Request<ReqBody>, S)>,
+    role: Role,
+) -> State<ResBody, S::Error>
+where
+    S: Origin<ReqBody, ResBody>,
+    E: Send + Sync + 'static,
+    ReqBody: Send + 'static,
+    ResBody: OriginBody,
+{
+    match role {
+        Role::Leader(guard) => {
+            let (req, inner) = call.take().expect("a request leads only once");
+            let own = leader::spawn(shared.clone(), guard, key.clone(), req, inner);
+            State::Leading { own }
+        }
+        Role::Follower(receiver) => {
+            bump(&shared.counters.followers);
+            State::Following {
+                wait: receiver.wait(),
             }
         }
     }
 }
 
 /// Calls the inner service for this request alone.
-async fn pass<S, E, ReqBody, ResBody>(
+fn pass<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
-    req: Request<ReqBody>,
-    inner: S,
-    header: Option<&http::HeaderName>,
-) -> Result<Response<CoalesceBody<ResBody>>, S::Error>
+    call: &mut Option<(Request<ReqBody>, S)>,
+) -> State<ResBody, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Origin<ReqBody, ResBody>,
+    ReqBody: Send + 'static,
 {
+    let (req, inner) = call.take().expect("a follower passes only once");
     bump(&shared.counters.origin_calls);
-    let res = inner.oneshot(req).await?;
-    Ok(mark(res.map(CoalesceBody::inner), Outcome::Pass, header))
+    State::Passing {
+        future: Box::pin(inner.oneshot(req)),
+    }
+}
+
+impl<S, E, ReqBody, ResBody> Future for Coalesced<S, E, ReqBody, ResBody>
+where
+    S: Origin<ReqBody, ResBody>,
+    E: Send + Sync + 'static,
+    ReqBody: Send + 'static,
+    ResBody: OriginBody,
+{
+    type Output = Result<Response<CoalesceBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let header = this.shared.config.outcome_header.as_ref();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Leading { own } => {
+                    let own = ready!(Pin::new(own).poll(cx));
+                    this.state.set(State::Done);
+                    return Poll::Ready(match own {
+                        Ok(own) => own.map(|(res, outcome)| mark(res, outcome, header)),
+                        // The task ended without answering: only when the
+                        // runtime shuts down.
+                        Err(_) => Ok(mark(
+                            error_response(FlightError::new(
+                                FlightErrorKind::Dropped,
+                                "the flight's task was stopped",
+                            )),
+                            Outcome::Leader,
+                            header,
+                        )),
+                    });
+                }
+                StateProj::Passing { future } => {
+                    let res = ready!(future.as_mut().poll(cx));
+                    this.state.set(State::Done);
+                    return Poll::Ready(
+                        res.map(|res| mark(res.map(CoalesceBody::inner), Outcome::Pass, header)),
+                    );
+                }
+                StateProj::Done => panic!("Coalesced polled after completion"),
+                StateProj::Following { wait } => match ready!(wait.poll(cx)) {
+                    Some(Landing::Done(entry)) => {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(mark(
+                            entry.to_response(),
+                            Outcome::Follower,
+                            header,
+                        )));
+                    }
+                    Some(Landing::Failed(error))
+                        if error.kind() == FlightErrorKind::WaitTimeout
+                            && this.shared.config.wait_fallback == WaitFallback::CallOrigin =>
+                    {
+                        pass(this.shared, this.call)
+                    }
+                    Some(Landing::Failed(error)) => {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(mark(
+                            error_response(error),
+                            Outcome::Follower,
+                            header,
+                        )));
+                    }
+                    Some(Landing::Uncacheable) => pass(this.shared, this.call),
+                    None => {
+                        bump(&this.shared.counters.dangling);
+                        // Leave the abandoned flight before looking again.
+                        this.state.set(State::Done);
+                        if let Some(entry) = leader::local_hit(this.shared, this.key) {
+                            return Poll::Ready(Ok(mark(
+                                entry.to_response(),
+                                Outcome::Hit,
+                                header,
+                            )));
+                        }
+                        let role = this.shared.table.join(this.key);
+                        start(this.shared, this.key, this.call, role)
+                    }
+                },
+            };
+            this.state.set(next);
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! no allocation; only requests that lead or follow a flight, which wait
 //! anyway, are boxed.
 
-use crate::{BoxError, CoalesceBody, Outcome};
+use crate::{BoxError, CoalesceBody, Entry, Outcome};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Response};
@@ -25,22 +25,19 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
-        Ready { response: Option<(Response<CoalesceBody<B>>, Outcome)> },
+        // The entry, not a response built from it: an `Arc`, so hits keep
+        // this future small.
+        Ready { entry: Option<Entry> },
         Direct { #[pin] future: F, outcome: Outcome },
         Coalesced { future: BoxFuture<'static, Result<Response<CoalesceBody<B>>, E>> },
     }
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn ready(
-        response: Response<CoalesceBody<B>>,
-        outcome: Outcome,
-        header: Option<HeaderName>,
-    ) -> Self {
+    /// A hit: the stored entry, answered when first polled.
+    pub(crate) fn hit(entry: Entry, header: Option<HeaderName>) -> Self {
         Self {
-            kind: Kind::Ready {
-                response: Some((response, outcome)),
-            },
+            kind: Kind::Ready { entry: Some(entry) },
             header,
         }
     }
@@ -90,11 +87,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Ready { response } => {
-                let (res, outcome) = response
+            KindProj::Ready { entry } => {
+                let entry = entry
                     .take()
                     .expect("ResponseFuture polled after completion");
-                Poll::Ready(Ok(mark(res, outcome, this.header.as_ref())))
+                Poll::Ready(Ok(mark(
+                    entry.to_response(),
+                    Outcome::Hit,
+                    this.header.as_ref(),
+                )))
             }
             KindProj::Direct { future, outcome } => {
                 let res = ready!(future.poll(cx))?;

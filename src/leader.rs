@@ -8,7 +8,6 @@
 //! on a flight nobody will finish.
 
 use crate::flight::{FlightGuard, Landing};
-use crate::future::mark;
 use crate::layer::Shared;
 use crate::policy::{self, Sharing};
 use crate::remote::Elected;
@@ -103,34 +102,78 @@ async fn run<S, E, ReqBody, ResBody>(
     S: Origin<ReqBody, ResBody>,
     ResBody: OriginBody,
 {
-    let work = AssertUnwindSafe(fly(&shared, &key, req, inner)).catch_unwind();
+    let config = &shared.config;
+    // One deadline for the whole flight, not a timer per follower: a burst of
+    // a million followers costs one timer, and no follower waits longer than
+    // `wait_timeout` whenever it joined.
+    let deadline = tokio::time::Instant::now() + config.wait_timeout;
+    let work = AssertUnwindSafe(fly(&shared, &key, deadline, req, inner)).catch_unwind();
     let mut work = std::pin::pin!(work);
-    let finished = if shared.config.complete_abandoned {
-        work.await
-    } else {
-        loop {
-            tokio::select! {
-                finished = &mut work => break finished,
-                _ = async { guard.followers_gone().await; own_tx.closed().await } => {
-                    if guard.abandon_if_unfollowed() {
-                        bump(&shared.counters.cancelled);
-                        tracing::debug!(?key, "every caller left; flight cancelled");
-                        return;
+    let expiry = tokio::time::sleep_until(deadline);
+    let mut expiry = std::pin::pin!(expiry);
+    let mut guard = Some(guard);
+    let finished = loop {
+        tokio::select! {
+            biased;
+            finished = &mut work => break Some(finished),
+            () = &mut expiry, if guard.is_some() => {
+                bump(&shared.counters.wait_timeouts);
+                let error = FlightError::new(
+                    FlightErrorKind::WaitTimeout,
+                    format!("no answer within {:?}", config.wait_timeout),
+                );
+                match config.wait_fallback {
+                    WaitFallback::GatewayTimeout => {
+                        tracing::warn!(?key, "flight timed out; its callers get 504");
+                        break None;
                     }
+                    WaitFallback::CallOrigin => {
+                        // The followers go to the origin on their own; this
+                        // call goes on for its own caller.
+                        tracing::warn!(?key, "flight timed out; its followers call the origin");
+                        if let Some(guard) = guard.take() {
+                            guard.land(Landing::Failed(error));
+                        }
+                    }
+                }
+            }
+            () = async {
+                if let Some(guard) = &guard {
+                    guard.followers_gone().await;
+                }
+                own_tx.closed().await;
+            }, if !config.complete_abandoned => {
+                if guard.as_ref().is_none_or(FlightGuard::abandon_if_unfollowed) {
+                    bump(&shared.counters.cancelled);
+                    tracing::debug!(?key, "every caller left; flight cancelled");
+                    return;
                 }
             }
         }
     };
-    let (landing, own) = finished.unwrap_or_else(|panic| {
-        bump(&shared.counters.errors);
-        bump(&shared.counters.panics);
-        let message = crate::error::panic_message(&*panic);
-        tracing::error!(?key, panic = %message, "inner service panicked; the flight's callers get 500");
-        let error = FlightError::new(FlightErrorKind::Panic, message);
-        let own = Ok((error_response(error.clone()), Outcome::Leader));
-        (Landing::Failed(error), own)
-    });
-    guard.land(landing);
+    let (landing, own) = match finished {
+        Some(Ok(done)) => done,
+        Some(Err(panic)) => {
+            bump(&shared.counters.errors);
+            bump(&shared.counters.panics);
+            let message = crate::error::panic_message(&*panic);
+            tracing::error!(?key, panic = %message, "inner service panicked; the flight's callers get 500");
+            let error = FlightError::new(FlightErrorKind::Panic, message);
+            let own = Ok((error_response(error.clone()), Outcome::Leader));
+            (Landing::Failed(error), own)
+        }
+        None => {
+            let error = FlightError::new(
+                FlightErrorKind::WaitTimeout,
+                format!("no answer within {:?}", config.wait_timeout),
+            );
+            let own = Ok((error_response(error.clone()), Outcome::Leader));
+            (Landing::Failed(error), own)
+        }
+    };
+    if let Some(guard) = guard {
+        guard.land(landing);
+    }
     let _ = own_tx.send(own);
 }
 
@@ -138,6 +181,7 @@ async fn run<S, E, ReqBody, ResBody>(
 async fn fly<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
     key: &Key,
+    deadline: tokio::time::Instant,
     req: Request<ReqBody>,
     inner: S,
 ) -> (Landing, Own<ResBody, S::Error>)
@@ -166,7 +210,7 @@ where
         // Nothing is stored, so nothing could be handed to another process.
         None
     } else {
-        match crate::remote::elect(shared, key).await {
+        match crate::remote::elect(shared, key, deadline).await {
             Elected::Lead(lease) => lease,
             Elected::Answer(entry) => {
                 let res = entry.to_response();
@@ -175,6 +219,7 @@ where
             Elected::Timeout => match config.wait_fallback {
                 WaitFallback::CallOrigin => None,
                 WaitFallback::GatewayTimeout => {
+                    bump(&counters.wait_timeouts);
                     let error = FlightError::new(
                         FlightErrorKind::WaitTimeout,
                         format!(
@@ -189,6 +234,9 @@ where
         }
     };
 
+    let held = lease
+        .as_ref()
+        .map(|token| crate::remote::Held::new(shared, key, token));
     let produced = produce(shared, req, inner);
     let Produced { landing, own, keep } = match &lease {
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
@@ -201,7 +249,12 @@ where
     }
     let keep = keep.filter(|_| !config.ttl.is_zero());
     match lease {
-        Some(lease) => crate::remote::complete(shared, key, &lease, keep).await,
+        Some(lease) => {
+            crate::remote::complete(shared, key, &lease, keep).await;
+            if let Some(held) = held {
+                held.disarm();
+            }
+        }
         None => {
             if let Some(entry) = keep {
                 let store = config.backend.store(key, entry, config.ttl);
@@ -387,23 +440,4 @@ pub(crate) fn error_response<B>(error: FlightError) -> Response<CoalesceBody<B>>
     *res.status_mut() = error.status();
     res.extensions_mut().insert(error);
     res
-}
-
-/// Awaits the leader caller's answer.
-pub(crate) async fn own_answer<B, E>(
-    own_rx: oneshot::Receiver<Own<B, E>>,
-    header: Option<&http::HeaderName>,
-) -> Result<Response<CoalesceBody<B>>, E> {
-    match own_rx.await {
-        Ok(own) => own.map(|(res, outcome)| mark(res, outcome, header)),
-        // The task ended without answering: only when the runtime shuts down.
-        Err(_) => Ok(mark(
-            error_response(FlightError::new(
-                FlightErrorKind::Dropped,
-                "the flight's task was stopped",
-            )),
-            Outcome::Leader,
-            header,
-        )),
-    }
 }

@@ -13,8 +13,9 @@ use crate::backend::LeaseToken;
 use crate::layer::Shared;
 use crate::leader::bounded;
 use crate::stats::bump;
-use crate::{Entry, Key};
+use crate::{Backend, Entry, Key};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The outcome of trying to lead a key across processes.
@@ -33,7 +34,11 @@ fn renew_every(lease: Duration) -> Duration {
     (lease / 3).max(Duration::from_millis(1))
 }
 
-pub(crate) async fn elect<E>(shared: &Shared<E>, key: &Key) -> Elected {
+pub(crate) async fn elect<E>(
+    shared: &Shared<E>,
+    key: &Key,
+    deadline: tokio::time::Instant,
+) -> Elected {
     let config = &shared.config;
     let backend = &*config.backend;
     let counters = &shared.counters;
@@ -64,7 +69,6 @@ pub(crate) async fn elect<E>(shared: &Shared<E>, key: &Key) -> Elected {
         Ok(None) => return Elected::Lead(None),
         Err(error) => return degrade("subscribing", &error),
     };
-    let deadline = tokio::time::Instant::now() + config.wait_timeout;
     loop {
         // Look before trying the lease: a leader's completion stores the
         // answer and frees the lease in one step, and a waiter woken by it
@@ -98,7 +102,7 @@ pub(crate) async fn elect<E>(shared: &Shared<E>, key: &Key) -> Elected {
             _ = watch.changed() => {}
             _ = tokio::time::sleep_until(recheck.min(deadline)) => {
                 if tokio::time::Instant::now() >= deadline {
-                    bump(&counters.wait_timeouts);
+                    // Counted by the flight, which has the same deadline.
                     return Elected::Timeout;
                 }
             }
@@ -147,6 +151,50 @@ pub(crate) async fn with_watchdog<E, T>(
     tokio::select! {
         out = work => out,
         _ = watchdog => unreachable!("the watchdog never ends"),
+    }
+}
+
+/// A held lease that is released if its flight is dropped before completing
+/// (cancelled, or ended at the wait timeout): the waiting processes are told
+/// at once instead of waiting for the lease to run out.
+pub(crate) struct Held {
+    release: Option<(Arc<dyn Backend>, Key, LeaseToken, Duration)>,
+}
+
+impl Held {
+    pub(crate) fn new<E>(shared: &Shared<E>, key: &Key, token: &LeaseToken) -> Self {
+        let config = &shared.config;
+        Self {
+            release: Some((
+                config.backend.clone(),
+                key.clone(),
+                token.clone(),
+                config.backend_timeout,
+            )),
+        }
+    }
+
+    /// The flight completed (or tried to): nothing to release.
+    pub(crate) fn disarm(mut self) {
+        self.release = None;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some((backend, key, token, limit)) = self.release.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            // Owner-checked: a lease that moved on is left alone.
+            let release = backend.complete(&key, &token, None);
+            if let Err(error) = bounded(limit, release).await {
+                tracing::warn!(?key, %error, "releasing an abandoned lease failed; it runs out by itself");
+            }
+        });
     }
 }
 

@@ -94,7 +94,7 @@ where
             return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Bypass, header);
         };
         if let Some(entry) = crate::leader::local_hit(shared, &key) {
-            return ResponseFuture::ready(entry.to_response(), crate::Outcome::Hit, header);
+            return ResponseFuture::hit(entry, header);
         }
         // After the hit check: hits, the hot path, pay nothing for it, and a
         // fresh stored entry was judged shareable.
@@ -115,7 +115,7 @@ where
             }
             crate::flight::Role::Follower(_) => self.inner.clone(),
         };
-        let future = crate::follower::coalesced(self.shared.clone(), key, role, req, inner);
+        let future = crate::follower::Coalesced::new(self.shared.clone(), key, role, req, inner);
         ResponseFuture::coalesced(Box::pin(future))
     }
 }

@@ -82,7 +82,7 @@ pub struct Stats {
     pub panics: u64,
     /// Followers whose flight ended without an answer and who were re-elected.
     pub dangling: u64,
-    /// Followers that stopped waiting at the wait timeout.
+    /// Flights that reached the wait timeout.
     pub wait_timeouts: u64,
     /// Flights cancelled because every caller had gone (only when
     /// [`CoalesceConfig::complete_abandoned`](crate::CoalesceConfig::complete_abandoned) is off).

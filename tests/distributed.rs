@@ -386,3 +386,32 @@ async fn a_leader_that_lost_its_lease_leaves_its_successor_alone() {
         .unwrap();
     assert!(value.is_none(), "the late leader wrote no value");
 }
+
+#[tokio::test]
+async fn a_leader_that_times_out_releases_its_lease_for_the_next_instance_at_once() {
+    let server = RedisServer::start();
+    let stuck = Origin::gated();
+    let healthy = Origin::open();
+    let lease = Duration::from_secs(10);
+    let quick = CoalesceConfig::new()
+        .lease(lease)
+        .wait_timeout(Duration::from_millis(300));
+    let (a, svc_a) = instance(&server, &stuck, quick).await;
+    let (b, svc_b) = instance(&server, &healthy, CoalesceConfig::new().lease(lease)).await;
+    let timed_out = tokio::spawn(svc_a.oneshot(get("/stuck")));
+    until(&a, "the leader's call", |_| stuck.calls() == 1).await;
+
+    let start = Instant::now();
+    let res = svc_b.oneshot(get("/stuck")).await.unwrap();
+    let waited = start.elapsed();
+    assert_eq!(res.status(), http::StatusCode::OK);
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Leader));
+    assert_eq!(b.stats().takeovers, 1);
+    assert!(
+        waited < lease / 2,
+        "taken over after {waited:?}: the released lease must not be waited out"
+    );
+    let res = timed_out.await.unwrap().unwrap();
+    assert_eq!(res.status(), http::StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(healthy.calls(), 1);
+}

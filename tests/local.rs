@@ -479,31 +479,88 @@ async fn by_default_an_abandoned_flight_completes_and_stores_its_answer() {
     assert_eq!(origin.calls(), 1);
 }
 
-#[tokio::test]
-async fn a_follower_that_waits_too_long_gets_504_or_calls_the_origin() {
-    for (fallback, expect) in [
-        (WaitFallback::GatewayTimeout, StatusCode::GATEWAY_TIMEOUT),
-        (WaitFallback::CallOrigin, StatusCode::OK),
-    ] {
-        let (mock, mut handle) =
-            tower_test::mock::pair::<Request<Full<Bytes>>, Response<Full<Bytes>>>();
-        let layer = layer(
-            CoalesceConfig::new()
-                .wait_timeout(Duration::from_millis(50))
-                .wait_fallback(fallback),
-        );
-        let svc = layer.layer(mock);
-        let _leader = tokio::spawn(svc.clone().oneshot(get("/w")));
-        let (_, _stuck) = handle.next_request().await.unwrap();
-        let follower = tokio::spawn(svc.clone().oneshot(get("/w")));
-        if fallback == WaitFallback::CallOrigin {
-            let (_, send) = handle.next_request().await.unwrap();
-            send.send_response(Response::new(Full::new(Bytes::from_static(b"own"))));
-        }
-        let res = follower.await.unwrap().unwrap();
-        assert_eq!(res.status(), expect);
-        assert_eq!(layer.stats().wait_timeouts, 1);
+/// Sets its flag when dropped: proves a future was cancelled.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
+}
+
+#[tokio::test]
+async fn an_inner_service_that_never_answers_costs_its_whole_flight_a_504_at_the_wait_timeout() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    let never = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        let guard = DropFlag(flag.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending::<Result<Response<Full<Bytes>>, BoxError>>().await
+        }
+    });
+    let layer = layer(CoalesceConfig::new().wait_timeout(Duration::from_millis(100)));
+    let svc = layer.layer(never);
+    let leader = tokio::spawn(svc.clone().oneshot(get("/never")));
+    until(&layer, "the flight", |s| s.origin_calls == 1).await;
+    let followers: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/never"))))
+        .collect();
+    // Bounded generously: the point is that it ends, not how fast.
+    let leader = tokio::time::timeout(Duration::from_secs(10), leader)
+        .await
+        .expect("the leader's caller is answered at the wait timeout")
+        .unwrap()
+        .unwrap();
+    assert_eq!(leader.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(leader.extensions().get::<Outcome>(), Some(&Outcome::Leader));
+    for follower in followers {
+        let res = follower.await.unwrap().unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+        let error = res.extensions().get::<FlightError>().unwrap();
+        assert_eq!(error.kind(), FlightErrorKind::WaitTimeout);
+    }
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the stuck inner call is dropped"
+    );
+    let stats = layer.stats();
+    assert_eq!(stats.wait_timeouts, 1, "one flight timed out");
+    assert_eq!(stats.origin_calls, 1);
+    assert_eq!(layer.flights_in_progress(), 0);
+}
+
+#[tokio::test]
+async fn at_the_wait_timeout_call_origin_sends_followers_to_the_origin_and_the_leader_keeps_waiting(
+) {
+    let (mock, mut handle) =
+        tower_test::mock::pair::<Request<Full<Bytes>>, Response<Full<Bytes>>>();
+    let layer = layer(
+        CoalesceConfig::new()
+            .wait_timeout(Duration::from_millis(50))
+            .wait_fallback(WaitFallback::CallOrigin),
+    );
+    let svc = layer.layer(mock);
+    let leader = tokio::spawn(svc.clone().oneshot(get("/w")));
+    let (_, slow) = handle.next_request().await.unwrap();
+    let follower = tokio::spawn(svc.clone().oneshot(get("/w")));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(Response::new(Full::new(Bytes::from_static(b"own"))));
+    let res = follower.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Pass));
+    assert_eq!(body(res).await.unwrap(), "own");
+    assert_eq!(
+        layer.flights_in_progress(),
+        0,
+        "the timed-out flight left the table"
+    );
+
+    slow.send_response(Response::new(Full::new(Bytes::from_static(b"late"))));
+    let res = leader.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(body(res).await.unwrap(), "late");
+    assert_eq!(layer.stats().wait_timeouts, 1);
 }
 
 #[tokio::test]
