@@ -1,0 +1,604 @@
+//! The `proxy` example over real TCP: a counting axum upstream, the proxy in
+//! front of it, and a hyper client in front of the proxy.
+
+mod support;
+
+// The example's `main` is not called here.
+#[allow(dead_code)]
+#[path = "../examples/proxy.rs"]
+mod proxy;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{self, any};
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::redis::RedisServer;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_coalesce::CoalesceLayer;
+
+const SLOW_ANSWER: &str = "the slow answer";
+const CHUNK: usize = 64 * 1024;
+const BIG_CHUNKS: usize = 64; // 4 MiB, four times the layer's 1 MiB limit
+const BIG_PAUSE_AT: usize = 32; // the upstream waits after 2 MiB
+
+/// The upstream: counts calls per route, and holds some answers until the
+/// test opens a gate.
+#[derive(Clone)]
+struct Upstream {
+    calls: Arc<Mutex<HashMap<&'static str, usize>>>,
+    /// `/slow` answers once this is open.
+    slow_gate: Arc<Semaphore>,
+    /// Each `/big` answer takes one permit half-way through its body.
+    big_gate: Arc<Semaphore>,
+    /// The request headers `/hop` received.
+    seen: Arc<Mutex<Option<HeaderMap>>>,
+}
+
+impl Upstream {
+    fn new() -> Self {
+        Self {
+            calls: Arc::default(),
+            slow_gate: Arc::new(Semaphore::new(0)),
+            big_gate: Arc::new(Semaphore::new(0)),
+            seen: Arc::default(),
+        }
+    }
+
+    fn count(&self, route: &'static str) -> usize {
+        let mut calls = self.calls.lock().unwrap();
+        let n = calls.entry(route).or_default();
+        *n += 1;
+        *n
+    }
+
+    fn calls(&self, route: &str) -> usize {
+        self.calls.lock().unwrap().get(route).copied().unwrap_or(0)
+    }
+
+    fn open_slow_gate(&self) {
+        self.slow_gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+fn big_chunk(i: usize) -> Bytes {
+    Bytes::from(vec![(i % 251) as u8; CHUNK])
+}
+
+fn big_body() -> Vec<u8> {
+    (0..BIG_CHUNKS)
+        .flat_map(|i| big_chunk(i).to_vec())
+        .collect()
+}
+
+async fn slow(State(up): State<Upstream>) -> &'static str {
+    up.count("slow");
+    let _permit = up.slow_gate.acquire().await.unwrap();
+    SLOW_ANSWER
+}
+
+async fn echo(State(up): State<Upstream>, method: Method, body: Bytes) -> impl IntoResponse {
+    up.count("echo");
+    (
+        StatusCode::CREATED,
+        [("x-method", method.to_string())],
+        body,
+    )
+}
+
+async fn big(State(up): State<Upstream>) -> Body {
+    up.count("big");
+    let chunks = futures_util::stream::unfold(0, move |i| {
+        let gate = up.big_gate.clone();
+        async move {
+            if i == BIG_CHUNKS {
+                return None;
+            }
+            if i == BIG_PAUSE_AT {
+                gate.acquire().await.unwrap().forget();
+            }
+            Some((Ok::<_, std::io::Error>(big_chunk(i)), i + 1))
+        }
+    });
+    Body::from_stream(chunks)
+}
+
+async fn cookie(State(up): State<Upstream>) -> impl IntoResponse {
+    let n = up.count("cookie");
+    // Slow enough for requests to meet while a call is under way.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ([("set-cookie", format!("sid={n}"))], "personal")
+}
+
+async fn hop(State(up): State<Upstream>, headers: HeaderMap) -> impl IntoResponse {
+    up.count("hop");
+    *up.seen.lock().unwrap() = Some(headers);
+    (
+        [
+            ("connection", "x-private-hop"),
+            ("x-private-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic realm=\"upstream\""),
+            ("x-end-to-end", "yes"),
+        ],
+        "hop",
+    )
+}
+
+/// Starts the upstream on a loopback port.
+async fn upstream() -> (Upstream, Uri) {
+    let up = Upstream::new();
+    let app = Router::new()
+        .route("/slow", routing::get(slow))
+        .route("/echo", any(echo))
+        .route("/big", routing::get(big))
+        .route("/cookie", routing::get(cookie))
+        .route("/hop", routing::get(hop))
+        .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
+        .with_state(up.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (up, uri.parse().unwrap())
+}
+
+/// Starts a proxy to `upstream` through `layer`; returns its address.
+async fn start_proxy(upstream: &Uri, layer: CoalesceLayer) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = proxy::proxy_service(upstream.clone(), layer).unwrap();
+    tokio::spawn(proxy::serve(listener, svc));
+    addr
+}
+
+/// The layer the command line `args` (after `--upstream`) would build.
+async fn layer_from(upstream: &Uri, args: &[&str]) -> CoalesceLayer {
+    let argv = ["--upstream".to_owned(), upstream.to_string()]
+        .into_iter()
+        .chain(args.iter().map(|a| a.to_string()));
+    let args = proxy::Args::parse(argv).unwrap();
+    proxy::layer(&args).await.unwrap()
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn outcome(&self) -> &str {
+        self.headers
+            .get("x-coalesce")
+            .map_or("<none>", |v| v.to_str().unwrap())
+    }
+}
+
+/// Sends `req`, bounded so that a hang fails the test instead of stalling it.
+async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Answer {
+    let exchange = async {
+        let res = client.request(req).await.unwrap();
+        let (head, body) = res.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: head.status,
+            headers: head.headers,
+            body,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("no answer within 20 s")
+}
+
+fn get(addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{addr}{path}"))
+        .body(Full::default())
+        .unwrap()
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_identical_gets_costs_the_upstream_one_call() {
+    const N: usize = 200;
+    let (up, upstream) = upstream().await;
+    let layer = layer_from(&upstream, &[]).await;
+    let addr = start_proxy(&upstream, layer.clone()).await;
+    let client = client();
+
+    let burst: Vec<_> = (0..N)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { send(&client, get(addr, "/slow")).await })
+        })
+        .collect();
+    until("the burst to gather behind one call", || {
+        layer.stats().followers == (N - 1) as u64 && up.calls("slow") == 1
+    })
+    .await;
+    up.open_slow_gate();
+
+    let mut outcomes = HashMap::<String, usize>::new();
+    for task in burst {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, SLOW_ANSWER);
+        *outcomes.entry(answer.outcome().to_owned()).or_default() += 1;
+    }
+    assert_eq!(up.calls("slow"), 1);
+    assert_eq!(outcomes.get("leader"), Some(&1), "{outcomes:?}");
+    assert_eq!(outcomes.get("follower"), Some(&(N - 1)), "{outcomes:?}");
+    assert_eq!(layer.flights_in_progress(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_methods_and_their_bodies_pass_through_untouched() {
+    let (up, upstream) = upstream().await;
+    let addr = start_proxy(&upstream, layer_from(&upstream, &[]).await).await;
+    let client = client();
+    // Above the layer's 1 MiB: request bodies are never its business.
+    let payload: Bytes = (0..3 * 1024 * 1024)
+        .map(|i| (i % 253) as u8)
+        .collect::<Vec<_>>()
+        .into();
+
+    let posts: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, payload) = (client.clone(), payload.clone());
+            tokio::spawn(async move {
+                let req = Request::post(format!("http://{addr}/echo"))
+                    .body(Full::new(payload))
+                    .unwrap();
+                send(&client, req).await
+            })
+        })
+        .collect();
+    for post in posts {
+        let answer = post.await.unwrap();
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(answer.headers["x-method"], "POST");
+        assert_eq!(answer.outcome(), "bypass");
+        assert!(answer.body == payload, "the echo differs from the request");
+    }
+    assert_eq!(up.calls("echo"), 3, "each POST reaches the upstream");
+
+    let put = Request::put(format!("http://{addr}/echo"))
+        .body(Full::from("small"))
+        .unwrap();
+    let answer = send(&client, put).await;
+    assert_eq!(
+        (answer.status, answer.outcome(), &answer.body[..]),
+        (StatusCode::CREATED, "bypass", &b"small"[..])
+    );
+    assert_eq!(answer.headers["x-method"], "PUT");
+    assert_eq!(up.calls("echo"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stop_at_the_proxy_and_end_to_end_ones_pass() {
+    let (up, upstream) = upstream().await;
+    let addr = start_proxy(&upstream, layer_from(&upstream, &[]).await).await;
+    let req = Request::get(format!("http://{addr}/hop"))
+        .header("connection", "x-client-hop")
+        .header("x-client-hop", "1")
+        .header("te", "trailers")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("proxy-authorization", "Basic cHJveHk6c2VjcmV0")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-end-to-end", "kept")
+        .body(Full::default())
+        .unwrap();
+    let answer = send(&client(), req).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "hop");
+
+    let seen = up
+        .seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the upstream was called");
+    for name in [
+        "connection",
+        "x-client-hop",
+        "te",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        assert!(
+            !seen.contains_key(name),
+            "upstream received {name}: {seen:?}"
+        );
+    }
+    assert_eq!(seen["x-end-to-end"], "kept");
+    assert_eq!(seen["via"], "1.1 tower-coalesce");
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen["host"], upstream.authority().unwrap().as_str());
+    assert_eq!(seen["x-forwarded-host"], addr.to_string().as_str());
+
+    for name in [
+        "connection",
+        "x-private-hop",
+        "keep-alive",
+        "proxy-authenticate",
+    ] {
+        assert!(
+            !answer.headers.contains_key(name),
+            "client received {name}: {:?}",
+            answer.headers
+        );
+    }
+    assert_eq!(answer.headers["x-end-to-end"], "yes");
+    assert_eq!(answer.outcome(), "leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_streams_through_whole() {
+    let (up, upstream) = upstream().await;
+    let layer = layer_from(&upstream, &[]).await;
+    let addr = start_proxy(&upstream, layer.clone()).await;
+    let client = client();
+    let expected = big_body();
+
+    // The upstream stops half-way until the client holds that half: a proxy
+    // that buffered the body before answering would never get there.
+    let res = tokio::time::timeout(Duration::from_secs(20), async {
+        let res = client.request(get(addr, "/big")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["x-coalesce"], "leader");
+        let mut body = res.into_body();
+        let mut received = Vec::new();
+        while received.len() < BIG_PAUSE_AT * CHUNK {
+            let frame = body.frame().await.expect("body ended early").unwrap();
+            if let Ok(data) = frame.into_data() {
+                received.extend_from_slice(&data);
+            }
+        }
+        up.big_gate.add_permits(1);
+        received.extend_from_slice(&body.collect().await.unwrap().to_bytes());
+        received
+    })
+    .await
+    .expect("the first half never arrived: the body was not streamed");
+    assert!(res == expected, "body of {} bytes differs", res.len());
+
+    // Concurrent requests for it are never given one another's stream.
+    up.big_gate.add_permits(3);
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { send(&client, get(addr, "/big")).await })
+        })
+        .collect();
+    for task in tasks {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(
+            ["leader", "pass"].contains(&answer.outcome()),
+            "{}",
+            answer.outcome()
+        );
+        assert!(
+            answer.body == expected,
+            "a body of {} bytes differs",
+            answer.body.len()
+        );
+    }
+    assert_eq!(up.calls("big"), 4);
+    assert_eq!(layer.flights_in_progress(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_set_cookie_is_never_shared() {
+    const N: usize = 20;
+    let (up, upstream) = upstream().await;
+    let layer = layer_from(&upstream, &["--ttl-ms", "60000"]).await;
+    let addr = start_proxy(&upstream, layer.clone()).await;
+    let client = client();
+
+    let tasks: Vec<_> = (0..N)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { send(&client, get(addr, "/cookie")).await })
+        })
+        .collect();
+    let mut cookies = HashSet::new();
+    for task in tasks {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(
+            ["leader", "pass"].contains(&answer.outcome()),
+            "a personal answer went out as {}",
+            answer.outcome()
+        );
+        cookies.insert(answer.headers["set-cookie"].clone());
+    }
+    assert_eq!(cookies.len(), N, "every client got a cookie of its own");
+    assert_eq!(up.calls("cookie"), N);
+    assert_eq!(layer.stats().stored, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_is_a_502_not_a_hang() {
+    // A port that was free a moment ago, with nothing listening now.
+    let port = support::redis::free_port();
+    let upstream: Uri = format!("http://127.0.0.1:{port}").parse().unwrap();
+    let addr = start_proxy(&upstream, layer_from(&upstream, &[]).await).await;
+    let client = client();
+
+    let burst: Vec<_> = (0..10)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { send(&client, get(addr, "/anything")).await })
+        })
+        .collect();
+    for task in burst {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        assert!(!answer.body.is_empty());
+    }
+    let post = Request::post(format!("http://{addr}/echo"))
+        .body(Full::from("lost"))
+        .unwrap();
+    let answer = send(&client, post).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.outcome(), "bypass");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_status_header_can_be_renamed_or_turned_off() {
+    let (_up, upstream) = upstream().await;
+    let client = client();
+
+    let silent = start_proxy(&upstream, layer_from(&upstream, &["--no-header"]).await).await;
+    for path in ["/hop", "/hop", "/cookie"] {
+        let answer = send(&client, get(silent, path)).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(!answer.headers.contains_key("x-coalesce"), "{path}");
+    }
+
+    let renamed = layer_from(&upstream, &["--header", "X-Cache-Status"]).await;
+    let renamed = start_proxy(&upstream, renamed).await;
+    let answer = send(&client, get(renamed, "/hop")).await;
+    assert_eq!(answer.headers["x-cache-status"], "leader");
+    assert!(!answer.headers.contains_key("x-coalesce"));
+}
+
+#[test]
+fn the_command_line_is_checked() {
+    let parse = |args: &[&str]| proxy::Args::parse(args.iter().copied());
+    let args = parse(&["--upstream", "http://127.0.0.1:3000"]).unwrap();
+    assert_eq!(args.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(args.ttl, Duration::ZERO);
+    assert_eq!(args.header.as_ref().map(|h| h.as_str()), Some("x-coalesce"));
+    assert_eq!(args.redis, None);
+
+    let args = parse(&[
+        "--listen",
+        "0.0.0.0:9000",
+        "--upstream",
+        "http://backend:3000/",
+        "--redis",
+        "redis://127.0.0.1:6379/",
+        "--ttl-ms",
+        "1500",
+        "--no-header",
+    ])
+    .unwrap();
+    assert_eq!(args.listen, "0.0.0.0:9000".parse().unwrap());
+    assert_eq!(args.ttl, Duration::from_millis(1500));
+    assert_eq!(args.header, None);
+    assert_eq!(args.redis.as_deref(), Some("redis://127.0.0.1:6379/"));
+
+    for bad in [
+        &[][..],
+        &["--listen", "127.0.0.1:1"],
+        &["--upstream"],
+        &["--upstream", "https://127.0.0.1:3000"],
+        &["--upstream", "127.0.0.1:3000"],
+        &["--upstream", "http://127.0.0.1:3000/api"],
+        &["--upstream", "http://127.0.0.1:3000", "--ttl-ms", "soon"],
+        &[
+            "--upstream",
+            "http://127.0.0.1:3000",
+            "--header",
+            "bad header",
+        ],
+        &["--upstream", "http://h:1", "--header", "x-a", "--no-header"],
+        &["--upstream", "http://h:1", "--verbose"],
+    ] {
+        assert!(parse(bad).is_err(), "{bad:?} was accepted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_sharing_a_redis_make_one_upstream_call_per_burst() {
+    const N: usize = 100;
+    let redis = RedisServer::start();
+    let (up, upstream) = upstream().await;
+    let args = ["--redis", &redis.url(), "--ttl-ms", "60000"];
+    let layers = [
+        layer_from(&upstream, &args).await,
+        layer_from(&upstream, &args).await,
+    ];
+    let addrs = [
+        start_proxy(&upstream, layers[0].clone()).await,
+        start_proxy(&upstream, layers[1].clone()).await,
+    ];
+    let client = client();
+
+    let burst: Vec<_> = (0..N)
+        .map(|i| {
+            let (client, addr) = (client.clone(), addrs[i % 2]);
+            tokio::spawn(async move { send(&client, get(addr, "/slow")).await })
+        })
+        .collect();
+    let total = |f: fn(&tower_coalesce::Stats) -> u64| -> u64 {
+        layers.iter().map(|l| f(&l.stats())).sum()
+    };
+    until("both instances to gather behind one call", || {
+        total(|s| s.followers) == (N - 2) as u64
+            && total(|s| s.remote_waits) == 1
+            && up.calls("slow") == 1
+    })
+    .await;
+    up.open_slow_gate();
+
+    let mut outcomes = HashMap::<String, usize>::new();
+    for task in burst {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, SLOW_ANSWER);
+        *outcomes.entry(answer.outcome().to_owned()).or_default() += 1;
+    }
+    assert_eq!(up.calls("slow"), 1, "one upstream call for both proxies");
+    assert_eq!(outcomes.get("leader"), Some(&1), "{outcomes:?}");
+    assert_eq!(outcomes.get("follower"), Some(&(N - 1)), "{outcomes:?}");
+
+    // Stored in Redis: either proxy now answers without the upstream.
+    for addr in addrs {
+        let answer = send(&client, get(addr, "/slow")).await;
+        assert_eq!(
+            (answer.outcome(), &answer.body[..]),
+            ("hit", SLOW_ANSWER.as_bytes())
+        );
+    }
+    assert_eq!(up.calls("slow"), 1);
+    for layer in &layers {
+        assert_eq!(layer.flights_in_progress(), 0);
+        assert_eq!(layer.stats().backend_errors, 0);
+    }
+}
