@@ -45,11 +45,11 @@
 //! `grpc-message` in the headers), shared like any other head.
 //!
 //! Nothing is stored here (`ttl` zero): only calls that arrive during a
-//! flight share it. Before turning on a `ttl`, note that a gRPC error status
-//! travels as HTTP `200`, so the layer would store `Unavailable` or
-//! `Internal` like a success. Followers of a flight that fails inside the
-//! layer (a handler panic, the wait timeout) get a plain HTTP `500`/`504`,
-//! which tonic clients read as `Unknown`/`Unavailable`.
+//! flight share it. With a `ttl`, only `OK` answers are stored: the layer
+//! reads `grpc-status` (in the head or the trailers) and shares an error
+//! with its flight without storing it. Callers of a flight that fails inside
+//! the layer (a handler panic, the wait timeout) get a gRPC answer with the
+//! matching status (`INTERNAL`, `DEADLINE_EXCEEDED`, `UNAVAILABLE`).
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;

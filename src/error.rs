@@ -62,6 +62,20 @@ impl FlightError {
     }
 }
 
+impl FlightError {
+    /// The gRPC status code a gRPC follower's answer carries for this error:
+    /// `UNAVAILABLE` (14) when the origin or its body failed or the flight was
+    /// stopped, `INTERNAL` (13) for a panic, `DEADLINE_EXCEEDED` (4) at the
+    /// wait timeout.
+    pub fn grpc_status(&self) -> u16 {
+        match self.kind {
+            FlightErrorKind::Origin | FlightErrorKind::Body | FlightErrorKind::Dropped => 14,
+            FlightErrorKind::Panic => 13,
+            FlightErrorKind::WaitTimeout => 4,
+        }
+    }
+}
+
 impl fmt::Display for FlightError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.kind {

@@ -35,6 +35,8 @@ pin_project! {
     {
         shared: Arc<Shared<E>>,
         key: Key,
+        // Failures are answered in gRPC's terms to gRPC callers.
+        grpc: bool,
         // The request and a clone of the inner service, until a flight or a
         // pass takes them.
         call: Option<(Request<ReqBody>, S)>,
@@ -69,11 +71,13 @@ where
         req: Request<ReqBody>,
         inner: S,
     ) -> Self {
+        let grpc = leader::is_grpc(&req);
         let mut call = Some((req, inner));
         let state = start(&shared, &key, &mut call, role);
         Self {
             shared,
             key,
+            grpc,
             call,
             state,
         }
@@ -145,10 +149,13 @@ where
                         // The task ended without answering: only when the
                         // runtime shuts down.
                         Err(_) => Ok(mark(
-                            error_response(FlightError::new(
-                                FlightErrorKind::Dropped,
-                                "the flight's task was stopped",
-                            )),
+                            error_response(
+                                FlightError::new(
+                                    FlightErrorKind::Dropped,
+                                    "the flight's task was stopped",
+                                ),
+                                *this.grpc,
+                            ),
                             Outcome::Leader,
                             header,
                         )),
@@ -180,7 +187,7 @@ where
                     Some(Landing::Failed(error)) => {
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(mark(
-                            error_response(error),
+                            error_response(error, *this.grpc),
                             Outcome::Follower,
                             header,
                         )));

@@ -103,6 +103,7 @@ async fn run<S, E, ReqBody, ResBody>(
     ResBody: OriginBody,
 {
     let config = &shared.config;
+    let grpc = is_grpc(&req);
     // One deadline for the whole flight, not a timer per follower: a burst of
     // a million followers costs one timer, and no follower waits longer than
     // `wait_timeout` whenever it joined.
@@ -159,7 +160,7 @@ async fn run<S, E, ReqBody, ResBody>(
             let message = crate::error::panic_message(&*panic);
             tracing::error!(?key, panic = %message, "inner service panicked; the flight's callers get 500");
             let error = FlightError::new(FlightErrorKind::Panic, message);
-            let own = Ok((error_response(error.clone()), Outcome::Leader));
+            let own = Ok((error_response(error.clone(), grpc), Outcome::Leader));
             (Landing::Failed(error), own)
         }
         None => {
@@ -167,7 +168,7 @@ async fn run<S, E, ReqBody, ResBody>(
                 FlightErrorKind::WaitTimeout,
                 format!("no answer within {:?}", config.wait_timeout),
             );
-            let own = Ok((error_response(error.clone()), Outcome::Leader));
+            let own = Ok((error_response(error.clone(), grpc), Outcome::Leader));
             (Landing::Failed(error), own)
         }
     };
@@ -227,7 +228,10 @@ where
                             config.wait_timeout
                         ),
                     );
-                    let own = Ok((error_response(error.clone()), Outcome::Leader));
+                    let own = Ok((
+                        error_response(error.clone(), is_grpc(&req)),
+                        Outcome::Leader,
+                    ));
                     return (Landing::Failed(error), own);
                 }
             },
@@ -317,6 +321,7 @@ where
 
     match buffer(body, shared.config.max_body_bytes).await {
         Buffered::Whole { data, trailers } => {
+            let sharing = policy::judge_trailers(sharing, trailers.as_ref());
             let entry = Entry::new(
                 head.status,
                 head.version,
@@ -434,10 +439,47 @@ where
     Buffered::Whole { data, trailers }
 }
 
-/// The response a caller gets for a flight that failed.
-pub(crate) fn error_response<B>(error: FlightError) -> Response<CoalesceBody<B>> {
+/// Whether a request speaks gRPC, whose clients read failures from
+/// `grpc-status`, not from the HTTP status.
+pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The response a caller gets for a flight that failed: the error's HTTP
+/// status, or for a gRPC caller a trailers-only gRPC answer with the matching
+/// status code, so its client reports what happened instead of a protocol
+/// error.
+pub(crate) fn error_response<B>(error: FlightError, grpc: bool) -> Response<CoalesceBody<B>> {
     let mut res = Response::new(CoalesceBody::empty());
-    *res.status_mut() = error.status();
+    if grpc {
+        let headers = res.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", error.grpc_status().into());
+        if let Ok(message) = http::HeaderValue::from_str(&grpc_message(&error.to_string())) {
+            headers.insert("grpc-message", message);
+        }
+    } else {
+        *res.status_mut() = error.status();
+    }
     res.extensions_mut().insert(error);
     res
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 protocol asks: every
+/// byte outside printable ASCII, and `%` itself.
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

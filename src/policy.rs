@@ -24,9 +24,10 @@ pub(crate) enum Sharing {
 /// - `Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *`, or any
 ///   other `Vary` (the varied request headers may differ between followers),
 ///   and `206 Partial Content`: private.
-/// - Server errors (5xx), `Cache-Control: no-cache`: given to the flight's
-///   followers, who asked while it was being made (so no stampede on a failing
-///   origin), but never stored.
+/// - Server errors (5xx), gRPC errors (a `grpc-status` other than `0` in the
+///   head, as a trailers-only answer carries it), `Cache-Control: no-cache`:
+///   given to the flight's followers, who asked while it was being made (so no
+///   stampede on a failing origin), but never stored.
 /// - Everything else: shared and stored.
 pub(crate) fn judge(head: &response::Parts) -> Sharing {
     let headers = &head.headers;
@@ -37,10 +38,30 @@ pub(crate) fn judge(head: &response::Parts) -> Sharing {
     {
         return Sharing::Private;
     }
-    if head.status.is_server_error() || cache_control_has(headers, &["no-cache"]) {
+    if head.status.is_server_error()
+        || grpc_failed(headers)
+        || cache_control_has(headers, &["no-cache"])
+    {
         return Sharing::FlightOnly;
     }
     Sharing::Store
+}
+
+/// Judges a response's trailers, once its body has been read: a gRPC error
+/// that arrives there (the usual place) is not stored either.
+pub(crate) fn judge_trailers(sharing: Sharing, trailers: Option<&HeaderMap>) -> Sharing {
+    match trailers {
+        Some(trailers) if sharing == Sharing::Store && grpc_failed(trailers) => Sharing::FlightOnly,
+        _ => sharing,
+    }
+}
+
+/// A gRPC status other than OK. gRPC answers errors with HTTP 200, so the
+/// status code alone would store them like successes.
+fn grpc_failed(headers: &HeaderMap) -> bool {
+    headers
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() != b"0")
 }
 
 /// Whether any `Cache-Control` directive is one of `names` (case-insensitive,
@@ -96,6 +117,31 @@ mod tests {
         );
         assert_eq!(judge(&head(200, &[("vary", "*")])), Sharing::Private);
         assert_eq!(judge(&head(206, &[])), Sharing::Private);
+    }
+
+    #[test]
+    fn grpc_errors_are_shared_with_the_flight_but_not_stored() {
+        assert_eq!(judge(&head(200, &[("grpc-status", "0")])), Sharing::Store);
+        assert_eq!(
+            judge(&head(200, &[("grpc-status", "14")])),
+            Sharing::FlightOnly
+        );
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        assert_eq!(
+            judge_trailers(Sharing::Store, Some(&trailers)),
+            Sharing::Store
+        );
+        trailers.insert("grpc-status", "5".parse().unwrap());
+        assert_eq!(
+            judge_trailers(Sharing::Store, Some(&trailers)),
+            Sharing::FlightOnly
+        );
+        assert_eq!(
+            judge_trailers(Sharing::Private, Some(&trailers)),
+            Sharing::Private
+        );
+        assert_eq!(judge_trailers(Sharing::Store, None), Sharing::Store);
     }
 
     #[test]
