@@ -23,10 +23,33 @@ use tokio::sync::Notify;
 pub(crate) enum Landing {
     /// The answer, for everyone.
     Done(Entry),
+    /// The answer, for the followers that asked with the same values of the
+    /// headers it varies on; the others call the inner service themselves.
+    Varied(Entry, Arc<Varied>),
     /// The answer may not be shared: call the inner service yourself.
     Uncacheable,
     /// The flight failed; its followers get this error.
     Failed(FlightError),
+}
+
+/// The request headers (outside the key) that a flight's answer varies on,
+/// with the leader's values of them.
+#[derive(Debug)]
+pub(crate) struct Varied {
+    headers: Vec<(http::HeaderName, Vec<http::HeaderValue>)>,
+}
+
+impl Varied {
+    pub(crate) fn new(headers: Vec<(http::HeaderName, Vec<http::HeaderValue>)>) -> Self {
+        Self { headers }
+    }
+
+    /// Whether a request with these headers asked the same as the leader.
+    pub(crate) fn matches(&self, asked: &http::HeaderMap) -> bool {
+        self.headers
+            .iter()
+            .all(|(name, values)| asked.get_all(name).iter().eq(values.iter()))
+    }
 }
 
 /// One flight's meeting point: written once by its leader, read by every

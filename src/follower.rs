@@ -10,7 +10,7 @@ use crate::future::mark;
 use crate::layer::Shared;
 use crate::leader::{self, error_response, Origin, OriginBody, Own};
 use crate::stats::bump;
-use crate::{CoalesceBody, FlightError, FlightErrorKind, Key, Outcome, WaitFallback};
+use crate::{CoalesceBody, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome, WaitFallback};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -59,7 +59,7 @@ pin_project! {
 impl<S, E, ReqBody, ResBody> Coalesced<S, E, ReqBody, ResBody>
 where
     S: Origin<ReqBody, ResBody>,
-    E: Send + Sync + 'static,
+    E: KeyExtractor<ReqBody>,
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
@@ -92,7 +92,7 @@ fn start<S, E, ReqBody, ResBody>(
 ) -> State<ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
-    E: Send + Sync + 'static,
+    E: KeyExtractor<ReqBody>,
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
@@ -130,7 +130,7 @@ where
 impl<S, E, ReqBody, ResBody> Future for Coalesced<S, E, ReqBody, ResBody>
 where
     S: Origin<ReqBody, ResBody>,
-    E: Send + Sync + 'static,
+    E: KeyExtractor<ReqBody>,
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
@@ -170,6 +170,21 @@ where
                 }
                 StateProj::Done => panic!("Coalesced polled after completion"),
                 StateProj::Following { wait } => match ready!(wait.poll(cx)) {
+                    Some(Landing::Varied(entry, varied))
+                        if this
+                            .call
+                            .as_ref()
+                            .is_some_and(|(req, _)| varied.matches(req.headers())) =>
+                    {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(mark(
+                            entry.to_response(),
+                            Outcome::Follower,
+                            header,
+                        )));
+                    }
+                    // Asked with other values of a header the answer varies on.
+                    Some(Landing::Varied(..)) => pass(this.shared, this.call),
                     Some(Landing::Done(entry)) => {
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(mark(

@@ -85,6 +85,19 @@ fn put_part(buf: &mut BytesMut, part: &[u8]) {
 pub trait KeyExtractor<B>: Send + Sync + 'static {
     /// The request's key, or `None` to send it to the inner service untouched.
     fn extract(&self, req: &Request<B>) -> Option<Key>;
+
+    /// Whether the key includes the request's values of the header `name`.
+    ///
+    /// It decides what a response with `Vary` may do. If every header it
+    /// varies on is in the key, requests that share a key already agree on
+    /// them: the response is shared and stored like any other. Otherwise it
+    /// goes only to the flight's followers whose values of those headers are
+    /// the leader's, and is never stored. The default is `false` for every
+    /// header, which is always safe.
+    fn keys_header(&self, name: &HeaderName) -> bool {
+        let _ = name;
+        false
+    }
 }
 
 impl<B, F> KeyExtractor<B> for F
@@ -177,6 +190,10 @@ impl HttpKey {
 }
 
 impl<B: http_body::Body> KeyExtractor<B> for HttpKey {
+    fn keys_header(&self, name: &HeaderName) -> bool {
+        self.varies_on(name)
+    }
+
     fn extract(&self, req: &Request<B>) -> Option<Key> {
         if !self.methods.contains(req.method()) || !req.body().is_end_stream() {
             return None;

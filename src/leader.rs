@@ -13,7 +13,8 @@ use crate::policy::{self, Sharing};
 use crate::remote::Elected;
 use crate::stats::bump;
 use crate::{
-    BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, Key, Outcome, WaitFallback,
+    BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome,
+    WaitFallback,
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -81,7 +82,7 @@ pub(crate) fn spawn<S, E, ReqBody, ResBody>(
 ) -> oneshot::Receiver<Own<ResBody, S::Error>>
 where
     S: Origin<ReqBody, ResBody>,
-    E: Send + Sync + 'static,
+    E: KeyExtractor<ReqBody>,
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
@@ -100,6 +101,7 @@ async fn run<S, E, ReqBody, ResBody>(
     mut own_tx: oneshot::Sender<Own<ResBody, S::Error>>,
 ) where
     S: Origin<ReqBody, ResBody>,
+    E: KeyExtractor<ReqBody>,
     ResBody: OriginBody,
 {
     let config = &shared.config;
@@ -188,6 +190,7 @@ async fn fly<S, E, ReqBody, ResBody>(
 ) -> (Landing, Own<ResBody, S::Error>)
 where
     S: Origin<ReqBody, ResBody>,
+    E: KeyExtractor<ReqBody>,
     ResBody: OriginBody,
 {
     let config = &shared.config;
@@ -291,10 +294,15 @@ async fn produce<S, E, ReqBody, ResBody>(
 ) -> Produced<ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
+    E: KeyExtractor<ReqBody>,
     ResBody: OriginBody,
 {
     let counters = &shared.counters;
     bump(&counters.origin_calls);
+    // Kept for a response that varies on headers outside the key: followers
+    // then share it only if their values are the leader's. Header values are
+    // reference-counted, so this costs one small map per flight.
+    let asked = req.headers().clone();
     let res = match inner.oneshot(req).await {
         Ok(res) => res,
         Err(error) => {
@@ -308,7 +316,19 @@ where
         }
     };
     let (head, body) = res.into_parts();
-    let sharing = policy::judge(&head);
+    let mut sharing = policy::judge(&head);
+    let varied = policy::varied_on(&head.headers)
+        .filter(|name| !shared.extractor.keys_header(name))
+        .map(|name| {
+            let values = asked.get_all(&name).iter().cloned().collect();
+            (name, values)
+        })
+        .collect::<Vec<_>>();
+    if !varied.is_empty() && sharing == Sharing::Store {
+        // Later requests may differ in those headers, and nothing stored
+        // would tell: the flight shares it, the store does not keep it.
+        sharing = Sharing::FlightOnly;
+    }
     if sharing == Sharing::Private {
         bump(&counters.uncacheable);
         let own = Response::from_parts(head, CoalesceBody::inner(body));
@@ -330,9 +350,15 @@ where
                 trailers.clone(),
             );
             let own = Response::from_parts(head, CoalesceBody::full(data, trailers));
+            let keep = (sharing == Sharing::Store).then(|| entry.clone());
+            let landing = if varied.is_empty() {
+                Landing::Done(entry)
+            } else {
+                Landing::Varied(entry, Arc::new(crate::flight::Varied::new(varied)))
+            };
             Produced {
-                keep: (sharing == Sharing::Store).then(|| entry.clone()),
-                landing: Landing::Done(entry),
+                keep,
+                landing,
                 own: Ok((own, Outcome::Leader)),
             }
         }

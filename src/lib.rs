@@ -68,9 +68,11 @@
 //!   and requests with `Authorization` or `Cookie` bypass unless the key
 //!   includes them. Any closure `Fn(&Request<B>) -> Option<Key>` can replace it.
 //! - A response with `Set-Cookie`, `Cache-Control: private`/`no-store`, or
-//!   `Vary` is given only to its own caller; the followers call the inner
-//!   service themselves. Server errors go to the flight's followers but are
-//!   never stored. Bodies over [`max_body_bytes`](CoalesceConfig::max_body_bytes)
+//!   `Vary: *` is given only to its own caller; the followers call the inner
+//!   service themselves. A response that `Vary`s on headers outside the key
+//!   goes only to followers that sent the leader's values of them, and is
+//!   never stored ([`KeyExtractor::keys_header`]). Server errors and gRPC
+//!   error statuses go to the flight's followers but are never stored. Bodies over [`max_body_bytes`](CoalesceConfig::max_body_bytes)
 //!   stream to their own caller and are never shared.
 //!
 //! # Failures

@@ -6,7 +6,7 @@
 //! responses, whatever extractor made the key. It must never let a response
 //! that is private to its caller reach anyone else.
 
-use http::{header, response, HeaderMap, StatusCode};
+use http::{header, response, HeaderMap, HeaderName, StatusCode};
 
 /// What may be done with a flight's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,9 +21,10 @@ pub(crate) enum Sharing {
 
 /// Judges a response head.
 ///
-/// - `Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *`, or any
-///   other `Vary` (the varied request headers may differ between followers),
-///   and `206 Partial Content`: private.
+/// - `Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *` (or a
+///   `Vary` that cannot be read), and `206 Partial Content`: private.
+/// - `Vary` naming headers is not judged here: the flight compares those
+///   headers (see [`varied_on`]).
 /// - Server errors (5xx), gRPC errors (a `grpc-status` other than `0` in the
 ///   head, as a trailers-only answer carries it), `Cache-Control: no-cache`:
 ///   given to the flight's followers, who asked while it was being made (so no
@@ -32,7 +33,7 @@ pub(crate) enum Sharing {
 pub(crate) fn judge(head: &response::Parts) -> Sharing {
     let headers = &head.headers;
     if headers.contains_key(header::SET_COOKIE)
-        || headers.contains_key(header::VARY)
+        || varies_on_everything(headers)
         || head.status == StatusCode::PARTIAL_CONTENT
         || cache_control_has(headers, &["private", "no-store"])
     {
@@ -62,6 +63,25 @@ fn grpc_failed(headers: &HeaderMap) -> bool {
     headers
         .get("grpc-status")
         .is_some_and(|status| status.as_bytes() != b"0")
+}
+
+/// The request headers a response says it varies on.
+pub(crate) fn varied_on(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    vary_names(headers).filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+}
+
+fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = &str> + '_ {
+    headers
+        .get_all(header::VARY)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("*").split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+}
+
+/// `Vary: *`, or a `Vary` this layer cannot read: nothing can be shared.
+fn varies_on_everything(headers: &HeaderMap) -> bool {
+    vary_names(headers).any(|name| name == "*" || HeaderName::from_bytes(name.as_bytes()).is_err())
 }
 
 /// Whether any `Cache-Control` directive is one of `names` (case-insensitive,
