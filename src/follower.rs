@@ -103,6 +103,7 @@ where
             State::Leading { own }
         }
         Role::Follower(receiver) => {
+            tracing::trace!(key = %key.fingerprint(), "following a flight");
             bump(&shared.counters.followers);
             State::Following {
                 wait: receiver.wait(),

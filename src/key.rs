@@ -43,6 +43,35 @@ impl Key {
     }
 }
 
+impl Key {
+    /// A short stand-in for the key in logs: the first 8 bytes of its
+    /// SHA-256, in hex — the start of the hash in `RedisBackend`'s key
+    /// names, so a log line can be matched to its Redis keys. Keys may hold
+    /// credentials (`HttpKey::new().vary(AUTHORIZATION)`), so the layer logs
+    /// this, never the key. Hashed only when formatted.
+    pub fn fingerprint(&self) -> Fingerprint<'_> {
+        Fingerprint(self)
+    }
+}
+
+/// See [`Key::fingerprint`].
+#[derive(Clone, Copy)]
+pub struct Fingerprint<'a>(&'a Key);
+
+impl fmt::Display for Fingerprint<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.0.as_bytes());
+        digest[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Fingerprint<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Key({:?})", self.0)
@@ -245,6 +274,16 @@ mod tests {
 
     fn key(req: http::request::Builder) -> Option<Key> {
         HttpKey::new().extract(&req.body(Full::new(Bytes::new())).unwrap())
+    }
+
+    #[test]
+    fn a_fingerprint_is_short_stable_and_hides_the_key() {
+        let key = Key::from("GET /me Bearer secret-token");
+        let shown = key.fingerprint().to_string();
+        assert_eq!(shown.len(), 16);
+        assert_eq!(shown, key.fingerprint().to_string());
+        assert!(!shown.contains("secret"));
+        assert_ne!(shown, Key::from("other").fingerprint().to_string());
     }
 
     #[test]

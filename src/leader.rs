@@ -28,6 +28,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tower_service::Service;
+use tracing::Instrument;
 
 /// The inner services the flight machinery can drive: what a flight's task
 /// needs of the service, its future and its bodies, said once.
@@ -88,7 +89,10 @@ where
 {
     bump(&shared.counters.flights);
     let (own_tx, own_rx) = oneshot::channel();
-    tokio::spawn(run(shared, guard, key, req, inner, own_tx));
+    // The flight's span: every event of the flight (origin answer, backend
+    // trouble, takeover, timeout) carries the key's fingerprint.
+    let span = tracing::debug_span!("coalesce.flight", key = %key.fingerprint());
+    tokio::spawn(run(shared, guard, key, req, inner, own_tx).instrument(span));
     own_rx
 }
 
@@ -127,13 +131,13 @@ async fn run<S, E, ReqBody, ResBody>(
                 );
                 match config.wait_fallback {
                     WaitFallback::GatewayTimeout => {
-                        tracing::warn!(?key, "flight timed out; its callers get 504");
+                        tracing::warn!(key = %key.fingerprint(), "flight timed out; its callers get 504");
                         break None;
                     }
                     WaitFallback::CallOrigin => {
                         // The followers go to the origin on their own; this
                         // call goes on for its own caller.
-                        tracing::warn!(?key, "flight timed out; its followers call the origin");
+                        tracing::warn!(key = %key.fingerprint(), "flight timed out; its followers call the origin");
                         if let Some(guard) = guard.take() {
                             guard.land(Landing::Failed(error));
                         }
@@ -148,7 +152,7 @@ async fn run<S, E, ReqBody, ResBody>(
             }, if !config.complete_abandoned => {
                 if guard.as_ref().is_none_or(FlightGuard::abandon_if_unfollowed) {
                     bump(&shared.counters.cancelled);
-                    tracing::debug!(?key, "every caller left; flight cancelled");
+                    tracing::debug!(key = %key.fingerprint(), "every caller left; flight cancelled");
                     return;
                 }
             }
@@ -160,7 +164,7 @@ async fn run<S, E, ReqBody, ResBody>(
             bump(&shared.counters.errors);
             bump(&shared.counters.panics);
             let message = crate::error::panic_message(&*panic);
-            tracing::error!(?key, panic = %message, "inner service panicked; the flight's callers get 500");
+            tracing::error!(key = %key.fingerprint(), panic = %message, "inner service panicked; the flight's callers get 500");
             let error = FlightError::new(FlightErrorKind::Panic, message);
             let own = Ok((error_response(error.clone(), grpc), Outcome::Leader));
             (Landing::Failed(error), own)
@@ -317,6 +321,7 @@ where
     };
     let (head, body) = res.into_parts();
     let mut sharing = policy::judge(&head);
+    tracing::debug!(status = %head.status, ?sharing, "origin answered");
     let varied = policy::varied_on(&head.headers)
         .filter(|name| !shared.extractor.keys_header(name))
         .map(|name| {

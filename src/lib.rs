@@ -112,7 +112,7 @@ pub use config::{CoalesceConfig, ConfigError, WaitFallback};
 pub use entry::{DecodeError, Entry};
 pub use error::{FlightError, FlightErrorKind};
 pub use future::ResponseFuture;
-pub use key::{HttpKey, Key, KeyExtractor};
+pub use key::{Fingerprint, HttpKey, Key, KeyExtractor};
 pub use layer::CoalesceLayer;
 pub use service::CoalesceService;
 pub use stats::{Outcome, Stats};

@@ -64,6 +64,7 @@ pub(crate) async fn elect<E>(
     // Held elsewhere. Subscribe first, then look: an answer completed in
     // between is found by the lookup, one completed after it wakes the watch.
     bump(&counters.remote_waits);
+    tracing::debug!("another instance leads this key; waiting for its answer");
     let mut watch = match bounded(config.backend_timeout, backend.watch(key)).await {
         Ok(Some(watch)) => watch,
         Ok(None) => return Elected::Lead(None),
@@ -89,7 +90,7 @@ pub(crate) async fn elect<E>(
                 // or its answer could not be shared.
                 bump(&counters.takeovers);
                 tracing::info!(
-                    ?key,
+                    key = %key.fingerprint(),
                     "took over a flight whose leader ended without an answer"
                 );
                 return Elected::Lead(Some(token));
@@ -136,14 +137,14 @@ pub(crate) async fn with_watchdog<E, T>(
                 Ok(false) => {
                     bump(&shared.counters.lease_lost);
                     tracing::warn!(
-                        ?key,
+                        key = %key.fingerprint(),
                         "lease lost while the origin call ran; another instance may lead now"
                     );
                     return std::future::pending::<()>().await;
                 }
                 Err(error) => {
                     bump(&shared.counters.backend_errors);
-                    tracing::warn!(?key, %error, "lease renewal failed; trying again");
+                    tracing::warn!(key = %key.fingerprint(), %error, "lease renewal failed; trying again");
                 }
             }
         }
@@ -192,7 +193,7 @@ impl Drop for Held {
             // Owner-checked: a lease that moved on is left alone.
             let release = backend.complete(&key, &token, None);
             if let Err(error) = bounded(limit, release).await {
-                tracing::warn!(?key, %error, "releasing an abandoned lease failed; it runs out by itself");
+                tracing::warn!(key = %key.fingerprint(), %error, "releasing an abandoned lease failed; it runs out by itself");
             }
         });
     }
@@ -220,13 +221,13 @@ pub(crate) async fn complete<E>(
         Ok(false) => {
             bump(&shared.counters.lease_lost);
             tracing::warn!(
-                ?key,
+                key = %key.fingerprint(),
                 "lease lost before completion; the answer went to local callers only"
             );
         }
         Err(error) => {
             bump(&shared.counters.backend_errors);
-            tracing::warn!(?key, %error, "completing the flight failed; waiters take over after the lease");
+            tracing::warn!(key = %key.fingerprint(), %error, "completing the flight failed; waiters take over after the lease");
         }
     }
 }

@@ -90,15 +90,18 @@ where
             }
         };
         let Some(key) = key else {
+            tracing::trace!("bypass: no key");
             bump(&shared.counters.bypasses);
             return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Bypass, header);
         };
         if let Some(entry) = crate::leader::local_hit(shared, &key) {
+            tracing::trace!(key = %key.fingerprint(), "hit");
             return ResponseFuture::hit(entry, header);
         }
         // After the hit check: hits, the hot path, pay nothing for it, and a
         // fresh stored entry was judged shareable.
         if shared.passes.as_ref().is_some_and(|p| p.contains_key(&key)) {
+            tracing::debug!(key = %key.fingerprint(), "pass: the key's answers cannot be shared");
             bump(&shared.counters.passes);
             bump(&shared.counters.origin_calls);
             return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Pass, header);

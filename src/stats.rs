@@ -100,16 +100,48 @@ pub struct Stats {
     pub passes: u64,
 }
 
+/// One event count, and with the `metrics` feature the name under which it
+/// is also reported to the `metrics` facade.
+#[derive(Debug)]
+pub(crate) struct Counter {
+    value: AtomicU64,
+    #[cfg(feature = "metrics")]
+    name: &'static str,
+}
+
+impl Counter {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    const fn new(name: &'static str) -> Self {
+        Self {
+            value: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            name,
+        }
+    }
+
+    fn load(&self) -> u64 {
+        self.value.load(Relaxed)
+    }
+}
+
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
-        #[derive(Debug, Default)]
+        #[derive(Debug)]
         pub(crate) struct Counters {
-            $(pub(crate) $name: AtomicU64,)*
+            $(pub(crate) $name: Counter,)*
+        }
+
+        impl Default for Counters {
+            fn default() -> Self {
+                Self {
+                    $($name: Counter::new(concat!("coalesce_", stringify!($name), "_total")),)*
+                }
+            }
         }
 
         impl Counters {
             pub(crate) fn snapshot(&self) -> Stats {
-                Stats { $($name: self.$name.load(Relaxed),)* }
+                Stats { $($name: self.$name.load(),)* }
             }
         }
     };
@@ -136,9 +168,11 @@ counters!(
     passes,
 );
 
-/// Adds one to a counter.
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Relaxed);
+/// Adds one to a counter (and to its `metrics` counter, with that feature).
+pub(crate) fn bump(counter: &Counter) {
+    counter.value.fetch_add(1, Relaxed);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(counter.name).increment(1);
 }
 
 #[cfg(test)]

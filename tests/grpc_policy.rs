@@ -22,7 +22,9 @@ fn grpc_call(method: &str) -> Request<Full<Bytes>> {
 
 /// Keys gRPC calls by method path (the tests send one message per method).
 fn by_path(req: &Request<Full<Bytes>>) -> Option<Key> {
-    Some(Key::new(Bytes::copy_from_slice(req.uri().path().as_bytes())))
+    Some(Key::new(Bytes::copy_from_slice(
+        req.uri().path().as_bytes(),
+    )))
 }
 
 type Frames =

@@ -1,0 +1,43 @@
+//! With the `metrics` feature, every counter of `Stats` is also reported to
+//! the `metrics` facade as `coalesce_<name>_total`.
+#![cfg(feature = "metrics")]
+
+mod support;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use support::{echo_path, get, until, Origin};
+use tower::{Layer, ServiceExt};
+use tower_coalesce::{CoalesceConfig, CoalesceLayer};
+
+fn value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_reach_the_installed_recorder() {
+    // The only test in this binary: the recorder is process-wide.
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .expect("no other recorder in this test binary");
+    let origin = Origin::gated();
+    let layer = CoalesceLayer::new(CoalesceConfig::new());
+    let svc = layer.layer(origin.serve(echo_path));
+    let calls: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/m"))))
+        .collect();
+    until(&layer, "the followers", |s| s.followers == 9).await;
+    origin.open_gate();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let text = handle.render();
+    let stats = layer.stats();
+    assert_eq!(
+        value(&text, "coalesce_requests_total"),
+        Some(stats.requests)
+    );
+    assert_eq!(value(&text, "coalesce_origin_calls_total"), Some(1));
+    assert_eq!(value(&text, "coalesce_followers_total"), Some(9));
+    assert_eq!(value(&text, "coalesce_flights_total"), Some(1));
+}
