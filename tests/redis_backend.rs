@@ -197,3 +197,16 @@ async fn nonsense_settings_are_clear_errors() {
         assert!(err.to_string().contains(what), "{err}");
     }
 }
+
+#[tokio::test]
+async fn connect_opens_the_connection_but_a_missing_redis_is_not_an_error() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(server.url()).await.unwrap();
+    backend.ping().await.expect("connected at start-up");
+
+    let nobody = format!("redis://127.0.0.1:{}/", support::redis::free_port());
+    let backend = RedisBackend::connect(nobody)
+        .await
+        .expect("a Redis that is not there yet is not a start-up error");
+    assert!(backend.ping().await.is_err());
+}

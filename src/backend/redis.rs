@@ -100,6 +100,16 @@ impl RedisBackend {
         }
     }
 
+    /// Sends a `PING`: whether Redis answers through this backend's
+    /// connection (which it opens if needed). For readiness checks.
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| BackendError::new("Redis PING failed", e))
+    }
+
     /// The Redis key under which the entry for `key` is stored.
     pub fn value_key(&self, key: &Key) -> String {
         self.name(key, "v")
@@ -149,13 +159,14 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// Checks the settings and opens the connection manager.
+    /// Checks the settings, opens the connection manager and connects
+    /// (waiting at most `connection_timeout` plus `response_timeout`).
     ///
-    /// A Redis that cannot be reached yet is not an error here: the manager
-    /// connects when first used and reconnects after failures, and the layer
-    /// works without the backend meanwhile. A URL that cannot be parsed, an
-    /// empty namespace or one containing `{` or `}` (which would break the
-    /// hash tag), and zero timeouts are errors.
+    /// A Redis that cannot be reached yet is not an error here, only a
+    /// warning: the manager connects when next used and reconnects after
+    /// failures, and the layer works without the backend meanwhile. A URL
+    /// that cannot be parsed, an empty namespace or one containing `{` or `}`
+    /// (which would break the hash tag), and zero timeouts are errors.
     pub async fn connect(self) -> Result<RedisBackend, BackendError> {
         if self.namespace.is_empty() || self.namespace.contains(['{', '}']) {
             return Err(BackendError::msg(format!(
@@ -193,11 +204,25 @@ impl RedisBackendBuilder {
             });
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| BackendError::new("cannot create the Redis connection manager", e))?;
-        Ok(RedisBackend {
+        let backend = RedisBackend {
             conn,
             namespace: self.namespace,
             channels,
-        })
+        };
+        // Open the connection now, so the first burst does not pay for it
+        // inside `backend_timeout`; a Redis that is not there yet is only
+        // logged, the manager keeps trying when used.
+        let limit = self.connection_timeout + self.response_timeout;
+        match tokio::time::timeout(limit, backend.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "Redis is not reachable yet; the layer works without it until it is")
+            }
+            Err(_) => tracing::warn!(
+                "Redis did not answer within {limit:?}; the layer works without it until it does"
+            ),
+        }
+        Ok(backend)
     }
 }
 
