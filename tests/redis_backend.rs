@@ -210,3 +210,55 @@ async fn connect_opens_the_connection_but_a_missing_redis_is_not_an_error() {
         .expect("a Redis that is not there yet is not a start-up error");
     assert!(backend.ping().await.is_err());
 }
+
+#[tokio::test]
+async fn hits_come_from_the_near_cache_and_end_with_the_redis_ttl() {
+    let server = RedisServer::start();
+    let origin = Origin::open();
+    let ttl = Duration::from_millis(600);
+    let instance = |backend: RedisBackend| {
+        let layer = CoalesceLayer::new(CoalesceConfig::new().ttl(ttl).backend(backend));
+        let svc = layer.layer(origin.serve(echo_path));
+        (layer, svc)
+    };
+    let (_a, svc_a) = instance(RedisBackend::connect(server.url()).await.unwrap());
+    let (b, svc_b) = instance(RedisBackend::connect(server.url()).await.unwrap());
+    let outcome = |res: &http::Response<_>| *res.extensions().get::<Outcome>().unwrap();
+
+    let res = svc_a.clone().oneshot(get("/near")).await.unwrap();
+    assert_eq!(outcome(&res), Outcome::Leader);
+    // B reads A's answer from Redis once (a flight), then from memory.
+    let res = svc_b.clone().oneshot(get("/near")).await.unwrap();
+    assert_eq!(outcome(&res), Outcome::Hit);
+    assert_eq!(b.stats().flights, 1);
+    for _ in 0..3 {
+        let res = svc_b.clone().oneshot(get("/near")).await.unwrap();
+        assert_eq!(outcome(&res), Outcome::Hit);
+        assert_eq!(body(res).await.unwrap(), "/near");
+    }
+    assert_eq!(
+        b.stats().flights,
+        1,
+        "hits after the first never left the process"
+    );
+    assert_eq!(origin.calls(), 1);
+
+    // Kept no longer than Redis keeps it.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let res = svc_b.clone().oneshot(get("/near")).await.unwrap();
+    assert_eq!(outcome(&res), Outcome::Leader);
+    assert_eq!(origin.calls(), 2);
+
+    // Without the near cache, every hit is a flight that asks Redis.
+    let far = RedisBackend::builder(server.url())
+        .without_near_cache()
+        .connect()
+        .await
+        .unwrap();
+    let (c, svc_c) = instance(far);
+    for _ in 0..2 {
+        let res = svc_c.clone().oneshot(get("/near")).await.unwrap();
+        assert_eq!(outcome(&res), Outcome::Hit);
+    }
+    assert_eq!(c.stats().flights, 2);
+}

@@ -110,6 +110,15 @@ impl MemoryBackendBuilder {
     }
 }
 
+impl MemoryBackend {
+    /// Keeps `entry` for `ttl` (nothing for zero), at once.
+    pub(crate) fn insert(&self, key: &Key, entry: Entry, ttl: Duration) {
+        if !ttl.is_zero() {
+            self.cache.insert(key.clone(), Stored { entry, ttl });
+        }
+    }
+}
+
 impl Backend for MemoryBackend {
     fn get_local(&self, key: &Key) -> Option<Entry> {
         self.cache.get(key).map(|s| s.entry)
@@ -121,9 +130,7 @@ impl Backend for MemoryBackend {
     }
 
     fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()> {
-        if !ttl.is_zero() {
-            self.cache.insert(key.clone(), Stored { entry, ttl });
-        }
+        self.insert(key, entry, ttl);
         Box::pin(std::future::ready(Ok(())))
     }
 }

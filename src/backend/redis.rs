@@ -8,6 +8,9 @@
 //! slot. Values are [`Entry::encode`]d; a value that does not decode is a miss,
 //! overwritten by the next answer, never served.
 //!
+//! Entries this process stored or read are also kept in a near cache in its
+//! memory, for the rest of their Redis TTL, so hits never leave the process.
+//!
 //! Connections come from `redis`'s `ConnectionManager`, which reconnects by
 //! itself. Its response timeout bounds a command on a live connection, but
 //! not the reconnect attempts behind a dead one: the bound a request can rely
@@ -17,7 +20,7 @@
 use super::watch::{Channels, Watch};
 use super::LeaseToken;
 use super::{Backend, BackendError, BackendFuture};
-use crate::{Entry, Key};
+use crate::{Entry, Key, MemoryBackend};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
@@ -25,6 +28,16 @@ use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::sync::LazyLock;
 use std::time::Duration;
+
+/// KEYS[1] value: the value and its remaining life in ms, or nil. One round
+/// trip, and the near cache keeps the entry no longer than Redis does.
+static GET_FRESH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local v = redis.call('GET', KEYS[1])
+          if not v then return false end
+          return {v, redis.call('PTTL', KEYS[1])}",
+    )
+});
 
 /// KEYS[1] lock; ARGV[1] token, ARGV[2] lease in ms.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
@@ -56,6 +69,7 @@ pub struct RedisBackend {
     conn: ConnectionManager,
     namespace: String,
     channels: Channels,
+    near: Option<MemoryBackend>,
 }
 
 impl RedisBackend {
@@ -81,6 +95,7 @@ pub struct RedisBackendBuilder {
     namespace: String,
     response_timeout: Duration,
     connection_timeout: Duration,
+    near: Option<MemoryBackend>,
 }
 
 impl RedisBackend {
@@ -97,6 +112,7 @@ impl RedisBackend {
             namespace: "coalesce".to_owned(),
             response_timeout: Duration::from_millis(250),
             connection_timeout: Duration::from_secs(1),
+            near: Some(MemoryBackend::new()),
         }
     }
 
@@ -150,6 +166,22 @@ impl RedisBackendBuilder {
     /// The longest a command may take before it counts as failed (default 250 ms).
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
+        self
+    }
+
+    /// The near cache: entries this process stored or read from Redis, kept
+    /// in its memory for the rest of their TTL, so that hits never leave the
+    /// process. Default: a [`MemoryBackend::new`] (10,000 entries, 64 MiB).
+    /// An entry is never kept longer than Redis keeps it, but an entry
+    /// deleted from Redis by hand stays here until its TTL ends.
+    pub fn near_cache(mut self, near: MemoryBackend) -> Self {
+        self.near = Some(near);
+        self
+    }
+
+    /// No near cache: every hit is a Redis `GET` made by a flight.
+    pub fn without_near_cache(mut self) -> Self {
+        self.near = None;
         self
     }
 
@@ -208,6 +240,7 @@ impl RedisBackendBuilder {
             conn,
             namespace: self.namespace,
             channels,
+            near: self.near,
         };
         // Open the connection now, so the first burst does not pay for it
         // inside `backend_timeout`; a Redis that is not there yet is only
@@ -226,19 +259,39 @@ impl RedisBackendBuilder {
     }
 }
 
+impl RedisBackend {
+    fn keep_near(&self, key: &Key, entry: &Entry, ttl: Duration) {
+        if let Some(near) = &self.near {
+            near.insert(key, entry.clone(), ttl);
+        }
+    }
+}
+
 impl Backend for RedisBackend {
+    fn get_local(&self, key: &Key) -> Option<Entry> {
+        self.near.as_ref()?.get_local(key)
+    }
+
     fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
         Box::pin(async move {
             let redis_key = self.value_key(key);
             let mut conn = self.conn.clone();
-            let value: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(&redis_key)
-                .query_async(&mut conn)
+            let found: Option<(Vec<u8>, i64)> = GET_FRESH
+                .key(&redis_key)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis GET failed", e))?;
-            let Some(value) = value else { return Ok(None) };
+            let Some((value, left_ms)) = found else {
+                return Ok(None);
+            };
             match Entry::decode(value.into()) {
-                Ok(entry) => Ok(Some(entry)),
+                Ok(entry) => {
+                    // A value without an expiry (-1, set by hand) is not kept.
+                    if let Ok(left) = u64::try_from(left_ms) {
+                        self.keep_near(key, &entry, Duration::from_millis(left));
+                    }
+                    Ok(Some(entry))
+                }
                 Err(error) => {
                     tracing::warn!(%redis_key, %error, "ignoring a value that is not a valid entry");
                     Ok(None)
@@ -260,7 +313,9 @@ impl Backend for RedisBackend {
                 .arg(millis(ttl)?)
                 .query_async::<()>(&mut conn)
                 .await
-                .map_err(|e| BackendError::new("Redis SET failed", e))
+                .map_err(|e| BackendError::new("Redis SET failed", e))?;
+            self.keep_near(key, &entry, ttl);
+            Ok(())
         })
     }
 
@@ -333,6 +388,7 @@ impl Backend for RedisBackend {
         answer: Option<(Entry, Duration)>,
     ) -> BackendFuture<'a, bool> {
         Box::pin(async move {
+            let kept = answer.as_ref().map(|(entry, ttl)| (entry.clone(), *ttl));
             let (value, ttl) = match answer {
                 Some((entry, ttl)) if !ttl.is_zero() => (entry.encode(), millis(ttl)?),
                 _ => (bytes::Bytes::new(), 0),
@@ -348,6 +404,9 @@ impl Backend for RedisBackend {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis flight completion failed", e))?;
+            if let (1, Some((entry, ttl))) = (done, kept) {
+                self.keep_near(key, &entry, ttl);
+            }
             Ok(done == 1)
         })
     }
