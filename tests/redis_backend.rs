@@ -262,3 +262,39 @@ async fn hits_come_from_the_near_cache_and_end_with_the_redis_ttl() {
     }
     assert_eq!(c.stats().flights, 2);
 }
+
+#[tokio::test]
+async fn the_lease_is_refused_while_an_answer_is_stored() {
+    // The race this closes: a flight misses the value, another process
+    // completes (stores and frees the lease), then the flight asks for the
+    // lease. It must wait for and take the stored answer instead.
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(server.url()).await.unwrap();
+    let key = Key::from("raced");
+    let token = tower_coalesce::LeaseToken::new().unwrap();
+    let entry = tower_coalesce::Entry::new(
+        StatusCode::OK,
+        http::Version::HTTP_11,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"answer"),
+        None,
+    );
+    backend
+        .store(&key, entry, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(10);
+    assert!(!backend.try_lock(&key, &token, lease).await.unwrap());
+
+    // A value that is not an entry is a miss, and is deleted by the lookup
+    // so that the lease can be taken again.
+    let mut conn = server.conn();
+    let _: () = redis::cmd("SET")
+        .arg(backend.value_key(&key))
+        .arg(&b"not an entry"[..])
+        .query(&mut conn)
+        .unwrap();
+    assert!(!backend.try_lock(&key, &token, lease).await.unwrap());
+    assert!(backend.lookup(&key).await.unwrap().is_none());
+    assert!(backend.try_lock(&key, &token, lease).await.unwrap());
+}

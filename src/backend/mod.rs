@@ -49,7 +49,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Tries to take the lease on `key` for `token`, for `lease`: `true` means
     /// this flight is the one leader of `key` among every process sharing the
-    /// backend, until the lease ends or is released.
+    /// backend, until the lease ends or is released. A backend should refuse
+    /// it (`false`) while an answer is stored under `key`, so that a flight
+    /// that missed the value just before another process completed takes
+    /// that answer instead of calling the origin again.
     ///
     /// The default, for a backend private to one process, always grants it:
     /// the flight table already allows one flight per key.

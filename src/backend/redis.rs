@@ -39,6 +39,27 @@ static GET_FRESH: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// KEYS[1] lock, KEYS[2] value; ARGV[1] token, ARGV[2] lease in ms. The
+/// lease is refused while an answer is stored: a flight that missed the value
+/// just before another process completed must take that answer, not lead a
+/// second call to the origin.
+static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+          if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+          return 0",
+    )
+});
+
+/// KEYS[1] value; ARGV[1] the bytes read. Deletes a value that did not decode,
+/// only if it is still those bytes (a fresh answer written since stays).
+static DROP_BAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+          return 0",
+    )
+});
+
 /// KEYS[1] lock; ARGV[1] token, ARGV[2] lease in ms.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -284,7 +305,7 @@ impl Backend for RedisBackend {
             let Some((value, left_ms)) = found else {
                 return Ok(None);
             };
-            match Entry::decode(value.into()) {
+            match Entry::decode(value.clone().into()) {
                 Ok(entry) => {
                     // A value without an expiry (-1, set by hand) is not kept.
                     if let Ok(left) = u64::try_from(left_ms) {
@@ -293,7 +314,15 @@ impl Backend for RedisBackend {
                     Ok(Some(entry))
                 }
                 Err(error) => {
-                    tracing::warn!(%redis_key, %error, "ignoring a value that is not a valid entry");
+                    tracing::warn!(%redis_key, %error, "deleting a value that is not a valid entry");
+                    // Deleted, not only ignored: a stored value keeps the
+                    // lease from being taken, and this one answers nobody.
+                    let _: i64 = DROP_BAD
+                        .key(&redis_key)
+                        .arg(value)
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(|e| BackendError::new("Redis DEL of a bad value failed", e))?;
                     Ok(None)
                 }
             }
@@ -327,16 +356,15 @@ impl Backend for RedisBackend {
     ) -> BackendFuture<'a, bool> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.lock_key(key))
+            let taken: i64 = TRY_LOCK
+                .key(self.lock_key(key))
+                .key(self.value_key(key))
                 .arg(token.as_str())
-                .arg("NX")
-                .arg("PX")
                 .arg(millis(lease)?)
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await
-                .map_err(|e| BackendError::new("Redis SET NX failed", e))?;
-            Ok(set.is_some())
+                .map_err(|e| BackendError::new("Redis lease acquisition failed", e))?;
+            Ok(taken == 1)
         })
     }
 
