@@ -269,7 +269,12 @@ async fn the_lease_is_refused_while_an_answer_is_stored() {
     // completes (stores and frees the lease), then the flight asks for the
     // lease. It must wait for and take the stored answer instead.
     let server = RedisServer::start();
-    let backend = RedisBackend::connect(server.url()).await.unwrap();
+    // Without a near cache, so that the lookups below read Redis.
+    let backend = RedisBackend::builder(server.url())
+        .without_near_cache()
+        .connect()
+        .await
+        .unwrap();
     let key = Key::from("raced");
     let token = tower_coalesce::LeaseToken::new().unwrap();
     let entry = tower_coalesce::Entry::new(
@@ -297,4 +302,44 @@ async fn the_lease_is_refused_while_an_answer_is_stored() {
     assert!(!backend.try_lock(&key, &token, lease).await.unwrap());
     assert!(backend.lookup(&key).await.unwrap().is_none());
     assert!(backend.try_lock(&key, &token, lease).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_small_answer_travels_in_the_completion_message() {
+    let server = RedisServer::start();
+    let leader = RedisBackend::connect(server.url()).await.unwrap();
+    let waiter = RedisBackend::connect(server.url()).await.unwrap();
+    let lease = Duration::from_secs(10);
+    let answer = |size: usize| {
+        tower_coalesce::Entry::new(
+            StatusCode::OK,
+            http::Version::HTTP_11,
+            http::HeaderMap::new(),
+            Bytes::from(vec![b'a'; size]),
+            None,
+        )
+    };
+    for (size, in_message) in [(100, true), (100_000, false)] {
+        let key = Key::from(format!("announced-{size}"));
+        let token = tower_coalesce::LeaseToken::new().unwrap();
+        assert!(leader.try_lock(&key, &token, lease).await.unwrap());
+        let mut watch = waiter.watch(&key).await.unwrap().unwrap();
+        let done = leader
+            .complete(&key, &token, Some((answer(size), Duration::from_secs(60))))
+            .await
+            .unwrap();
+        assert!(done);
+        assert!(watch.changed().await);
+        let arrived = waiter.get_local(&key);
+        assert_eq!(
+            arrived.is_some(),
+            in_message,
+            "{size}-byte answer: in the message = {in_message}"
+        );
+        if let Some(entry) = arrived {
+            assert_eq!(entry.body().len(), size);
+        }
+        let found = waiter.lookup(&key).await.unwrap().expect("stored in Redis");
+        assert_eq!(found.body().len(), size);
+    }
 }

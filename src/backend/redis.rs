@@ -71,7 +71,8 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// KEYS[1] lock, KEYS[2] value; ARGV[1] token, ARGV[2] encoded entry,
-/// ARGV[3] TTL in ms (`0`: store nothing), ARGV[4] done channel.
+/// ARGV[3] TTL in ms (`0`: store nothing), ARGV[4] done channel, ARGV[5] the
+/// message announcing a stored answer (the answer itself when small).
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -79,7 +80,7 @@ static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
             redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
           end
           redis.call('DEL', KEYS[1])
-          redis.call('PUBLISH', ARGV[4], ARGV[3] ~= '0' and 'stored' or 'released')
+          redis.call('PUBLISH', ARGV[4], ARGV[3] ~= '0' and ARGV[5] or 'released')
           return 1",
     )
 });
@@ -145,6 +146,21 @@ impl RedisBackend {
             .query_async::<()>(&mut conn)
             .await
             .map_err(|e| BackendError::new("Redis PING failed", e))
+    }
+
+    /// Connects and loads the scripts, so that a burst sends only `EVALSHA`s
+    /// (a script unknown to Redis costs a failed `EVALSHA` and a `SCRIPT
+    /// LOAD` first).
+    async fn warm_up(&self) -> Result<(), BackendError> {
+        self.ping().await?;
+        let mut conn = self.conn.clone();
+        for script in [&*GET_FRESH, &*TRY_LOCK, &*DROP_BAD, &*RENEW, &*COMPLETE] {
+            script
+                .load_async(&mut conn)
+                .await
+                .map_err(|e| BackendError::new("Redis SCRIPT LOAD failed", e))?;
+        }
+        Ok(())
     }
 
     /// The Redis key under which the entry for `key` is stored.
@@ -247,12 +263,13 @@ impl RedisBackendBuilder {
             .map_err(|e| BackendError::new("invalid Redis URL", e))?;
         let channels = Channels::default();
         let router = channels.clone();
+        let near = self.near.clone();
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.response_timeout))
             .set_connection_timeout(Some(self.connection_timeout))
             .set_automatic_resubscription()
             .set_push_sender(move |push: PushInfo| {
-                route(&router, push);
+                route(&router, near.as_ref(), push);
                 Ok::<(), std::convert::Infallible>(())
             });
         let conn = ConnectionManager::new_lazy_with_config(client, config)
@@ -267,7 +284,7 @@ impl RedisBackendBuilder {
         // inside `backend_timeout`; a Redis that is not there yet is only
         // logged, the manager keeps trying when used.
         let limit = self.connection_timeout + self.response_timeout;
-        match tokio::time::timeout(limit, backend.ping()).await {
+        match tokio::time::timeout(limit, backend.warm_up()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::warn!(%error, "Redis is not reachable yet; the layer works without it until it is")
@@ -295,6 +312,10 @@ impl Backend for RedisBackend {
 
     fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
         Box::pin(async move {
+            // An answer that came with a completion message is already here.
+            if let Some(entry) = self.get_local(key) {
+                return Ok(Some(entry));
+            }
             let redis_key = self.value_key(key);
             let mut conn = self.conn.clone();
             let found: Option<(Vec<u8>, i64)> = GET_FRESH
@@ -391,7 +412,7 @@ impl Backend for RedisBackend {
         Box::pin(async move {
             let channel = self.done_channel(key);
             let unsubscriber = self.conn.clone();
-            let watch = self.channels.watch(&channel, move |name| {
+            let watch = self.channels.watch(&channel, key, move |name| {
                 let mut conn = unsubscriber;
                 if let Ok(handle) = tokio::runtime::Handle::try_current() {
                     handle.spawn(async move {
@@ -429,6 +450,7 @@ impl Backend for RedisBackend {
                 .arg(value.as_ref())
                 .arg(ttl)
                 .arg(self.done_channel(key))
+                .arg(announcement(&value, ttl))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis flight completion failed", e))?;
@@ -441,20 +463,58 @@ impl Backend for RedisBackend {
 }
 
 /// Hands a push from Redis to the watches it concerns.
-fn route(channels: &Channels, push: PushInfo) {
+fn route(channels: &Channels, near: Option<&MemoryBackend>, push: PushInfo) {
     match push.kind {
         PushKind::Message => {
-            if let Some(Value::BulkString(name)) = push.data.first() {
-                if let Ok(name) = std::str::from_utf8(name) {
-                    channels.signal(name);
+            let (Some(Value::BulkString(name)), payload) = (push.data.first(), push.data.get(1))
+            else {
+                return;
+            };
+            let Ok(name) = std::str::from_utf8(name) else {
+                return;
+            };
+            channels.signal(name, |key| {
+                // An answer small enough to travel in the message: keep it
+                // near before waking the waiters, and they need no GET.
+                if let (Some(near), Some(Value::BulkString(payload))) = (near, payload) {
+                    if let Some((entry, ttl)) = decode_announcement(payload) {
+                        near.insert(key, entry, ttl);
+                    }
                 }
-            }
+            });
         }
         // Messages published while the link was down are lost: every
         // waiter must look again.
         PushKind::Disconnection => channels.signal_all(),
         _ => {}
     }
+}
+
+/// Answers up to this size (encoded) travel inside the completion message.
+const ANNOUNCED_MAX: usize = 16 * 1024;
+
+/// The completion message for a stored answer: `V`, the TTL in ms (8 bytes,
+/// big-endian), then the encoded entry — or just `stored` for a large one,
+/// which waiters then read with a `GET`.
+fn announcement(encoded: &[u8], ttl_ms: u64) -> Vec<u8> {
+    if encoded.len() > ANNOUNCED_MAX {
+        return b"stored".to_vec();
+    }
+    let mut message = Vec::with_capacity(9 + encoded.len());
+    message.push(b'V');
+    message.extend_from_slice(&ttl_ms.to_be_bytes());
+    message.extend_from_slice(encoded);
+    message
+}
+
+/// Reads an [`announcement`]; anything else (`stored`, `released`, a damaged
+/// or foreign message) is `None`, and the waiters look in Redis.
+fn decode_announcement(message: &[u8]) -> Option<(Entry, Duration)> {
+    let rest = message.strip_prefix(b"V")?;
+    let (ttl, encoded) = rest.split_at_checked(8)?;
+    let ttl = Duration::from_millis(u64::from_be_bytes(ttl.try_into().ok()?));
+    let entry = Entry::decode(bytes::Bytes::copy_from_slice(encoded)).ok()?;
+    Some((entry, ttl))
 }
 
 /// A lease or TTL in whole milliseconds, at least 1 (Redis rejects `PX 0`).

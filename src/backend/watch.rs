@@ -36,6 +36,9 @@ pub(crate) struct Channels {
 struct Channel {
     watchers: usize,
     sender: watch::Sender<u64>,
+    /// The key whose flight the channel reports, for answers that arrive in
+    /// the message itself.
+    key: crate::Key,
 }
 
 /// Keeps a watch's channel registered; unregistering the last one calls
@@ -64,12 +67,14 @@ impl Channels {
     pub(crate) fn watch(
         &self,
         name: &str,
+        key: &crate::Key,
         on_last: impl FnOnce(String) + Send + Sync + 'static,
     ) -> Watch {
         let mut map = self.lock();
         let channel = map.entry(name.to_owned()).or_insert_with(|| Channel {
             watchers: 0,
             sender: watch::Sender::new(0),
+            key: key.clone(),
         });
         channel.watchers += 1;
         let rx = channel.sender.subscribe();
@@ -84,9 +89,13 @@ impl Channels {
         }
     }
 
-    /// A message arrived on `name`.
-    pub(crate) fn signal(&self, name: &str) {
-        if let Some(channel) = self.lock().get(name) {
+    /// A message arrived on `name`. `before` runs first, with the key of the
+    /// channel's flight, if anyone watches it (to keep an answer that came
+    /// in the message, so that the woken waiters find it).
+    pub(crate) fn signal(&self, name: &str, before: impl FnOnce(&crate::Key)) {
+        let map = self.lock();
+        if let Some(channel) = map.get(name) {
+            before(&channel.key);
             channel.sender.send_modify(|n| *n += 1);
         }
     }
@@ -136,10 +145,11 @@ mod tests {
     #[tokio::test]
     async fn a_signal_wakes_the_watches_of_its_channel_only() {
         let channels = Channels::default();
-        let mut a = channels.watch("a", |_| {});
-        let mut a2 = channels.watch("a", |_| {});
-        let mut b = channels.watch("b", |_| {});
-        channels.signal("a");
+        let key = crate::Key::from("k");
+        let mut a = channels.watch("a", &key, |_| {});
+        let mut a2 = channels.watch("a", &key, |_| {});
+        let mut b = channels.watch("b", &key, |_| {});
+        channels.signal("a", |_| {});
         assert!(a.changed().await && a2.changed().await);
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(20), b.changed())
@@ -160,8 +170,9 @@ mod tests {
                 c.fetch_add(1, Ordering::SeqCst);
             }
         };
-        let a = channels.watch("a", counter(&calls));
-        let a2 = channels.watch("a", counter(&calls));
+        let key = crate::Key::from("k");
+        let a = channels.watch("a", &key, counter(&calls));
+        let a2 = channels.watch("a", &key, counter(&calls));
         drop(a);
         assert_eq!((calls.load(Ordering::SeqCst), channels.len()), (0, 1));
         drop(a2);
