@@ -239,7 +239,10 @@ impl Reader {
         if count > self.0.remaining() / 8 {
             return Err(DecodeError("truncated"));
         }
-        let mut map = HeaderMap::with_capacity(count);
+        // More pairs than a header map can hold is not an entry either (and
+        // `with_capacity` would panic on it).
+        let mut map =
+            HeaderMap::try_with_capacity(count).map_err(|_| DecodeError("too many headers"))?;
         for _ in 0..count {
             let name = HeaderName::from_bytes(&self.bytes()?)
                 .map_err(|_| DecodeError("bad header name"))?;

@@ -70,3 +70,18 @@ proptest! {
         prop_assert!(Entry::decode(Bytes::from(bytes)).is_err());
     }
 }
+
+#[test]
+fn more_headers_than_a_header_map_holds_is_an_error_not_a_panic() {
+    // Found by the fuzz target: a count that fits the input but not a
+    // `HeaderMap` (over 24,576 pairs) used to panic in `with_capacity`.
+    let count: u32 = 24_577;
+    let mut frame = b"TCE\x01".to_vec();
+    frame.extend_from_slice(&200u16.to_be_bytes());
+    frame.push(2); // HTTP/1.1
+    frame.extend_from_slice(&count.to_be_bytes());
+    frame.extend_from_slice(&vec![0u8; count as usize * 8]);
+    let crc = crc32fast::hash(&frame);
+    frame.extend_from_slice(&crc.to_be_bytes());
+    assert!(tower_coalesce::Entry::decode(frame.into()).is_err());
+}
