@@ -412,14 +412,10 @@ impl Backend for RedisBackend {
         Box::pin(async move {
             let channel = self.done_channel(key);
             let unsubscriber = self.conn.clone();
+            let channels = self.channels.clone();
             let watch = self.channels.watch(&channel, key, move |name| {
-                let mut conn = unsubscriber;
                 if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
-                        if let Err(error) = conn.unsubscribe(&name).await {
-                            tracing::debug!(%error, %name, "unsubscribe failed");
-                        }
-                    });
+                    handle.spawn(unsubscribe(unsubscriber, channels, name));
                 }
             });
             let mut conn = self.conn.clone();
@@ -463,6 +459,28 @@ impl Backend for RedisBackend {
 }
 
 /// Hands a push from Redis to the watches it concerns.
+/// Unsubscribes from `name` once nobody in this process waits on it,
+/// retrying until Redis confirms: a command whose caller timed out before a
+/// stalled connection could send it is never sent, and a lost `UNSUBSCRIBE`
+/// would keep the subscription for the connection's whole life. Gives up as
+/// soon as a new waiter watches the channel again (its subscription must
+/// stand), or after about half a minute.
+async fn unsubscribe(mut conn: ConnectionManager, channels: Channels, name: String) {
+    let mut pause = Duration::from_millis(100);
+    for _ in 0..10 {
+        if channels.is_watched(&name) {
+            return;
+        }
+        match conn.unsubscribe(&name).await {
+            Ok(()) => return,
+            Err(error) => tracing::debug!(%error, %name, "unsubscribe failed; trying again"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+    tracing::warn!(%name, "could not unsubscribe; this connection keeps receiving the channel's messages, which are ignored");
+}
+
 fn route(channels: &Channels, near: Option<&MemoryBackend>, push: PushInfo) {
     match push.kind {
         PushKind::Message => {

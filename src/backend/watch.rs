@@ -107,6 +107,11 @@ impl Channels {
         }
     }
 
+    /// Whether anyone in this process watches `name`.
+    pub(crate) fn is_watched(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+
     /// How many channels are watched.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()

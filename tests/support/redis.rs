@@ -77,6 +77,11 @@ impl RedisServer {
         }
     }
 
+    /// The server's process id, for tests that signal it (pause, resume).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }

@@ -1,0 +1,721 @@
+//! Redis and the instances sharing it failing under load, against a real
+//! redis-server: Redis frozen mid-burst (SIGSTOP), Redis absent at start-up,
+//! a lease attempt that arrives late, a connection that stalls, and a leading
+//! instance killed as a whole OS process. No request may fail or hang, the
+//! origin is called at most once per instance that lost Redis, coalescing
+//! across instances comes back by itself, and Redis is left with no
+//! subscription nobody watches.
+
+mod support;
+
+// The `proxy` example, to run a second proxy in this process with a layer
+// the test can inspect; its `main` is not called here.
+#[allow(dead_code)]
+#[path = "../examples/proxy.rs"]
+mod proxy;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::Router;
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::redis::{free_port, RedisServer};
+use support::{body, echo_path, get, until, Origin};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::util::BoxCloneService;
+use tower::{Layer, ServiceExt};
+use tower_coalesce::backend::BackendFuture;
+use tower_coalesce::{
+    Backend, BoxError, CoalesceBody, CoalesceConfig, CoalesceLayer, Entry, HttpKey, Key,
+    KeyExtractor, LeaseToken, RedisBackend, Watch,
+};
+
+type Svc = BoxCloneService<Request<Full<Bytes>>, Response<CoalesceBody<Full<Bytes>>>, BoxError>;
+
+/// A request under way: when it was answered, and with what.
+type Answering = tokio::task::JoinHandle<(
+    Instant,
+    Result<Response<CoalesceBody<Full<Bytes>>>, BoxError>,
+)>;
+
+/// One instance: its own connection to Redis (as a separate process would
+/// have), answers kept 60 s, the origin's answer delayed 200 ms after its gate
+/// opens so that requests to other instances can meet a call under way.
+async fn instance(
+    backend: impl Backend,
+    origin: &Origin,
+    config: CoalesceConfig,
+) -> (CoalesceLayer, Svc) {
+    let layer = CoalesceLayer::new(config.ttl(Duration::from_secs(60)).backend(backend));
+    let svc = layer.layer(origin.serve(|req| async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        echo_path(req).await
+    }));
+    (layer, BoxCloneService::new(svc))
+}
+
+async fn redis_instance(
+    url: &str,
+    origin: &Origin,
+    config: CoalesceConfig,
+) -> (CoalesceLayer, Svc) {
+    let backend = RedisBackend::connect(url).await.unwrap();
+    instance(backend, origin, config).await
+}
+
+fn send_signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A redis-server frozen by SIGSTOP: its connections stay open and its
+/// commands go unanswered, as with a Redis stuck in a long command or a
+/// network that drops packets. Resumed by SIGCONT when dropped, whatever
+/// happens in the test.
+struct Paused(u32);
+
+impl Paused {
+    fn new(server: &RedisServer) -> Self {
+        assert!(send_signal(server.pid(), "STOP"), "kill -STOP failed");
+        Paused(server.pid())
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        send_signal(self.0, "CONT");
+    }
+}
+
+/// Waits (bounded) for every task: each must answer 200 with `path`.
+/// Returns the latest time one of them answered.
+async fn all_answer(tasks: Vec<Answering>, path: &str) -> Instant {
+    let mut last = None::<Instant>;
+    for task in tasks {
+        let (at, res) = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("a request hung")
+            .unwrap();
+        let res = res.expect("no request fails");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(body(res).await.unwrap(), path, "no request fails");
+        last = Some(last.map_or(at, |l| l.max(at)));
+    }
+    last.expect("no tasks")
+}
+
+/// Starts `n` requests for `path` on `svc`; each task reports when it was answered.
+fn spawn_requests(svc: &Svc, path: &str, n: usize) -> Vec<Answering> {
+    (0..n)
+        .map(|_| {
+            let (svc, req) = (svc.clone(), get(path));
+            tokio::spawn(async move {
+                let res = svc.oneshot(req).await;
+                (Instant::now(), res)
+            })
+        })
+        .collect()
+}
+
+/// Sends bursts over both instances, each on a fresh key (the first instance
+/// leads, the second joins while its call runs), until one costs a single
+/// origin call: coalescing across instances works again. Returns how long
+/// that took.
+async fn until_coalescing_resumes(
+    origin: &Origin,
+    (a, svc_a): &(CoalesceLayer, Svc),
+    (b, svc_b): &(CoalesceLayer, Svc),
+    prefix: &str,
+) -> Duration {
+    let start = Instant::now();
+    for round in 0.. {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "coalescing across instances never resumed: {:?} {:?}",
+            a.stats(),
+            b.stats()
+        );
+        let path = format!("{prefix}/{round}");
+        let before = origin.calls();
+        let mut tasks = spawn_requests(svc_a, &path, 10);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while origin.calls() == before {
+            assert!(Instant::now() < deadline, "the first instance never called");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tasks.extend(spawn_requests(svc_b, &path, 10));
+        all_answer(tasks, &path).await;
+        if origin.calls() - before == 1 {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_mid_burst_fails_and_hangs_no_request_and_coalescing_resumes() {
+    const BURST: usize = 400;
+    let wait_timeout = Duration::from_secs(10);
+    let server = RedisServer::start();
+    let origin = Origin::gated();
+    // A 1 s lease so the waiting instance looks again soon; the default
+    // backend_timeout, 250 ms, bounds every Redis call.
+    let config = || {
+        CoalesceConfig::new()
+            .lease(Duration::from_secs(1))
+            .wait_timeout(wait_timeout)
+    };
+    let a = redis_instance(&server.url(), &origin, config()).await;
+    let b = redis_instance(&server.url(), &origin, config()).await;
+
+    // The burst gathers: one instance leads with the lease, the other waits
+    // on it through Redis.
+    let mut burst = spawn_requests(&a.1, "/frozen", BURST / 2);
+    burst.extend(spawn_requests(&b.1, "/frozen", BURST / 2));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (sa, sb) = (a.0.stats(), b.0.stats());
+        if sa.followers + sb.followers == (BURST - 2) as u64
+            && sa.remote_waits + sb.remote_waits == 1
+            && origin.calls() == 1
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "burst never gathered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let paused = Paused::new(&server);
+    let frozen_at = Instant::now();
+    origin.open_gate();
+    let last = all_answer(burst, "/frozen").await;
+    let took = last - frozen_at;
+    eprintln!(
+        "burst with Redis frozen: answered within {took:?}, {} origin calls",
+        origin.calls()
+    );
+    assert!(
+        took < wait_timeout,
+        "answered {took:?} after Redis froze; the wait timeout is {wait_timeout:?}"
+    );
+    assert!(
+        origin.calls() <= 2,
+        "at most one more call, by the waiting instance: {}",
+        origin.calls()
+    );
+    assert!(a.0.stats().backend_errors + b.0.stats().backend_errors > 0);
+
+    // A new burst while Redis stays frozen: each instance coalesces its own
+    // requests, every Redis call gives up after backend_timeout.
+    let before = origin.calls();
+    let start = Instant::now();
+    let mut burst = spawn_requests(&a.1, "/while-frozen", 50);
+    burst.extend(spawn_requests(&b.1, "/while-frozen", 50));
+    let took = all_answer(burst, "/while-frozen").await - start;
+    eprintln!("burst on a new key while Redis is frozen: answered within {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "three bounded Redis calls and a 200 ms origin took {took:?}"
+    );
+    assert!(
+        origin.calls() - before <= 2,
+        "one call per instance at most: {}",
+        origin.calls() - before
+    );
+
+    drop(paused);
+    let took = until_coalescing_resumes(&origin, &a, &b, "/thawed").await;
+    eprintln!("coalescing across instances resumed {took:?} after SIGCONT");
+    // The key that was under way when Redis froze is answered again.
+    for svc in [&a.1, &b.1] {
+        let res = svc.clone().oneshot(get("/frozen")).await.unwrap();
+        assert_eq!(body(res).await.unwrap(), "/frozen");
+    }
+    for (layer, _) in [&a, &b] {
+        assert_eq!(layer.flights_in_progress(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_connections_at_start_up_then_arriving_later() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let origin = Origin::gated();
+    let a = redis_instance(&url, &origin, CoalesceConfig::new()).await;
+    let b = redis_instance(&url, &origin, CoalesceConfig::new()).await;
+
+    // Nothing listens: each instance coalesces its own requests.
+    let start = Instant::now();
+    let mut burst = spawn_requests(&a.1, "/cold", 50);
+    burst.extend(spawn_requests(&b.1, "/cold", 50));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.0.stats().followers + b.0.stats().followers != 98 || origin.calls() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "burst never gathered: {} calls, {:?} {:?}",
+            origin.calls(),
+            a.0.stats(),
+            b.0.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    origin.open_gate();
+    let took = all_answer(burst, "/cold").await - start;
+    eprintln!("burst with Redis refusing connections: answered within {took:?}");
+    assert_eq!(origin.calls(), 2, "one call per instance");
+    assert!(a.0.stats().backend_errors > 0 && b.0.stats().backend_errors > 0);
+
+    // Redis arrives on that port: coalescing across instances begins.
+    let _server = RedisServer::start_on(port);
+    let took = until_coalescing_resumes(&origin, &a, &b, "/warm").await;
+    eprintln!("coalescing across instances began {took:?} after Redis started");
+    for (layer, _) in [&a, &b] {
+        assert_eq!(layer.flights_in_progress(), 0);
+    }
+}
+
+/// Subscribers Redis counts on `channel`.
+fn subscribers(server: &RedisServer, channel: &str) -> u64 {
+    let (_, n): (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut server.conn())
+        .unwrap();
+    n
+}
+
+/// A waiting instance gives up its wait while its connection to Redis is
+/// stalled (Redis frozen, the socket's buffers full): its `UNSUBSCRIBE`
+/// times out before it is written, and the Redis client then drops it
+/// unsent. Once Redis is back, Redis must not keep the process subscribed to
+/// a channel it no longer watches: every later completion message on it
+/// would be delivered to a process that ignores it, for as long as the
+/// connection lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_lost_while_redis_stalls_does_not_leave_redis_subscribed() {
+    let server = RedisServer::start();
+    let origin = Origin::gated();
+    let config = || {
+        CoalesceConfig::new()
+            .lease(Duration::from_secs(1))
+            .wait_timeout(Duration::from_secs(10))
+    };
+    let a = redis_instance(&server.url(), &origin, config()).await;
+    let waiting = RedisBackend::connect(server.url()).await.unwrap();
+    let b = instance(waiting.clone(), &origin, config()).await;
+    let key = HttpKey::new().extract(&get("/stalled")).unwrap();
+    let channel = waiting.done_channel(&key);
+
+    let mut burst = spawn_requests(&a.1, "/stalled", 1);
+    until(&a.0, "the first instance's call", |_| origin.calls() == 1).await;
+    burst.extend(spawn_requests(&b.1, "/stalled", 1));
+    until(&b.0, "the remote wait", |s| s.remote_waits == 1).await;
+    assert_eq!(subscribers(&server, &channel), 1);
+
+    let paused = Paused::new(&server);
+    // 16 MiB that a frozen Redis does not read: the waiting instance's
+    // connection backs up behind it, so its next commands stay unwritten
+    // until they time out.
+    let filler = Entry::new(
+        StatusCode::OK,
+        http::Version::HTTP_11,
+        http::HeaderMap::new(),
+        Bytes::from(vec![b'f'; 16 << 20]),
+        None,
+    );
+    let stuffing = tokio::spawn(async move {
+        let _ = waiting
+            .store(&Key::from("filler"), filler, Duration::from_secs(60))
+            .await;
+        waiting
+    });
+    // At its next look (one lease), the waiter finds Redis unanswering and
+    // leads on its own; its watch ends and the unsubscribe is sent behind
+    // the filler.
+    origin.open_gate();
+    all_answer(burst, "/stalled").await;
+    let waiting = stuffing.await.unwrap();
+    assert_eq!(waiting.subscriptions(), 0, "the process watches nothing");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(paused);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while subscribers(&server, &channel) != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        subscribers(&server, &channel),
+        0,
+        "Redis still has the process subscribed to {channel}, 10 s after Redis came \
+         back, though it watches no channel: {:?}",
+        b.0.stats()
+    );
+}
+
+/// A `RedisBackend` whose `n`-th lease attempt waits for the test before
+/// going out, as a reply delayed on the network would: the test decides what
+/// happens in Redis between the instance's previous command and this one.
+struct HeldLeaseAttempt {
+    inner: RedisBackend,
+    hold: usize,
+    attempts: AtomicUsize,
+    reached: Arc<Semaphore>,
+    release: Arc<Semaphore>,
+}
+
+impl Backend for HeldLeaseAttempt {
+    fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
+        self.inner.lookup(key)
+    }
+
+    fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()> {
+        self.inner.store(key, entry, ttl)
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        lease: Duration,
+    ) -> BackendFuture<'a, bool> {
+        let n = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        Box::pin(async move {
+            if n == self.hold {
+                self.reached.add_permits(1);
+                self.release.acquire().await.unwrap().forget();
+            }
+            self.inner.try_lock(key, token, lease).await
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        lease: Duration,
+    ) -> BackendFuture<'a, bool> {
+        self.inner.renew(key, token, lease)
+    }
+
+    fn watch<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Watch>> {
+        self.inner.watch(key)
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        answer: Option<(Entry, Duration)>,
+    ) -> BackendFuture<'a, bool> {
+        self.inner.complete(key, token, answer)
+    }
+}
+
+/// Another instance's flight completes (answer stored, lease freed) after
+/// this instance found no answer and before its `SET NX` reaches Redis. The
+/// `SET NX` then succeeds, but the answer is there: the request must get it,
+/// not call the origin a second time. `hold` 1 is the first attempt (right
+/// after the flight's lookup), 2 the first one of the wait loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_stored_just_before_a_lease_attempt_is_served_not_fetched_again() {
+    let server = RedisServer::start();
+    for hold in [1, 2] {
+        let origin = Origin::gated();
+        // Long bounds: the held attempt must not be given up.
+        let config = || {
+            CoalesceConfig::new()
+                .backend_timeout(Duration::from_secs(5))
+                .wait_timeout(Duration::from_secs(20))
+        };
+        let a = redis_instance(&server.url(), &origin, config()).await;
+        let (reached, release) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+        let held = HeldLeaseAttempt {
+            inner: RedisBackend::connect(server.url()).await.unwrap(),
+            hold,
+            attempts: AtomicUsize::new(0),
+            reached: reached.clone(),
+            release: release.clone(),
+        };
+        let b = instance(held, &origin, config()).await;
+        let path = format!("/race/{hold}");
+
+        let first = spawn_requests(&a.1, &path, 1);
+        until(&a.0, "the first instance's call", |_| origin.calls() == 1).await;
+        let second = spawn_requests(&b.1, &path, 1);
+        tokio::time::timeout(Duration::from_secs(20), reached.acquire())
+            .await
+            .expect("the second instance never tried the lease")
+            .unwrap()
+            .forget();
+        // While the second instance's lease attempt is on its way, the first
+        // completes: its answer is stored and its lease freed.
+        origin.open_gate();
+        all_answer(first, &path).await;
+        release.add_permits(1);
+        all_answer(second, &path).await;
+        assert_eq!(
+            origin.calls(),
+            1,
+            "attempt {hold}: the stored answer was fetched again: {:?}",
+            b.0.stats()
+        );
+    }
+}
+
+/// The in-test upstream behind the proxies: counts calls and holds every
+/// answer until its gate opens.
+#[derive(Clone)]
+struct Upstream {
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+}
+
+async fn gated_answer(State(up): State<Upstream>, req: Request<Body>) -> String {
+    up.calls.fetch_add(1, Ordering::SeqCst);
+    let _permit = up.gate.acquire().await.unwrap();
+    format!("answer for {}", req.uri().path())
+}
+
+/// The `proxy` example binary that `cargo test` builds next to the tests.
+fn proxy_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let name = format!("proxy{}", std::env::consts::EXE_SUFFIX);
+    exe.ancestors()
+        .skip(1)
+        .map(|dir| dir.join("examples").join(&name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the proxy example binary (examples/{name}) was not found above {}: \
+                 `cargo test` builds it, but running a single test file does not; \
+                 build it with `cargo build --all-features --example proxy`",
+                exe.display()
+            )
+        })
+}
+
+/// A proxy running as its own OS process; killed when dropped.
+struct ProxyProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ProxyProcess {
+    fn start(upstream: &Uri, redis: &str) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let bin = proxy_binary();
+        let child = Command::new(&bin)
+            .args(["--listen", &addr.to_string()])
+            .args(["--upstream", &upstream.to_string()])
+            .args(["--redis", redis, "--ttl-ms", "60000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let mut proxy = ProxyProcess { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("the proxy exited with {status} before listening on {addr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy never listened on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proxy
+    }
+
+    /// SIGKILL: the process dies at once, releasing nothing.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Status, outcome header and body of a GET through a proxy, or `None` if
+/// the connection failed; bounded.
+async fn try_fetch(addr: SocketAddr, path: &str) -> Option<(StatusCode, String, Bytes)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri: Uri = format!("http://{addr}{path}").parse().unwrap();
+    let exchange = async {
+        let res = client.get(uri).await.ok()?;
+        let status = res.status();
+        let outcome = res
+            .headers()
+            .get("x-coalesce")
+            .map_or("<none>", |v| v.to_str().unwrap())
+            .to_owned();
+        let body = res.into_body().collect().await.ok()?.to_bytes();
+        Some((status, outcome, body))
+    };
+    tokio::time::timeout(Duration::from_secs(25), exchange)
+        .await
+        .expect("no answer within 25 s")
+}
+
+async fn fetch(addr: SocketAddr, path: &str) -> (StatusCode, String, Bytes) {
+    try_fetch(addr, path)
+        .await
+        .unwrap_or_else(|| panic!("the proxy at {addr} did not answer"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_fails() {
+    const EACH: usize = 20;
+    let server = RedisServer::start();
+    let up = Upstream {
+        calls: Arc::default(),
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let app = Router::new().fallback(gated_answer).with_state(up.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream: Uri = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // Two proxies as processes of their own, with the example's settings
+    // (its lease is the default 10 s: it has no option for it), and a third
+    // in this process with a 1 s lease, so that it looks at the dead
+    // leader's lease every second and its counters can be read.
+    let mut doomed = ProxyProcess::start(&upstream, &server.url());
+    let survivor = ProxyProcess::start(&upstream, &server.url());
+    let layer = CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_millis(60_000))
+            .lease(Duration::from_secs(1))
+            .outcome_header("x-coalesce")
+            .backend(RedisBackend::connect(server.url()).await.unwrap()),
+    );
+    let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local_addr = local.local_addr().unwrap();
+    let svc = proxy::proxy_service(upstream.clone(), layer.clone()).unwrap();
+    tokio::spawn(proxy::serve(local, svc));
+
+    // Every proxy sends the upstream `http://<upstream>/gated` with `Host`
+    // set to the upstream: one key for all of them.
+    let key = HttpKey::new()
+        .extract(
+            &Request::get(format!("{upstream}gated"))
+                .header(header::HOST, upstream.authority().unwrap().as_str())
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .unwrap();
+    let names = RedisBackend::connect(server.url()).await.unwrap();
+    let (lock, channel) = (names.lock_key(&key), names.done_channel(&key));
+    let mut conn = server.conn();
+
+    let doomed_addr = doomed.addr;
+    let lost = tokio::spawn(async move { try_fetch(doomed_addr, "/gated").await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.calls.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the first proxy never called");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let holder: Option<String> = redis::cmd("GET").arg(&lock).query(&mut conn).unwrap();
+    assert!(
+        holder.is_some(),
+        "the first proxy holds the lease on {lock}"
+    );
+
+    let mut waiting = Vec::new();
+    for addr in [survivor.addr, local_addr] {
+        for _ in 0..EACH {
+            waiting.push(tokio::spawn(
+                async move { (addr, fetch(addr, "/gated").await) },
+            ));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query(&mut conn)
+            .unwrap();
+        let s = layer.stats();
+        if subscribers == 2 && s.remote_waits == 1 && s.followers == (EACH - 1) as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let channels: Vec<String> = redis::cmd("PUBSUB")
+                .arg("CHANNELS")
+                .query(&mut conn)
+                .unwrap();
+            panic!("the other proxies never waited on {channel}: {subscribers} subscribers, channels {channels:?}, {s:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+
+    doomed.kill();
+    let killed_at = Instant::now();
+    up.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    assert!(
+        lost.await.unwrap().is_none(),
+        "the killed proxy's own client gets no answer"
+    );
+
+    let mut survivor_leaders = 0;
+    for task in waiting {
+        let (addr, (status, outcome, body)) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "a request to {addr} failed");
+        assert_eq!(body, "answer for /gated");
+        assert!(
+            outcome == "leader" || outcome == "follower",
+            "{addr}: {outcome}"
+        );
+        if addr == survivor.addr {
+            survivor_leaders += usize::from(outcome == "leader");
+        }
+    }
+    let took = killed_at.elapsed();
+    eprintln!(
+        "leader process killed: taken over and answered {took:?} later, {} upstream calls",
+        up.calls.load(Ordering::SeqCst)
+    );
+    assert!(
+        took < Duration::from_secs(25),
+        "the dead leader's 10 s lease should be taken over well within the 30 s wait: {took:?}"
+    );
+    assert!(
+        up.calls.load(Ordering::SeqCst) <= 2,
+        "the dead leader's call and one takeover at most"
+    );
+    assert_eq!(
+        layer.stats().takeovers + survivor_leaders as u64,
+        1,
+        "exactly one surviving instance took the flight over: {:?}",
+        layer.stats()
+    );
+    // The answer is stored: every surviving proxy now answers from Redis.
+    for addr in [survivor.addr, local_addr] {
+        let (status, outcome, body) = fetch(addr, "/gated").await;
+        assert_eq!((status, outcome.as_str()), (StatusCode::OK, "hit"));
+        assert_eq!(body, "answer for /gated");
+    }
+    assert_eq!(layer.flights_in_progress(), 0);
+}
