@@ -154,11 +154,25 @@ impl RedisBackend {
     async fn warm_up(&self) -> Result<(), BackendError> {
         self.ping().await?;
         let mut conn = self.conn.clone();
-        for script in [&*GET_FRESH, &*TRY_LOCK, &*DROP_BAD, &*RENEW, &*COMPLETE] {
-            script
-                .load_async(&mut conn)
-                .await
-                .map_err(|e| BackendError::new("Redis SCRIPT LOAD failed", e))?;
+        let scripts = [&*GET_FRESH, &*TRY_LOCK, &*DROP_BAD, &*RENEW, &*COMPLETE];
+        // The script cache is the server's: after the first instance, one
+        // `SCRIPT EXISTS` finds them all loaded.
+        let mut exists = redis::cmd("SCRIPT");
+        exists.arg("EXISTS");
+        for script in scripts {
+            exists.arg(script.get_hash());
+        }
+        let loaded: Vec<bool> = exists
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| BackendError::new("Redis SCRIPT EXISTS failed", e))?;
+        for (script, loaded) in scripts.into_iter().zip(loaded) {
+            if !loaded {
+                script
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| BackendError::new("Redis SCRIPT LOAD failed", e))?;
+            }
         }
         Ok(())
     }
