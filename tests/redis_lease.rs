@@ -160,7 +160,7 @@ async fn completion_publishes_on_the_keys_channel() {
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let msg = pubsub.get_message().unwrap();
-        msg.get_payload::<String>().unwrap()
+        msg.get_payload::<Vec<u8>>().unwrap()
     });
     rx.recv().unwrap();
     let token = LeaseToken::new().unwrap();
@@ -172,7 +172,13 @@ async fn completion_publishes_on_the_keys_channel() {
         .complete(&key, &token, Some((entry("x"), Duration::from_secs(5))))
         .await
         .unwrap());
-    assert_eq!(listener.join().unwrap(), "stored");
+    // A small answer travels in the message: `V`, the TTL in ms, the entry.
+    let payload = listener.join().unwrap();
+    assert_eq!(payload[0], b'V');
+    let ttl = u64::from_be_bytes(payload[1..9].try_into().unwrap());
+    assert_eq!(ttl, 5000);
+    let entry = tower_coalesce::Entry::decode(payload[9..].to_vec().into()).unwrap();
+    assert_eq!(entry.body(), "x");
 }
 
 async fn numsub(server: &RedisServer, channel: &str) -> i64 {
