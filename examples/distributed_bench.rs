@@ -53,11 +53,14 @@
 //! the end, and each series' CPU use and steal time (from `/proc/stat`), are
 //! printed with the figures.
 
+#[path = "support/report.rs"]
+mod report;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use redis::aio::MultiplexedConnection;
+use report::{group, ms};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -1812,21 +1815,4 @@ fn today() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}")
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-/// `1234567` as `1,234,567`.
-fn group(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

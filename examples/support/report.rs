@@ -1,0 +1,32 @@
+//! Small formatting and measuring helpers shared by the examples that print
+//! figures (`million`, `fanout`, `distributed_bench`).
+// Each example uses only some of them.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+/// The process's peak resident memory so far (Linux's `VmHWM`).
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A duration in milliseconds, two decimals.
+pub(crate) fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// `1234567` as `1,234,567`.
+pub(crate) fn group(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
