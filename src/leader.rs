@@ -119,16 +119,18 @@ async fn run<S, E, ReqBody, ResBody>(
     let expiry = tokio::time::sleep_until(deadline);
     let mut expiry = std::pin::pin!(expiry);
     let mut guard = Some(guard);
+    let timed_out = || {
+        FlightError::new(
+            FlightErrorKind::WaitTimeout,
+            format!("no answer within {:?}", config.wait_timeout),
+        )
+    };
     let finished = loop {
         tokio::select! {
             biased;
             finished = &mut work => break Some(finished),
             () = &mut expiry, if guard.is_some() => {
                 bump(&shared.counters.wait_timeouts);
-                let error = FlightError::new(
-                    FlightErrorKind::WaitTimeout,
-                    format!("no answer within {:?}", config.wait_timeout),
-                );
                 match config.wait_fallback {
                     WaitFallback::GatewayTimeout => {
                         tracing::warn!(key = %key.fingerprint(), "flight timed out; its callers get 504");
@@ -139,7 +141,7 @@ async fn run<S, E, ReqBody, ResBody>(
                         // call goes on for its own caller.
                         tracing::warn!(key = %key.fingerprint(), "flight timed out; its followers call the origin");
                         if let Some(guard) = guard.take() {
-                            guard.land(Landing::Failed(error));
+                            guard.land(Landing::Failed(timed_out()));
                         }
                     }
                 }
@@ -170,10 +172,7 @@ async fn run<S, E, ReqBody, ResBody>(
             (Landing::Failed(error), own)
         }
         None => {
-            let error = FlightError::new(
-                FlightErrorKind::WaitTimeout,
-                format!("no answer within {:?}", config.wait_timeout),
-            );
+            let error = timed_out();
             let own = Ok((error_response(error.clone(), grpc), Outcome::Leader));
             (Landing::Failed(error), own)
         }

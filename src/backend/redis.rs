@@ -193,6 +193,15 @@ impl RedisBackend {
     }
 
     fn name(&self, key: &Key, suffix: &str) -> String {
+        let mut name = self.prefix(key);
+        name.push_str(suffix);
+        name
+    }
+
+    /// `<namespace>:{<hash>}:`, the start of every name of `key`. Hashing is
+    /// done here once per operation, however many names it needs: a key may
+    /// be long.
+    fn prefix(&self, key: &Key) -> String {
         let digest = Sha256::digest(key.as_bytes());
         let mut out = String::with_capacity(self.namespace.len() + 40);
         out.push_str(&self.namespace);
@@ -201,7 +210,6 @@ impl RedisBackend {
             let _ = write!(out, "{byte:02x}");
         }
         out.push_str("}:");
-        out.push_str(suffix);
         out
     }
 }
@@ -390,10 +398,11 @@ impl Backend for RedisBackend {
         lease: Duration,
     ) -> BackendFuture<'a, bool> {
         Box::pin(async move {
+            let prefix = self.prefix(key);
             let mut conn = self.conn.clone();
             let taken: i64 = TRY_LOCK
-                .key(self.lock_key(key))
-                .key(self.value_key(key))
+                .key(format!("{prefix}lock"))
+                .key(format!("{prefix}v"))
                 .arg(token.as_str())
                 .arg(millis(lease)?)
                 .invoke_async(&mut conn)
@@ -452,14 +461,15 @@ impl Backend for RedisBackend {
                 Some((entry, ttl)) if !ttl.is_zero() => (entry.encode(), millis(ttl)?),
                 _ => (bytes::Bytes::new(), 0),
             };
+            let prefix = self.prefix(key);
             let mut conn = self.conn.clone();
             let done: i64 = COMPLETE
-                .key(self.lock_key(key))
-                .key(self.value_key(key))
+                .key(format!("{prefix}lock"))
+                .key(format!("{prefix}v"))
                 .arg(token.as_str())
                 .arg(value.as_ref())
                 .arg(ttl)
-                .arg(self.done_channel(key))
+                .arg(format!("{prefix}done"))
                 .arg(announcement(&value, ttl))
                 .invoke_async(&mut conn)
                 .await
