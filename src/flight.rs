@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
@@ -227,10 +227,18 @@ impl Future for Wait {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(landing) = this.receiver.flight.slot.get() {
-            return Poll::Ready(landing.clone());
+        // The registration first: once woken it completes without a lock, and
+        // a completed one is dropped without one too. Reading the slot first
+        // would leave it registered, and its drop would take the `Notify`'s
+        // lock, contending with the landing as it wakes the other followers.
+        if this.notified.poll(cx).is_pending() {
+            // Not woken yet, but the flight may have landed already (the
+            // landing is still waking others): no need to wait for it.
+            return match this.receiver.flight.slot.get() {
+                Some(landing) => Poll::Ready(landing.clone()),
+                None => Poll::Pending,
+            };
         }
-        ready!(this.notified.poll(cx));
         // `settle` writes the slot before it wakes anyone.
         Poll::Ready(this.receiver.flight.slot.get().cloned().flatten())
     }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::sync::oneshot;
 use tower::ServiceExt;
+use tower_service::Service;
 
 pin_project! {
     /// A keyed request's future after a miss: it leads a flight (its task runs
@@ -29,12 +30,15 @@ pin_project! {
     /// Written by hand rather than as an `async fn`: a million followers each
     /// hold one of these, and an `async fn` keeps its arguments twice (as
     /// captures and as locals), which more than doubled its size.
+    ///
+    /// It keeps no key: only a follower whose flight was abandoned needs one
+    /// again, and it extracts it anew from the request it keeps. A follower
+    /// thus holds nothing per request beyond the request itself.
     pub(crate) struct Coalesced<S, E, ReqBody, ResBody>
     where
-        S: Origin<ReqBody, ResBody>,
+        S: Service<Request<ReqBody>>,
     {
         shared: Arc<Shared<E>>,
-        key: Key,
         // Failures are answered in gRPC's terms to gRPC callers.
         grpc: bool,
         // The request and a clone of the inner service, until a flight or a
@@ -73,10 +77,9 @@ where
     ) -> Self {
         let grpc = leader::is_grpc(&req);
         let mut call = Some((req, inner));
-        let state = start(&shared, &key, &mut call, role);
+        let state = start(&shared, key, &mut call, role);
         Self {
             shared,
-            key,
             grpc,
             call,
             state,
@@ -86,7 +89,7 @@ where
 
 fn start<S, E, ReqBody, ResBody>(
     shared: &Arc<Shared<E>>,
-    key: &Key,
+    key: Key,
     call: &mut Option<(Request<ReqBody>, S)>,
     role: Role,
 ) -> State<ResBody, S::Error>
@@ -99,7 +102,7 @@ where
     match role {
         Role::Leader(guard) => {
             let (req, inner) = call.take().expect("a request leads only once");
-            let own = leader::spawn(shared.clone(), guard, key.clone(), req, inner);
+            let own = leader::spawn(shared.clone(), guard, key, req, inner);
             State::Leading { own }
         }
         Role::Follower(receiver) => {
@@ -213,15 +216,22 @@ where
                         bump(&this.shared.counters.dangling);
                         // Leave the abandoned flight before looking again.
                         this.state.set(State::Done);
-                        if let Some(entry) = leader::local_hit(this.shared, this.key) {
-                            return Poll::Ready(Ok(mark(
-                                entry.to_response(),
-                                Outcome::Hit,
-                                header,
-                            )));
+                        let key = this.call.as_ref().and_then(|(req, _)| this.shared.key(req));
+                        match key {
+                            // The extractor no longer keys this request.
+                            None => pass(this.shared, this.call),
+                            Some(key) => {
+                                if let Some(entry) = leader::local_hit(this.shared, &key) {
+                                    return Poll::Ready(Ok(mark(
+                                        entry.to_response(),
+                                        Outcome::Hit,
+                                        header,
+                                    )));
+                                }
+                                let role = this.shared.table.join(&key);
+                                start(this.shared, key, this.call, role)
+                            }
                         }
-                        let role = this.shared.table.join(this.key);
-                        start(this.shared, this.key, this.call, role)
                     }
                 },
             };

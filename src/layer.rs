@@ -4,7 +4,9 @@
 
 use crate::flight::FlightTable;
 use crate::stats::Counters;
-use crate::{CoalesceConfig, CoalesceService, ConfigError, HttpKey, Key, Stats};
+use crate::{CoalesceConfig, CoalesceService, ConfigError, HttpKey, Key, KeyExtractor, Stats};
+use http::Request;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use tower_layer::Layer;
 
@@ -28,6 +30,26 @@ pub(crate) struct Shared<E> {
     /// for them go straight to the origin instead of queueing behind a flight
     /// whose answer they could not have (Varnish's hit-for-pass).
     pub(crate) passes: Option<moka::sync::Cache<Key, ()>>,
+}
+
+impl<E> Shared<E> {
+    /// The request's key, or `None` if it has none. An extractor that panics
+    /// gives `None` too: the request then bypasses the layer rather than fail.
+    pub(crate) fn key<B>(&self, req: &Request<B>) -> Option<Key>
+    where
+        E: KeyExtractor<B>,
+    {
+        match catch_unwind(AssertUnwindSafe(|| self.extractor.extract(req))) {
+            Ok(key) => key,
+            Err(panic) => {
+                tracing::error!(
+                    panic = %crate::error::panic_message(&*panic),
+                    "key extractor panicked; the request bypasses the layer"
+                );
+                None
+            }
+        }
+    }
 }
 
 impl CoalesceLayer {

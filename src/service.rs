@@ -8,7 +8,6 @@ use crate::{BoxError, CoalesceBody, KeyExtractor};
 use bytes::Bytes;
 use http::{Request, Response};
 use std::fmt::Display;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower_service::Service;
@@ -69,7 +68,7 @@ where
 {
     type Response = Response<CoalesceBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+    type Future = ResponseFuture<S, E, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -79,16 +78,7 @@ where
         let shared = &self.shared;
         bump(&shared.counters.requests);
         let header = shared.config.outcome_header.clone();
-        let key = match catch_unwind(AssertUnwindSafe(|| shared.extractor.extract(&req))) {
-            Ok(key) => key,
-            Err(panic) => {
-                tracing::error!(
-                    panic = %crate::error::panic_message(&*panic),
-                    "key extractor panicked; the request bypasses the layer"
-                );
-                None
-            }
-        };
+        let key = shared.key(&req);
         let Some(key) = key else {
             tracing::trace!("bypass: no key");
             bump(&shared.counters.bypasses);
@@ -119,6 +109,6 @@ where
             crate::flight::Role::Follower(_) => self.inner.clone(),
         };
         let future = crate::follower::Coalesced::new(self.shared.clone(), key, role, req, inner);
-        ResponseFuture::coalesced(Box::pin(future))
+        ResponseFuture::coalesced(future)
     }
 }

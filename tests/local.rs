@@ -687,3 +687,80 @@ async fn with_pass_ttl_zero_private_keys_keep_getting_flights() {
     }
     assert_eq!(layer.stats().passes, 0);
 }
+
+/// Runs a flight on a runtime of its own whose origin never answers, lets one
+/// follower join it from a second runtime, then shuts the first runtime down:
+/// the flight's task is dropped unfinished, the one way a flight ends without
+/// an answer. Returns the follower's outcome, its body and the origin calls.
+fn follow_a_flight_whose_runtime_shuts_down<E>(
+    layer: CoalesceLayer<E>,
+) -> (Option<Outcome>, Bytes, usize)
+where
+    E: tower_coalesce::KeyExtractor<Full<Bytes>>,
+{
+    use std::sync::atomic::AtomicUsize;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let svc = layer.layer(tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(Response::new(Full::new(Bytes::from(format!("call {n}")))))
+        }
+    }));
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (runtime(), runtime());
+    let settle = |what: &str, done: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(10), "no {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let _leader = first.spawn(svc.clone().oneshot(get("/k")));
+    settle("origin call", &|| calls.load(Ordering::SeqCst) == 1);
+    let follower = second.spawn(svc.clone().oneshot(get("/k")));
+    settle("follower", &|| layer.stats().followers == 1);
+    first.shutdown_background();
+    let res = second.block_on(follower).unwrap().unwrap();
+    let outcome = res.extensions().get::<Outcome>().copied();
+    let bytes = second.block_on(body(res)).unwrap();
+    assert_eq!(layer.stats().dangling, 1);
+    assert_eq!(layer.flights_in_progress(), 0);
+    (outcome, bytes, calls.load(Ordering::SeqCst))
+}
+
+#[test]
+fn followers_of_a_flight_whose_task_was_dropped_start_again() {
+    let (outcome, body, calls) =
+        follow_a_flight_whose_runtime_shuts_down(layer(CoalesceConfig::new()));
+    // The follower led a new flight, with its own request.
+    assert_eq!(outcome, Some(Outcome::Leader));
+    assert_eq!(body, "call 1");
+    assert_eq!(calls, 2);
+}
+
+#[test]
+fn a_follower_whose_request_lost_its_key_calls_the_origin_alone() {
+    // Keys the first two requests only: when the follower looks again after
+    // the flight was dropped, its request has no key any more.
+    let keyed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let layer = CoalesceLayer::with_extractor(
+        CoalesceConfig::new(),
+        move |_req: &Request<Full<Bytes>>| -> Option<Key> {
+            (keyed.fetch_add(1, Ordering::SeqCst) < 2).then(|| Key::from("k"))
+        },
+    );
+    let (outcome, body, calls) = follow_a_flight_whose_runtime_shuts_down(layer);
+    assert_eq!(outcome, Some(Outcome::Pass));
+    assert_eq!(body, "call 1");
+    assert_eq!(calls, 2);
+}
