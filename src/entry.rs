@@ -13,9 +13,15 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A buffered response, shared by every request that receives it.
+///
+/// An entry that was [stored](Entry::stored) knows when, and responses made
+/// from it carry an `Age` header (RFC 9111 §5.1): how long ago, in whole
+/// seconds, the origin produced it. An entry straight from the origin adds no
+/// `Age` (an `Age` the origin sent passes as it came).
 #[derive(Debug, Clone)]
 pub struct Entry {
     inner: Arc<Parts>,
@@ -28,6 +34,15 @@ struct Parts {
     headers: HeaderMap,
     body: Bytes,
     trailers: Option<HeaderMap>,
+    stored: Option<Stored>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    /// When, to the millisecond (as encoded).
+    at: SystemTime,
+    /// The `Age` the origin's response already had.
+    initial: Duration,
 }
 
 impl Entry {
@@ -46,8 +61,57 @@ impl Entry {
                 headers,
                 body,
                 trailers,
+                stored: None,
             }),
         }
+    }
+
+    /// The same response, stored at `at` (kept to the millisecond, as
+    /// encoded): responses made from it carry an `Age` header. The layer
+    /// marks every entry it hands to [`Backend::store`](crate::Backend::store)
+    /// this way, so a backend keeps the time by keeping the entry or its
+    /// [encoded](Entry::encode) form.
+    ///
+    /// The stored entry's headers include `Age` (the origin's, or `0`), so
+    /// that each response made from it sets the value in place instead of
+    /// growing its header map.
+    pub fn stored(self, at: SystemTime) -> Self {
+        let p = &*self.inner;
+        let mut headers = p.headers.clone();
+        let initial = initial_age(&headers);
+        if !headers.contains_key(http::header::AGE) {
+            headers.insert(http::header::AGE, HeaderValue::from_static("0"));
+        }
+        let at = at
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|since| u64::try_from(since.as_millis()).ok())
+            .and_then(from_millis);
+        Self {
+            inner: Arc::new(Parts {
+                status: p.status,
+                version: p.version,
+                headers,
+                body: p.body.clone(),
+                trailers: p.trailers.clone(),
+                stored: at.map(|at| Stored { at, initial }),
+            }),
+        }
+    }
+
+    /// When the entry was stored, if it was.
+    pub fn stored_at(&self) -> Option<SystemTime> {
+        self.inner.stored.map(|s| s.at)
+    }
+
+    /// The entry's age at `now` (RFC 9111 §4.2.3, simplified for a cache
+    /// that stores a response as it arrives): the `Age` the origin's response
+    /// already had, plus the time since it was stored. `None` for an entry
+    /// that was never stored. A clock that went backwards counts as no time.
+    pub fn age(&self, now: SystemTime) -> Option<Duration> {
+        let stored = self.inner.stored?;
+        let resident = now.duration_since(stored.at).unwrap_or_default();
+        Some(stored.initial.saturating_add(resident))
     }
 
     /// The response status.
@@ -95,23 +159,72 @@ impl Entry {
         *res.status_mut() = self.inner.status;
         *res.version_mut() = self.inner.version;
         *res.headers_mut() = self.inner.headers.clone();
+        if let Some(age) = self.age(SystemTime::now()) {
+            res.headers_mut().insert(http::header::AGE, age_value(age));
+        }
         res
     }
 }
 
+/// An `Age` value: whole seconds. Values up to ten minutes, the lifetimes
+/// this layer's answers usually have, come from a table made once, so a
+/// hit costs no allocation for its `Age` (about a third of a hit's overhead
+/// otherwise).
+fn age_value(age: Duration) -> HeaderValue {
+    const TABLED: u64 = 600;
+    static AGES: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+    let secs = age.as_secs();
+    if secs == 0 {
+        return HeaderValue::from_static("0");
+    }
+    if secs >= TABLED {
+        return HeaderValue::from(secs);
+    }
+    let ages = AGES.get_or_init(|| {
+        (0..TABLED)
+            // Leaked once, at most ten minutes' worth of short strings:
+            // static values are shared without touching a reference count.
+            .map(|n| HeaderValue::from_static(Box::leak(n.to_string().into_boxed_str())))
+            .collect()
+    });
+    ages[secs as usize].clone()
+}
+
+/// The `Age` a response already has: whole seconds, anything else is none.
+fn initial_age(headers: &HeaderMap) -> Duration {
+    headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs)
+}
+
+fn from_millis(ms: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
+
 /// The first bytes of every encoded entry: a tag and the format version.
-const MAGIC: &[u8; 4] = b"TCE\x01";
+/// Version 2 added the time the entry was stored.
+const MAGIC: &[u8; 4] = b"TCE\x02";
+/// The first bytes of a version 1 entry, still read (as never stored), so
+/// that instances of an older release sharing a Redis are understood.
+const MAGIC_V1: &[u8; 4] = b"TCE\x01";
 
 impl Entry {
     /// The entry in its portable binary form: a tag and format version, the
-    /// status, HTTP version, headers, body and trailers, each length-prefixed,
-    /// then a CRC-32 of all that precedes it.
+    /// status, HTTP version, the time it was stored (milliseconds since the
+    /// Unix epoch, 0 if never), headers, body and trailers, each
+    /// length-prefixed, then a CRC-32 of all that precedes it.
     pub fn encode(&self) -> Bytes {
         let p = &*self.inner;
-        let mut buf = BytesMut::with_capacity(64 + self.weight());
+        let mut buf = BytesMut::with_capacity(72 + self.weight());
         buf.put_slice(MAGIC);
         buf.put_u16(p.status.as_u16());
         buf.put_u8(version_code(p.version));
+        buf.put_u64(self.stored_at().map_or(0, |at| {
+            at.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+        }));
         put_map(&mut buf, &p.headers);
         put_bytes(&mut buf, &p.body);
         match &p.trailers {
@@ -126,9 +239,11 @@ impl Entry {
         buf.freeze()
     }
 
-    /// Reads an entry written by [`Entry::encode`]. The body shares `bytes`.
+    /// Reads an entry written by [`Entry::encode`], of this format version
+    /// or the one before. The body shares `bytes`.
     pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
-        if bytes.len() < MAGIC.len() + 4 || !bytes.starts_with(MAGIC) {
+        let v1 = bytes.starts_with(MAGIC_V1);
+        if bytes.len() < MAGIC.len() + 4 || !(v1 || bytes.starts_with(MAGIC)) {
             return Err(DecodeError("not an entry of this format version"));
         }
         let (content, crc) = bytes.split_at(bytes.len() - 4);
@@ -138,6 +253,7 @@ impl Entry {
         let mut r = Reader(bytes.slice(MAGIC.len()..bytes.len() - 4));
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError("bad status"))?;
         let version = version_from_code(r.u8()?)?;
+        let stored_ms = if v1 { 0 } else { r.u64()? };
         let headers = r.map()?;
         let body = r.bytes()?;
         let trailers = match r.u8()? {
@@ -148,7 +264,23 @@ impl Entry {
         if r.0.has_remaining() {
             return Err(DecodeError("trailing bytes"));
         }
-        Ok(Entry::new(status, version, headers, body, trailers))
+        let stored = match stored_ms {
+            0 => None,
+            ms => Some(Stored {
+                at: from_millis(ms).ok_or(DecodeError("bad stored time"))?,
+                initial: initial_age(&headers),
+            }),
+        };
+        Ok(Entry {
+            inner: Arc::new(Parts {
+                status,
+                version,
+                headers,
+                body,
+                trailers,
+                stored,
+            }),
+        })
     }
 }
 
@@ -226,6 +358,11 @@ impl Reader {
         Ok(self.0.get_u32())
     }
 
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.need(8)?;
+        Ok(self.0.get_u64())
+    }
+
     fn bytes(&mut self) -> Result<Bytes, DecodeError> {
         let len = self.u32()? as usize;
         self.need(len)?;
@@ -296,6 +433,84 @@ mod tests {
     }
 
     #[test]
+    fn the_stored_time_survives_encoding_to_the_millisecond() {
+        let never = Entry::decode(sample().encode()).unwrap();
+        assert_eq!(never.stored_at(), None);
+        let at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        let stored = sample().stored(at);
+        let ms = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(stored.stored_at(), Some(ms));
+        assert_eq!(
+            Entry::decode(stored.encode()).unwrap().stored_at(),
+            Some(ms)
+        );
+    }
+
+    #[test]
+    fn version_one_entries_are_read_as_never_stored() {
+        // A version 1 entry is a version 2 one without the stored time.
+        let v2 = sample().encode();
+        let mut v1 = BytesMut::new();
+        v1.put_slice(MAGIC_V1);
+        v1.put_slice(&v2[4..7]);
+        v1.put_slice(&v2[15..v2.len() - 4]);
+        let crc = crc32fast::hash(&v1);
+        v1.put_u32(crc);
+        let d = Entry::decode(v1.freeze()).unwrap();
+        assert_eq!(d.stored_at(), None);
+        assert_eq!(d.status(), StatusCode::NOT_FOUND);
+        assert_eq!(d.headers(), sample().headers());
+        assert_eq!(d.trailers(), sample().trailers());
+    }
+
+    #[test]
+    fn age_counts_the_origins_age_and_the_time_stored() {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::AGE, "10".parse().unwrap());
+        let entry = Entry::new(
+            StatusCode::OK,
+            Version::HTTP_11,
+            headers,
+            Bytes::new(),
+            None,
+        );
+        // Straight from the origin: its `Age` passes as it came.
+        assert_eq!(entry.age(SystemTime::now()), None);
+        assert_eq!(entry.to_response::<()>().headers()["age"], "10");
+
+        let at = SystemTime::now() - Duration::from_secs(5);
+        let stored = entry.stored(at);
+        let age = stored.age(at + Duration::from_millis(5_900)).unwrap();
+        assert_eq!(age.as_secs(), 15);
+        // A clock that went backwards adds nothing.
+        assert_eq!(
+            stored.age(at - Duration::from_secs(60)),
+            Some(Duration::from_secs(10))
+        );
+        let res = stored.to_response::<()>();
+        let sent: u64 = res.headers()["age"].to_str().unwrap().parse().unwrap();
+        assert!((15..20).contains(&sent), "age {sent}");
+        assert_eq!(res.headers().get_all("age").iter().count(), 1);
+
+        let fresh = sample().stored(SystemTime::now());
+        assert_eq!(fresh.to_response::<()>().headers()["age"], "0");
+    }
+
+    #[test]
+    fn age_values_are_whole_seconds_in_and_past_the_table() {
+        for (secs, text) in [
+            (0, "0"),
+            (1, "1"),
+            (599, "599"),
+            (600, "600"),
+            (86_400, "86400"),
+        ] {
+            let value = age_value(Duration::from_millis(secs * 1000 + 999));
+            assert_eq!(value, text);
+        }
+    }
+
+    #[test]
     fn every_truncation_is_an_error() {
         let bytes = sample().encode();
         for len in 0..bytes.len() {
@@ -326,7 +541,7 @@ mod tests {
         for foreign in [
             &b""[..],
             b"hello",
-            b"TCE\x02\x00\x00\x00\x00",
+            b"TCE\x03\x00\x00\x00\x00",
             b"{\"json\": true}",
         ] {
             assert!(Entry::decode(Bytes::from_static(foreign)).is_err());
@@ -340,6 +555,7 @@ mod tests {
         buf.put_slice(MAGIC);
         buf.put_u16(200);
         buf.put_u8(2);
+        buf.put_u64(0);
         buf.put_u32(u32::MAX);
         let crc = crc32fast::hash(&buf);
         buf.put_u32(crc);

@@ -257,7 +257,10 @@ where
             passes.insert(key.clone(), ());
         }
     }
-    let keep = keep.filter(|_| !config.ttl.is_zero());
+    // Marked as stored now: answers later made from it carry their `Age`.
+    let keep = keep
+        .filter(|_| !config.ttl.is_zero())
+        .map(|entry| entry.stored(std::time::SystemTime::now()));
     match lease {
         Some(lease) => {
             crate::remote::complete(shared, key, &lease, keep).await;

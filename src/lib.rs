@@ -74,6 +74,10 @@
 //!   never stored ([`KeyExtractor::keys_header`]). Server errors and gRPC
 //!   error statuses go to the flight's followers but are never stored. Bodies over [`max_body_bytes`](CoalesceConfig::max_body_bytes)
 //!   stream to their own caller and are never shared.
+//! - A response served from storage (a hit, or a flight that found the answer
+//!   stored) carries `Age` (RFC 9111 §5.1): the seconds since the origin made
+//!   it, so caches downstream do not count its lifetime again. Answers a
+//!   flight got from the origin carry none.
 //!
 //! # Failures
 //! The caller that led a flight gets exactly what the inner service gave:

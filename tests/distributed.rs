@@ -415,3 +415,27 @@ async fn a_leader_that_times_out_releases_its_lease_for_the_next_instance_at_onc
     assert_eq!(res.status(), http::StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(healthy.calls(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_read_back_from_redis_carries_its_age() {
+    let server = RedisServer::start();
+    let origin = Origin::open();
+    let (_a, first) = instance(&server, &origin, CoalesceConfig::new()).await;
+    let (_b, second) = instance(&server, &origin, CoalesceConfig::new()).await;
+    let res = first.oneshot(get("/aged")).await.unwrap();
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Leader));
+    assert_eq!(res.headers().get(http::header::AGE), None);
+    // Read from Redis by the second instance, then from its near cache.
+    for _ in 0..2 {
+        let res = second.clone().oneshot(get("/aged")).await.unwrap();
+        assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Hit));
+        let age: u64 = res.headers()[http::header::AGE]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(age <= 1, "age {age}");
+        assert_eq!(body(res).await.unwrap(), "/aged");
+    }
+    assert_eq!(origin.calls(), 1);
+}

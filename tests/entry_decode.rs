@@ -47,15 +47,23 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bytes_after_the_tag_never_panic(rest in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let mut bytes = b"TCE\x01".to_vec();
+    fn arbitrary_bytes_after_either_tag_never_panic(
+        v1 in any::<bool>(),
+        rest in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let mut bytes = if v1 { b"TCE\x01".to_vec() } else { b"TCE\x02".to_vec() };
         bytes.extend(rest);
         let _ = Entry::decode(Bytes::from(bytes));
     }
 
     #[test]
-    fn every_entry_round_trips(entry in entry_strategy()) {
+    fn every_entry_round_trips(entry in entry_strategy(), stored_ms in proptest::option::of(1u64..1u64 << 45)) {
+        let entry = match stored_ms {
+            Some(ms) => entry.stored(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+            None => entry,
+        };
         let back = Entry::decode(entry.encode()).unwrap();
+        prop_assert_eq!(back.stored_at(), entry.stored_at());
         prop_assert_eq!(back.status(), entry.status());
         prop_assert_eq!(back.headers(), entry.headers());
         prop_assert_eq!(back.body(), entry.body());
@@ -76,9 +84,10 @@ fn more_headers_than_a_header_map_holds_is_an_error_not_a_panic() {
     // Found by the fuzz target: a count that fits the input but not a
     // `HeaderMap` (over 24,576 pairs) used to panic in `with_capacity`.
     let count: u32 = 24_577;
-    let mut frame = b"TCE\x01".to_vec();
+    let mut frame = b"TCE\x02".to_vec();
     frame.extend_from_slice(&200u16.to_be_bytes());
     frame.push(2); // HTTP/1.1
+    frame.extend_from_slice(&0u64.to_be_bytes()); // never stored
     frame.extend_from_slice(&count.to_be_bytes());
     frame.extend_from_slice(&vec![0u8; count as usize * 8]);
     let crc = crc32fast::hash(&frame);

@@ -764,3 +764,29 @@ fn a_follower_whose_request_lost_its_key_calls_the_origin_alone() {
     assert_eq!(body, "call 1");
     assert_eq!(calls, 2);
 }
+
+#[tokio::test]
+async fn stored_answers_carry_their_age_and_answers_from_the_origin_do_not() {
+    let origin = Origin::gated();
+    let layer = layer(CoalesceConfig::new().ttl(Duration::from_secs(60)));
+    let svc = layer.layer(origin.serve(echo_path));
+    let leader = tokio::spawn(svc.clone().oneshot(get("/aged")));
+    until(&layer, "the flight", |s| s.origin_calls == 1).await;
+    let follower = tokio::spawn(svc.clone().oneshot(get("/aged")));
+    until(&layer, "the follower", |s| s.followers == 1).await;
+    origin.open_gate();
+    for task in [leader, follower] {
+        let res = task.await.unwrap().unwrap();
+        assert_eq!(res.headers().get(http::header::AGE), None);
+    }
+    let res = svc.clone().oneshot(get("/aged")).await.unwrap();
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Hit));
+    // Stored a moment ago: whole seconds, so 0 (1 on a very slow machine).
+    let age: u64 = res.headers()[http::header::AGE]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(age <= 1, "age {age}");
+    assert_eq!(body(res).await.unwrap(), "/aged");
+}

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tower_coalesce::Entry;
 
-/// Tag and format version of an encoded entry (see `src/entry.rs`).
-const MAGIC: &[u8] = b"TCE\x01";
+/// Tags of the format versions `Entry::decode` reads (see `src/entry.rs`).
+const MAGICS: [&[u8]; 2] = [b"TCE\x02", b"TCE\x01"];
 
 fuzz_target!(|data: &[u8]| {
     // The input exactly as a value read back from Redis could be.
@@ -18,12 +18,14 @@ fuzz_target!(|data: &[u8]| {
     // valid checksum. Raw inputs almost all stop at the CRC-32 check, so
     // without this the parser behind it (status, lengths, header names and
     // values, trailer flag) would be reached only by chance.
-    let mut framed = Vec::with_capacity(MAGIC.len() + data.len() + 4);
-    framed.extend_from_slice(MAGIC);
-    framed.extend_from_slice(data);
-    let crc = crc32fast::hash(&framed);
-    framed.extend_from_slice(&crc.to_be_bytes());
-    check(Bytes::from(framed));
+    for magic in MAGICS {
+        let mut framed = Vec::with_capacity(magic.len() + data.len() + 4);
+        framed.extend_from_slice(magic);
+        framed.extend_from_slice(data);
+        let crc = crc32fast::hash(&framed);
+        framed.extend_from_slice(&crc.to_be_bytes());
+        check(Bytes::from(framed));
+    }
 });
 
 /// Decodes `bytes`; if that succeeds, checks that the entry round-trips.
@@ -41,6 +43,7 @@ fn check(bytes: Bytes) {
     assert_eq!(second.headers(), first.headers());
     assert_eq!(second.body(), first.body());
     assert_eq!(second.trailers(), first.trailers());
+    assert_eq!(second.stored_at(), first.stored_at());
     // The first decode may normalise (header names lowercased, values of one
     // name grouped together), so the input need not equal `encoded`; but
     // from then on the form is fixed, and encoding again must not drift.
