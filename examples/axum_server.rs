@@ -55,9 +55,8 @@
 //! their counts. A service with one app per process can install the recorder
 //! globally with `PrometheusBuilder::install_recorder` instead.
 
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, Request, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -69,9 +68,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tower_coalesce::{
-    Backend, CoalesceConfig, CoalesceLayer, HttpKey, Key, KeyExtractor, RedisBackend, Stats,
-};
+use tower_coalesce::{Backend, CoalesceConfig, CoalesceLayer, HttpKey, Key, RedisBackend, Stats};
 
 /// An error from start-up or from a query.
 pub type BoxError = Box<dyn Error + Send + Sync>;
@@ -258,30 +255,11 @@ impl Database {
 /// The default [`HttpKey`] also keys on the authority (the `Host` header), so
 /// instances reached under different addresses — `127.0.0.1:3001` and
 /// `127.0.0.1:3002` — would never share a flight. A product's answer does not
-/// depend on the name the server was reached by, so it is left out here. The
-/// decision to bypass (methods other than `GET`/`HEAD`, a request body,
-/// credentials) stays [`HttpKey`]'s.
-#[derive(Debug, Clone)]
-pub struct ProductKey {
-    rules: HttpKey,
-}
-
-impl Default for ProductKey {
-    fn default() -> Self {
-        Self {
-            // The key it builds is only checked for `None`, so it need not
-            // read any headers into it.
-            rules: HttpKey::new().vary_only([]),
-        }
-    }
-}
-
-impl KeyExtractor<Body> for ProductKey {
-    fn extract(&self, req: &Request<Body>) -> Option<Key> {
-        self.rules.extract(req)?;
-        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        Some(Key::from_parts([req.method().as_str(), target]))
-    }
+/// depend on the name the server was reached by, nor on `Accept*` (it is
+/// always JSON), so both are left out. The decision to bypass (methods other
+/// than `GET`/`HEAD`, a request body, credentials) stays [`HttpKey`]'s.
+pub fn product_key() -> HttpKey {
+    HttpKey::new().without_authority().vary_only([])
 }
 
 /// The app's metrics: a Prometheus recorder of its own, and the handles of
@@ -365,11 +343,11 @@ pub fn coalesce_config(ttl: Duration) -> CoalesceConfig {
 struct AppState {
     db: Database,
     metrics: Metrics,
-    layer: CoalesceLayer<ProductKey>,
+    layer: CoalesceLayer<HttpKey>,
 }
 
 /// The routes: `GET /products/{id}` behind `layer`, and `GET /metrics` beside it.
-pub fn router(db: Database, metrics: Metrics, layer: CoalesceLayer<ProductKey>) -> Router {
+pub fn router(db: Database, metrics: Metrics, layer: CoalesceLayer<HttpKey>) -> Router {
     Router::new()
         .route("/products/{id}", get(product))
         // `route_layer` wraps only the routes above it: scrapes are never
@@ -388,7 +366,7 @@ pub struct App {
     /// The routes, ready for `axum::serve`.
     pub router: Router,
     /// The coalescing layer, for its [`stats`](CoalesceLayer::stats).
-    pub layer: CoalesceLayer<ProductKey>,
+    pub layer: CoalesceLayer<HttpKey>,
 }
 
 /// Seeds the database, connects to Redis if asked to, and builds the routes.
@@ -419,7 +397,7 @@ pub async fn build(settings: &Settings, queries: Arc<AtomicU64>) -> Result<App, 
         }
         config = config.backend(backend);
     }
-    let layer = CoalesceLayer::try_with_extractor(config, ProductKey::default())?;
+    let layer = CoalesceLayer::try_with_extractor(config, product_key())?;
     Ok(App {
         router: router(db, metrics, layer.clone()),
         layer,

@@ -9,6 +9,7 @@
 //!   --upstream URL   the service behind the proxy, http://host:port (required)
 //!   --redis URL      share flights with every proxy using this Redis
 //!   --ttl-ms N       keep answers for N ms (default 0: coalesce only)
+//!   --lease-ms N     with --redis: the flight lease, N ms (default 10000)
 //!   --header NAME    cache-status response header (default x-coalesce)
 //!   --no-header      write no cache-status header
 //! ```
@@ -44,15 +45,18 @@
 //!   a gateway, and the client's address appended to `X-Forwarded-For`,
 //!   without which the upstream would see every request come from the proxy.
 //! - `Host` becomes the upstream's authority, and the client's `Host` moves to
-//!   `X-Forwarded-Host` (unless already set). The upstream then sees exactly
-//!   the target the coalescing key names, and instances listening on
-//!   different addresses share keys.
+//!   `X-Forwarded-Host` (unless already set).
+//! - Requests are keyed without their authority ([`proxy_key`]): the proxy
+//!   fronts one upstream, so instances listening on different addresses,
+//!   or reached under different names, share keys. Only the request that
+//!   leads a flight is rewritten for the upstream; hits and followers skip
+//!   that work.
 //! - Bodies stream in both directions; only answers up to the layer's
 //!   `max_body_bytes` (1 MiB) are buffered, to be shared.
 //! - An upstream that cannot be reached gives `502 Bad Gateway`.
 //!
 //! Coalescing shares one upstream answer among requests with the same key
-//! (method, target, `Accept*` headers): an upstream whose answer depends on
+//! (method, path and query, `Accept*` headers): an upstream whose answer depends on
 //! other request headers, such as `X-Forwarded-For`, must say so with `Vary`
 //! or `Cache-Control: private`, which keeps the answer to its own caller.
 
@@ -83,12 +87,14 @@ use tower_coalesce::{
 
 /// The command-line help.
 pub const USAGE: &str = "\
-usage: proxy --upstream URL [--listen ADDR] [--redis URL] [--ttl-ms N] [--header NAME | --no-header]
+usage: proxy --upstream URL [--listen ADDR] [--redis URL] [--ttl-ms N] [--lease-ms N] [--header NAME | --no-header]
 
   --listen ADDR    where to listen, IP:PORT (default 127.0.0.1:8080)
   --upstream URL   the service behind the proxy, http://host:port (required)
   --redis URL      share flights with every proxy using this Redis (needs --ttl-ms > 0)
   --ttl-ms N       keep answers for N milliseconds (default 0: coalesce only)
+  --lease-ms N     with --redis: how long a flight's lease lasts unrenewed, so how
+                   soon others take over from an instance that died (default 10000)
   --header NAME    cache-status response header (default x-coalesce)
   --no-header      write no cache-status header";
 
@@ -103,6 +109,8 @@ pub struct Args {
     pub redis: Option<String>,
     /// How long answers are kept; zero only coalesces concurrent requests.
     pub ttl: Duration,
+    /// The flight lease, if not the layer's default.
+    pub lease: Option<Duration>,
     /// The cache-status header, or `None` for none.
     pub header: Option<HeaderName>,
 }
@@ -118,6 +126,7 @@ impl Args {
         let mut upstream = None;
         let mut redis = None;
         let mut ttl = Duration::ZERO;
+        let mut lease = None;
         let mut header = Some(HeaderName::from_static("x-coalesce"));
         let (mut named_header, mut no_header) = (false, false);
 
@@ -145,6 +154,13 @@ impl Args {
                         .map_err(|_| format!("--ttl-ms {v:?}: expected milliseconds"))?;
                     ttl = Duration::from_millis(ms);
                 }
+                "--lease-ms" => {
+                    let v = value()?;
+                    let ms: u64 = v
+                        .parse()
+                        .map_err(|_| format!("--lease-ms {v:?}: expected milliseconds"))?;
+                    lease = Some(Duration::from_millis(ms));
+                }
                 "--header" => {
                     let v = value()?;
                     let name = HeaderName::from_bytes(v.as_bytes())
@@ -168,6 +184,7 @@ impl Args {
             upstream,
             redis,
             ttl,
+            lease,
             header,
         })
     }
@@ -178,13 +195,16 @@ pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
     let mut config = CoalesceConfig::new()
         .ttl(args.ttl)
         .outcome_header_name(args.header.clone());
+    if let Some(lease) = args.lease {
+        config = config.lease(lease);
+    }
     if let Some(url) = &args.redis {
         let backend = RedisBackend::connect(url.clone())
             .await
             .map_err(|e| format!("--redis {}: {e}", redact(url)))?;
         config = config.backend(backend);
     }
-    CoalesceLayer::try_new(config).map_err(|e| e.to_string())
+    CoalesceLayer::try_with_extractor(config, proxy_key()).map_err(|e| e.to_string())
 }
 
 /// The URL without its password, for messages.
@@ -237,17 +257,22 @@ pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 /// The body of every response the proxy sends.
 pub type ProxyBody = Either<CoalesceBody<UpstreamBody>, Full<Bytes>>;
 
-/// Sends prepared requests to the upstream: the service under the layer.
+/// Prepares each request for the upstream and sends it: the service under
+/// the layer. Preparing here, behind the layer, means a hit never pays for
+/// it; only the one request of a flight that reaches the upstream does.
 /// It never fails; an upstream it cannot reach is a `502` answer, which the
 /// layer gives to every request of the flight (no stampede on a dead
 /// upstream) and never stores.
 #[derive(Debug, Clone)]
 pub struct Forward {
     client: Client<HttpConnector, Incoming>,
+    upstream: Arc<Upstream>,
+    /// The address of the client whose connection this serves.
+    peer: Option<SocketAddr>,
 }
 
 impl Forward {
-    fn new() -> Self {
+    fn new(upstream: Upstream) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         // A black-holed upstream would otherwise hold requests for the
@@ -257,7 +282,52 @@ impl Forward {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Self { client }
+        Self {
+            client,
+            upstream: Arc::new(upstream),
+            peer: None,
+        }
+    }
+
+    /// Rewrites a request from the client into the request for the upstream,
+    /// or says why it cannot be forwarded.
+    fn prepare(&self, req: &mut Request<Incoming>) -> Result<(), &'static str> {
+        let path = match forwardable_path(req.uri()) {
+            Some(pq) => pq.clone(),
+            None => return Err(BAD_TARGET),
+        };
+        let via = HeaderValue::from_static(if req.version() == Version::HTTP_10 {
+            "1.0 tower-coalesce"
+        } else {
+            "1.1 tower-coalesce"
+        });
+        let original_host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
+
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        headers.append(header::VIA, via);
+        if let Some(addr) = self.peer {
+            append_forwarded_for(headers, addr);
+        }
+        let forwarded_host = HeaderName::from_static("x-forwarded-host");
+        if let Some(host) = original_host {
+            headers.entry(forwarded_host).or_insert(host);
+        }
+        headers.insert(header::HOST, self.upstream.host.clone());
+
+        *req.uri_mut() = Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| "bad request: the target cannot be forwarded\n")?;
+        // This is a new hop, spoken in HTTP/1.1 whatever the client spoke.
+        *req.version_mut() = Version::HTTP_11;
+        Ok(())
     }
 }
 
@@ -271,7 +341,10 @@ impl Service<Request<Incoming>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        if let Err(message) = self.prepare(&mut req) {
+            return Box::pin(future::ready(Ok(bad_request(message).map(Either::Right))));
+        }
         let target = req.uri().clone();
         let response = self.client.request(req);
         Box::pin(async move {
@@ -288,6 +361,23 @@ impl Service<Request<Incoming>> for Forward {
             }
         })
     }
+}
+
+/// The message for a target the proxy cannot forward.
+const BAD_TARGET: &str = "bad request: the target must be a path\n";
+
+/// The path and query a request keeps upstream: origin-form `/path?q` and
+/// absolute-form `http://host/path?q` have one; CONNECT and `OPTIONS *` name
+/// no path.
+fn forwardable_path(uri: &Uri) -> Option<&http::uri::PathAndQuery> {
+    uri.path_and_query()
+        .filter(|pq| pq.as_str().starts_with('/'))
+}
+
+fn bad_request(message: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::from(message));
+    *res.status_mut() = StatusCode::BAD_REQUEST;
+    res
 }
 
 fn bad_gateway() -> Response<UpstreamBody> {
@@ -350,22 +440,32 @@ type CoalesceFuture = <CoalesceService<Forward, HttpKey> as Service<Request<Inco
 /// Turns the layer's response into the proxy's.
 type IntoProxyBody = fn(Response<CoalesceBody<UpstreamBody>>) -> Response<ProxyBody>;
 
-/// The whole proxy for one client connection: prepares each request for the
-/// upstream, then sends it through the coalescing layer to [`Forward`].
+/// The key the proxy coalesces by: [`HttpKey`]'s, without the authority.
+/// The proxy fronts one upstream, so the name a client reached the proxy by
+/// does not change the answer, and every proxy instance shares keys
+/// whatever address it listens on.
+pub fn proxy_key() -> HttpKey {
+    HttpKey::new().without_authority()
+}
+
+/// The whole proxy for one client connection: sends each request through
+/// the coalescing layer to [`Forward`], which prepares it for the upstream.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     inner: CoalesceService<Forward, HttpKey>,
-    upstream: Arc<Upstream>,
-    client: Option<SocketAddr>,
+    layer: CoalesceLayer,
+    forward: Forward,
 }
 
-/// A proxy to `upstream` (`http://host:port`) through `layer`.
+/// A proxy to `upstream` (`http://host:port`) through `layer`, which should
+/// key by [`proxy_key`] (as [`layer`] does) so that every instance shares keys.
 pub fn proxy_service(upstream: Uri, layer: CoalesceLayer) -> Result<Proxy, String> {
     let upstream = Upstream::new(&upstream).map_err(|e| format!("upstream {upstream}: {e}"))?;
+    let forward = Forward::new(upstream);
     Ok(Proxy {
-        inner: layer.layer(Forward::new()),
-        upstream: Arc::new(upstream),
-        client: None,
+        inner: layer.layer(forward.clone()),
+        layer,
+        forward,
     })
 }
 
@@ -373,53 +473,15 @@ impl Proxy {
     /// The same proxy, for requests that come from `addr` (appended to
     /// `X-Forwarded-For`).
     pub fn for_client(&self, addr: SocketAddr) -> Self {
-        Self {
-            client: Some(addr),
-            ..self.clone()
-        }
-    }
-
-    /// Rewrites a request from the client into the request for the upstream,
-    /// or says why it cannot be forwarded.
-    fn prepare(&self, req: &mut Request<Incoming>) -> Result<(), &'static str> {
-        // Origin-form `/path?q` or absolute-form `http://host/path?q`: both
-        // keep their path and query. CONNECT and `OPTIONS *` name no path.
-        let path = match req.uri().path_and_query() {
-            Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
-            _ => return Err("bad request: the target must be a path\n"),
+        let forward = Forward {
+            peer: Some(addr),
+            ..self.forward.clone()
         };
-        let via = HeaderValue::from_static(if req.version() == Version::HTTP_10 {
-            "1.0 tower-coalesce"
-        } else {
-            "1.1 tower-coalesce"
-        });
-        let original_host = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
-
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        headers.append(header::VIA, via);
-        if let Some(addr) = self.client {
-            append_forwarded_for(headers, addr);
+        Self {
+            inner: self.layer.layer(forward.clone()),
+            layer: self.layer.clone(),
+            forward,
         }
-        let forwarded_host = HeaderName::from_static("x-forwarded-host");
-        if let Some(host) = original_host {
-            headers.entry(forwarded_host).or_insert(host);
-        }
-        headers.insert(header::HOST, self.upstream.host.clone());
-
-        *req.uri_mut() = Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|_| "bad request: the target cannot be forwarded\n")?;
-        // This is a new hop, spoken in HTTP/1.1 whatever the client spoke.
-        *req.version_mut() = Version::HTTP_11;
-        Ok(())
     }
 }
 
@@ -455,10 +517,11 @@ impl Service<Request<Incoming>> for Proxy {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        if let Err(message) = self.prepare(&mut req) {
-            let mut res = Response::new(Either::Right(Full::from(message)));
-            *res.status_mut() = StatusCode::BAD_REQUEST;
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        // Checked before the layer: a target with no path has no key to
+        // coalesce by and nothing to forward.
+        if forwardable_path(req.uri()).is_none() {
+            let res = bad_request(BAD_TARGET).map(Either::Right);
             return future::Either::Left(future::ready(Ok(res)));
         }
         let into_proxy_body: IntoProxyBody = |res| res.map(Either::Left);

@@ -171,6 +171,7 @@ where
 pub struct HttpKey {
     methods: Vec<Method>,
     vary: Vec<HeaderName>,
+    authority: bool,
 }
 
 impl Default for HttpKey {
@@ -189,7 +190,21 @@ impl HttpKey {
                 header::ACCEPT_ENCODING,
                 header::ACCEPT_LANGUAGE,
             ],
+            authority: true,
         }
+    }
+
+    /// Leaves the scheme and authority (the `Host` header) out of the key,
+    /// for a service whose answers do not depend on the name it is reached
+    /// by: instances behind different addresses or ports, or a proxy
+    /// reached under several names, then share flights and stored answers.
+    ///
+    /// A server that answers for several sites by `Host` (virtual hosts)
+    /// must keep the authority in the key, or one site's page is served for
+    /// another's.
+    pub fn without_authority(mut self) -> Self {
+        self.authority = false;
+        self
     }
 
     /// The methods that may coalesce; requests with any other method bypass.
@@ -234,14 +249,19 @@ impl<B: http_body::Body> KeyExtractor<B> for HttpKey {
             }
         }
         let uri = req.uri();
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().as_bytes())
-            .or_else(|| headers.get(header::HOST).map(|h| h.as_bytes()))
-            .unwrap_or_default();
+        let (scheme, authority) = if self.authority {
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str().as_bytes())
+                .or_else(|| headers.get(header::HOST).map(|h| h.as_bytes()))
+                .unwrap_or_default();
+            (uri.scheme_str().unwrap_or_default().as_bytes(), authority)
+        } else {
+            (&b""[..], &b""[..])
+        };
         let mut buf = BytesMut::with_capacity(64);
         put_part(&mut buf, req.method().as_str().as_bytes());
-        put_part(&mut buf, uri.scheme_str().unwrap_or_default().as_bytes());
+        put_part(&mut buf, scheme);
         put_part(&mut buf, authority);
         put_part(
             &mut buf,
@@ -301,6 +321,24 @@ mod tests {
             key(get("/a").header("host", "y"))
         );
         assert_ne!(key(get("/a")), key(Request::head("/a")));
+    }
+
+    #[test]
+    fn without_authority_names_by_any_host_share_a_key() {
+        let bare = HttpKey::new().without_authority();
+        let k =
+            |req: http::request::Builder| bare.extract(&req.body(Full::new(Bytes::new())).unwrap());
+        let by_host = k(get("/a").header("host", "127.0.0.1:3001"));
+        assert!(by_host.is_some());
+        assert_eq!(by_host, k(get("/a").header("host", "127.0.0.1:3002")));
+        assert_eq!(by_host, k(get("http://other.example/a")));
+        assert_eq!(by_host, k(get("/a")));
+        // The rest of the key stays.
+        assert_ne!(by_host, k(get("/b")));
+        assert_ne!(
+            k(get("/a").header("accept", "text/html")),
+            k(get("/a").header("accept", "application/json"))
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod support;
 #[path = "../examples/axum_server.rs"]
 mod axum_server;
 
-use axum_server::{build, ProductKey, Settings, USAGE};
+use axum_server::{build, Settings, USAGE};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
@@ -29,7 +29,7 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 /// One instance of the example, serving on a loopback port.
 struct Instance {
     addr: SocketAddr,
-    layer: CoalesceLayer<ProductKey>,
+    layer: CoalesceLayer<tower_coalesce::HttpKey>,
     server: JoinHandle<()>,
 }
 

@@ -505,6 +505,7 @@ fn the_command_line_is_checked() {
     assert_eq!(args.ttl, Duration::ZERO);
     assert_eq!(args.header.as_ref().map(|h| h.as_str()), Some("x-coalesce"));
     assert_eq!(args.redis, None);
+    assert_eq!(args.lease, None);
 
     let args = parse(&[
         "--listen",
@@ -515,10 +516,13 @@ fn the_command_line_is_checked() {
         "redis://127.0.0.1:6379/",
         "--ttl-ms",
         "1500",
+        "--lease-ms",
+        "2000",
         "--no-header",
     ])
     .unwrap();
     assert_eq!(args.listen, "0.0.0.0:9000".parse().unwrap());
+    assert_eq!(args.lease, Some(Duration::from_secs(2)));
     assert_eq!(args.ttl, Duration::from_millis(1500));
     assert_eq!(args.header, None);
     assert_eq!(args.redis.as_deref(), Some("redis://127.0.0.1:6379/"));
@@ -531,6 +535,7 @@ fn the_command_line_is_checked() {
         &["--upstream", "127.0.0.1:3000"],
         &["--upstream", "http://127.0.0.1:3000/api"],
         &["--upstream", "http://127.0.0.1:3000", "--ttl-ms", "soon"],
+        &["--upstream", "http://127.0.0.1:3000", "--lease-ms", "-1"],
         &[
             "--upstream",
             "http://127.0.0.1:3000",

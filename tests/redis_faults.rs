@@ -521,7 +521,7 @@ impl ProxyProcess {
         let child = Command::new(&bin)
             .args(["--listen", &addr.to_string()])
             .args(["--upstream", &upstream.to_string()])
-            .args(["--redis", redis, "--ttl-ms", "60000"])
+            .args(["--redis", redis, "--ttl-ms", "60000", "--lease-ms", "1000"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -596,30 +596,30 @@ async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_f
         .unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    // Two proxies as processes of their own, with the example's settings
-    // (its lease is the default 10 s: it has no option for it), and a third
-    // in this process with a 1 s lease, so that it looks at the dead
-    // leader's lease every second and its counters can be read.
+    // Two proxies as processes of their own, and a third in this process
+    // whose counters can be read; all with a 1 s lease, so that the waiting
+    // ones look at the dead leader's lease every second.
     let mut doomed = ProxyProcess::start(&upstream, &server.url());
     let survivor = ProxyProcess::start(&upstream, &server.url());
-    let layer = CoalesceLayer::new(
+    let layer = CoalesceLayer::with_extractor(
         CoalesceConfig::new()
             .ttl(Duration::from_millis(60_000))
             .lease(Duration::from_secs(1))
             .outcome_header("x-coalesce")
             .backend(RedisBackend::connect(server.url()).await.unwrap()),
+        proxy::proxy_key(),
     );
     let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let local_addr = local.local_addr().unwrap();
     let svc = proxy::proxy_service(upstream.clone(), layer.clone()).unwrap();
     tokio::spawn(proxy::serve(local, svc));
 
-    // Every proxy sends the upstream `http://<upstream>/gated` with `Host`
-    // set to the upstream: one key for all of them.
-    let key = HttpKey::new()
+    // Every proxy keys a client's `GET /gated` the same, whatever address
+    // the client reached it by.
+    let key = proxy::proxy_key()
         .extract(
-            &Request::get(format!("{upstream}gated"))
-                .header(header::HOST, upstream.authority().unwrap().as_str())
+            &Request::get("/gated")
+                .header(header::HOST, "any.example")
                 .body(Empty::<Bytes>::new())
                 .unwrap(),
         )
@@ -698,8 +698,8 @@ async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_f
         up.calls.load(Ordering::SeqCst)
     );
     assert!(
-        took < Duration::from_secs(25),
-        "the dead leader's 10 s lease should be taken over well within the 30 s wait: {took:?}"
+        took < Duration::from_secs(20),
+        "the dead leader's 1 s lease should be taken over well within the 30 s wait: {took:?}"
     );
     assert!(
         up.calls.load(Ordering::SeqCst) <= 2,
