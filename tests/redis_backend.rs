@@ -343,3 +343,44 @@ async fn a_small_answer_travels_in_the_completion_message() {
         assert_eq!(found.body().len(), size);
     }
 }
+
+/// A waiter that watches a channel just as the last one before it left, so
+/// while that one's `UNSUBSCRIBE` may be under way: the new waiter must hear
+/// of the completion, never sleep until its lease check (nor wait forever
+/// for the unsubscription). Many rounds, with the gap between leaving and
+/// watching again spread over the time an unsubscription takes; the order
+/// itself is checked in `watch.rs`'s unit tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_races_the_unsubscribe_of_the_last_one_still_hears_the_completion() {
+    let server = RedisServer::start();
+    let leader = RedisBackend::connect(server.url()).await.unwrap();
+    let waiter = RedisBackend::connect(server.url()).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let entry = tower_coalesce::Entry::new(
+        StatusCode::OK,
+        http::Version::HTTP_11,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"done"),
+        None,
+    );
+    for round in 0..150u64 {
+        let key = Key::from(format!("raced-{round}"));
+        let token = tower_coalesce::LeaseToken::new().unwrap();
+        assert!(leader.try_lock(&key, &token, lease).await.unwrap());
+        drop(waiter.watch(&key).await.unwrap().unwrap());
+        let gap = Duration::from_micros(round % 30 * 20);
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        let mut watch = waiter.watch(&key).await.unwrap().unwrap();
+        // A waiter looks before it waits; nothing is stored yet.
+        assert!(waiter.lookup(&key).await.unwrap().is_none());
+        let complete =
+            leader.complete(&key, &token, Some((entry.clone(), Duration::from_secs(60))));
+        assert!(complete.await.unwrap());
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: never woken after the completion"));
+        assert!(waiter.lookup(&key).await.unwrap().is_some());
+    }
+}

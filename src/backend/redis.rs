@@ -436,11 +436,14 @@ impl Backend for RedisBackend {
             let channel = self.done_channel(key);
             let unsubscriber = self.conn.clone();
             let channels = self.channels.clone();
-            let watch = self.channels.watch(&channel, key, move |name| {
+            let (watch, unsubscribed) = self.channels.watch(&channel, key, move |name| {
                 if let Ok(handle) = tokio::runtime::Handle::try_current() {
                     handle.spawn(unsubscribe(unsubscriber, channels, name));
                 }
             });
+            if let Some(unsubscribed) = unsubscribed {
+                unsubscribed.await;
+            }
             let mut conn = self.conn.clone();
             conn.subscribe(&channel)
                 .await
@@ -482,20 +485,23 @@ impl Backend for RedisBackend {
     }
 }
 
-/// Hands a push from Redis to the watches it concerns.
 /// Unsubscribes from `name` once nobody in this process waits on it,
 /// retrying until Redis confirms: a command whose caller timed out before a
 /// stalled connection could send it is never sent, and a lost `UNSUBSCRIBE`
 /// would keep the subscription for the connection's whole life. Gives up as
 /// soon as a new waiter watches the channel again (its subscription must
-/// stand), or after about half a minute.
+/// stand), or after about half a minute. While a command is under way, a new
+/// waiter's `SUBSCRIBE` waits for its answer (see [`Channels`]), so that it
+/// always reaches Redis after the `UNSUBSCRIBE`.
 async fn unsubscribe(mut conn: ConnectionManager, channels: Channels, name: String) {
     let mut pause = Duration::from_millis(100);
     for _ in 0..10 {
-        if channels.is_watched(&name) {
+        let Some(under_way) = channels.unsubscribing(&name) else {
             return;
-        }
-        match conn.unsubscribe(&name).await {
+        };
+        let result = conn.unsubscribe(&name).await;
+        drop(under_way);
+        match result {
             Ok(()) => return,
             Err(error) => tracing::debug!(%error, %name, "unsubscribe failed; trying again"),
         }
@@ -505,6 +511,7 @@ async fn unsubscribe(mut conn: ConnectionManager, channels: Channels, name: Stri
     tracing::warn!(%name, "could not unsubscribe; this connection keeps receiving the channel's messages, which are ignored");
 }
 
+/// Hands a push from Redis to the watches it concerns.
 fn route(channels: &Channels, near: Option<&MemoryBackend>, push: PushInfo) {
     match push.kind {
         PushKind::Message => {
