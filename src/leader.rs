@@ -248,9 +248,9 @@ where
         .as_ref()
         .map(|token| crate::remote::Held::new(shared, key, token));
     let produced = produce(shared, req, inner);
-    let Produced { landing, own, keep } = match &lease {
+    let (Produced { landing, own, keep }, lost) = match &lease {
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
-        None => produced.await,
+        None => (produced.await, false),
     };
     if matches!(landing, Landing::Uncacheable) {
         if let Some(passes) = &shared.passes {
@@ -263,7 +263,7 @@ where
         .map(|entry| entry.stored(std::time::SystemTime::now()));
     match lease {
         Some(lease) => {
-            crate::remote::complete(shared, key, &lease, keep).await;
+            crate::remote::complete(shared, key, &lease, keep, lost).await;
             if let Some(held) = held {
                 held.disarm();
             }

@@ -120,8 +120,9 @@ pub(crate) async fn with_watchdog<E, T>(
     key: &Key,
     token: &LeaseToken,
     work: impl Future<Output = T>,
-) -> T {
+) -> (T, bool) {
     let config = &shared.config;
+    let lost = std::sync::atomic::AtomicBool::new(false);
     let watchdog = async {
         let mut tick = tokio::time::interval(renew_every(config.lease));
         tick.tick().await;
@@ -136,6 +137,7 @@ pub(crate) async fn with_watchdog<E, T>(
                 Ok(true) => {}
                 Ok(false) => {
                     bump(&shared.counters.lease_lost);
+                    lost.store(true, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(
                         key = %key.fingerprint(),
                         "lease lost while the origin call ran; another instance may lead now"
@@ -149,10 +151,11 @@ pub(crate) async fn with_watchdog<E, T>(
             }
         }
     };
-    tokio::select! {
+    let out = tokio::select! {
         out = work => out,
         _ = watchdog => unreachable!("the watchdog never ends"),
-    }
+    };
+    (out, lost.into_inner())
 }
 
 /// A held lease that is released if its flight is dropped before completing
@@ -206,6 +209,7 @@ pub(crate) async fn complete<E>(
     key: &Key,
     token: &LeaseToken,
     keep: Option<Entry>,
+    counted_lost: bool,
 ) {
     let config = &shared.config;
     let stored = keep.is_some();
@@ -219,7 +223,10 @@ pub(crate) async fn complete<E>(
         Ok(true) if stored => bump(&shared.counters.stored),
         Ok(true) => {}
         Ok(false) => {
-            bump(&shared.counters.lease_lost);
+            // Once per lost lease: the watchdog may have counted it already.
+            if !counted_lost {
+                bump(&shared.counters.lease_lost);
+            }
             tracing::warn!(
                 key = %key.fingerprint(),
                 "lease lost before completion; the answer went to local callers only"

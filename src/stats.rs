@@ -93,7 +93,7 @@ pub struct Stats {
     pub remote_waits: u64,
     /// Waiting flights that took the lease over (its holder went away).
     pub takeovers: u64,
-    /// Leases found lost by the watchdog or at completion.
+    /// Leases found lost, by the watchdog or at completion (each lease once).
     pub lease_lost: u64,
     /// Requests sent straight to the origin because their key's last answer
     /// could not be shared (see `pass_ttl`).
