@@ -46,6 +46,7 @@ pub struct CoalesceConfig {
     pub(crate) wait_fallback: WaitFallback,
     pub(crate) complete_abandoned: bool,
     pub(crate) backend_timeout: Duration,
+    pub(crate) backend_cooldown: Duration,
     pub(crate) lease: Duration,
     pub(crate) pass_ttl: Duration,
     pub(crate) outcome_header: Option<HeaderName>,
@@ -67,6 +68,7 @@ impl fmt::Debug for CoalesceConfig {
             .field("wait_fallback", &self.wait_fallback)
             .field("complete_abandoned", &self.complete_abandoned)
             .field("backend_timeout", &self.backend_timeout)
+            .field("backend_cooldown", &self.backend_cooldown)
             .field("lease", &self.lease)
             .field("pass_ttl", &self.pass_ttl)
             .field("outcome_header", &self.outcome_header)
@@ -122,7 +124,8 @@ impl CoalesceConfig {
     /// The defaults: coalesce concurrent requests but store nothing (`ttl`
     /// zero), share bodies up to 1 MiB, followers wait up to 30 s and then
     /// answer `504`, abandoned flights complete, backend operations are
-    /// given up after 250 ms, no outcome header, the embedded [`MemoryBackend`].
+    /// given up after 250 ms and a failing backend is skipped for 1 s, no
+    /// outcome header, the embedded [`MemoryBackend`].
     pub fn new() -> Self {
         Self {
             ttl: Duration::ZERO,
@@ -131,6 +134,7 @@ impl CoalesceConfig {
             wait_fallback: WaitFallback::GatewayTimeout,
             complete_abandoned: true,
             backend_timeout: Duration::from_millis(250),
+            backend_cooldown: Duration::from_secs(1),
             lease: Duration::from_secs(10),
             pass_ttl: Duration::from_secs(5),
             outcome_header: None,
@@ -204,6 +208,22 @@ impl CoalesceConfig {
     /// slow or absent backend delays a flight by at most this much.
     pub fn backend_timeout(mut self, timeout: Duration) -> Self {
         self.backend_timeout = timeout;
+        self
+    }
+
+    /// How long flights skip a backend that failed 3 times in a row (errors
+    /// or [timeouts](Self::backend_timeout)); default 1 s, zero never skips.
+    ///
+    /// While it is skipped, flights neither look up, lease nor store: they
+    /// call the origin at once, coalescing within this process only, instead
+    /// of each waiting up to `backend_timeout` on a backend that is down or
+    /// stalled. Skips are counted in
+    /// [`Stats::backend_skipped`](crate::Stats::backend_skipped). After the
+    /// cool-down the next flights try the backend again: one success ends
+    /// the skipping, one more failure starts another cool-down. A flight
+    /// that holds a lease still renews, completes and releases it.
+    pub fn backend_cooldown(mut self, cooldown: Duration) -> Self {
+        self.backend_cooldown = cooldown;
         self
     }
 

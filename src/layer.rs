@@ -30,6 +30,8 @@ pub(crate) struct Shared<E> {
     /// for them go straight to the origin instead of queueing behind a flight
     /// whose answer they could not have (Varnish's hit-for-pass).
     pub(crate) passes: Option<moka::sync::Cache<Key, ()>>,
+    /// Whether the backend is failing, and should be skipped for a while.
+    pub(crate) breaker: crate::breaker::Breaker,
 }
 
 impl<E> Shared<E> {
@@ -88,8 +90,10 @@ impl<E> CoalesceLayer<E> {
                 .time_to_live(config.pass_ttl)
                 .build()
         });
+        let breaker = crate::breaker::Breaker::new(config.backend_cooldown);
         Ok(Self {
             shared: Arc::new(Shared {
+                breaker,
                 config,
                 extractor,
                 table: FlightTable::default(),

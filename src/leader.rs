@@ -199,16 +199,15 @@ where
     let config = &shared.config;
     let counters = &shared.counters;
     if !config.ttl.is_zero() {
-        match bounded(config.backend_timeout, config.backend.lookup(key)).await {
+        match optional(shared, |backend| backend.lookup(key)).await {
             Ok(Some(entry)) => {
                 bump(&counters.hits);
                 let res = entry.to_response();
                 return (Landing::Done(entry), Ok((res, Outcome::Hit)));
             }
             Ok(None) => {}
-            Err(error) => {
-                bump(&counters.backend_errors);
-                tracing::warn!(%error, "backend lookup failed; calling the origin");
+            Err(unavailable) => {
+                unavailable.report(counters, "backend lookup", "calling the origin")
             }
         }
     }
@@ -270,13 +269,13 @@ where
         }
         None => {
             if let Some(entry) = keep {
-                let store = config.backend.store(key, entry, config.ttl);
-                match bounded(config.backend_timeout, store).await {
+                match optional(shared, |backend| backend.store(key, entry, config.ttl)).await {
                     Ok(()) => bump(&counters.stored),
-                    Err(error) => {
-                        bump(&counters.backend_errors);
-                        tracing::warn!(%error, "backend store failed; the answer is shared but not kept");
-                    }
+                    Err(unavailable) => unavailable.report(
+                        counters,
+                        "backend store",
+                        "the answer is shared but not kept",
+                    ),
                 }
             }
         }
@@ -392,6 +391,57 @@ where
 }
 
 /// A backend operation, given up after `limit`.
+/// Why a flight goes without the backend for one operation.
+pub(crate) enum Unavailable {
+    /// Not tried: the backend kept failing (see `backend_cooldown`).
+    Skipped,
+    /// Tried, and it failed or did not answer in time.
+    Failed(crate::BackendError),
+}
+
+impl Unavailable {
+    /// Counts this, and says what the flight does instead: `what` failed,
+    /// or was skipped; `then` the flight goes on this way.
+    pub(crate) fn report(&self, counters: &crate::stats::Counters, what: &str, then: &str) {
+        match self {
+            Unavailable::Skipped => {
+                bump(&counters.backend_skipped);
+                tracing::debug!("{what} skipped, the backend keeps failing; {then}");
+            }
+            Unavailable::Failed(error) => {
+                bump(&counters.backend_errors);
+                tracing::warn!(%error, "{what} failed; {then}");
+            }
+        }
+    }
+}
+
+/// A backend operation a flight can go without: not tried while the backend
+/// is being skipped, otherwise bounded by `backend_timeout`; its outcome
+/// counts toward skipping the backend.
+pub(crate) async fn optional<'a, E, T>(
+    shared: &'a Shared<E>,
+    op: impl FnOnce(&'a dyn crate::Backend) -> crate::backend::BackendFuture<'a, T>,
+) -> Result<T, Unavailable> {
+    if shared.breaker.skipping() {
+        return Err(Unavailable::Skipped);
+    }
+    required(shared, op).await.map_err(Unavailable::Failed)
+}
+
+/// A backend operation a flight must try whatever the backend did before
+/// (renewing or completing a lease it holds): bounded by `backend_timeout`,
+/// its outcome counted toward skipping the backend.
+pub(crate) async fn required<'a, E, T>(
+    shared: &'a Shared<E>,
+    op: impl FnOnce(&'a dyn crate::Backend) -> crate::backend::BackendFuture<'a, T>,
+) -> Result<T, crate::BackendError> {
+    let config = &shared.config;
+    let result = bounded(config.backend_timeout, op(&*config.backend)).await;
+    shared.breaker.record(&result);
+    result
+}
+
 pub(crate) async fn bounded<T>(
     limit: std::time::Duration,
     op: crate::backend::BackendFuture<'_, T>,

@@ -96,6 +96,7 @@
 
 pub mod backend;
 mod body;
+mod breaker;
 mod config;
 mod entry;
 mod error;

@@ -11,7 +11,7 @@
 
 use crate::backend::LeaseToken;
 use crate::layer::Shared;
-use crate::leader::bounded;
+use crate::leader::{bounded, optional, required, Unavailable};
 use crate::stats::bump;
 use crate::{Backend, Entry, Key};
 use std::future::Future;
@@ -40,51 +40,43 @@ pub(crate) async fn elect<E>(
     deadline: tokio::time::Instant,
 ) -> Elected {
     let config = &shared.config;
-    let backend = &*config.backend;
     let counters = &shared.counters;
-    let degrade = |what: &str, error: &dyn std::fmt::Display| {
-        bump(&counters.backend_errors);
-        tracing::warn!(%error, "{what} failed; leading this flight without a lease");
+    let degrade = |what: &str, unavailable: Unavailable| {
+        unavailable.report(counters, what, "leading this flight without a lease");
         Elected::Lead(None)
     };
     let token = match LeaseToken::new() {
         Ok(token) => token,
-        Err(error) => return degrade("making a lease token", &error),
+        Err(error) => {
+            bump(&counters.backend_errors);
+            tracing::warn!(%error, "making a lease token failed; leading this flight without a lease");
+            return Elected::Lead(None);
+        }
     };
-    match bounded(
-        config.backend_timeout,
-        backend.try_lock(key, &token, config.lease),
-    )
-    .await
-    {
+    match optional(shared, |b| b.try_lock(key, &token, config.lease)).await {
         Ok(true) => return Elected::Lead(Some(token)),
         Ok(false) => {}
-        Err(error) => return degrade("taking the lease", &error),
+        Err(unavailable) => return degrade("taking the lease", unavailable),
     }
     // Held elsewhere. Subscribe first, then look: an answer completed in
     // between is found by the lookup, one completed after it wakes the watch.
     bump(&counters.remote_waits);
     tracing::debug!("another instance leads this key; waiting for its answer");
-    let mut watch = match bounded(config.backend_timeout, backend.watch(key)).await {
+    let mut watch = match optional(shared, |b| b.watch(key)).await {
         Ok(Some(watch)) => watch,
         Ok(None) => return Elected::Lead(None),
-        Err(error) => return degrade("subscribing", &error),
+        Err(unavailable) => return degrade("subscribing", unavailable),
     };
     loop {
         // Look before trying the lease: a leader's completion stores the
         // answer and frees the lease in one step, and a waiter woken by it
         // must take the answer, not the free lease.
-        match bounded(config.backend_timeout, backend.lookup(key)).await {
+        match optional(shared, |b| b.lookup(key)).await {
             Ok(Some(entry)) => return Elected::Answer(entry),
             Ok(None) => {}
-            Err(error) => return degrade("looking up", &error),
+            Err(unavailable) => return degrade("looking up", unavailable),
         }
-        match bounded(
-            config.backend_timeout,
-            backend.try_lock(key, &token, config.lease),
-        )
-        .await
-        {
+        match optional(shared, |b| b.try_lock(key, &token, config.lease)).await {
             Ok(true) => {
                 // The lease was free with no answer stored: its holder died,
                 // or its answer could not be shared.
@@ -96,7 +88,7 @@ pub(crate) async fn elect<E>(
                 return Elected::Lead(Some(token));
             }
             Ok(false) => {}
-            Err(error) => return degrade("taking the lease", &error),
+            Err(unavailable) => return degrade("taking the lease", unavailable),
         }
         let recheck = tokio::time::Instant::now() + config.lease;
         tokio::select! {
@@ -128,12 +120,7 @@ pub(crate) async fn with_watchdog<E, T>(
         tick.tick().await;
         loop {
             tick.tick().await;
-            match bounded(
-                config.backend_timeout,
-                config.backend.renew(key, token, config.lease),
-            )
-            .await
-            {
+            match required(shared, |b| b.renew(key, token, config.lease)).await {
                 Ok(true) => {}
                 Ok(false) => {
                     bump(&shared.counters.lease_lost);
@@ -214,12 +201,7 @@ pub(crate) async fn complete<E>(
     let config = &shared.config;
     let stored = keep.is_some();
     let answer = keep.map(|entry| (entry, config.ttl));
-    match bounded(
-        config.backend_timeout,
-        config.backend.complete(key, token, answer),
-    )
-    .await
-    {
+    match required(shared, |b| b.complete(key, token, answer)).await {
         Ok(true) if stored => bump(&shared.counters.stored),
         Ok(true) => {}
         Ok(false) => {

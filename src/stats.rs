@@ -89,6 +89,9 @@ pub struct Stats {
     pub cancelled: u64,
     /// Backend operations that failed; the request went on without the backend.
     pub backend_errors: u64,
+    /// Backend operations not tried because the backend kept failing (see
+    /// [`CoalesceConfig::backend_cooldown`](crate::CoalesceConfig::backend_cooldown)).
+    pub backend_skipped: u64,
     /// Flights that found the key leased by another process and waited on it.
     pub remote_waits: u64,
     /// Waiting flights that took the lease over (its holder went away).
@@ -162,6 +165,7 @@ counters!(
     wait_timeouts,
     cancelled,
     backend_errors,
+    backend_skipped,
     remote_waits,
     takeovers,
     lease_lost,

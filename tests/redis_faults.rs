@@ -719,3 +719,53 @@ async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_f
     }
     assert_eq!(layer.flights_in_progress(), 0);
 }
+
+/// A stalled Redis costs the first flight its timeouts; the flights after it
+/// skip Redis for the cool-down instead of each waiting on it, and Redis is
+/// used again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_is_skipped_for_the_cooldown_then_used_again() {
+    let server = RedisServer::start();
+    let origin = Origin::open();
+    let (layer, svc) = redis_instance(
+        &server.url(),
+        &origin,
+        CoalesceConfig::new()
+            .backend_timeout(Duration::from_millis(100))
+            .backend_cooldown(Duration::from_millis(1500)),
+    )
+    .await;
+    let paused = Paused::new(&server);
+
+    // Lookup, lease and store each wait the 100 ms timeout: three failures.
+    let res = svc.clone().oneshot(get("/first")).await.unwrap();
+    assert_eq!(body(res).await.unwrap(), "/first");
+    let s = layer.stats();
+    assert_eq!((s.backend_errors, s.backend_skipped), (3, 0), "{s:?}");
+
+    // Now skipped: no operation waits, none fails.
+    for i in 0..5 {
+        let path = format!("/skipped/{i}");
+        let res = svc.clone().oneshot(get(&path)).await.unwrap();
+        assert_eq!(body(res).await.unwrap(), path);
+    }
+    let s = layer.stats();
+    assert_eq!(s.backend_errors, 3, "{s:?}");
+    assert_eq!(
+        s.backend_skipped,
+        5 * 3,
+        "lookup, lease and store each: {s:?}"
+    );
+    assert_eq!(s.stored, 0);
+
+    drop(paused);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let res = svc.clone().oneshot(get("/again")).await.unwrap();
+    assert_eq!(body(res).await.unwrap(), "/again");
+    let s = layer.stats();
+    assert_eq!(
+        s.stored, 1,
+        "Redis is used again after the cool-down: {s:?}"
+    );
+    assert_eq!(origin.calls(), 7);
+}

@@ -1,0 +1,118 @@
+//! Skipping a backend that keeps failing: after a few failures in a row,
+//! flights go without it for a cool-down instead of each waiting on it.
+
+use crate::BackendError;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Failures in a row that start a cool-down.
+pub(crate) const FAILURES: u32 = 3;
+
+/// Counts a backend's failures in a row and says when to skip it.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    cooldown: Duration,
+    /// Failures since the last success; past [`FAILURES`], each one starts
+    /// another cool-down.
+    failures: AtomicU32,
+    /// Until when the backend is skipped.
+    skip_until: Mutex<Option<Instant>>,
+}
+
+impl Breaker {
+    pub(crate) fn new(cooldown: Duration) -> Self {
+        Self {
+            cooldown,
+            failures: AtomicU32::new(0),
+            skip_until: Mutex::new(None),
+        }
+    }
+
+    fn skip_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.skip_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether backend operations should be skipped now.
+    pub(crate) fn skipping(&self) -> bool {
+        // Read without the lock first: most flights find no failure at all.
+        if self.failures.load(Ordering::Relaxed) < FAILURES {
+            return false;
+        }
+        self.skip_until()
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Records how a backend operation went.
+    pub(crate) fn record<T>(&self, result: &Result<T, BackendError>) {
+        match result {
+            Ok(_) => {
+                if self.failures.swap(0, Ordering::Relaxed) >= FAILURES {
+                    *self.skip_until() = None;
+                    tracing::info!("the backend answers again; flights use it");
+                }
+            }
+            Err(error) => {
+                let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures >= FAILURES && !self.cooldown.is_zero() {
+                    *self.skip_until() = Some(Instant::now() + self.cooldown);
+                    if failures == FAILURES {
+                        tracing::warn!(
+                            %error,
+                            cooldown = ?self.cooldown,
+                            "the backend failed {FAILURES} times in a row; flights skip it for a while"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> Result<(), BackendError> {
+        Err(BackendError::msg("down"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_in_a_row_skip_the_backend_for_the_cooldown() {
+        let breaker = Breaker::new(Duration::from_secs(1));
+        for _ in 1..FAILURES {
+            breaker.record(&failed());
+            assert!(!breaker.skipping(), "fewer failures than the threshold");
+        }
+        breaker.record(&Ok(()));
+        for _ in 1..FAILURES {
+            breaker.record(&failed());
+        }
+        assert!(
+            !breaker.skipping(),
+            "a success in between starts the count again"
+        );
+        breaker.record(&failed());
+        assert!(breaker.skipping());
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(!breaker.skipping(), "tried again after the cool-down");
+        // One more failure is enough now.
+        breaker.record(&failed());
+        assert!(breaker.skipping());
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        breaker.record(&Ok(()));
+        assert!(!breaker.skipping());
+        breaker.record(&failed());
+        assert!(!breaker.skipping(), "a success ended the skipping");
+    }
+
+    #[test]
+    fn a_zero_cooldown_never_skips() {
+        let breaker = Breaker::new(Duration::ZERO);
+        for _ in 0..10 {
+            breaker.record(&failed());
+        }
+        assert!(!breaker.skipping());
+    }
+}
