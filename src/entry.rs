@@ -54,15 +54,19 @@ impl Entry {
         body: Bytes,
         trailers: Option<HeaderMap>,
     ) -> Self {
+        Self::with_parts(Parts {
+            status,
+            version,
+            headers,
+            body,
+            trailers,
+            stored: None,
+        })
+    }
+
+    fn with_parts(parts: Parts) -> Self {
         Self {
-            inner: Arc::new(Parts {
-                status,
-                version,
-                headers,
-                body,
-                trailers,
-                stored: None,
-            }),
+            inner: Arc::new(parts),
         }
     }
 
@@ -87,16 +91,14 @@ impl Entry {
             .ok()
             .and_then(|since| u64::try_from(since.as_millis()).ok())
             .and_then(from_millis);
-        Self {
-            inner: Arc::new(Parts {
-                status: p.status,
-                version: p.version,
-                headers,
-                body: p.body.clone(),
-                trailers: p.trailers.clone(),
-                stored: at.map(|at| Stored { at, initial }),
-            }),
-        }
+        Self::with_parts(Parts {
+            status: p.status,
+            version: p.version,
+            headers,
+            body: p.body.clone(),
+            trailers: p.trailers.clone(),
+            stored: at.map(|at| Stored { at, initial }),
+        })
     }
 
     /// When the entry was stored, if it was.
@@ -271,16 +273,14 @@ impl Entry {
                 initial: initial_age(&headers),
             }),
         };
-        Ok(Entry {
-            inner: Arc::new(Parts {
-                status,
-                version,
-                headers,
-                body,
-                trailers,
-                stored,
-            }),
-        })
+        Ok(Entry::with_parts(Parts {
+            status,
+            version,
+            headers,
+            body,
+            trailers,
+            stored,
+        }))
     }
 }
 

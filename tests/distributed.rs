@@ -427,16 +427,12 @@ async fn an_answer_read_back_from_redis_carries_its_age() {
     let (_b, second) = instance(&server, &origin, CoalesceConfig::new()).await;
     let res = first.oneshot(get("/aged")).await.unwrap();
     assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Leader));
-    assert_eq!(res.headers().get(http::header::AGE), None);
+    assert_eq!(support::age(&res), None);
     // Read from Redis by the second instance, then from its near cache.
     for _ in 0..2 {
         let res = second.clone().oneshot(get("/aged")).await.unwrap();
         assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Hit));
-        let age: u64 = res.headers()[http::header::AGE]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let age = support::age(&res).expect("an Age header");
         assert!(age <= 1, "age {age}");
         assert_eq!(body(res).await.unwrap(), "/aged");
     }

@@ -777,16 +777,12 @@ async fn stored_answers_carry_their_age_and_answers_from_the_origin_do_not() {
     origin.open_gate();
     for task in [leader, follower] {
         let res = task.await.unwrap().unwrap();
-        assert_eq!(res.headers().get(http::header::AGE), None);
+        assert_eq!(support::age(&res), None);
     }
     let res = svc.clone().oneshot(get("/aged")).await.unwrap();
     assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Hit));
     // Stored a moment ago: whole seconds, so 0 (1 on a very slow machine).
-    let age: u64 = res.headers()[http::header::AGE]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let age = support::age(&res).expect("an Age header");
     assert!(age <= 1, "age {age}");
     assert_eq!(body(res).await.unwrap(), "/aged");
 }

@@ -96,6 +96,12 @@ where
     Ok(res.into_body().collect().await?.to_bytes())
 }
 
+/// The response's `Age` in seconds, if it has one.
+pub fn age<B>(res: &Response<B>) -> Option<u64> {
+    let value = res.headers().get(http::header::AGE)?;
+    Some(value.to_str().unwrap().parse().unwrap())
+}
+
 /// Waits (bounded) until the layer's counters satisfy `cond`.
 pub async fn until<E>(layer: &CoalesceLayer<E>, what: &str, cond: impl Fn(&Stats) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
