@@ -31,43 +31,11 @@ mod fanout_common;
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use fanout_common::{contender, wait_idle, wait_until, Contender, CONTENDERS, ROUND};
-use std::sync::atomic::Ordering;
+use fanout_common::{contender, round, CONTENDERS};
 use std::time::Duration;
-use tokio::runtime::Runtime;
 
 /// How long a round waits for anything before it gives up.
 const WAIT_LIMIT: Duration = Duration::from_secs(120);
-
-/// One round: N waiters, one origin call; returns the fan-out time.
-fn round(rt: &Runtime, contender: &'static dyn Contender, waiters: usize) -> Duration {
-    ROUND.reset(waiters);
-    rt.spawn(async move { contender.spawn(waiters) });
-    wait_until("every waiter to join", WAIT_LIMIT, || {
-        ROUND.entered.load(Ordering::SeqCst) == waiters && contender.joined(waiters)
-    });
-    wait_idle(rt, WAIT_LIMIT);
-    ROUND.gate.notify_one();
-    rt.block_on(ROUND.finished.notified());
-    let fan_out = ROUND.fan_out();
-    wait_until("every task to end", WAIT_LIMIT, || {
-        rt.metrics().num_alive_tasks() == 0
-    });
-    contender.after(rt);
-    assert_eq!(
-        ROUND.origin_calls.load(Ordering::SeqCst),
-        1,
-        "{}: one origin call",
-        contender.name()
-    );
-    assert_eq!(
-        ROUND.wrong.load(Ordering::SeqCst),
-        0,
-        "{}: every answer right",
-        contender.name()
-    );
-    fan_out
-}
 
 fn fanout(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -90,7 +58,11 @@ fn fanout(c: &mut Criterion) {
             .throughput(Throughput::Elements(n as u64));
         for &contender in &contenders {
             group.bench_with_input(BenchmarkId::new(contender.name(), n), &n, |b, &n| {
-                b.iter_custom(|iters| (0..iters).map(|_| round(&rt, contender, n)).sum())
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| round(&rt, contender, n, WAIT_LIMIT).0)
+                        .sum()
+                })
             });
         }
     }

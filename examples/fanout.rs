@@ -41,12 +41,11 @@ mod fanout_common;
 
 #[path = "support/report.rs"]
 mod report;
-use fanout_common::{contender, wait_idle, wait_until, Contender, CONTENDERS, ROUND, TASK_BYTES};
+use fanout_common::{contender, round, CONTENDERS, TASK_BYTES};
 use report::{group, ms, peak_rss_bytes};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-use tokio::runtime::Runtime;
+use std::time::Duration;
 
 /// How long a round waits for anything before it gives up.
 const WAIT_LIMIT: Duration = Duration::from_secs(300);
@@ -290,7 +289,7 @@ fn child(name: &str, n: usize, bursts: usize) {
         ..Measured::default()
     };
     for burst in 0..bursts {
-        let (fan_out, set_up) = round(&rt, contender, n);
+        let (fan_out, set_up) = round(&rt, contender, n, WAIT_LIMIT);
         eprint!(" fan-out {}", ms(fan_out));
         if burst == 0 {
             let after = peak_rss_bytes().unwrap_or(0);
@@ -303,33 +302,6 @@ fn child(name: &str, n: usize, bursts: usize) {
     }
     measured.task_bytes = TASK_BYTES.load(Ordering::Relaxed);
     println!("{}", measured.line());
-}
-
-/// One round: N waiters, one origin call. Returns the fan-out time and the
-/// set-up time (from the first spawn until every waiter had joined).
-fn round(rt: &Runtime, contender: &'static dyn Contender, waiters: usize) -> (Duration, Duration) {
-    ROUND.reset(waiters);
-    let start = Instant::now();
-    rt.spawn(async move { contender.spawn(waiters) });
-    wait_until("every waiter to join", WAIT_LIMIT, || {
-        ROUND.entered.load(Ordering::SeqCst) == waiters && contender.joined(waiters)
-    });
-    let set_up = start.elapsed();
-    wait_idle(rt, WAIT_LIMIT);
-    ROUND.gate.notify_one();
-    rt.block_on(ROUND.finished.notified());
-    let fan_out = ROUND.fan_out();
-    wait_until("every task to end", WAIT_LIMIT, || {
-        rt.metrics().num_alive_tasks() == 0
-    });
-    contender.after(rt);
-    assert_eq!(
-        ROUND.origin_calls.load(Ordering::SeqCst),
-        1,
-        "one origin call"
-    );
-    assert_eq!(ROUND.wrong.load(Ordering::SeqCst), 0, "every answer right");
-    (fan_out, set_up)
 }
 
 fn median(d: &[Duration]) -> Duration {

@@ -175,8 +175,7 @@ fn read_now<B: Body<Data = Bytes> + Unpin>(mut body: B) -> Option<Bytes> {
 }
 
 pub(crate) trait Contender: Sync {
-    /// Used by the bench to label its results.
-    #[allow(dead_code)]
+    /// Labels results and failures.
     fn name(&self) -> &'static str;
     /// Spawns the round's waiters (from inside the runtime).
     fn spawn(&'static self, waiters: usize);
@@ -363,4 +362,42 @@ pub(crate) fn wait_idle(rt: &Runtime, limit: Duration) {
         seen = if idle() { seen + 1 } else { 0 };
         seen >= 3
     });
+}
+
+/// One round: N waiters, one origin call, every answer checked; gives up on
+/// any wait after `limit`. Returns the fan-out time (origin return → last
+/// answer) and the set-up time (first spawn → every waiter joined).
+pub(crate) fn round(
+    rt: &Runtime,
+    contender: &'static dyn Contender,
+    waiters: usize,
+    limit: Duration,
+) -> (Duration, Duration) {
+    ROUND.reset(waiters);
+    let start = Instant::now();
+    rt.spawn(async move { contender.spawn(waiters) });
+    wait_until("every waiter to join", limit, || {
+        ROUND.entered.load(Ordering::SeqCst) == waiters && contender.joined(waiters)
+    });
+    let set_up = start.elapsed();
+    wait_idle(rt, limit);
+    ROUND.gate.notify_one();
+    rt.block_on(ROUND.finished.notified());
+    let fan_out = ROUND.fan_out();
+    wait_until("every task to end", limit, || {
+        rt.metrics().num_alive_tasks() == 0
+    });
+    contender.after(rt);
+    let name = contender.name();
+    assert_eq!(
+        ROUND.origin_calls.load(Ordering::SeqCst),
+        1,
+        "{name}: one origin call"
+    );
+    assert_eq!(
+        ROUND.wrong.load(Ordering::SeqCst),
+        0,
+        "{name}: every answer right"
+    );
+    (fan_out, set_up)
 }
