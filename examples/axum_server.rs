@@ -268,7 +268,7 @@ pub fn product_key() -> HttpKey {
 pub struct Metrics {
     handle: PrometheusHandle,
     db_queries: Counter,
-    /// In the order of [`layer_counters`].
+    /// In the order of [`Stats::counters`].
     layer: Arc<[Counter]>,
 }
 
@@ -291,7 +291,8 @@ impl Metrics {
             Self {
                 handle,
                 db_queries: counter!("db_queries_total"),
-                layer: layer_counters(&Stats::default())
+                layer: Stats::default()
+                    .counters()
                     .into_iter()
                     .map(|(name, _)| counter!(name))
                     .collect(),
@@ -301,7 +302,7 @@ impl Metrics {
 
     /// The Prometheus text, with the layer's counters brought up to `stats`.
     pub fn render(&self, stats: &Stats) -> String {
-        for (counter, (_, value)) in self.layer.iter().zip(layer_counters(stats)) {
+        for (counter, (_, value)) in self.layer.iter().zip(stats.counters()) {
             counter.absolute(value);
         }
         self.handle.render()
@@ -310,29 +311,6 @@ impl Metrics {
 
 /// Each of the layer's counters as a metric: its name, and its value in `s`
 /// (see [`Stats`] for what each one counts).
-fn layer_counters(s: &Stats) -> [(&'static str, u64); 18] {
-    [
-        ("coalesce_requests_total", s.requests),
-        ("coalesce_origin_calls_total", s.origin_calls),
-        ("coalesce_flights_total", s.flights),
-        ("coalesce_followers_total", s.followers),
-        ("coalesce_hits_total", s.hits),
-        ("coalesce_bypasses_total", s.bypasses),
-        ("coalesce_passes_total", s.passes),
-        ("coalesce_stored_total", s.stored),
-        ("coalesce_uncacheable_total", s.uncacheable),
-        ("coalesce_errors_total", s.errors),
-        ("coalesce_panics_total", s.panics),
-        ("coalesce_dangling_total", s.dangling),
-        ("coalesce_wait_timeouts_total", s.wait_timeouts),
-        ("coalesce_cancelled_total", s.cancelled),
-        ("coalesce_backend_errors_total", s.backend_errors),
-        ("coalesce_remote_waits_total", s.remote_waits),
-        ("coalesce_takeovers_total", s.takeovers),
-        ("coalesce_lease_lost_total", s.lease_lost),
-    ]
-}
-
 /// The layer's settings in this example: keep answers for `ttl`, and say in
 /// `x-coalesce` how each response was produced.
 pub fn coalesce_config(ttl: Duration) -> CoalesceConfig {

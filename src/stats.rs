@@ -147,6 +147,25 @@ macro_rules! counters {
                 Stats { $($name: self.$name.load(),)* }
             }
         }
+
+        /// How many counters [`Stats`] has.
+        const COUNTERS: usize = [$(stringify!($name)),*].len();
+
+        impl Stats {
+            /// Every counter, each with the name the `metrics` feature
+            /// reports it under (`coalesce_<field>_total`), in the order the
+            /// fields are declared: for exporting the counters without
+            /// listing them by hand.
+            ///
+            /// ```
+            /// let stats = tower_coalesce::Stats::default();
+            /// let (name, value) = stats.counters()[0];
+            /// assert_eq!((name, value), ("coalesce_requests_total", 0));
+            /// ```
+            pub fn counters(&self) -> [(&'static str, u64); COUNTERS] {
+                [$((concat!("coalesce_", stringify!($name), "_total"), self.$name),)*]
+            }
+        }
     };
 }
 
@@ -193,6 +212,45 @@ mod tests {
         assert_eq!(s.requests, 2);
         assert_eq!(s.hits, 1);
         assert_eq!(s.flights, 0);
+    }
+
+    #[test]
+    fn counters_lists_every_field_once_by_its_metric_name() {
+        let c = Counters::default();
+        bump(&c.backend_skipped);
+        let listed = c.snapshot().counters();
+        let names: std::collections::HashSet<_> = listed.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names.len(), listed.len(), "names are unique");
+        assert!(listed
+            .iter()
+            .all(|(n, _)| n.starts_with("coalesce_") && n.ends_with("_total")));
+        assert_eq!(
+            listed.iter().filter(|(_, v)| *v > 0).collect::<Vec<_>>(),
+            [&("coalesce_backend_skipped_total", 1)]
+        );
+        // Every field: a `Stats` with all fields set shows no zero.
+        let all = Stats {
+            requests: 1,
+            bypasses: 1,
+            hits: 1,
+            flights: 1,
+            followers: 1,
+            origin_calls: 1,
+            stored: 1,
+            uncacheable: 1,
+            errors: 1,
+            panics: 1,
+            dangling: 1,
+            wait_timeouts: 1,
+            cancelled: 1,
+            backend_errors: 1,
+            backend_skipped: 1,
+            remote_waits: 1,
+            takeovers: 1,
+            lease_lost: 1,
+            passes: 1,
+        };
+        assert!(all.counters().iter().all(|(_, v)| *v == 1));
     }
 
     #[test]

@@ -40,4 +40,11 @@ async fn counters_reach_the_installed_recorder() {
     assert_eq!(value(&text, "coalesce_origin_calls_total"), Some(1));
     assert_eq!(value(&text, "coalesce_followers_total"), Some(9));
     assert_eq!(value(&text, "coalesce_flights_total"), Some(1));
+    // `Stats::counters` names them as the facade does: every counter that
+    // moved is exported under its name, with its value.
+    for (name, count) in stats.counters() {
+        if count > 0 {
+            assert_eq!(value(&text, name), Some(count), "{name}");
+        }
+    }
 }
