@@ -86,11 +86,7 @@ impl Entry {
         if !headers.contains_key(http::header::AGE) {
             headers.insert(http::header::AGE, HeaderValue::from_static("0"));
         }
-        let at = at
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .and_then(|since| u64::try_from(since.as_millis()).ok())
-            .and_then(from_millis);
+        let at = to_millis(at).and_then(from_millis);
         Self::with_parts(Parts {
             status: p.status,
             version: p.version,
@@ -201,6 +197,12 @@ fn initial_age(headers: &HeaderMap) -> Duration {
         .map_or(Duration::ZERO, Duration::from_secs)
 }
 
+/// A time as milliseconds since the Unix epoch, as entries encode it.
+fn to_millis(at: SystemTime) -> Option<u64> {
+    let since = at.duration_since(UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_millis()).ok()
+}
+
 fn from_millis(ms: u64) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
@@ -223,10 +225,7 @@ impl Entry {
         buf.put_slice(MAGIC);
         buf.put_u16(p.status.as_u16());
         buf.put_u8(version_code(p.version));
-        buf.put_u64(self.stored_at().map_or(0, |at| {
-            at.duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
-        }));
+        buf.put_u64(self.stored_at().and_then(to_millis).unwrap_or(0));
         put_map(&mut buf, &p.headers);
         put_bytes(&mut buf, &p.body);
         match &p.trailers {

@@ -348,7 +348,10 @@ impl Backend for RedisBackend {
             let Some((value, left_ms)) = found else {
                 return Ok(None);
             };
-            match Entry::decode(value.clone().into()) {
+            // Shared, not copied: the entry's body keeps these bytes, and a
+            // value that does not decode is sent back to be deleted.
+            let value = bytes::Bytes::from(value);
+            match Entry::decode(value.clone()) {
                 Ok(entry) => {
                     // A value without an expiry (-1, set by hand) is not kept.
                     if let Ok(left) = u64::try_from(left_ms) {
@@ -362,7 +365,7 @@ impl Backend for RedisBackend {
                     // lease from being taken, and this one answers nobody.
                     let _: i64 = DROP_BAD
                         .key(&redis_key)
-                        .arg(value)
+                        .arg(value.as_ref())
                         .invoke_async(&mut conn)
                         .await
                         .map_err(|e| BackendError::new("Redis DEL of a bad value failed", e))?;
@@ -515,18 +518,18 @@ async fn unsubscribe(mut conn: ConnectionManager, channels: Channels, name: Stri
 fn route(channels: &Channels, near: Option<&MemoryBackend>, push: PushInfo) {
     match push.kind {
         PushKind::Message => {
-            let (Some(Value::BulkString(name)), payload) = (push.data.first(), push.data.get(1))
-            else {
+            let mut data = push.data.into_iter();
+            let (Some(Value::BulkString(name)), payload) = (data.next(), data.next()) else {
                 return;
             };
-            let Ok(name) = std::str::from_utf8(name) else {
+            let Ok(name) = std::str::from_utf8(&name) else {
                 return;
             };
             channels.signal(name, |key| {
                 // An answer small enough to travel in the message: keep it
                 // near before waking the waiters, and they need no GET.
                 if let (Some(near), Some(Value::BulkString(payload))) = (near, payload) {
-                    if let Some((entry, ttl)) = decode_announcement(payload) {
+                    if let Some((entry, ttl)) = decode_announcement(payload.into()) {
                         near.insert(key, entry, ttl);
                     }
                 }
@@ -557,12 +560,12 @@ fn announcement(encoded: &[u8], ttl_ms: u64) -> Vec<u8> {
 }
 
 /// Reads an [`announcement`]; anything else (`stored`, `released`, a damaged
-/// or foreign message) is `None`, and the waiters look in Redis.
-fn decode_announcement(message: &[u8]) -> Option<(Entry, Duration)> {
-    let rest = message.strip_prefix(b"V")?;
-    let (ttl, encoded) = rest.split_at_checked(8)?;
-    let ttl = Duration::from_millis(u64::from_be_bytes(ttl.try_into().ok()?));
-    let entry = Entry::decode(bytes::Bytes::copy_from_slice(encoded)).ok()?;
+/// or foreign message) is `None`, and the waiters look in Redis. The entry's
+/// body shares the message's bytes.
+fn decode_announcement(message: bytes::Bytes) -> Option<(Entry, Duration)> {
+    let ttl = message.strip_prefix(b"V")?.first_chunk::<8>()?;
+    let ttl = Duration::from_millis(u64::from_be_bytes(*ttl));
+    let entry = Entry::decode(message.slice(9..)).ok()?;
     Some((entry, ttl))
 }
 
