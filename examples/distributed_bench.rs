@@ -1647,18 +1647,9 @@ impl Probe {
             .query_async(&mut self.conn)
             .await
             .map_err(|e| format!("INFO commandstats: {e}"))?;
-        Ok(info
-            .lines()
-            .filter_map(|line| {
-                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = rest
-                    .split(',')
-                    .find_map(|f| f.strip_prefix("calls="))?
-                    .parse::<u64>()
-                    .ok()?;
-                Some((name.to_owned(), calls))
-            })
-            .filter(|(name, _)| !OWN_COMMANDS.contains(&name.as_str()))
+        Ok(report::command_calls(&info)
+            .filter(|(name, _)| !OWN_COMMANDS.contains(name))
+            .map(|(name, calls)| (name.to_owned(), calls))
             .collect())
     }
 

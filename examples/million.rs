@@ -358,17 +358,9 @@ async fn redis_commands(url: &str) -> redis::RedisResult<u64> {
         .arg("commandstats")
         .query_async(&mut conn)
         .await?;
-    Ok(info
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+    Ok(report::command_calls(&info)
+        .filter(|(name, _)| *name != "info")
+        .map(|(_, calls)| calls)
         .sum())
 }
 

@@ -30,3 +30,17 @@ pub(crate) fn group(n: usize) -> String {
     }
     out
 }
+
+/// Calls per command in the text of Redis's `INFO commandstats`: each
+/// `cmdstat_<name>:calls=<n>,...` line as `(name, n)`.
+pub(crate) fn command_calls(info: &str) -> impl Iterator<Item = (&str, u64)> {
+    info.lines().filter_map(|line| {
+        let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+        let calls = rest
+            .split(',')
+            .find_map(|f| f.strip_prefix("calls="))?
+            .parse::<u64>()
+            .ok()?;
+        Some((name, calls))
+    })
+}
