@@ -10,6 +10,8 @@
 //!   --redis URL      share flights with every proxy using this Redis
 //!   --ttl-ms N       keep answers for N ms (default 0: coalesce only)
 //!   --lease-ms N     with --redis: the flight lease, N ms (default 10000)
+//!   --public-host H  the one public host name clients use (X-Forwarded-Host)
+//!   --trust-forwarded  keep the X-Forwarded-*/Forwarded headers clients send
 //!   --header NAME    cache-status response header (default x-coalesce)
 //!   --no-header      write no cache-status header
 //! ```
@@ -30,10 +32,11 @@
 //! shows it in its log, one line per request it received). With
 //! `--ttl-ms 2000` requests within 2 s of the answer are `hit`s and reach no
 //! upstream at all. `POST` and other unsafe methods, requests with
-//! `Authorization` or `Cookie`, and answers with `Set-Cookie` are never shared
-//! (`bypass`, or `pass`). Start more proxies with the same
-//! `--redis redis://127.0.0.1:6379/ --ttl-ms 2000` and a burst spread over all
-//! of them still costs one upstream call. Ctrl-C prints the layer's counters.
+//! `Authorization`, `Proxy-Authorization` or `Cookie`, and answers with
+//! `Set-Cookie` are never shared (`bypass`, or `pass`). Start more proxies
+//! with the same `--redis redis://127.0.0.1:6379/ --ttl-ms 2000
+//! --public-host shop.example` and a burst spread over all of them still
+//! costs one upstream call. Ctrl-C prints the layer's counters.
 //!
 //! What the proxy does to messages:
 //! - Hop-by-hop headers (RFC 9110 §7.6.1) are removed in both directions:
@@ -42,23 +45,33 @@
 //!   and `Proxy-Authorization` (the credentials are for this proxy, which asks
 //!   for none). So protocol upgrades (WebSocket) are not proxied.
 //! - Requests get `Via: 1.1 tower-coalesce`, which RFC 9110 §7.6.3 requires of
-//!   a gateway, and the client's address appended to `X-Forwarded-For`,
-//!   without which the upstream would see every request come from the proxy.
-//! - `Host` becomes the upstream's authority, and the client's `Host` moves to
-//!   `X-Forwarded-Host` (unless already set).
-//! - Requests are keyed without their authority ([`proxy_key`]): the proxy
-//!   fronts one upstream, so instances listening on different addresses,
-//!   or reached under different names, share keys. Only the request that
-//!   leads a flight is rewritten for the upstream; hits and followers skip
-//!   that work.
+//!   a gateway.
+//! - Every request header that reaches the upstream is in the key, or is set
+//!   by the proxy to the same value for every request with that key — or the
+//!   request is one whose answer goes to its own caller alone. So:
+//!   - `X-Forwarded-*`, `Forwarded` and `X-Real-IP` sent by clients are
+//!     dropped (anyone can send them), unless `--trust-forwarded` says a
+//!     trusted load balancer in front sets them; then `X-Forwarded-Host`,
+//!     `-Proto` and `-Port` are keyed.
+//!   - `Host` becomes the upstream's authority. `X-Forwarded-Host` is the
+//!     `--public-host` for every request, and requests are then keyed
+//!     without their authority, so that instances listening on different
+//!     addresses share keys; without `--public-host` it is the client's
+//!     `Host`, which is then in the key.
+//!   - The client's address goes in `X-Forwarded-For` only on requests whose
+//!     answer the layer does not share (bypass and pass-through): the
+//!     request that leads a flight carries no per-client value.
+//! - Only the request that leads a flight is rewritten for the upstream; hits
+//!   and followers skip that work.
 //! - Bodies stream in both directions; only answers up to the layer's
 //!   `max_body_bytes` (1 MiB) are buffered, to be shared.
 //! - An upstream that cannot be reached gives `502 Bad Gateway`.
 //!
 //! Coalescing shares one upstream answer among requests with the same key
-//! (method, path and query, `Accept*` headers): an upstream whose answer depends on
-//! other request headers, such as `X-Forwarded-For`, must say so with `Vary`
-//! or `Cache-Control: private`, which keeps the answer to its own caller.
+//! (method class, path and query, `Accept*` headers, and the forwarding
+//! headers above): an upstream whose answer depends on other request
+//! headers must say so with `Vary` or `Cache-Control: private`, which keeps
+//! the answer to its own caller.
 
 use bytes::Bytes;
 use futures_util::future::{self, TryFutureExt};
@@ -82,12 +95,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt};
 use tower_coalesce::{
-    CoalesceBody, CoalesceConfig, CoalesceLayer, CoalesceService, HttpKey, RedisBackend,
+    CoalesceBody, CoalesceConfig, CoalesceLayer, CoalesceService, HttpKey, Outcome, RedisBackend,
 };
 
 /// The command-line help.
 pub const USAGE: &str = "\
-usage: proxy --upstream URL [--listen ADDR] [--redis URL] [--ttl-ms N] [--lease-ms N] [--header NAME | --no-header]
+usage: proxy --upstream URL [--listen ADDR] [--redis URL] [--ttl-ms N] [--lease-ms N]
+             [--public-host HOST] [--trust-forwarded] [--header NAME | --no-header]
 
   --listen ADDR    where to listen, IP:PORT (default 127.0.0.1:8080)
   --upstream URL   the service behind the proxy, http://host:port (required)
@@ -95,6 +109,12 @@ usage: proxy --upstream URL [--listen ADDR] [--redis URL] [--ttl-ms N] [--lease-
   --ttl-ms N       keep answers for N milliseconds (default 0: coalesce only)
   --lease-ms N     with --redis: how long a flight's lease lasts unrenewed, so how
                    soon others take over from an instance that died (default 10000)
+  --public-host H  the host name clients use, sent as X-Forwarded-Host on every
+                   request; keys then leave the client's Host out, so proxies
+                   reached by different addresses share them
+  --trust-forwarded
+                   keep the X-Forwarded-*/Forwarded headers clients send (only
+                   behind a load balancer that sets them); default: dropped
   --header NAME    cache-status response header (default x-coalesce)
   --no-header      write no cache-status header";
 
@@ -113,7 +133,40 @@ pub struct Args {
     pub lease: Option<Duration>,
     /// The cache-status header, or `None` for none.
     pub header: Option<HeaderName>,
+    /// What the proxy does with forwarding headers.
+    pub forwarding: Forwarding,
 }
+
+/// What the proxy does with the forwarding headers (`X-Forwarded-*`,
+/// `Forwarded`): they reach the upstream and can shape its answer, so each
+/// is either in the key or the same for every request with that key.
+#[derive(Debug, Clone, Default)]
+pub struct Forwarding {
+    /// The host name clients use: sent as `X-Forwarded-Host` on every
+    /// request, and the client's `Host` left out of the key.
+    pub public_host: Option<HeaderValue>,
+    /// Keep the forwarding headers clients send (a trusted load balancer
+    /// sets them); by default they are dropped.
+    pub trust: bool,
+}
+
+/// The forwarding headers a client may send, dropped unless trusted.
+const FORWARDING: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// The trusted forwarding headers that are the same for every request of a
+/// key only because they are in it.
+const KEYED_FORWARDING: [&str; 3] = ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-port"];
+
+/// The trusted forwarding headers that name the client: they reach the
+/// upstream only on requests whose answer is not shared.
+const PER_CLIENT: [&str; 3] = ["x-forwarded-for", "forwarded", "x-real-ip"];
 
 impl Args {
     /// Parses the arguments that follow the program name.
@@ -129,6 +182,7 @@ impl Args {
         let mut lease = None;
         let mut header = Some(HeaderName::from_static("x-coalesce"));
         let (mut named_header, mut no_header) = (false, false);
+        let mut forwarding = Forwarding::default();
 
         let mut args = args.into_iter().map(Into::into);
         while let Some(flag) = args.next() {
@@ -172,6 +226,17 @@ impl Args {
                     header = None;
                     no_header = true;
                 }
+                "--public-host" => {
+                    let v = value()?;
+                    let host = v
+                        .parse::<Authority>()
+                        .ok()
+                        .filter(|a| !a.as_str().contains('@'))
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                        .ok_or_else(|| format!("--public-host {v:?}: expected a host name"))?;
+                    forwarding.public_host = Some(host);
+                }
+                "--trust-forwarded" => forwarding.trust = true,
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -186,6 +251,7 @@ impl Args {
             ttl,
             lease,
             header,
+            forwarding,
         })
     }
 }
@@ -204,7 +270,8 @@ pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
             .map_err(|e| format!("--redis {}: {e}", redact(url)))?;
         config = config.backend(backend);
     }
-    CoalesceLayer::try_with_extractor(config, proxy_key()).map_err(|e| e.to_string())
+    CoalesceLayer::try_with_extractor(config, proxy_key(&args.forwarding))
+        .map_err(|e| e.to_string())
 }
 
 /// The URL without its password, for messages.
@@ -267,12 +334,13 @@ pub type ProxyBody = Either<CoalesceBody<UpstreamBody>, Full<Bytes>>;
 pub struct Forward {
     client: Client<HttpConnector, Incoming>,
     upstream: Arc<Upstream>,
+    forwarding: Arc<Forwarding>,
     /// The address of the client whose connection this serves.
     peer: Option<SocketAddr>,
 }
 
 impl Forward {
-    fn new(upstream: Upstream) -> Self {
+    fn new(upstream: Upstream, forwarding: Forwarding) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         // A black-holed upstream would otherwise hold requests for the
@@ -285,6 +353,7 @@ impl Forward {
         Self {
             client,
             upstream: Arc::new(upstream),
+            forwarding: Arc::new(forwarding),
             peer: None,
         }
     }
@@ -307,15 +376,34 @@ impl Forward {
             .cloned()
             .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
 
+        // The layer marks the request that leads a flight: its answer may
+        // go to every request with its key.
+        let shared = req.extensions().get::<Outcome>() == Some(&Outcome::Leader);
+        let forwarding = &*self.forwarding;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
         headers.append(header::VIA, via);
-        if let Some(addr) = self.peer {
+        if !forwarding.trust {
+            for name in FORWARDING {
+                headers.remove(name);
+            }
+        } else if shared {
+            for name in PER_CLIENT {
+                headers.remove(name);
+            }
+        }
+        if let (Some(addr), false) = (self.peer, shared) {
             append_forwarded_for(headers, addr);
         }
         let forwarded_host = HeaderName::from_static("x-forwarded-host");
-        if let Some(host) = original_host {
-            headers.entry(forwarded_host).or_insert(host);
+        match (&forwarding.public_host, original_host) {
+            (Some(public), _) => {
+                headers.insert(forwarded_host, public.clone());
+            }
+            (None, Some(host)) => {
+                headers.entry(forwarded_host).or_insert(host);
+            }
+            (None, None) => {}
         }
         headers.insert(header::HOST, self.upstream.host.clone());
 
@@ -440,12 +528,23 @@ type CoalesceFuture = <CoalesceService<Forward, HttpKey> as Service<Request<Inco
 /// Turns the layer's response into the proxy's.
 type IntoProxyBody = fn(Response<CoalesceBody<UpstreamBody>>) -> Response<ProxyBody>;
 
-/// The key the proxy coalesces by: [`HttpKey`]'s, without the authority.
-/// The proxy fronts one upstream, so the name a client reached the proxy by
-/// does not change the answer, and every proxy instance shares keys
-/// whatever address it listens on.
-pub fn proxy_key() -> HttpKey {
-    HttpKey::new().without_authority()
+/// The key the proxy coalesces by: [`HttpKey`]'s, so the authority (the
+/// client's `Host`, which reaches the upstream as `X-Forwarded-Host`) is in
+/// it — unless a public host name is set, which every request then sends
+/// instead; so every proxy instance shares keys whatever address it listens
+/// on. With trusted forwarding headers, those that describe the request
+/// rather than the client are keyed.
+pub fn proxy_key(forwarding: &Forwarding) -> HttpKey {
+    let mut key = HttpKey::new();
+    if forwarding.public_host.is_some() {
+        key = key.without_authority();
+    }
+    if forwarding.trust {
+        for name in KEYED_FORWARDING {
+            key = key.vary(HeaderName::from_static(name));
+        }
+    }
+    key
 }
 
 /// The whole proxy for one client connection: sends each request through
@@ -457,11 +556,15 @@ pub struct Proxy {
     forward: Forward,
 }
 
-/// A proxy to `upstream` (`http://host:port`) through `layer`, which should
-/// key by [`proxy_key`] (as [`layer`] does) so that every instance shares keys.
-pub fn proxy_service(upstream: Uri, layer: CoalesceLayer) -> Result<Proxy, String> {
+/// A proxy to `upstream` (`http://host:port`) through `layer`, which must
+/// key by [`proxy_key`] of the same `forwarding` (as [`layer`] does).
+pub fn proxy_service(
+    upstream: Uri,
+    forwarding: Forwarding,
+    layer: CoalesceLayer,
+) -> Result<Proxy, String> {
     let upstream = Upstream::new(&upstream).map_err(|e| format!("upstream {upstream}: {e}"))?;
-    let forward = Forward::new(upstream);
+    let forward = Forward::new(upstream, forwarding);
     Ok(Proxy {
         inner: layer.layer(forward.clone()),
         layer,
@@ -595,7 +698,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let proxy = match proxy_service(args.upstream.clone(), layer.clone()) {
+    let proxy = match proxy_service(
+        args.upstream.clone(),
+        args.forwarding.clone(),
+        layer.clone(),
+    ) {
         Ok(proxy) => proxy,
         Err(error) => {
             eprintln!("proxy: {error}");

@@ -416,16 +416,21 @@ impl<B> KeyExtractor<B> for GrpcKey {
             return None;
         }
         let message = req.extensions().get::<RequestMessage>()?;
-        let mut parts = Vec::with_capacity(self.vary.len() + 2);
-        parts.push(Bytes::copy_from_slice(path.as_bytes()));
-        for name in &self.vary {
-            // One part per header, so that values cannot shift between
-            // headers: ("a: x", no "b") differs from (no "a", "b: x").
+        // The resource: the method and its request message; the variant:
+        // one part per metadata key, so that values cannot shift between
+        // keys: ("a: x", no "b") differs from (no "a", "b: x").
+        let resource = Key::from_parts([path.as_bytes(), &message.0[..]]);
+        let variant = self.vary.iter().map(|name| {
             let values = req.headers().get_all(name).iter().map(|v| v.as_bytes());
-            parts.push(Bytes::copy_from_slice(Key::from_parts(values).as_bytes()));
-        }
-        parts.push(message.0.clone());
-        Some(Key::from_parts(parts))
+            Bytes::copy_from_slice(Key::from_parts(values).resource())
+        });
+        Some(resource.with_variant(variant.collect::<Vec<_>>()))
+    }
+
+    /// The layer lets a call carrying `authorization` coalesce only because
+    /// this says it is keyed.
+    fn keys_header(&self, name: &HeaderName) -> bool {
+        self.vary.contains(name)
     }
 }
 
@@ -434,7 +439,11 @@ impl<B> KeyExtractor<B> for GrpcKey {
 /// outcome in its `x-coalesce` metadata.
 pub fn coalesce_layer() -> CoalesceLayer<GrpcKey> {
     CoalesceLayer::with_extractor(
-        CoalesceConfig::new().outcome_header("x-coalesce"),
+        // gRPC calls are `POST`s: the listed unary methods are keyed by
+        // their whole request message.
+        CoalesceConfig::new()
+            .methods([http::Method::POST])
+            .outcome_header("x-coalesce"),
         GrpcKey::new(COALESCED_METHODS),
     )
 }

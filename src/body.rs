@@ -43,6 +43,14 @@ pin_project! {
             rest: Option<Pin<Box<B>>>,
             error: Option<BoxError>,
         },
+        // One byte range of another body: `skip` bytes dropped, then `left`
+        // bytes given, then the end (trailers dropped). A body that ends
+        // before them ends in an error, never in a short success.
+        Range {
+            body: Pin<Box<CoalesceBody<B>>>,
+            skip: u64,
+            left: u64,
+        },
     }
 }
 
@@ -75,6 +83,17 @@ impl<B> CoalesceBody<B> {
                 prefix: prefix.into(),
                 rest,
                 error,
+            },
+        }
+    }
+
+    /// The bytes `start..start + len` of `body`, read through.
+    pub(crate) fn range(body: Self, start: u64, len: u64) -> Self {
+        Self {
+            kind: Kind::Range {
+                body: Box::pin(body),
+                skip: start,
+                left: len,
             },
         }
     }
@@ -125,6 +144,29 @@ where
                     None => Poll::Ready(None),
                 }
             }
+            KindProj::Range { body, skip, left } => loop {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                let Some(frame) = std::task::ready!(body.as_mut().poll_frame(cx)?) else {
+                    return Poll::Ready(Some(Err("the body ended before the range".into())));
+                };
+                let Ok(mut chunk) = frame.into_data() else {
+                    continue;
+                };
+                let len = chunk.len() as u64;
+                if len <= *skip {
+                    *skip -= len;
+                    continue;
+                }
+                // Both below `len`, a `usize`.
+                let from = *skip as usize;
+                let to = len.min(*skip + *left) as usize;
+                *skip = 0;
+                *left -= (to - from) as u64;
+                chunk = chunk.slice(from..to);
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            },
         }
     }
 
@@ -141,6 +183,7 @@ where
                     && error.is_none()
                     && rest.as_ref().is_none_or(|b| b.is_end_stream())
             }
+            Kind::Range { left, .. } => *left == 0,
         }
     }
 
@@ -162,6 +205,7 @@ where
                 hint.set_lower(hint.lower().saturating_add(buffered));
                 hint
             }
+            Kind::Range { left, .. } => SizeHint::with_exact(*left),
         }
     }
 }
@@ -172,6 +216,7 @@ impl<B> std::fmt::Debug for CoalesceBody<B> {
             Kind::Full { .. } => "Full",
             Kind::Inner { .. } => "Inner",
             Kind::Replay { .. } => "Replay",
+            Kind::Range { .. } => "Range",
         };
         f.debug_struct("CoalesceBody").field("kind", &kind).finish()
     }
@@ -225,6 +270,28 @@ mod tests {
         assert_eq!(first.into_data().unwrap(), "ab");
         let err = body.frame().await.unwrap().unwrap_err();
         assert_eq!(err.to_string(), "broken");
+    }
+
+    #[tokio::test]
+    async fn a_range_of_a_streamed_body_gives_exactly_its_bytes() {
+        let chunks = || {
+            futures_util::stream::iter(
+                ["abc", "def", "ghij"]
+                    .map(|c| Ok::<_, std::io::Error>(Frame::data(Bytes::from(c)))),
+            )
+        };
+        let range = |start, len| {
+            CoalesceBody::range(CoalesceBody::inner(StreamBody::new(chunks())), start, len)
+        };
+        assert_eq!(range(2, 5).collect().await.unwrap().to_bytes(), "cdefg");
+        assert_eq!(
+            range(0, 10).collect().await.unwrap().to_bytes(),
+            "abcdefghij"
+        );
+        assert_eq!(range(9, 1).collect().await.unwrap().to_bytes(), "j");
+        assert_eq!(range(3, 3).size_hint().exact(), Some(3));
+        // Past the end: an error, not a short body.
+        assert!(range(8, 5).collect().await.is_err());
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! [`CoalesceConfig`]: every setting of the layer, with its default.
 
 use crate::backend::{Backend, MemoryBackend};
-use http::HeaderName;
+use http::{header, HeaderName, Method};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +49,9 @@ pub struct CoalesceConfig {
     pub(crate) backend_cooldown: Duration,
     pub(crate) lease: Duration,
     pub(crate) pass_ttl: Duration,
+    pub(crate) pass_memory: usize,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) credentials: Vec<HeaderName>,
     pub(crate) outcome_header: Option<HeaderName>,
     pub(crate) backend: Arc<dyn Backend>,
 }
@@ -71,6 +74,9 @@ impl fmt::Debug for CoalesceConfig {
             .field("backend_cooldown", &self.backend_cooldown)
             .field("lease", &self.lease)
             .field("pass_ttl", &self.pass_ttl)
+            .field("pass_memory", &self.pass_memory)
+            .field("methods", &self.methods)
+            .field("credentials", &self.credentials)
             .field("outcome_header", &self.outcome_header)
             .finish_non_exhaustive()
     }
@@ -90,12 +96,30 @@ impl std::error::Error for ConfigError {}
 
 impl CoalesceConfig {
     /// Checks that the settings can work together:
+    /// - every duration is at most a year ([`MAX_DURATION`](Self::MAX_DURATION)),
+    ///   so that no deadline or expiry computed from it can overflow;
     /// - the lease is at least 3 ms (it is renewed every third of it);
     /// - `wait_timeout` is above zero;
     /// - `backend_timeout` is above zero and below two thirds of the lease,
     ///   so a renewal sent a third of the way through a lease is answered (or
-    ///   given up) before the lease ends.
+    ///   given up) before the lease ends;
+    /// - at least one method may coalesce.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("ttl", self.ttl),
+            ("wait_timeout", self.wait_timeout),
+            ("backend_timeout", self.backend_timeout),
+            ("backend_cooldown", self.backend_cooldown),
+            ("lease", self.lease),
+            ("pass_ttl", self.pass_ttl),
+        ] {
+            if value > Self::MAX_DURATION {
+                return Err(ConfigError(format!(
+                    "{name} {value:?} is too long: at most {:?} (a year)",
+                    Self::MAX_DURATION
+                )));
+            }
+        }
         if self.lease < Duration::from_millis(3) {
             return Err(ConfigError(format!(
                 "lease {:?} is too short: it must be at least 3 ms, as it is renewed every third of it",
@@ -112,20 +136,39 @@ impl CoalesceConfig {
                 "wait_timeout must be greater than zero: a flight needs time to answer".into(),
             ));
         }
+        // Both at most a year, so neither product overflows.
         if self.backend_timeout * 3 >= self.lease * 2 {
             return Err(ConfigError(format!(
                 "backend_timeout {:?} must be below two thirds of the lease {:?}: a renewal that may take longer could not keep the lease",
                 self.backend_timeout, self.lease
             )));
         }
+        if self.methods.is_empty() {
+            return Err(ConfigError(
+                "methods is empty: no request could coalesce".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The longest any duration setting may be: a year. Longer values are
+    /// refused by [`validate`](Self::validate) rather than overflow a
+    /// deadline later.
+    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    /// Whether answers are stored at all (a `ttl` above zero).
+    pub(crate) fn stores(&self) -> bool {
+        !self.ttl.is_zero()
     }
 
     /// The defaults: coalesce concurrent requests but store nothing (`ttl`
     /// zero), share bodies up to 1 MiB, followers wait up to 30 s and then
     /// answer `504`, abandoned flights complete, backend operations are
     /// given up after 250 ms and a failing backend is skipped for 1 s, no
-    /// outcome header, the embedded [`MemoryBackend`].
+    /// outcome header, the embedded [`MemoryBackend`]; `GET` and `HEAD`
+    /// coalesce, and requests with `Authorization`, `Proxy-Authorization`
+    /// or `Cookie` bypass unless keyed; keys whose answers cannot be shared
+    /// are remembered for 5 s in at most 1 MiB.
     pub fn new() -> Self {
         Self {
             ttl: Duration::ZERO,
@@ -137,6 +180,13 @@ impl CoalesceConfig {
             backend_cooldown: Duration::from_secs(1),
             lease: Duration::from_secs(10),
             pass_ttl: Duration::from_secs(5),
+            pass_memory: 1024 * 1024,
+            methods: vec![Method::GET, Method::HEAD],
+            credentials: vec![
+                header::AUTHORIZATION,
+                header::PROXY_AUTHORIZATION,
+                header::COOKIE,
+            ],
             outcome_header: None,
             backend: Arc::new(MemoryBackend::new()),
         }
@@ -249,6 +299,48 @@ impl CoalesceConfig {
     /// flight after another, for answers they would not be given.
     pub fn pass_ttl(mut self, ttl: Duration) -> Self {
         self.pass_ttl = ttl;
+        self
+    }
+
+    /// How much memory the pass-through memory of [`pass_ttl`](Self::pass_ttl)
+    /// may use (default 1 MiB). It keeps a 16-byte digest of each key, not
+    /// the key, and counts [`PASS_ENTRY_BYTES`](Self::PASS_ENTRY_BYTES) per
+    /// key with the cache's own bookkeeping: 1 MiB holds about 8,000 keys,
+    /// however long the keys are. When it is full, the least used are
+    /// forgotten (they then lead a flight again).
+    pub fn pass_memory(mut self, bytes: usize) -> Self {
+        self.pass_memory = bytes;
+        self
+    }
+
+    /// What one key costs in the pass-through memory: its digest and the
+    /// cache's bookkeeping for it (an estimate).
+    pub const PASS_ENTRY_BYTES: usize = 128;
+
+    /// The request methods that may coalesce (default `GET` and `HEAD`);
+    /// requests with any other method bypass, whatever the extractor says.
+    ///
+    /// Only methods whose answer depends on nothing but the key belong here:
+    /// safe methods (RFC 9110 §9.2.1), or for example the `POST` of gRPC
+    /// unary calls whose extractor keys the whole request message. A `HEAD`
+    /// shares the answer of a `GET`: one that leads a flight asks the inner
+    /// service with `GET` (as Varnish and nginx's `proxy_cache_convert_head`
+    /// do), so that its answer can serve both, and `HEAD` callers get it
+    /// without its body.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Adds a request header that carries a credential, such as `X-Api-Key`:
+    /// a request carrying it bypasses the layer unless the extractor keys
+    /// that header ([`KeyExtractor::keys_header`](crate::KeyExtractor::keys_header)),
+    /// which gives each credential its own answers. `Authorization`,
+    /// `Proxy-Authorization` and `Cookie` are always in the list.
+    pub fn credential_header(mut self, name: HeaderName) -> Self {
+        if !self.credentials.contains(&name) {
+            self.credentials.push(name);
+        }
         self
     }
 

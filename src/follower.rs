@@ -5,6 +5,7 @@
 //! woken by it, never polling. A flight that was abandoned sends it back to the
 //! table, where it leads or follows again.
 
+use crate::conditions::Asked;
 use crate::flight::{Landing, Role, Wait};
 use crate::future::mark;
 use crate::layer::Shared;
@@ -115,7 +116,19 @@ where
     }
 }
 
-/// Calls the inner service for this request alone.
+/// This follower's answer from the flight's entry: its own conditions,
+/// range and method applied.
+fn answer<S, ReqBody, ResBody>(
+    call: &Option<(Request<ReqBody>, S)>,
+    entry: &crate::Entry,
+) -> Response<CoalesceBody<ResBody>> {
+    match call {
+        Some((req, _)) => Asked::of(req).answer(entry),
+        None => entry.to_response(),
+    }
+}
+
+/// Calls the inner service for this request alone, as its caller sent it.
 fn pass<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
     call: &mut Option<(Request<ReqBody>, S)>,
@@ -124,7 +137,8 @@ where
     S: Origin<ReqBody, ResBody>,
     ReqBody: Send + 'static,
 {
-    let (req, inner) = call.take().expect("a follower passes only once");
+    let (mut req, inner) = call.take().expect("a follower passes only once");
+    req.extensions_mut().insert(Outcome::Pass);
     bump(&shared.counters.origin_calls);
     State::Passing {
         future: Box::pin(inner.oneshot(req)),
@@ -174,25 +188,19 @@ where
                 }
                 StateProj::Done => panic!("Coalesced polled after completion"),
                 StateProj::Following { wait } => match ready!(wait.poll(cx)) {
-                    Some(Landing::Varied(entry, varied))
-                        if this
+                    // Asked with other values of a header the answer varies on.
+                    Some(Landing::Varied(_, varied))
+                        if !this
                             .call
                             .as_ref()
                             .is_some_and(|(req, _)| varied.matches(req.headers())) =>
                     {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Ok(mark(
-                            entry.to_response(),
-                            Outcome::Follower,
-                            header,
-                        )));
+                        pass(this.shared, this.call)
                     }
-                    // Asked with other values of a header the answer varies on.
-                    Some(Landing::Varied(..)) => pass(this.shared, this.call),
-                    Some(Landing::Done(entry)) => {
+                    Some(Landing::Done(entry) | Landing::Varied(entry, _)) => {
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(mark(
-                            entry.to_response(),
+                            answer(this.call, &entry),
                             Outcome::Follower,
                             header,
                         )));
@@ -223,7 +231,7 @@ where
                             Some(key) => {
                                 if let Some(entry) = leader::local_hit(this.shared, &key) {
                                     return Poll::Ready(Ok(mark(
-                                        entry.to_response(),
+                                        answer(this.call, &entry),
                                         Outcome::Hit,
                                         header,
                                     )));

@@ -5,6 +5,7 @@
 //! rather than in a box of its own (one allocation, and one free, fewer per
 //! follower when a million of them are answered at once).
 
+use crate::conditions::Asked;
 use crate::follower::Coalesced;
 use crate::{BoxError, CoalesceBody, Entry, KeyExtractor, Outcome};
 use bytes::Bytes;
@@ -37,7 +38,7 @@ pin_project! {
     {
         // The entry, not a response built from it: an `Arc`, so hits keep
         // this future small.
-        Ready { entry: Option<Entry> },
+        Ready { entry: Option<Entry>, asked: Asked },
         Direct { #[pin] future: S::Future, outcome: Outcome },
         // Marks its own outcome.
         Coalesced { #[pin] future: Coalesced<S, E, ReqBody, ResBody> },
@@ -48,10 +49,14 @@ impl<S, E, ReqBody, ResBody> ResponseFuture<S, E, ReqBody, ResBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    /// A hit: the stored entry, answered when first polled.
-    pub(crate) fn hit(entry: Entry, header: Option<HeaderName>) -> Self {
+    /// A hit: the stored entry, answered for what the caller asked when
+    /// first polled.
+    pub(crate) fn hit(entry: Entry, asked: Asked, header: Option<HeaderName>) -> Self {
         Self {
-            kind: Kind::Ready { entry: Some(entry) },
+            kind: Kind::Ready {
+                entry: Some(entry),
+                asked,
+            },
             header,
         }
     }
@@ -105,12 +110,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Ready { entry } => {
+            KindProj::Ready { entry, asked } => {
                 let entry = entry
                     .take()
                     .expect("ResponseFuture polled after completion");
                 Poll::Ready(Ok(mark(
-                    entry.to_response(),
+                    asked.answer(&entry),
                     Outcome::Hit,
                     this.header.as_ref(),
                 )))

@@ -7,24 +7,51 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderName, Method, Request};
+use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// The identity of a request: requests with equal keys share one flight and
 /// one cached answer.
 ///
-/// A key is opaque bytes. Build one from anything that decides the answer:
-/// [`Key::from_parts`] separates the parts unambiguously.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(Bytes);
+/// A key has two parts, so that everything stored for one URL can be found
+/// from the URL alone:
+/// - the **resource**: what the request names (for [`HttpKey`], the scheme,
+///   authority, path and query);
+/// - the **variant**: what selects one answer among the resource's (for
+///   [`HttpKey`], the values of the keyed request headers), and the request
+///   method's class, which the layer sets: `GET` for both `GET` and `HEAD`
+///   (a `HEAD` is answered from a `GET`'s answer), the method itself
+///   otherwise.
+///
+/// Two keys are equal only if all three are. [`Key::from_parts`] and
+/// [`Key::with_variant`] frame every part with its length, so no choice of
+/// part contents makes two different lists of parts equal.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    method: Method,
+    /// The resource, then the variant.
+    bytes: Bytes,
+    /// Where the variant starts in `bytes`.
+    split: usize,
+}
 
 impl Key {
-    /// A key made of these bytes, as they are.
+    /// A key whose resource is these bytes, as they are, with no variant.
+    /// The bytes must identify the resource on their own (a path, an id);
+    /// use [`Key::from_parts`] to combine several values.
     pub fn new(bytes: impl Into<Bytes>) -> Self {
-        Key(bytes.into())
+        let bytes = bytes.into();
+        Key {
+            method: Method::GET,
+            split: bytes.len(),
+            bytes,
+        }
     }
 
-    /// A key made of several parts, each length-prefixed, so that
-    /// `["ab", "c"]` and `["a", "bc"]` give different keys.
+    /// A key whose resource is several parts, each framed with its length,
+    /// so that `["ab", "c"]` and `["a", "bc"]` give different keys, and the
+    /// bytes of one key used as a part of another cannot be confused with
+    /// other parts.
     pub fn from_parts<I, P>(parts: I) -> Self
     where
         I: IntoIterator<Item = P>,
@@ -34,23 +61,117 @@ impl Key {
         for part in parts {
             put_part(&mut buf, part.as_ref());
         }
-        Key(buf.freeze())
+        Key::new(buf.freeze())
     }
 
-    /// The key's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+    /// The same resource with this variant: parts (header values, say),
+    /// each framed with its length. Replaces any variant the key had.
+    pub fn with_variant<I, P>(self, parts: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        let mut buf = BytesMut::from(self.resource());
+        for part in parts {
+            put_part(&mut buf, part.as_ref());
+        }
+        Key {
+            method: self.method,
+            bytes: buf.freeze(),
+            split: self.split,
+        }
+    }
+
+    /// The resource: what the request names.
+    pub fn resource(&self) -> &[u8] {
+        &self.bytes[..self.split]
+    }
+
+    /// The variant: what selects one of the resource's answers (empty if
+    /// the resource has one answer).
+    pub fn variant(&self) -> &[u8] {
+        &self.bytes[self.split..]
+    }
+
+    /// The method class: `GET` for `GET` and `HEAD` requests (and for keys
+    /// not made by the layer), the request's method otherwise.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The key of a request made with `method`: the layer sets the class
+    /// itself, whatever the extractor built, so that only requests of one
+    /// class ever share.
+    pub(crate) fn for_method(mut self, method: &Method) -> Self {
+        let class = if method == Method::HEAD {
+            Method::GET
+        } else {
+            method.clone()
+        };
+        if self.method != class {
+            self.method = class;
+        }
+        self
+    }
+
+    /// The first 128 bits of SHA-256 of the resource: the same for every
+    /// variant and method of a resource (`RedisBackend` uses it as the
+    /// cluster hash tag, so all of a resource's names share one slot).
+    pub(crate) fn resource_digest(&self) -> [u8; 16] {
+        truncated(Sha256::digest(self.resource()))
+    }
+
+    /// The first 128 bits of SHA-256 of the method class and variant:
+    /// with [`resource_digest`](Self::resource_digest), it tells the
+    /// resource's answers apart.
+    pub(crate) fn variant_digest(&self) -> [u8; 16] {
+        let mut hasher = Sha256::new();
+        put_hashed(&mut hasher, self.method.as_str().as_bytes());
+        hasher.update(self.variant());
+        truncated(hasher.finalize())
+    }
+
+    /// How many bytes the key holds.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len() + self.method.as_str().len()
+    }
+
+    /// A short stand-in for the key in logs: the first 32 bits of each of
+    /// the two hashes in `RedisBackend`'s key names (resource, then method
+    /// and variant), in hex, so a log line can be matched to its Redis
+    /// keys. Keys may hold credentials (`HttpKey::new().vary(AUTHORIZATION)`),
+    /// so the layer logs this, never the key. Hashed only when formatted.
+    pub fn fingerprint(&self) -> Fingerprint<'_> {
+        Fingerprint(self)
     }
 }
 
-impl Key {
-    /// A short stand-in for the key in logs: the first 8 bytes of its
-    /// SHA-256, in hex — the start of the hash in `RedisBackend`'s key
-    /// names, so a log line can be matched to its Redis keys. Keys may hold
-    /// credentials (`HttpKey::new().vary(AUTHORIZATION)`), so the layer logs
-    /// this, never the key. Hashed only when formatted.
-    pub fn fingerprint(&self) -> Fingerprint<'_> {
-        Fingerprint(self)
+fn truncated(digest: impl AsRef<[u8]>) -> [u8; 16] {
+    let mut out = [0; 16];
+    out.copy_from_slice(&digest.as_ref()[..16]);
+    out
+}
+
+fn put_hashed(hasher: &mut Sha256, part: &[u8]) {
+    let mut len = BytesMut::new();
+    put_len(&mut len, part.len());
+    hasher.update(&len);
+    hasher.update(part);
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.method.as_str(), self.resource(), self.variant()).cmp(&(
+            other.method.as_str(),
+            other.resource(),
+            other.variant(),
+        ))
     }
 }
 
@@ -60,9 +181,11 @@ pub struct Fingerprint<'a>(&'a Key);
 
 impl fmt::Display for Fingerprint<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(self.0.as_bytes());
-        digest[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))
+        let (resource, variant) = (self.0.resource_digest(), self.0.variant_digest());
+        resource[..4]
+            .iter()
+            .chain(&variant[..4])
+            .try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 
@@ -74,24 +197,42 @@ impl fmt::Debug for Fingerprint<'_> {
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Key({:?})", self.0)
+        f.debug_struct("Key")
+            .field("method", &self.method)
+            .field("resource", &Bytes::copy_from_slice(self.resource()))
+            .field("variant", &Bytes::copy_from_slice(self.variant()))
+            .finish()
     }
 }
 
 impl From<String> for Key {
     fn from(s: String) -> Self {
-        Key(Bytes::from(s))
+        Key::new(Bytes::from(s))
     }
 }
 
 impl From<&'static str> for Key {
     fn from(s: &'static str) -> Self {
-        Key(Bytes::from_static(s.as_bytes()))
+        Key::new(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+/// A length, as an unsigned LEB128 varint: any length, no ceiling that
+/// would make two long parts frame alike.
+fn put_len(buf: &mut BytesMut, mut len: usize) {
+    loop {
+        let low = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            buf.put_u8(low);
+            return;
+        }
+        buf.put_u8(low | 0x80);
     }
 }
 
 fn put_part(buf: &mut BytesMut, part: &[u8]) {
-    buf.put_u32(u32::try_from(part.len()).unwrap_or(u32::MAX));
+    put_len(buf, part.len());
     buf.put_slice(part);
 }
 
@@ -103,11 +244,19 @@ fn put_part(buf: &mut BytesMut, part: &[u8]) {
 /// use tower_coalesce::{Key, KeyExtractor};
 /// use http::Request;
 ///
-/// // Coalesce by path only, whatever the method or headers.
+/// // Coalesce by path only, whatever the query or headers.
 /// let by_path = |req: &Request<()>| Some(Key::new(req.uri().path().to_owned()));
 /// let req = Request::get("/items/7?x=1").body(()).unwrap();
 /// assert_eq!(by_path.extract(&req), Some(Key::from("/items/7")));
 /// ```
+///
+/// Whatever the extractor, the layer itself keeps the secure defaults of the
+/// request side: only the [configured methods](crate::CoalesceConfig::methods)
+/// are keyed, and the key's method class is set from the request's (so a
+/// `GET` and a `POST` never share, and a `HEAD` is answered from a `GET`'s
+/// answer without its body); a request carrying a
+/// [credential header](crate::CoalesceConfig::credential_header) bypasses
+/// unless the extractor [keys that header](KeyExtractor::keys_header).
 ///
 /// An extractor that panics is treated as one that returned `None`: the
 /// request bypasses the layer.
@@ -117,12 +266,15 @@ pub trait KeyExtractor<B>: Send + Sync + 'static {
 
     /// Whether the key includes the request's values of the header `name`.
     ///
-    /// It decides what a response with `Vary` may do. If every header it
-    /// varies on is in the key, requests that share a key already agree on
-    /// them: the response is shared and stored like any other. Otherwise it
-    /// goes only to the flight's followers whose values of those headers are
-    /// the leader's, and is never stored. The default is `false` for every
-    /// header, which is always safe.
+    /// It decides two things. A request carrying a credential header
+    /// (`Authorization`, `Cookie`...) is keyed only if its extractor keys
+    /// that header, which gives each principal its own flights and answers;
+    /// otherwise it bypasses. And it decides what a response with `Vary` may
+    /// do: if every header it varies on is in the key, requests that share a
+    /// key already agree on them, so the response is shared and stored like
+    /// any other; otherwise it goes only to the flight's followers whose
+    /// values of those headers are the leader's, and is never stored. The
+    /// default is `false` for every header, which is always safe.
     fn keys_header(&self, name: &HeaderName) -> bool {
         let _ = name;
         false
@@ -138,15 +290,14 @@ where
     }
 }
 
-/// The default extractor: method, authority, path and query, plus the values
-/// of the request headers that vary the answer.
+/// The default extractor: scheme, authority, path and query as the
+/// resource, and the values of the request headers that vary the answer as
+/// the variant.
 ///
-/// It applies the secure defaults of the request side:
-/// - only `GET` and `HEAD` get a key (see [`HttpKey::methods`]);
-/// - a request with a body that is not known to be empty bypasses;
-/// - a request carrying `Authorization` or `Cookie` bypasses, unless that
-///   header is one of the [varying headers](HttpKey::vary), which puts the
-///   credential itself into the key so that each principal has its own.
+/// A request with a body that is not known to be empty gets no key (it
+/// bypasses). Put a credential header among the [varying headers](HttpKey::vary)
+/// to key requests that carry it: the credential itself is then in the key,
+/// so that each principal has its own answers.
 ///
 /// ```
 /// use tower_coalesce::{HttpKey, KeyExtractor};
@@ -164,12 +315,17 @@ where
 /// let (alice, bob) = (req("Bearer a"), req("Bearer b"));
 /// assert_ne!(key.extract(&alice), key.extract(&bob));
 ///
-/// // Without `vary(AUTHORIZATION)`, credentials mean bypass.
-/// assert_eq!(HttpKey::new().extract(&alice), None);
+/// // Without `vary(AUTHORIZATION)`, the layer lets credentials bypass.
+/// let keys = |ext: &HttpKey| KeyExtractor::<Empty<bytes::Bytes>>::keys_header(ext, &header::AUTHORIZATION);
+/// assert!(!keys(&HttpKey::new()));
+/// assert!(keys(&key));
 /// ```
+///
+/// The encoding is unambiguous: two requests get equal keys exactly when
+/// their targets are equal and, for each varying header, the ordered lists
+/// of their values are equal.
 #[derive(Debug, Clone)]
 pub struct HttpKey {
-    methods: Vec<Method>,
     vary: Vec<HeaderName>,
     authority: bool,
 }
@@ -181,10 +337,9 @@ impl Default for HttpKey {
 }
 
 impl HttpKey {
-    /// `GET` and `HEAD`, varying on `Accept`, `Accept-Encoding` and `Accept-Language`.
+    /// Varying on `Accept`, `Accept-Encoding` and `Accept-Language`.
     pub fn new() -> Self {
         Self {
-            methods: vec![Method::GET, Method::HEAD],
             vary: vec![
                 header::ACCEPT,
                 header::ACCEPT_ENCODING,
@@ -207,13 +362,6 @@ impl HttpKey {
         self
     }
 
-    /// The methods that may coalesce; requests with any other method bypass.
-    /// Only safe methods (RFC 9110 §9.2.1) belong here.
-    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.methods = methods.into_iter().collect();
-        self
-    }
-
     /// Adds a request header whose value is part of the key.
     pub fn vary(mut self, name: HeaderName) -> Self {
         if !self.vary.contains(&name) {
@@ -228,58 +376,71 @@ impl HttpKey {
         self
     }
 
-    fn varies_on(&self, name: &HeaderName) -> bool {
-        self.vary.contains(name)
+    /// The resource part of the key of a request for `uri`: what
+    /// [`Key::resource`] holds for every request this extractor keys with
+    /// that target (a request without an authority in its target takes it
+    /// from `Host`).
+    pub fn resource(&self, uri: &http::Uri) -> Bytes {
+        let mut buf = BytesMut::with_capacity(64);
+        self.put_resource(&mut buf, uri, None);
+        buf.freeze()
     }
-}
 
-impl<B: http_body::Body> KeyExtractor<B> for HttpKey {
-    fn keys_header(&self, name: &HeaderName) -> bool {
-        self.varies_on(name)
-    }
-
-    fn extract(&self, req: &Request<B>) -> Option<Key> {
-        if !self.methods.contains(req.method()) || !req.body().is_end_stream() {
-            return None;
-        }
-        let headers = req.headers();
-        for credential in [header::AUTHORIZATION, header::COOKIE] {
-            if headers.contains_key(&credential) && !self.varies_on(&credential) {
-                return None;
-            }
-        }
-        let uri = req.uri();
+    fn put_resource(&self, buf: &mut BytesMut, uri: &http::Uri, host: Option<&[u8]>) {
         let (scheme, authority) = if self.authority {
             let authority = uri
                 .authority()
                 .map(|a| a.as_str().as_bytes())
-                .or_else(|| headers.get(header::HOST).map(|h| h.as_bytes()))
+                .or(host)
                 .unwrap_or_default();
             (uri.scheme_str().unwrap_or_default().as_bytes(), authority)
         } else {
             (&b""[..], &b""[..])
         };
-        let mut buf = BytesMut::with_capacity(64);
-        put_part(&mut buf, req.method().as_str().as_bytes());
-        put_part(&mut buf, scheme);
-        put_part(&mut buf, authority);
+        put_part(buf, scheme);
+        put_part(buf, authority);
         put_part(
-            &mut buf,
+            buf,
             uri.path_and_query()
                 .map_or("/", |pq| pq.as_str())
                 .as_bytes(),
         );
+    }
+}
+
+impl<B: http_body::Body> KeyExtractor<B> for HttpKey {
+    fn keys_header(&self, name: &HeaderName) -> bool {
+        self.vary.contains(name)
+    }
+
+    fn extract(&self, req: &Request<B>) -> Option<Key> {
+        if !req.body().is_end_stream() {
+            return None;
+        }
+        let headers = req.headers();
+        let mut buf = BytesMut::with_capacity(64);
+        let host = headers.get(header::HOST).map(|h| h.as_bytes());
+        self.put_resource(&mut buf, req.uri(), host);
+        let split = buf.len();
+        // Each header present: its name, how many values, then the values.
+        // The count keeps values from shifting between headers.
         for name in &self.vary {
-            let mut values = headers.get_all(name).iter().peekable();
-            if values.peek().is_none() {
+            let values = headers.get_all(name);
+            let count = values.iter().count();
+            if count == 0 {
                 continue;
             }
             put_part(&mut buf, name.as_str().as_bytes());
+            put_len(&mut buf, count);
             for value in values {
                 put_part(&mut buf, value.as_bytes());
             }
         }
-        Some(Key(buf.freeze()))
+        Some(Key {
+            method: Method::GET,
+            bytes: buf.freeze(),
+            split,
+        })
     }
 }
 
@@ -313,14 +474,13 @@ mod tests {
     }
 
     #[test]
-    fn path_query_host_and_method_are_in_the_key() {
+    fn path_query_and_host_are_in_the_key() {
         assert_ne!(key(get("/a?b=1")), key(get("/a?b=2")));
         assert_ne!(key(get("/a")), key(get("/b")));
         assert_ne!(
             key(get("/a").header("host", "x")),
             key(get("/a").header("host", "y"))
         );
-        assert_ne!(key(get("/a")), key(Request::head("/a")));
     }
 
     #[test]
@@ -354,30 +514,99 @@ mod tests {
     }
 
     #[test]
-    fn unsafe_methods_bypass() {
-        assert_eq!(key(Request::post("/a")), None);
-        assert_eq!(key(Request::delete("/a")), None);
+    fn a_credential_in_the_vary_list_is_keyed_by_value() {
+        let ext = HttpKey::new().vary(header::COOKIE);
+        let keys = |ext: &HttpKey| KeyExtractor::<Full<Bytes>>::keys_header(ext, &header::COOKIE);
+        assert!(keys(&ext));
+        assert!(!keys(&HttpKey::new()));
+        let k = |v: &str| {
+            ext.extract(
+                &get("/a")
+                    .header("cookie", v)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+        };
+        assert!(k("s=1").is_some());
+        assert_ne!(k("s=1"), k("s=2"));
     }
 
     #[test]
-    fn credentials_bypass_unless_they_vary_the_key() {
-        assert_eq!(key(get("/a").header("cookie", "s=1")), None);
-        assert_eq!(key(get("/a").header("authorization", "Basic x")), None);
-        let ext = HttpKey::new().vary(header::COOKIE);
-        let a = ext.extract(
-            &get("/a")
-                .header("cookie", "s=1")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
+    fn header_values_cannot_shift_between_headers() {
+        // Three `Accept` lines spelling another header's name and value are
+        // not `Accept` + `Accept-Encoding`.
+        let shifted = key(get("/a")
+            .header("accept", "text/html")
+            .header("accept", "accept-encoding")
+            .header("accept", "gzip"));
+        let two = key(get("/a")
+            .header("accept", "text/html")
+            .header("accept-encoding", "gzip"));
+        assert_ne!(shifted, two);
+        // Nor can a keyed tenant be spelled inside another header.
+        let ext = HttpKey::new().vary_only([header::ACCEPT, HeaderName::from_static("x-tenant")]);
+        let k =
+            |req: http::request::Builder| ext.extract(&req.body(Full::new(Bytes::new())).unwrap());
+        assert_ne!(
+            k(get("/a")
+                .header("accept", "x")
+                .header("accept", "x-tenant")
+                .header("accept", "victim")),
+            k(get("/a").header("accept", "x").header("x-tenant", "victim"))
         );
-        let b = ext.extract(
-            &get("/a")
-                .header("cookie", "s=2")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
+    }
+
+    #[test]
+    fn resource_and_variant_are_apart() {
+        let k = key(get("http://h/a?q").header("accept", "text/html")).unwrap();
+        assert_eq!(
+            k.resource(),
+            &HttpKey::new().resource(&"http://h/a?q".parse().unwrap())[..]
         );
-        assert!(a.is_some());
-        assert_ne!(a, b);
+        assert!(!k.variant().is_empty());
+        // A plain request of the same target has the same resource.
+        assert_eq!(key(get("http://h/a?q")).unwrap().resource(), k.resource());
+        assert!(key(get("http://h/a?q")).unwrap().variant().is_empty());
+        // Bytes cannot move between the resource and the variant.
+        assert_ne!(
+            Key::new("ab").with_variant(["c"]),
+            Key::new("a").with_variant(["bc"])
+        );
+        assert_ne!(
+            Key::new("a").resource_digest(),
+            Key::new("b").resource_digest()
+        );
+        let v = Key::new("a").with_variant(["x"]);
+        assert_eq!(v.resource_digest(), Key::new("a").resource_digest());
+        assert_ne!(v.variant_digest(), Key::new("a").variant_digest());
+    }
+
+    #[test]
+    fn the_method_class_joins_head_with_get_and_parts_others() {
+        let base = Key::new("/a");
+        assert_eq!(
+            base.clone().for_method(&Method::HEAD),
+            base.clone().for_method(&Method::GET)
+        );
+        assert_ne!(
+            base.clone().for_method(&Method::POST),
+            base.clone().for_method(&Method::GET)
+        );
+        assert_eq!(base.clone().for_method(&Method::HEAD).method(), Method::GET);
+        assert_ne!(
+            base.clone().for_method(&Method::POST).variant_digest(),
+            base.for_method(&Method::GET).variant_digest()
+        );
+    }
+
+    #[test]
+    fn long_parts_are_framed_without_a_ceiling() {
+        let mut buf = BytesMut::new();
+        put_len(&mut buf, 300);
+        assert_eq!(&buf[..], [0xac, 0x02]);
+        let mut buf = BytesMut::new();
+        put_len(&mut buf, 0);
+        assert_eq!(&buf[..], [0]);
     }
 
     #[test]
@@ -399,5 +628,63 @@ mod tests {
             key(get("/a").header("accept", v1)),
             key(get("/a").header("accept", v2))
         );
+    }
+
+    mod equivalence {
+        //! Two requests get equal keys if and only if their keyed parts are
+        //! equal: the target, and for each keyed header the ordered list of
+        //! its values.
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 3] = ["accept", "accept-encoding", "x-tenant"];
+
+        #[derive(Debug, Clone, PartialEq)]
+        struct Asked {
+            path: String,
+            // Per keyed header, its values in order.
+            values: Vec<Vec<String>>,
+        }
+
+        fn asked() -> impl Strategy<Value = Asked> {
+            // Small alphabets, names among the values: collisions are likely
+            // if the encoding allows them.
+            let value = prop_oneof![
+                Just("accept".to_owned()),
+                Just("x-tenant".to_owned()),
+                Just("gzip".to_owned()),
+                "[a-c,]{0,3}",
+            ];
+            (
+                prop_oneof![Just("/a".to_owned()), Just("/a?x".to_owned()), "/[ab]{0,2}"],
+                proptest::collection::vec(proptest::collection::vec(value, 0..3), 3),
+            )
+                .prop_map(|(path, values)| Asked { path, values })
+        }
+
+        fn key_of(asked: &Asked) -> Key {
+            let ext = HttpKey::new().vary_only(NAMES.map(HeaderName::from_static));
+            let mut req = Request::get(asked.path.as_str());
+            for (name, values) in NAMES.iter().zip(&asked.values) {
+                for v in values {
+                    req = req.header(*name, v.as_str());
+                }
+            }
+            ext.extract(&req.body(Full::new(Bytes::new())).unwrap())
+                .unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn equal_keys_iff_equal_keyed_parts(a in asked(), b in asked()) {
+                prop_assert_eq!(key_of(&a) == key_of(&b), a == b);
+            }
+
+            #[test]
+            fn a_request_equals_itself(a in asked()) {
+                prop_assert_eq!(key_of(&a), key_of(&a.clone()));
+            }
+        }
     }
 }

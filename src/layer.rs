@@ -29,19 +29,71 @@ pub(crate) struct Shared<E> {
     /// Keys whose last answer could not be shared, for `pass_ttl`: requests
     /// for them go straight to the origin instead of queueing behind a flight
     /// whose answer they could not have (Varnish's hit-for-pass).
-    pub(crate) passes: Option<moka::sync::Cache<Key, ()>>,
+    pub(crate) passes: Option<Passes>,
     /// Whether the backend is failing, and should be skipped for a while.
     pub(crate) breaker: crate::breaker::Breaker,
 }
 
+/// The pass-through memory: a digest per key, never the key itself, so its
+/// size is bounded by bytes however long keys are. Two keys with one digest
+/// only make the second pass for a while: answers stay correct.
+pub(crate) struct Passes {
+    keys: moka::sync::Cache<u64, ()>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Passes {
+    fn new(ttl: std::time::Duration, bytes: usize) -> Self {
+        let entries = (bytes / CoalesceConfig::PASS_ENTRY_BYTES).max(1) as u64;
+        Self {
+            keys: moka::sync::Cache::builder()
+                .max_capacity(entries)
+                .time_to_live(ttl)
+                .build(),
+            hasher: Default::default(),
+        }
+    }
+
+    fn digest(&self, key: &Key) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
+    pub(crate) fn contains(&self, key: &Key) -> bool {
+        self.keys.contains_key(&self.digest(key))
+    }
+
+    pub(crate) fn insert(&self, key: &Key) {
+        self.keys.insert(self.digest(key), ());
+    }
+}
+
 impl<E> Shared<E> {
-    /// The request's key, or `None` if it has none. An extractor that panics
-    /// gives `None` too: the request then bypasses the layer rather than fail.
+    /// The request's key, or `None` if it bypasses: a method that does not
+    /// coalesce, a credential the extractor does not key, or no key from the
+    /// extractor. An extractor that panics gives `None` too: the request
+    /// then bypasses the layer rather than fail.
     pub(crate) fn key<B>(&self, req: &Request<B>) -> Option<Key>
     where
         E: KeyExtractor<B>,
     {
-        match catch_unwind(AssertUnwindSafe(|| self.extractor.extract(req))) {
+        let config = &self.config;
+        if !config.methods.contains(req.method()) {
+            return None;
+        }
+        let keyed = || {
+            let headers = req.headers();
+            let unkeyed_credential = config
+                .credentials
+                .iter()
+                .any(|name| headers.contains_key(name) && !self.extractor.keys_header(name));
+            if unkeyed_credential {
+                return None;
+            }
+            let key = self.extractor.extract(req)?;
+            Some(key.for_method(req.method()))
+        };
+        match catch_unwind(AssertUnwindSafe(keyed)) {
             Ok(key) => key,
             Err(panic) => {
                 tracing::error!(
@@ -84,12 +136,8 @@ impl<E> CoalesceLayer<E> {
     /// A layer keyed by `extractor`, or why the configuration cannot work.
     pub fn try_with_extractor(config: CoalesceConfig, extractor: E) -> Result<Self, ConfigError> {
         config.validate()?;
-        let passes = (!config.pass_ttl.is_zero()).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(config.pass_ttl)
-                .build()
-        });
+        let passes =
+            (!config.pass_ttl.is_zero()).then(|| Passes::new(config.pass_ttl, config.pass_memory));
         let breaker = crate::breaker::Breaker::new(config.backend_cooldown);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -136,5 +184,31 @@ impl<S, E> Layer<S> for CoalesceLayer<E> {
 
     fn layer(&self, inner: S) -> Self::Service {
         CoalesceService::new(inner, self.shared.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_pass_memory_keeps_digests_within_its_byte_bound() {
+        let bytes = 8 * CoalesceConfig::PASS_ENTRY_BYTES;
+        let passes = Passes::new(Duration::from_secs(60), bytes);
+        // Keys of 256 KiB each: what is kept is their digests, and no more
+        // of them than the bound allows.
+        let keys: Vec<Key> = (0..100u8).map(|i| Key::new(vec![i; 256 * 1024])).collect();
+        for key in &keys {
+            passes.insert(key);
+        }
+        passes.keys.run_pending_tasks();
+        assert!(
+            passes.keys.entry_count() <= 8,
+            "{}",
+            passes.keys.entry_count()
+        );
+        assert!(keys.iter().any(|k| passes.contains(k)));
+        assert!(!passes.contains(&Key::new("never inserted")));
     }
 }

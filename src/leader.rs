@@ -7,6 +7,8 @@
 //! on every path — answer, error, panic, cancellation — so no follower waits
 //! on a flight nobody will finish.
 
+use crate::backend::Completion;
+use crate::conditions::Asked;
 use crate::flight::{FlightGuard, Landing};
 use crate::layer::Shared;
 use crate::policy::{self, Sharing};
@@ -65,7 +67,7 @@ pub(crate) type Own<B, E> = Result<(Response<CoalesceBody<B>>, Outcome), E>;
 
 /// A fresh entry held in this process's memory, if caching is on.
 pub(crate) fn local_hit<E>(shared: &Shared<E>, key: &Key) -> Option<Entry> {
-    if shared.config.ttl.is_zero() {
+    if !shared.config.stores() {
         return None;
     }
     let entry = shared.config.backend.get_local(key)?;
@@ -78,7 +80,7 @@ pub(crate) fn spawn<S, E, ReqBody, ResBody>(
     shared: Arc<Shared<E>>,
     guard: FlightGuard,
     key: Key,
-    req: Request<ReqBody>,
+    mut req: Request<ReqBody>,
     inner: S,
 ) -> oneshot::Receiver<Own<ResBody, S::Error>>
 where
@@ -92,7 +94,13 @@ where
     // The flight's span: every event of the flight (origin answer, backend
     // trouble, takeover, timeout) carries the key's fingerprint.
     let span = tracing::debug_span!("coalesce.flight", key = %key.fingerprint());
-    tokio::spawn(run(shared, guard, key, req, inner, own_tx).instrument(span));
+    // The flight asks for the whole representation, for every caller; the
+    // leader's caller gets its own conditions applied like the others.
+    let asked = Asked::take(&mut req);
+    // Tells the inner service that its answer may be shared: it must not
+    // depend on anything of this caller's that is not in the key.
+    req.extensions_mut().insert(Outcome::Leader);
+    tokio::spawn(run(shared, guard, key, asked, req, inner, own_tx).instrument(span));
     own_rx
 }
 
@@ -100,6 +108,7 @@ async fn run<S, E, ReqBody, ResBody>(
     shared: Arc<Shared<E>>,
     guard: FlightGuard,
     key: Key,
+    asked: Asked,
     req: Request<ReqBody>,
     inner: S,
     mut own_tx: oneshot::Sender<Own<ResBody, S::Error>>,
@@ -114,7 +123,7 @@ async fn run<S, E, ReqBody, ResBody>(
     // a million followers costs one timer, and no follower waits longer than
     // `wait_timeout` whenever it joined.
     let deadline = tokio::time::Instant::now() + config.wait_timeout;
-    let work = AssertUnwindSafe(fly(&shared, &key, deadline, req, inner)).catch_unwind();
+    let work = AssertUnwindSafe(fly(&shared, &key, deadline, &asked, req, inner)).catch_unwind();
     let mut work = std::pin::pin!(work);
     let expiry = tokio::time::sleep_until(deadline);
     let mut expiry = std::pin::pin!(expiry);
@@ -161,7 +170,25 @@ async fn run<S, E, ReqBody, ResBody>(
         }
     };
     let (landing, own) = match finished {
-        Some(Ok(done)) => done,
+        Some(Ok(Flown::Landed(landing, own))) => (landing, own),
+        Some(Ok(Flown::Pass(req, inner))) => {
+            // The followers go to the origin at once, in parallel with this
+            // caller's own call.
+            if let Some(guard) = guard {
+                guard.land(Landing::Uncacheable);
+            }
+            let own = match AssertUnwindSafe(inner.oneshot(req)).catch_unwind().await {
+                Ok(own) => own.map(|res| (res.map(CoalesceBody::inner), Outcome::Pass)),
+                Err(panic) => {
+                    bump(&shared.counters.panics);
+                    let message = crate::error::panic_message(&*panic);
+                    let error = FlightError::new(FlightErrorKind::Panic, message);
+                    Ok((error_response(error, grpc), Outcome::Pass))
+                }
+            };
+            let _ = own_tx.send(own);
+            return;
+        }
         Some(Err(panic)) => {
             bump(&shared.counters.errors);
             bump(&shared.counters.panics);
@@ -183,14 +210,25 @@ async fn run<S, E, ReqBody, ResBody>(
     let _ = own_tx.send(own);
 }
 
+/// How a flight's work ended.
+enum Flown<S, ReqBody, B, E> {
+    /// Land this for the followers; answer the leader's caller with that.
+    Landed(Landing, Own<B, E>),
+    /// The key's answers cannot be shared: the followers go to the origin
+    /// themselves, and so does the leader's caller, with this request (as
+    /// it sent it) and service.
+    Pass(Request<ReqBody>, S),
+}
+
 /// The flight itself: backend, origin, body, policy, store.
 async fn fly<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
     key: &Key,
     deadline: tokio::time::Instant,
-    req: Request<ReqBody>,
+    asked: &Asked,
+    mut req: Request<ReqBody>,
     inner: S,
-) -> (Landing, Own<ResBody, S::Error>)
+) -> Flown<S, ReqBody, ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
     E: KeyExtractor<ReqBody>,
@@ -198,12 +236,12 @@ where
 {
     let config = &shared.config;
     let counters = &shared.counters;
-    if !config.ttl.is_zero() {
+    if config.stores() {
         match optional(shared, |backend| backend.lookup(key)).await {
             Ok(Some(entry)) => {
                 bump(&counters.hits);
-                let res = entry.to_response();
-                return (Landing::Done(entry), Ok((res, Outcome::Hit)));
+                let res = asked.answer(&entry);
+                return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Hit)));
             }
             Ok(None) => {}
             Err(unavailable) => {
@@ -212,15 +250,26 @@ where
         }
     }
 
-    let lease = if config.ttl.is_zero() {
+    let lease = if !config.stores() {
         // Nothing is stored, so nothing could be handed to another process.
         None
     } else {
         match crate::remote::elect(shared, key, deadline).await {
             Elected::Lead(lease) => lease,
-            Elected::Answer(entry) => {
-                let res = entry.to_response();
-                return (Landing::Done(entry), Ok((res, Outcome::Follower)));
+            Elected::Answer(entry) | Elected::Shared(entry) => {
+                let res = asked.answer(&entry);
+                return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Follower)));
+            }
+            Elected::Pass => {
+                tracing::debug!("another instance found the answer private; calling the origin");
+                if let Some(passes) = &shared.passes {
+                    passes.insert(key);
+                }
+                bump(&counters.passes);
+                bump(&counters.origin_calls);
+                asked.restore(&mut req);
+                req.extensions_mut().insert(Outcome::Pass);
+                return Flown::Pass(req, inner);
             }
             Elected::Timeout => match config.wait_fallback {
                 WaitFallback::CallOrigin => None,
@@ -237,7 +286,7 @@ where
                         error_response(error.clone(), is_grpc(&req)),
                         Outcome::Leader,
                     ));
-                    return (Landing::Failed(error), own);
+                    return Flown::Landed(Landing::Failed(error), own);
                 }
             },
         }
@@ -246,23 +295,39 @@ where
     let held = lease
         .as_ref()
         .map(|token| crate::remote::Held::new(shared, key, token));
-    let produced = produce(shared, req, inner);
+    let produced = produce(shared, asked, req, inner);
     let (Produced { landing, own, keep }, lost) = match &lease {
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
         None => (produced.await, false),
     };
     if matches!(landing, Landing::Uncacheable) {
         if let Some(passes) = &shared.passes {
-            passes.insert(key.clone(), ());
+            passes.insert(key);
         }
     }
     // Marked as stored now: answers later made from it carry their `Age`.
     let keep = keep
-        .filter(|_| !config.ttl.is_zero())
+        .filter(|_| config.stores())
         .map(|entry| entry.stored(std::time::SystemTime::now()));
     match lease {
         Some(lease) => {
-            crate::remote::complete(shared, key, &lease, keep, lost).await;
+            let completion = match (keep, &landing) {
+                (Some(entry), _) => Completion::Stored {
+                    entry,
+                    ttl: config.ttl,
+                },
+                (None, Landing::Done(entry)) => Completion::Shared(entry.clone()),
+                // The leader's values of headers outside the key decided
+                // it: other instances' callers may differ in them.
+                (None, Landing::Varied(..)) => Completion::Pass {
+                    ttl: std::time::Duration::ZERO,
+                },
+                (None, Landing::Uncacheable) => Completion::Pass {
+                    ttl: config.pass_ttl,
+                },
+                (None, Landing::Failed(_)) => Completion::Released,
+            };
+            crate::remote::complete(shared, key, &lease, completion, lost).await;
             if let Some(held) = held {
                 held.disarm();
             }
@@ -280,7 +345,7 @@ where
             }
         }
     }
-    (landing, own)
+    Flown::Landed(landing, own)
 }
 
 /// What the origin call produced: the landing for the followers, the leader
@@ -294,6 +359,7 @@ struct Produced<B, E> {
 /// Calls the origin, judges the response and buffers its body.
 async fn produce<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
+    asked: &Asked,
     req: Request<ReqBody>,
     inner: S,
 ) -> Produced<ResBody, S::Error>
@@ -307,7 +373,7 @@ where
     // Kept for a response that varies on headers outside the key: followers
     // then share it only if their values are the leader's. Header values are
     // reference-counted, so this costs one small map per flight.
-    let asked = req.headers().clone();
+    let sent = req.headers().clone();
     let res = match inner.oneshot(req).await {
         Ok(res) => res,
         Err(error) => {
@@ -326,7 +392,7 @@ where
     let varied = policy::varied_on(&head.headers)
         .filter(|name| !shared.extractor.keys_header(name))
         .map(|name| {
-            let values = asked.get_all(&name).iter().cloned().collect();
+            let values = sent.get_all(&name).iter().cloned().collect();
             (name, values)
         })
         .collect::<Vec<_>>();
@@ -337,7 +403,7 @@ where
     }
     if sharing == Sharing::Private {
         bump(&counters.uncacheable);
-        let own = Response::from_parts(head, CoalesceBody::inner(body));
+        let own = asked.answer_streamed(head, CoalesceBody::inner(body));
         return Produced {
             landing: Landing::Uncacheable,
             own: Ok((own, Outcome::Leader)),
@@ -348,14 +414,8 @@ where
     match buffer(body, shared.config.max_body_bytes).await {
         Buffered::Whole { data, trailers } => {
             let sharing = policy::judge_trailers(sharing, trailers.as_ref());
-            let entry = Entry::new(
-                head.status,
-                head.version,
-                head.headers.clone(),
-                data.clone(),
-                trailers.clone(),
-            );
-            let own = Response::from_parts(head, CoalesceBody::full(data, trailers));
+            let entry = Entry::new(head.status, head.version, head.headers, data, trailers);
+            let own = asked.answer(&entry);
             let keep = (sharing == Sharing::Store).then(|| entry.clone());
             let landing = if varied.is_empty() {
                 Landing::Done(entry)
@@ -370,7 +430,7 @@ where
         }
         Buffered::TooLarge { prefix, rest } => {
             bump(&counters.uncacheable);
-            let own = Response::from_parts(head, CoalesceBody::replay(prefix, Some(rest), None));
+            let own = asked.answer_streamed(head, CoalesceBody::replay(prefix, Some(rest), None));
             Produced {
                 landing: Landing::Uncacheable,
                 own: Ok((own, Outcome::Leader)),

@@ -97,6 +97,7 @@
 pub mod backend;
 mod body;
 mod breaker;
+mod conditions;
 mod config;
 mod entry;
 mod error;
@@ -111,7 +112,10 @@ mod remote;
 mod service;
 mod stats;
 
-pub use backend::{Backend, BackendError, LeaseToken, MemoryBackend, RedisBackend, Watch};
+pub use backend::{
+    Backend, BackendError, Completion, LeaseToken, MemoryBackend, Notice, RedisBackend, TryLock,
+    Watch,
+};
 pub use body::{BoxError, CoalesceBody};
 pub use config::{CoalesceConfig, ConfigError, WaitFallback};
 pub use entry::{DecodeError, Entry};

@@ -21,8 +21,10 @@ pub(crate) enum Sharing {
 
 /// Judges a response head.
 ///
-/// - `Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *` (or a
-///   `Vary` that cannot be read), and `206 Partial Content`: private.
+/// - `Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *`, a
+///   `Cache-Control` or `Vary` that cannot be read (fail closed), and the
+///   answers made for one request's own conditions — `206`, `304`, `412`,
+///   `416` — which no other request asked for: private.
 /// - `Vary` naming headers is not judged here: the flight compares those
 ///   headers (see [`varied_on`]).
 /// - Server errors (5xx), gRPC errors (a `grpc-status` other than `0` in the
@@ -32,17 +34,19 @@ pub(crate) enum Sharing {
 /// - Everything else: shared and stored.
 pub(crate) fn judge(head: &response::Parts) -> Sharing {
     let headers = &head.headers;
+    let Ok(directives) = cache_control(headers) else {
+        return Sharing::Private;
+    };
+    let has = |name: &str| directives.iter().any(|d| d.eq_ignore_ascii_case(name));
     if headers.contains_key(header::SET_COOKIE)
         || varies_on_everything(headers)
-        || head.status == StatusCode::PARTIAL_CONTENT
-        || cache_control_has(headers, &["private", "no-store"])
+        || made_for_one_request(head.status)
+        || has("private")
+        || has("no-store")
     {
         return Sharing::Private;
     }
-    if head.status.is_server_error()
-        || grpc_failed(headers)
-        || cache_control_has(headers, &["no-cache"])
-    {
+    if head.status.is_server_error() || grpc_failed(headers) || has("no-cache") {
         return Sharing::FlightOnly;
     }
     Sharing::Store
@@ -84,16 +88,88 @@ fn varies_on_everything(headers: &HeaderMap) -> bool {
     vary_names(headers).any(|name| name == "*" || HeaderName::from_bytes(name.as_bytes()).is_err())
 }
 
-/// Whether any `Cache-Control` directive is one of `names` (case-insensitive,
-/// arguments such as `private="x"` included).
-fn cache_control_has(headers: &HeaderMap, names: &[&str]) -> bool {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|d| d.split('=').next().unwrap_or_default().trim())
-        .any(|d| names.iter().any(|n| d.eq_ignore_ascii_case(n)))
+/// Statuses that answer one request's own preconditions or range: the
+/// flight's request carries none, so an origin that sends one anyway made
+/// it for no one else.
+fn made_for_one_request(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::PARTIAL_CONTENT
+            | StatusCode::NOT_MODIFIED
+            | StatusCode::PRECONDITION_FAILED
+            | StatusCode::RANGE_NOT_SATISFIABLE
+    )
+}
+
+/// The directive names of every `Cache-Control` field line (RFC 9111 §5.2:
+/// `token [ "=" ( token / quoted-string ) ]`, comma-separated), or `Err` if
+/// any line does not follow the grammar, bytes outside visible ASCII
+/// included: a directive that cannot be read might have been `private`.
+fn cache_control(headers: &HeaderMap) -> Result<Vec<&str>, ()> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let line = value.to_str().map_err(|_| ())?;
+        let mut rest = line.as_bytes();
+        loop {
+            rest = skip(rest, |b| b == b',' || is_ows(b));
+            if rest.is_empty() {
+                break;
+            }
+            let name_len = rest.iter().take_while(|&&b| is_tchar(b)).count();
+            if name_len == 0 {
+                return Err(());
+            }
+            // The bytes are ASCII, so any split is a char boundary.
+            let start = line.len() - rest.len();
+            names.push(&line[start..start + name_len]);
+            rest = skip(&rest[name_len..], is_ows);
+            if let Some(arg) = rest.strip_prefix(b"=") {
+                rest = skip(arg, is_ows);
+                rest = match rest.strip_prefix(b"\"") {
+                    Some(quoted) => after_quoted(quoted)?,
+                    None => {
+                        let len = rest.iter().take_while(|&&b| is_tchar(b)).count();
+                        if len == 0 {
+                            return Err(());
+                        }
+                        &rest[len..]
+                    }
+                };
+                rest = skip(rest, is_ows);
+            }
+            match rest.first() {
+                None | Some(b',') => {}
+                Some(_) => return Err(()),
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// What follows a quoted string whose opening quote is already read.
+fn after_quoted(mut rest: &[u8]) -> Result<&[u8], ()> {
+    loop {
+        match rest {
+            [b'"', after @ ..] => return Ok(after),
+            [b'\\', _, after @ ..] => rest = after,
+            [_, after @ ..] => rest = after,
+            [] => return Err(()),
+        }
+    }
+}
+
+fn skip(bytes: &[u8], what: impl Fn(u8) -> bool) -> &[u8] {
+    let n = bytes.iter().take_while(|&&b| what(b)).count();
+    &bytes[n..]
+}
+
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// RFC 9110 §5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -137,6 +213,48 @@ mod tests {
         );
         assert_eq!(judge(&head(200, &[("vary", "*")])), Sharing::Private);
         assert_eq!(judge(&head(206, &[])), Sharing::Private);
+    }
+
+    #[test]
+    fn answers_made_for_one_requests_conditions_stay_private() {
+        for status in [206, 304, 412, 416] {
+            assert_eq!(judge(&head(status, &[])), Sharing::Private, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_cache_control_that_cannot_be_read_makes_the_answer_private() {
+        let mut h = head(200, &[]);
+        h.headers.insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_bytes(b"private, ext=\"caf\xe9\"").unwrap(),
+        );
+        assert_eq!(judge(&h), Sharing::Private);
+        for bad in ["max-age=60 private", "=5", "ext=\"open", "max-age=", "a b"] {
+            assert_eq!(
+                judge(&head(200, &[("cache-control", bad)])),
+                Sharing::Private,
+                "{bad}"
+            );
+        }
+        // Well-formed, with quoted commas and escapes: judged by its names.
+        for good in [
+            "max-age=60, ext=\"a, private\"",
+            "public,,max-age=5",
+            "ext=\"q\\\"x\", max-age=1",
+            "max-age=abc",
+        ] {
+            assert_eq!(
+                judge(&head(200, &[("cache-control", good)])),
+                Sharing::Store,
+                "{good}"
+            );
+        }
+        // A bad freshness argument is not a sharing question.
+        assert_eq!(
+            judge(&head(200, &[("cache-control", "max-age=-1")])),
+            Sharing::Store
+        );
     }
 
     #[test]

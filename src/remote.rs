@@ -9,7 +9,7 @@
 //! leaves a lease that ends without a message. A backend that fails or is
 //! slow turns the flight into a process-local one; it never fails a request.
 
-use crate::backend::LeaseToken;
+use crate::backend::{Completion, LeaseToken, Notice, TryLock};
 use crate::layer::Shared;
 use crate::leader::{bounded, optional, required, Unavailable};
 use crate::stats::bump;
@@ -25,6 +25,11 @@ pub(crate) enum Elected {
     Lead(Option<LeaseToken>),
     /// Another process's flight stored this answer.
     Answer(Entry),
+    /// Another process's flight gave this answer to its waiters, unstored.
+    Shared(Entry),
+    /// Another process found that the key's answers cannot be shared: call
+    /// the origin for each caller.
+    Pass,
     /// Another process held the lease past the wait timeout.
     Timeout,
 }
@@ -54,8 +59,9 @@ pub(crate) async fn elect<E>(
         }
     };
     match optional(shared, |b| b.try_lock(key, &token, config.lease)).await {
-        Ok(true) => return Elected::Lead(Some(token)),
-        Ok(false) => {}
+        Ok(TryLock::Acquired) => return Elected::Lead(Some(token)),
+        Ok(TryLock::Pass) => return Elected::Pass,
+        Ok(_) => {}
         Err(unavailable) => return degrade("taking the lease", unavailable),
     }
     // Held elsewhere. Subscribe first, then look: an answer completed in
@@ -77,7 +83,8 @@ pub(crate) async fn elect<E>(
             Err(unavailable) => return degrade("looking up", unavailable),
         }
         match optional(shared, |b| b.try_lock(key, &token, config.lease)).await {
-            Ok(true) => {
+            Ok(TryLock::Pass) => return Elected::Pass,
+            Ok(TryLock::Acquired) => {
                 // The lease was free with no answer stored: its holder died,
                 // or its answer could not be shared.
                 bump(&counters.takeovers);
@@ -87,12 +94,16 @@ pub(crate) async fn elect<E>(
                 );
                 return Elected::Lead(Some(token));
             }
-            Ok(false) => {}
+            Ok(_) => {}
             Err(unavailable) => return degrade("taking the lease", unavailable),
         }
         let recheck = tokio::time::Instant::now() + config.lease;
         tokio::select! {
-            _ = watch.changed() => {}
+            notice = watch.changed() => match notice {
+                Some(Notice::Answer(entry)) => return Elected::Shared(entry),
+                Some(Notice::Pass) => return Elected::Pass,
+                _ => {}
+            },
             _ = tokio::time::sleep_until(recheck.min(deadline)) => {
                 if tokio::time::Instant::now() >= deadline {
                     // Counted by the flight, which has the same deadline.
@@ -181,7 +192,7 @@ impl Drop for Held {
         };
         runtime.spawn(async move {
             // Owner-checked: a lease that moved on is left alone.
-            let release = backend.complete(&key, &token, None);
+            let release = backend.complete(&key, &token, Completion::Released);
             if let Err(error) = bounded(limit, release).await {
                 tracing::warn!(key = %key.fingerprint(), %error, "releasing an abandoned lease failed; it runs out by itself");
             }
@@ -189,19 +200,17 @@ impl Drop for Held {
     }
 }
 
-/// Ends a leased flight: stores `keep` (if any), wakes the waiting processes
+/// Ends a leased flight as `completion` says, wakes the waiting processes
 /// and releases the lease, in one step, only if the lease is still ours.
 pub(crate) async fn complete<E>(
     shared: &Shared<E>,
     key: &Key,
     token: &LeaseToken,
-    keep: Option<Entry>,
+    completion: Completion,
     counted_lost: bool,
 ) {
-    let config = &shared.config;
-    let stored = keep.is_some();
-    let answer = keep.map(|entry| (entry, config.ttl));
-    match required(shared, |b| b.complete(key, token, answer)).await {
+    let stored = matches!(completion, Completion::Stored { .. });
+    match required(shared, |b| b.complete(key, token, completion)).await {
         Ok(true) if stored => bump(&shared.counters.stored),
         Ok(true) => {}
         Ok(false) => {

@@ -1,6 +1,7 @@
 //! [`CoalesceService`]: decides, for each request, between bypass, hit,
 //! leading a flight and following one.
 
+use crate::conditions::Asked;
 use crate::future::ResponseFuture;
 use crate::layer::Shared;
 use crate::stats::bump;
@@ -74,7 +75,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
         bump(&shared.counters.requests);
         let header = shared.config.outcome_header.clone();
@@ -86,14 +87,17 @@ where
         };
         if let Some(entry) = crate::leader::local_hit(shared, &key) {
             tracing::trace!(key = %key.fingerprint(), "hit");
-            return ResponseFuture::hit(entry, header);
+            return ResponseFuture::hit(entry, Asked::of(&req), header);
         }
         // After the hit check: hits, the hot path, pay nothing for it, and a
         // fresh stored entry was judged shareable.
-        if shared.passes.as_ref().is_some_and(|p| p.contains_key(&key)) {
+        if shared.passes.as_ref().is_some_and(|p| p.contains(&key)) {
             tracing::debug!(key = %key.fingerprint(), "pass: the key's answers cannot be shared");
             bump(&shared.counters.passes);
             bump(&shared.counters.origin_calls);
+            // Untouched but for this mark: its conditions and range go to
+            // the origin, and its answer to this caller alone.
+            req.extensions_mut().insert(crate::Outcome::Pass);
             return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Pass, header);
         }
         let role = shared.table.join(&key);

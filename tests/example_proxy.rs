@@ -154,22 +154,43 @@ async fn upstream() -> (Upstream, Uri) {
     (up, uri.parse().unwrap())
 }
 
-/// Starts a proxy to `upstream` through `layer`; returns its address.
+/// Starts a proxy to `upstream` through `layer`, with the default handling
+/// of forwarding headers; returns its address.
 async fn start_proxy(upstream: &Uri, layer: CoalesceLayer) -> SocketAddr {
+    start(upstream, proxy::Forwarding::default(), layer).await
+}
+
+async fn start(upstream: &Uri, forwarding: proxy::Forwarding, layer: CoalesceLayer) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = proxy::proxy_service(upstream.clone(), layer).unwrap();
+    let svc = proxy::proxy_service(upstream.clone(), forwarding, layer).unwrap();
     tokio::spawn(proxy::serve(listener, svc));
     addr
 }
 
-/// The layer the command line `args` (after `--upstream`) would build.
-async fn layer_from(upstream: &Uri, args: &[&str]) -> CoalesceLayer {
+fn args_from(upstream: &Uri, args: &[&str]) -> proxy::Args {
     let argv = ["--upstream".to_owned(), upstream.to_string()]
         .into_iter()
         .chain(args.iter().map(|a| a.to_string()));
-    let args = proxy::Args::parse(argv).unwrap();
+    proxy::Args::parse(argv).unwrap()
+}
+
+/// The layer the command line `args` (after `--upstream`) would build; for
+/// [`start_proxy`], so without forwarding flags.
+async fn layer_from(upstream: &Uri, args: &[&str]) -> CoalesceLayer {
+    let args = args_from(upstream, args);
+    assert!(args.forwarding.public_host.is_none() && !args.forwarding.trust);
     proxy::layer(&args).await.unwrap()
+}
+
+/// Starts the proxy the command line `args` (after `--upstream`) describes.
+async fn proxy_from(upstream: &Uri, args: &[&str]) -> (SocketAddr, CoalesceLayer) {
+    let args = args_from(upstream, args);
+    let layer = proxy::layer(&args).await.unwrap();
+    (
+        start(upstream, args.forwarding.clone(), layer.clone()).await,
+        layer,
+    )
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -345,7 +366,10 @@ async fn hop_by_hop_headers_stop_at_the_proxy_and_end_to_end_ones_pass() {
     }
     assert_eq!(seen["x-end-to-end"], "kept");
     assert_eq!(seen["via"], "1.1 tower-coalesce");
-    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    // The client's own `X-Forwarded-For` is dropped (anyone can send one);
+    // this request bypassed the layer (it carries a credential), so its
+    // answer is its own and may carry its address.
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["host"], upstream.authority().unwrap().as_str());
     assert_eq!(seen["x-forwarded-host"], addr.to_string().as_str());
 
@@ -362,7 +386,11 @@ async fn hop_by_hop_headers_stop_at_the_proxy_and_end_to_end_ones_pass() {
         );
     }
     assert_eq!(answer.headers["x-end-to-end"], "yes");
-    assert_eq!(answer.outcome(), "leader");
+    assert_eq!(
+        answer.outcome(),
+        "bypass",
+        "Proxy-Authorization is a credential"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,15 +582,22 @@ async fn two_proxies_sharing_a_redis_make_one_upstream_call_per_burst() {
     const N: usize = 100;
     let redis = RedisServer::start();
     let (up, upstream) = upstream().await;
-    let args = ["--redis", &redis.url(), "--ttl-ms", "60000"];
-    let layers = [
-        layer_from(&upstream, &args).await,
-        layer_from(&upstream, &args).await,
+    // One public name: the proxies, on two addresses, share keys.
+    let url = redis.url();
+    let args = [
+        "--redis",
+        &url,
+        "--ttl-ms",
+        "60000",
+        "--public-host",
+        "shop.example",
     ];
-    let addrs = [
-        start_proxy(&upstream, layers[0].clone()).await,
-        start_proxy(&upstream, layers[1].clone()).await,
-    ];
+    let (a, b) = (
+        proxy_from(&upstream, &args).await,
+        proxy_from(&upstream, &args).await,
+    );
+    let layers = [a.1, b.1];
+    let addrs = [a.0, b.0];
     let client = client();
 
     let burst: Vec<_> = (0..N)

@@ -283,6 +283,7 @@ async fn followers_and_hits_get_the_grpc_status_of_the_answer() {
     const N: usize = 10;
     let layer = CoalesceLayer::with_extractor(
         CoalesceConfig::new()
+            .methods([http::Method::POST])
             .ttl(Duration::from_secs(60))
             .outcome_header("x-coalesce"),
         GrpcKey::new(COALESCED_METHODS),

@@ -20,6 +20,11 @@ fn grpc_call(method: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// gRPC calls are `POST`s: the layer coalesces them only when told to.
+fn grpc_config() -> CoalesceConfig {
+    CoalesceConfig::new().methods([http::Method::POST])
+}
+
 /// Keys gRPC calls by method path (the tests send one message per method).
 fn by_path(req: &Request<Full<Bytes>>) -> Option<Key> {
     Some(Key::new(Bytes::copy_from_slice(
@@ -47,8 +52,7 @@ fn answer_with_status(status: &'static str) -> Response<Frames> {
 #[tokio::test]
 async fn a_grpc_error_in_the_trailers_reaches_the_flight_but_is_not_stored() {
     let origin = Origin::gated();
-    let layer =
-        CoalesceLayer::with_extractor(CoalesceConfig::new().ttl(Duration::from_secs(60)), by_path);
+    let layer = CoalesceLayer::with_extractor(grpc_config().ttl(Duration::from_secs(60)), by_path);
     let svc = layer.layer(origin.serve(|_| async { Ok::<_, BoxError>(answer_with_status("14")) }));
     let calls: Vec<_> = (0..5)
         .map(|_| tokio::spawn(svc.clone().oneshot(grpc_call("/shop.Catalog/Get"))))
@@ -80,8 +84,7 @@ async fn a_grpc_error_in_the_trailers_reaches_the_flight_but_is_not_stored() {
 #[tokio::test]
 async fn a_trailers_only_grpc_error_is_not_stored_and_grpc_ok_is() {
     let origin = Origin::open();
-    let layer =
-        CoalesceLayer::with_extractor(CoalesceConfig::new().ttl(Duration::from_secs(60)), by_path);
+    let layer = CoalesceLayer::with_extractor(grpc_config().ttl(Duration::from_secs(60)), by_path);
     let svc = layer.layer(origin.serve(|req: Request<Full<Bytes>>| async move {
         if req.uri().path().ends_with("Missing") {
             // Trailers-only: the status is in the head, the body is empty.
@@ -122,7 +125,10 @@ async fn grpc_callers_get_their_failures_as_grpc_statuses() {
         std::future::pending::<Result<Response<Full<Bytes>>, BoxError>>().await
     });
     let layer = CoalesceLayer::with_extractor(
-        CoalesceConfig::new().wait_timeout(Duration::from_millis(100)),
+        // GET as well, for the plain HTTP caller below.
+        grpc_config()
+            .methods([http::Method::POST, http::Method::GET])
+            .wait_timeout(Duration::from_millis(100)),
         by_path,
     );
     let svc = layer.layer(never);

@@ -8,7 +8,9 @@ use std::time::Duration;
 use support::redis::RedisServer;
 use support::{body, echo_path, get, Origin};
 use tower::{Layer, ServiceExt};
-use tower_coalesce::{Backend, CoalesceConfig, CoalesceLayer, Key, Outcome, RedisBackend};
+use tower_coalesce::{
+    Backend, CoalesceConfig, CoalesceLayer, Completion, Key, Outcome, RedisBackend,
+};
 
 async fn instance(
     server: &RedisServer,
@@ -64,12 +66,22 @@ async fn redis_keys_are_namespaced_hashed_and_hash_tagged() {
         .unwrap();
     let huge = Key::new(vec![0xffu8; 1 << 20]);
     let name = backend.value_key(&huge);
+    // `<namespace>:<layout version>:{<resource hash>}:<variant hash>:v`.
     assert!(
-        name.starts_with("shop:{") && name.ends_with("}:v"),
+        name.starts_with("shop:2:{") && name.ends_with(":v"),
         "{name}"
     );
-    assert_eq!(name.len(), "shop:{".len() + 32 + "}:v".len());
+    assert_eq!(
+        name.len(),
+        "shop:2:{".len() + 32 + "}:".len() + 32 + ":v".len()
+    );
     assert_ne!(name, backend.value_key(&Key::new(vec![0xfeu8; 1 << 20])));
+    // Every variant of a resource shares its hash tag (one cluster slot);
+    // the variant tells them apart.
+    let tag = |name: &str| name.split(['{', '}']).nth(1).unwrap().to_owned();
+    let variant = huge.clone().with_variant(["gzip"]);
+    assert_eq!(tag(&backend.value_key(&variant)), tag(&name));
+    assert_ne!(backend.value_key(&variant), name);
 
     let entry = tower_coalesce::Entry::new(
         StatusCode::OK,
@@ -289,7 +301,11 @@ async fn the_lease_is_refused_while_an_answer_is_stored() {
         .await
         .unwrap();
     let lease = Duration::from_secs(10);
-    assert!(!backend.try_lock(&key, &token, lease).await.unwrap());
+    assert!(!backend
+        .try_lock(&key, &token, lease)
+        .await
+        .unwrap()
+        .is_acquired());
 
     // A value that is not an entry is a miss, and is deleted by the lookup
     // so that the lease can be taken again.
@@ -299,9 +315,17 @@ async fn the_lease_is_refused_while_an_answer_is_stored() {
         .arg(&b"not an entry"[..])
         .query(&mut conn)
         .unwrap();
-    assert!(!backend.try_lock(&key, &token, lease).await.unwrap());
+    assert!(!backend
+        .try_lock(&key, &token, lease)
+        .await
+        .unwrap()
+        .is_acquired());
     assert!(backend.lookup(&key).await.unwrap().is_none());
-    assert!(backend.try_lock(&key, &token, lease).await.unwrap());
+    assert!(backend
+        .try_lock(&key, &token, lease)
+        .await
+        .unwrap()
+        .is_acquired());
 }
 
 #[tokio::test]
@@ -322,14 +346,25 @@ async fn a_small_answer_travels_in_the_completion_message() {
     for (size, in_message) in [(100, true), (100_000, false)] {
         let key = Key::from(format!("announced-{size}"));
         let token = tower_coalesce::LeaseToken::new().unwrap();
-        assert!(leader.try_lock(&key, &token, lease).await.unwrap());
+        assert!(leader
+            .try_lock(&key, &token, lease)
+            .await
+            .unwrap()
+            .is_acquired());
         let mut watch = waiter.watch(&key).await.unwrap().unwrap();
         let done = leader
-            .complete(&key, &token, Some((answer(size), Duration::from_secs(60))))
+            .complete(
+                &key,
+                &token,
+                Completion::Stored {
+                    entry: answer(size),
+                    ttl: Duration::from_secs(60),
+                },
+            )
             .await
             .unwrap();
         assert!(done);
-        assert!(watch.changed().await);
+        assert!(watch.changed().await.is_some());
         let arrived = waiter.get_local(&key);
         assert_eq!(
             arrived.is_some(),
@@ -366,7 +401,11 @@ async fn a_waiter_that_races_the_unsubscribe_of_the_last_one_still_hears_the_com
     for round in 0..150u64 {
         let key = Key::from(format!("raced-{round}"));
         let token = tower_coalesce::LeaseToken::new().unwrap();
-        assert!(leader.try_lock(&key, &token, lease).await.unwrap());
+        assert!(leader
+            .try_lock(&key, &token, lease)
+            .await
+            .unwrap()
+            .is_acquired());
         drop(waiter.watch(&key).await.unwrap().unwrap());
         let gap = Duration::from_micros(round % 30 * 20);
         if !gap.is_zero() {
@@ -375,8 +414,14 @@ async fn a_waiter_that_races_the_unsubscribe_of_the_last_one_still_hears_the_com
         let mut watch = waiter.watch(&key).await.unwrap().unwrap();
         // A waiter looks before it waits; nothing is stored yet.
         assert!(waiter.lookup(&key).await.unwrap().is_none());
-        let complete =
-            leader.complete(&key, &token, Some((entry.clone(), Duration::from_secs(60))));
+        let complete = leader.complete(
+            &key,
+            &token,
+            Completion::Stored {
+                entry: entry.clone(),
+                ttl: Duration::from_secs(60),
+            },
+        );
         assert!(complete.await.unwrap());
         tokio::time::timeout(Duration::from_secs(5), watch.changed())
             .await

@@ -36,8 +36,8 @@ use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
 use tower_coalesce::backend::BackendFuture;
 use tower_coalesce::{
-    Backend, BoxError, CoalesceBody, CoalesceConfig, CoalesceLayer, Entry, HttpKey, Key,
-    KeyExtractor, LeaseToken, RedisBackend, Watch,
+    Backend, BoxError, CoalesceBody, CoalesceConfig, CoalesceLayer, Completion, Entry, HttpKey,
+    Key, KeyExtractor, LeaseToken, RedisBackend, TryLock, Watch,
 };
 
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<CoalesceBody<Full<Bytes>>>, BoxError>;
@@ -391,7 +391,7 @@ impl Backend for HeldLeaseAttempt {
         key: &'a Key,
         token: &'a LeaseToken,
         lease: Duration,
-    ) -> BackendFuture<'a, bool> {
+    ) -> BackendFuture<'a, TryLock> {
         let n = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
         Box::pin(async move {
             if n == self.hold {
@@ -419,9 +419,9 @@ impl Backend for HeldLeaseAttempt {
         &'a self,
         key: &'a Key,
         token: &'a LeaseToken,
-        answer: Option<(Entry, Duration)>,
+        completion: Completion,
     ) -> BackendFuture<'a, bool> {
-        self.inner.complete(key, token, answer)
+        self.inner.complete(key, token, completion)
     }
 }
 
@@ -522,6 +522,7 @@ impl ProxyProcess {
             .args(["--listen", &addr.to_string()])
             .args(["--upstream", &upstream.to_string()])
             .args(["--redis", redis, "--ttl-ms", "60000", "--lease-ms", "1000"])
+            .args(["--public-host", "shop.example"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -599,6 +600,10 @@ async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_f
     // Two proxies as processes of their own, and a third in this process
     // whose counters can be read; all with a 1 s lease, so that the waiting
     // ones look at the dead leader's lease every second.
+    let forwarding = proxy::Forwarding {
+        public_host: Some(http::HeaderValue::from_static("shop.example")),
+        trust: false,
+    };
     let mut doomed = ProxyProcess::start(&upstream, &server.url());
     let survivor = ProxyProcess::start(&upstream, &server.url());
     let layer = CoalesceLayer::with_extractor(
@@ -607,16 +612,16 @@ async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_f
             .lease(Duration::from_secs(1))
             .outcome_header("x-coalesce")
             .backend(RedisBackend::connect(server.url()).await.unwrap()),
-        proxy::proxy_key(),
+        proxy::proxy_key(&forwarding),
     );
     let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let local_addr = local.local_addr().unwrap();
-    let svc = proxy::proxy_service(upstream.clone(), layer.clone()).unwrap();
+    let svc = proxy::proxy_service(upstream.clone(), forwarding.clone(), layer.clone()).unwrap();
     tokio::spawn(proxy::serve(local, svc));
 
     // Every proxy keys a client's `GET /gated` the same, whatever address
     // the client reached it by.
-    let key = proxy::proxy_key()
+    let key = proxy::proxy_key(&forwarding)
         .extract(
             &Request::get("/gated")
                 .header(header::HOST, "any.example")

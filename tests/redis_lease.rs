@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Version};
 use std::time::Duration;
 use support::redis::RedisServer;
-use tower_coalesce::{Backend, Entry, Key, LeaseToken, RedisBackend};
+use tower_coalesce::{Backend, Completion, Entry, Key, LeaseToken, RedisBackend};
 
 fn entry(body: &'static str) -> Entry {
     Entry::new(
@@ -39,16 +39,21 @@ async fn a_lease_is_exclusive_until_it_expires() {
     assert!(a
         .try_lock(&key, &ta, Duration::from_millis(300))
         .await
-        .unwrap());
+        .unwrap()
+        .is_acquired());
     assert!(
         !b.try_lock(&key, &tb, Duration::from_millis(300))
             .await
-            .unwrap(),
+            .unwrap()
+            .is_acquired(),
         "held elsewhere"
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
-        b.try_lock(&key, &tb, Duration::from_secs(5)).await.unwrap(),
+        b.try_lock(&key, &tb, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_acquired(),
         "free once the lease ran out"
     );
 }
@@ -62,7 +67,8 @@ async fn only_the_owner_renews_a_lease() {
     assert!(backend
         .try_lock(&key, &owner, Duration::from_millis(500))
         .await
-        .unwrap());
+        .unwrap()
+        .is_acquired());
     assert!(!backend
         .renew(&key, &other, Duration::from_secs(60))
         .await
@@ -90,12 +96,14 @@ async fn a_stale_leader_neither_overwrites_nor_releases_its_successor() {
     assert!(first
         .try_lock(&key, &old, Duration::from_millis(200))
         .await
-        .unwrap());
+        .unwrap()
+        .is_acquired());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(second
         .try_lock(&key, &new, Duration::from_secs(30))
         .await
-        .unwrap());
+        .unwrap()
+        .is_acquired());
 
     // The first leader finishes late.
     assert!(
@@ -106,12 +114,19 @@ async fn a_stale_leader_neither_overwrites_nor_releases_its_successor() {
         "it learns it lost the lease"
     );
     let late = first
-        .complete(&key, &old, Some((entry("stale"), Duration::from_secs(60))))
+        .complete(
+            &key,
+            &old,
+            Completion::Stored {
+                entry: entry("stale"),
+                ttl: Duration::from_secs(60),
+            },
+        )
         .await
         .unwrap();
     assert!(!late, "completion is refused");
     assert!(first
-        .complete(&key, &old, None)
+        .complete(&key, &old, Completion::Released)
         .await
         .is_ok_and(|done| !done));
     let holder: String = redis::cmd("GET")
@@ -125,7 +140,14 @@ async fn a_stale_leader_neither_overwrites_nor_releases_its_successor() {
     );
 
     assert!(second
-        .complete(&key, &new, Some((entry("fresh"), Duration::from_secs(60))))
+        .complete(
+            &key,
+            &new,
+            Completion::Stored {
+                entry: entry("fresh"),
+                ttl: Duration::from_secs(60)
+            }
+        )
         .await
         .unwrap());
     assert_eq!(first.lookup(&key).await.unwrap().unwrap().body(), "fresh");
@@ -142,7 +164,7 @@ async fn completion_publishes_on_the_keys_channel() {
     let backend = RedisBackend::connect(server.url()).await.unwrap();
     let key = Key::from("k");
     let channel = backend.done_channel(&key);
-    assert!(channel.starts_with("coalesce:{") && channel.ends_with("}:done"));
+    assert!(channel.starts_with("coalesce:2:{") && channel.ends_with(":done"));
     assert_eq!(
         channel.split(['{', '}']).nth(1),
         backend.lock_key(&key).split(['{', '}']).nth(1),
@@ -167,9 +189,17 @@ async fn completion_publishes_on_the_keys_channel() {
     assert!(backend
         .try_lock(&key, &token, Duration::from_secs(5))
         .await
-        .unwrap());
+        .unwrap()
+        .is_acquired());
     assert!(backend
-        .complete(&key, &token, Some((entry("x"), Duration::from_secs(5))))
+        .complete(
+            &key,
+            &token,
+            Completion::Stored {
+                entry: entry("x"),
+                ttl: Duration::from_secs(5)
+            }
+        )
         .await
         .unwrap());
     // A small answer travels in the message: `V`, the TTL in ms, the entry.
@@ -202,7 +232,8 @@ async fn a_watch_is_woken_by_another_instances_completion_and_unsubscribes_when_
     assert!(leader
         .try_lock(&key, &token, Duration::from_secs(30))
         .await
-        .unwrap());
+        .unwrap()
+        .is_acquired());
 
     let mut watch = waiter
         .watch(&key)
@@ -212,7 +243,10 @@ async fn a_watch_is_woken_by_another_instances_completion_and_unsubscribes_when_
     assert_eq!(waiter.subscriptions(), 1);
     assert_eq!(numsub(&server, &waiter.done_channel(&key)).await, 1);
     let woken = tokio::spawn(async move {
-        let fired = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
+        let fired = tokio::time::timeout(Duration::from_secs(10), async {
+            watch.changed().await.is_some()
+        })
+        .await;
         (fired, watch)
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -221,7 +255,10 @@ async fn a_watch_is_woken_by_another_instances_completion_and_unsubscribes_when_
         .complete(
             &key,
             &token,
-            Some((entry("answer"), Duration::from_secs(30)))
+            Completion::Stored {
+                entry: entry("answer"),
+                ttl: Duration::from_secs(30)
+            }
         )
         .await
         .unwrap());
@@ -245,7 +282,10 @@ async fn losing_the_connection_wakes_every_watch() {
     let waiter = RedisBackend::connect(server.url()).await.unwrap();
     let mut watch = waiter.watch(&Key::from("k")).await.unwrap().unwrap();
     drop(server);
-    let fired = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
+    let fired = tokio::time::timeout(Duration::from_secs(10), async {
+        watch.changed().await.is_some()
+    })
+    .await;
     assert_eq!(
         fired,
         Ok(true),
@@ -266,8 +306,15 @@ async fn losing_the_connection_wakes_every_watch() {
     assert!(leader
         .try_lock(&key, &token, Duration::from_secs(5))
         .await
+        .unwrap()
+        .is_acquired());
+    assert!(leader
+        .complete(&key, &token, Completion::Released)
+        .await
         .unwrap());
-    assert!(leader.complete(&key, &token, None).await.unwrap());
-    let fired = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
+    let fired = tokio::time::timeout(Duration::from_secs(10), async {
+        watch.changed().await.is_some()
+    })
+    .await;
     assert_eq!(fired, Ok(true));
 }

@@ -101,7 +101,7 @@ impl MemoryBackendBuilder {
         let cache = Cache::builder()
             .max_capacity(self.max_bytes)
             .weigher(move |key: &Key, value: &Stored| {
-                let bytes = (key.as_bytes().len() + value.entry.weight()) as u64;
+                let bytes = (key.len() + value.entry.weight()) as u64;
                 u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)

@@ -9,7 +9,7 @@ mod memory;
 mod redis;
 mod watch;
 
-pub use watch::Watch;
+pub use watch::{Notice, Watch};
 
 pub use self::redis::{RedisBackend, RedisBackendBuilder};
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
@@ -47,12 +47,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Stores `entry` under `key` for `ttl`.
     fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()>;
 
-    /// Tries to take the lease on `key` for `token`, for `lease`: `true` means
-    /// this flight is the one leader of `key` among every process sharing the
-    /// backend, until the lease ends or is released. A backend should refuse
-    /// it (`false`) while an answer is stored under `key`, so that a flight
-    /// that missed the value just before another process completed takes
-    /// that answer instead of calling the origin again.
+    /// Tries to take the lease on `key` for `token`, for `lease`:
+    /// [`TryLock::Acquired`] means this flight is the one leader of `key`
+    /// among every process sharing the backend, until the lease ends or is
+    /// released. A backend should refuse it ([`TryLock::Held`]) while an
+    /// answer is stored under `key`, so that a flight that missed the value
+    /// just before another process completed takes that answer instead of
+    /// calling the origin again, and answer [`TryLock::Pass`] while `key` is
+    /// marked pass-through by a [`Completion::Pass`].
     ///
     /// The default, for a backend private to one process, always grants it:
     /// the flight table already allows one flight per key.
@@ -61,9 +63,9 @@ pub trait Backend: Send + Sync + 'static {
         key: &'a Key,
         token: &'a LeaseToken,
         lease: Duration,
-    ) -> BackendFuture<'a, bool> {
+    ) -> BackendFuture<'a, TryLock> {
         let _ = (key, token, lease);
-        Box::pin(std::future::ready(Ok(true)))
+        Box::pin(std::future::ready(Ok(TryLock::Acquired)))
     }
 
     /// Extends the lease to `lease` from now, only if `token` still holds it.
@@ -88,25 +90,78 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(None)))
     }
 
-    /// Ends the flight led under `token`, as one step: stores `answer` (an
-    /// entry and its TTL) if there is one, tells the waiting processes, and
-    /// releases the lease — only while `token` still holds it. `false` means
-    /// the lease had been lost and nothing was changed: a leader that lost its
-    /// lease never overwrites the answer or the lock of the one that followed.
+    /// Ends the flight led under `token`, as one step — only while `token`
+    /// still holds the lease: does what `completion` says (store the
+    /// answer, or mark the key pass-through), tells the waiting processes
+    /// (whose [`Watch`]es report the matching [`Notice`]), and releases the
+    /// lease. `false` means the lease had been lost and nothing was changed:
+    /// a leader that lost its lease never overwrites the answer or the lock
+    /// of the one that followed.
     fn complete<'a>(
         &'a self,
         key: &'a Key,
         token: &'a LeaseToken,
-        answer: Option<(Entry, Duration)>,
+        completion: Completion,
     ) -> BackendFuture<'a, bool> {
         let _ = token;
         Box::pin(async move {
-            if let Some((entry, ttl)) = answer {
+            if let Completion::Stored { entry, ttl } = completion {
                 self.store(key, entry, ttl).await?;
             }
             Ok(true)
         })
     }
+}
+
+/// What [`Backend::try_lock`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TryLock {
+    /// The lease is this flight's: it leads the key.
+    Acquired,
+    /// Another flight holds the lease, or an answer is stored: wait, or
+    /// look again.
+    Held,
+    /// The key's answers cannot be shared (another process found so, see
+    /// [`Completion::Pass`]): call the origin without a lease.
+    Pass,
+}
+
+impl TryLock {
+    /// Whether the lease was acquired.
+    pub fn is_acquired(self) -> bool {
+        self == TryLock::Acquired
+    }
+}
+
+/// How a leased flight ends, for [`Backend::complete`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Completion {
+    /// The answer, stored for `ttl`; waiting processes find it (small
+    /// answers come with the message, as [`Notice::LookAgain`] after the
+    /// backend kept them near).
+    Stored {
+        /// The answer.
+        entry: Entry,
+        /// How long it is stored.
+        ttl: Duration,
+    },
+    /// An answer for the flight's waiting processes only, never stored
+    /// (a server error, a gRPC error status): they get it as
+    /// [`Notice::Answer`] when it is small enough to travel in the message,
+    /// and otherwise take the lease over.
+    Shared(Entry),
+    /// The answer may not be shared (private, or too large): waiting
+    /// processes get [`Notice::Pass`] and call the origin themselves, at
+    /// once; for `ttl` (if not zero) later flights get [`TryLock::Pass`].
+    Pass {
+        /// How long the key is marked pass-through.
+        ttl: Duration,
+    },
+    /// Nothing to hand on (the flight failed or was abandoned): the lease
+    /// is released, and waiting processes look again and may take it.
+    Released,
 }
 
 /// The proof of holding a lease: a random 128-bit value, unique to one flight.

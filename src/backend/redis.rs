@@ -17,14 +17,13 @@
 //! on is the layer's [`backend_timeout`](crate::CoalesceConfig::backend_timeout),
 //! which holds for every backend.
 
-use super::watch::{Channels, Watch};
-use super::LeaseToken;
+use super::watch::{Channels, Notice, Watch};
 use super::{Backend, BackendError, BackendFuture};
+use super::{Completion, LeaseToken, TryLock};
 use crate::{Entry, Key, MemoryBackend};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
-use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -39,13 +38,15 @@ static GET_FRESH: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS[1] lock, KEYS[2] value; ARGV[1] token, ARGV[2] lease in ms. The
-/// lease is refused while an answer is stored: a flight that missed the value
-/// just before another process completed must take that answer, not lead a
-/// second call to the origin.
+/// KEYS[1] lock, KEYS[2] value, KEYS[3] pass mark; ARGV[1] token, ARGV[2]
+/// lease in ms. Returns 1 (acquired), 0 (held) or 2 (pass). The lease is
+/// refused while an answer is stored: a flight that missed the value just
+/// before another process completed must take that answer, not lead a second
+/// call to the origin. While the key is marked pass-through, nobody leads it.
 static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+        r"if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
+          if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
           if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
           return 0",
     )
@@ -70,17 +71,21 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS[1] lock, KEYS[2] value; ARGV[1] token, ARGV[2] encoded entry,
-/// ARGV[3] TTL in ms (`0`: store nothing), ARGV[4] done channel, ARGV[5] the
-/// message announcing a stored answer (the answer itself when small).
+/// KEYS[1] lock, KEYS[2] value, KEYS[3] pass mark; ARGV[1] token, ARGV[2]
+/// encoded entry, ARGV[3] its TTL in ms (`0`: store nothing), ARGV[4] how
+/// long to mark the key pass-through in ms (`0`: no mark), ARGV[5] done
+/// channel, ARGV[6] the completion message.
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
           if ARGV[3] ~= '0' then
             redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
           end
+          if ARGV[4] ~= '0' then
+            redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
+          end
           redis.call('DEL', KEYS[1])
-          redis.call('PUBLISH', ARGV[4], ARGV[3] ~= '0' and ARGV[5] or 'released')
+          redis.call('PUBLISH', ARGV[5], ARGV[6])
           return 1",
     )
 });
@@ -187,6 +192,11 @@ impl RedisBackend {
         self.name(key, "lock")
     }
 
+    /// The Redis key that marks `key` pass-through for every instance.
+    pub fn pass_key(&self, key: &Key) -> String {
+        self.name(key, "pass")
+    }
+
     /// The channel on which the end of `key`'s flight is published.
     pub fn done_channel(&self, key: &Key) -> String {
         self.name(key, "done")
@@ -198,19 +208,27 @@ impl RedisBackend {
         name
     }
 
-    /// `<namespace>:{<hash>}:`, the start of every name of `key`. Hashing is
-    /// done here once per operation, however many names it needs: a key may
-    /// be long.
+    /// `<namespace>:2:{<resource hash>}:<variant hash>:`, the start of every
+    /// name of `key`. The `2` is the name layout's version: instances of a
+    /// release with another layout share no names with these. The resource
+    /// hash is the cluster hash tag, so every variant and method of one
+    /// resource lives on one slot. Hashing is done here once per operation,
+    /// however many names it needs: a key may be long.
     fn prefix(&self, key: &Key) -> String {
-        let digest = Sha256::digest(key.as_bytes());
-        let mut out = String::with_capacity(self.namespace.len() + 40);
+        let mut out = String::with_capacity(self.namespace.len() + 72);
         out.push_str(&self.namespace);
-        out.push_str(":{");
-        for byte in &digest[..16] {
-            let _ = write!(out, "{byte:02x}");
-        }
+        out.push_str(":2:{");
+        hex(&mut out, &key.resource_digest());
         out.push_str("}:");
+        hex(&mut out, &key.variant_digest());
+        out.push(':');
         out
+    }
+}
+
+fn hex(out: &mut String, bytes: &[u8]) {
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
     }
 }
 
@@ -399,19 +417,24 @@ impl Backend for RedisBackend {
         key: &'a Key,
         token: &'a LeaseToken,
         lease: Duration,
-    ) -> BackendFuture<'a, bool> {
+    ) -> BackendFuture<'a, TryLock> {
         Box::pin(async move {
             let prefix = self.prefix(key);
             let mut conn = self.conn.clone();
             let taken: i64 = TRY_LOCK
                 .key(format!("{prefix}lock"))
                 .key(format!("{prefix}v"))
+                .key(format!("{prefix}pass"))
                 .arg(token.as_str())
                 .arg(millis(lease)?)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis lease acquisition failed", e))?;
-            Ok(taken == 1)
+            Ok(match taken {
+                1 => TryLock::Acquired,
+                2 => TryLock::Pass,
+                _ => TryLock::Held,
+            })
         })
     }
 
@@ -459,24 +482,40 @@ impl Backend for RedisBackend {
         &'a self,
         key: &'a Key,
         token: &'a LeaseToken,
-        answer: Option<(Entry, Duration)>,
+        completion: Completion,
     ) -> BackendFuture<'a, bool> {
         Box::pin(async move {
-            let kept = answer.as_ref().map(|(entry, ttl)| (entry.clone(), *ttl));
-            let (value, ttl) = match answer {
-                Some((entry, ttl)) if !ttl.is_zero() => (entry.encode(), millis(ttl)?),
-                _ => (bytes::Bytes::new(), 0),
+            let mut kept = None;
+            let (value, ttl, pass, message) = match completion {
+                Completion::Stored { entry, ttl } => {
+                    let value = entry.encode();
+                    let ttl = millis(ttl)?;
+                    let message = stored_message(&value, ttl);
+                    kept = Some((entry, Duration::from_millis(ttl)));
+                    (value, ttl, 0, message)
+                }
+                Completion::Shared(entry) => {
+                    let message = shared_message(&entry.encode());
+                    (bytes::Bytes::new(), 0, 0, message)
+                }
+                Completion::Pass { ttl } => {
+                    let pass = if ttl.is_zero() { 0 } else { millis(ttl)? };
+                    (bytes::Bytes::new(), 0, pass, PASS.to_vec())
+                }
+                Completion::Released => (bytes::Bytes::new(), 0, 0, RELEASED.to_vec()),
             };
             let prefix = self.prefix(key);
             let mut conn = self.conn.clone();
             let done: i64 = COMPLETE
                 .key(format!("{prefix}lock"))
                 .key(format!("{prefix}v"))
+                .key(format!("{prefix}pass"))
                 .arg(token.as_str())
                 .arg(value.as_ref())
                 .arg(ttl)
+                .arg(pass)
                 .arg(format!("{prefix}done"))
-                .arg(announcement(&value, ttl))
+                .arg(message)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis flight completion failed", e))?;
@@ -525,14 +564,9 @@ fn route(channels: &Channels, near: Option<&MemoryBackend>, push: PushInfo) {
             let Ok(name) = std::str::from_utf8(&name) else {
                 return;
             };
-            channels.signal(name, |key| {
-                // An answer small enough to travel in the message: keep it
-                // near before waking the waiters, and they need no GET.
-                if let (Some(near), Some(Value::BulkString(payload))) = (near, payload) {
-                    if let Some((entry, ttl)) = decode_announcement(payload.into()) {
-                        near.insert(key, entry, ttl);
-                    }
-                }
+            channels.signal(name, |key| match payload {
+                Some(Value::BulkString(payload)) => read_message(near, key, payload.into()),
+                _ => Notice::LookAgain,
             });
         }
         // Messages published while the link was down are lost: every
@@ -545,10 +579,15 @@ fn route(channels: &Channels, near: Option<&MemoryBackend>, push: PushInfo) {
 /// Answers up to this size (encoded) travel inside the completion message.
 const ANNOUNCED_MAX: usize = 16 * 1024;
 
+/// The completion message of a flight whose answer could not be shared.
+const PASS: &[u8] = b"pass";
+/// The completion message of a flight that ended with nothing to hand on.
+const RELEASED: &[u8] = b"released";
+
 /// The completion message for a stored answer: `V`, the TTL in ms (8 bytes,
 /// big-endian), then the encoded entry — or just `stored` for a large one,
 /// which waiters then read with a `GET`.
-fn announcement(encoded: &[u8], ttl_ms: u64) -> Vec<u8> {
+fn stored_message(encoded: &[u8], ttl_ms: u64) -> Vec<u8> {
     if encoded.len() > ANNOUNCED_MAX {
         return b"stored".to_vec();
     }
@@ -559,10 +598,43 @@ fn announcement(encoded: &[u8], ttl_ms: u64) -> Vec<u8> {
     message
 }
 
-/// Reads an [`announcement`]; anything else (`stored`, `released`, a damaged
-/// or foreign message) is `None`, and the waiters look in Redis. The entry's
-/// body shares the message's bytes.
-fn decode_announcement(message: bytes::Bytes) -> Option<(Entry, Duration)> {
+/// The completion message for an answer shared with the flight's waiters
+/// but not stored: `F`, then the encoded entry — or `released` for a large
+/// one, whose waiters then take the lease over.
+fn shared_message(encoded: &[u8]) -> Vec<u8> {
+    if encoded.len() > ANNOUNCED_MAX {
+        return RELEASED.to_vec();
+    }
+    let mut message = Vec::with_capacity(1 + encoded.len());
+    message.push(b'F');
+    message.extend_from_slice(encoded);
+    message
+}
+
+/// Reads a completion message on `key`'s channel into what its waiters are
+/// told; a stored answer that came with it is kept near first, so that the
+/// woken waiters find it without a `GET`. Anything that does not decode is
+/// only a wake-up: the waiters look in Redis. Bodies share the message's
+/// bytes.
+fn read_message(near: Option<&MemoryBackend>, key: &Key, message: bytes::Bytes) -> Notice {
+    match message.first() {
+        Some(b'V') => {
+            if let (Some(near), Some((entry, ttl))) = (near, decode_stored(message)) {
+                near.insert(key, entry, ttl);
+            }
+            Notice::LookAgain
+        }
+        Some(b'F') => match Entry::decode(message.slice(1..)) {
+            Ok(entry) => Notice::Answer(entry),
+            Err(_) => Notice::LookAgain,
+        },
+        _ if message == PASS => Notice::Pass,
+        _ => Notice::LookAgain,
+    }
+}
+
+/// Reads a [`stored_message`].
+fn decode_stored(message: bytes::Bytes) -> Option<(Entry, Duration)> {
     let ttl = message.strip_prefix(b"V")?.first_chunk::<8>()?;
     let ttl = Duration::from_millis(u64::from_be_bytes(*ttl));
     let entry = Entry::decode(message.slice(9..)).ok()?;

@@ -14,15 +14,33 @@ use tokio::sync::{watch, Notify};
 /// Fires when the flight a process waits on may have ended.
 #[derive(Debug)]
 pub struct Watch {
-    rx: watch::Receiver<u64>,
+    rx: watch::Receiver<Notice>,
     _registration: Option<Registration>,
 }
 
+/// What a [`Watch`] learned of the flight it watches.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Notice {
+    /// The flight may have ended, or news of it may have been lost: look
+    /// for a stored answer, and try the lease.
+    LookAgain,
+    /// The flight ended with this answer, for its waiters only: it was not
+    /// stored ([`Completion::Shared`](super::Completion::Shared)).
+    Answer(crate::Entry),
+    /// The flight's answer could not be shared: call the origin yourself
+    /// ([`Completion::Pass`](super::Completion::Pass)).
+    Pass,
+}
+
 impl Watch {
-    /// Resolves at the next sign that the flight may have ended. Returns
-    /// `false` if the backend can no longer deliver signs (it was dropped).
-    pub async fn changed(&mut self) -> bool {
-        self.rx.changed().await.is_ok()
+    /// Resolves at the next sign that the flight may have ended, with what
+    /// it said. Returns `None` if the backend can no longer deliver signs
+    /// (it was dropped). Only the latest notice is kept: one overtaken
+    /// before it was read is lost, and the waiter then looks again.
+    pub async fn changed(&mut self) -> Option<Notice> {
+        self.rx.changed().await.ok()?;
+        Some(self.rx.borrow_and_update().clone())
     }
 }
 
@@ -68,7 +86,7 @@ impl Drop for Unsubscribing {
 #[derive(Debug)]
 struct Channel {
     watchers: usize,
-    sender: watch::Sender<u64>,
+    sender: watch::Sender<Notice>,
     /// The key whose flight the channel reports, for answers that arrive in
     /// the message itself.
     key: crate::Key,
@@ -116,7 +134,7 @@ impl Channels {
             .entry(name.to_owned())
             .or_insert_with(|| Channel {
                 watchers: 0,
-                sender: watch::Sender::new(0),
+                sender: watch::Sender::new(Notice::LookAgain),
                 key: key.clone(),
             });
         channel.watchers += 1;
@@ -151,21 +169,21 @@ impl Channels {
         })
     }
 
-    /// A message arrived on `name`. `before` runs first, with the key of the
-    /// channel's flight, if anyone watches it (to keep an answer that came
-    /// in the message, so that the woken waiters find it).
-    pub(crate) fn signal(&self, name: &str, before: impl FnOnce(&crate::Key)) {
+    /// A message arrived on `name`. If anyone watches it, `read` runs with
+    /// the key of the channel's flight (to keep an answer that came in the
+    /// message, so that the woken waiters find it) and says what the
+    /// watches are told.
+    pub(crate) fn signal(&self, name: &str, read: impl FnOnce(&crate::Key) -> Notice) {
         let state = self.lock();
         if let Some(channel) = state.watched.get(name) {
-            before(&channel.key);
-            channel.sender.send_modify(|n| *n += 1);
+            channel.sender.send_replace(read(&channel.key));
         }
     }
 
     /// Messages may have been lost: wake every watch.
     pub(crate) fn signal_all(&self) {
         for channel in self.lock().watched.values() {
-            channel.sender.send_modify(|n| *n += 1);
+            channel.sender.send_replace(Notice::LookAgain);
         }
     }
 
@@ -211,15 +229,16 @@ mod tests {
         let (mut a, _) = channels.watch("a", &key, |_| {});
         let (mut a2, _) = channels.watch("a", &key, |_| {});
         let (mut b, _) = channels.watch("b", &key, |_| {});
-        channels.signal("a", |_| {});
-        assert!(a.changed().await && a2.changed().await);
+        channels.signal("a", |_| Notice::Pass);
+        assert!(matches!(a.changed().await, Some(Notice::Pass)));
+        assert!(matches!(a2.changed().await, Some(Notice::Pass)));
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(20), b.changed())
                 .await
                 .is_err()
         );
         channels.signal_all();
-        assert!(b.changed().await);
+        assert!(matches!(b.changed().await, Some(Notice::LookAgain)));
     }
 
     #[test]
