@@ -63,11 +63,20 @@
 //! ```
 //!
 //! # What is shared, and with whom
-//! - The default key, [`HttpKey`], is the method, authority, path and query
-//!   plus `Accept*` headers; only `GET` and `HEAD` without a body are keyed,
-//!   and requests with `Authorization` or `Cookie` bypass unless the key
-//!   includes them. Any closure `Fn(&Request<B>) -> Option<Key>` can replace it.
-//! - A response with `Set-Cookie`, `Cache-Control: private`/`no-store`, or
+//! - The default key, [`HttpKey`], is the authority, path and query plus
+//!   `Accept*` headers, framed so that no header value can shift into
+//!   another. Any closure `Fn(&Request<B>) -> Option<Key>` can replace it.
+//! - Whatever the extractor, only the [configured methods](CoalesceConfig::methods)
+//!   coalesce (`GET` and `HEAD`; a `HEAD` shares a `GET`'s answer, without
+//!   its body), and requests with `Authorization`, `Proxy-Authorization`,
+//!   `Cookie` or a [credential header](CoalesceConfig::credential_header)
+//!   bypass unless the extractor [keys it](KeyExtractor::keys_header).
+//! - A flight fetches the whole representation, without its callers'
+//!   validators or ranges; each caller then gets its own `304`, `412`, `206`
+//!   or `416` computed from the shared answer (RFC 9110 §13, §14). Such an
+//!   answer made for one caller is never given to another, nor stored.
+//! - A response with `Set-Cookie`, `Cache-Control: private`/`no-store` (or a
+//!   `Cache-Control` that cannot be read), or
 //!   `Vary: *` is given only to its own caller; the followers call the inner
 //!   service themselves. A response that `Vary`s on headers outside the key
 //!   goes only to followers that sent the leader's values of them, and is

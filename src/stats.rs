@@ -8,6 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// How one response was produced. Inserted into every response's extensions,
 /// and optionally written as a response header (see
 /// [`CoalesceConfig::outcome_header`](crate::CoalesceConfig::outcome_header)).
+///
+/// The inner service sees it too, in the extensions of the requests the
+/// layer sends it: [`Outcome::Leader`] on a flight's request, whose answer
+/// may go to every request with its key (so it must not depend on anything
+/// of this caller's outside the key: leave per-client values such as the
+/// client's address out of what the answer is made from), and
+/// [`Outcome::Pass`] on a request answered to its own caller alone. A
+/// bypassed request reaches it untouched, with none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Outcome {

@@ -137,6 +137,42 @@ async fn hop(State(up): State<Upstream>, headers: HeaderMap) -> impl IntoRespons
     )
 }
 
+const PAGE: &str = "0123456789";
+
+/// A page with validators, kept for a minute; slow enough for a burst to
+/// gather behind it.
+async fn page(State(up): State<Upstream>, headers: HeaderMap) -> impl IntoResponse {
+    up.count("page");
+    *up.seen.lock().unwrap() = Some(headers);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (
+        [
+            ("etag", "\"v1\""),
+            ("cache-control", "max-age=60"),
+            ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+        ],
+        PAGE,
+    )
+}
+
+/// Builds its answer from the forwarding headers it received, the way an
+/// app that makes absolute links from `X-Forwarded-Host` does.
+async fn whoami(State(up): State<Upstream>, headers: HeaderMap) -> impl IntoResponse {
+    up.count("whoami");
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .map_or("-", |v| v.to_str().unwrap())
+            .to_owned()
+    };
+    format!(
+        "host={} for={} proto={}",
+        get("x-forwarded-host"),
+        get("x-forwarded-for"),
+        get("x-forwarded-proto")
+    )
+}
+
 /// Starts the upstream on a loopback port.
 async fn upstream() -> (Upstream, Uri) {
     let up = Upstream::new();
@@ -146,6 +182,8 @@ async fn upstream() -> (Upstream, Uri) {
         .route("/big", routing::get(big))
         .route("/cookie", routing::get(cookie))
         .route("/hop", routing::get(hop))
+        .route("/page", routing::get(page))
+        .route("/whoami", routing::get(whoami))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(up.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -572,6 +610,9 @@ fn the_command_line_is_checked() {
         ],
         &["--upstream", "http://h:1", "--header", "x-a", "--no-header"],
         &["--upstream", "http://h:1", "--verbose"],
+        &["--upstream", "http://h:1", "--public-host", "a b"],
+        &["--upstream", "http://h:1", "--public-host", "user@h"],
+        &["--upstream", "http://h:1", "--public-host"],
     ] {
         assert!(parse(bad).is_err(), "{bad:?} was accepted");
     }
@@ -641,4 +682,145 @@ async fn two_proxies_sharing_a_redis_make_one_upstream_call_per_burst() {
         assert_eq!(layer.flights_in_progress(), 0);
         assert_eq!(layer.stats().backend_errors, 0);
     }
+}
+
+fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Full::default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browsers_revalidation_or_seek_never_reaches_the_other_clients() {
+    let (up, upstream) = upstream().await;
+    let layer = layer_from(&upstream, &["--ttl-ms", "60000"]).await;
+    let addr = start_proxy(&upstream, layer.clone()).await;
+    let client = client();
+    // A browser revalidating and a player seeking lead; plain clients follow.
+    let asks: Vec<Vec<(&str, &str)>> = vec![
+        vec![("if-none-match", "\"v1\"")],
+        vec![],
+        vec![("range", "bytes=999-")],
+        vec![("range", "bytes=3-5")],
+        vec![],
+    ];
+    let first = {
+        let (client, req) = (client.clone(), get_with(addr, "/page", &asks[0]));
+        tokio::spawn(async move { send(&client, req).await })
+    };
+    until("the leader's call", || up.calls("page") == 1).await;
+    let rest: Vec<_> = asks[1..]
+        .iter()
+        .map(|h| {
+            let (client, req) = (client.clone(), get_with(addr, "/page", h));
+            tokio::spawn(async move { send(&client, req).await })
+        })
+        .collect();
+    let mut answers = vec![first.await.unwrap()];
+    for task in rest {
+        answers.push(task.await.unwrap());
+    }
+    assert_eq!(up.calls("page"), 1, "one upstream call for all of them");
+    let seen = up.seen.lock().unwrap().clone().unwrap();
+    assert!(!seen.contains_key("if-none-match") && !seen.contains_key("range"));
+    assert_eq!(answers[0].status, StatusCode::NOT_MODIFIED);
+    assert!(answers[0].body.is_empty());
+    assert_eq!(
+        (answers[1].status, &answers[1].body[..]),
+        (StatusCode::OK, PAGE.as_bytes())
+    );
+    assert_eq!(answers[2].status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(answers[2].headers["content-range"], "bytes */10");
+    assert_eq!(
+        (answers[3].status, &answers[3].body[..]),
+        (StatusCode::PARTIAL_CONTENT, &b"345"[..])
+    );
+    assert_eq!(answers[3].headers["content-range"], "bytes 3-5/10");
+    assert_eq!(
+        (answers[4].status, &answers[4].body[..]),
+        (StatusCode::OK, PAGE.as_bytes())
+    );
+
+    // What was stored is the page: later plain requests get it.
+    let later = send(&client, get(addr, "/page")).await;
+    assert_eq!(
+        (later.status, later.outcome(), &later.body[..]),
+        (StatusCode::OK, "hit", PAGE.as_bytes())
+    );
+    let again = send(&client, get_with(addr, "/page", &[("range", "bytes=-2")])).await;
+    assert_eq!(
+        (again.status, &again.body[..]),
+        (StatusCode::PARTIAL_CONTENT, &b"89"[..])
+    );
+    assert_eq!(up.calls("page"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_forwarding_headers_never_shape_a_shared_answer() {
+    let (up, upstream) = upstream().await;
+    let layer = layer_from(&upstream, &["--ttl-ms", "60000"]).await;
+    let addr = start_proxy(&upstream, layer.clone()).await;
+    let client = client();
+    let forged = [
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "gopher"),
+    ];
+    let answer = send(&client, get_with(addr, "/whoami", &forged)).await;
+    assert_eq!(answer.outcome(), "leader");
+    // The client's Host (in the key) is the forwarded host; the forged
+    // headers were dropped, and a shared request carries no client address.
+    assert_eq!(answer.body, format!("host={addr} for=- proto=-"));
+    let other = send(&client, get(addr, "/whoami")).await;
+    assert_eq!(
+        (other.outcome(), &other.body[..]),
+        ("hit", answer.body.as_ref())
+    );
+    assert_eq!(up.calls("whoami"), 1);
+
+    // A request the layer does not share still tells the upstream who asked.
+    let own = send(&client, get_with(addr, "/whoami", &[("cookie", "s=1")])).await;
+    assert_eq!(own.outcome(), "bypass");
+    assert_eq!(own.body, format!("host={addr} for=127.0.0.1 proto=-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_host_is_sent_for_every_request_and_trusted_headers_are_keyed() {
+    let (up, upstream) = upstream().await;
+    let (addr, _layer) = proxy_from(
+        &upstream,
+        &["--ttl-ms", "60000", "--public-host", "shop.example"],
+    )
+    .await;
+    let client = client();
+    let a = send(&client, get_with(addr, "/whoami", &[("host", "a.example")])).await;
+    let b = send(&client, get_with(addr, "/whoami", &[("host", "b.example")])).await;
+    assert_eq!(a.body, "host=shop.example for=- proto=-");
+    assert_eq!(
+        (b.outcome(), &b.body[..]),
+        ("hit", a.body.as_ref()),
+        "one key whatever the Host"
+    );
+
+    // Behind a trusted balancer: its forwarding headers reach the upstream,
+    // the ones describing the request are keyed, the client's address only
+    // on unshared requests.
+    let (trusting, _layer) =
+        proxy_from(&upstream, &["--ttl-ms", "60000", "--trust-forwarded"]).await;
+    let https = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-for", "198.51.100.1"),
+    ];
+    let http = [
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-for", "198.51.100.2"),
+    ];
+    let one = send(&client, get_with(trusting, "/whoami?t", &https)).await;
+    let two = send(&client, get_with(trusting, "/whoami?t", &http)).await;
+    assert_eq!(one.body, format!("host={trusting} for=- proto=https"));
+    assert_eq!(two.body, format!("host={trusting} for=- proto=http"));
+    assert_eq!((one.outcome(), two.outcome()), ("leader", "leader"));
+    assert_eq!(up.calls("whoami"), 3);
 }
