@@ -102,6 +102,54 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Whether a request speaks gRPC, whose clients read failures from
+/// `grpc-status`, not from the HTTP status.
+pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+impl FlightError {
+    /// The response a caller gets for a flight that failed: the error's HTTP
+    /// status, or for a gRPC caller a trailers-only gRPC answer with the matching
+    /// status code, so its client reports what happened instead of a protocol
+    /// error.
+    pub(crate) fn into_response<B>(self, grpc: bool) -> http::Response<crate::CoalesceBody<B>> {
+        let error = self;
+        let mut res = http::Response::new(crate::CoalesceBody::empty());
+        if grpc {
+            let headers = res.headers_mut();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", error.grpc_status().into());
+            if let Ok(message) = http::HeaderValue::from_str(&grpc_message(&error.to_string())) {
+                headers.insert("grpc-message", message);
+            }
+        } else {
+            *res.status_mut() = error.status();
+        }
+        res.extensions_mut().insert(error);
+        res
+    }
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 protocol asks: every
+/// byte outside printable ASCII, and `%` itself.
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,11 +5,12 @@
 //! rather than in a box of its own (one allocation, and one free, fewer per
 //! follower when a million of them are answered at once).
 
+use crate::coalesced::Coalesced;
 use crate::conditions::Asked;
-use crate::follower::Coalesced;
+use crate::stats::mark;
 use crate::{BoxError, CoalesceBody, Entry, KeyExtractor, Outcome};
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, Request, Response};
 use pin_project_lite::pin_project;
 use std::fmt::Display;
 use std::future::Future;
@@ -77,20 +78,6 @@ where
             header: None,
         }
     }
-}
-
-/// Records `outcome` in the response's extensions, and as `header` if set.
-pub(crate) fn mark<B>(
-    mut res: Response<B>,
-    outcome: Outcome,
-    header: Option<&HeaderName>,
-) -> Response<B> {
-    if let Some(name) = header {
-        res.headers_mut()
-            .insert(name.clone(), HeaderValue::from_static(outcome.as_str()));
-    }
-    res.extensions_mut().insert(outcome);
-    res
 }
 
 // The bounds of `CoalesceService`'s `Service` impl, spelled out rather than

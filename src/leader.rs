@@ -8,62 +8,24 @@
 //! on a flight nobody will finish.
 
 use crate::backend::Completion;
+use crate::backend_call::optional;
 use crate::conditions::Asked;
+use crate::error::is_grpc;
 use crate::flight::{FlightGuard, Landing};
 use crate::layer::Shared;
-use crate::policy::{self, Sharing};
+use crate::origin::{produce, Origin, OriginBody, Own, Produced};
 use crate::remote::Elected;
 use crate::stats::bump;
 use crate::{
-    BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome,
-    WaitFallback,
+    CoalesceBody, Entry, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome, WaitFallback,
 };
-use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::{HeaderMap, Request, Response};
-use http_body::Body;
-use http_body_util::BodyExt;
-use std::fmt::Display;
+use http::Request;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use tower::ServiceExt;
-use tower_service::Service;
 use tracing::Instrument;
-
-/// The inner services the flight machinery can drive: what a flight's task
-/// needs of the service, its future and its bodies, said once.
-pub(crate) trait Origin<ReqBody, ResBody>:
-    Service<
-        Request<ReqBody>,
-        Response = Response<ResBody>,
-        Future: Send + 'static,
-        Error: Display + Send + 'static,
-    > + Send
-    + 'static
-{
-}
-
-impl<S, ReqBody, ResBody> Origin<ReqBody, ResBody> for S
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Display + Send + 'static,
-{
-}
-
-/// The response bodies a flight can buffer, replay and hand across tasks.
-pub(crate) trait OriginBody:
-    Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
-{
-}
-
-impl<B> OriginBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
-
-/// What the leader's own caller receives: its response (with how it was
-/// made), or the inner service's own error.
-pub(crate) type Own<B, E> = Result<(Response<CoalesceBody<B>>, Outcome), E>;
 
 /// A fresh entry held in this process's memory, if caching is on.
 pub(crate) fn local_hit<E>(shared: &Shared<E>, key: &Key) -> Option<Entry> {
@@ -183,7 +145,7 @@ async fn run<S, E, ReqBody, ResBody>(
                     bump(&shared.counters.panics);
                     let message = crate::error::panic_message(&*panic);
                     let error = FlightError::new(FlightErrorKind::Panic, message);
-                    Ok((error_response(error, grpc), Outcome::Pass))
+                    Ok((error.into_response(grpc), Outcome::Pass))
                 }
             };
             let _ = own_tx.send(own);
@@ -195,12 +157,12 @@ async fn run<S, E, ReqBody, ResBody>(
             let message = crate::error::panic_message(&*panic);
             tracing::error!(key = %key.fingerprint(), panic = %message, "inner service panicked; the flight's callers get 500");
             let error = FlightError::new(FlightErrorKind::Panic, message);
-            let own = Ok((error_response(error.clone(), grpc), Outcome::Leader));
+            let own = Ok((error.clone().into_response(grpc), Outcome::Leader));
             (Landing::Failed(error), own)
         }
         None => {
             let error = timed_out();
-            let own = Ok((error_response(error.clone(), grpc), Outcome::Leader));
+            let own = Ok((error.clone().into_response(grpc), Outcome::Leader));
             (Landing::Failed(error), own)
         }
     };
@@ -282,10 +244,7 @@ where
                             config.wait_timeout
                         ),
                     );
-                    let own = Ok((
-                        error_response(error.clone(), is_grpc(&req)),
-                        Outcome::Leader,
-                    ));
+                    let own = Ok((error.clone().into_response(is_grpc(&req)), Outcome::Leader));
                     return Flown::Landed(Landing::Failed(error), own);
                 }
             },
@@ -346,283 +305,4 @@ where
         }
     }
     Flown::Landed(landing, own)
-}
-
-/// What the origin call produced: the landing for the followers, the leader
-/// caller's own answer, and the entry to keep, if it may be stored.
-struct Produced<B, E> {
-    landing: Landing,
-    own: Own<B, E>,
-    keep: Option<Entry>,
-}
-
-/// Calls the origin, judges the response and buffers its body.
-async fn produce<S, E, ReqBody, ResBody>(
-    shared: &Shared<E>,
-    asked: &Asked,
-    req: Request<ReqBody>,
-    inner: S,
-) -> Produced<ResBody, S::Error>
-where
-    S: Origin<ReqBody, ResBody>,
-    E: KeyExtractor<ReqBody>,
-    ResBody: OriginBody,
-{
-    let counters = &shared.counters;
-    bump(&counters.origin_calls);
-    // Kept for a response that varies on headers outside the key: followers
-    // then share it only if their values are the leader's. Header values are
-    // reference-counted, so this costs one small map per flight.
-    let sent = req.headers().clone();
-    let res = match inner.oneshot(req).await {
-        Ok(res) => res,
-        Err(error) => {
-            bump(&counters.errors);
-            let shared_error = FlightError::new(FlightErrorKind::Origin, error.to_string());
-            return Produced {
-                landing: Landing::Failed(shared_error),
-                own: Err(error),
-                keep: None,
-            };
-        }
-    };
-    let (head, body) = res.into_parts();
-    let mut sharing = policy::judge(&head);
-    tracing::debug!(status = %head.status, ?sharing, "origin answered");
-    let varied = policy::varied_on(&head.headers)
-        .filter(|name| !shared.extractor.keys_header(name))
-        .map(|name| {
-            let values = sent.get_all(&name).iter().cloned().collect();
-            (name, values)
-        })
-        .collect::<Vec<_>>();
-    if !varied.is_empty() && sharing == Sharing::Store {
-        // Later requests may differ in those headers, and nothing stored
-        // would tell: the flight shares it, the store does not keep it.
-        sharing = Sharing::FlightOnly;
-    }
-    if sharing == Sharing::Private {
-        bump(&counters.uncacheable);
-        let own = asked.answer_streamed(head, CoalesceBody::inner(body));
-        return Produced {
-            landing: Landing::Uncacheable,
-            own: Ok((own, Outcome::Leader)),
-            keep: None,
-        };
-    }
-
-    match buffer(body, shared.config.max_body_bytes).await {
-        Buffered::Whole { data, trailers } => {
-            let sharing = policy::judge_trailers(sharing, trailers.as_ref());
-            let entry = Entry::new(head.status, head.version, head.headers, data, trailers);
-            let own = asked.answer(&entry);
-            let keep = (sharing == Sharing::Store).then(|| entry.clone());
-            let landing = if varied.is_empty() {
-                Landing::Done(entry)
-            } else {
-                Landing::Varied(entry, Arc::new(crate::flight::Varied::new(varied)))
-            };
-            Produced {
-                keep,
-                landing,
-                own: Ok((own, Outcome::Leader)),
-            }
-        }
-        Buffered::TooLarge { prefix, rest } => {
-            bump(&counters.uncacheable);
-            let own = asked.answer_streamed(head, CoalesceBody::replay(prefix, Some(rest), None));
-            Produced {
-                landing: Landing::Uncacheable,
-                own: Ok((own, Outcome::Leader)),
-                keep: None,
-            }
-        }
-        Buffered::Failed { prefix, error } => {
-            bump(&counters.errors);
-            let shared_error = FlightError::new(FlightErrorKind::Body, error.to_string());
-            let own = Response::from_parts(head, CoalesceBody::replay(prefix, None, Some(error)));
-            Produced {
-                landing: Landing::Failed(shared_error),
-                own: Ok((own, Outcome::Leader)),
-                keep: None,
-            }
-        }
-    }
-}
-
-/// A backend operation, given up after `limit`.
-/// Why a flight goes without the backend for one operation.
-pub(crate) enum Unavailable {
-    /// Not tried: the backend kept failing (see `backend_cooldown`).
-    Skipped,
-    /// Tried, and it failed or did not answer in time.
-    Failed(crate::BackendError),
-}
-
-impl Unavailable {
-    /// Counts this, and says what the flight does instead: `what` failed,
-    /// or was skipped; `then` the flight goes on this way.
-    pub(crate) fn report(&self, counters: &crate::stats::Counters, what: &str, then: &str) {
-        match self {
-            Unavailable::Skipped => {
-                bump(&counters.backend_skipped);
-                tracing::debug!("{what} skipped, the backend keeps failing; {then}");
-            }
-            Unavailable::Failed(error) => {
-                bump(&counters.backend_errors);
-                tracing::warn!(%error, "{what} failed; {then}");
-            }
-        }
-    }
-}
-
-/// A backend operation a flight can go without: not tried while the backend
-/// is being skipped, otherwise bounded by `backend_timeout`; its outcome
-/// counts toward skipping the backend.
-pub(crate) async fn optional<'a, E, T>(
-    shared: &'a Shared<E>,
-    op: impl FnOnce(&'a dyn crate::Backend) -> crate::backend::BackendFuture<'a, T>,
-) -> Result<T, Unavailable> {
-    if shared.breaker.skipping() {
-        return Err(Unavailable::Skipped);
-    }
-    required(shared, op).await.map_err(Unavailable::Failed)
-}
-
-/// A backend operation a flight must try whatever the backend did before
-/// (renewing or completing a lease it holds): bounded by `backend_timeout`,
-/// its outcome counted toward skipping the backend.
-pub(crate) async fn required<'a, E, T>(
-    shared: &'a Shared<E>,
-    op: impl FnOnce(&'a dyn crate::Backend) -> crate::backend::BackendFuture<'a, T>,
-) -> Result<T, crate::BackendError> {
-    let config = &shared.config;
-    let result = bounded(config.backend_timeout, op(&*config.backend)).await;
-    shared.breaker.record(&result);
-    result
-}
-
-pub(crate) async fn bounded<T>(
-    limit: std::time::Duration,
-    op: crate::backend::BackendFuture<'_, T>,
-) -> Result<T, crate::BackendError> {
-    match tokio::time::timeout(limit, op).await {
-        Ok(result) => result,
-        Err(_) => Err(crate::BackendError::msg(format!(
-            "no answer from the backend within {limit:?}"
-        ))),
-    }
-}
-
-/// A response body read as far as the limit allows.
-enum Buffered<B> {
-    /// All of it, within the limit.
-    Whole {
-        data: Bytes,
-        trailers: Option<HeaderMap>,
-    },
-    /// More than the limit: what was read, and the unread rest.
-    TooLarge {
-        prefix: Vec<Bytes>,
-        rest: Pin<Box<B>>,
-    },
-    /// The body failed after `prefix`.
-    Failed { prefix: Vec<Bytes>, error: BoxError },
-}
-
-async fn buffer<B>(body: B, limit: usize) -> Buffered<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    // Boxed once per flight so the unread rest can be handed on after reading.
-    let mut body = Box::pin(body);
-    let mut prefix = Vec::new();
-    if body.size_hint().lower() > limit as u64 {
-        return Buffered::TooLarge { prefix, rest: body };
-    }
-    let mut len = 0usize;
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(error) => {
-                return Buffered::Failed {
-                    prefix,
-                    error: error.into(),
-                }
-            }
-        };
-        match frame.into_data() {
-            Ok(chunk) => {
-                len = len.saturating_add(chunk.len());
-                if !chunk.is_empty() {
-                    prefix.push(chunk);
-                }
-                if len > limit {
-                    return Buffered::TooLarge { prefix, rest: body };
-                }
-            }
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    trailers = Some(t);
-                }
-            }
-        }
-    }
-    let data = match prefix.len() {
-        0 => Bytes::new(),
-        1 => prefix.pop().unwrap_or_default(),
-        _ => {
-            let mut joined = BytesMut::with_capacity(len);
-            prefix.iter().for_each(|c| joined.extend_from_slice(c));
-            joined.freeze()
-        }
-    };
-    Buffered::Whole { data, trailers }
-}
-
-/// Whether a request speaks gRPC, whose clients read failures from
-/// `grpc-status`, not from the HTTP status.
-pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// The response a caller gets for a flight that failed: the error's HTTP
-/// status, or for a gRPC caller a trailers-only gRPC answer with the matching
-/// status code, so its client reports what happened instead of a protocol
-/// error.
-pub(crate) fn error_response<B>(error: FlightError, grpc: bool) -> Response<CoalesceBody<B>> {
-    let mut res = Response::new(CoalesceBody::empty());
-    if grpc {
-        let headers = res.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", error.grpc_status().into());
-        if let Ok(message) = http::HeaderValue::from_str(&grpc_message(&error.to_string())) {
-            headers.insert("grpc-message", message);
-        }
-    } else {
-        *res.status_mut() = error.status();
-    }
-    res.extensions_mut().insert(error);
-    res
-}
-
-/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 protocol asks: every
-/// byte outside printable ASCII, and `%` itself.
-fn grpc_message(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if (0x20..0x7f).contains(&byte) && byte != b'%' {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }

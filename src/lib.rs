@@ -104,18 +104,20 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 pub mod backend;
+mod backend_call;
 mod body;
 mod breaker;
+mod coalesced;
 mod conditions;
 mod config;
 mod entry;
 mod error;
 mod flight;
-mod follower;
 mod future;
 mod key;
 mod layer;
 mod leader;
+mod origin;
 mod policy;
 mod remote;
 mod service;

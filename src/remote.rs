@@ -10,8 +10,8 @@
 //! slow turns the flight into a process-local one; it never fails a request.
 
 use crate::backend::{Completion, LeaseToken, Notice, TryLock};
+use crate::backend_call::{bounded, optional, required, Unavailable};
 use crate::layer::Shared;
-use crate::leader::{bounded, optional, required, Unavailable};
 use crate::stats::bump;
 use crate::{Backend, Entry, Key};
 use std::future::Future;

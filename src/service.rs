@@ -112,7 +112,7 @@ where
             }
             crate::flight::Role::Follower(_) => self.inner.clone(),
         };
-        let future = crate::follower::Coalesced::new(self.shared.clone(), key, role, req, inner);
+        let future = crate::coalesced::Coalesced::new(self.shared.clone(), key, role, req, inner);
         ResponseFuture::coalesced(future)
     }
 }

@@ -48,6 +48,22 @@ impl Outcome {
     }
 }
 
+/// Records `outcome` in the response's extensions, and as `header` if set.
+pub(crate) fn mark<B>(
+    mut res: http::Response<B>,
+    outcome: Outcome,
+    header: Option<&http::HeaderName>,
+) -> http::Response<B> {
+    if let Some(name) = header {
+        res.headers_mut().insert(
+            name.clone(),
+            http::HeaderValue::from_static(outcome.as_str()),
+        );
+    }
+    res.extensions_mut().insert(outcome);
+    res
+}
+
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -1,5 +1,7 @@
-//! The path of a keyed request that missed the in-memory cache: lead a flight
-//! or follow one, and what a follower does with each way a flight can land.
+//! A keyed request after a miss: it leads a flight (its task runs in
+//! `leader`; this waits for the caller's own answer), follows one, or calls
+//! the inner service alone — for a pass-through answer, a `Vary` it does
+//! not match, or a wait timeout with the `CallOrigin` fallback.
 //!
 //! A follower never touches the backend: it waits for the flight's landing,
 //! woken by it, never polling. A flight that was abandoned sends it back to the
@@ -7,10 +9,11 @@
 
 use crate::conditions::Asked;
 use crate::flight::{Landing, Role, Wait};
-use crate::future::mark;
 use crate::layer::Shared;
-use crate::leader::{self, error_response, Origin, OriginBody, Own};
+use crate::leader;
+use crate::origin::{Origin, OriginBody, Own};
 use crate::stats::bump;
+use crate::stats::mark;
 use crate::{CoalesceBody, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome, WaitFallback};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -76,7 +79,7 @@ where
         req: Request<ReqBody>,
         inner: S,
     ) -> Self {
-        let grpc = leader::is_grpc(&req);
+        let grpc = crate::error::is_grpc(&req);
         let mut call = Some((req, inner));
         let state = start(&shared, key, &mut call, role);
         Self {
@@ -167,13 +170,11 @@ where
                         // The task ended without answering: only when the
                         // runtime shuts down.
                         Err(_) => Ok(mark(
-                            error_response(
-                                FlightError::new(
-                                    FlightErrorKind::Dropped,
-                                    "the flight's task was stopped",
-                                ),
-                                *this.grpc,
-                            ),
+                            FlightError::new(
+                                FlightErrorKind::Dropped,
+                                "the flight's task was stopped",
+                            )
+                            .into_response(*this.grpc),
                             Outcome::Leader,
                             header,
                         )),
@@ -214,7 +215,7 @@ where
                     Some(Landing::Failed(error)) => {
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(mark(
-                            error_response(error, *this.grpc),
+                            error.into_response(*this.grpc),
                             Outcome::Follower,
                             header,
                         )));

@@ -1,0 +1,225 @@
+//! The origin call of a flight: call the inner service, judge the response,
+//! buffer its body within the limit, and say what each party gets — the
+//! followers' landing, the leader caller's own answer, the entry to keep.
+//!
+//! It never stores or publishes anything: the flight task does that with
+//! what this returns.
+
+use crate::conditions::Asked;
+use crate::flight::Landing;
+use crate::layer::Shared;
+use crate::policy::{self, Sharing};
+use crate::stats::bump;
+use crate::{BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, KeyExtractor, Outcome};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use std::fmt::Display;
+use std::pin::Pin;
+use std::sync::Arc;
+use tower::ServiceExt;
+use tower_service::Service;
+
+/// The inner services the flight machinery can drive: what a flight's task
+/// needs of the service, its future and its bodies, said once.
+pub(crate) trait Origin<ReqBody, ResBody>:
+    Service<
+        Request<ReqBody>,
+        Response = Response<ResBody>,
+        Future: Send + 'static,
+        Error: Display + Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, ReqBody, ResBody> Origin<ReqBody, ResBody> for S
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Display + Send + 'static,
+{
+}
+
+/// The response bodies a flight can buffer, replay and hand across tasks.
+pub(crate) trait OriginBody:
+    Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> OriginBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+/// What the leader's own caller receives: its response (with how it was
+/// made), or the inner service's own error.
+pub(crate) type Own<B, E> = Result<(Response<CoalesceBody<B>>, Outcome), E>;
+
+/// What the origin call produced: the landing for the followers, the leader
+/// caller's own answer, and the entry to keep, if it may be stored.
+pub(crate) struct Produced<B, E> {
+    pub(crate) landing: Landing,
+    pub(crate) own: Own<B, E>,
+    pub(crate) keep: Option<Entry>,
+}
+
+/// Calls the origin, judges the response and buffers its body.
+pub(crate) async fn produce<S, E, ReqBody, ResBody>(
+    shared: &Shared<E>,
+    asked: &Asked,
+    req: Request<ReqBody>,
+    inner: S,
+) -> Produced<ResBody, S::Error>
+where
+    S: Origin<ReqBody, ResBody>,
+    E: KeyExtractor<ReqBody>,
+    ResBody: OriginBody,
+{
+    let counters = &shared.counters;
+    bump(&counters.origin_calls);
+    // Kept for a response that varies on headers outside the key: followers
+    // then share it only if their values are the leader's. Header values are
+    // reference-counted, so this costs one small map per flight.
+    let sent = req.headers().clone();
+    let res = match inner.oneshot(req).await {
+        Ok(res) => res,
+        Err(error) => {
+            bump(&counters.errors);
+            let shared_error = FlightError::new(FlightErrorKind::Origin, error.to_string());
+            return Produced {
+                landing: Landing::Failed(shared_error),
+                own: Err(error),
+                keep: None,
+            };
+        }
+    };
+    let (head, body) = res.into_parts();
+    let mut sharing = policy::judge(&head);
+    tracing::debug!(status = %head.status, ?sharing, "origin answered");
+    let varied = policy::varied_on(&head.headers)
+        .filter(|name| !shared.extractor.keys_header(name))
+        .map(|name| {
+            let values = sent.get_all(&name).iter().cloned().collect();
+            (name, values)
+        })
+        .collect::<Vec<_>>();
+    if !varied.is_empty() && sharing == Sharing::Store {
+        // Later requests may differ in those headers, and nothing stored
+        // would tell: the flight shares it, the store does not keep it.
+        sharing = Sharing::FlightOnly;
+    }
+    if sharing == Sharing::Private {
+        bump(&counters.uncacheable);
+        let own = asked.answer_streamed(head, CoalesceBody::inner(body));
+        return Produced {
+            landing: Landing::Uncacheable,
+            own: Ok((own, Outcome::Leader)),
+            keep: None,
+        };
+    }
+
+    match buffer(body, shared.config.max_body_bytes).await {
+        Buffered::Whole { data, trailers } => {
+            let sharing = policy::judge_trailers(sharing, trailers.as_ref());
+            let entry = Entry::new(head.status, head.version, head.headers, data, trailers);
+            let own = asked.answer(&entry);
+            let keep = (sharing == Sharing::Store).then(|| entry.clone());
+            let landing = if varied.is_empty() {
+                Landing::Done(entry)
+            } else {
+                Landing::Varied(entry, Arc::new(crate::flight::Varied::new(varied)))
+            };
+            Produced {
+                keep,
+                landing,
+                own: Ok((own, Outcome::Leader)),
+            }
+        }
+        Buffered::TooLarge { prefix, rest } => {
+            bump(&counters.uncacheable);
+            let own = asked.answer_streamed(head, CoalesceBody::replay(prefix, Some(rest), None));
+            Produced {
+                landing: Landing::Uncacheable,
+                own: Ok((own, Outcome::Leader)),
+                keep: None,
+            }
+        }
+        Buffered::Failed { prefix, error } => {
+            bump(&counters.errors);
+            let shared_error = FlightError::new(FlightErrorKind::Body, error.to_string());
+            let own = Response::from_parts(head, CoalesceBody::replay(prefix, None, Some(error)));
+            Produced {
+                landing: Landing::Failed(shared_error),
+                own: Ok((own, Outcome::Leader)),
+                keep: None,
+            }
+        }
+    }
+}
+
+/// A response body read as far as the limit allows.
+enum Buffered<B> {
+    /// All of it, within the limit.
+    Whole {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// More than the limit: what was read, and the unread rest.
+    TooLarge {
+        prefix: Vec<Bytes>,
+        rest: Pin<Box<B>>,
+    },
+    /// The body failed after `prefix`.
+    Failed { prefix: Vec<Bytes>, error: BoxError },
+}
+
+async fn buffer<B>(body: B, limit: usize) -> Buffered<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    // Boxed once per flight so the unread rest can be handed on after reading.
+    let mut body = Box::pin(body);
+    let mut prefix = Vec::new();
+    if body.size_hint().lower() > limit as u64 {
+        return Buffered::TooLarge { prefix, rest: body };
+    }
+    let mut len = 0usize;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                return Buffered::Failed {
+                    prefix,
+                    error: error.into(),
+                }
+            }
+        };
+        match frame.into_data() {
+            Ok(chunk) => {
+                len = len.saturating_add(chunk.len());
+                if !chunk.is_empty() {
+                    prefix.push(chunk);
+                }
+                if len > limit {
+                    return Buffered::TooLarge { prefix, rest: body };
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    let data = match prefix.len() {
+        0 => Bytes::new(),
+        1 => prefix.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(len);
+            prefix.iter().for_each(|c| joined.extend_from_slice(c));
+            joined.freeze()
+        }
+    };
+    Buffered::Whole { data, trailers }
+}
