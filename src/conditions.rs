@@ -82,18 +82,15 @@ impl Asked {
     /// What `req` asked, its headers untouched (followers and hits).
     pub(crate) fn of<B>(req: &Request<B>) -> Self {
         let headers = req.headers();
-        let conditions = CONDITIONAL
-            .iter()
-            .any(|name| headers.contains_key(name))
-            .then(|| {
-                let mut kept = HeaderMap::new();
-                for name in &CONDITIONAL {
-                    for value in headers.get_all(name) {
-                        kept.append(name.clone(), value.clone());
-                    }
+        let conditions = has_any(headers, &CONDITIONAL).then(|| {
+            let mut kept = HeaderMap::new();
+            for name in &CONDITIONAL {
+                for value in headers.get_all(name) {
+                    kept.append(name.clone(), value.clone());
                 }
-                Box::new(kept)
-            });
+            }
+            Box::new(kept)
+        });
         Self {
             method: Asking::of(req.method()),
             conditions,
@@ -253,6 +250,17 @@ impl Asked {
             }
         }
         Verdict::Proceed
+    }
+}
+
+/// Whether `headers` has any of `names`. Asked of every keyed request, hits
+/// included: a request has few headers, so one pass over them is cheaper
+/// than a hashed lookup per name.
+pub(crate) fn has_any(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    if headers.keys_len() <= 16 {
+        headers.keys().any(|name| names.contains(name))
+    } else {
+        names.iter().any(|name| headers.contains_key(name))
     }
 }
 

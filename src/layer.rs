@@ -83,10 +83,12 @@ impl<E> Shared<E> {
         }
         let keyed = || {
             let headers = req.headers();
-            let unkeyed_credential = config
-                .credentials
-                .iter()
-                .any(|name| headers.contains_key(name) && !self.extractor.keys_header(name));
+            // One pass to see whether any is there: most requests carry none.
+            let unkeyed_credential = crate::conditions::has_any(headers, &config.credentials)
+                && config
+                    .credentials
+                    .iter()
+                    .any(|name| headers.contains_key(name) && !self.extractor.keys_header(name));
             if unkeyed_credential {
                 return None;
             }
