@@ -5,7 +5,7 @@
 # Each seed is the *contents* of an entry frame, without the "TCE\x01" tag
 # and the CRC-32: the target also decodes every input wrapped in a valid
 # frame, so these reach the parser directly and no checksum has to be
-# computed here. The layout follows `Entry::encode` in src/entry.rs.
+# computed here. The layout follows `Entry::encode` in src/entry/codec.rs.
 set -euo pipefail
 
 out="$(dirname "$0")/corpus/entry_decode"

@@ -31,7 +31,7 @@ impl Breaker {
     }
 
     fn skip_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.skip_until.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.skip_until)
     }
 
     /// Whether backend operations should be skipped now.

@@ -91,10 +91,7 @@ pub(crate) struct FlightTable {
 
 impl FlightTable {
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Flight>>> {
-        // A panic while holding this lock cannot leave the map half-changed
-        // (every critical section is a single map operation), so poisoning is
-        // ignored rather than spread to every later request.
-        self.flights.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.flights)
     }
 
     /// Leads the flight for `key`, or follows the one under way.

@@ -122,6 +122,7 @@ mod policy;
 mod remote;
 mod service;
 mod stats;
+mod sync;
 
 pub use backend::{
     Backend, BackendError, Completion, LeaseToken, MemoryBackend, Notice, RedisBackend, TryLock,

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tower_coalesce::Entry;
 
-/// Tags of the format versions `Entry::decode` reads (see `src/entry.rs`).
+/// Tags of the format versions `Entry::decode` reads (see `src/entry/codec.rs`).
 const MAGICS: [&[u8]; 2] = [b"TCE\x02", b"TCE\x01"];
 
 fuzz_target!(|data: &[u8]| {

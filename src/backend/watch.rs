@@ -110,7 +110,7 @@ impl std::fmt::Debug for Registration {
 
 impl Channels {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     /// A watch on `name`, and, if an unsubscription of `name` is under way,

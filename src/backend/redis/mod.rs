@@ -1,12 +1,14 @@
 //! The distributed backend: entries in a Redis shared by every instance of a
 //! service, so that an answer one instance fetched serves them all.
 //!
-//! Redis keys are `<namespace>:{<hash>}:v`: the request key is hashed
-//! (SHA-256, first 128 bits in hex) so that any key, however long or binary,
-//! becomes a short Redis key, and the hash is the cluster hash tag, so that a
-//! key's value — and, as the protocol grows, its lock and channel — share one
-//! slot. Values are [`Entry::encode`]d; a value that does not decode is a miss,
-//! overwritten by the next answer, never served.
+//! Redis names are `<namespace>:2:{<resource hash>}:<variant hash>:<suffix>`
+//! (`names`): any key, however long or binary, becomes short names, and the
+//! resource hash is the cluster hash tag, so a key's value, lease, pass mark
+//! and channel — and those of every variant of its resource — share one slot.
+//! The Lua scripts are in `scripts`, the completion messages and their
+//! routing to waiting flights in `pubsub`. Values are [`Entry::encode`]d; a
+//! value that does not decode is a miss, overwritten by the next answer,
+//! never served.
 //!
 //! Entries this process stored or read are also kept in a near cache in its
 //! memory, for the rest of their Redis TTL, so hits never leave the process.
@@ -17,78 +19,20 @@
 //! on is the layer's [`backend_timeout`](crate::CoalesceConfig::backend_timeout),
 //! which holds for every backend.
 
-use super::watch::{Channels, Notice, Watch};
+mod names;
+mod pubsub;
+mod scripts;
+
+use self::names::Names;
+use self::pubsub::{route, shared_message, stored_message, unsubscribe, PASS, RELEASED};
+use self::scripts::{COMPLETE, DROP_BAD, GET_FRESH, RENEW, TRY_LOCK};
+use super::watch::{Channels, Watch};
 use super::{Backend, BackendError, BackendFuture};
 use super::{Completion, LeaseToken, TryLock};
 use crate::{Entry, Key, MemoryBackend};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
-use std::fmt::Write as _;
-use std::sync::LazyLock;
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo};
 use std::time::Duration;
-
-/// KEYS[1] value: the value and its remaining life in ms, or nil. One round
-/// trip, and the near cache keeps the entry no longer than Redis does.
-static GET_FRESH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local v = redis.call('GET', KEYS[1])
-          if not v then return false end
-          return {v, redis.call('PTTL', KEYS[1])}",
-    )
-});
-
-/// KEYS[1] lock, KEYS[2] value, KEYS[3] pass mark; ARGV[1] token, ARGV[2]
-/// lease in ms. Returns 1 (acquired), 0 (held) or 2 (pass). The lease is
-/// refused while an answer is stored: a flight that missed the value just
-/// before another process completed must take that answer, not lead a second
-/// call to the origin. While the key is marked pass-through, nobody leads it.
-static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
-          if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-          if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-          return 0",
-    )
-});
-
-/// KEYS[1] value; ARGV[1] the bytes read. Deletes a value that did not decode,
-/// only if it is still those bytes (a fresh answer written since stays).
-static DROP_BAD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-          return 0",
-    )
-});
-
-/// KEYS[1] lock; ARGV[1] token, ARGV[2] lease in ms.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
-            return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-          end
-          return 0",
-    )
-});
-
-/// KEYS[1] lock, KEYS[2] value, KEYS[3] pass mark; ARGV[1] token, ARGV[2]
-/// encoded entry, ARGV[3] its TTL in ms (`0`: store nothing), ARGV[4] how
-/// long to mark the key pass-through in ms (`0`: no mark), ARGV[5] done
-/// channel, ARGV[6] the completion message.
-static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-          if ARGV[3] ~= '0' then
-            redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-          end
-          if ARGV[4] ~= '0' then
-            redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
-          end
-          redis.call('DEL', KEYS[1])
-          redis.call('PUBLISH', ARGV[5], ARGV[6])
-          return 1",
-    )
-});
 
 /// Stores entries in Redis. Cloning is cheap; clones share one connection.
 #[derive(Clone)]
@@ -184,51 +128,27 @@ impl RedisBackend {
 
     /// The Redis key under which the entry for `key` is stored.
     pub fn value_key(&self, key: &Key) -> String {
-        self.name(key, "v")
+        self.names(key).value
     }
 
     /// The Redis key of `key`'s lease (its value is the leader's token).
     pub fn lock_key(&self, key: &Key) -> String {
-        self.name(key, "lock")
+        self.names(key).lock
     }
 
     /// The Redis key that marks `key` pass-through for every instance.
     pub fn pass_key(&self, key: &Key) -> String {
-        self.name(key, "pass")
+        self.names(key).pass
     }
 
     /// The channel on which the end of `key`'s flight is published.
     pub fn done_channel(&self, key: &Key) -> String {
-        self.name(key, "done")
+        self.names(key).done
     }
 
-    fn name(&self, key: &Key, suffix: &str) -> String {
-        let mut name = self.prefix(key);
-        name.push_str(suffix);
-        name
-    }
-
-    /// `<namespace>:2:{<resource hash>}:<variant hash>:`, the start of every
-    /// name of `key`. The `2` is the name layout's version: instances of a
-    /// release with another layout share no names with these. The resource
-    /// hash is the cluster hash tag, so every variant and method of one
-    /// resource lives on one slot. Hashing is done here once per operation,
-    /// however many names it needs: a key may be long.
-    fn prefix(&self, key: &Key) -> String {
-        let mut out = String::with_capacity(self.namespace.len() + 72);
-        out.push_str(&self.namespace);
-        out.push_str(":2:{");
-        hex(&mut out, &key.resource_digest());
-        out.push_str("}:");
-        hex(&mut out, &key.variant_digest());
-        out.push(':');
-        out
-    }
-}
-
-fn hex(out: &mut String, bytes: &[u8]) {
-    for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
+    /// Every name of `key`, from one hashing of it.
+    fn names(&self, key: &Key) -> Names {
+        Names::new(&self.namespace, key)
     }
 }
 
@@ -419,12 +339,12 @@ impl Backend for RedisBackend {
         lease: Duration,
     ) -> BackendFuture<'a, TryLock> {
         Box::pin(async move {
-            let prefix = self.prefix(key);
+            let names = self.names(key);
             let mut conn = self.conn.clone();
             let taken: i64 = TRY_LOCK
-                .key(format!("{prefix}lock"))
-                .key(format!("{prefix}v"))
-                .key(format!("{prefix}pass"))
+                .key(&names.lock)
+                .key(&names.value)
+                .key(&names.pass)
                 .arg(token.as_str())
                 .arg(millis(lease)?)
                 .invoke_async(&mut conn)
@@ -504,17 +424,17 @@ impl Backend for RedisBackend {
                 }
                 Completion::Released => (bytes::Bytes::new(), 0, 0, RELEASED.to_vec()),
             };
-            let prefix = self.prefix(key);
+            let names = self.names(key);
             let mut conn = self.conn.clone();
             let done: i64 = COMPLETE
-                .key(format!("{prefix}lock"))
-                .key(format!("{prefix}v"))
-                .key(format!("{prefix}pass"))
+                .key(&names.lock)
+                .key(&names.value)
+                .key(&names.pass)
                 .arg(token.as_str())
                 .arg(value.as_ref())
                 .arg(ttl)
                 .arg(pass)
-                .arg(format!("{prefix}done"))
+                .arg(&names.done)
                 .arg(message)
                 .invoke_async(&mut conn)
                 .await
@@ -525,120 +445,6 @@ impl Backend for RedisBackend {
             Ok(done == 1)
         })
     }
-}
-
-/// Unsubscribes from `name` once nobody in this process waits on it,
-/// retrying until Redis confirms: a command whose caller timed out before a
-/// stalled connection could send it is never sent, and a lost `UNSUBSCRIBE`
-/// would keep the subscription for the connection's whole life. Gives up as
-/// soon as a new waiter watches the channel again (its subscription must
-/// stand), or after about half a minute. While a command is under way, a new
-/// waiter's `SUBSCRIBE` waits for its answer (see [`Channels`]), so that it
-/// always reaches Redis after the `UNSUBSCRIBE`.
-async fn unsubscribe(mut conn: ConnectionManager, channels: Channels, name: String) {
-    let mut pause = Duration::from_millis(100);
-    for _ in 0..10 {
-        let Some(under_way) = channels.unsubscribing(&name) else {
-            return;
-        };
-        let result = conn.unsubscribe(&name).await;
-        drop(under_way);
-        match result {
-            Ok(()) => return,
-            Err(error) => tracing::debug!(%error, %name, "unsubscribe failed; trying again"),
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
-    tracing::warn!(%name, "could not unsubscribe; this connection keeps receiving the channel's messages, which are ignored");
-}
-
-/// Hands a push from Redis to the watches it concerns.
-fn route(channels: &Channels, near: Option<&MemoryBackend>, push: PushInfo) {
-    match push.kind {
-        PushKind::Message => {
-            let mut data = push.data.into_iter();
-            let (Some(Value::BulkString(name)), payload) = (data.next(), data.next()) else {
-                return;
-            };
-            let Ok(name) = std::str::from_utf8(&name) else {
-                return;
-            };
-            channels.signal(name, |key| match payload {
-                Some(Value::BulkString(payload)) => read_message(near, key, payload.into()),
-                _ => Notice::LookAgain,
-            });
-        }
-        // Messages published while the link was down are lost: every
-        // waiter must look again.
-        PushKind::Disconnection => channels.signal_all(),
-        _ => {}
-    }
-}
-
-/// Answers up to this size (encoded) travel inside the completion message.
-const ANNOUNCED_MAX: usize = 16 * 1024;
-
-/// The completion message of a flight whose answer could not be shared.
-const PASS: &[u8] = b"pass";
-/// The completion message of a flight that ended with nothing to hand on.
-const RELEASED: &[u8] = b"released";
-
-/// The completion message for a stored answer: `V`, the TTL in ms (8 bytes,
-/// big-endian), then the encoded entry — or just `stored` for a large one,
-/// which waiters then read with a `GET`.
-fn stored_message(encoded: &[u8], ttl_ms: u64) -> Vec<u8> {
-    if encoded.len() > ANNOUNCED_MAX {
-        return b"stored".to_vec();
-    }
-    let mut message = Vec::with_capacity(9 + encoded.len());
-    message.push(b'V');
-    message.extend_from_slice(&ttl_ms.to_be_bytes());
-    message.extend_from_slice(encoded);
-    message
-}
-
-/// The completion message for an answer shared with the flight's waiters
-/// but not stored: `F`, then the encoded entry — or `released` for a large
-/// one, whose waiters then take the lease over.
-fn shared_message(encoded: &[u8]) -> Vec<u8> {
-    if encoded.len() > ANNOUNCED_MAX {
-        return RELEASED.to_vec();
-    }
-    let mut message = Vec::with_capacity(1 + encoded.len());
-    message.push(b'F');
-    message.extend_from_slice(encoded);
-    message
-}
-
-/// Reads a completion message on `key`'s channel into what its waiters are
-/// told; a stored answer that came with it is kept near first, so that the
-/// woken waiters find it without a `GET`. Anything that does not decode is
-/// only a wake-up: the waiters look in Redis. Bodies share the message's
-/// bytes.
-fn read_message(near: Option<&MemoryBackend>, key: &Key, message: bytes::Bytes) -> Notice {
-    match message.first() {
-        Some(b'V') => {
-            if let (Some(near), Some((entry, ttl))) = (near, decode_stored(message)) {
-                near.insert(key, entry, ttl);
-            }
-            Notice::LookAgain
-        }
-        Some(b'F') => match Entry::decode(message.slice(1..)) {
-            Ok(entry) => Notice::Answer(entry),
-            Err(_) => Notice::LookAgain,
-        },
-        _ if message == PASS => Notice::Pass,
-        _ => Notice::LookAgain,
-    }
-}
-
-/// Reads a [`stored_message`].
-fn decode_stored(message: bytes::Bytes) -> Option<(Entry, Duration)> {
-    let ttl = message.strip_prefix(b"V")?.first_chunk::<8>()?;
-    let ttl = Duration::from_millis(u64::from_be_bytes(*ttl));
-    let entry = Entry::decode(message.slice(9..)).ok()?;
-    Some((entry, ttl))
 }
 
 /// A lease or TTL in whole milliseconds, at least 1 (Redis rejects `PX 0`).
