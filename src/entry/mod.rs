@@ -195,12 +195,25 @@ fn age_value(age: Duration) -> HeaderValue {
 }
 
 /// The `Age` a response already has: whole seconds, anything else is none.
+///
+/// RFC 9111 §5.1: of a list (`Age: 5, 7`) the first member counts; a value
+/// that is not a non-negative integer is ignored; one too large to
+/// represent is 2^31 seconds (§1.2.2), never zero.
 pub(crate) fn initial_age(headers: &HeaderMap) -> Duration {
-    headers
+    const OVERFLOW: u64 = 1 << 31;
+    let Some(first) = headers
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs)
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+    else {
+        return Duration::ZERO;
+    };
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return Duration::ZERO;
+    }
+    let secs = first.parse::<u64>().map_or(OVERFLOW, |s| s.min(OVERFLOW));
+    Duration::from_secs(secs)
 }
 
 /// A time as milliseconds since the Unix epoch, as entries encode it.
@@ -233,6 +246,22 @@ mod tests {
             Bytes::from_static(b"{\"id\":7}"),
             Some(trailers),
         )
+    }
+
+    #[test]
+    fn the_origins_age_is_read_as_rfc_9111_says() {
+        let age = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::AGE, v.parse().unwrap());
+            initial_age(&h).as_secs()
+        };
+        assert_eq!(age("5"), 5);
+        assert_eq!(age("5, 7"), 5, "the first member of a list");
+        assert_eq!(age("-3"), 0, "invalid: ignored");
+        assert_eq!(age("abc"), 0);
+        assert_eq!(age("99999999999999999999999"), 1 << 31, "overflow is 2^31");
+        assert_eq!(age("9999999999"), 1 << 31);
+        assert_eq!(initial_age(&HeaderMap::new()).as_secs(), 0);
     }
 
     #[test]
