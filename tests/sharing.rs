@@ -300,6 +300,24 @@ async fn a_private_answer_still_honours_its_leaders_range_and_validators() {
     assert!(!seen.lock().unwrap()[0].1.contains_key("range"));
 }
 
+/// A leader and one follower of a plain GET through `layer` to `answer`:
+/// the follower's outcome.
+async fn leader_and_follower<F, Fut>(layer: &CoalesceLayer, origin: &Origin, answer: F) -> Outcome
+where
+    F: Fn(Request<Full<Bytes>>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send + 'static,
+{
+    let svc = layer.layer(origin.serve(answer));
+    let leader = tokio::spawn(svc.clone().oneshot(get(&[])));
+    until(layer, "the leader's call", |s| s.origin_calls == 1).await;
+    let follower = tokio::spawn(svc.clone().oneshot(get(&[])));
+    until(layer, "the follower", |s| s.followers == 1).await;
+    origin.open_gate();
+    leader.await.unwrap().unwrap();
+    let follower = follower.await.unwrap().unwrap();
+    *follower.extensions().get::<Outcome>().unwrap()
+}
+
 #[tokio::test]
 async fn answers_made_for_one_callers_conditions_are_never_shared_or_stored() {
     // An origin that answers 304 even to a request without validators.
@@ -314,15 +332,8 @@ async fn answers_made_for_one_callers_conditions_are_never_shared_or_stored() {
         )
     };
     let layer = CoalesceLayer::new(CoalesceConfig::new().ttl(Duration::from_secs(60)));
-    let svc = layer.layer(origin.serve(svc_fn));
-    let leader = tokio::spawn(svc.clone().oneshot(get(&[])));
-    until(&layer, "the leader's call", |s| s.origin_calls == 1).await;
-    let follower = tokio::spawn(svc.clone().oneshot(get(&[])));
-    until(&layer, "the follower", |s| s.followers == 1).await;
-    origin.open_gate();
-    leader.await.unwrap().unwrap();
-    let follower = follower.await.unwrap().unwrap();
-    assert_eq!(follower.extensions().get::<Outcome>(), Some(&Outcome::Pass));
+    let follower = leader_and_follower(&layer, &origin, svc_fn).await;
+    assert_eq!(follower, Outcome::Pass);
     assert_eq!(origin.calls(), 2, "the follower asked for itself");
     assert_eq!(layer.stats().stored, 0);
 }
@@ -448,15 +459,8 @@ async fn a_cache_control_that_cannot_be_read_keeps_the_answer_private() {
         )
     };
     let layer = CoalesceLayer::new(CoalesceConfig::new().ttl(Duration::from_secs(60)));
-    let svc = layer.layer(origin.serve(svc_fn));
-    let leader = tokio::spawn(svc.clone().oneshot(get(&[])));
-    until(&layer, "the leader's call", |s| s.origin_calls == 1).await;
-    let follower = tokio::spawn(svc.clone().oneshot(get(&[])));
-    until(&layer, "the follower", |s| s.followers == 1).await;
-    origin.open_gate();
-    leader.await.unwrap().unwrap();
-    let follower = follower.await.unwrap().unwrap();
-    assert_eq!(follower.extensions().get::<Outcome>(), Some(&Outcome::Pass));
+    let follower = leader_and_follower(&layer, &origin, svc_fn).await;
+    assert_eq!(follower, Outcome::Pass, "the follower asked for itself");
     assert_eq!(layer.stats().stored, 0);
 }
 
