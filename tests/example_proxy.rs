@@ -98,8 +98,9 @@ async fn echo(State(up): State<Upstream>, method: Method, body: Bytes) -> impl I
     )
 }
 
-async fn big(State(up): State<Upstream>) -> Body {
+async fn big(State(up): State<Upstream>, headers: HeaderMap) -> Body {
     up.count("big");
+    *up.seen.lock().unwrap() = Some(headers);
     let chunks = futures_util::stream::unfold(0, move |i| {
         let gate = up.big_gate.clone();
         async move {
@@ -823,4 +824,24 @@ async fn a_public_host_is_sent_for_every_request_and_trusted_headers_are_keyed()
     assert_eq!(two.body, format!("host={trusting} for=- proto=http"));
     assert_eq!((one.outcome(), two.outcome()), ("leader", "leader"));
     assert_eq!(up.calls("whoami"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seek_into_a_body_over_the_limit_reaches_the_upstream_once_the_key_passes() {
+    let (up, upstream) = upstream().await;
+    let layer = layer_from(&upstream, &[]).await;
+    let addr = start_proxy(&upstream, layer.clone()).await;
+    let client = client();
+    up.big_gate.add_permits(2);
+    let seek = [("range", "bytes=100-199")];
+    // The first: its flight asked for the whole body, which turned out too
+    // large to share and has no length to cut a range from: the whole body.
+    let first = send(&client, get_with(addr, "/big", &seek)).await;
+    assert_eq!((first.status, first.outcome()), (StatusCode::OK, "leader"));
+    assert_eq!(first.body.len(), BIG_CHUNKS * CHUNK);
+    // The key now passes: the next seek goes to the upstream as it was sent.
+    let second = send(&client, get_with(addr, "/big", &seek)).await;
+    assert_eq!(second.outcome(), "pass");
+    let seen = up.seen.lock().unwrap().clone().unwrap();
+    assert_eq!(seen["range"], "bytes=100-199");
 }
