@@ -68,7 +68,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tower_coalesce::{Backend, CoalesceConfig, CoalesceLayer, HttpKey, Key, RedisBackend, Stats};
+use tower_coalesce::{CoalesceConfig, CoalesceLayer, HttpKey, Key, RedisBackend, Stats, Store};
 
 /// An error from start-up or from a query.
 pub type BoxError = Box<dyn Error + Send + Sync>;

@@ -125,8 +125,8 @@ mod stats;
 mod sync;
 
 pub use backend::{
-    Backend, BackendError, Completion, LeaseToken, MemoryBackend, Notice, RedisBackend, TryLock,
-    Watch,
+    Announcer, Backend, BackendError, Completion, LeaseToken, Leases, MemoryBackend, Notice,
+    RedisBackend, Store, TryLock, Watch,
 };
 pub use body::{BoxError, CoalesceBody};
 pub use config::{CoalesceConfig, ConfigError, WaitFallback};

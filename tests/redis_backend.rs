@@ -9,7 +9,7 @@ use support::redis::RedisServer;
 use support::{body, echo_path, get, Origin};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::{
-    Backend, CoalesceConfig, CoalesceLayer, Completion, Key, Outcome, RedisBackend,
+    CoalesceConfig, CoalesceLayer, Completion, Key, Leases, Outcome, RedisBackend, Store,
 };
 
 async fn instance(

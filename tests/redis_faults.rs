@@ -37,7 +37,7 @@ use tower::{Layer, ServiceExt};
 use tower_coalesce::backend::BackendFuture;
 use tower_coalesce::{
     Backend, BoxError, CoalesceBody, CoalesceConfig, CoalesceLayer, Completion, Entry, HttpKey,
-    Key, KeyExtractor, LeaseToken, RedisBackend, TryLock, Watch,
+    Key, KeyExtractor, LeaseToken, Leases, RedisBackend, Store, TryLock, Watch,
 };
 
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<CoalesceBody<Full<Bytes>>>, BoxError>;
@@ -377,7 +377,12 @@ struct HeldLeaseAttempt {
     release: Arc<Semaphore>,
 }
 
-impl Backend for HeldLeaseAttempt {
+impl Store for HeldLeaseAttempt {
+    // No near cache: every hit is a flight that looks in Redis.
+    fn get_local(&self, _key: &Key) -> Option<Entry> {
+        None
+    }
+
     fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
         self.inner.lookup(key)
     }
@@ -385,7 +390,9 @@ impl Backend for HeldLeaseAttempt {
     fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()> {
         self.inner.store(key, entry, ttl)
     }
+}
 
+impl Leases for HeldLeaseAttempt {
     fn try_lock<'a>(
         &'a self,
         key: &'a Key,

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Version};
 use std::time::Duration;
 use support::redis::RedisServer;
-use tower_coalesce::{Backend, Completion, Entry, Key, LeaseToken, RedisBackend};
+use tower_coalesce::{Completion, Entry, Key, LeaseToken, Leases, RedisBackend, Store};
 
 fn entry(body: &'static str) -> Entry {
     Entry::new(

@@ -1,7 +1,7 @@
 //! The embedded backend: entries in this process's memory, bounded in count
 //! and bytes, each expiring after its own TTL. Built on `moka`.
 
-use super::{Backend, BackendFuture};
+use super::{BackendFuture, Completion, LeaseToken, Leases, Store, TryLock, Watch};
 use crate::{Entry, Key};
 use moka::sync::Cache;
 use std::time::{Duration, Instant};
@@ -119,7 +119,7 @@ impl MemoryBackend {
     }
 }
 
-impl Backend for MemoryBackend {
+impl Store for MemoryBackend {
     fn get_local(&self, key: &Key) -> Option<Entry> {
         self.cache.get(key).map(|s| s.entry)
     }
@@ -132,6 +132,40 @@ impl Backend for MemoryBackend {
     fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()> {
         self.insert(key, entry, ttl);
         Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Private to one process: every lease is granted (the layer's flight table
+/// already allows one flight per key), there is nobody to announce to, and
+/// a stored answer is kept.
+impl Leases for MemoryBackend {
+    fn try_lock<'a>(
+        &'a self,
+        _: &'a Key,
+        _: &'a LeaseToken,
+        _: Duration,
+    ) -> BackendFuture<'a, TryLock> {
+        Box::pin(std::future::ready(Ok(TryLock::Acquired)))
+    }
+
+    fn renew<'a>(&'a self, _: &'a Key, _: &'a LeaseToken, _: Duration) -> BackendFuture<'a, bool> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    fn watch<'a>(&'a self, _: &'a Key) -> BackendFuture<'a, Option<Watch>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a Key,
+        _: &'a LeaseToken,
+        completion: Completion,
+    ) -> BackendFuture<'a, bool> {
+        if let Completion::Stored { entry, ttl } = completion {
+            self.insert(key, entry, ttl);
+        }
+        Box::pin(std::future::ready(Ok(true)))
     }
 }
 

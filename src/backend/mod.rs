@@ -1,15 +1,39 @@
-//! Where answers are stored between flights, behind the [`Backend`] trait.
+//! Where answers are stored between flights, and how flights in different
+//! processes exclude each other: the [`Store`] and [`Leases`] traits, which
+//! together make a [`Backend`].
 //!
-//! The layer owns the request path — flights, followers, policy — and asks a
-//! backend only to find and keep entries. Protocol logic that every backend
-//! would need lives above this trait, once. [`MemoryBackend`] is the embedded
-//! default; [`RedisBackend`] shares entries between processes.
+//! The layer owns the request path — flights, followers, policy, the bounds
+//! and breaker around every backend call — and asks a backend only to find
+//! and keep entries (`Store`) and to lease keys and announce how their
+//! flights ended (`Leases`). Storage and exclusion are two traits, as
+//! Pingora keeps its cache lock apart from its storage, and neither has a
+//! default method: a backend states what it does for each, so it cannot
+//! lose exclusion, or its near cache, by forgetting a method.
+//! [`MemoryBackend`] is the embedded default; [`RedisBackend`] shares
+//! entries and leases between processes.
+//!
+//! # The contract
+//! - Every method may fail with a [`BackendError`]; the layer then goes on
+//!   without the backend for that step (and counts it). No method may
+//!   panic on bad data: a stored value that cannot be read is a miss.
+//! - The layer bounds every call by `backend_timeout`; a backend need not,
+//!   but must not hold locks across its own `.await`s that a timed-out call
+//!   would leave held.
+//! - A `Store` keeps an entry no longer than the `ttl` it was stored with,
+//!   and `get_local` / `lookup` return only entries still within it.
+//! - A backend private to one process implements `Leases` by granting
+//!   every lease (its layer's flight table already allows one flight per
+//!   key), announcing nothing (`watch` is `None`), and storing the answer of
+//!   a [`Completion::Stored`] in `complete`. [`MemoryBackend`] does exactly
+//!   that. A backend shared by processes must give a lease to one token at a
+//!   time, check the token on `renew` and `complete`, and wake the
+//!   [`Watch`]es of other processes when a flight completes.
 
 mod memory;
 mod redis;
 mod watch;
 
-pub use watch::{Notice, Watch};
+pub use watch::{Announcer, Notice, Watch};
 
 pub use self::redis::{RedisBackend, RedisBackendBuilder};
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
@@ -23,30 +47,36 @@ use std::time::Duration;
 /// The future a [`Backend`] returns.
 pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BackendError>> + Send + 'a>>;
 
-/// A store of entries shared by the services of one layer (and, for a
-/// distributed backend, by every process that uses the same store).
-///
-/// A backend that fails must say so with a [`BackendError`]: the layer then
-/// answers from the origin and counts the failure; a request never fails
-/// because its backend did.
-pub trait Backend: Send + Sync + 'static {
+/// What the layer is configured with: a [`Store`] with its [`Leases`].
+/// Implemented for every type that implements both.
+pub trait Backend: Store + Leases {}
+
+impl<T: Store + Leases> Backend for T {}
+
+/// Where entries are kept, shared by the services of one layer (and, for a
+/// distributed store, by every process that uses it).
+pub trait Store: Send + Sync + 'static {
     /// An entry this process already holds in memory, without waiting.
     ///
     /// Called on every keyed request before a flight is joined, so it must be
-    /// cheap; a backend that has nothing in process memory returns `None`
-    /// (the default).
-    fn get_local(&self, key: &Key) -> Option<Entry> {
-        let _ = key;
-        None
-    }
+    /// cheap; a store that keeps nothing in process memory returns `None`
+    /// (then every hit is a flight that calls [`lookup`](Self::lookup)).
+    fn get_local(&self, key: &Key) -> Option<Entry>;
 
-    /// The fresh entry stored under `key`, if any. Called by a flight's leader
-    /// only, never by its followers.
+    /// The entry stored under `key`, if it is still within its TTL. Called
+    /// by a flight's leader only, never by its followers.
     fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>>;
 
-    /// Stores `entry` under `key` for `ttl`.
+    /// Stores `entry` under `key` for `ttl` (nothing for a zero `ttl`),
+    /// replacing what was there.
     fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()>;
+}
 
+/// How flights for one key in different processes exclude each other: the
+/// key's lease, held by one [`LeaseToken`] at a time, and the news of how
+/// its flight ended. See the [module docs](self) for what a backend private
+/// to one process does here.
+pub trait Leases: Send + Sync + 'static {
     /// Tries to take the lease on `key` for `token`, for `lease`:
     /// [`TryLock::Acquired`] means this flight is the one leader of `key`
     /// among every process sharing the backend, until the lease ends or is
@@ -55,18 +85,12 @@ pub trait Backend: Send + Sync + 'static {
     /// just before another process completed takes that answer instead of
     /// calling the origin again, and answer [`TryLock::Pass`] while `key` is
     /// marked pass-through by a [`Completion::Pass`].
-    ///
-    /// The default, for a backend private to one process, always grants it:
-    /// the flight table already allows one flight per key.
     fn try_lock<'a>(
         &'a self,
         key: &'a Key,
         token: &'a LeaseToken,
         lease: Duration,
-    ) -> BackendFuture<'a, TryLock> {
-        let _ = (key, token, lease);
-        Box::pin(std::future::ready(Ok(TryLock::Acquired)))
-    }
+    ) -> BackendFuture<'a, TryLock>;
 
     /// Extends the lease to `lease` from now, only if `token` still holds it.
     /// `false` means the lease was lost: another flight may lead now.
@@ -75,20 +99,14 @@ pub trait Backend: Send + Sync + 'static {
         key: &'a Key,
         token: &'a LeaseToken,
         lease: Duration,
-    ) -> BackendFuture<'a, bool> {
-        let _ = (key, token, lease);
-        Box::pin(std::future::ready(Ok(true)))
-    }
+    ) -> BackendFuture<'a, bool>;
 
     /// A [`Watch`] that fires when a flight for `key` in another process may
-    /// have ended. `None` (the default) for a backend private to one process.
+    /// have ended; `None` for a backend private to one process.
     ///
     /// Once this returns, a completion is not missed: look up the entry after
     /// the watch is in place, then wait on it.
-    fn watch<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Watch>> {
-        let _ = key;
-        Box::pin(std::future::ready(Ok(None)))
-    }
+    fn watch<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Watch>>;
 
     /// Ends the flight led under `token`, as one step — only while `token`
     /// still holds the lease: does what `completion` says (store the
@@ -102,18 +120,10 @@ pub trait Backend: Send + Sync + 'static {
         key: &'a Key,
         token: &'a LeaseToken,
         completion: Completion,
-    ) -> BackendFuture<'a, bool> {
-        let _ = token;
-        Box::pin(async move {
-            if let Completion::Stored { entry, ttl } = completion {
-                self.store(key, entry, ttl).await?;
-            }
-            Ok(true)
-        })
-    }
+    ) -> BackendFuture<'a, bool>;
 }
 
-/// What [`Backend::try_lock`] found.
+/// What [`Leases::try_lock`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TryLock {
@@ -134,7 +144,7 @@ impl TryLock {
     }
 }
 
-/// How a leased flight ends, for [`Backend::complete`].
+/// How a leased flight ends, for [`Leases::complete`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Completion {

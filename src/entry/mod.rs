@@ -78,7 +78,7 @@ impl Entry {
 
     /// The same response, stored at `at` (kept to the millisecond, as
     /// encoded): responses made from it carry an `Age` header. The layer
-    /// marks every entry it hands to [`Backend::store`](crate::Backend::store)
+    /// marks every entry it hands to [`Store::store`](crate::Store::store)
     /// this way, so a backend keeps the time by keeping the entry or its
     /// [encoded](Entry::encode) form.
     ///

@@ -19,15 +19,17 @@
 //! on is the layer's [`backend_timeout`](crate::CoalesceConfig::backend_timeout),
 //! which holds for every backend.
 
+mod channels;
 mod names;
 mod pubsub;
 mod scripts;
 
+use self::channels::Channels;
 use self::names::Names;
 use self::pubsub::{route, shared_message, stored_message, unsubscribe, PASS, RELEASED};
 use self::scripts::{COMPLETE, DROP_BAD, GET_FRESH, RENEW, TRY_LOCK};
-use super::watch::{Channels, Watch};
-use super::{Backend, BackendError, BackendFuture};
+use super::watch::Watch;
+use super::{BackendError, BackendFuture, Leases, Store};
 use super::{Completion, LeaseToken, TryLock};
 use crate::{Entry, Key, MemoryBackend};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -265,7 +267,7 @@ impl RedisBackend {
     }
 }
 
-impl Backend for RedisBackend {
+impl Store for RedisBackend {
     fn get_local(&self, key: &Key) -> Option<Entry> {
         self.near.as_ref()?.get_local(key)
     }
@@ -331,7 +333,9 @@ impl Backend for RedisBackend {
             Ok(())
         })
     }
+}
 
+impl Leases for RedisBackend {
     fn try_lock<'a>(
         &'a self,
         key: &'a Key,

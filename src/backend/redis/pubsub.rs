@@ -3,7 +3,8 @@
 //! flights (keeping small stored answers near first). Also the retried
 //! `UNSUBSCRIBE` of a channel nobody in the process waits on any more.
 
-use super::super::watch::{Channels, Notice};
+use super::super::watch::Notice;
+use super::channels::Channels;
 use crate::{Entry, Key, MemoryBackend};
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};

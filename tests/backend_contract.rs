@@ -1,0 +1,237 @@
+//! A third-party backend, written from the `Store` and `Leases` docs alone:
+//! one in-memory "server" shared by two layers, as two processes would
+//! share a Redis. If the contract says enough, flights across the two
+//! layers coalesce, waiters are woken by announcements (never by the lease
+//! running out), and unstored answers reach them.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{body, get, until, Origin};
+use tower::{Layer, ServiceExt};
+use tower_coalesce::backend::BackendFuture;
+use tower_coalesce::{
+    Announcer, Backend, BoxError, CoalesceConfig, CoalesceLayer, Completion, Entry, Key,
+    LeaseToken, Leases, Notice, Outcome, Store, TryLock, Watch,
+};
+
+/// The shared "server": values with their expiry, leases, pass marks, and
+/// one announcer per key that someone watches.
+#[derive(Default)]
+struct Server {
+    values: HashMap<Key, (Entry, Instant)>,
+    leases: HashMap<Key, (LeaseToken, Instant)>,
+    passes: HashMap<Key, Instant>,
+    announcers: HashMap<Key, Arc<Announcer>>,
+}
+
+/// One process's connection to the server.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Server>>);
+
+impl Shared {
+    fn server(&self) -> std::sync::MutexGuard<'_, Server> {
+        self.0.lock().unwrap()
+    }
+}
+
+fn ready<'a, T: Send + 'a>(value: T) -> BackendFuture<'a, T> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl Store for Shared {
+    fn get_local(&self, _key: &Key) -> Option<Entry> {
+        // Nothing is kept in process memory: every hit is a lookup.
+        None
+    }
+
+    fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
+        let found = self
+            .server()
+            .values
+            .get(key)
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(entry, _)| entry.clone());
+        ready(found)
+    }
+
+    fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()> {
+        if !ttl.is_zero() {
+            let until = Instant::now() + ttl;
+            self.server().values.insert(key.clone(), (entry, until));
+        }
+        ready(())
+    }
+}
+
+impl Leases for Shared {
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        lease: Duration,
+    ) -> BackendFuture<'a, TryLock> {
+        let mut server = self.server();
+        let now = Instant::now();
+        let answer = if server.passes.get(key).is_some_and(|until| now < *until) {
+            TryLock::Pass
+        } else if server
+            .values
+            .get(key)
+            .is_some_and(|(_, until)| now < *until)
+            || server
+                .leases
+                .get(key)
+                .is_some_and(|(_, until)| now < *until)
+        {
+            TryLock::Held
+        } else {
+            server
+                .leases
+                .insert(key.clone(), (token.clone(), now + lease));
+            TryLock::Acquired
+        };
+        ready(answer)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        lease: Duration,
+    ) -> BackendFuture<'a, bool> {
+        let mut server = self.server();
+        let renewed = match server.leases.get_mut(key) {
+            Some((holder, until)) if holder == token => {
+                *until = Instant::now() + lease;
+                true
+            }
+            _ => false,
+        };
+        ready(renewed)
+    }
+
+    fn watch<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Watch>> {
+        let mut server = self.server();
+        let announcer = server.announcers.entry(key.clone()).or_default();
+        ready(Some(announcer.watch()))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        completion: Completion,
+    ) -> BackendFuture<'a, bool> {
+        let mut server = self.server();
+        if !server
+            .leases
+            .get(key)
+            .is_some_and(|(holder, _)| holder == token)
+        {
+            return ready(false);
+        }
+        server.leases.remove(key);
+        let notice = match completion {
+            Completion::Stored { entry, ttl } => {
+                let until = Instant::now() + ttl;
+                server.values.insert(key.clone(), (entry, until));
+                Notice::LookAgain
+            }
+            Completion::Shared(entry) => Notice::Answer(entry),
+            Completion::Pass { ttl } => {
+                if !ttl.is_zero() {
+                    server.passes.insert(key.clone(), Instant::now() + ttl);
+                }
+                Notice::Pass
+            }
+            Completion::Released => Notice::LookAgain,
+            _ => Notice::LookAgain,
+        };
+        if let Some(announcer) = server.announcers.get(key) {
+            announcer.announce(notice);
+        }
+        ready(true)
+    }
+}
+
+type Svc = tower::util::BoxCloneService<
+    Request<Full<Bytes>>,
+    Response<tower_coalesce::CoalesceBody<Full<Bytes>>>,
+    BoxError,
+>;
+
+/// Two "processes": layers with flight tables of their own over one server,
+/// in front of one origin that answers `status`.
+fn two_instances(origin: &Origin, status: StatusCode) -> Vec<(CoalesceLayer, Svc)> {
+    let server = Shared::default();
+    (0..2)
+        .map(|_| {
+            let backend: Arc<dyn Backend> = Arc::new(server.clone());
+            let layer = CoalesceLayer::new(
+                CoalesceConfig::new()
+                    .ttl(Duration::from_secs(60))
+                    // Long: a waiter woken only by the lease running out
+                    // would take this long.
+                    .lease(Duration::from_secs(30))
+                    .shared_backend(backend),
+            );
+            let answer = move |req: Request<Full<Bytes>>| async move {
+                let mut res = Response::new(Full::new(Bytes::from(req.uri().path().to_owned())));
+                *res.status_mut() = status;
+                Ok::<_, BoxError>(res)
+            };
+            let svc = tower::util::BoxCloneService::new(layer.layer(origin.serve(answer)));
+            (layer, svc)
+        })
+        .collect()
+}
+
+async fn burst_over_two(status: StatusCode) -> (Origin, Vec<Outcome>, Duration) {
+    let origin = Origin::gated();
+    let instances = two_instances(&origin, status);
+    let start = Instant::now();
+    let first = tokio::spawn(instances[0].1.clone().oneshot(get("/item")));
+    until(&instances[0].0, "the first instance's call", |s| {
+        s.origin_calls == 1
+    })
+    .await;
+    let second = tokio::spawn(instances[1].1.clone().oneshot(get("/item")));
+    until(&instances[1].0, "the second instance waiting", |s| {
+        s.remote_waits == 1
+    })
+    .await;
+    origin.open_gate();
+    let mut outcomes = Vec::new();
+    for call in [first, second] {
+        let res = call.await.unwrap().unwrap();
+        assert_eq!(res.status(), status);
+        outcomes.push(*res.extensions().get::<Outcome>().unwrap());
+        assert_eq!(body(res).await.unwrap(), "/item");
+    }
+    (origin, outcomes, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_written_from_the_docs_coalesces_across_instances() {
+    let (origin, outcomes, took) = burst_over_two(StatusCode::OK).await;
+    assert_eq!(origin.calls(), 1, "one origin call across both instances");
+    assert_eq!(outcomes, [Outcome::Leader, Outcome::Follower]);
+    assert!(
+        took < Duration::from_secs(10),
+        "woken by the announcement, not the lease: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unstored_answer_reaches_the_other_instance_through_the_announcement() {
+    let (origin, outcomes, took) = burst_over_two(StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(outcomes, [Outcome::Leader, Outcome::Follower]);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
