@@ -220,7 +220,7 @@ where
                             header,
                         )));
                     }
-                    Some(Landing::Uncacheable) => pass(this.shared, this.call),
+                    Some(Landing::Pass) => pass(this.shared, this.call),
                     None => {
                         bump(&this.shared.counters.dangling);
                         // Leave the abandoned flight before looking again.

@@ -26,8 +26,8 @@ pub(crate) enum Landing {
     /// The answer, for the followers that asked with the same values of the
     /// headers it varies on; the others call the inner service themselves.
     Varied(Entry, Arc<Varied>),
-    /// The answer may not be shared: call the inner service yourself.
-    Uncacheable,
+    /// Pass: the answer may not be shared; call the inner service yourself.
+    Pass,
     /// The flight failed; its followers get this error.
     Failed(FlightError),
 }

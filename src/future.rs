@@ -63,7 +63,7 @@ where
     }
 
     /// The inner service's own future, answering untouched, marked with
-    /// `outcome` (a bypass, or a pass for a key remembered as uncacheable).
+    /// `outcome` (a bypass, or a pass for a key remembered as pass-through).
     pub(crate) fn direct(future: S::Future, outcome: Outcome, header: Option<HeaderName>) -> Self {
         Self {
             kind: Kind::Direct { future, outcome },

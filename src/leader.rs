@@ -137,7 +137,7 @@ async fn run<S, E, ReqBody, ResBody>(
             // The followers go to the origin at once, in parallel with this
             // caller's own call.
             if let Some(guard) = guard {
-                guard.land(Landing::Uncacheable);
+                guard.land(Landing::Pass);
             }
             let own = match AssertUnwindSafe(inner.oneshot(req)).catch_unwind().await {
                 Ok(own) => own.map(|res| (res.map(CoalesceBody::inner), Outcome::Pass)),
@@ -259,7 +259,7 @@ where
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
         None => (produced.await, false),
     };
-    if matches!(landing, Landing::Uncacheable) {
+    if matches!(landing, Landing::Pass) {
         if let Some(passes) = &shared.passes {
             passes.insert(key);
         }
@@ -281,7 +281,7 @@ where
                 (None, Landing::Varied(..)) => Completion::Pass {
                     ttl: std::time::Duration::ZERO,
                 },
-                (None, Landing::Uncacheable) => Completion::Pass {
+                (None, Landing::Pass) => Completion::Pass {
                     ttl: config.pass_ttl,
                 },
                 (None, Landing::Failed(_)) => Completion::Released,

@@ -103,7 +103,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
-pub mod backend;
+mod backend;
 mod backend_call;
 mod body;
 mod breaker;
@@ -125,8 +125,8 @@ mod stats;
 mod sync;
 
 pub use backend::{
-    Announcer, Backend, BackendError, Completion, LeaseToken, Leases, MemoryBackend, Notice,
-    RedisBackend, Store, TryLock, Watch,
+    Announcer, Backend, BackendError, BackendFuture, Completion, LeaseToken, Leases, MemoryBackend,
+    MemoryBackendBuilder, Notice, RedisBackend, RedisBackendBuilder, Store, TryLock, Watch,
 };
 pub use body::{BoxError, CoalesceBody};
 pub use config::{CoalesceConfig, ConfigError, WaitFallback};

@@ -107,11 +107,11 @@ where
         // would tell: the flight shares it, the store does not keep it.
         sharing = Sharing::FlightOnly;
     }
-    if sharing == Sharing::Private {
-        bump(&counters.uncacheable);
+    if sharing == Sharing::Pass {
+        bump(&counters.passed_flights);
         let own = asked.answer_streamed(head, CoalesceBody::inner(body));
         return Produced {
-            landing: Landing::Uncacheable,
+            landing: Landing::Pass,
             own: Ok((own, Outcome::Leader)),
             keep: None,
         };
@@ -135,10 +135,10 @@ where
             }
         }
         Buffered::TooLarge { prefix, rest } => {
-            bump(&counters.uncacheable);
+            bump(&counters.passed_flights);
             let own = asked.answer_streamed(head, CoalesceBody::replay(prefix, Some(rest), None));
             Produced {
-                landing: Landing::Uncacheable,
+                landing: Landing::Pass,
                 own: Ok((own, Outcome::Leader)),
                 keep: None,
             }

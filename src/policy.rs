@@ -15,8 +15,9 @@ pub(crate) enum Sharing {
     Store,
     /// Give it to the flight's followers; do not store it.
     FlightOnly,
-    /// It belongs to its own caller alone: followers go to the origin themselves.
-    Private,
+    /// Pass: it belongs to its own caller alone; followers go to the origin
+    /// themselves, and the key is remembered as pass-through.
+    Pass,
 }
 
 /// Judges a response head.
@@ -35,7 +36,7 @@ pub(crate) enum Sharing {
 pub(crate) fn judge(head: &response::Parts) -> Sharing {
     let headers = &head.headers;
     let Ok(directives) = cache_control(headers) else {
-        return Sharing::Private;
+        return Sharing::Pass;
     };
     let has = |name: &str| directives.iter().any(|d| d.eq_ignore_ascii_case(name));
     if headers.contains_key(header::SET_COOKIE)
@@ -44,7 +45,7 @@ pub(crate) fn judge(head: &response::Parts) -> Sharing {
         || has("private")
         || has("no-store")
     {
-        return Sharing::Private;
+        return Sharing::Pass;
     }
     if head.status.is_server_error() || grpc_failed(headers) || has("no-cache") {
         return Sharing::FlightOnly;
@@ -195,30 +196,27 @@ mod tests {
 
     #[test]
     fn personal_answers_stay_private() {
-        assert_eq!(
-            judge(&head(200, &[("set-cookie", "a=b")])),
-            Sharing::Private
-        );
+        assert_eq!(judge(&head(200, &[("set-cookie", "a=b")])), Sharing::Pass);
         assert_eq!(
             judge(&head(200, &[("cache-control", "max-age=5, Private")])),
-            Sharing::Private
+            Sharing::Pass
         );
         assert_eq!(
             judge(&head(200, &[("cache-control", "private=\"x\"")])),
-            Sharing::Private
+            Sharing::Pass
         );
         assert_eq!(
             judge(&head(200, &[("cache-control", "no-store")])),
-            Sharing::Private
+            Sharing::Pass
         );
-        assert_eq!(judge(&head(200, &[("vary", "*")])), Sharing::Private);
-        assert_eq!(judge(&head(206, &[])), Sharing::Private);
+        assert_eq!(judge(&head(200, &[("vary", "*")])), Sharing::Pass);
+        assert_eq!(judge(&head(206, &[])), Sharing::Pass);
     }
 
     #[test]
     fn answers_made_for_one_requests_conditions_stay_private() {
         for status in [206, 304, 412, 416] {
-            assert_eq!(judge(&head(status, &[])), Sharing::Private, "{status}");
+            assert_eq!(judge(&head(status, &[])), Sharing::Pass, "{status}");
         }
     }
 
@@ -229,11 +227,11 @@ mod tests {
             header::CACHE_CONTROL,
             http::HeaderValue::from_bytes(b"private, ext=\"caf\xe9\"").unwrap(),
         );
-        assert_eq!(judge(&h), Sharing::Private);
+        assert_eq!(judge(&h), Sharing::Pass);
         for bad in ["max-age=60 private", "=5", "ext=\"open", "max-age=", "a b"] {
             assert_eq!(
                 judge(&head(200, &[("cache-control", bad)])),
-                Sharing::Private,
+                Sharing::Pass,
                 "{bad}"
             );
         }
@@ -276,8 +274,8 @@ mod tests {
             Sharing::FlightOnly
         );
         assert_eq!(
-            judge_trailers(Sharing::Private, Some(&trailers)),
-            Sharing::Private
+            judge_trailers(Sharing::Pass, Some(&trailers)),
+            Sharing::Pass
         );
         assert_eq!(judge_trailers(Sharing::Store, None), Sharing::Store);
     }

@@ -28,9 +28,10 @@ pub enum Outcome {
     Follower,
     /// The extractor gave no key: the inner service answered, untouched.
     Bypass,
-    /// Joined a flight whose answer could not be shared (uncacheable, over the
-    /// body limit, or the flight was abandoned), so it called the inner
-    /// service on its own.
+    /// Passed: called the inner service on its own, because its key's
+    /// answers cannot be shared (the flight it joined found so, or the key
+    /// is remembered as pass-through), or because the flight's answer varies
+    /// on headers it sent other values of.
     Pass,
 }
 
@@ -96,9 +97,10 @@ pub struct Stats {
     pub origin_calls: u64,
     /// Answers stored in the backend.
     pub stored: u64,
-    /// Flight answers that could not be shared: `Set-Cookie`, `private`,
-    /// `no-store`, or a body over `max_body_bytes`.
-    pub uncacheable: u64,
+    /// Flights whose answer could not be shared (`Set-Cookie`, `private`,
+    /// `no-store`, a body over `max_body_bytes`...), so that their followers
+    /// passed. Reported as `coalesce_passed_flights_total`.
+    pub passed_flights: u64,
     /// Flights that failed: the inner service returned an error, its body
     /// stream failed, or it panicked.
     pub errors: u64,
@@ -201,7 +203,7 @@ counters!(
     followers,
     origin_calls,
     stored,
-    uncacheable,
+    passed_flights,
     errors,
     panics,
     dangling,
@@ -261,7 +263,7 @@ mod tests {
             followers: 1,
             origin_calls: 1,
             stored: 1,
-            uncacheable: 1,
+            passed_flights: 1,
             errors: 1,
             panics: 1,
             dangling: 1,

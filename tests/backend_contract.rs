@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{body, get, until, Origin};
 use tower::{Layer, ServiceExt};
-use tower_coalesce::backend::BackendFuture;
+use tower_coalesce::BackendFuture;
 use tower_coalesce::{
     Announcer, Backend, BoxError, CoalesceConfig, CoalesceLayer, Completion, Entry, Key,
     LeaseToken, Leases, Notice, Outcome, Store, TryLock, Watch,

@@ -313,7 +313,7 @@ async fn a_declared_length_over_the_limit_is_not_buffered_at_all() {
     let res = svc.clone().oneshot(get("/x")).await.unwrap();
     assert_eq!(res.body().size_hint().exact(), Some(11));
     assert_eq!(body(res).await.unwrap().len(), 11);
-    assert_eq!(layer.stats().uncacheable, 1);
+    assert_eq!(layer.stats().passed_flights, 1);
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
-use tower_coalesce::backend::BackendFuture;
+use tower_coalesce::BackendFuture;
 use tower_coalesce::{
     Backend, BoxError, CoalesceBody, CoalesceConfig, CoalesceLayer, Completion, Entry, HttpKey,
     Key, KeyExtractor, LeaseToken, Leases, RedisBackend, Store, TryLock, Watch,

@@ -448,7 +448,7 @@ fn soak_memory_backend_200k_requests_over_10k_keys() {
             "only whole 200s are stored"
         );
         assert_eq!(
-            (s.bypasses, s.passes, s.uncacheable, s.panics, s.dangling),
+            (s.bypasses, s.passes, s.passed_flights, s.panics, s.dangling),
             (0, 0, 0, 0, 0)
         );
         assert_eq!((s.wait_timeouts, s.cancelled, s.backend_errors), (0, 0, 0));

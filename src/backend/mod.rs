@@ -12,23 +12,6 @@
 //! [`MemoryBackend`] is the embedded default; [`RedisBackend`] shares
 //! entries and leases between processes.
 //!
-//! # The contract
-//! - Every method may fail with a [`BackendError`]; the layer then goes on
-//!   without the backend for that step (and counts it). No method may
-//!   panic on bad data: a stored value that cannot be read is a miss.
-//! - The layer bounds every call by `backend_timeout`; a backend need not,
-//!   but must not hold locks across its own `.await`s that a timed-out call
-//!   would leave held.
-//! - A `Store` keeps an entry no longer than the `ttl` it was stored with,
-//!   and `get_local` / `lookup` return only entries still within it.
-//! - A backend private to one process implements `Leases` by granting
-//!   every lease (its layer's flight table already allows one flight per
-//!   key), announcing nothing (`watch` is `None`), and storing the answer of
-//!   a [`Completion::Stored`] in `complete`. [`MemoryBackend`] does exactly
-//!   that. A backend shared by processes must give a lease to one token at a
-//!   time, check the token on `renew` and `complete`, and wake the
-//!   [`Watch`]es of other processes when a flight completes.
-
 mod memory;
 mod redis;
 mod watch;
@@ -49,6 +32,23 @@ pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BackendErr
 
 /// What the layer is configured with: a [`Store`] with its [`Leases`].
 /// Implemented for every type that implements both.
+///
+/// # The contract
+/// - Every method may fail with a [`BackendError`]; the layer then goes on
+///   without the backend for that step (and counts it). No method may
+///   panic on bad data: a stored value that cannot be read is a miss.
+/// - The layer bounds every call by `backend_timeout`; a backend need not,
+///   but must not hold locks across its own `.await`s that a timed-out call
+///   would leave held.
+/// - A `Store` keeps an entry no longer than the `ttl` it was stored with,
+///   and `get_local` / `lookup` return only entries still within it.
+/// - A backend private to one process implements `Leases` by granting
+///   every lease (its layer's flight table already allows one flight per
+///   key), announcing nothing (`watch` is `None`), and storing the answer of
+///   a [`Completion::Stored`] in `complete`. [`MemoryBackend`] does exactly
+///   that. A backend shared by processes must give a lease to one token at a
+///   time, check the token on `renew` and `complete`, and wake the
+///   [`Watch`]es of other processes when a flight completes.
 pub trait Backend: Store + Leases {}
 
 impl<T: Store + Leases> Backend for T {}
@@ -74,7 +74,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// How flights for one key in different processes exclude each other: the
 /// key's lease, held by one [`LeaseToken`] at a time, and the news of how
-/// its flight ended. See the [module docs](self) for what a backend private
+/// its flight ended. See [`Backend`] for what a backend private
 /// to one process does here.
 pub trait Leases: Send + Sync + 'static {
     /// Tries to take the lease on `key` for `token`, for `lease`:
