@@ -174,22 +174,20 @@ macro_rules! counters {
             }
         }
 
-        /// How many counters [`Stats`] has.
-        const COUNTERS: usize = [$(stringify!($name)),*].len();
-
         impl Stats {
             /// Every counter, each with the name the `metrics` feature
             /// reports it under (`coalesce_<field>_total`), in the order the
             /// fields are declared: for exporting the counters without
-            /// listing them by hand.
+            /// listing them by hand. A `Vec`, so that its type stays the
+            /// same as counters are added.
             ///
             /// ```
             /// let stats = tower_coalesce::Stats::default();
             /// let (name, value) = stats.counters()[0];
             /// assert_eq!((name, value), ("coalesce_requests_total", 0));
             /// ```
-            pub fn counters(&self) -> [(&'static str, u64); COUNTERS] {
-                [$((concat!("coalesce_", stringify!($name), "_total"), self.$name),)*]
+            pub fn counters(&self) -> Vec<(&'static str, u64)> {
+                vec![$((concat!("coalesce_", stringify!($name), "_total"), self.$name),)*]
             }
         }
     };

@@ -179,7 +179,9 @@ pub enum Completion {
 pub struct LeaseToken(String);
 
 impl LeaseToken {
-    /// A fresh token from the operating system's random source.
+    /// A fresh token from the operating system's random source. The layer
+    /// makes one per flight; backends only compare them.
+    #[doc(hidden)]
     pub fn new() -> Result<Self, BackendError> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes)

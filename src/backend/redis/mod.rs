@@ -129,21 +129,25 @@ impl RedisBackend {
     }
 
     /// The Redis key under which the entry for `key` is stored.
+    #[doc(hidden)]
     pub fn value_key(&self, key: &Key) -> String {
         self.names(key).value
     }
 
     /// The Redis key of `key`'s lease (its value is the leader's token).
+    #[doc(hidden)]
     pub fn lock_key(&self, key: &Key) -> String {
         self.names(key).lock
     }
 
     /// The Redis key that marks `key` pass-through for every instance.
+    #[doc(hidden)]
     pub fn pass_key(&self, key: &Key) -> String {
         self.names(key).pass
     }
 
     /// The channel on which the end of `key`'s flight is published.
+    #[doc(hidden)]
     pub fn done_channel(&self, key: &Key) -> String {
         self.names(key).done
     }
