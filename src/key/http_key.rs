@@ -1,0 +1,159 @@
+//! [`HttpKey`], the default extractor.
+
+use super::{put_len, put_part, Key, KeyExtractor};
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderName, Method, Request};
+
+/// The default extractor: scheme, authority, path and query as the
+/// resource, and the values of the request headers that vary the answer as
+/// the variant.
+///
+/// A request with a body that is not known to be empty gets no key (it
+/// bypasses). Put a credential header among the [varying headers](HttpKey::vary)
+/// to key requests that carry it: the credential itself is then in the key,
+/// so that each principal has its own answers.
+///
+/// ```
+/// use tower_coalesce::{HttpKey, KeyExtractor};
+/// use http::{header, Request};
+///
+/// use http_body_util::Empty;
+///
+/// let req = |token: &str| {
+///     Request::get("/me")
+///         .header(header::AUTHORIZATION, token)
+///         .body(Empty::<bytes::Bytes>::new())
+///         .unwrap()
+/// };
+/// let key = HttpKey::new().vary(header::AUTHORIZATION);
+/// let (alice, bob) = (req("Bearer a"), req("Bearer b"));
+/// assert_ne!(key.extract(&alice), key.extract(&bob));
+///
+/// // Without `vary(AUTHORIZATION)`, the layer lets credentials bypass.
+/// let keys = |ext: &HttpKey| KeyExtractor::<Empty<bytes::Bytes>>::keys_header(ext, &header::AUTHORIZATION);
+/// assert!(!keys(&HttpKey::new()));
+/// assert!(keys(&key));
+/// ```
+///
+/// The encoding is unambiguous: two requests get equal keys exactly when
+/// their targets are equal and, for each varying header, the ordered lists
+/// of their values are equal.
+#[derive(Debug, Clone)]
+pub struct HttpKey {
+    vary: Vec<HeaderName>,
+    authority: bool,
+}
+
+impl Default for HttpKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpKey {
+    /// Varying on `Accept`, `Accept-Encoding` and `Accept-Language`.
+    pub fn new() -> Self {
+        Self {
+            vary: vec![
+                header::ACCEPT,
+                header::ACCEPT_ENCODING,
+                header::ACCEPT_LANGUAGE,
+            ],
+            authority: true,
+        }
+    }
+
+    /// Leaves the scheme and authority (the `Host` header) out of the key,
+    /// for a service whose answers do not depend on the name it is reached
+    /// by: instances behind different addresses or ports, or a proxy
+    /// reached under several names, then share flights and stored answers.
+    ///
+    /// A server that answers for several sites by `Host` (virtual hosts)
+    /// must keep the authority in the key, or one site's page is served for
+    /// another's.
+    pub fn without_authority(mut self) -> Self {
+        self.authority = false;
+        self
+    }
+
+    /// Adds a request header whose value is part of the key.
+    pub fn vary(mut self, name: HeaderName) -> Self {
+        if !self.vary.contains(&name) {
+            self.vary.push(name);
+        }
+        self
+    }
+
+    /// Replaces the list of request headers whose values are part of the key.
+    pub fn vary_only(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.vary = names.into_iter().collect();
+        self
+    }
+
+    /// The resource part of the key of a request for `uri`: what
+    /// [`Key::resource`] holds for every request this extractor keys with
+    /// that target (a request without an authority in its target takes it
+    /// from `Host`).
+    pub fn resource(&self, uri: &http::Uri) -> Bytes {
+        let mut buf = BytesMut::with_capacity(64);
+        self.put_resource(&mut buf, uri, None);
+        buf.freeze()
+    }
+
+    fn put_resource(&self, buf: &mut BytesMut, uri: &http::Uri, host: Option<&[u8]>) {
+        let (scheme, authority) = if self.authority {
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str().as_bytes())
+                .or(host)
+                .unwrap_or_default();
+            (uri.scheme_str().unwrap_or_default().as_bytes(), authority)
+        } else {
+            (&b""[..], &b""[..])
+        };
+        put_part(buf, scheme);
+        put_part(buf, authority);
+        put_part(
+            buf,
+            uri.path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .as_bytes(),
+        );
+    }
+}
+
+impl<B: http_body::Body> KeyExtractor<B> for HttpKey {
+    fn keys_header(&self, name: &HeaderName) -> bool {
+        self.vary.contains(name)
+    }
+
+    fn extract(&self, req: &Request<B>) -> Option<Key> {
+        if !req.body().is_end_stream() {
+            return None;
+        }
+        let headers = req.headers();
+        let mut buf = BytesMut::with_capacity(64);
+        let host = headers.get(header::HOST).map(|h| h.as_bytes());
+        self.put_resource(&mut buf, req.uri(), host);
+        let split = buf.len();
+        // Each header present: its name, how many values, then the values.
+        // The count keeps values from shifting between headers.
+        for name in &self.vary {
+            let values = headers.get_all(name);
+            let count = values.iter().count();
+            if count == 0 {
+                continue;
+            }
+            put_part(&mut buf, name.as_str().as_bytes());
+            put_len(&mut buf, count);
+            for value in values {
+                put_part(&mut buf, value.as_bytes());
+            }
+        }
+        Some(Key {
+            method: Method::GET,
+            bytes: buf.freeze(),
+            split,
+        })
+    }
+}

@@ -1,0 +1,306 @@
+//! Keys: which requests are "the same request".
+//!
+//! A [`KeyExtractor`] looks at a request and either names its key or returns
+//! `None`, which means bypass: the request goes to the inner service untouched.
+//! Two requests coalesce exactly when their keys are equal, so a key must hold
+//! everything that can change the answer. [`HttpKey`] is the default.
+
+mod http_key;
+#[cfg(test)]
+mod tests;
+
+pub use self::http_key::HttpKey;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderName, Method, Request};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// The identity of a request: requests with equal keys share one flight and
+/// one cached answer.
+///
+/// A key has two parts, so that everything stored for one URL can be found
+/// from the URL alone:
+/// - the **resource**: what the request names (for [`HttpKey`], the scheme,
+///   authority, path and query);
+/// - the **variant**: what selects one answer among the resource's (for
+///   [`HttpKey`], the values of the keyed request headers), and the request
+///   method's class, which the layer sets: `GET` for both `GET` and `HEAD`
+///   (a `HEAD` is answered from a `GET`'s answer), the method itself
+///   otherwise.
+///
+/// Two keys are equal only if all three are. [`Key::from_parts`] and
+/// [`Key::with_variant`] frame every part with its length, so no choice of
+/// part contents makes two different lists of parts equal.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key {
+    method: Method,
+    /// The resource, then the variant.
+    bytes: Bytes,
+    /// Where the variant starts in `bytes`.
+    split: usize,
+}
+
+impl Key {
+    /// A key whose resource is these bytes, as they are, with no variant.
+    /// The bytes must identify the resource on their own (a path, an id);
+    /// use [`Key::from_parts`] to combine several values.
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Key {
+            method: Method::GET,
+            split: bytes.len(),
+            bytes,
+        }
+    }
+
+    /// A key whose resource is several parts, each framed with its length,
+    /// so that `["ab", "c"]` and `["a", "bc"]` give different keys, and the
+    /// bytes of one key used as a part of another cannot be confused with
+    /// other parts.
+    pub fn from_parts<I, P>(parts: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        let mut buf = BytesMut::new();
+        for part in parts {
+            put_part(&mut buf, part.as_ref());
+        }
+        Key::new(buf.freeze())
+    }
+
+    /// The same resource with this variant: parts (header values, say),
+    /// each framed with its length. Replaces any variant the key had.
+    pub fn with_variant<I, P>(self, parts: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        let mut buf = BytesMut::from(self.resource());
+        for part in parts {
+            put_part(&mut buf, part.as_ref());
+        }
+        Key {
+            method: self.method,
+            bytes: buf.freeze(),
+            split: self.split,
+        }
+    }
+
+    /// The resource: what the request names.
+    pub fn resource(&self) -> &[u8] {
+        &self.bytes[..self.split]
+    }
+
+    /// The variant: what selects one of the resource's answers (empty if
+    /// the resource has one answer).
+    pub fn variant(&self) -> &[u8] {
+        &self.bytes[self.split..]
+    }
+
+    /// The method class: `GET` for `GET` and `HEAD` requests (and for keys
+    /// not made by the layer), the request's method otherwise.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The key of a request made with `method`: the layer sets the class
+    /// itself, whatever the extractor built, so that only requests of one
+    /// class ever share.
+    pub(crate) fn for_method(mut self, method: &Method) -> Self {
+        let class = if method == Method::HEAD {
+            Method::GET
+        } else {
+            method.clone()
+        };
+        if self.method != class {
+            self.method = class;
+        }
+        self
+    }
+
+    /// The first 128 bits of SHA-256 of the resource: the same for every
+    /// variant and method of a resource (`RedisBackend` uses it as the
+    /// cluster hash tag, so all of a resource's names share one slot).
+    pub(crate) fn resource_digest(&self) -> [u8; 16] {
+        truncated(Sha256::digest(self.resource()))
+    }
+
+    /// The first 128 bits of SHA-256 of the method class and variant:
+    /// with [`resource_digest`](Self::resource_digest), it tells the
+    /// resource's answers apart.
+    pub(crate) fn variant_digest(&self) -> [u8; 16] {
+        let mut hasher = Sha256::new();
+        put_hashed(&mut hasher, self.method.as_str().as_bytes());
+        hasher.update(self.variant());
+        truncated(hasher.finalize())
+    }
+
+    /// How many bytes the key holds.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len() + self.method.as_str().len()
+    }
+
+    /// A short stand-in for the key in logs: the first 32 bits of each of
+    /// the two hashes in `RedisBackend`'s key names (resource, then method
+    /// and variant), in hex, so a log line can be matched to its Redis
+    /// keys. Keys may hold credentials (`HttpKey::new().vary(AUTHORIZATION)`),
+    /// so the layer logs this, never the key. Hashed only when formatted.
+    pub fn fingerprint(&self) -> Fingerprint<'_> {
+        Fingerprint(self)
+    }
+}
+
+fn truncated(digest: impl AsRef<[u8]>) -> [u8; 16] {
+    let mut out = [0; 16];
+    out.copy_from_slice(&digest.as_ref()[..16]);
+    out
+}
+
+fn put_hashed(hasher: &mut Sha256, part: &[u8]) {
+    let mut len = BytesMut::new();
+    put_len(&mut len, part.len());
+    hasher.update(&len);
+    hasher.update(part);
+}
+
+// The bytes alone: equal keys have equal bytes, and one hasher call is
+// cheaper on every lookup than three (keys that differ only by method or
+// split merely share a hash).
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes.hash(state);
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.method.as_str(), self.resource(), self.variant()).cmp(&(
+            other.method.as_str(),
+            other.resource(),
+            other.variant(),
+        ))
+    }
+}
+
+/// See [`Key::fingerprint`].
+#[derive(Clone, Copy)]
+pub struct Fingerprint<'a>(&'a Key);
+
+impl fmt::Display for Fingerprint<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (resource, variant) = (self.0.resource_digest(), self.0.variant_digest());
+        resource[..4]
+            .iter()
+            .chain(&variant[..4])
+            .try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Fingerprint<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Key")
+            .field("method", &self.method)
+            .field("resource", &Bytes::copy_from_slice(self.resource()))
+            .field("variant", &Bytes::copy_from_slice(self.variant()))
+            .finish()
+    }
+}
+
+impl From<String> for Key {
+    fn from(s: String) -> Self {
+        Key::new(Bytes::from(s))
+    }
+}
+
+impl From<&'static str> for Key {
+    fn from(s: &'static str) -> Self {
+        Key::new(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+/// A length, as an unsigned LEB128 varint: any length, no ceiling that
+/// would make two long parts frame alike.
+pub(crate) fn put_len(buf: &mut BytesMut, mut len: usize) {
+    loop {
+        let low = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            buf.put_u8(low);
+            return;
+        }
+        buf.put_u8(low | 0x80);
+    }
+}
+
+pub(crate) fn put_part(buf: &mut BytesMut, part: &[u8]) {
+    put_len(buf, part.len());
+    buf.put_slice(part);
+}
+
+/// Derives the key of a request, or `None` to bypass the layer.
+///
+/// Any `Fn(&Request<B>) -> Option<Key>` closure is an extractor:
+///
+/// ```
+/// use tower_coalesce::{Key, KeyExtractor};
+/// use http::Request;
+///
+/// // Coalesce by path only, whatever the query or headers.
+/// let by_path = |req: &Request<()>| Some(Key::new(req.uri().path().to_owned()));
+/// let req = Request::get("/items/7?x=1").body(()).unwrap();
+/// assert_eq!(by_path.extract(&req), Some(Key::from("/items/7")));
+/// ```
+///
+/// Whatever the extractor, the layer itself keeps the secure defaults of the
+/// request side: only the [configured methods](crate::CoalesceConfig::methods)
+/// are keyed, and the key's method class is set from the request's (so a
+/// `GET` and a `POST` never share, and a `HEAD` is answered from a `GET`'s
+/// answer without its body); a request carrying a
+/// [credential header](crate::CoalesceConfig::credential_header) bypasses
+/// unless the extractor [keys that header](KeyExtractor::keys_header).
+///
+/// An extractor that panics is treated as one that returned `None`: the
+/// request bypasses the layer.
+pub trait KeyExtractor<B>: Send + Sync + 'static {
+    /// The request's key, or `None` to send it to the inner service untouched.
+    fn extract(&self, req: &Request<B>) -> Option<Key>;
+
+    /// Whether the key includes the request's values of the header `name`.
+    ///
+    /// It decides two things. A request carrying a credential header
+    /// (`Authorization`, `Cookie`...) is keyed only if its extractor keys
+    /// that header, which gives each principal its own flights and answers;
+    /// otherwise it bypasses. And it decides what a response with `Vary` may
+    /// do: if every header it varies on is in the key, requests that share a
+    /// key already agree on them, so the response is shared and stored like
+    /// any other; otherwise it goes only to the flight's followers whose
+    /// values of those headers are the leader's, and is never stored. The
+    /// default is `false` for every header, which is always safe.
+    fn keys_header(&self, name: &HeaderName) -> bool {
+        let _ = name;
+        false
+    }
+}
+
+impl<B, F> KeyExtractor<B> for F
+where
+    F: Fn(&Request<B>) -> Option<Key> + Send + Sync + 'static,
+{
+    fn extract(&self, req: &Request<B>) -> Option<Key> {
+        self(req)
+    }
+}
