@@ -375,7 +375,9 @@ pub async fn build(settings: &Settings, queries: Arc<AtomicU64>) -> Result<App, 
         }
         config = config.backend(backend);
     }
-    let layer = CoalesceLayer::try_with_extractor(config, product_key())?;
+    let layer = CoalesceLayer::builder(config)
+        .extractor(product_key())
+        .build()?;
     Ok(App {
         router: router(db, metrics, layer.clone()),
         layer,

@@ -270,7 +270,9 @@ pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
             .map_err(|e| format!("--redis {}: {e}", redact(url)))?;
         config = config.backend(backend);
     }
-    CoalesceLayer::try_with_extractor(config, proxy_key(&args.forwarding))
+    CoalesceLayer::builder(config)
+        .extractor(proxy_key(&args.forwarding))
+        .build()
         .map_err(|e| e.to_string())
 }
 

@@ -438,14 +438,16 @@ impl<B> KeyExtractor<B> for GrpcKey {
 /// keyed by [`GrpcKey`] over [`COALESCED_METHODS`], with each reply's
 /// outcome in its `x-coalesce` metadata.
 pub fn coalesce_layer() -> CoalesceLayer<GrpcKey> {
-    CoalesceLayer::with_extractor(
+    CoalesceLayer::builder(
         // gRPC calls are `POST`s: the listed unary methods are keyed by
         // their whole request message.
         CoalesceConfig::new()
             .methods([http::Method::POST])
             .outcome_header("x-coalesce"),
-        GrpcKey::new(COALESCED_METHODS),
     )
+    .extractor(GrpcKey::new(COALESCED_METHODS))
+    .build()
+    .expect("a valid configuration")
 }
 
 /// Serves `catalog` on `listener` behind [`BufferRequestLayer`] and `layer`,

@@ -113,35 +113,61 @@ impl CoalesceLayer {
     ///
     /// # Panics
     /// If the configuration is invalid (see [`CoalesceConfig::validate`]);
-    /// [`try_new`](Self::try_new) returns the error instead.
+    /// [`builder`](Self::builder) returns the error instead.
     pub fn new(config: CoalesceConfig) -> Self {
-        Self::with_extractor(config, HttpKey::new())
+        Self::builder(config)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// A layer keyed by the default [`HttpKey`] extractor, or why the
-    /// configuration cannot work.
-    pub fn try_new(config: CoalesceConfig) -> Result<Self, ConfigError> {
-        Self::try_with_extractor(config, HttpKey::new())
+    /// A layer with these settings, keyed by [`HttpKey`] unless the builder
+    /// is given another [extractor](CoalesceLayerBuilder::extractor).
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tower_coalesce::{CoalesceConfig, CoalesceLayer, Key};
+    ///
+    /// let by_path = |req: &Request<()>| Some(Key::new(req.uri().path().to_owned()));
+    /// let layer = CoalesceLayer::builder(CoalesceConfig::new())
+    ///     .extractor(by_path)
+    ///     .build()
+    ///     .expect("a valid configuration");
+    /// ```
+    pub fn builder(config: CoalesceConfig) -> CoalesceLayerBuilder<HttpKey> {
+        CoalesceLayerBuilder {
+            config,
+            extractor: HttpKey::new(),
+        }
     }
 }
 
-impl<E> CoalesceLayer<E> {
-    /// A layer keyed by `extractor` (a [`KeyExtractor`](crate::KeyExtractor),
-    /// such as a closure).
-    ///
-    /// # Panics
-    /// If the configuration is invalid (see [`CoalesceConfig::validate`]).
-    pub fn with_extractor(config: CoalesceConfig, extractor: E) -> Self {
-        Self::try_with_extractor(config, extractor).unwrap_or_else(|e| panic!("{e}"))
+/// Builds a [`CoalesceLayer`]: its settings and its key extractor. From
+/// [`CoalesceLayer::builder`].
+#[derive(Debug, Clone)]
+pub struct CoalesceLayerBuilder<E> {
+    config: CoalesceConfig,
+    extractor: E,
+}
+
+impl<E> CoalesceLayerBuilder<E> {
+    /// Keys requests by `extractor` (a [`KeyExtractor`](crate::KeyExtractor),
+    /// such as a closure) instead.
+    pub fn extractor<E2>(self, extractor: E2) -> CoalesceLayerBuilder<E2> {
+        CoalesceLayerBuilder {
+            config: self.config,
+            extractor,
+        }
     }
 
-    /// A layer keyed by `extractor`, or why the configuration cannot work.
-    pub fn try_with_extractor(config: CoalesceConfig, extractor: E) -> Result<Self, ConfigError> {
+    /// The layer, or why its configuration cannot work (see
+    /// [`CoalesceConfig::validate`]).
+    pub fn build(self) -> Result<CoalesceLayer<E>, ConfigError> {
+        let CoalesceLayerBuilder { config, extractor } = self;
         config.validate()?;
         let passes =
             (!config.pass_ttl.is_zero()).then(|| Passes::new(config.pass_ttl, config.pass_memory));
         let breaker = crate::breaker::Breaker::new(config.backend_cooldown);
-        Ok(Self {
+        Ok(CoalesceLayer {
             shared: Arc::new(Shared {
                 breaker,
                 config,
@@ -152,7 +178,9 @@ impl<E> CoalesceLayer<E> {
             }),
         })
     }
+}
 
+impl<E> CoalesceLayer<E> {
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()

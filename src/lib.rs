@@ -134,6 +134,6 @@ pub use entry::{DecodeError, Entry};
 pub use error::{FlightError, FlightErrorKind};
 pub use future::ResponseFuture;
 pub use key::{Fingerprint, HttpKey, Key, KeyExtractor};
-pub use layer::CoalesceLayer;
+pub use layer::{CoalesceLayer, CoalesceLayerBuilder};
 pub use service::CoalesceService;
 pub use stats::{Outcome, Stats};

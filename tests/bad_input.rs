@@ -595,10 +595,10 @@ async fn two_users_on_one_url_never_receive_each_others_answers() {
     // Keyed by the credential: one flight per user, answers stay apart, and
     // the stored ones are found by their own user only.
     let origin = Origin::gated();
-    let layer = CoalesceLayer::with_extractor(
-        CoalesceConfig::new().ttl(Duration::from_secs(60)),
-        HttpKey::new().vary(header::AUTHORIZATION),
-    );
+    let layer = CoalesceLayer::builder(CoalesceConfig::new().ttl(Duration::from_secs(60)))
+        .extractor(HttpKey::new().vary(header::AUTHORIZATION))
+        .build()
+        .unwrap();
     let svc = layer.layer(origin.serve(echo_auth));
     let tasks = credential_burst(&svc, header::AUTHORIZATION, users, EACH);
     until(&layer, "one flight per user", |s| {

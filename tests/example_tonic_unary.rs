@@ -281,13 +281,15 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_and_hits_get_the_grpc_status_of_the_answer() {
     const N: usize = 10;
-    let layer = CoalesceLayer::with_extractor(
+    let layer = CoalesceLayer::builder(
         CoalesceConfig::new()
             .methods([http::Method::POST])
             .ttl(Duration::from_secs(60))
             .outcome_header("x-coalesce"),
-        GrpcKey::new(COALESCED_METHODS),
-    );
+    )
+    .extractor(GrpcKey::new(COALESCED_METHODS))
+    .build()
+    .unwrap();
     let buffer = BufferRequestLayer::new(COALESCED_METHODS, MAX_KEYED_REQUEST_BYTES);
     let mut served = Vec::new();
 

@@ -52,7 +52,10 @@ fn answer_with_status(status: &'static str) -> Response<Frames> {
 #[tokio::test]
 async fn a_grpc_error_in_the_trailers_reaches_the_flight_but_is_not_stored() {
     let origin = Origin::gated();
-    let layer = CoalesceLayer::with_extractor(grpc_config().ttl(Duration::from_secs(60)), by_path);
+    let layer = CoalesceLayer::builder(grpc_config().ttl(Duration::from_secs(60)))
+        .extractor(by_path)
+        .build()
+        .unwrap();
     let svc = layer.layer(origin.serve(|_| async { Ok::<_, BoxError>(answer_with_status("14")) }));
     let calls: Vec<_> = (0..5)
         .map(|_| tokio::spawn(svc.clone().oneshot(grpc_call("/shop.Catalog/Get"))))
@@ -84,7 +87,10 @@ async fn a_grpc_error_in_the_trailers_reaches_the_flight_but_is_not_stored() {
 #[tokio::test]
 async fn a_trailers_only_grpc_error_is_not_stored_and_grpc_ok_is() {
     let origin = Origin::open();
-    let layer = CoalesceLayer::with_extractor(grpc_config().ttl(Duration::from_secs(60)), by_path);
+    let layer = CoalesceLayer::builder(grpc_config().ttl(Duration::from_secs(60)))
+        .extractor(by_path)
+        .build()
+        .unwrap();
     let svc = layer.layer(origin.serve(|req: Request<Full<Bytes>>| async move {
         if req.uri().path().ends_with("Missing") {
             // Trailers-only: the status is in the head, the body is empty.
@@ -124,13 +130,15 @@ async fn grpc_callers_get_their_failures_as_grpc_statuses() {
     let never = tower::service_fn(|_req: Request<Full<Bytes>>| async {
         std::future::pending::<Result<Response<Full<Bytes>>, BoxError>>().await
     });
-    let layer = CoalesceLayer::with_extractor(
+    let layer = CoalesceLayer::builder(
         // GET as well, for the plain HTTP caller below.
         grpc_config()
             .methods([http::Method::POST, http::Method::GET])
             .wait_timeout(Duration::from_millis(100)),
-        by_path,
-    );
+    )
+    .extractor(by_path)
+    .build()
+    .unwrap();
     let svc = layer.layer(never);
     let leader = tokio::spawn(svc.clone().oneshot(grpc_call("/shop.Catalog/Slow")));
     until(&layer, "the flight", |s| s.origin_calls == 1).await;

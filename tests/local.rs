@@ -566,15 +566,15 @@ async fn at_the_wait_timeout_call_origin_sends_followers_to_the_origin_and_the_l
 #[tokio::test]
 async fn an_extractor_that_panics_means_bypass() {
     let origin = Origin::open();
-    let layer = CoalesceLayer::with_extractor(
-        CoalesceConfig::new(),
-        |req: &Request<Full<Bytes>>| -> Option<Key> {
+    let layer = CoalesceLayer::builder(CoalesceConfig::new())
+        .extractor(|req: &Request<Full<Bytes>>| -> Option<Key> {
             if req.uri().path() == "/bad" {
                 panic!("extractor bug");
             }
             Some(Key::from("fixed"))
-        },
-    );
+        })
+        .build()
+        .unwrap();
     let svc = layer.layer(origin.serve(echo_path));
     let res = svc.clone().oneshot(get("/bad")).await.unwrap();
     assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Bypass));
@@ -633,11 +633,13 @@ fn nonsense_settings_are_clear_errors() {
         ),
     ];
     for (config, says) in cases {
-        let err = CoalesceLayer::try_new(config).unwrap_err();
+        let err = CoalesceLayer::builder(config).build().unwrap_err();
         assert!(err.to_string().contains(says), "{err}");
     }
     assert!(
-        CoalesceLayer::try_new(CoalesceConfig::new()).is_ok(),
+        CoalesceLayer::builder(CoalesceConfig::new())
+            .build()
+            .is_ok(),
         "the defaults are valid"
     );
 }
@@ -753,12 +755,12 @@ fn a_follower_whose_request_lost_its_key_calls_the_origin_alone() {
     // Keys the first two requests only: when the follower looks again after
     // the flight was dropped, its request has no key any more.
     let keyed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let layer = CoalesceLayer::with_extractor(
-        CoalesceConfig::new(),
-        move |_req: &Request<Full<Bytes>>| -> Option<Key> {
+    let layer = CoalesceLayer::builder(CoalesceConfig::new())
+        .extractor(move |_req: &Request<Full<Bytes>>| -> Option<Key> {
             (keyed.fetch_add(1, Ordering::SeqCst) < 2).then(|| Key::from("k"))
-        },
-    );
+        })
+        .build()
+        .unwrap();
     let (outcome, body, calls) = follow_a_flight_whose_runtime_shuts_down(layer);
     assert_eq!(outcome, Some(Outcome::Pass));
     assert_eq!(body, "call 1");

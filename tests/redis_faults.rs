@@ -613,14 +613,16 @@ async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_f
     };
     let mut doomed = ProxyProcess::start(&upstream, &server.url());
     let survivor = ProxyProcess::start(&upstream, &server.url());
-    let layer = CoalesceLayer::with_extractor(
+    let layer = CoalesceLayer::builder(
         CoalesceConfig::new()
             .ttl(Duration::from_millis(60_000))
             .lease(Duration::from_secs(1))
             .outcome_header("x-coalesce")
             .backend(RedisBackend::connect(server.url()).await.unwrap()),
-        proxy::proxy_key(&forwarding),
-    );
+    )
+    .extractor(proxy::proxy_key(&forwarding))
+    .build()
+    .unwrap();
     let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let local_addr = local.local_addr().unwrap();
     let svc = proxy::proxy_service(upstream.clone(), forwarding.clone(), layer.clone()).unwrap();

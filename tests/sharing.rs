@@ -375,8 +375,10 @@ async fn only_the_configured_methods_coalesce_whatever_the_extractor() {
     // The extractor doc's "by path" key: keys every method.
     let by_path = |req: &Request<Full<Bytes>>| Some(Key::new(req.uri().path().to_owned()));
     let origin = Origin::open();
-    let layer =
-        CoalesceLayer::with_extractor(CoalesceConfig::new().ttl(Duration::from_secs(60)), by_path);
+    let layer = CoalesceLayer::builder(CoalesceConfig::new().ttl(Duration::from_secs(60)))
+        .extractor(by_path)
+        .build()
+        .unwrap();
     let svc = layer.layer(origin.serve(support::echo_path));
     for method in [Method::POST, Method::PUT, Method::DELETE] {
         let res = svc.clone().oneshot(request(method, &[])).await.unwrap();
@@ -386,12 +388,14 @@ async fn only_the_configured_methods_coalesce_whatever_the_extractor() {
     let res = svc.clone().oneshot(get(&[])).await.unwrap();
     assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Leader));
     // Configured: a POST coalesces, but never with a GET.
-    let layer = CoalesceLayer::with_extractor(
+    let layer = CoalesceLayer::builder(
         CoalesceConfig::new()
             .methods([Method::GET, Method::POST])
             .ttl(Duration::from_secs(60)),
-        by_path,
-    );
+    )
+    .extractor(by_path)
+    .build()
+    .unwrap();
     let svc = layer.layer(origin.serve(support::echo_path));
     svc.clone().oneshot(get(&[])).await.unwrap();
     let post = svc
@@ -406,10 +410,12 @@ async fn only_the_configured_methods_coalesce_whatever_the_extractor() {
 async fn credentials_bypass_for_every_extractor_unless_keyed() {
     let by_path = |req: &Request<Full<Bytes>>| Some(Key::new(req.uri().path().to_owned()));
     let origin = Origin::open();
-    let layer = CoalesceLayer::with_extractor(
+    let layer = CoalesceLayer::builder(
         CoalesceConfig::new().credential_header(HeaderName::from_static("x-api-key")),
-        by_path,
-    );
+    )
+    .extractor(by_path)
+    .build()
+    .unwrap();
     let svc = layer.layer(origin.serve(support::echo_path));
     for (name, value) in [
         ("authorization", "Bearer a"),
@@ -426,10 +432,12 @@ async fn credentials_bypass_for_every_extractor_unless_keyed() {
     }
     // The default key bypasses them too, and keys them when asked to.
     let keyed = tower_coalesce::HttpKey::new().vary(HeaderName::from_static("x-api-key"));
-    let layer = CoalesceLayer::with_extractor(
+    let layer = CoalesceLayer::builder(
         CoalesceConfig::new().credential_header(HeaderName::from_static("x-api-key")),
-        keyed,
-    );
+    )
+    .extractor(keyed)
+    .build()
+    .unwrap();
     let svc = layer.layer(origin.serve(support::echo_path));
     let res = svc
         .clone()
@@ -474,13 +482,19 @@ fn durations_that_would_overflow_are_a_config_error_not_a_panic() {
         CoalesceConfig::new().pass_ttl(Duration::MAX),
         CoalesceConfig::new().backend_cooldown(Duration::MAX),
     ] {
-        let error = CoalesceLayer::try_new(config).expect_err("accepted");
+        let error = CoalesceLayer::builder(config)
+            .build()
+            .expect_err("accepted");
         assert!(error.to_string().contains("too long"), "{error}");
     }
-    assert!(CoalesceLayer::try_new(CoalesceConfig::new().methods([])).is_err());
+    assert!(CoalesceLayer::builder(CoalesceConfig::new().methods([]))
+        .build()
+        .is_err());
     // At the limit, it works.
     let max = CoalesceConfig::MAX_DURATION;
-    CoalesceLayer::try_new(CoalesceConfig::new().wait_timeout(max).ttl(max).lease(max)).unwrap();
+    CoalesceLayer::builder(CoalesceConfig::new().wait_timeout(max).ttl(max).lease(max))
+        .build()
+        .unwrap();
 }
 
 #[tokio::test]

@@ -39,7 +39,10 @@ async fn flights_are_traced_by_fingerprint_and_never_by_key() {
 
     let origin = Origin::gated();
     let extractor = HttpKey::new().vary(header::AUTHORIZATION);
-    let layer = CoalesceLayer::with_extractor(CoalesceConfig::new(), extractor.clone());
+    let layer = CoalesceLayer::builder(CoalesceConfig::new())
+        .extractor(extractor.clone())
+        .build()
+        .unwrap();
     let svc = layer.layer(origin.serve(echo_path));
     let call = || {
         Request::get("/me")

@@ -120,8 +120,10 @@ async fn an_extractor_that_keys_no_header_gets_varied_answers_unstored() {
             req.uri().path().as_bytes(),
         )))
     };
-    let layer =
-        CoalesceLayer::with_extractor(CoalesceConfig::new().ttl(Duration::from_secs(60)), by_path);
+    let layer = CoalesceLayer::builder(CoalesceConfig::new().ttl(Duration::from_secs(60)))
+        .extractor(by_path)
+        .build()
+        .unwrap();
     let svc = layer.layer(origin.serve(per_tenant));
     for tenant in ["alpha", "beta", "alpha"] {
         let res = svc.clone().oneshot(get(tenant)).await.unwrap();
