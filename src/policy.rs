@@ -288,4 +288,22 @@ mod tests {
             Sharing::FlightOnly
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any bytes a header may hold: judged, never a panic; and what
+        /// cannot be read as `Cache-Control` is never stored.
+        #[test]
+        fn any_cache_control_is_judged(bytes in proptest::collection::vec(
+            proptest::prop_oneof![0x20u8..0x7f, 0x80u8..=0xff], 0..40)
+        ) {
+            let mut h = head(200, &[]);
+            h.headers.insert(header::CACHE_CONTROL, http::HeaderValue::from_bytes(&bytes).unwrap());
+            let sharing = judge(&h);
+            if cache_control(&h.headers).is_err() {
+                proptest::prop_assert_eq!(sharing, Sharing::Pass);
+            }
+        }
+    }
 }

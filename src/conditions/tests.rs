@@ -325,3 +325,45 @@ fn entity_tags_parse_as_the_grammar_says() {
     assert_eq!(EntityTag::parse(b"\"a\" x"), None);
     assert_eq!(EntityTag::parse(b"\"a"), None);
 }
+
+mod arbitrary_input {
+    //! Whatever a client sends, the layer answers: no panic, and a range
+    //! it serves lies within the representation.
+    use super::super::range::{parse_range, Ranged};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header_value() -> impl Strategy<Value = HeaderValue> {
+        // Visible ASCII, spaces, and obs-text: what a header value may hold.
+        proptest::collection::vec(prop_oneof![0x20u8..0x7f, 0x80u8..=0xff], 0..40)
+            .prop_map(|bytes| HeaderValue::from_bytes(&bytes).unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn a_range_is_within_the_representation_or_not_served(
+            value in proptest::collection::vec(any::<u8>(), 0..40),
+            len in 0u64..1000,
+        ) {
+            if let Ranged::Part { start, end } = parse_range(&value, len) {
+                prop_assert!(start <= end && end < len);
+            }
+        }
+
+        #[test]
+        fn any_conditional_headers_get_an_answer(
+            values in proptest::collection::vec(header_value(), 6),
+            head in any::<bool>(),
+        ) {
+            let mut req = Request::builder().method(if head { "HEAD" } else { "GET" }).uri("/");
+            for (name, value) in CONDITIONAL.iter().zip(values) {
+                req = req.header(name, value);
+            }
+            let asked = Asked::of(&req.body(()).unwrap());
+            let res = asked.answer::<Body>(&page());
+            prop_assert!(matches!(res.status().as_u16(), 200 | 206 | 304 | 412 | 416));
+        }
+    }
+}
