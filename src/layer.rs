@@ -69,6 +69,18 @@ impl Passes {
 }
 
 impl<E> Shared<E> {
+    /// Whether `key` is remembered as pass-through.
+    pub(crate) fn passes(&self, key: &Key) -> bool {
+        self.passes.as_ref().is_some_and(|p| p.contains(key))
+    }
+
+    /// Remembers `key` as pass-through for `pass_ttl` (if that is not zero).
+    pub(crate) fn remember_pass(&self, key: &Key) {
+        if let Some(passes) = &self.passes {
+            passes.insert(key);
+        }
+    }
+
     /// The request's key, or `None` if it bypasses: a method that does not
     /// coalesce, a credential the extractor does not key, or no key from the
     /// extractor. An extractor that panics gives `None` too: the request

@@ -141,22 +141,17 @@ async fn run<S, E, ReqBody, ResBody>(
             }
             let own = match AssertUnwindSafe(inner.oneshot(req)).catch_unwind().await {
                 Ok(own) => own.map(|res| (res.map(CoalesceBody::inner), Outcome::Pass)),
-                Err(panic) => {
-                    bump(&shared.counters.panics);
-                    let message = crate::error::panic_message(&*panic);
-                    let error = FlightError::new(FlightErrorKind::Panic, message);
-                    Ok((error.into_response(grpc), Outcome::Pass))
-                }
+                Err(panic) => Ok((
+                    panicked(&shared, &key, &*panic).into_response(grpc),
+                    Outcome::Pass,
+                )),
             };
             let _ = own_tx.send(own);
             return;
         }
         Some(Err(panic)) => {
             bump(&shared.counters.errors);
-            bump(&shared.counters.panics);
-            let message = crate::error::panic_message(&*panic);
-            tracing::error!(key = %key.fingerprint(), panic = %message, "inner service panicked; the flight's callers get 500");
-            let error = FlightError::new(FlightErrorKind::Panic, message);
+            let error = panicked(&shared, &key, &*panic);
             let own = Ok((error.clone().into_response(grpc), Outcome::Leader));
             (Landing::Failed(error), own)
         }
@@ -170,6 +165,15 @@ async fn run<S, E, ReqBody, ResBody>(
         guard.land(landing);
     }
     let _ = own_tx.send(own);
+}
+
+/// The error for a call to the inner service that panicked: counted,
+/// logged, answered `500` (or its gRPC status).
+fn panicked<E>(shared: &Shared<E>, key: &Key, panic: &(dyn std::any::Any + Send)) -> FlightError {
+    bump(&shared.counters.panics);
+    let message = crate::error::panic_message(panic);
+    tracing::error!(key = %key.fingerprint(), panic = %message, "inner service panicked; its callers get 500");
+    FlightError::new(FlightErrorKind::Panic, message)
 }
 
 /// How a flight's work ended.
@@ -224,9 +228,7 @@ where
             }
             Elected::Pass => {
                 tracing::debug!("another instance found the answer private; calling the origin");
-                if let Some(passes) = &shared.passes {
-                    passes.insert(key);
-                }
+                shared.remember_pass(key);
                 bump(&counters.passes);
                 bump(&counters.origin_calls);
                 asked.restore(&mut req);
@@ -260,9 +262,7 @@ where
         None => (produced.await, false),
     };
     if matches!(landing, Landing::Pass) {
-        if let Some(passes) = &shared.passes {
-            passes.insert(key);
-        }
+        shared.remember_pass(key);
     }
     // Marked as stored now: answers later made from it carry their `Age`.
     let keep = keep

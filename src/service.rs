@@ -101,7 +101,7 @@ where
         }
         // After the hit check: hits, the hot path, pay nothing for it, and a
         // fresh stored entry was judged shareable.
-        if shared.passes.as_ref().is_some_and(|p| p.contains(&key)) {
+        if shared.passes(&key) {
             tracing::debug!(key = %key.fingerprint(), "pass: the key's answers cannot be shared");
             bump(&shared.counters.passes);
             bump(&shared.counters.origin_calls);
