@@ -122,25 +122,25 @@ impl RedisBackend {
     /// The Redis key under which the entry for `key` is stored.
     #[doc(hidden)]
     pub fn value_key(&self, key: &Key) -> String {
-        self.names(key).value
+        self.names(key).value()
     }
 
     /// The Redis key of `key`'s lease (its value is the leader's token).
     #[doc(hidden)]
     pub fn lock_key(&self, key: &Key) -> String {
-        self.names(key).lock
+        self.names(key).lock()
     }
 
     /// The Redis key that marks `key` pass-through for every instance.
     #[doc(hidden)]
     pub fn pass_key(&self, key: &Key) -> String {
-        self.names(key).pass
+        self.names(key).pass()
     }
 
     /// The channel on which the end of `key`'s flight is published.
     #[doc(hidden)]
     pub fn done_channel(&self, key: &Key) -> String {
-        self.names(key).done
+        self.names(key).done()
     }
 
     /// Every name of `key`, from one hashing of it.
@@ -233,12 +233,10 @@ impl Leases for RedisBackend {
         lease: Duration,
     ) -> BackendFuture<'a, TryLock> {
         Box::pin(async move {
-            let names = self.names(key);
             let mut conn = self.conn.clone();
-            let taken: i64 = TRY_LOCK
-                .key(&names.lock)
-                .key(&names.value)
-                .key(&names.pass)
+            let taken: i64 = self
+                .names(key)
+                .leased(&TRY_LOCK)
                 .arg(token.as_str())
                 .arg(millis(lease)?)
                 .invoke_async(&mut conn)
@@ -320,15 +318,13 @@ impl Leases for RedisBackend {
             };
             let names = self.names(key);
             let mut conn = self.conn.clone();
-            let done: i64 = COMPLETE
-                .key(&names.lock)
-                .key(&names.value)
-                .key(&names.pass)
+            let done: i64 = names
+                .leased(&COMPLETE)
                 .arg(token.as_str())
                 .arg(value.as_ref())
                 .arg(ttl)
                 .arg(pass)
-                .arg(&names.done)
+                .arg(names.done())
                 .arg(message)
                 .invoke_async(&mut conn)
                 .await

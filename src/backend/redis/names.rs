@@ -1,19 +1,17 @@
 //! The Redis names of a key, built in one place: see docs/protocol.md.
 
 use crate::Key;
+use redis::{Script, ScriptInvocation};
 use std::fmt::Write as _;
 
-/// Every name `RedisBackend` uses for one key:
+/// The names `RedisBackend` uses for one key:
 /// `<namespace>:2:{<resource hash>}:<variant hash>:<suffix>`. The `2` is the
 /// name layout's version: instances of a release with another layout share
 /// no names with these. The resource hash is the cluster hash tag, so every
 /// variant and method of one resource lives on one slot. The key is hashed
-/// once for all of them: a key may be long.
+/// once, here; each name is made only when asked for.
 pub(super) struct Names {
-    pub(super) value: String,
-    pub(super) lock: String,
-    pub(super) pass: String,
-    pub(super) done: String,
+    prefix: String,
 }
 
 impl Names {
@@ -25,13 +23,39 @@ impl Names {
         prefix.push_str("}:");
         hex(&mut prefix, &key.variant_digest());
         prefix.push(':');
-        let name = |suffix: &str| format!("{prefix}{suffix}");
-        Names {
-            value: name("v"),
-            lock: name("lock"),
-            pass: name("pass"),
-            done: name("done"),
-        }
+        Names { prefix }
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// The stored entry.
+    pub(super) fn value(&self) -> String {
+        self.name("v")
+    }
+
+    /// The lease (its value is the leader's token).
+    pub(super) fn lock(&self) -> String {
+        self.name("lock")
+    }
+
+    /// The pass-through mark.
+    pub(super) fn pass(&self) -> String {
+        self.name("pass")
+    }
+
+    /// The done channel.
+    pub(super) fn done(&self) -> String {
+        self.name("done")
+    }
+
+    /// `script` with this key's lease, value and pass mark as `KEYS[1]`,
+    /// `KEYS[2]` and `KEYS[3]`, the keys `TRY_LOCK` and `COMPLETE` take.
+    pub(super) fn leased<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+        let mut invocation = script.key(self.lock());
+        invocation.key(self.value()).key(self.pass());
+        invocation
     }
 }
 
