@@ -12,7 +12,7 @@ use http_body_util::Full;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{body, get, until, Origin};
+use support::{body, get, until, Origin, Svc};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::BackendFuture;
 use tower_coalesce::{
@@ -159,12 +159,6 @@ impl Leases for Shared {
         ready(true)
     }
 }
-
-type Svc = tower::util::BoxCloneService<
-    Request<Full<Bytes>>,
-    Response<tower_coalesce::CoalesceBody<Full<Bytes>>>,
-    BoxError,
->;
 
 /// Two "processes": layers with flight tables of their own over one server,
 /// in front of one origin that answers `status`.

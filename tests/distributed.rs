@@ -4,23 +4,12 @@
 
 mod support;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::redis::RedisServer;
-use support::{body, echo_path, get, until, Origin};
+use support::{body, echo_path, get, until, Origin, Svc};
 use tower::{Layer, ServiceExt};
-use tower_coalesce::{
-    BoxError, CoalesceBody, CoalesceConfig, CoalesceLayer, Outcome, RedisBackend,
-};
-
-type Svc = tower::util::BoxCloneService<
-    Request<Full<Bytes>>,
-    Response<CoalesceBody<Full<Bytes>>>,
-    BoxError,
->;
+use tower_coalesce::{CoalesceConfig, CoalesceLayer, Outcome, RedisBackend};
 
 async fn instance(
     server: &RedisServer,

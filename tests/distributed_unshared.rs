@@ -11,21 +11,13 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use std::time::{Duration, Instant};
 use support::redis::RedisServer;
-use support::{body, get, Origin};
+use support::{body, get, Origin, Svc};
 use tower::{Layer, ServiceExt};
-use tower_coalesce::{
-    BoxError, CoalesceBody, CoalesceConfig, CoalesceLayer, Outcome, RedisBackend,
-};
+use tower_coalesce::{BoxError, CoalesceConfig, CoalesceLayer, Outcome, RedisBackend};
 
 const INSTANCES: usize = 4;
 const PER_INSTANCE: usize = 25;
 const ORIGIN: Duration = Duration::from_millis(300);
-
-type Svc = tower::util::BoxCloneService<
-    Request<Full<Bytes>>,
-    Response<CoalesceBody<Full<Bytes>>>,
-    BoxError,
->;
 
 /// Instances on one Redis in front of one origin that takes [`ORIGIN`] to
 /// answer with `status` and `headers`.

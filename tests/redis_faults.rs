@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::redis::{free_port, RedisServer};
-use support::{body, echo_path, get, until, Origin};
+use support::{body, echo_path, get, until, Origin, Svc};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::util::BoxCloneService;
@@ -39,8 +39,6 @@ use tower_coalesce::{
     Backend, BoxError, CoalesceBody, CoalesceConfig, CoalesceLayer, Completion, Entry, HttpKey,
     Key, KeyExtractor, LeaseToken, Leases, RedisBackend, Store, TryLock, Watch,
 };
-
-type Svc = BoxCloneService<Request<Full<Bytes>>, Response<CoalesceBody<Full<Bytes>>>, BoxError>;
 
 /// A request under way: when it was answered, and with what.
 type Answering = tokio::task::JoinHandle<(

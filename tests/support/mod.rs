@@ -115,5 +115,12 @@ pub async fn until<E>(layer: &CoalesceLayer<E>, what: &str, cond: impl Fn(&Stats
     }
 }
 
+/// A layered test service, boxed: what the instances of a test hold.
+pub type Svc = tower::util::BoxCloneService<
+    Request<Full<Bytes>>,
+    Response<CoalesceBody<Full<Bytes>>>,
+    BoxError,
+>;
+
 /// A service that is always ready and never fails, for type inference.
 pub type Never = Infallible;
