@@ -18,9 +18,6 @@
 //! the fan-out time (from the query's return to the last answer), the peak
 //! memory of the process and, with Redis, the Redis commands the burst cost.
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[path = "support/report.rs"]
 mod report;
 use bytes::Bytes;
@@ -118,7 +115,7 @@ impl Run {
 }
 
 #[tokio::main]
-async fn main() {
+pub async fn main() {
     let args = Args::parse().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(2)

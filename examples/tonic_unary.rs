@@ -3,7 +3,7 @@
 //! reply message, or the same status.
 //!
 //! ```text
-//! cargo run --example tonic_unary
+//! cargo run --example tonic_unary --features grpc
 //! ```
 //!
 //! It starts the server on a free local port, sends 1,000 identical
@@ -16,10 +16,11 @@
 //! # How the pieces fit
 //! Outermost first, inside tonic's `Server` (whose `grpc-timeout` deadline
 //! wraps all of this, so each caller keeps its own deadline):
-//! 1. [`BufferRequestLayer`] reads the request body of the coalesced methods,
-//!    up to [`MAX_KEYED_REQUEST_BYTES`], and records it as a
-//!    [`RequestMessage`] extension. Requests of other methods, larger ones,
-//!    and ones with trailers are forwarded with their body intact.
+//! 1. the library's [`BufferLayer`] (the `grpc` feature) reads the request
+//!    body of the coalesced methods, up to [`MAX_KEYED_REQUEST_BYTES`], and
+//!    records it as a `RequestMessage` extension. Requests of other methods,
+//!    larger ones, and ones with trailers are forwarded with their body
+//!    intact.
 //! 2. [`CoalesceLayer`] keyed by [`GrpcKey`]: method path, the metadata that
 //!    can change the answer, and the request message bytes.
 //! 3. tonic's router, then [`CatalogServer`], then the [`Catalog`] handler.
@@ -51,13 +52,9 @@
 //! the layer (a handler panic, the wait timeout) get a gRPC answer with the
 //! matching status (`INTERNAL`, `DEADLINE_EXCEEDED`, `UNAVAILABLE`).
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::StreamExt;
-use http::header::AUTHORIZATION;
-use http::{HeaderName, Request, Response};
-use http_body::{Body as _, Frame};
-use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
+use http::{Request, Response};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,8 +67,9 @@ use tonic::body::Body;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Server};
 use tonic::Status;
-use tower::{Layer, Service};
-use tower_coalesce::{CoalesceConfig, CoalesceLayer, Key, KeyExtractor};
+use tower::Service;
+use tower_coalesce::grpc::{BufferLayer, GrpcKey};
+use tower_coalesce::{CoalesceConfig, CoalesceLayer};
 
 // ---------------------------------------------------------------------------
 // Messages and service glue, as `tonic-build` would generate them from:
@@ -229,210 +227,7 @@ pub const COALESCED_METHODS: &[&str] = &[GET_PRODUCT];
 
 /// The largest request body that is read to make a key. A larger request
 /// bypasses coalescing; its body is forwarded as it arrives.
-pub const MAX_KEYED_REQUEST_BYTES: usize = 64 * 1024;
-
-/// The whole request body of a coalesced method (the length-prefixed gRPC
-/// message), put in the request extensions by [`BufferRequestLayer`].
-#[derive(Debug, Clone)]
-pub struct RequestMessage(pub Bytes);
-
-/// Reads the request body of the listed methods, up to a limit, so that a
-/// [`KeyExtractor`] can see it.
-#[derive(Debug, Clone)]
-pub struct BufferRequestLayer {
-    methods: &'static [&'static str],
-    limit: usize,
-}
-
-impl BufferRequestLayer {
-    /// Reads the bodies of `methods` (paths such as [`GET_PRODUCT`]) when
-    /// they are at most `limit` bytes long.
-    pub fn new(methods: &'static [&'static str], limit: usize) -> Self {
-        Self { methods, limit }
-    }
-}
-
-impl<S> Layer<S> for BufferRequestLayer {
-    type Service = BufferRequest<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        BufferRequest {
-            inner,
-            methods: self.methods,
-            limit: self.limit,
-        }
-    }
-}
-
-/// The service made by [`BufferRequestLayer`].
-#[derive(Debug, Clone)]
-pub struct BufferRequest<S> {
-    inner: S,
-    methods: &'static [&'static str],
-    limit: usize,
-}
-
-impl<S> Service<Request<Body>> for BufferRequest<S>
-where
-    S: Service<Request<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        // The call happens after an await, so take the service that
-        // `poll_ready` readied and leave a fresh clone in its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        if !self.methods.contains(&req.uri().path()) {
-            return Box::pin(inner.call(req));
-        }
-        let limit = self.limit;
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let (body, message) = read_up_to(body, limit).await;
-            let mut req = Request::from_parts(parts, body);
-            if let Some(message) = message {
-                req.extensions_mut().insert(RequestMessage(message));
-            }
-            inner.call(req).await
-        })
-    }
-}
-
-/// Reads `body` to its end if it holds at most `limit` bytes of data and no
-/// trailers, and returns a body with the same content and, then, its bytes.
-/// Otherwise the returned body gives the frames already read and then the
-/// unread rest (or the error that ended it): nothing is lost or reordered.
-async fn read_up_to(mut body: Body, limit: usize) -> (Body, Option<Bytes>) {
-    if body.size_hint().lower() > limit as u64 {
-        return (body, None);
-    }
-    let mut frames = Vec::new();
-    let mut len = 0usize;
-    let mut complete = true;
-    loop {
-        if len > limit {
-            return (replay(frames, Some(body)), None);
-        }
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                match frame.data_ref() {
-                    Some(data) => len = len.saturating_add(data.len()),
-                    // Trailers could change the answer and are not in the key.
-                    None => complete = false,
-                }
-                frames.push(Ok(frame));
-            }
-            Some(Err(status)) => {
-                frames.push(Err(status));
-                return (replay(frames, None), None);
-            }
-        }
-    }
-    if !complete {
-        return (replay(frames, None), None);
-    }
-    let mut message = BytesMut::with_capacity(len);
-    for frame in frames.into_iter().flatten() {
-        if let Ok(data) = frame.into_data() {
-            message.extend_from_slice(&data);
-        }
-    }
-    let message = message.freeze();
-    (Body::new(Full::new(message.clone())), Some(message))
-}
-
-/// A body that gives `frames`, then the frames of `rest`.
-fn replay(frames: Vec<Result<Frame<Bytes>, Status>>, rest: Option<Body>) -> Body {
-    let read = futures_util::stream::iter(frames);
-    match rest {
-        Some(rest) => Body::new(StreamBody::new(read.chain(BodyStream::new(rest)))),
-        None => Body::new(StreamBody::new(read)),
-    }
-}
-
-/// The key of a coalesced unary call: its method path, the values of the
-/// metadata that can change the answer, and its whole request message.
-///
-/// In the key by default:
-/// - `authorization`, so that each principal has its own flight (the
-///   handler may answer by who asks);
-/// - `grpc-encoding`, which says how the message bytes are compressed;
-/// - `grpc-accept-encoding`, which decides how the reply may be compressed.
-///
-/// Deliberately left out, and why:
-/// - `grpc-timeout`: tonic applies each caller's deadline outside the layer,
-///   so a caller gives up on its own, and the flight goes on for the rest;
-/// - the authority, `user-agent`, `te`, `content-type` and tracing metadata
-///   (`traceparent`, `grpc-trace-bin`...): they do not change the answer; the
-///   handler sees the leader's values only;
-/// - the peer address and other connection details, for the same reason.
-///
-/// Requests of other methods, and requests without a [`RequestMessage`]
-/// (too large, or with trailers), bypass. The message is keyed by its bytes:
-/// two encodings of one message (fields in another order, say) make two
-/// flights, never a wrong answer.
-#[derive(Debug, Clone)]
-pub struct GrpcKey {
-    methods: &'static [&'static str],
-    vary: Vec<HeaderName>,
-}
-
-impl GrpcKey {
-    /// Keys the calls of `methods`; every other call bypasses.
-    pub fn new(methods: &'static [&'static str]) -> Self {
-        Self {
-            methods,
-            vary: vec![
-                AUTHORIZATION,
-                HeaderName::from_static("grpc-encoding"),
-                HeaderName::from_static("grpc-accept-encoding"),
-            ],
-        }
-    }
-
-    /// Adds a metadata key whose values are part of the key, such as a
-    /// tenant or locale header the handler reads.
-    pub fn vary(mut self, name: HeaderName) -> Self {
-        if !self.vary.contains(&name) {
-            self.vary.push(name);
-        }
-        self
-    }
-}
-
-impl<B> KeyExtractor<B> for GrpcKey {
-    fn extract(&self, req: &Request<B>) -> Option<Key> {
-        let path = req.uri().path();
-        if !self.methods.contains(&path) {
-            return None;
-        }
-        let message = req.extensions().get::<RequestMessage>()?;
-        // The resource: the method and its request message; the variant:
-        // one part per metadata key, so that values cannot shift between
-        // keys: ("a: x", no "b") differs from (no "a", "b: x").
-        let resource = Key::from_parts([path.as_bytes(), &message.0[..]]);
-        let variant = self.vary.iter().map(|name| {
-            let values = req.headers().get_all(name).iter().map(|v| v.as_bytes());
-            Bytes::copy_from_slice(Key::from_parts(values).resource())
-        });
-        Some(resource.with_variant(variant.collect::<Vec<_>>()))
-    }
-
-    /// The layer lets a call carrying `authorization` coalesce only because
-    /// this says it is keyed.
-    fn keys_header(&self, name: &HeaderName) -> bool {
-        self.vary.contains(name)
-    }
-}
+pub const MAX_KEYED_REQUEST_BYTES: usize = BufferLayer::DEFAULT_LIMIT;
 
 /// The layer as this example configures it: coalesce only (nothing stored),
 /// keyed by [`GrpcKey`] over [`COALESCED_METHODS`], with each reply's
@@ -445,12 +240,12 @@ pub fn coalesce_layer() -> CoalesceLayer<GrpcKey> {
             .methods([http::Method::POST])
             .outcome_header("x-coalesce"),
     )
-    .extractor(GrpcKey::new(COALESCED_METHODS))
+    .extractor(GrpcKey::new(COALESCED_METHODS.iter().copied()))
     .build()
     .expect("a valid configuration")
 }
 
-/// Serves `catalog` on `listener` behind [`BufferRequestLayer`] and `layer`,
+/// Serves `catalog` on `listener` behind [`BufferLayer`] and `layer`,
 /// until the task is dropped or the listener fails.
 pub async fn serve<T: Catalog>(
     listener: TcpListener,
@@ -458,10 +253,7 @@ pub async fn serve<T: Catalog>(
     layer: CoalesceLayer<GrpcKey>,
 ) -> Result<(), tonic::transport::Error> {
     Server::builder()
-        .layer(BufferRequestLayer::new(
-            COALESCED_METHODS,
-            MAX_KEYED_REQUEST_BYTES,
-        ))
+        .layer(BufferLayer::new(COALESCED_METHODS.iter().copied()).limit(MAX_KEYED_REQUEST_BYTES))
         .layer(layer)
         .add_service(CatalogServer::from_arc(catalog))
         .serve_with_incoming(TcpIncoming::from(listener))

@@ -4,7 +4,7 @@
 //! the flight goes on without it. A backend that fails or is slow never
 //! fails a request.
 
-use crate::layer::Shared;
+use crate::shared::Shared;
 use crate::stats::bump;
 
 /// Why a flight goes without the backend for one operation.

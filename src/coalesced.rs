@@ -9,9 +9,9 @@
 
 use crate::conditions::Asked;
 use crate::flight::{Landing, Role, Wait};
-use crate::layer::Shared;
 use crate::leader;
 use crate::origin::{Origin, OriginBody, Own};
+use crate::shared::Shared;
 use crate::stats::bump;
 use crate::stats::mark;
 use crate::{CoalesceBody, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome, WaitFallback};

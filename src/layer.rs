@@ -1,12 +1,11 @@
 //! [`CoalesceLayer`]: the value handed to `ServiceBuilder::layer` or
-//! `axum::Router::layer`. It holds the state every service it makes shares:
-//! configuration, extractor, flight table, backend and counters.
+//! `axum::Router::layer`, and its builder. It holds the state every service
+//! it makes shares ([`Shared`]).
 
 use crate::flight::FlightTable;
+use crate::shared::{Passes, Shared};
 use crate::stats::Counters;
-use crate::{CoalesceConfig, CoalesceService, ConfigError, HttpKey, Key, KeyExtractor, Stats};
-use http::Request;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use crate::{CoalesceConfig, CoalesceService, ConfigError, HttpKey, Stats};
 use std::sync::Arc;
 use tower_layer::Layer;
 
@@ -19,105 +18,6 @@ use tower_layer::Layer;
 /// visible (the outermost router).
 pub struct CoalesceLayer<E = HttpKey> {
     shared: Arc<Shared<E>>,
-}
-
-pub(crate) struct Shared<E> {
-    pub(crate) config: CoalesceConfig,
-    pub(crate) extractor: E,
-    pub(crate) table: FlightTable,
-    pub(crate) counters: Counters,
-    /// Keys whose last answer could not be shared, for `pass_ttl`: requests
-    /// for them go straight to the origin instead of queueing behind a flight
-    /// whose answer they could not have (Varnish's hit-for-pass).
-    pub(crate) passes: Option<Passes>,
-    /// Whether the backend is failing, and should be skipped for a while.
-    pub(crate) breaker: crate::breaker::Breaker,
-}
-
-/// The pass-through memory: a digest per key, never the key itself, so its
-/// size is bounded by bytes however long keys are. Two keys with one digest
-/// only make the second pass for a while: answers stay correct.
-pub(crate) struct Passes {
-    keys: moka::sync::Cache<u64, ()>,
-    hasher: std::collections::hash_map::RandomState,
-}
-
-impl Passes {
-    fn new(ttl: std::time::Duration, bytes: usize) -> Self {
-        let entries = (bytes / CoalesceConfig::PASS_ENTRY_BYTES).max(1) as u64;
-        Self {
-            keys: moka::sync::Cache::builder()
-                .max_capacity(entries)
-                .time_to_live(ttl)
-                .build(),
-            hasher: Default::default(),
-        }
-    }
-
-    fn digest(&self, key: &Key) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one(key)
-    }
-
-    pub(crate) fn contains(&self, key: &Key) -> bool {
-        self.keys.contains_key(&self.digest(key))
-    }
-
-    pub(crate) fn insert(&self, key: &Key) {
-        self.keys.insert(self.digest(key), ());
-    }
-}
-
-impl<E> Shared<E> {
-    /// Whether `key` is remembered as pass-through.
-    pub(crate) fn passes(&self, key: &Key) -> bool {
-        self.passes.as_ref().is_some_and(|p| p.contains(key))
-    }
-
-    /// Remembers `key` as pass-through for `pass_ttl` (if that is not zero).
-    pub(crate) fn remember_pass(&self, key: &Key) {
-        if let Some(passes) = &self.passes {
-            passes.insert(key);
-        }
-    }
-
-    /// The request's key, or `None` if it bypasses: a method that does not
-    /// coalesce, a credential the extractor does not key, or no key from the
-    /// extractor. An extractor that panics gives `None` too: the request
-    /// then bypasses the layer rather than fail.
-    pub(crate) fn key<B>(&self, req: &Request<B>) -> Option<Key>
-    where
-        E: KeyExtractor<B>,
-    {
-        let config = &self.config;
-        if !config.methods.contains(req.method()) {
-            return None;
-        }
-        let keyed = || {
-            let headers = req.headers();
-            // One pass to see whether any is there: most requests carry none.
-            let unkeyed_credential = crate::conditions::has_any(headers, &config.credentials)
-                && config
-                    .credentials
-                    .iter()
-                    .any(|name| headers.contains_key(name) && !self.extractor.keys_header(name));
-            if unkeyed_credential {
-                return None;
-            }
-            let key = self.extractor.extract(req)?;
-            Some(key.for_method(req.method()))
-        };
-        match catch_unwind(AssertUnwindSafe(keyed)) {
-            Ok(key) => key,
-            Err(panic) => {
-                tracing::error!(
-                    panic = %crate::error::panic_message(&*panic),
-                    "key extractor panicked; the request bypasses the layer"
-                );
-                None
-            }
-        }
-    }
 }
 
 impl CoalesceLayer {
@@ -187,6 +87,7 @@ impl<E> CoalesceLayerBuilder<E> {
                 table: FlightTable::default(),
                 counters: Counters::default(),
                 passes,
+                tasks: Default::default(),
             }),
         })
     }
@@ -202,6 +103,37 @@ impl<E> CoalesceLayer<E> {
     /// has been answered.
     pub fn flights_in_progress(&self) -> usize {
         self.shared.table.len()
+    }
+
+    /// Shuts the layer down, for a process that is about to exit.
+    ///
+    /// From the call on, requests bypass the layer (they go to the inner
+    /// service as they came, [`Outcome::Bypass`](crate::Outcome::Bypass)).
+    /// Flights already under way get `grace` to land as usual — answered,
+    /// stored, their leases released. Those still running then are stopped:
+    /// their callers get `503`, and every lease they held is released, so
+    /// the instances waiting on them take over at once instead of waiting
+    /// for the lease to run out. Returns when all of that is done (a release
+    /// takes at most [`backend_timeout`](crate::CoalesceConfig::backend_timeout)).
+    ///
+    /// Call it after the server stopped taking requests and finished those
+    /// it had (axum's `with_graceful_shutdown`, hyper-util's
+    /// `GracefulShutdown`): then only flights whose callers left remain
+    /// (see [`complete_abandoned`](crate::CoalesceConfig::complete_abandoned)).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_coalesce::{CoalesceConfig, CoalesceLayer};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = CoalesceLayer::new(CoalesceConfig::new());
+    /// // ... serve until a shutdown signal, then:
+    /// let report = layer.shutdown(Duration::from_secs(5)).await;
+    /// assert_eq!(report.stopped_flights, 0);
+    /// # }
+    /// ```
+    pub async fn shutdown(&self, grace: std::time::Duration) -> crate::Shutdown {
+        self.shared.tasks.shutdown(grace).await
     }
 }
 
@@ -226,31 +158,5 @@ impl<S, E> Layer<S> for CoalesceLayer<E> {
 
     fn layer(&self, inner: S) -> Self::Service {
         CoalesceService::new(inner, self.shared.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn the_pass_memory_keeps_digests_within_its_byte_bound() {
-        let bytes = 8 * CoalesceConfig::PASS_ENTRY_BYTES;
-        let passes = Passes::new(Duration::from_secs(60), bytes);
-        // Keys of 256 KiB each: what is kept is their digests, and no more
-        // of them than the bound allows.
-        let keys: Vec<Key> = (0..100u8).map(|i| Key::new(vec![i; 256 * 1024])).collect();
-        for key in &keys {
-            passes.insert(key);
-        }
-        passes.keys.run_pending_tasks();
-        assert!(
-            passes.keys.entry_count() <= 8,
-            "{}",
-            passes.keys.entry_count()
-        );
-        assert!(keys.iter().any(|k| passes.contains(k)));
-        assert!(!passes.contains(&Key::new("never inserted")));
     }
 }

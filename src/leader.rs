@@ -12,9 +12,9 @@ use crate::backend_call::optional;
 use crate::conditions::Asked;
 use crate::error::is_grpc;
 use crate::flight::{FlightGuard, Landing};
-use crate::layer::Shared;
 use crate::origin::{produce, Origin, OriginBody, Own, Produced};
 use crate::remote::Elected;
+use crate::shared::Shared;
 use crate::stats::bump;
 use crate::{
     CoalesceBody, Entry, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome, WaitFallback,
@@ -62,7 +62,8 @@ where
     // Tells the inner service that its answer may be shared: it must not
     // depend on anything of this caller's that is not in the key.
     req.extensions_mut().insert(Outcome::Leader);
-    tokio::spawn(run(shared, guard, key, asked, req, inner, own_tx).instrument(span));
+    let flight = run(shared.clone(), guard, key, asked, req, inner, own_tx);
+    shared.tasks.spawn(flight.instrument(span));
     own_rx
 }
 
@@ -128,6 +129,17 @@ async fn run<S, E, ReqBody, ResBody>(
                     tracing::debug!(key = %key.fingerprint(), "every caller left; flight cancelled");
                     return;
                 }
+            }
+            () = shared.tasks.stopping() => {
+                // The layer is shutting down and the grace is over: the
+                // flight's work (and the lease it holds) is dropped here.
+                tracing::warn!(key = %key.fingerprint(), "layer shut down; flight stopped unfinished");
+                let error = FlightError::new(FlightErrorKind::Dropped, "the layer was shut down");
+                if let Some(guard) = guard.take() {
+                    guard.land(Landing::Failed(error.clone()));
+                }
+                let _ = own_tx.send(Ok((error.into_response(grpc), Outcome::Leader)));
+                return;
             }
         }
     };

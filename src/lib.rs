@@ -51,16 +51,73 @@
 //! # }
 //! ```
 //!
-//! In axum, hand the same layer to `Router::layer`:
+//! # In an axum app
+//! Hand the layer to `Router::layer`, outermost, so keys see the whole path.
+//! At shutdown, stop the server first, then the layer:
 //!
+//! ```no_run
+//! use axum::{extract::Path, routing::get, Router};
+//! use std::time::Duration;
+//! use tower_coalesce::{CoalesceConfig, CoalesceLayer};
+//!
+//! async fn product(Path(id): Path<u64>) -> String {
+//!     // The database query: once per burst, and once per second at most.
+//!     format!("{{\"id\":{id}}}")
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let layer = CoalesceLayer::new(CoalesceConfig::new().ttl(Duration::from_secs(1)));
+//!     let app = Router::new()
+//!         .route("/products/{id}", get(product))
+//!         .layer(layer.clone());
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app)
+//!         .with_graceful_shutdown(async {
+//!             let _ = tokio::signal::ctrl_c().await;
+//!         })
+//!         .await?;
+//!     // Flights whose callers left get 5 s; leases still held are released.
+//!     layer.shutdown(Duration::from_secs(5)).await;
+//!     Ok(())
+//! }
 //! ```
-//! # use axum::{routing::get, Router};
-//! # use tower_coalesce::{CoalesceConfig, CoalesceLayer};
-//! # async fn product() -> &'static str { "{}" }
-//! let app: Router = Router::new()
-//!     .route("/products/{id}", get(product))
-//!     .layer(CoalesceLayer::new(CoalesceConfig::new()));
+//!
+//! # Across instances: Redis
+//! Instances that share a [`RedisBackend`] share flights and stored answers:
+//! a burst spread over all of them costs one origin call. Give every
+//! service its own [namespace](RedisBackendBuilder::namespace); the lease
+//! says how soon the others take over from an instance that died.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tower_coalesce::BackendError> {
+//! use std::time::Duration;
+//! use tower_coalesce::{CoalesceConfig, CoalesceLayer, RedisBackend};
+//!
+//! let redis = RedisBackend::builder("redis://127.0.0.1:6379/")
+//!     .namespace("catalog")
+//!     .connect()
+//!     .await?;
+//! let layer = CoalesceLayer::new(
+//!     CoalesceConfig::new()
+//!         // Instances hand answers to each other through the stored entry.
+//!         .ttl(Duration::from_secs(10))
+//!         .lease(Duration::from_secs(10))
+//!         .backend(redis),
+//! );
+//! # let _ = layer;
+//! # Ok(())
+//! # }
 //! ```
+//! Without a backend, the layer uses an in-process [`MemoryBackend`]. Redis
+//! that is slow or down costs at most
+//! [`backend_timeout`](CoalesceConfig::backend_timeout) per flight; the flight
+//! goes on within the process (see the README's failure modes).
+//!
+//! # gRPC (tonic)
+//! With the `grpc` feature, the `grpc` module's `BufferLayer` and `GrpcKey`
+//! coalesce allow-listed unary methods by their request message; its
+//! documentation shows the two layers in a tonic server.
 //!
 //! # What is shared, and with whom
 //! - The default key, [`HttpKey`], is the authority, path and query plus
@@ -114,6 +171,9 @@ mod entry;
 mod error;
 mod flight;
 mod future;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;
 mod key;
 mod layer;
 mod leader;
@@ -121,6 +181,8 @@ mod origin;
 mod policy;
 mod remote;
 mod service;
+mod shared;
+mod shutdown;
 mod stats;
 mod sync;
 
@@ -136,4 +198,5 @@ pub use future::ResponseFuture;
 pub use key::{Fingerprint, HttpKey, Key, KeyExtractor};
 pub use layer::{CoalesceLayer, CoalesceLayerBuilder};
 pub use service::CoalesceService;
+pub use shutdown::Shutdown;
 pub use stats::{Outcome, Stats};

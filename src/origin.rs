@@ -7,8 +7,8 @@
 
 use crate::conditions::Asked;
 use crate::flight::Landing;
-use crate::layer::Shared;
 use crate::policy::{self, Sharing};
+use crate::shared::Shared;
 use crate::stats::bump;
 use crate::{BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, KeyExtractor, Outcome};
 use bytes::{Bytes, BytesMut};

@@ -11,12 +11,13 @@
 
 use crate::backend::{Completion, LeaseToken, Notice, TryLock};
 use crate::backend_call::{bounded, optional, required, Unavailable};
-use crate::layer::Shared;
+use crate::shared::Shared;
 use crate::stats::bump;
 use crate::{Backend, Entry, Key};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
 /// The outcome of trying to lead a key across processes.
 pub(crate) enum Elected {
@@ -161,6 +162,8 @@ pub(crate) async fn with_watchdog<E, T>(
 /// at once instead of waiting for the lease to run out.
 pub(crate) struct Held {
     release: Option<(Arc<dyn Backend>, Key, LeaseToken, Duration)>,
+    /// The layer's tasks: a layer shutting down waits for the release.
+    tasks: TaskTracker,
 }
 
 impl Held {
@@ -173,6 +176,7 @@ impl Held {
                 token.clone(),
                 config.backend_timeout,
             )),
+            tasks: shared.tasks.tracker(),
         }
     }
 
@@ -190,13 +194,14 @@ impl Drop for Held {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(async move {
+        let release = async move {
             // Owner-checked: a lease that moved on is left alone.
             let release = backend.complete(&key, &token, Completion::Released);
             if let Err(error) = bounded(limit, release).await {
                 tracing::warn!(key = %key.fingerprint(), %error, "releasing an abandoned lease failed; it runs out by itself");
             }
-        });
+        };
+        self.tasks.spawn_on(release, &runtime);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::conditions::Asked;
 use crate::future::ResponseFuture;
-use crate::layer::Shared;
+use crate::shared::Shared;
 use crate::stats::bump;
 use crate::{BoxError, CoalesceBody, KeyExtractor};
 use bytes::Bytes;

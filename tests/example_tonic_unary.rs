@@ -15,10 +15,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 use tonic_unary::{
-    coalesce_layer, connect, serve, BufferRequestLayer, Catalog, CatalogClient, CatalogServer,
-    GetProductRequest, GrpcKey, Product, COALESCED_METHODS, GET_PRODUCT, MAX_KEYED_REQUEST_BYTES,
+    coalesce_layer, connect, serve, Catalog, CatalogClient, CatalogServer, GetProductRequest,
+    Product, COALESCED_METHODS, GET_PRODUCT, MAX_KEYED_REQUEST_BYTES,
 };
 use tower::{Layer, ServiceExt};
+use tower_coalesce::grpc::{BufferLayer, GrpcKey};
 use tower_coalesce::{CoalesceConfig, CoalesceLayer};
 
 /// A catalog that counts its calls and holds each one until the gate opens,
@@ -287,10 +288,10 @@ async fn followers_and_hits_get_the_grpc_status_of_the_answer() {
             .ttl(Duration::from_secs(60))
             .outcome_header("x-coalesce"),
     )
-    .extractor(GrpcKey::new(COALESCED_METHODS))
+    .extractor(GrpcKey::new(COALESCED_METHODS.iter().copied()))
     .build()
     .unwrap();
-    let buffer = BufferRequestLayer::new(COALESCED_METHODS, MAX_KEYED_REQUEST_BYTES);
+    let buffer = BufferLayer::new(COALESCED_METHODS.iter().copied()).limit(MAX_KEYED_REQUEST_BYTES);
     let mut served = Vec::new();
 
     for (round, id) in [7, 0].into_iter().enumerate() {

@@ -1,36 +1,22 @@
 //! Redis and the instances sharing it failing under load, against a real
 //! redis-server: Redis frozen mid-burst (SIGSTOP), Redis absent at start-up,
-//! a lease attempt that arrives late, a connection that stalls, and a leading
-//! instance killed as a whole OS process. No request may fail or hang, the
+//! a lease attempt that arrives late and a connection that stalls (a leading
+//! instance killed as a whole OS process is in the proxy's tests). No request may fail or hang, the
 //! origin is called at most once per instance that lost Redis, coalescing
 //! across instances comes back by itself, and Redis is left with no
 //! subscription nobody watches.
 
 mod support;
 
-// The `proxy` example, to run a second proxy in this process with a layer
-// the test can inspect; its `main` is not called here.
-#[allow(dead_code)]
-#[path = "../examples/proxy.rs"]
-mod proxy;
-
-use axum::body::Body;
-use axum::extract::State;
-use axum::Router;
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::redis::{free_port, RedisServer};
 use support::{body, echo_path, get, until, Origin, Svc};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
@@ -483,255 +469,6 @@ async fn an_answer_stored_just_before_a_lease_attempt_is_served_not_fetched_agai
 
 /// The in-test upstream behind the proxies: counts calls and holds every
 /// answer until its gate opens.
-#[derive(Clone)]
-struct Upstream {
-    calls: Arc<AtomicUsize>,
-    gate: Arc<Semaphore>,
-}
-
-async fn gated_answer(State(up): State<Upstream>, req: Request<Body>) -> String {
-    up.calls.fetch_add(1, Ordering::SeqCst);
-    let _permit = up.gate.acquire().await.unwrap();
-    format!("answer for {}", req.uri().path())
-}
-
-/// The `proxy` example binary that `cargo test` builds next to the tests.
-fn proxy_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let name = format!("proxy{}", std::env::consts::EXE_SUFFIX);
-    exe.ancestors()
-        .skip(1)
-        .map(|dir| dir.join("examples").join(&name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the proxy example binary (examples/{name}) was not found above {}: \
-                 `cargo test` builds it, but running a single test file does not; \
-                 build it with `cargo build --all-features --example proxy`",
-                exe.display()
-            )
-        })
-}
-
-/// A proxy running as its own OS process; killed when dropped.
-struct ProxyProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ProxyProcess {
-    fn start(upstream: &Uri, redis: &str) -> Self {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let bin = proxy_binary();
-        let child = Command::new(&bin)
-            .args(["--listen", &addr.to_string()])
-            .args(["--upstream", &upstream.to_string()])
-            .args(["--redis", redis, "--ttl-ms", "60000", "--lease-ms", "1000"])
-            .args(["--public-host", "shop.example"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        let mut proxy = ProxyProcess { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = proxy.child.try_wait() {
-                panic!("the proxy exited with {status} before listening on {addr}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the proxy never listened on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        proxy
-    }
-
-    /// SIGKILL: the process dies at once, releasing nothing.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Status, outcome header and body of a GET through a proxy, or `None` if
-/// the connection failed; bounded.
-async fn try_fetch(addr: SocketAddr, path: &str) -> Option<(StatusCode, String, Bytes)> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let uri: Uri = format!("http://{addr}{path}").parse().unwrap();
-    let exchange = async {
-        let res = client.get(uri).await.ok()?;
-        let status = res.status();
-        let outcome = res
-            .headers()
-            .get("x-coalesce")
-            .map_or("<none>", |v| v.to_str().unwrap())
-            .to_owned();
-        let body = res.into_body().collect().await.ok()?.to_bytes();
-        Some((status, outcome, body))
-    };
-    tokio::time::timeout(Duration::from_secs(25), exchange)
-        .await
-        .expect("no answer within 25 s")
-}
-
-async fn fetch(addr: SocketAddr, path: &str) -> (StatusCode, String, Bytes) {
-    try_fetch(addr, path)
-        .await
-        .unwrap_or_else(|| panic!("the proxy at {addr} did not answer"))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_fails() {
-    const EACH: usize = 20;
-    let server = RedisServer::start();
-    let up = Upstream {
-        calls: Arc::default(),
-        gate: Arc::new(Semaphore::new(0)),
-    };
-    let app = Router::new().fallback(gated_answer).with_state(up.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream: Uri = format!("http://{}", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
-    // Two proxies as processes of their own, and a third in this process
-    // whose counters can be read; all with a 1 s lease, so that the waiting
-    // ones look at the dead leader's lease every second.
-    let forwarding = proxy::Forwarding {
-        public_host: Some(http::HeaderValue::from_static("shop.example")),
-        trust: false,
-    };
-    let mut doomed = ProxyProcess::start(&upstream, &server.url());
-    let survivor = ProxyProcess::start(&upstream, &server.url());
-    let layer = CoalesceLayer::builder(
-        CoalesceConfig::new()
-            .ttl(Duration::from_millis(60_000))
-            .lease(Duration::from_secs(1))
-            .outcome_header("x-coalesce")
-            .backend(RedisBackend::connect(server.url()).await.unwrap()),
-    )
-    .extractor(proxy::proxy_key(&forwarding))
-    .build()
-    .unwrap();
-    let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local_addr = local.local_addr().unwrap();
-    let svc = proxy::proxy_service(upstream.clone(), forwarding.clone(), layer.clone()).unwrap();
-    tokio::spawn(proxy::serve(local, svc));
-
-    // Every proxy keys a client's `GET /gated` the same, whatever address
-    // the client reached it by.
-    let key = proxy::proxy_key(&forwarding)
-        .extract(
-            &Request::get("/gated")
-                .header(header::HOST, "any.example")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .unwrap();
-    let names = RedisBackend::connect(server.url()).await.unwrap();
-    let (lock, channel) = (names.lock_key(&key), names.done_channel(&key));
-    let mut conn = server.conn();
-
-    let doomed_addr = doomed.addr;
-    let lost = tokio::spawn(async move { try_fetch(doomed_addr, "/gated").await });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while up.calls.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the first proxy never called");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let holder: Option<String> = redis::cmd("GET").arg(&lock).query(&mut conn).unwrap();
-    assert!(
-        holder.is_some(),
-        "the first proxy holds the lease on {lock}"
-    );
-
-    let mut waiting = Vec::new();
-    for addr in [survivor.addr, local_addr] {
-        for _ in 0..EACH {
-            waiting.push(tokio::spawn(
-                async move { (addr, fetch(addr, "/gated").await) },
-            ));
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channel)
-            .query(&mut conn)
-            .unwrap();
-        let s = layer.stats();
-        if subscribers == 2 && s.remote_waits == 1 && s.followers == (EACH - 1) as u64 {
-            break;
-        }
-        if Instant::now() > deadline {
-            let channels: Vec<String> = redis::cmd("PUBSUB")
-                .arg("CHANNELS")
-                .query(&mut conn)
-                .unwrap();
-            panic!("the other proxies never waited on {channel}: {subscribers} subscribers, channels {channels:?}, {s:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(up.calls.load(Ordering::SeqCst), 1);
-
-    doomed.kill();
-    let killed_at = Instant::now();
-    up.gate.add_permits(Semaphore::MAX_PERMITS / 2);
-    assert!(
-        lost.await.unwrap().is_none(),
-        "the killed proxy's own client gets no answer"
-    );
-
-    let mut survivor_leaders = 0;
-    for task in waiting {
-        let (addr, (status, outcome, body)) = task.await.unwrap();
-        assert_eq!(status, StatusCode::OK, "a request to {addr} failed");
-        assert_eq!(body, "answer for /gated");
-        assert!(
-            outcome == "leader" || outcome == "follower",
-            "{addr}: {outcome}"
-        );
-        if addr == survivor.addr {
-            survivor_leaders += usize::from(outcome == "leader");
-        }
-    }
-    let took = killed_at.elapsed();
-    eprintln!(
-        "leader process killed: taken over and answered {took:?} later, {} upstream calls",
-        up.calls.load(Ordering::SeqCst)
-    );
-    assert!(
-        took < Duration::from_secs(20),
-        "the dead leader's 1 s lease should be taken over well within the 30 s wait: {took:?}"
-    );
-    assert!(
-        up.calls.load(Ordering::SeqCst) <= 2,
-        "the dead leader's call and one takeover at most"
-    );
-    assert_eq!(
-        layer.stats().takeovers + survivor_leaders as u64,
-        1,
-        "exactly one surviving instance took the flight over: {:?}",
-        layer.stats()
-    );
-    // The answer is stored: every surviving proxy now answers from Redis.
-    for addr in [survivor.addr, local_addr] {
-        let (status, outcome, body) = fetch(addr, "/gated").await;
-        assert_eq!((status, outcome.as_str()), (StatusCode::OK, "hit"));
-        assert_eq!(body, "answer for /gated");
-    }
-    assert_eq!(layer.flights_in_progress(), 0);
-}
-
 /// A stalled Redis costs the first flight its timeouts; the flights after it
 /// skip Redis for the cool-down instead of each waiting on it, and Redis is
 /// used again once it answers.

@@ -3,7 +3,7 @@
 mod support;
 
 use std::time::Duration;
-use support::redis::{free_port, RedisServer};
+use support::redis::RedisServer;
 use support::{body, echo_path, get, Origin};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::{CoalesceConfig, CoalesceLayer, Outcome, RedisBackend};
@@ -79,7 +79,7 @@ async fn rediss_urls_speak_tls() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let tls_port = free_port().to_string();
+    let tls_port = support::redis::free_port().to_string();
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let _server = RedisServer::start_with(&[
         "--tls-port",

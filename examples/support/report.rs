@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 /// The process's peak resident memory so far (Linux's `VmHWM`).
-pub(crate) fn peak_rss_bytes() -> Option<u64> {
+pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -14,12 +14,12 @@ pub(crate) fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// A duration in milliseconds, two decimals.
-pub(crate) fn ms(d: Duration) -> String {
+pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 /// `1234567` as `1,234,567`.
-pub(crate) fn group(n: usize) -> String {
+pub fn group(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -33,7 +33,7 @@ pub(crate) fn group(n: usize) -> String {
 
 /// Calls per command in the text of Redis's `INFO commandstats`: each
 /// `cmdstat_<name>:calls=<n>,...` line as `(name, n)`.
-pub(crate) fn command_calls(info: &str) -> impl Iterator<Item = (&str, u64)> {
+pub fn command_calls(info: &str) -> impl Iterator<Item = (&str, u64)> {
     info.lines().filter_map(|line| {
         let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
         let calls = rest

@@ -2,7 +2,8 @@
 //! answers until the test opens a gate, and small request/response helpers.
 #![allow(dead_code)]
 
-pub mod redis;
+#[allow(unused_imports)]
+pub use coalesce_test_redis as redis;
 
 use bytes::Bytes;
 use http::{Request, Response};

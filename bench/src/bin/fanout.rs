@@ -3,8 +3,8 @@
 //! origin returns, and how much memory each waiter costs.
 //!
 //! ```text
-//! cargo run --release --example fanout
-//! cargo run --release --example fanout -- --n 100000 --runs 9
+//! cargo run --release -p coalesce-bench --bin fanout
+//! cargo run --release -p coalesce-bench --bin fanout -- --n 100000 --runs 9
 //! ```
 //!
 //! Options: `--n N` waiters on one key (default 1,000,000), `--runs R`
@@ -36,13 +36,8 @@
 //! would, and per-waiter allocations cost differently there. The contenders
 //! take turns, one process each, `--runs` times over.
 
-#[path = "support/fanout.rs"]
-mod fanout_common;
-
-#[path = "support/report.rs"]
-mod report;
-use fanout_common::{contender, round, CONTENDERS, TASK_BYTES};
-use report::{group, ms, peak_rss_bytes};
+use coalesce_bench::fanout::{contender, round, CONTENDERS, TASK_BYTES};
+use coalesce_bench::report::{group, ms, peak_rss_bytes};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -240,7 +235,7 @@ fn parent(args: &Args) -> ExitCode {
     println!();
     println!("{}", machine());
     println!(
-        "`cargo run --release --example fanout -- --n {} --runs {} --bursts {}`, \
+        "`cargo run --release -p coalesce-bench --bin fanout -- --n {} --runs {} --bursts {}`, \
          system allocator; load average {load_before} before, {load_after} after",
         args.n, args.runs, args.bursts
     );

@@ -3,7 +3,7 @@
 //! the latency of the answers as percentiles.
 //!
 //! ```text
-//! cargo run --release --example bench_burst -- URL [OPTIONS]
+//! cargo run --release -p coalesce-bench --bin bench_burst -- URL [OPTIONS]
 //!
 //!   --requests N        how many concurrent requests (default 1000)
 //!   --count-header NAME tally the values of this response header

@@ -3,8 +3,8 @@
 //! instance's flight is answered once that flight's origin call returns.
 //!
 //! ```text
-//! cargo run --release --example distributed_bench
-//! cargo run --release --example distributed_bench -- --redis redis://127.0.0.1:6379/
+//! cargo run --release -p coalesce-bench --bin distributed_bench
+//! cargo run --release -p coalesce-bench --bin distributed_bench -- --redis redis://127.0.0.1:6379/
 //! ```
 //!
 //! It needs a real `redis-server`. Without `--redis` it starts one on the
@@ -53,14 +53,13 @@
 //! the end, and each series' CPU use and steal time (from `/proc/stat`), are
 //! printed with the figures.
 
-#[path = "support/report.rs"]
-mod report;
 use bytes::Bytes;
+use coalesce_bench::report::{group, ms};
+use coalesce_test_redis::RedisServer;
 use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use redis::aio::MultiplexedConnection;
-use report::{group, ms};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -177,7 +176,7 @@ fn main() {
     // below returns here rather than exiting the process.
     let server = match &args.redis {
         Some(_) => None,
-        None => match LocalRedis::start() {
+        None => match RedisServer::try_start_with(&[]) {
             Ok(server) => Some(server),
             Err(e) => {
                 eprintln!("{e}");
@@ -188,7 +187,7 @@ fn main() {
     let url = args
         .redis
         .clone()
-        .unwrap_or_else(|| server.as_ref().map(LocalRedis::url).unwrap_or_default());
+        .unwrap_or_else(|| server.as_ref().map(RedisServer::url).unwrap_or_default());
     let outcome = runtime().block_on(async {
         tokio::select! {
             outcome = run(&args, &url) => outcome,
@@ -310,7 +309,7 @@ async fn burst_table(
     }
     println!("## Redis commands per cold burst\n");
     println!(
-        "Command: `cargo run --release --example distributed_bench -- --only burst` \
+        "Command: `cargo run --release -p coalesce-bench --bin distributed_bench -- --only burst` \
          ({}, {}).\n",
         machine.short(),
         machine.date
@@ -604,7 +603,7 @@ async fn wakeup_tables(args: &Args, url: &str, probe: &mut Probe) -> Result<(), 
     }
 
     println!("## Cross-instance wake-up\n");
-    println!("Command: `cargo run --release --example distributed_bench -- --only wakeup`.\n");
+    println!("Command: `cargo run --release -p coalesce-bench --bin distributed_bench -- --only wakeup`.\n");
     println!(
         "Instance A leads (its origin held by a gate); each waiting instance has one request \
          waiting on A's flight through Redis (subscribed, parked on the done message). \
@@ -1549,73 +1548,6 @@ fn nanos_between(from: u128, to: u128) -> Duration {
 // ---------------------------------------------------------------------------
 // Redis: the server, and the benchmark's own connection to it.
 
-/// A `redis-server` of the benchmark's own, stopped when dropped.
-struct LocalRedis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl LocalRedis {
-    fn start() -> Result<Self, String> {
-        let mut last_error = String::new();
-        // A free port can be taken between finding it and binding it: retry.
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(|e| format!("no free loopback port: {e}"))?
-                .port();
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| {
-                    format!(
-                        "cannot start redis-server ({e}); install it (`apt-get install -y redis-server`) \
-                         or pass --redis URL"
-                    )
-                })?;
-            let mut server = LocalRedis { child, port };
-            match server.wait_ready() {
-                Ok(()) => return Ok(server),
-                Err(e) => last_error = e,
-            }
-        }
-        Err(format!("redis-server did not start: {last_error}"))
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("exited with {status} (port {} taken?)", self.port));
-            }
-            if let Ok(mut conn) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err("no PONG within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for LocalRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The benchmark's own connection: opened once, before any counting, so that
 /// its set-up is never counted.
 struct Probe {
@@ -1647,7 +1579,7 @@ impl Probe {
             .query_async(&mut self.conn)
             .await
             .map_err(|e| format!("INFO commandstats: {e}"))?;
-        Ok(report::command_calls(&info)
+        Ok(coalesce_bench::report::command_calls(&info)
             .filter(|(name, _)| !OWN_COMMANDS.contains(name))
             .map(|(name, calls)| (name.to_owned(), calls))
             .collect())

@@ -2,7 +2,7 @@
 //! inner service answering the same request, in the same run.
 //!
 //! ```text
-//! cargo bench --bench hit_path
+//! cargo bench -p coalesce-bench --bench hit_path
 //! ```
 
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-//! What `benches/fanout.rs` and `examples/fanout.rs` share: the round under
+//! What `bench/benches/fanout.rs` and `bench/src/bin/fanout.rs` share: the round under
 //! way, the gated origin, the contenders and the shape of a waiter's task.
 
 use bytes::Bytes;
@@ -20,25 +20,25 @@ use tower::{Layer, Service, ServiceExt};
 use tower_coalesce::{CoalesceBody, CoalesceConfig, CoalesceLayer};
 
 const BODY: &[u8] = b"{\"id\":7,\"name\":\"Espresso machine\",\"price_cents\":34900,\"stock\":12}";
-pub(crate) const CONTENDERS: [&str; 4] = ["ours", "async_singleflight", "moka_get_with", "floor"];
+pub const CONTENDERS: [&str; 4] = ["ours", "async_singleflight", "moka_get_with", "floor"];
 
 /// The state of the round under way. Rounds run one after another, so one
 /// process-wide value serves them all, and a waiter's task captures nothing.
-pub(crate) static ROUND: Round = Round::new();
+pub static ROUND: Round = Round::new();
 
 /// The size of one waiter's future, as spawned.
-pub(crate) static TASK_BYTES: AtomicUsize = AtomicUsize::new(0);
+pub static TASK_BYTES: AtomicUsize = AtomicUsize::new(0);
 
-pub(crate) struct Round {
+pub struct Round {
     waiters: AtomicUsize,
-    pub(crate) entered: AtomicUsize,
+    pub entered: AtomicUsize,
     answered: AtomicUsize,
-    pub(crate) wrong: AtomicUsize,
-    pub(crate) origin_calls: AtomicUsize,
+    pub wrong: AtomicUsize,
+    pub origin_calls: AtomicUsize,
     returned: Mutex<Option<Instant>>,
     last: Mutex<Option<Instant>>,
-    pub(crate) gate: Notify,
-    pub(crate) finished: Notify,
+    pub gate: Notify,
+    pub finished: Notify,
 }
 
 impl Round {
@@ -56,7 +56,7 @@ impl Round {
         }
     }
 
-    pub(crate) fn reset(&self, waiters: usize) {
+    pub fn reset(&self, waiters: usize) {
         self.waiters.store(waiters, Ordering::SeqCst);
         self.entered.store(0, Ordering::SeqCst);
         self.answered.store(0, Ordering::SeqCst);
@@ -107,7 +107,7 @@ impl Round {
         }
     }
 
-    pub(crate) fn fan_out(&self) -> Duration {
+    pub fn fan_out(&self) -> Duration {
         let returned = self.returned.lock().unwrap().expect("the origin returned");
         let last = self.last.lock().unwrap().expect("every waiter answered");
         last.saturating_duration_since(returned)
@@ -174,7 +174,7 @@ fn read_now<B: Body<Data = Bytes> + Unpin>(mut body: B) -> Option<Bytes> {
     }
 }
 
-pub(crate) trait Contender: Sync {
+pub trait Contender: Sync {
     /// Labels results and failures.
     fn name(&self) -> &'static str;
     /// Spawns the round's waiters (from inside the runtime).
@@ -185,7 +185,7 @@ pub(crate) trait Contender: Sync {
     fn after(&self, _rt: &Runtime) {}
 }
 
-pub(crate) fn contender(name: &str) -> &'static dyn Contender {
+pub fn contender(name: &str) -> &'static dyn Contender {
     match name {
         "ours" => {
             let layer = CoalesceLayer::new(CoalesceConfig::new());
@@ -341,7 +341,7 @@ impl Contender for Floor {
 
 /// Waits on a condition checked from outside the runtime, so waiting never
 /// occupies a worker; gives up after `limit`.
-pub(crate) fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < limit, "still waiting for {what}");
@@ -351,7 +351,7 @@ pub(crate) fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> 
 
 /// No task queued and every worker parked, seen three times in a row: the
 /// waiters have all registered and gone to sleep.
-pub(crate) fn wait_idle(rt: &Runtime, limit: Duration) {
+pub fn wait_idle(rt: &Runtime, limit: Duration) {
     let metrics = rt.metrics();
     let idle = || {
         metrics.global_queue_depth() == 0
@@ -367,7 +367,7 @@ pub(crate) fn wait_idle(rt: &Runtime, limit: Duration) {
 /// One round: N waiters, one origin call, every answer checked; gives up on
 /// any wait after `limit`. Returns the fan-out time (origin return → last
 /// answer) and the set-up time (first spawn → every waiter joined).
-pub(crate) fn round(
+pub fn round(
     rt: &Runtime,
     contender: &'static dyn Contender,
     waiters: usize,

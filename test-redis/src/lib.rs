@@ -1,58 +1,76 @@
-//! A real `redis-server` for the tests: started on a free loopback port,
-//! stopped when dropped. A machine without `redis-server` fails the test with
-//! a message that says how to install it; it never skips.
+//! A real `redis-server` for the tests and benchmarks of tower-coalesce:
+//! started on a free loopback port, stopped when dropped. A machine without
+//! `redis-server` fails the test with a message that says how to install it;
+//! it never skips.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A `redis-server` child process, killed when dropped.
+#[derive(Debug)]
 pub struct RedisServer {
     child: Child,
+    /// The loopback port it listens on.
     pub port: u16,
 }
 
 impl RedisServer {
+    /// Starts a server on a free loopback port.
+    ///
+    /// # Panics
+    /// If `redis-server` is missing or does not start, with a message that
+    /// says how to install it.
     pub fn start() -> Self {
         Self::start_with(&[])
     }
 
     /// Starts a server with these extra arguments (the plain port stays open
     /// on loopback for readiness checks).
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::try_start_with(extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a server with these extra arguments, or says why it could not.
+    pub fn try_start_with(extra: &[&str]) -> Result<Self, String> {
         let mut last_error = String::new();
+        // A free port can be taken between finding it and binding it: retry.
         for _ in 0..5 {
-            let port = free_port();
-            match Self::try_start(port, extra) {
-                Ok(server) => return server,
+            match Self::try_start_on(free_port(), extra) {
+                Ok(server) => return Ok(server),
                 Err(e) => last_error = e,
             }
         }
-        panic!("redis-server did not start: {last_error}");
+        Err(format!("redis-server did not start: {last_error}"))
     }
 
     /// Starts a server on this port (which must be free).
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
     pub fn start_on(port: u16) -> Self {
-        Self::try_start(port, &[]).unwrap_or_else(|e| panic!("redis-server did not start: {e}"))
+        Self::try_start_on(port, &[]).unwrap_or_else(|e| panic!("redis-server did not start: {e}"))
     }
 
-    fn try_start(port: u16, extra: &[&str]) -> Result<Self, String> {
-        {
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot start redis-server ({e}). Install it: `apt-get install -y redis-server` \
-                         (bash scripts/test.sh does this)"
-                    )
-                });
-            let mut server = RedisServer { child, port };
-            server.wait_ready().map(|()| server)
-        }
+    fn try_start_on(port: u16, extra: &[&str]) -> Result<Self, String> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot start redis-server ({e}). Install it: `apt-get install -y redis-server` \
+                     (bash scripts/test.sh does this)"
+                )
+            })?;
+        let mut server = RedisServer { child, port };
+        server.wait_ready().map(|()| server)
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
@@ -82,6 +100,7 @@ impl RedisServer {
         self.child.id()
     }
 
+    /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }

@@ -1,12 +1,5 @@
-//! The `proxy` example over real TCP: a counting axum upstream, the proxy in
+//! The proxy over real TCP: a counting axum upstream, the proxy in
 //! front of it, and a hyper client in front of the proxy.
-
-mod support;
-
-// The example's `main` is not called here.
-#[allow(dead_code)]
-#[path = "../examples/proxy.rs"]
-mod proxy;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
@@ -15,6 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::{self, any};
 use axum::Router;
 use bytes::Bytes;
+use coalesce_test_redis::RedisServer;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,7 +18,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::redis::RedisServer;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_coalesce::CoalesceLayer;
@@ -196,22 +189,26 @@ async fn upstream() -> (Upstream, Uri) {
 /// Starts a proxy to `upstream` through `layer`, with the default handling
 /// of forwarding headers; returns its address.
 async fn start_proxy(upstream: &Uri, layer: CoalesceLayer) -> SocketAddr {
-    start(upstream, proxy::Forwarding::default(), layer).await
+    start(upstream, coalesce_proxy::Forwarding::default(), layer).await
 }
 
-async fn start(upstream: &Uri, forwarding: proxy::Forwarding, layer: CoalesceLayer) -> SocketAddr {
+async fn start(
+    upstream: &Uri,
+    forwarding: coalesce_proxy::Forwarding,
+    layer: CoalesceLayer,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = proxy::proxy_service(upstream.clone(), forwarding, layer).unwrap();
-    tokio::spawn(proxy::serve(listener, svc));
+    let svc = coalesce_proxy::proxy_service(upstream.clone(), forwarding, layer).unwrap();
+    tokio::spawn(coalesce_proxy::serve(listener, svc, std::future::pending()));
     addr
 }
 
-fn args_from(upstream: &Uri, args: &[&str]) -> proxy::Args {
+fn args_from(upstream: &Uri, args: &[&str]) -> coalesce_proxy::Args {
     let argv = ["--upstream".to_owned(), upstream.to_string()]
         .into_iter()
         .chain(args.iter().map(|a| a.to_string()));
-    proxy::Args::parse(argv).unwrap()
+    coalesce_proxy::Args::parse(argv).unwrap()
 }
 
 /// The layer the command line `args` (after `--upstream`) would build; for
@@ -219,13 +216,13 @@ fn args_from(upstream: &Uri, args: &[&str]) -> proxy::Args {
 async fn layer_from(upstream: &Uri, args: &[&str]) -> CoalesceLayer {
     let args = args_from(upstream, args);
     assert!(args.forwarding.public_host.is_none() && !args.forwarding.trust);
-    proxy::layer(&args).await.unwrap()
+    coalesce_proxy::layer(&args).await.unwrap()
 }
 
 /// Starts the proxy the command line `args` (after `--upstream`) describes.
 async fn proxy_from(upstream: &Uri, args: &[&str]) -> (SocketAddr, CoalesceLayer) {
     let args = args_from(upstream, args);
-    let layer = proxy::layer(&args).await.unwrap();
+    let layer = coalesce_proxy::layer(&args).await.unwrap();
     (
         start(upstream, args.forwarding.clone(), layer.clone()).await,
         layer,
@@ -521,7 +518,7 @@ async fn an_answer_with_set_cookie_is_never_shared() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_a_502_not_a_hang() {
     // A port that was free a moment ago, with nothing listening now.
-    let port = support::redis::free_port();
+    let port = coalesce_test_redis::free_port();
     let upstream: Uri = format!("http://127.0.0.1:{port}").parse().unwrap();
     let addr = start_proxy(&upstream, layer_from(&upstream, &[]).await).await;
     let client = client();
@@ -566,7 +563,7 @@ async fn the_cache_status_header_can_be_renamed_or_turned_off() {
 
 #[test]
 fn the_command_line_is_checked() {
-    let parse = |args: &[&str]| proxy::Args::parse(args.iter().copied());
+    let parse = |args: &[&str]| coalesce_proxy::Args::parse(args.iter().copied());
     let args = parse(&["--upstream", "http://127.0.0.1:3000"]).unwrap();
     assert_eq!(args.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(args.ttl, Duration::ZERO);

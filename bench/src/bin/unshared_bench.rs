@@ -2,7 +2,7 @@
 //! many origin calls they cost and how long the worst caller waits.
 //!
 //! ```text
-//! cargo run --release --example unshared_bench -- --redis redis://127.0.0.1:6379/
+//! cargo run --release -p coalesce-bench --bin unshared_bench -- --redis redis://127.0.0.1:6379/
 //! ```
 //!
 //! Each run: 4 instances (a `CoalesceLayer` with a `RedisBackend` of its own
@@ -18,9 +18,6 @@
 //!
 //! Options: `--runs N` (default 7), `--redis URL` (required; give it a
 //! server nothing else uses).
-
-#[path = "support/report.rs"]
-mod report;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -51,7 +48,7 @@ async fn main() -> Result<(), String> {
     let url = redis.ok_or("--redis URL is required")?;
     println!(
         "{INSTANCES} instances, {REQUESTS} concurrent requests for one key, origin {}, {runs} runs each\n",
-        report::ms(ORIGIN)
+        coalesce_bench::report::ms(ORIGIN)
     );
     println!("| answer | origin calls per burst (median) | worst caller, median of runs | worst caller, worst run | takeovers |");
     println!("|---|---|---|---|---|");
@@ -75,8 +72,8 @@ async fn main() -> Result<(), String> {
         println!(
             "| {label} | {} | {} | {} | {takeovers} |",
             calls[calls.len() / 2],
-            report::ms(worst[worst.len() / 2]),
-            report::ms(*worst.last().unwrap()),
+            coalesce_bench::report::ms(worst[worst.len() / 2]),
+            coalesce_bench::report::ms(*worst.last().unwrap()),
         );
     }
     Ok(())

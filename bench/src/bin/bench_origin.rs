@@ -3,7 +3,7 @@
 //! proxy in front of it let through.
 //!
 //! ```text
-//! cargo run --release --example bench_origin -- [OPTIONS]
+//! cargo run --release -p coalesce-bench --bin bench_origin -- [OPTIONS]
 //!
 //!   --listen ADDR          where to listen (default 127.0.0.1:3000)
 //!   --delay-ms N           how long each item takes to answer (default 100)

@@ -3,15 +3,15 @@
 //! are not.
 //!
 //! ```text
-//! cargo build --release --example hit_probe
+//! cargo build --release -p coalesce-bench --bin hit_probe
 //! for mode in bare hit; do for n in 1000 21000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-//!     target/release/examples/hit_probe $mode $n 2>&1 | grep Collected
+//!     target/release/hit_probe $mode $n 2>&1 | grep Collected
 //! done; done
 //! ```
 //! Instructions per request: (count at 21,000 − count at 1,000) / 20,000;
 //! the layer's cost per hit is the `hit` figure less the `bare` one. The
-//! request and answer are those of `benches/hit_path.rs`.
+//! request and answer are those of `bench/benches/hit_path.rs`.
 
 use bytes::Bytes;
 use http::{Request, Response};

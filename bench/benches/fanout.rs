@@ -3,10 +3,10 @@
 //! other ways of sharing one computation, in the same run.
 //!
 //! ```text
-//! cargo bench --bench fanout
+//! cargo bench -p coalesce-bench --bench fanout
 //! ```
 //!
-//! A million waiters is left to `examples/fanout.rs`: one round of them takes
+//! A million waiters is left to `bench/src/bin/fanout.rs`: one round of them takes
 //! seconds to set up, and criterion needs at least eleven rounds per
 //! contender.
 //!
@@ -25,13 +25,10 @@
 //! returns; the last waiter to get its answer notes when it did. Only their
 //! difference is reported: spawning and tearing down are not measured.
 
-#[path = "../examples/support/fanout.rs"]
-mod fanout_common;
-
+use coalesce_bench::fanout::{contender, round, CONTENDERS};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use fanout_common::{contender, round, CONTENDERS};
 use std::time::Duration;
 
 /// How long a round waits for anything before it gives up.

@@ -1,0 +1,149 @@
+//! The command line: parsed by clap, every value checked before anything
+//! starts.
+
+use crate::forward::{Forwarding, Upstream};
+use clap::Parser;
+use http::header::{HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::Uri;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The proxy's settings, from the command line.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The service behind the proxy.
+    pub upstream: Uri,
+    /// The Redis shared with other instances, if any.
+    pub redis: Option<String>,
+    /// How long answers are kept; zero only coalesces concurrent requests.
+    pub ttl: Duration,
+    /// The flight lease, if not the layer's default.
+    pub lease: Option<Duration>,
+    /// The cache-status header, or `None` for none.
+    pub header: Option<HeaderName>,
+    /// What the proxy does with forwarding headers.
+    pub forwarding: Forwarding,
+    /// On `SIGTERM` or Ctrl-C, how long requests in flight get to finish.
+    pub shutdown_grace: Duration,
+}
+
+/// The command line as clap reads it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "coalesce-proxy",
+    version,
+    about = "A coalescing reverse proxy: identical concurrent GET/HEAD requests cost the \
+             upstream one call, across every instance that shares a Redis."
+)]
+struct Cli {
+    /// Where to listen, IP:PORT.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// The service behind the proxy, http://host:port.
+    #[arg(long, value_name = "URL", value_parser = upstream)]
+    upstream: Uri,
+
+    /// Share flights with every proxy using this Redis (needs --ttl-ms > 0).
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+
+    /// Keep answers for N milliseconds (0: coalesce only).
+    #[arg(long = "ttl-ms", value_name = "N", default_value_t = 0)]
+    ttl_ms: u64,
+
+    /// With --redis: how long a flight's lease lasts unrenewed, so how soon
+    /// others take over from an instance that died [default: 10000].
+    #[arg(long = "lease-ms", value_name = "N")]
+    lease_ms: Option<u64>,
+
+    /// The host name clients use, sent as X-Forwarded-Host on every request;
+    /// keys then leave the client's Host out, so proxies reached by different
+    /// addresses share them.
+    #[arg(long = "public-host", value_name = "HOST", value_parser = public_host)]
+    public_host: Option<HeaderValue>,
+
+    /// Keep the X-Forwarded-*/Forwarded headers clients send (only behind a
+    /// load balancer that sets them); by default they are dropped.
+    #[arg(long = "trust-forwarded")]
+    trust_forwarded: bool,
+
+    /// The cache-status response header [default: x-coalesce].
+    #[arg(long, value_name = "NAME", value_parser = header_name)]
+    header: Option<HeaderName>,
+
+    /// Write no cache-status header.
+    #[arg(long = "no-header", conflicts_with = "header")]
+    no_header: bool,
+
+    /// On SIGTERM or Ctrl-C: stop accepting, then give requests in flight up
+    /// to N milliseconds to finish; leases still held then are released.
+    #[arg(long = "shutdown-grace-ms", value_name = "N", default_value_t = 30_000)]
+    shutdown_grace_ms: u64,
+}
+
+impl Args {
+    /// Parses the arguments that follow the program name; the error is
+    /// clap's message (also for `--help`).
+    pub fn parse<I>(args: I) -> Result<Self, String>
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let argv =
+            std::iter::once("coalesce-proxy".to_owned()).chain(args.into_iter().map(Into::into));
+        Cli::try_parse_from(argv)
+            .map(Self::from)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Parses the process's own arguments; on `--help`, `--version` or a bad
+    /// argument, prints what clap says and exits (status 2 for errors).
+    pub fn from_env() -> Self {
+        Self::from(Cli::parse())
+    }
+}
+
+impl From<Cli> for Args {
+    fn from(cli: Cli) -> Self {
+        let header = match (cli.no_header, cli.header) {
+            (true, _) => None,
+            (false, Some(name)) => Some(name),
+            (false, None) => Some(HeaderName::from_static("x-coalesce")),
+        };
+        Self {
+            listen: cli.listen,
+            upstream: cli.upstream,
+            redis: cli.redis,
+            ttl: Duration::from_millis(cli.ttl_ms),
+            lease: cli.lease_ms.map(Duration::from_millis),
+            header,
+            forwarding: Forwarding {
+                public_host: cli.public_host,
+                trust: cli.trust_forwarded,
+            },
+            shutdown_grace: Duration::from_millis(cli.shutdown_grace_ms),
+        }
+    }
+}
+
+fn upstream(v: &str) -> Result<Uri, String> {
+    let uri: Uri = v.parse().map_err(|e| format!("{e}"))?;
+    Upstream::new(&uri)?;
+    Ok(uri)
+}
+
+fn public_host(v: &str) -> Result<HeaderValue, String> {
+    v.parse::<Authority>()
+        .ok()
+        .filter(|a| !a.as_str().contains('@'))
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .ok_or_else(|| "expected a host name".to_owned())
+}
+
+fn header_name(v: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(v.as_bytes()).map_err(|_| "not a header name".to_owned())
+}

@@ -1,0 +1,318 @@
+//! What the proxy does to each request on its way to the upstream, and to
+//! each answer on its way back: the service under the coalescing layer.
+
+use bytes::Bytes;
+use futures_util::future;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::Service;
+use tower_coalesce::Outcome;
+
+/// What the proxy does with the forwarding headers (`X-Forwarded-*`,
+/// `Forwarded`): they reach the upstream and can shape its answer, so each
+/// is either in the key or the same for every request with that key.
+#[derive(Debug, Clone, Default)]
+pub struct Forwarding {
+    /// The host name clients use: sent as `X-Forwarded-Host` on every
+    /// request, and the client's `Host` left out of the key.
+    pub public_host: Option<HeaderValue>,
+    /// Keep the forwarding headers clients send (a trusted load balancer
+    /// sets them); by default they are dropped.
+    pub trust: bool,
+}
+
+/// The forwarding headers a client may send, dropped unless trusted.
+const FORWARDING: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// The trusted forwarding headers that are the same for every request of a
+/// key only because they are in it.
+pub(crate) const KEYED_FORWARDING: [&str; 3] =
+    ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-port"];
+
+/// The trusted forwarding headers that name the client: they reach the
+/// upstream only on requests whose answer is not shared.
+const PER_CLIENT: [&str; 3] = ["x-forwarded-for", "forwarded", "x-real-ip"];
+
+/// Where requests go: the upstream's scheme and authority, and the `Host`
+/// header that names it.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+}
+
+impl Upstream {
+    pub(crate) fn new(uri: &Uri) -> Result<Self, String> {
+        let scheme = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => s.clone(),
+            // The client below speaks plain HTTP only; TLS to the upstream
+            // would need a TLS connector.
+            Some(s) => return Err(format!("scheme {s} is not supported, only http")),
+            None => return Err("expected http://host:port".into()),
+        };
+        let authority = uri.authority().ok_or("expected http://host:port")?.clone();
+        if uri.path() != "/" || uri.query().is_some() {
+            return Err("requests keep their own path; give no path or query".into());
+        }
+        if authority.as_str().contains('@') {
+            return Err("credentials in the URL are not supported".into());
+        }
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+        Ok(Self {
+            scheme,
+            authority,
+            host,
+        })
+    }
+}
+
+/// The body of a response from the upstream, or of one the proxy made itself.
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+/// Prepares each request for the upstream and sends it: the service under
+/// the layer. Preparing here, behind the layer, means a hit never pays for
+/// it; only the one request of a flight that reaches the upstream does.
+/// It never fails; an upstream it cannot reach is a `502` answer, which the
+/// layer gives to every request of the flight (no stampede on a dead
+/// upstream) and never stores.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    client: Client<HttpConnector, Incoming>,
+    upstream: Arc<Upstream>,
+    forwarding: Arc<Forwarding>,
+    /// The address of the client whose connection this serves.
+    peer: Option<SocketAddr>,
+}
+
+impl Forward {
+    pub(crate) fn new(upstream: Upstream, forwarding: Forwarding) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        // A black-holed upstream would otherwise hold requests for the
+        // operating system's connect timeout, minutes on Linux.
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self {
+            client,
+            upstream: Arc::new(upstream),
+            forwarding: Arc::new(forwarding),
+            peer: None,
+        }
+    }
+
+    /// The same service, for requests from `addr`.
+    pub(crate) fn for_client(&self, addr: SocketAddr) -> Self {
+        Self {
+            peer: Some(addr),
+            ..self.clone()
+        }
+    }
+
+    /// Rewrites a request from the client into the request for the upstream,
+    /// or says why it cannot be forwarded.
+    fn prepare(&self, req: &mut Request<Incoming>) -> Result<(), &'static str> {
+        let path = match forwardable_path(req.uri()) {
+            Some(pq) => pq.clone(),
+            None => return Err(BAD_TARGET),
+        };
+        let via = HeaderValue::from_static(if req.version() == Version::HTTP_10 {
+            "1.0 tower-coalesce"
+        } else {
+            "1.1 tower-coalesce"
+        });
+        let original_host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
+
+        // The layer marks the request that leads a flight: its answer may
+        // go to every request with its key.
+        let shared = req.extensions().get::<Outcome>() == Some(&Outcome::Leader);
+        let forwarding = &*self.forwarding;
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        headers.append(header::VIA, via);
+        if !forwarding.trust {
+            for name in FORWARDING {
+                headers.remove(name);
+            }
+        } else if shared {
+            for name in PER_CLIENT {
+                headers.remove(name);
+            }
+        }
+        if let (Some(addr), false) = (self.peer, shared) {
+            append_forwarded_for(headers, addr);
+        }
+        let forwarded_host = HeaderName::from_static("x-forwarded-host");
+        match (&forwarding.public_host, original_host) {
+            (Some(public), _) => {
+                headers.insert(forwarded_host, public.clone());
+            }
+            (None, Some(host)) => {
+                headers.entry(forwarded_host).or_insert(host);
+            }
+            (None, None) => {}
+        }
+        headers.insert(header::HOST, self.upstream.host.clone());
+
+        *req.uri_mut() = Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| "bad request: the target cannot be forwarded\n")?;
+        // This is a new hop, spoken in HTTP/1.1 whatever the client spoke.
+        *req.version_mut() = Version::HTTP_11;
+        Ok(())
+    }
+}
+
+impl Service<Request<Incoming>> for Forward {
+    type Response = Response<UpstreamBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The client queues on its own pool; it is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        if let Err(message) = self.prepare(&mut req) {
+            return Box::pin(future::ready(Ok(bad_request(message).map(Either::Right))));
+        }
+        let target = req.uri().clone();
+        let response = self.client.request(req);
+        Box::pin(async move {
+            match response.await {
+                Ok(res) => {
+                    let (mut head, body) = res.into_parts();
+                    strip_hop_by_hop(&mut head.headers);
+                    Ok(Response::from_parts(head, Either::Left(body)))
+                }
+                Err(error) => {
+                    eprintln!("proxy: {target}: {}", error_chain(&error));
+                    Ok(bad_gateway())
+                }
+            }
+        })
+    }
+}
+
+/// The message for a target the proxy cannot forward.
+pub(crate) const BAD_TARGET: &str = "bad request: the target must be a path\n";
+
+/// The path and query a request keeps upstream: origin-form `/path?q` and
+/// absolute-form `http://host/path?q` have one; CONNECT and `OPTIONS *` name
+/// no path.
+pub(crate) fn forwardable_path(uri: &Uri) -> Option<&http::uri::PathAndQuery> {
+    uri.path_and_query()
+        .filter(|pq| pq.as_str().starts_with('/'))
+}
+
+pub(crate) fn bad_request(message: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::from(message));
+    *res.status_mut() = StatusCode::BAD_REQUEST;
+    res
+}
+
+fn bad_gateway() -> Response<UpstreamBody> {
+    let mut res = Response::new(Either::Right(Full::from(
+        "bad gateway: no answer from the upstream server\n",
+    )));
+    *res.status_mut() = StatusCode::BAD_GATEWAY;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// The error and its causes: the client's own message alone ("client
+/// error (Connect)") does not say what went wrong.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Headers that are about one connection rather than the message, besides
+/// those named by `Connection` (RFC 9110 §7.6.1, with the historical
+/// `Keep-Alive` and `Proxy-Connection`).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes the hop-by-hop headers, in either direction.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Collected first: the names are read from `Connection`, removed below.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client's address to `X-Forwarded-For`, as one comma-joined
+/// value: some readers only look at the first field line.
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, addr: SocketAddr) {
+    let name = HeaderName::from_static("x-forwarded-for");
+    let ip = addr.ip().to_canonical().to_string();
+    let prior: Vec<&str> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if prior.is_empty() {
+        ip
+    } else {
+        format!("{}, {ip}", prior.join(", "))
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(name, value);
+    }
+}

@@ -1,0 +1,265 @@
+//! `coalesce-proxy`: a coalescing reverse proxy. Put it in front of any
+//! HTTP/1.1 service (Go, Java, anything) and identical concurrent `GET`/`HEAD`
+//! requests cost that service one call — in one instance, and across every
+//! instance that shares a Redis.
+//!
+//! ```text
+//! cargo install --path proxy
+//! coalesce-proxy --upstream http://127.0.0.1:3000 [OPTIONS]
+//! coalesce-proxy --help
+//! ```
+//!
+//! `SIGTERM` (or Ctrl-C) shuts it down gracefully: it stops accepting
+//! connections, lets requests in flight finish (up to `--shutdown-grace-ms`),
+//! then [shuts the layer down](tower_coalesce::CoalesceLayer::shutdown), so
+//! that every Redis lease it still holds is released and other instances take
+//! over at once instead of waiting the lease out.
+//!
+//! Try it in front of the `axum_server` example (a product API on port 3000
+//! whose query takes `--query-ms`), or any other server:
+//!
+//! ```text
+//! cargo run --example axum_server -- --query-ms 500 &
+//! cargo run --release -p coalesce-proxy -- --upstream http://127.0.0.1:3000 &
+//!
+//! # a burst of 50 identical requests through the proxy
+//! seq 50 | xargs -P 50 -I{} curl -s -o /dev/null -D - \
+//!     http://127.0.0.1:8080/products/7 | grep -i '^x-coalesce' | sort | uniq -c
+//! ```
+//! Expect one `x-coalesce: leader` and the rest `follower`: the proxy sent
+//! the upstream one request (`python3 -m http.server 3000` as the upstream
+//! shows it in its log, one line per request it received). With
+//! `--ttl-ms 2000` requests within 2 s of the answer are `hit`s and reach no
+//! upstream at all. `POST` and other unsafe methods, requests with
+//! `Authorization`, `Proxy-Authorization` or `Cookie`, and answers with
+//! `Set-Cookie` are never shared (`bypass`, or `pass`). Start more proxies
+//! with the same `--redis redis://127.0.0.1:6379/ --ttl-ms 2000
+//! --public-host shop.example` and a burst spread over all of them still
+//! costs one upstream call. At shutdown it prints the layer's counters.
+//!
+//! What the proxy does to messages:
+//! - Hop-by-hop headers (RFC 9110 §7.6.1) are removed in both directions:
+//!   `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
+//!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authenticate`
+//!   and `Proxy-Authorization` (the credentials are for this proxy, which asks
+//!   for none). So protocol upgrades (WebSocket) are not proxied.
+//! - Requests get `Via: 1.1 tower-coalesce`, which RFC 9110 §7.6.3 requires of
+//!   a gateway.
+//! - Every request header that reaches the upstream is in the key, or is set
+//!   by the proxy to the same value for every request with that key — or the
+//!   request is one whose answer goes to its own caller alone. So:
+//!   - `X-Forwarded-*`, `Forwarded` and `X-Real-IP` sent by clients are
+//!     dropped (anyone can send them), unless `--trust-forwarded` says a
+//!     trusted load balancer in front sets them; then `X-Forwarded-Host`,
+//!     `-Proto` and `-Port` are keyed.
+//!   - `Host` becomes the upstream's authority. `X-Forwarded-Host` is the
+//!     `--public-host` for every request, and requests are then keyed
+//!     without their authority, so that instances listening on different
+//!     addresses share keys; without `--public-host` it is the client's
+//!     `Host`, which is then in the key.
+//!   - The client's address goes in `X-Forwarded-For` only on requests whose
+//!     answer the layer does not share (bypass and pass-through): the
+//!     request that leads a flight carries no per-client value.
+//! - Only the request that leads a flight is rewritten for the upstream; hits
+//!   and followers skip that work.
+//! - Bodies stream in both directions; only answers up to the layer's
+//!   `max_body_bytes` (1 MiB) are buffered, to be shared.
+//! - An upstream that cannot be reached gives `502 Bad Gateway`.
+//!
+//! Coalescing shares one upstream answer among requests with the same key
+//! (method class, path and query, `Accept*` headers, and the forwarding
+//! headers above): an upstream whose answer depends on other request
+//! headers must say so with `Vary` or `Cache-Control: private`, which keeps
+//! the answer to its own caller.
+
+mod args;
+mod forward;
+
+pub use args::Args;
+pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody};
+
+use bytes::Bytes;
+use forward::{bad_request, forwardable_path, Upstream, BAD_TARGET, KEYED_FORWARDING};
+use futures_util::future::{self, TryFutureExt};
+use http::header::HeaderName;
+use http::{Request, Response, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower::{Layer, Service, ServiceExt};
+use tower_coalesce::{
+    CoalesceBody, CoalesceConfig, CoalesceLayer, CoalesceService, HttpKey, RedisBackend,
+};
+
+/// The body of every response the proxy sends.
+pub type ProxyBody = Either<CoalesceBody<UpstreamBody>, Full<Bytes>>;
+
+/// The coalescing layer the arguments describe: connects to Redis if asked.
+pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
+    let mut config = CoalesceConfig::new()
+        .ttl(args.ttl)
+        .outcome_header_name(args.header.clone());
+    if let Some(lease) = args.lease {
+        config = config.lease(lease);
+    }
+    if let Some(url) = &args.redis {
+        let backend = RedisBackend::connect(url.clone())
+            .await
+            .map_err(|e| format!("--redis {}: {e}", redact(url)))?;
+        config = config.backend(backend);
+    }
+    CoalesceLayer::builder(config)
+        .extractor(proxy_key(&args.forwarding))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+type CoalesceFuture = <CoalesceService<Forward, HttpKey> as Service<Request<Incoming>>>::Future;
+
+/// Turns the layer's response into the proxy's.
+type IntoProxyBody = fn(Response<CoalesceBody<UpstreamBody>>) -> Response<ProxyBody>;
+
+/// The key the proxy coalesces by: [`HttpKey`]'s, so the authority (the
+/// client's `Host`, which reaches the upstream as `X-Forwarded-Host`) is in
+/// it — unless a public host name is set, which every request then sends
+/// instead; so every proxy instance shares keys whatever address it listens
+/// on. With trusted forwarding headers, those that describe the request
+/// rather than the client are keyed.
+pub fn proxy_key(forwarding: &Forwarding) -> HttpKey {
+    let mut key = HttpKey::new();
+    if forwarding.public_host.is_some() {
+        key = key.without_authority();
+    }
+    if forwarding.trust {
+        for name in KEYED_FORWARDING {
+            key = key.vary(HeaderName::from_static(name));
+        }
+    }
+    key
+}
+
+/// The whole proxy for one client connection: sends each request through
+/// the coalescing layer to [`Forward`], which prepares it for the upstream.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    inner: CoalesceService<Forward, HttpKey>,
+    layer: CoalesceLayer,
+    forward: Forward,
+}
+
+/// A proxy to `upstream` (`http://host:port`) through `layer`, which must
+/// key by [`proxy_key`] of the same `forwarding` (as [`layer`] does).
+pub fn proxy_service(
+    upstream: Uri,
+    forwarding: Forwarding,
+    layer: CoalesceLayer,
+) -> Result<Proxy, String> {
+    let upstream = Upstream::new(&upstream).map_err(|e| format!("upstream {upstream}: {e}"))?;
+    let forward = Forward::new(upstream, forwarding);
+    Ok(Proxy {
+        inner: layer.layer(forward.clone()),
+        layer,
+        forward,
+    })
+}
+
+impl Proxy {
+    /// The same proxy, for requests that come from `addr` (appended to
+    /// `X-Forwarded-For`).
+    pub fn for_client(&self, addr: SocketAddr) -> Self {
+        let forward = self.forward.for_client(addr);
+        Self {
+            inner: self.layer.layer(forward.clone()),
+            layer: self.layer.clone(),
+            forward,
+        }
+    }
+}
+
+impl Service<Request<Incoming>> for Proxy {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = future::Either<
+        future::Ready<Result<Response<ProxyBody>, Infallible>>,
+        future::MapOk<CoalesceFuture, IntoProxyBody>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        // Checked before the layer: a target with no path has no key to
+        // coalesce by and nothing to forward.
+        if forwardable_path(req.uri()).is_none() {
+            let res = bad_request(BAD_TARGET).map(Either::Right);
+            return future::Either::Left(future::ready(Ok(res)));
+        }
+        let into_proxy_body: IntoProxyBody = |res| res.map(Either::Left);
+        future::Either::Right(self.inner.call(req).map_ok(into_proxy_body))
+    }
+}
+
+/// Accepts HTTP/1.1 connections on `listener` and serves each with `proxy`
+/// until `shutdown` completes; then stops accepting, asks every open
+/// connection to close once its request in flight is answered (idle
+/// keep-alive connections close at once), and returns when all are closed.
+pub async fn serve<F>(listener: TcpListener, proxy: Proxy, shutdown: F)
+where
+    F: Future<Output = ()>,
+{
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, typically: retrying at once would
+                // spin; the condition clears as connections close.
+                eprintln!("coalesce-proxy: accept: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.for_client(addr);
+        let service = hyper::service::service_fn(move |req| proxy.clone().oneshot(req));
+        // The timer enables hyper's header read timeout (30 s), so idle or
+        // trickling clients cannot hold connections forever.
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                if !error.is_incomplete_message() {
+                    eprintln!("coalesce-proxy: connection from {addr}: {error}");
+                }
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}

@@ -1,0 +1,108 @@
+//! The `coalesce-proxy` command; see the crate documentation, or
+//! `coalesce-proxy --help`.
+
+use coalesce_proxy::{layer, proxy_service, redact, serve, Args};
+use std::process::ExitCode;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::from_env();
+    if args.redis.is_some() && args.ttl.is_zero() {
+        eprintln!(
+            "coalesce-proxy: warning: with --ttl-ms 0 instances cannot hand answers to each \
+             other through Redis; only requests within one instance coalesce"
+        );
+    }
+    let layer = match layer(&args).await {
+        Ok(layer) => layer,
+        Err(error) => {
+            eprintln!("coalesce-proxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("coalesce-proxy: cannot listen on {}: {error}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let proxy = match proxy_service(
+        args.upstream.clone(),
+        args.forwarding.clone(),
+        layer.clone(),
+    ) {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            eprintln!("coalesce-proxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, proxy, async {
+        let _ = stopped.await;
+    }));
+    println!(
+        "coalesce-proxy: http://{} -> {} (ttl {} ms, {}{})",
+        args.listen,
+        args.upstream,
+        args.ttl.as_millis(),
+        args.redis
+            .as_deref()
+            .map_or("in-process".to_owned(), |url| format!(
+                "redis {}",
+                redact(url)
+            )),
+        args.header
+            .as_ref()
+            .map_or(String::new(), |h| format!(", header {h}")),
+    );
+    if let Err(error) = termination().await {
+        eprintln!("coalesce-proxy: cannot listen for signals: {error}");
+        return ExitCode::FAILURE;
+    }
+
+    // Stop accepting; requests in flight get the grace to finish.
+    let deadline = Instant::now() + args.shutdown_grace;
+    println!(
+        "coalesce-proxy: shutting down; requests in flight have {} ms",
+        args.shutdown_grace.as_millis()
+    );
+    let _ = stop.send(());
+    if tokio::time::timeout_at(deadline, server).await.is_err() {
+        eprintln!("coalesce-proxy: connections still open at the end of the grace; closing them");
+    }
+    // Then the layer: flights still under way (their callers gone) end, and
+    // the leases they hold are released for other instances.
+    let report = layer
+        .shutdown(deadline.saturating_duration_since(Instant::now()))
+        .await;
+    if report.stopped_flights > 0 {
+        eprintln!(
+            "coalesce-proxy: {} flight(s) stopped unfinished; their leases were released",
+            report.stopped_flights
+        );
+    }
+    println!("{:#?}", layer.stats());
+    ExitCode::SUCCESS
+}
+
+/// Completes at the first `SIGTERM` or `SIGINT` (Ctrl-C).
+async fn termination() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => Ok(()),
+            result = tokio::signal::ctrl_c() => result,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}

@@ -1,0 +1,451 @@
+//! The `coalesce-proxy` binary as OS processes sharing a real redis-server:
+//! a leader killed mid-call is taken over and no waiting request fails; a
+//! leader sent `SIGTERM` finishes what it can within its grace, releases its
+//! lease at once, and exits cleanly.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::Router;
+use bytes::Bytes;
+use coalesce_test_redis::{free_port, RedisServer};
+use http::{header, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_coalesce::{CoalesceConfig, CoalesceLayer, KeyExtractor, RedisBackend};
+
+#[derive(Clone)]
+struct Upstream {
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+}
+
+async fn gated_answer(State(up): State<Upstream>, req: Request<Body>) -> String {
+    up.calls.fetch_add(1, Ordering::SeqCst);
+    let _permit = up.gate.acquire().await.unwrap();
+    format!("answer for {}", req.uri().path())
+}
+
+/// A proxy running as its own OS process; killed when dropped.
+struct ProxyProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ProxyProcess {
+    /// Answers kept 60 s, a 1 s lease, one public host name.
+    fn start(upstream: &Uri, redis: &str) -> Self {
+        Self::start_with(upstream, redis, "1000", &[])
+    }
+
+    /// Answers kept 60 s, this lease, one public host name, and `extra`.
+    fn start_with(upstream: &Uri, redis: &str, lease_ms: &str, extra: &[&str]) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let bin = env!("CARGO_BIN_EXE_coalesce-proxy");
+        let child = Command::new(bin)
+            .args(["--listen", &addr.to_string()])
+            .args(["--upstream", &upstream.to_string()])
+            .args([
+                "--redis",
+                redis,
+                "--ttl-ms",
+                "60000",
+                "--lease-ms",
+                lease_ms,
+            ])
+            .args(["--public-host", "shop.example"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+        let mut proxy = ProxyProcess { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("the proxy exited with {status} before listening on {addr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy never listened on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proxy
+    }
+
+    /// SIGTERM: the process shuts down gracefully.
+    fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -TERM failed");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    fn exit_status(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL: the process dies at once, releasing nothing.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Status, outcome header and body of a GET through a proxy, or `None` if
+/// the connection failed; bounded.
+async fn try_fetch(addr: SocketAddr, path: &str) -> Option<(StatusCode, String, Bytes)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri: Uri = format!("http://{addr}{path}").parse().unwrap();
+    let exchange = async {
+        let res = client.get(uri).await.ok()?;
+        let status = res.status();
+        let outcome = res
+            .headers()
+            .get("x-coalesce")
+            .map_or("<none>", |v| v.to_str().unwrap())
+            .to_owned();
+        let body = res.into_body().collect().await.ok()?.to_bytes();
+        Some((status, outcome, body))
+    };
+    tokio::time::timeout(Duration::from_secs(25), exchange)
+        .await
+        .expect("no answer within 25 s")
+}
+
+async fn fetch(addr: SocketAddr, path: &str) -> (StatusCode, String, Bytes) {
+    try_fetch(addr, path)
+        .await
+        .unwrap_or_else(|| panic!("the proxy at {addr} did not answer"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_fails() {
+    const EACH: usize = 20;
+    let server = RedisServer::start();
+    let up = Upstream {
+        calls: Arc::default(),
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let app = Router::new().fallback(gated_answer).with_state(up.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream: Uri = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // Two proxies as processes of their own, and a third in this process
+    // whose counters can be read; all with a 1 s lease, so that the waiting
+    // ones look at the dead leader's lease every second.
+    let forwarding = coalesce_proxy::Forwarding {
+        public_host: Some(http::HeaderValue::from_static("shop.example")),
+        trust: false,
+    };
+    let mut doomed = ProxyProcess::start(&upstream, &server.url());
+    let survivor = ProxyProcess::start(&upstream, &server.url());
+    let layer = CoalesceLayer::builder(
+        CoalesceConfig::new()
+            .ttl(Duration::from_millis(60_000))
+            .lease(Duration::from_secs(1))
+            .outcome_header("x-coalesce")
+            .backend(RedisBackend::connect(server.url()).await.unwrap()),
+    )
+    .extractor(coalesce_proxy::proxy_key(&forwarding))
+    .build()
+    .unwrap();
+    let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local_addr = local.local_addr().unwrap();
+    let svc =
+        coalesce_proxy::proxy_service(upstream.clone(), forwarding.clone(), layer.clone()).unwrap();
+    tokio::spawn(coalesce_proxy::serve(local, svc, std::future::pending()));
+
+    // Every proxy keys a client's `GET /gated` the same, whatever address
+    // the client reached it by.
+    let key = coalesce_proxy::proxy_key(&forwarding)
+        .extract(
+            &Request::get("/gated")
+                .header(header::HOST, "any.example")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .unwrap();
+    let names = RedisBackend::connect(server.url()).await.unwrap();
+    let (lock, channel) = (names.lock_key(&key), names.done_channel(&key));
+    let mut conn = server.conn();
+
+    let doomed_addr = doomed.addr;
+    let lost = tokio::spawn(async move { try_fetch(doomed_addr, "/gated").await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.calls.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the first proxy never called");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let holder: Option<String> = redis::cmd("GET").arg(&lock).query(&mut conn).unwrap();
+    assert!(
+        holder.is_some(),
+        "the first proxy holds the lease on {lock}"
+    );
+
+    let mut waiting = Vec::new();
+    for addr in [survivor.addr, local_addr] {
+        for _ in 0..EACH {
+            waiting.push(tokio::spawn(
+                async move { (addr, fetch(addr, "/gated").await) },
+            ));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query(&mut conn)
+            .unwrap();
+        let s = layer.stats();
+        if subscribers == 2 && s.remote_waits == 1 && s.followers == (EACH - 1) as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let channels: Vec<String> = redis::cmd("PUBSUB")
+                .arg("CHANNELS")
+                .query(&mut conn)
+                .unwrap();
+            panic!("the other proxies never waited on {channel}: {subscribers} subscribers, channels {channels:?}, {s:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+
+    doomed.kill();
+    let killed_at = Instant::now();
+    up.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    assert!(
+        lost.await.unwrap().is_none(),
+        "the killed proxy's own client gets no answer"
+    );
+
+    let mut survivor_leaders = 0;
+    for task in waiting {
+        let (addr, (status, outcome, body)) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "a request to {addr} failed");
+        assert_eq!(body, "answer for /gated");
+        assert!(
+            outcome == "leader" || outcome == "follower",
+            "{addr}: {outcome}"
+        );
+        if addr == survivor.addr {
+            survivor_leaders += usize::from(outcome == "leader");
+        }
+    }
+    let took = killed_at.elapsed();
+    eprintln!(
+        "leader process killed: taken over and answered {took:?} later, {} upstream calls",
+        up.calls.load(Ordering::SeqCst)
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "the dead leader's 1 s lease should be taken over well within the 30 s wait: {took:?}"
+    );
+    assert!(
+        up.calls.load(Ordering::SeqCst) <= 2,
+        "the dead leader's call and one takeover at most"
+    );
+    assert_eq!(
+        layer.stats().takeovers + survivor_leaders as u64,
+        1,
+        "exactly one surviving instance took the flight over: {:?}",
+        layer.stats()
+    );
+    // The answer is stored: every surviving proxy now answers from Redis.
+    for addr in [survivor.addr, local_addr] {
+        let (status, outcome, body) = fetch(addr, "/gated").await;
+        assert_eq!((status, outcome.as_str()), (StatusCode::OK, "hit"));
+        assert_eq!(body, "answer for /gated");
+    }
+    assert_eq!(layer.flights_in_progress(), 0);
+}
+
+/// The gated upstream, on a loopback port of its own.
+async fn gated_upstream() -> (Upstream, Uri) {
+    let up = Upstream {
+        calls: Arc::default(),
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let app = Router::new().fallback(gated_answer).with_state(up.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream: Uri = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (up, upstream)
+}
+
+/// Waits (bounded) until the upstream has been called `n` times.
+async fn until_calls(up: &Upstream, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.calls.load(Ordering::SeqCst) < n {
+        assert!(Instant::now() < deadline, "{what}: never called");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_sent_sigterm_releases_its_lease_and_another_instance_takes_over_at_once() {
+    const EACH: usize = 10;
+    let server = RedisServer::start();
+    let (up, upstream) = gated_upstream().await;
+    // 30 s leases: an instance waiting on a lease nobody released would
+    // wait about that long (past the 25 s the fetches below allow).
+    let grace = ["--shutdown-grace-ms", "300"];
+    let mut leaving = ProxyProcess::start_with(&upstream, &server.url(), "30000", &grace);
+    let staying = ProxyProcess::start_with(&upstream, &server.url(), "30000", &[]);
+
+    let leaving_addr = leaving.addr;
+    let cut_short = tokio::spawn(async move { try_fetch(leaving_addr, "/gated").await });
+    until_calls(&up, 1, "the leaving proxy").await;
+    let waiting: Vec<_> = (0..EACH)
+        .map(|_| {
+            let addr = staying.addr;
+            tokio::spawn(async move { fetch(addr, "/gated").await })
+        })
+        .collect();
+    // The staying proxy waits on the leaving one's lease.
+    let key = coalesce_proxy::proxy_key(&coalesce_proxy::Forwarding {
+        public_host: Some(http::HeaderValue::from_static("shop.example")),
+        trust: false,
+    })
+    .extract(&Request::get("/gated").body(Empty::<Bytes>::new()).unwrap())
+    .unwrap();
+    let channel = RedisBackend::connect(server.url())
+        .await
+        .unwrap()
+        .done_channel(&key);
+    let mut conn = server.conn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query(&mut conn)
+            .unwrap();
+        if subscribers == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the staying proxy never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    leaving.terminate();
+    let terminated = Instant::now();
+    // The upstream still holds the first call: the grace runs out, the
+    // leaving proxy stops its flight and releases the lease, and the
+    // staying one leads at once instead of waiting out 30 s.
+    until_calls(&up, 2, "the staying proxy after the release").await;
+    let took = terminated.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "taken over {took:?} after SIGTERM: the lease was not released"
+    );
+    assert!(
+        leaving.exit_status(Duration::from_secs(10)).success(),
+        "a graceful shutdown exits with success"
+    );
+    // The cut-short request ends one way or another, and does not hang.
+    let _ = cut_short.await.unwrap();
+
+    up.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    for task in waiting {
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "answer for /gated");
+    }
+    assert_eq!(up.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_refuses_new_connections_and_lets_requests_in_flight_finish() {
+    let server = RedisServer::start();
+    let (up, upstream) = gated_upstream().await;
+    let grace = ["--shutdown-grace-ms", "20000"];
+    let mut proxy = ProxyProcess::start_with(&upstream, &server.url(), "1000", &grace);
+    let addr = proxy.addr;
+    let in_flight = tokio::spawn(async move { fetch(addr, "/gated").await });
+    until_calls(&up, 1, "the proxy").await;
+
+    proxy.terminate();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "the proxy waits for its request in flight"
+    );
+
+    up.gate.add_permits(1);
+    let (status, outcome, body) = in_flight.await.unwrap();
+    assert_eq!((status, outcome.as_str()), (StatusCode::OK, "leader"));
+    assert_eq!(body, "answer for /gated");
+    assert!(proxy.exit_status(Duration::from_secs(10)).success());
+    // The answer was stored before the process left: another instance
+    // serves it from Redis.
+    let other = ProxyProcess::start(&upstream, &server.url());
+    let (status, outcome, _) = fetch(other.addr, "/gated").await;
+    assert_eq!((status, outcome.as_str()), (StatusCode::OK, "hit"));
+    assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn help_lists_every_flag_and_a_bad_flag_exits_with_status_2() {
+    let bin = env!("CARGO_BIN_EXE_coalesce-proxy");
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--upstream",
+        "--redis",
+        "--ttl-ms",
+        "--lease-ms",
+        "--public-host",
+        "--trust-forwarded",
+        "--header",
+        "--no-header",
+        "--shutdown-grace-ms",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
+    }
+    let bad = Command::new(bin)
+        .args(["--upstream", "http://127.0.0.1:1", "--verbose"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--verbose"));
+}
