@@ -1,6 +1,7 @@
 //! [`CoalesceConfig`]: every setting of the layer, with its default.
 
 use crate::backend::{Backend, MemoryBackend};
+use crate::Freshness;
 use http::{header, HeaderName, Method};
 use std::fmt;
 use std::sync::Arc;
@@ -40,7 +41,7 @@ pub enum WaitFallback {
 /// ```
 #[derive(Clone)]
 pub struct CoalesceConfig {
-    pub(crate) ttl: Duration,
+    pub(crate) freshness: Freshness,
     pub(crate) max_body_bytes: usize,
     pub(crate) wait_timeout: Duration,
     pub(crate) wait_fallback: WaitFallback,
@@ -65,7 +66,7 @@ impl Default for CoalesceConfig {
 impl fmt::Debug for CoalesceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CoalesceConfig")
-            .field("ttl", &self.ttl)
+            .field("freshness", &self.freshness)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("wait_timeout", &self.wait_timeout)
             .field("wait_fallback", &self.wait_fallback)
@@ -105,14 +106,17 @@ impl CoalesceConfig {
     ///   given up) before the lease ends;
     /// - at least one method may coalesce.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (name, value) in [
-            ("ttl", self.ttl),
+        let freshness = match &self.freshness {
+            Freshness::Fixed(ttl) => vec![("ttl", *ttl)],
+            Freshness::Origin(origin) => origin.durations().to_vec(),
+        };
+        for (name, value) in freshness.into_iter().chain([
             ("wait_timeout", self.wait_timeout),
             ("backend_timeout", self.backend_timeout),
             ("backend_cooldown", self.backend_cooldown),
             ("lease", self.lease),
             ("pass_ttl", self.pass_ttl),
-        ] {
+        ]) {
             if value > Self::MAX_DURATION {
                 return Err(ConfigError(format!(
                     "{name} {value:?} is too long: at most {:?} (a year)",
@@ -156,9 +160,13 @@ impl CoalesceConfig {
     /// deadline later.
     pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-    /// Whether answers are stored at all (a `ttl` above zero).
+    /// Whether answers are stored at all (origin freshness, or a fixed
+    /// `ttl` above zero).
     pub(crate) fn stores(&self) -> bool {
-        !self.ttl.is_zero()
+        match self.freshness {
+            Freshness::Fixed(ttl) => !ttl.is_zero(),
+            Freshness::Origin(_) => true,
+        }
     }
 
     /// The defaults: coalesce concurrent requests but store nothing (`ttl`
@@ -171,7 +179,7 @@ impl CoalesceConfig {
     /// are remembered for 5 s in at most 1 MiB.
     pub fn new() -> Self {
         Self {
-            ttl: Duration::ZERO,
+            freshness: Freshness::Fixed(Duration::ZERO),
             max_body_bytes: 1024 * 1024,
             wait_timeout: Duration::from_secs(30),
             wait_fallback: WaitFallback::GatewayTimeout,
@@ -193,11 +201,31 @@ impl CoalesceConfig {
     }
 
     /// How long an answer stays in the backend and answers later requests
-    /// without a flight. Zero (the default) stores nothing: only requests that
-    /// arrive while a flight is under way share its answer. The application
-    /// knows how stale its data may be; the layer does not guess.
+    /// without a flight, whatever the origin's freshness headers say
+    /// ([`Freshness::Fixed`]). Zero (the default) stores nothing: only
+    /// requests that arrive while a flight is under way share its answer.
+    /// The application knows how stale its data may be; the layer does not
+    /// guess.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.freshness = Freshness::Fixed(ttl);
+        self
+    }
+
+    /// How long stored answers stay fresh: a fixed time (as
+    /// [`ttl`](Self::ttl) sets it), or what the origin says, by RFC 9111
+    /// ([`Freshness::Origin`]) — for a proxy in front of a service that
+    /// sends `Cache-Control`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_coalesce::{CoalesceConfig, Freshness, OriginFreshness};
+    ///
+    /// let config = CoalesceConfig::new().freshness(Freshness::Origin(
+    ///     OriginFreshness::new().max_ttl(Duration::from_secs(3600)),
+    /// ));
+    /// ```
+    pub fn freshness(mut self, freshness: Freshness) -> Self {
+        self.freshness = freshness;
         self
     }
 

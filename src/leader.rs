@@ -12,7 +12,7 @@ use crate::backend_call::optional;
 use crate::conditions::Asked;
 use crate::error::is_grpc;
 use crate::flight::{FlightGuard, Landing};
-use crate::origin::{produce, Origin, OriginBody, Own, Produced};
+use crate::origin::{produce, Keep, Origin, OriginBody, Own, Produced};
 use crate::remote::Elected;
 use crate::shared::Shared;
 use crate::stats::bump;
@@ -276,17 +276,10 @@ where
     if matches!(landing, Landing::Pass) {
         shared.remember_pass(key);
     }
-    // Marked as stored now: answers later made from it carry their `Age`.
-    let keep = keep
-        .filter(|_| config.stores())
-        .map(|entry| entry.stored(std::time::SystemTime::now()));
     match lease {
         Some(lease) => {
             let completion = match (keep, &landing) {
-                (Some(entry), _) => Completion::Stored {
-                    entry,
-                    ttl: config.ttl,
-                },
+                (Some(Keep { entry, ttl }), _) => Completion::Stored { entry, ttl },
                 (None, Landing::Done(entry)) => Completion::Shared(entry.clone()),
                 // The leader's values of headers outside the key decided
                 // it: other instances' callers may differ in them.
@@ -304,8 +297,8 @@ where
             }
         }
         None => {
-            if let Some(entry) = keep {
-                match optional(shared, |backend| backend.store(key, entry, config.ttl)).await {
+            if let Some(Keep { entry, ttl }) = keep {
+                match optional(shared, |backend| backend.store(key, entry, ttl)).await {
                     Ok(()) => bump(&counters.stored),
                     Err(unavailable) => unavailable.report(
                         counters,

@@ -170,6 +170,7 @@ mod config;
 mod entry;
 mod error;
 mod flight;
+mod freshness;
 mod future;
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
@@ -194,6 +195,7 @@ pub use body::{BoxError, CoalesceBody};
 pub use config::{CoalesceConfig, ConfigError, WaitFallback};
 pub use entry::{DecodeError, Entry};
 pub use error::{FlightError, FlightErrorKind};
+pub use freshness::{Freshness, OriginFreshness};
 pub use future::ResponseFuture;
 pub use key::{Fingerprint, HttpKey, Key, KeyExtractor};
 pub use layer::{CoalesceLayer, CoalesceLayerBuilder};

@@ -7,6 +7,7 @@
 
 use crate::conditions::Asked;
 use crate::flight::Landing;
+use crate::freshness::Freshness;
 use crate::policy::{self, Sharing};
 use crate::shared::Shared;
 use crate::stats::bump;
@@ -18,6 +19,7 @@ use http_body_util::BodyExt;
 use std::fmt::Display;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tower::ServiceExt;
 use tower_service::Service;
 
@@ -59,7 +61,32 @@ pub(crate) type Own<B, E> = Result<(Response<CoalesceBody<B>>, Outcome), E>;
 pub(crate) struct Produced<B, E> {
     pub(crate) landing: Landing,
     pub(crate) own: Own<B, E>,
-    pub(crate) keep: Option<Entry>,
+    pub(crate) keep: Option<Keep>,
+}
+
+/// An answer to store: marked as stored, and for how long it stays fresh.
+pub(crate) struct Keep {
+    pub(crate) entry: Entry,
+    pub(crate) ttl: std::time::Duration,
+}
+
+/// How long the answer with this head may be stored (zero: not at all),
+/// and its age on arrival if the origin's freshness decides.
+fn keep_for(
+    freshness: &Freshness,
+    head: &http::response::Parts,
+    directives: &[policy::Directive<'_>],
+    requested: SystemTime,
+    received: SystemTime,
+) -> (std::time::Duration, Option<std::time::Duration>) {
+    match freshness {
+        Freshness::Fixed(ttl) => (*ttl, None),
+        Freshness::Origin(settings) => {
+            let (ttl, age) =
+                crate::freshness::remaining(settings, head, directives, requested, received);
+            (ttl, Some(age))
+        }
+    }
 }
 
 /// Calls the origin, judges the response and buffers its body.
@@ -80,6 +107,7 @@ where
     // then share it only if their values are the leader's. Header values are
     // reference-counted, so this costs one small map per flight.
     let sent = req.headers().clone();
+    let requested = SystemTime::now();
     let res = match inner.oneshot(req).await {
         Ok(res) => res,
         Err(error) => {
@@ -92,8 +120,22 @@ where
             };
         }
     };
+    let received = SystemTime::now();
     let (head, body) = res.into_parts();
-    let mut sharing = policy::judge(&head);
+    let (mut sharing, ttl, age) = match policy::directives(&head.headers) {
+        Ok(directives) => {
+            let sharing = policy::judge(&head, &directives);
+            let (ttl, age) = keep_for(
+                &shared.config.freshness,
+                &head,
+                &directives,
+                requested,
+                received,
+            );
+            (sharing, ttl, age)
+        }
+        Err(()) => (Sharing::Pass, std::time::Duration::ZERO, None),
+    };
     tracing::debug!(status = %head.status, ?sharing, "origin answered");
     let varied = policy::varied_on(&head.headers)
         .filter(|name| !shared.extractor.keys_header(name))
@@ -122,7 +164,16 @@ where
             let sharing = policy::judge_trailers(sharing, trailers.as_ref());
             let entry = Entry::new(head.status, head.version, head.headers, data, trailers);
             let own = asked.answer(&entry);
-            let keep = (sharing == Sharing::Store).then(|| entry.clone());
+            let keep = (sharing == Sharing::Store && !ttl.is_zero()).then(|| {
+                // Marked as stored now: answers later made from it carry
+                // their `Age`.
+                let now = SystemTime::now();
+                let entry = match age {
+                    Some(age) => entry.clone().stored_with_age(now, age),
+                    None => entry.clone().stored(now),
+                };
+                Keep { entry, ttl }
+            });
             let landing = if varied.is_empty() {
                 Landing::Done(entry)
             } else {

@@ -33,12 +33,12 @@ pub(crate) enum Sharing {
 ///   given to the flight's followers, who asked while it was being made (so no
 ///   stampede on a failing origin), but never stored.
 /// - Everything else: shared and stored.
-pub(crate) fn judge(head: &response::Parts) -> Sharing {
+///
+/// `directives` are the response's `Cache-Control`, as [`directives`] read
+/// them; one that cannot be read makes the answer private before this.
+pub(crate) fn judge(head: &response::Parts, directives: &[Directive<'_>]) -> Sharing {
     let headers = &head.headers;
-    let Ok(directives) = cache_control(headers) else {
-        return Sharing::Pass;
-    };
-    let has = |name: &str| directives.iter().any(|d| d.eq_ignore_ascii_case(name));
+    let has = |name: &str| directives.iter().any(|d| d.is(name));
     if headers.contains_key(header::SET_COOKIE)
         || varies_on_everything(headers)
         || made_for_one_request(head.status)
@@ -102,12 +102,28 @@ fn made_for_one_request(status: StatusCode) -> bool {
     )
 }
 
-/// The directive names of every `Cache-Control` field line (RFC 9111 §5.2:
+/// One `Cache-Control` directive: its name and, if it has one, its argument
+/// (a token, or the inside of a quoted string, escapes left as they are;
+/// RFC 9111 §5.2 asks recipients to accept both forms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Directive<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) arg: Option<&'a str>,
+}
+
+impl Directive<'_> {
+    /// Whether this is the directive `name` (compared case-insensitively).
+    pub(crate) fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+}
+
+/// The directives of every `Cache-Control` field line (RFC 9111 §5.2:
 /// `token [ "=" ( token / quoted-string ) ]`, comma-separated), or `Err` if
 /// any line does not follow the grammar, bytes outside visible ASCII
 /// included: a directive that cannot be read might have been `private`.
-fn cache_control(headers: &HeaderMap) -> Result<Vec<&str>, ()> {
-    let mut names = Vec::new();
+pub(crate) fn directives(headers: &HeaderMap) -> Result<Vec<Directive<'_>>, ()> {
+    let mut found = Vec::new();
     for value in headers.get_all(header::CACHE_CONTROL) {
         let line = value.to_str().map_err(|_| ())?;
         let mut rest = line.as_bytes();
@@ -121,30 +137,40 @@ fn cache_control(headers: &HeaderMap) -> Result<Vec<&str>, ()> {
                 return Err(());
             }
             // The bytes are ASCII, so any split is a char boundary.
-            let start = line.len() - rest.len();
-            names.push(&line[start..start + name_len]);
+            let offset = |rest: &[u8]| line.len() - rest.len();
+            let start = offset(rest);
+            let name = &line[start..start + name_len];
+            let mut arg = None;
             rest = skip(&rest[name_len..], is_ows);
-            if let Some(arg) = rest.strip_prefix(b"=") {
-                rest = skip(arg, is_ows);
+            if let Some(after) = rest.strip_prefix(b"=") {
+                rest = skip(after, is_ows);
+                let arg_start = offset(rest);
                 rest = match rest.strip_prefix(b"\"") {
-                    Some(quoted) => after_quoted(quoted)?,
+                    Some(quoted) => {
+                        let after = after_quoted(quoted)?;
+                        // Inside the quotes.
+                        arg = Some(&line[arg_start + 1..offset(after) - 1]);
+                        after
+                    }
                     None => {
                         let len = rest.iter().take_while(|&&b| is_tchar(b)).count();
                         if len == 0 {
                             return Err(());
                         }
+                        arg = Some(&line[arg_start..arg_start + len]);
                         &rest[len..]
                     }
                 };
                 rest = skip(rest, is_ows);
             }
+            found.push(Directive { name, arg });
             match rest.first() {
                 None | Some(b',') => {}
                 Some(_) => return Err(()),
             }
         }
     }
-    Ok(names)
+    Ok(found)
 }
 
 /// What follows a quoted string whose opening quote is already read.
@@ -176,6 +202,14 @@ fn is_tchar(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The judgement of a whole head, as the origin call makes it.
+    fn judge(head: &response::Parts) -> Sharing {
+        match directives(&head.headers) {
+            Ok(directives) => super::judge(head, &directives),
+            Err(()) => Sharing::Pass,
+        }
+    }
 
     fn head(status: u16, headers: &[(&str, &str)]) -> response::Parts {
         let mut b = http::Response::builder().status(status);
@@ -301,7 +335,7 @@ mod tests {
             let mut h = head(200, &[]);
             h.headers.insert(header::CACHE_CONTROL, http::HeaderValue::from_bytes(&bytes).unwrap());
             let sharing = judge(&h);
-            if cache_control(&h.headers).is_err() {
+            if directives(&h.headers).is_err() {
                 proptest::prop_assert_eq!(sharing, Sharing::Pass);
             }
         }

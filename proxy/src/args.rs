@@ -18,8 +18,15 @@ pub struct Args {
     pub upstream: Uri,
     /// The Redis shared with other instances, if any.
     pub redis: Option<String>,
-    /// How long answers are kept; zero only coalesces concurrent requests.
-    pub ttl: Duration,
+    /// How long answers are kept, whatever the upstream says; zero only
+    /// coalesces concurrent requests. `None`: as long as the upstream's
+    /// `Cache-Control`/`Expires` say (RFC 9111), within `max_ttl`.
+    pub ttl: Option<Duration>,
+    /// Without a fixed ttl: how long an answer without explicit freshness
+    /// is kept.
+    pub default_ttl: Duration,
+    /// Without a fixed ttl: the longest any answer is kept.
+    pub max_ttl: Duration,
     /// The flight lease, if not the layer's default.
     pub lease: Option<Duration>,
     /// The cache-status header, or `None` for none.
@@ -47,13 +54,34 @@ struct Cli {
     #[arg(long, value_name = "URL", value_parser = upstream)]
     upstream: Uri,
 
-    /// Share flights with every proxy using this Redis (needs --ttl-ms > 0).
+    /// Share flights and stored answers with every proxy using this Redis.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
 
-    /// Keep answers for N milliseconds (0: coalesce only).
-    #[arg(long = "ttl-ms", value_name = "N", default_value_t = 0)]
-    ttl_ms: u64,
+    /// Keep answers for N milliseconds whatever the upstream says (0:
+    /// coalesce only, store nothing). Without it, answers are kept as long
+    /// as the upstream's Cache-Control or Expires allow (RFC 9111).
+    #[arg(long = "ttl-ms", value_name = "N")]
+    ttl_ms: Option<u64>,
+
+    /// Without --ttl-ms: keep answers that carry no freshness information
+    /// (no max-age, s-maxage or Expires) for N milliseconds.
+    #[arg(
+        long = "default-ttl-ms",
+        value_name = "N",
+        default_value_t = 0,
+        conflicts_with = "ttl_ms"
+    )]
+    default_ttl_ms: u64,
+
+    /// Without --ttl-ms: keep no answer longer than N milliseconds.
+    #[arg(
+        long = "max-ttl-ms",
+        value_name = "N",
+        default_value_t = 86_400_000,
+        conflicts_with = "ttl_ms"
+    )]
+    max_ttl_ms: u64,
 
     /// With --redis: how long a flight's lease lasts unrenewed, so how soon
     /// others take over from an instance that died [default: 10000].
@@ -118,7 +146,9 @@ impl From<Cli> for Args {
             listen: cli.listen,
             upstream: cli.upstream,
             redis: cli.redis,
-            ttl: Duration::from_millis(cli.ttl_ms),
+            ttl: cli.ttl_ms.map(Duration::from_millis),
+            default_ttl: Duration::from_millis(cli.default_ttl_ms),
+            max_ttl: Duration::from_millis(cli.max_ttl_ms),
             lease: cli.lease_ms.map(Duration::from_millis),
             header,
             forwarding: Forwarding {

@@ -96,7 +96,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt};
 use tower_coalesce::{
-    CoalesceBody, CoalesceConfig, CoalesceLayer, CoalesceService, HttpKey, RedisBackend,
+    CoalesceBody, CoalesceConfig, CoalesceLayer, CoalesceService, Freshness, HttpKey,
+    OriginFreshness, RedisBackend,
 };
 
 /// The body of every response the proxy sends.
@@ -104,8 +105,16 @@ pub type ProxyBody = Either<CoalesceBody<UpstreamBody>, Full<Bytes>>;
 
 /// The coalescing layer the arguments describe: connects to Redis if asked.
 pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
+    let freshness = match args.ttl {
+        Some(ttl) => Freshness::Fixed(ttl),
+        None => Freshness::Origin(
+            OriginFreshness::new()
+                .default_ttl(args.default_ttl)
+                .max_ttl(args.max_ttl),
+        ),
+    };
     let mut config = CoalesceConfig::new()
-        .ttl(args.ttl)
+        .freshness(freshness)
         .outcome_header_name(args.header.clone());
     if let Some(lease) = args.lease {
         config = config.lease(lease);

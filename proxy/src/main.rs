@@ -10,7 +10,7 @@ use tokio::time::Instant;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::from_env();
-    if args.redis.is_some() && args.ttl.is_zero() {
+    if args.redis.is_some() && args.ttl == Some(std::time::Duration::ZERO) {
         eprintln!(
             "coalesce-proxy: warning: with --ttl-ms 0 instances cannot hand answers to each \
              other through Redis; only requests within one instance coalesce"
@@ -45,11 +45,17 @@ async fn main() -> ExitCode {
     let server = tokio::spawn(serve(listener, proxy, async {
         let _ = stopped.await;
     }));
+    let freshness = match args.ttl {
+        Some(ttl) => format!("ttl {} ms", ttl.as_millis()),
+        None => format!(
+            "freshness from the upstream, at most {} ms",
+            args.max_ttl.as_millis()
+        ),
+    };
     println!(
-        "coalesce-proxy: http://{} -> {} (ttl {} ms, {}{})",
+        "coalesce-proxy: http://{} -> {} ({freshness}, {}{})",
         args.listen,
         args.upstream,
-        args.ttl.as_millis(),
         args.redis
             .as_deref()
             .map_or("in-process".to_owned(), |url| format!(

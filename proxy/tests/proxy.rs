@@ -131,6 +131,13 @@ async fn hop(State(up): State<Upstream>, headers: HeaderMap) -> impl IntoRespons
     )
 }
 
+/// Answers with the `Cache-Control` its query names (`/fresh?max-age=60`).
+async fn fresh(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
+    up.count("fresh");
+    let cc = uri.query().unwrap_or("").replace("%20", " ");
+    ([("cache-control", cc)], "fresh")
+}
+
 const PAGE: &str = "0123456789";
 
 /// A page with validators, kept for a minute; slow enough for a burst to
@@ -178,6 +185,7 @@ async fn upstream() -> (Upstream, Uri) {
         .route("/hop", routing::get(hop))
         .route("/page", routing::get(page))
         .route("/whoami", routing::get(whoami))
+        .route("/fresh", routing::get(fresh))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(up.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -566,7 +574,9 @@ fn the_command_line_is_checked() {
     let parse = |args: &[&str]| coalesce_proxy::Args::parse(args.iter().copied());
     let args = parse(&["--upstream", "http://127.0.0.1:3000"]).unwrap();
     assert_eq!(args.listen, "127.0.0.1:8080".parse().unwrap());
-    assert_eq!(args.ttl, Duration::ZERO);
+    assert_eq!(args.ttl, None, "freshness from the upstream by default");
+    assert_eq!(args.default_ttl, Duration::ZERO);
+    assert_eq!(args.max_ttl, Duration::from_secs(24 * 3600));
     assert_eq!(args.header.as_ref().map(|h| h.as_str()), Some("x-coalesce"));
     assert_eq!(args.redis, None);
     assert_eq!(args.lease, None);
@@ -587,7 +597,7 @@ fn the_command_line_is_checked() {
     .unwrap();
     assert_eq!(args.listen, "0.0.0.0:9000".parse().unwrap());
     assert_eq!(args.lease, Some(Duration::from_secs(2)));
-    assert_eq!(args.ttl, Duration::from_millis(1500));
+    assert_eq!(args.ttl, Some(Duration::from_millis(1500)));
     assert_eq!(args.header, None);
     assert_eq!(args.redis.as_deref(), Some("redis://127.0.0.1:6379/"));
 
@@ -611,6 +621,14 @@ fn the_command_line_is_checked() {
         &["--upstream", "http://h:1", "--public-host", "a b"],
         &["--upstream", "http://h:1", "--public-host", "user@h"],
         &["--upstream", "http://h:1", "--public-host"],
+        &[
+            "--upstream",
+            "http://h:1",
+            "--ttl-ms",
+            "5",
+            "--max-ttl-ms",
+            "9",
+        ],
     ] {
         assert!(parse(bad).is_err(), "{bad:?} was accepted");
     }
@@ -841,4 +859,47 @@ async fn a_seek_into_a_body_over_the_limit_reaches_the_upstream_once_the_key_pas
     assert_eq!(second.outcome(), "pass");
     let seen = up.seen.lock().unwrap().clone().unwrap();
     assert_eq!(seen["range"], "bytes=100-199");
+}
+
+#[tokio::test]
+async fn by_default_answers_are_kept_as_long_as_the_upstream_says() {
+    let (up, upstream) = upstream().await;
+    let (proxy, _layer) = proxy_from(&upstream, &[]).await;
+    let client = client();
+    let outcomes = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let answer = send(&client, get(proxy, path)).await;
+                assert_eq!(answer.status, StatusCode::OK);
+                seen.push(answer.outcome().to_owned());
+            }
+            seen
+        }
+    };
+    assert_eq!(outcomes("/fresh?max-age=60").await, ["leader", "hit"]);
+    assert_eq!(
+        outcomes("/fresh?s-maxage=60,%20max-age=0").await,
+        ["leader", "hit"]
+    );
+    // Nothing stored: no freshness, none left, or none allowed without
+    // revalidation.
+    for path in [
+        "/fresh",
+        "/fresh?max-age=0",
+        "/fresh?no-cache,%20max-age=60",
+        "/fresh?max-age=soon",
+        "/fresh?public",
+    ] {
+        assert_eq!(outcomes(path).await, ["leader", "leader"], "{path}");
+    }
+    assert_eq!(up.calls("fresh"), 2 + 2 * 5);
+
+    // `--ttl-ms` keeps every shareable answer that long, whatever it says.
+    let (fixed, _layer) = proxy_from(&upstream, &["--ttl-ms", "60000"]).await;
+    for _ in 0..2 {
+        send(&client, get(fixed, "/fresh?max-age=0")).await;
+    }
+    assert_eq!(up.calls("fresh"), 2 + 2 * 5 + 1);
 }

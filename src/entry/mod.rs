@@ -105,6 +105,22 @@ impl Entry {
         })
     }
 
+    /// [`stored`](Self::stored), with the age the answer had on arrival as
+    /// the cache computed it (RFC 9111 §4.2.3), in whole seconds, as `Age`.
+    pub(crate) fn stored_with_age(self, at: SystemTime, age: Duration) -> Self {
+        let mut headers = self.inner.headers.clone();
+        headers.insert(http::header::AGE, age_value(age));
+        Self::with_parts(Parts {
+            status: self.inner.status,
+            version: self.inner.version,
+            headers,
+            body: self.inner.body.clone(),
+            trailers: self.inner.trailers.clone(),
+            stored: None,
+        })
+        .stored(at)
+    }
+
     /// When the entry was stored, if it was.
     pub fn stored_at(&self) -> Option<SystemTime> {
         self.inner.stored.map(|s| s.at)
