@@ -17,14 +17,28 @@ fn layered(layer: &CoalesceLayer, origin: &Origin) -> Svc {
     Svc::new(layer.layer(origin.serve(echo_path)))
 }
 
-#[tokio::test]
-async fn shutdown_waits_for_flights_in_progress_then_requests_bypass() {
+/// A layer in front of a gated origin, with a flight for `/a` under way:
+/// its leader's and its follower's calls.
+async fn a_flight_with_a_follower() -> (CoalesceLayer, Origin, Svc, [Answering; 2]) {
     let origin = Origin::gated();
     let layer = CoalesceLayer::new(CoalesceConfig::new().ttl(Duration::from_secs(60)));
     let svc = layered(&layer, &origin);
     let leader = tokio::spawn(svc.clone().oneshot(get("/a")));
     let follower = tokio::spawn(svc.clone().oneshot(get("/a")));
     until(&layer, "a follower", |s| s.followers == 1).await;
+    (layer, origin, svc, [leader, follower])
+}
+
+type Answering = tokio::task::JoinHandle<
+    Result<
+        http::Response<tower_coalesce::CoalesceBody<http_body_util::Full<bytes::Bytes>>>,
+        tower_coalesce::BoxError,
+    >,
+>;
+
+#[tokio::test]
+async fn shutdown_waits_for_flights_in_progress_then_requests_bypass() {
+    let (layer, origin, svc, [leader, follower]) = a_flight_with_a_follower().await;
 
     let shutting = tokio::spawn({
         let layer = layer.clone();
@@ -54,14 +68,9 @@ async fn shutdown_waits_for_flights_in_progress_then_requests_bypass() {
 
 #[tokio::test]
 async fn a_flight_still_running_after_the_grace_is_stopped_and_its_followers_answered() {
-    let origin = Origin::gated();
-    let layer = CoalesceLayer::new(CoalesceConfig::new().ttl(Duration::from_secs(60)));
-    let svc = layered(&layer, &origin);
     // The caller that started the flight leaves; the flight goes on
     // (`complete_abandoned`), with a follower.
-    let leader = tokio::spawn(svc.clone().oneshot(get("/a")));
-    let follower = tokio::spawn(svc.clone().oneshot(get("/a")));
-    until(&layer, "a follower", |s| s.followers == 1).await;
+    let (layer, origin, _svc, [leader, follower]) = a_flight_with_a_follower().await;
     leader.abort();
 
     let report = layer.shutdown(Duration::from_millis(50)).await;

@@ -149,16 +149,7 @@ async fn fetch(addr: SocketAddr, path: &str) -> (StatusCode, String, Bytes) {
 async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_fails() {
     const EACH: usize = 20;
     let server = RedisServer::start();
-    let up = Upstream {
-        calls: Arc::default(),
-        gate: Arc::new(Semaphore::new(0)),
-    };
-    let app = Router::new().fallback(gated_answer).with_state(up.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream: Uri = format!("http://{}", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (up, upstream) = gated_upstream().await;
 
     // Two proxies as processes of their own, and a third in this process
     // whose counters can be read; all with a 1 s lease, so that the waiting
@@ -222,11 +213,7 @@ async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_f
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channel)
-            .query(&mut conn)
-            .unwrap();
+        let subscribers = subscribers(&mut conn, &channel);
         let s = layer.stats();
         if subscribers == 2 && s.remote_waits == 1 && s.followers == (EACH - 1) as u64 {
             break;
@@ -306,6 +293,16 @@ async fn gated_upstream() -> (Upstream, Uri) {
     (up, upstream)
 }
 
+/// How many connections listen on `channel`.
+fn subscribers(conn: &mut redis::Connection, channel: &str) -> u64 {
+    let (_, n): (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(conn)
+        .unwrap();
+    n
+}
+
 /// Waits (bounded) until the upstream has been called `n` times.
 async fn until_calls(up: &Upstream, n: usize, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -349,12 +346,7 @@ async fn a_leader_sent_sigterm_releases_its_lease_and_another_instance_takes_ove
     let mut conn = server.conn();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, subscribers): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channel)
-            .query(&mut conn)
-            .unwrap();
-        if subscribers == 1 {
+        if subscribers(&mut conn, &channel) == 1 {
             break;
         }
         assert!(Instant::now() < deadline, "the staying proxy never waited");
