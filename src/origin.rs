@@ -6,6 +6,7 @@
 //! what this returns.
 
 use crate::conditions::Asked;
+use crate::entry::Life;
 use crate::flight::Landing;
 use crate::freshness::Freshness;
 use crate::policy::{self, Sharing};
@@ -167,12 +168,15 @@ where
             let keep = (sharing == Sharing::Store && !ttl.is_zero()).then(|| {
                 // Marked as stored now: answers later made from it carry
                 // their `Age`.
-                let now = SystemTime::now();
-                let entry = match age {
-                    Some(age) => entry.clone().stored_with_age(now, age),
-                    None => entry.clone().stored(now),
+                let life = Life {
+                    fresh: ttl,
+                    stale: std::time::Duration::ZERO,
                 };
-                Keep { entry, ttl }
+                let entry = entry.clone().kept(SystemTime::now(), age, life);
+                Keep {
+                    entry,
+                    ttl: life.kept(),
+                }
             });
             let landing = if varied.is_empty() {
                 Landing::Done(entry)

@@ -4,14 +4,24 @@
 //! (`fuzz/fuzz_targets/entry_decode.rs`) attacks: decoding must never
 //! panic, and whatever it accepts must encode back to itself.
 
-use super::{from_millis, initial_age, to_millis, Entry, Parts, Stored};
+use super::{from_millis, initial_age, to_millis, Entry, Life, Parts, Stored};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use std::fmt;
+use std::time::Duration;
+
+/// A duration in whole milliseconds, saturated.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// The first bytes of every encoded entry: a tag and the format version.
-/// Version 2 added the time the entry was stored.
-pub(crate) const MAGIC: &[u8; 4] = b"TCE\x02";
+/// Version 2 added the time the entry was stored, version 3 how long it is
+/// fresh and how long it may then be served stale.
+pub(crate) const MAGIC: &[u8; 4] = b"TCE\x03";
+/// The first bytes of a version 2 entry, still read (freshness unknown:
+/// fresh while the backend keeps it).
+pub(crate) const MAGIC_V2: &[u8; 4] = b"TCE\x02";
 /// The first bytes of a version 1 entry, still read (as never stored), so
 /// that instances of an older release sharing a Redis are understood.
 pub(crate) const MAGIC_V1: &[u8; 4] = b"TCE\x01";
@@ -19,8 +29,11 @@ pub(crate) const MAGIC_V1: &[u8; 4] = b"TCE\x01";
 impl Entry {
     /// The entry in its portable binary form: a tag and format version, the
     /// status, HTTP version, the time it was stored (milliseconds since the
-    /// Unix epoch, 0 if never), headers, body and trailers, each
-    /// length-prefixed, then a CRC-32 of all that precedes it.
+    /// Unix epoch, 0 if never; always at bytes 7 to 14, where the Redis
+    /// scripts read it), how long from then it is fresh and how long it may
+    /// then be served stale (milliseconds; 0 and 0 if not known), headers,
+    /// body and trailers, each length-prefixed, then a CRC-32 of all that
+    /// precedes it.
     pub fn encode(&self) -> Bytes {
         let p = &*self.inner;
         let mut buf = BytesMut::with_capacity(72 + self.weight());
@@ -28,6 +41,9 @@ impl Entry {
         buf.put_u16(p.status.as_u16());
         buf.put_u8(version_code(p.version));
         buf.put_u64(self.stored_at().and_then(to_millis).unwrap_or(0));
+        let life = p.stored.and_then(|s| s.life);
+        buf.put_u64(life.map_or(0, |l| millis(l.fresh)));
+        buf.put_u64(life.map_or(0, |l| millis(l.stale)));
         put_map(&mut buf, &p.headers);
         put_bytes(&mut buf, &p.body);
         match &p.trailers {
@@ -43,10 +59,11 @@ impl Entry {
     }
 
     /// Reads an entry written by [`Entry::encode`], of this format version
-    /// or the one before. The body shares `bytes`.
+    /// or the two before. The body shares `bytes`.
     pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
         let v1 = bytes.starts_with(MAGIC_V1);
-        if bytes.len() < MAGIC.len() + 4 || !(v1 || bytes.starts_with(MAGIC)) {
+        let v2 = bytes.starts_with(MAGIC_V2);
+        if bytes.len() < MAGIC.len() + 4 || !(v1 || v2 || bytes.starts_with(MAGIC)) {
             return Err(DecodeError("not an entry of this format version"));
         }
         let (content, crc) = bytes.split_at(bytes.len() - 4);
@@ -57,6 +74,11 @@ impl Entry {
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError("bad status"))?;
         let version = version_from_code(r.u8()?)?;
         let stored_ms = if v1 { 0 } else { r.u64()? };
+        let (fresh_ms, stale_ms) = if v1 || v2 {
+            (0, 0)
+        } else {
+            (r.u64()?, r.u64()?)
+        };
         let headers = r.map()?;
         let body = r.bytes()?;
         let trailers = match r.u8()? {
@@ -72,8 +94,15 @@ impl Entry {
             ms => Some(Stored {
                 at: from_millis(ms).ok_or(DecodeError("bad stored time"))?,
                 initial: initial_age(&headers),
+                life: (fresh_ms != 0).then(|| Life {
+                    fresh: Duration::from_millis(fresh_ms),
+                    stale: Duration::from_millis(stale_ms),
+                }),
             }),
         };
+        if stored_ms == 0 && (fresh_ms, stale_ms) != (0, 0) {
+            return Err(DecodeError("freshness without a stored time"));
+        }
         Ok(Entry::with_parts(Parts {
             status,
             version,

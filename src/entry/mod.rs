@@ -17,7 +17,7 @@ mod tests;
 
 pub use codec::DecodeError;
 #[cfg(test)]
-use codec::{MAGIC, MAGIC_V1};
+use codec::{MAGIC, MAGIC_V1, MAGIC_V2};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
@@ -51,6 +51,24 @@ struct Stored {
     at: SystemTime,
     /// The `Age` the origin's response already had.
     initial: Duration,
+    /// How long it stays fresh and may then be served stale, if known.
+    life: Option<Life>,
+}
+
+/// An entry's lifetime in storage, counted from the time it was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Life {
+    /// Fresh for this long (above zero).
+    pub(crate) fresh: Duration,
+    /// Then, for this long, it may be served stale while it is refreshed.
+    pub(crate) stale: Duration,
+}
+
+impl Life {
+    /// How long a backend keeps the entry: fresh, then stale.
+    pub(crate) fn kept(&self) -> Duration {
+        self.fresh.saturating_add(self.stale)
+    }
 }
 
 impl Entry {
@@ -101,24 +119,48 @@ impl Entry {
             headers,
             body: p.body.clone(),
             trailers: p.trailers.clone(),
-            stored: at.map(|at| Stored { at, initial }),
+            stored: at.map(|at| Stored {
+                at,
+                initial,
+                life: None,
+            }),
         })
     }
 
-    /// [`stored`](Self::stored), with the age the answer had on arrival as
-    /// the cache computed it (RFC 9111 §4.2.3), in whole seconds, as `Age`.
-    pub(crate) fn stored_with_age(self, at: SystemTime, age: Duration) -> Self {
-        let mut headers = self.inner.headers.clone();
-        headers.insert(http::header::AGE, age_value(age));
-        Self::with_parts(Parts {
-            status: self.inner.status,
-            version: self.inner.version,
-            headers,
-            body: self.inner.body.clone(),
-            trailers: self.inner.trailers.clone(),
-            stored: None,
-        })
-        .stored(at)
+    /// [`stored`](Self::stored), with its lifetime in storage and, if the
+    /// cache computed it (RFC 9111 §4.2.3), the age the answer had on
+    /// arrival, which becomes its `Age` in whole seconds.
+    pub(crate) fn kept(self, at: SystemTime, age: Option<Duration>, life: Life) -> Self {
+        let entry = match age {
+            Some(age) => {
+                let mut headers = self.inner.headers.clone();
+                headers.insert(http::header::AGE, age_value(age));
+                Self::with_parts(Parts {
+                    status: self.inner.status,
+                    version: self.inner.version,
+                    headers,
+                    body: self.inner.body.clone(),
+                    trailers: self.inner.trailers.clone(),
+                    stored: None,
+                })
+            }
+            None => self,
+        };
+        let mut entry = entry.stored(at);
+        // Just made by `stored`: this is its only reference.
+        if let Some(stored) = Arc::get_mut(&mut entry.inner).and_then(|p| p.stored.as_mut()) {
+            stored.life = Some(life);
+        }
+        entry
+    }
+
+    /// How much of its freshness is left at `now`: `None` if it was never
+    /// stored or its lifetime is not known, zero once it is stale.
+    pub fn fresh_for(&self, now: SystemTime) -> Option<Duration> {
+        let stored = self.inner.stored?;
+        let life = stored.life?;
+        let resident = now.duration_since(stored.at).unwrap_or_default();
+        Some(life.fresh.saturating_sub(resident))
     }
 
     /// When the entry was stored, if it was.

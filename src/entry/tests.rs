@@ -71,13 +71,55 @@ fn the_stored_time_survives_encoding_to_the_millisecond() {
 }
 
 #[test]
+fn the_lifetime_survives_encoding_and_older_versions_are_read_without_one() {
+    let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let life = Life {
+        fresh: Duration::from_millis(2_500),
+        stale: Duration::from_secs(10),
+    };
+    let kept = sample().kept(at, None, life);
+    let v3 = kept.encode();
+    let decoded = Entry::decode(v3.clone()).unwrap();
+    assert_eq!(decoded.fresh_for(at), Some(Duration::from_millis(2_500)));
+    assert_eq!(
+        decoded.fresh_for(at + Duration::from_secs(2)),
+        Some(Duration::from_millis(500))
+    );
+    assert_eq!(
+        decoded.fresh_for(at + Duration::from_secs(3)),
+        Some(Duration::ZERO)
+    );
+    assert_eq!(decoded.encode(), v3, "encodes back to itself");
+    // The stored time sits where the Redis scripts read it.
+    assert_eq!(&v3[7..15], &1_700_000_000_000u64.to_be_bytes());
+    // Version 2: the same without the lifetime.
+    let mut v2 = BytesMut::new();
+    v2.put_slice(MAGIC_V2);
+    v2.put_slice(&v3[4..15]);
+    v2.put_slice(&v3[31..v3.len() - 4]);
+    let crc = crc32fast::hash(&v2);
+    v2.put_u32(crc);
+    let old = Entry::decode(v2.freeze()).unwrap();
+    assert_eq!(old.stored_at(), Some(at));
+    assert_eq!(old.fresh_for(at), None);
+    assert_eq!(old.body(), kept.body());
+    // A lifetime without a stored time is no entry.
+    let mut bad = BytesMut::from(&v3[..v3.len() - 4]);
+    bad[7..15].copy_from_slice(&[0; 8]);
+    let crc = crc32fast::hash(&bad);
+    bad.put_u32(crc);
+    assert!(Entry::decode(bad.freeze()).is_err());
+}
+
+#[test]
 fn version_one_entries_are_read_as_never_stored() {
-    // A version 1 entry is a version 2 one without the stored time.
-    let v2 = sample().encode();
+    // A version 1 entry is a version 3 one without the stored time and
+    // lifetime.
+    let v3 = sample().encode();
     let mut v1 = BytesMut::new();
     v1.put_slice(MAGIC_V1);
-    v1.put_slice(&v2[4..7]);
-    v1.put_slice(&v2[15..v2.len() - 4]);
+    v1.put_slice(&v3[4..7]);
+    v1.put_slice(&v3[31..v3.len() - 4]);
     let crc = crc32fast::hash(&v1);
     v1.put_u32(crc);
     let d = Entry::decode(v1.freeze()).unwrap();
@@ -179,6 +221,8 @@ fn a_valid_checksum_over_lying_lengths_is_still_an_error() {
     buf.put_slice(MAGIC);
     buf.put_u16(200);
     buf.put_u8(2);
+    buf.put_u64(0);
+    buf.put_u64(0);
     buf.put_u64(0);
     buf.put_u32(u32::MAX);
     let crc = crc32fast::hash(&buf);
