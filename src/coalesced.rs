@@ -200,11 +200,14 @@ where
                     }
                     Some(Landing::Done(entry) | Landing::Varied(entry, _)) => {
                         this.state.set(State::Done);
-                        return Poll::Ready(Ok(mark(
-                            answer(this.call, &entry),
-                            Outcome::Follower,
-                            header,
-                        )));
+                        // The flight found a stale answer, and is refreshing it.
+                        let outcome = if entry.is_stale() {
+                            bump(&this.shared.counters.stale);
+                            Outcome::Stale
+                        } else {
+                            Outcome::Follower
+                        };
+                        return Poll::Ready(Ok(mark(answer(this.call, &entry), outcome, header)));
                     }
                     Some(Landing::Failed(error))
                         if error.kind() == FlightErrorKind::WaitTimeout
@@ -231,9 +234,18 @@ where
                             None => pass(this.shared, this.call),
                             Some(key) => {
                                 if let Some(entry) = leader::local_hit(this.shared, &key) {
+                                    // A stale one is refreshed by the next
+                                    // request that finds it.
+                                    let outcome = if entry.is_stale() {
+                                        bump(&this.shared.counters.stale);
+                                        Outcome::Stale
+                                    } else {
+                                        bump(&this.shared.counters.hits);
+                                        Outcome::Hit
+                                    };
                                     return Poll::Ready(Ok(mark(
                                         answer(this.call, &entry),
-                                        Outcome::Hit,
+                                        outcome,
                                         header,
                                     )));
                                 }

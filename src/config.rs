@@ -42,6 +42,7 @@ pub enum WaitFallback {
 #[derive(Clone)]
 pub struct CoalesceConfig {
     pub(crate) freshness: Freshness,
+    pub(crate) stale_while_revalidate: Duration,
     pub(crate) max_body_bytes: usize,
     pub(crate) wait_timeout: Duration,
     pub(crate) wait_fallback: WaitFallback,
@@ -67,6 +68,7 @@ impl fmt::Debug for CoalesceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CoalesceConfig")
             .field("freshness", &self.freshness)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("wait_timeout", &self.wait_timeout)
             .field("wait_fallback", &self.wait_fallback)
@@ -111,6 +113,7 @@ impl CoalesceConfig {
             Freshness::Origin(origin) => origin.durations().to_vec(),
         };
         for (name, value) in freshness.into_iter().chain([
+            ("stale_while_revalidate", self.stale_while_revalidate),
             ("wait_timeout", self.wait_timeout),
             ("backend_timeout", self.backend_timeout),
             ("backend_cooldown", self.backend_cooldown),
@@ -180,6 +183,7 @@ impl CoalesceConfig {
     pub fn new() -> Self {
         Self {
             freshness: Freshness::Fixed(Duration::ZERO),
+            stale_while_revalidate: Duration::ZERO,
             max_body_bytes: 1024 * 1024,
             wait_timeout: Duration::from_secs(30),
             wait_fallback: WaitFallback::GatewayTimeout,
@@ -208,6 +212,26 @@ impl CoalesceConfig {
     /// guess.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.freshness = Freshness::Fixed(ttl);
+        self
+    }
+
+    /// With a fixed [`ttl`](Self::ttl): how long, once an answer's `ttl` is
+    /// over, it is still served — at once, as
+    /// [`Outcome::Stale`](crate::Outcome::Stale) — while one refresh fetches
+    /// the next (default zero: never served stale). The backend keeps each
+    /// answer for `ttl` plus this window. With origin freshness, the
+    /// origin's `stale-while-revalidate` decides instead (see
+    /// [`OriginFreshness::max_stale`](crate::OriginFreshness::max_stale)).
+    ///
+    /// One refresh runs per key at a time in a process, and with
+    /// [`RedisBackend`](crate::RedisBackend) one among every process: it
+    /// takes the key's lease only while the stored answer is still the
+    /// stale one it saw. A refresh runs detached from any caller, for at
+    /// most [`wait_timeout`](Self::wait_timeout); one that fails leaves the
+    /// stale answer to be served, and is tried again by the next request
+    /// after it ended.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = window;
         self
     }
 

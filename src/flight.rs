@@ -114,6 +114,23 @@ impl FlightTable {
         })
     }
 
+    /// Leads a flight for `key` if none is under way; never follows. For a
+    /// refresh, which nobody waits on: a request that finds one running is
+    /// answered stale instead.
+    pub(crate) fn lead_if_idle(&self, key: &Key) -> Option<FlightGuard> {
+        let mut flights = self.lock();
+        if flights.contains_key(key) {
+            return None;
+        }
+        let flight = Arc::new(Flight::default());
+        flights.insert(key.clone(), flight.clone());
+        Some(FlightGuard {
+            table: self.clone(),
+            key: key.clone(),
+            flight,
+        })
+    }
+
     /// How many flights are under way.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()

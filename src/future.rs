@@ -39,7 +39,7 @@ pin_project! {
     {
         // The entry, not a response built from it: an `Arc`, so hits keep
         // this future small.
-        Ready { entry: Option<Entry>, asked: Asked },
+        Ready { entry: Option<Entry>, asked: Asked, outcome: Outcome },
         Direct { #[pin] future: S::Future, outcome: Outcome },
         // Marks its own outcome.
         Coalesced { #[pin] future: Coalesced<S, E, ReqBody, ResBody> },
@@ -53,10 +53,21 @@ where
     /// A hit: the stored entry, answered for what the caller asked when
     /// first polled.
     pub(crate) fn hit(entry: Entry, asked: Asked, header: Option<HeaderName>) -> Self {
+        Self::stored(entry, asked, Outcome::Hit, header)
+    }
+
+    /// An answer from storage, marked `outcome` (a hit, or a stale answer).
+    pub(crate) fn stored(
+        entry: Entry,
+        asked: Asked,
+        outcome: Outcome,
+        header: Option<HeaderName>,
+    ) -> Self {
         Self {
             kind: Kind::Ready {
                 entry: Some(entry),
                 asked,
+                outcome,
             },
             header,
         }
@@ -97,13 +108,17 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Ready { entry, asked } => {
+            KindProj::Ready {
+                entry,
+                asked,
+                outcome,
+            } => {
                 let entry = entry
                     .take()
                     .expect("ResponseFuture polled after completion");
                 Poll::Ready(Ok(mark(
                     asked.answer(&entry),
-                    Outcome::Hit,
+                    *outcome,
                     this.header.as_ref(),
                 )))
             }

@@ -3,7 +3,7 @@
 //! it makes shares ([`Shared`]).
 
 use crate::flight::FlightTable;
-use crate::shared::{Passes, Shared};
+use crate::shared::{Recent, Shared};
 use crate::stats::Counters;
 use crate::{CoalesceConfig, CoalesceService, ConfigError, HttpKey, Stats};
 use std::sync::Arc;
@@ -77,8 +77,9 @@ impl<E> CoalesceLayerBuilder<E> {
         let CoalesceLayerBuilder { config, extractor } = self;
         config.validate()?;
         let passes =
-            (!config.pass_ttl.is_zero()).then(|| Passes::new(config.pass_ttl, config.pass_memory));
+            (!config.pass_ttl.is_zero()).then(|| Recent::new(config.pass_ttl, config.pass_memory));
         let breaker = crate::breaker::Breaker::new(config.backend_cooldown);
+        let refresh_failed = Recent::new(crate::refresh::BACKOFF, config.pass_memory);
         Ok(CoalesceLayer {
             shared: Arc::new(Shared {
                 breaker,
@@ -87,6 +88,7 @@ impl<E> CoalesceLayerBuilder<E> {
                 table: FlightTable::default(),
                 counters: Counters::default(),
                 passes,
+                refresh_failed,
                 tasks: Default::default(),
             }),
         })

@@ -27,14 +27,14 @@ use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-/// A fresh entry held in this process's memory, if caching is on.
+/// An entry held in this process's memory, if caching is on: fresh, or
+/// [stale](Entry::is_stale) within its window. Not counted: the caller
+/// counts a hit or a stale answer.
 pub(crate) fn local_hit<E>(shared: &Shared<E>, key: &Key) -> Option<Entry> {
     if !shared.config.stores() {
         return None;
     }
-    let entry = shared.config.backend.get_local(key)?;
-    bump(&shared.counters.hits);
-    Some(entry)
+    shared.config.backend.get_local(key)
 }
 
 /// Starts the flight's task; the receiver gets the leader caller's answer.
@@ -56,15 +56,21 @@ where
     // The flight's span: every event of the flight (origin answer, backend
     // trouble, takeover, timeout) carries the key's fingerprint.
     let span = tracing::debug_span!("coalesce.flight", key = %key.fingerprint());
-    // The flight asks for the whole representation, for every caller; the
-    // leader's caller gets its own conditions applied like the others.
-    let asked = Asked::take(&mut req);
-    // Tells the inner service that its answer may be shared: it must not
-    // depend on anything of this caller's that is not in the key.
-    req.extensions_mut().insert(Outcome::Leader);
+    let asked = for_the_flight(&mut req);
     let flight = run(shared.clone(), guard, key, asked, req, inner, own_tx);
     shared.tasks.spawn(flight.instrument(span));
     own_rx
+}
+
+/// Makes a caller's request the flight's: it asks for the whole
+/// representation, for every caller (the caller gets its own conditions
+/// applied to the answer, from what this returns), and is marked as a
+/// request whose answer may be shared, so it must not depend on anything of
+/// this caller's that is not in the key.
+pub(crate) fn for_the_flight<B>(req: &mut Request<B>) -> Asked {
+    let asked = Asked::take(req);
+    req.extensions_mut().insert(Outcome::Leader);
+    asked
 }
 
 async fn run<S, E, ReqBody, ResBody>(
@@ -86,7 +92,8 @@ async fn run<S, E, ReqBody, ResBody>(
     // a million followers costs one timer, and no follower waits longer than
     // `wait_timeout` whenever it joined.
     let deadline = tokio::time::Instant::now() + config.wait_timeout;
-    let work = AssertUnwindSafe(fly(&shared, &key, deadline, &asked, req, inner)).catch_unwind();
+    let work =
+        AssertUnwindSafe(fly(&shared, &key, deadline, &asked, req, inner, None)).catch_unwind();
     let mut work = std::pin::pin!(work);
     let expiry = tokio::time::sleep_until(deadline);
     let mut expiry = std::pin::pin!(expiry);
@@ -145,6 +152,18 @@ async fn run<S, E, ReqBody, ResBody>(
     };
     let (landing, own) = match finished {
         Some(Ok(Flown::Landed(landing, own))) => (landing, own),
+        Some(Ok(Flown::Stale(entry, req, inner))) => {
+            // Every caller of the flight is answered at once; then, in this
+            // task, one refresh fetches the next answer.
+            bump(&shared.counters.stale);
+            let own = Ok((asked.answer(&entry), Outcome::Stale));
+            if let Some(guard) = guard {
+                guard.land(Landing::Done(entry.clone()));
+            }
+            let _ = own_tx.send(own);
+            crate::refresh::after_stale(shared.clone(), key.clone(), req, inner, entry).await;
+            return;
+        }
         Some(Ok(Flown::Pass(req, inner))) => {
             // The followers go to the origin at once, in parallel with this
             // caller's own call.
@@ -189,23 +208,28 @@ fn panicked<E>(shared: &Shared<E>, key: &Key, panic: &(dyn std::any::Any + Send)
 }
 
 /// How a flight's work ended.
-enum Flown<S, ReqBody, B, E> {
+pub(crate) enum Flown<S, ReqBody, B, E> {
     /// Land this for the followers; answer the leader's caller with that.
     Landed(Landing, Own<B, E>),
+    /// The backend holds a stale answer that may be served while it is
+    /// refreshed: land it, then refresh with this request and service.
+    Stale(Entry, Request<ReqBody>, S),
     /// The key's answers cannot be shared: the followers go to the origin
     /// themselves, and so does the leader's caller, with this request (as
     /// it sent it) and service.
     Pass(Request<ReqBody>, S),
 }
 
-/// The flight itself: backend, origin, body, policy, store.
-async fn fly<S, E, ReqBody, ResBody>(
+/// The flight itself: backend, origin, body, policy, store. A refresh
+/// names the stale answer it replaces by its stored time.
+pub(crate) async fn fly<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
     key: &Key,
     deadline: tokio::time::Instant,
     asked: &Asked,
     mut req: Request<ReqBody>,
     inner: S,
+    refresh: Option<std::time::SystemTime>,
 ) -> Flown<S, ReqBody, ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
@@ -216,6 +240,11 @@ where
     let counters = &shared.counters;
     if config.stores() {
         match optional(shared, |backend| backend.lookup(key)).await {
+            // A refresh looks past the stale answer it replaces.
+            Ok(Some(entry)) if refresh.is_some() && entry.stored_at() == refresh => {}
+            Ok(Some(entry)) if refresh.is_none() && entry.is_stale() => {
+                return Flown::Stale(entry, req, inner);
+            }
             Ok(Some(entry)) => {
                 bump(&counters.hits);
                 let res = asked.answer(&entry);
@@ -232,7 +261,7 @@ where
         // Nothing is stored, so nothing could be handed to another process.
         None
     } else {
-        match crate::remote::elect(shared, key, deadline).await {
+        match crate::remote::elect(shared, key, deadline, refresh).await {
             Elected::Lead(lease) => lease,
             Elected::Answer(entry) | Elected::Shared(entry) => {
                 let res = asked.answer(&entry);

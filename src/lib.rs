@@ -180,6 +180,7 @@ mod layer;
 mod leader;
 mod origin;
 mod policy;
+mod refresh;
 mod remote;
 mod service;
 mod shared;

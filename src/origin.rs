@@ -71,21 +71,29 @@ pub(crate) struct Keep {
     pub(crate) ttl: std::time::Duration,
 }
 
-/// How long the answer with this head may be stored (zero: not at all),
-/// and its age on arrival if the origin's freshness decides.
+/// How long the answer with this head is fresh (zero: not stored at all)
+/// and may then be served stale, and its age on arrival if the origin's
+/// freshness decides.
 fn keep_for(
-    freshness: &Freshness,
+    config: &crate::CoalesceConfig,
     head: &http::response::Parts,
     directives: &[policy::Directive<'_>],
     requested: SystemTime,
     received: SystemTime,
-) -> (std::time::Duration, Option<std::time::Duration>) {
-    match freshness {
-        Freshness::Fixed(ttl) => (*ttl, None),
+) -> (Life, Option<std::time::Duration>) {
+    match &config.freshness {
+        Freshness::Fixed(ttl) => {
+            let life = Life {
+                fresh: *ttl,
+                stale: config.stale_while_revalidate,
+            };
+            (life, None)
+        }
         Freshness::Origin(settings) => {
-            let (ttl, age) =
+            let (fresh, age) =
                 crate::freshness::remaining(settings, head, directives, requested, received);
-            (ttl, Some(age))
+            let stale = crate::freshness::stale_window(settings, directives);
+            (Life { fresh, stale }, Some(age))
         }
     }
 }
@@ -123,19 +131,13 @@ where
     };
     let received = SystemTime::now();
     let (head, body) = res.into_parts();
-    let (mut sharing, ttl, age) = match policy::directives(&head.headers) {
+    let (mut sharing, life, age) = match policy::directives(&head.headers) {
         Ok(directives) => {
             let sharing = policy::judge(&head, &directives);
-            let (ttl, age) = keep_for(
-                &shared.config.freshness,
-                &head,
-                &directives,
-                requested,
-                received,
-            );
-            (sharing, ttl, age)
+            let (life, age) = keep_for(&shared.config, &head, &directives, requested, received);
+            (sharing, life, age)
         }
-        Err(()) => (Sharing::Pass, std::time::Duration::ZERO, None),
+        Err(()) => (Sharing::Pass, Life::NONE, None),
     };
     tracing::debug!(status = %head.status, ?sharing, "origin answered");
     let varied = policy::varied_on(&head.headers)
@@ -165,13 +167,9 @@ where
             let sharing = policy::judge_trailers(sharing, trailers.as_ref());
             let entry = Entry::new(head.status, head.version, head.headers, data, trailers);
             let own = asked.answer(&entry);
-            let keep = (sharing == Sharing::Store && !ttl.is_zero()).then(|| {
+            let keep = (sharing == Sharing::Store && !life.fresh.is_zero()).then(|| {
                 // Marked as stored now: answers later made from it carry
                 // their `Age`.
-                let life = Life {
-                    fresh: ttl,
-                    stale: std::time::Duration::ZERO,
-                };
                 let entry = entry.clone().kept(SystemTime::now(), age, life);
                 Keep {
                     entry,

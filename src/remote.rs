@@ -16,7 +16,7 @@ use crate::stats::bump;
 use crate::{Backend, Entry, Key};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio_util::task::TaskTracker;
 
 /// The outcome of trying to lead a key across processes.
@@ -44,6 +44,7 @@ pub(crate) async fn elect<E>(
     shared: &Shared<E>,
     key: &Key,
     deadline: tokio::time::Instant,
+    refresh: Option<SystemTime>,
 ) -> Elected {
     let config = &shared.config;
     let counters = &shared.counters;
@@ -59,7 +60,7 @@ pub(crate) async fn elect<E>(
             return Elected::Lead(None);
         }
     };
-    match optional(shared, |b| b.try_lock(key, &token, config.lease)).await {
+    match optional(shared, |b| b.try_lock(key, &token, config.lease, refresh)).await {
         Ok(TryLock::Acquired) => return Elected::Lead(Some(token)),
         Ok(TryLock::Pass) => return Elected::Pass,
         Ok(_) => {}
@@ -79,11 +80,14 @@ pub(crate) async fn elect<E>(
         // answer and frees the lease in one step, and a waiter woken by it
         // must take the answer, not the free lease.
         match optional(shared, |b| b.lookup(key)).await {
-            Ok(Some(entry)) => return Elected::Answer(entry),
-            Ok(None) => {}
+            // A refresh is not answered by the stale answer it replaces.
+            Ok(Some(entry)) if refresh.is_none() || entry.stored_at() != refresh => {
+                return Elected::Answer(entry)
+            }
+            Ok(_) => {}
             Err(unavailable) => return degrade("looking up", unavailable),
         }
-        match optional(shared, |b| b.try_lock(key, &token, config.lease)).await {
+        match optional(shared, |b| b.try_lock(key, &token, config.lease, refresh)).await {
             Ok(TryLock::Pass) => return Elected::Pass,
             Ok(TryLock::Acquired) => {
                 // The lease was free with no answer stored: its holder died,

@@ -96,8 +96,20 @@ where
             return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Bypass, header);
         };
         if let Some(entry) = crate::leader::local_hit(shared, &key) {
-            tracing::trace!(key = %key.fingerprint(), "hit");
-            return ResponseFuture::hit(entry, Asked::of(&req), header);
+            if !entry.is_stale() {
+                tracing::trace!(key = %key.fingerprint(), "hit");
+                bump(&shared.counters.hits);
+                return ResponseFuture::hit(entry, Asked::of(&req), header);
+            }
+            // Answered at once; one refresh per key fetches the next answer
+            // with this request, detached from it.
+            tracing::trace!(key = %key.fingerprint(), "stale");
+            bump(&shared.counters.stale);
+            let asked = crate::leader::for_the_flight(&mut req);
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            crate::refresh::start(shared, key, req, inner, &entry);
+            return ResponseFuture::stored(entry, asked, crate::Outcome::Stale, header);
         }
         // After the hit check: hits, the hot path, pay nothing for it, and a
         // fresh stored entry was judged shareable.

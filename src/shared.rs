@@ -18,7 +18,10 @@ pub(crate) struct Shared<E> {
     /// Keys whose last answer could not be shared, for `pass_ttl`: requests
     /// for them go straight to the origin instead of queueing behind a flight
     /// whose answer they could not have (Varnish's hit-for-pass).
-    pub(crate) passes: Option<Passes>,
+    pub(crate) passes: Option<Recent>,
+    /// Keys whose last refresh failed, for a second: stale answers are
+    /// served meanwhile, and not every request retries the origin.
+    pub(crate) refresh_failed: Recent,
     /// Whether the backend is failing, and should be skipped for a while.
     pub(crate) breaker: Breaker,
     /// The flights and lease releases under way, for
@@ -26,15 +29,16 @@ pub(crate) struct Shared<E> {
     pub(crate) tasks: Tasks,
 }
 
-/// The pass-through memory: a digest per key, never the key itself, so its
-/// size is bounded by bytes however long keys are. Two keys with one digest
-/// only make the second pass for a while: answers stay correct.
-pub(crate) struct Passes {
+/// A memory of keys for a while (those that pass, those whose refresh just
+/// failed): a digest per key, never the key itself, so its size is bounded
+/// by bytes however long keys are. Two keys with one digest only make the
+/// second one remembered too: answers stay correct.
+pub(crate) struct Recent {
     keys: moka::sync::Cache<u64, ()>,
     hasher: std::collections::hash_map::RandomState,
 }
 
-impl Passes {
+impl Recent {
     pub(crate) fn new(ttl: std::time::Duration, bytes: usize) -> Self {
         let entries = (bytes / CoalesceConfig::PASS_ENTRY_BYTES).max(1) as u64;
         Self {
@@ -64,6 +68,11 @@ impl<E> Shared<E> {
     /// Whether `key` is remembered as pass-through.
     pub(crate) fn passes(&self, key: &Key) -> bool {
         self.passes.as_ref().is_some_and(|p| p.contains(key))
+    }
+
+    /// Whether a refresh of `key` failed within the last second.
+    pub(crate) fn refresh_failed_lately(&self, key: &Key) -> bool {
+        self.refresh_failed.contains(key)
     }
 
     /// Remembers `key` as pass-through for `pass_ttl` (if that is not zero).
@@ -120,7 +129,7 @@ mod tests {
     #[test]
     fn the_pass_memory_keeps_digests_within_its_byte_bound() {
         let bytes = 8 * CoalesceConfig::PASS_ENTRY_BYTES;
-        let passes = Passes::new(Duration::from_secs(60), bytes);
+        let passes = Recent::new(Duration::from_secs(60), bytes);
         // Keys of 256 KiB each: what is kept is their digests, and no more
         // of them than the bound allows.
         let keys: Vec<Key> = (0..100u8).map(|i| Key::new(vec![i; 256 * 1024])).collect();

@@ -28,6 +28,11 @@ pub enum Outcome {
     Follower,
     /// The extractor gave no key: the inner service answered, untouched.
     Bypass,
+    /// Answered at once from a stored answer whose freshness is over but
+    /// which may still be served while one refresh fetches the next (see
+    /// [`CoalesceConfig::stale_while_revalidate`](crate::CoalesceConfig::stale_while_revalidate));
+    /// the inner service was not called for it.
+    Stale,
     /// Passed: called the inner service on its own, because its key's
     /// answers cannot be shared (the flight it joined found so, or the key
     /// is remembered as pass-through), or because the flight's answer varies
@@ -37,7 +42,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The lower-case name used in the outcome header: `hit`, `leader`,
-    /// `follower`, `bypass` or `pass`.
+    /// `follower`, `bypass`, `stale` or `pass`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Hit => "hit",
@@ -45,6 +50,7 @@ impl Outcome {
             Outcome::Follower => "follower",
             Outcome::Bypass => "bypass",
             Outcome::Pass => "pass",
+            Outcome::Stale => "stale",
         }
     }
 }
@@ -127,6 +133,13 @@ pub struct Stats {
     /// Requests sent straight to the origin because their key's last answer
     /// could not be shared (see `pass_ttl`).
     pub passes: u64,
+    /// Requests answered with a stale stored answer while it was refreshed
+    /// ([`Outcome::Stale`]); those that followed a flight to it are also
+    /// counted as `followers`.
+    pub stale: u64,
+    /// Refreshes run: flights, detached from any caller, that fetched the
+    /// next answer for a stale one.
+    pub refreshes: u64,
 }
 
 /// One event count, and with the `metrics` feature the name under which it
@@ -213,6 +226,8 @@ counters!(
     takeovers,
     lease_lost,
     passes,
+    stale,
+    refreshes,
 );
 
 /// Adds one to a counter (and to its `metrics` counter, with that feature).
@@ -273,6 +288,8 @@ mod tests {
             takeovers: 1,
             lease_lost: 1,
             passes: 1,
+            stale: 1,
+            refreshes: 1,
         };
         assert!(all.counters().iter().all(|(_, v)| *v == 1));
     }
@@ -281,5 +298,6 @@ mod tests {
     fn outcome_names_are_lower_case() {
         assert_eq!(Outcome::Follower.to_string(), "follower");
         assert_eq!(Outcome::Pass.as_str(), "pass");
+        assert_eq!(Outcome::Stale.as_str(), "stale");
     }
 }

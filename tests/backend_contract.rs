@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use support::{body, get, until, Origin, Svc};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::BackendFuture;
@@ -75,15 +75,18 @@ impl Leases for Shared {
         key: &'a Key,
         token: &'a LeaseToken,
         lease: Duration,
+        refresh: Option<SystemTime>,
     ) -> BackendFuture<'a, TryLock> {
         let mut server = self.server();
         let now = Instant::now();
+        // A stored answer refuses the lease, unless it is the one the flight
+        // means to refresh.
+        let stored_other = |(entry, until): &(Entry, Instant)| {
+            now < *until && (refresh.is_none() || entry.stored_at() != refresh)
+        };
         let answer = if server.passes.get(key).is_some_and(|until| now < *until) {
             TryLock::Pass
-        } else if server
-            .values
-            .get(key)
-            .is_some_and(|(_, until)| now < *until)
+        } else if server.values.get(key).is_some_and(stored_other)
             || server
                 .leases
                 .get(key)

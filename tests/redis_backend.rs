@@ -302,7 +302,7 @@ async fn the_lease_is_refused_while_an_answer_is_stored() {
         .unwrap();
     let lease = Duration::from_secs(10);
     assert!(!backend
-        .try_lock(&key, &token, lease)
+        .try_lock(&key, &token, lease, None)
         .await
         .unwrap()
         .is_acquired());
@@ -316,13 +316,13 @@ async fn the_lease_is_refused_while_an_answer_is_stored() {
         .query(&mut conn)
         .unwrap();
     assert!(!backend
-        .try_lock(&key, &token, lease)
+        .try_lock(&key, &token, lease, None)
         .await
         .unwrap()
         .is_acquired());
     assert!(backend.lookup(&key).await.unwrap().is_none());
     assert!(backend
-        .try_lock(&key, &token, lease)
+        .try_lock(&key, &token, lease, None)
         .await
         .unwrap()
         .is_acquired());
@@ -347,7 +347,7 @@ async fn a_small_answer_travels_in_the_completion_message() {
         let key = Key::from(format!("announced-{size}"));
         let token = tower_coalesce::LeaseToken::new().unwrap();
         assert!(leader
-            .try_lock(&key, &token, lease)
+            .try_lock(&key, &token, lease, None)
             .await
             .unwrap()
             .is_acquired());
@@ -402,7 +402,7 @@ async fn a_waiter_that_races_the_unsubscribe_of_the_last_one_still_hears_the_com
         let key = Key::from(format!("raced-{round}"));
         let token = tower_coalesce::LeaseToken::new().unwrap();
         assert!(leader
-            .try_lock(&key, &token, lease)
+            .try_lock(&key, &token, lease, None)
             .await
             .unwrap()
             .is_acquired());

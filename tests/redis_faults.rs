@@ -382,6 +382,7 @@ impl Leases for HeldLeaseAttempt {
         key: &'a Key,
         token: &'a LeaseToken,
         lease: Duration,
+        refresh: Option<std::time::SystemTime>,
     ) -> BackendFuture<'a, TryLock> {
         let n = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
         Box::pin(async move {
@@ -389,7 +390,7 @@ impl Leases for HeldLeaseAttempt {
                 self.reached.add_permits(1);
                 self.release.acquire().await.unwrap().forget();
             }
-            self.inner.try_lock(key, token, lease).await
+            self.inner.try_lock(key, token, lease, refresh).await
         })
     }
 

@@ -37,12 +37,12 @@ async fn a_lease_is_exclusive_until_it_expires() {
     let (ta, tb) = (LeaseToken::new().unwrap(), LeaseToken::new().unwrap());
     assert_ne!(ta, tb);
     assert!(a
-        .try_lock(&key, &ta, Duration::from_millis(300))
+        .try_lock(&key, &ta, Duration::from_millis(300), None)
         .await
         .unwrap()
         .is_acquired());
     assert!(
-        !b.try_lock(&key, &tb, Duration::from_millis(300))
+        !b.try_lock(&key, &tb, Duration::from_millis(300), None)
             .await
             .unwrap()
             .is_acquired(),
@@ -50,7 +50,7 @@ async fn a_lease_is_exclusive_until_it_expires() {
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
-        b.try_lock(&key, &tb, Duration::from_secs(5))
+        b.try_lock(&key, &tb, Duration::from_secs(5), None)
             .await
             .unwrap()
             .is_acquired(),
@@ -65,7 +65,7 @@ async fn only_the_owner_renews_a_lease() {
     let key = Key::from("k");
     let (owner, other) = (LeaseToken::new().unwrap(), LeaseToken::new().unwrap());
     assert!(backend
-        .try_lock(&key, &owner, Duration::from_millis(500))
+        .try_lock(&key, &owner, Duration::from_millis(500), None)
         .await
         .unwrap()
         .is_acquired());
@@ -94,13 +94,13 @@ async fn a_stale_leader_neither_overwrites_nor_releases_its_successor() {
     let key = Key::from("k");
     let (old, new) = (LeaseToken::new().unwrap(), LeaseToken::new().unwrap());
     assert!(first
-        .try_lock(&key, &old, Duration::from_millis(200))
+        .try_lock(&key, &old, Duration::from_millis(200), None)
         .await
         .unwrap()
         .is_acquired());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(second
-        .try_lock(&key, &new, Duration::from_secs(30))
+        .try_lock(&key, &new, Duration::from_secs(30), None)
         .await
         .unwrap()
         .is_acquired());
@@ -187,7 +187,7 @@ async fn completion_publishes_on_the_keys_channel() {
     rx.recv().unwrap();
     let token = LeaseToken::new().unwrap();
     assert!(backend
-        .try_lock(&key, &token, Duration::from_secs(5))
+        .try_lock(&key, &token, Duration::from_secs(5), None)
         .await
         .unwrap()
         .is_acquired());
@@ -230,7 +230,7 @@ async fn a_watch_is_woken_by_another_instances_completion_and_unsubscribes_when_
     let key = Key::from("k");
     let token = LeaseToken::new().unwrap();
     assert!(leader
-        .try_lock(&key, &token, Duration::from_secs(30))
+        .try_lock(&key, &token, Duration::from_secs(30), None)
         .await
         .unwrap()
         .is_acquired());
@@ -304,7 +304,7 @@ async fn losing_the_connection_wakes_every_watch() {
     }
     let token = LeaseToken::new().unwrap();
     assert!(leader
-        .try_lock(&key, &token, Duration::from_secs(5))
+        .try_lock(&key, &token, Duration::from_secs(5), None)
         .await
         .unwrap()
         .is_acquired());
@@ -317,4 +317,57 @@ async fn losing_the_connection_wakes_every_watch() {
     })
     .await;
     assert_eq!(fired, Ok(true));
+}
+
+#[tokio::test]
+async fn a_refresh_lease_is_granted_only_while_the_stale_value_it_saw_is_stored() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        RedisBackend::connect(server.url()).await.unwrap(),
+        RedisBackend::connect(server.url()).await.unwrap(),
+    );
+    let key = Key::from("k");
+    let lease = Duration::from_secs(5);
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let stale = entry("stale").stored(at);
+    a.store(&key, stale.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // A plain flight is refused while an answer is stored; a refresh of
+    // exactly that answer is not, and only one refresh gets it.
+    let (ta, tb) = (LeaseToken::new().unwrap(), LeaseToken::new().unwrap());
+    assert!(!a
+        .try_lock(&key, &ta, lease, None)
+        .await
+        .unwrap()
+        .is_acquired());
+    assert!(a
+        .try_lock(&key, &ta, lease, Some(at))
+        .await
+        .unwrap()
+        .is_acquired());
+    assert!(!b
+        .try_lock(&key, &tb, lease, Some(at))
+        .await
+        .unwrap()
+        .is_acquired());
+
+    // The refresh stores the next answer: a refresh of the old one is now
+    // refused, and its backend's next lookup finds the new one (it came
+    // back with the refusal: no lookup round trip needed).
+    let fresh = entry("fresh").stored(at + Duration::from_secs(10));
+    let completion = Completion::Stored {
+        entry: fresh,
+        ttl: Duration::from_secs(60),
+    };
+    assert!(a.complete(&key, &ta, completion).await.unwrap());
+    let c = RedisBackend::builder(server.url()).connect().await.unwrap();
+    let tc = LeaseToken::new().unwrap();
+    assert!(!c
+        .try_lock(&key, &tc, lease, Some(at))
+        .await
+        .unwrap()
+        .is_acquired());
+    assert_eq!(c.get_local(&key).unwrap().body(), "fresh");
 }

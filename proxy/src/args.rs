@@ -27,6 +27,10 @@ pub struct Args {
     pub default_ttl: Duration,
     /// Without a fixed ttl: the longest any answer is kept.
     pub max_ttl: Duration,
+    /// With a fixed ttl: how long an answer is then served stale while it
+    /// is refreshed; without: the most an upstream's
+    /// `stale-while-revalidate` is honoured.
+    pub stale: Duration,
     /// The flight lease, if not the layer's default.
     pub lease: Option<Duration>,
     /// The cache-status header, or `None` for none.
@@ -82,6 +86,13 @@ struct Cli {
         conflicts_with = "ttl_ms"
     )]
     max_ttl_ms: u64,
+
+    /// With --ttl-ms: serve an answer for N more milliseconds once its ttl
+    /// is over, while one refresh fetches the next [default: 0]. Without:
+    /// honour the upstream's stale-while-revalidate up to N milliseconds
+    /// [default: 3600000].
+    #[arg(long = "stale-ms", value_name = "N")]
+    stale_ms: Option<u64>,
 
     /// With --redis: how long a flight's lease lasts unrenewed, so how soon
     /// others take over from an instance that died [default: 10000].
@@ -149,6 +160,10 @@ impl From<Cli> for Args {
             ttl: cli.ttl_ms.map(Duration::from_millis),
             default_ttl: Duration::from_millis(cli.default_ttl_ms),
             max_ttl: Duration::from_millis(cli.max_ttl_ms),
+            stale: Duration::from_millis(cli.stale_ms.unwrap_or(match cli.ttl_ms {
+                Some(_) => 0,
+                None => 3_600_000,
+            })),
             lease: cli.lease_ms.map(Duration::from_millis),
             header,
             forwarding: Forwarding {

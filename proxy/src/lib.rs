@@ -110,11 +110,17 @@ pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
         None => Freshness::Origin(
             OriginFreshness::new()
                 .default_ttl(args.default_ttl)
-                .max_ttl(args.max_ttl),
+                .max_ttl(args.max_ttl)
+                .max_stale(args.stale),
         ),
     };
     let mut config = CoalesceConfig::new()
         .freshness(freshness)
+        .stale_while_revalidate(if args.ttl.is_some() {
+            args.stale
+        } else {
+            Duration::ZERO
+        })
         .outcome_header_name(args.header.clone());
     if let Some(lease) = args.lease {
         config = config.lease(lease);

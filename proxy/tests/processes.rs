@@ -431,6 +431,7 @@ fn help_lists_every_flag_and_a_bad_flag_exits_with_status_2() {
         "--header",
         "--no-header",
         "--shutdown-grace-ms",
+        "--stale-ms",
     ] {
         assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
     }

@@ -577,6 +577,7 @@ fn the_command_line_is_checked() {
     assert_eq!(args.ttl, None, "freshness from the upstream by default");
     assert_eq!(args.default_ttl, Duration::ZERO);
     assert_eq!(args.max_ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(args.stale, Duration::from_secs(3600));
     assert_eq!(args.header.as_ref().map(|h| h.as_str()), Some("x-coalesce"));
     assert_eq!(args.redis, None);
     assert_eq!(args.lease, None);
@@ -902,4 +903,24 @@ async fn by_default_answers_are_kept_as_long_as_the_upstream_says() {
         send(&client, get(fixed, "/fresh?max-age=0")).await;
     }
     assert_eq!(up.calls("fresh"), 2 + 2 * 5 + 1);
+}
+
+#[tokio::test]
+async fn an_upstreams_stale_while_revalidate_is_served_stale_while_one_refresh_runs() {
+    let (up, upstream) = upstream().await;
+    let (proxy, layer) = proxy_from(&upstream, &[]).await;
+    let client = client();
+    let path = "/fresh?max-age=1,%20stale-while-revalidate=30";
+    assert_eq!(send(&client, get(proxy, path)).await.outcome(), "leader");
+    // `Date` has whole seconds: past 2 s the answer is stale for sure.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let answer = send(&client, get(proxy, path)).await;
+    assert_eq!(answer.outcome(), "stale");
+    assert_eq!(answer.body, "fresh");
+    until("the refresh", || {
+        layer.stats().refreshes == 1 && layer.flights_in_progress() == 0
+    })
+    .await;
+    assert_eq!(send(&client, get(proxy, path)).await.outcome(), "hit");
+    assert_eq!(up.calls("fresh"), 2);
 }

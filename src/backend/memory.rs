@@ -111,6 +111,11 @@ impl MemoryBackendBuilder {
 }
 
 impl MemoryBackend {
+    /// Forgets what is kept under `key`.
+    pub(crate) fn remove(&self, key: &Key) {
+        self.cache.invalidate(key);
+    }
+
     /// Keeps `entry` for `ttl` (nothing for zero), at once.
     pub(crate) fn insert(&self, key: &Key, entry: Entry, ttl: Duration) {
         if !ttl.is_zero() {
@@ -144,6 +149,7 @@ impl Leases for MemoryBackend {
         _: &'a Key,
         _: &'a LeaseToken,
         _: Duration,
+        _: Option<std::time::SystemTime>,
     ) -> BackendFuture<'a, TryLock> {
         Box::pin(std::future::ready(Ok(TryLock::Acquired)))
     }
@@ -162,8 +168,11 @@ impl Leases for MemoryBackend {
         _: &'a LeaseToken,
         completion: Completion,
     ) -> BackendFuture<'a, bool> {
-        if let Completion::Stored { entry, ttl } = completion {
-            self.insert(key, entry, ttl);
+        match completion {
+            Completion::Stored { entry, ttl } => self.insert(key, entry, ttl),
+            // The key's answers cannot be shared: a stale one must not stay.
+            Completion::Pass { .. } => self.remove(key),
+            Completion::Shared(_) | Completion::Released => {}
         }
         Box::pin(std::future::ready(Ok(true)))
     }

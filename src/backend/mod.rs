@@ -25,7 +25,7 @@ use crate::{Entry, Key};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The future a [`Backend`] returns.
 pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BackendError>> + Send + 'a>>;
@@ -85,11 +85,20 @@ pub trait Leases: Send + Sync + 'static {
     /// just before another process completed takes that answer instead of
     /// calling the origin again, and answer [`TryLock::Pass`] while `key` is
     /// marked pass-through by a [`Completion::Pass`].
+    ///
+    /// `refresh` is `Some(at)` when the flight means to replace the stored
+    /// answer it found stale, the one [stored](crate::Entry::stored_at) at
+    /// `at`: then the lease is granted while that answer (and no other) is
+    /// stored, as if none were — so one flight among every process
+    /// refreshes it. While another answer is stored, refuse as above; a
+    /// backend with a near cache should then make that answer the one its
+    /// next [`lookup`](Store::lookup) returns, since the flight looks again.
     fn try_lock<'a>(
         &'a self,
         key: &'a Key,
         token: &'a LeaseToken,
         lease: Duration,
+        refresh: Option<SystemTime>,
     ) -> BackendFuture<'a, TryLock>;
 
     /// Extends the lease to `lease` from now, only if `token` still holds it.
@@ -165,6 +174,8 @@ pub enum Completion {
     /// The answer may not be shared (private, or too large): waiting
     /// processes get [`Notice::Pass`] and call the origin themselves, at
     /// once; for `ttl` (if not zero) later flights get [`TryLock::Pass`].
+    /// An answer stored under the key (a stale one being refreshed) is
+    /// removed: it must not be served again.
     Pass {
         /// How long the key is marked pass-through.
         ttl: Duration,

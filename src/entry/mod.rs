@@ -65,6 +65,12 @@ pub(crate) struct Life {
 }
 
 impl Life {
+    /// Not fresh at all: not stored.
+    pub(crate) const NONE: Life = Life {
+        fresh: Duration::ZERO,
+        stale: Duration::ZERO,
+    };
+
     /// How long a backend keeps the entry: fresh, then stale.
     pub(crate) fn kept(&self) -> Duration {
         self.fresh.saturating_add(self.stale)
@@ -152,6 +158,23 @@ impl Entry {
             stored.life = Some(life);
         }
         entry
+    }
+
+    /// Whether the entry's freshness is over but it may still be served
+    /// stale while it is refreshed. An entry without a stale window is never
+    /// stale (the backend keeps it only while it is fresh), and costs no
+    /// look at the clock.
+    pub(crate) fn is_stale(&self) -> bool {
+        let Some(Stored {
+            at,
+            life: Some(life),
+            ..
+        }) = self.inner.stored
+        else {
+            return false;
+        };
+        !life.stale.is_zero()
+            && SystemTime::now().duration_since(at).unwrap_or_default() >= life.fresh
     }
 
     /// How much of its freshness is left at `now`: `None` if it was never

@@ -44,6 +44,7 @@ pub enum Freshness {
 pub struct OriginFreshness {
     default_ttl: Duration,
     max_ttl: Duration,
+    max_stale: Duration,
     heuristic: bool,
 }
 
@@ -59,8 +60,18 @@ impl OriginFreshness {
         Self {
             default_ttl: Duration::ZERO,
             max_ttl: Duration::from_secs(24 * 60 * 60),
+            max_stale: Duration::from_secs(60 * 60),
             heuristic: false,
         }
+    }
+
+    /// The longest an answer is served stale after its freshness ends,
+    /// whatever its `stale-while-revalidate` says (default an hour). The
+    /// backend keeps each answer for its freshness plus this window, so it
+    /// bounds the memory stale answers hold.
+    pub const fn max_stale(mut self, window: Duration) -> Self {
+        self.max_stale = window;
+        self
     }
 
     /// How long an answer without explicit freshness (no `max-age`,
@@ -87,13 +98,41 @@ impl OriginFreshness {
         self
     }
 
-    pub(crate) fn durations(&self) -> [(&'static str, Duration); 2] {
-        [("default_ttl", self.default_ttl), ("max_ttl", self.max_ttl)]
+    pub(crate) fn durations(&self) -> [(&'static str, Duration); 3] {
+        [
+            ("default_ttl", self.default_ttl),
+            ("max_ttl", self.max_ttl),
+            ("max_stale", self.max_stale),
+        ]
     }
 }
 
 /// RFC 9111 §1.2.2: a delta-seconds too large to hold.
 const OVERFLOW: u64 = 1 << 31;
+
+/// How long, once its freshness ends, an answer may be served stale while it
+/// is refreshed: its `stale-while-revalidate` (RFC 5861), within
+/// `max_stale`; none when the origin forbids serving it stale —
+/// `must-revalidate`, `proxy-revalidate`, or `s-maxage`, which implies
+/// `proxy-revalidate` for a shared cache (RFC 9111 §5.2.2.10, §4.2.4) — or
+/// when the window cannot be read.
+pub(crate) fn stale_window(settings: &OriginFreshness, directives: &[Directive<'_>]) -> Duration {
+    let forbids = ["must-revalidate", "proxy-revalidate", "s-maxage"];
+    if directives.iter().any(|d| forbids.iter().any(|f| d.is(f))) {
+        return Duration::ZERO;
+    }
+    let mut windows = directives.iter().filter(|d| d.is("stale-while-revalidate"));
+    let Some(first) = windows.next() else {
+        return Duration::ZERO;
+    };
+    let seconds = first.arg.and_then(delta_seconds);
+    if windows.any(|d| d.arg.and_then(delta_seconds) != seconds) {
+        return Duration::ZERO;
+    }
+    seconds.map_or(Duration::ZERO, |s| {
+        Duration::from_secs(s).min(settings.max_stale)
+    })
+}
 
 /// How long an answer that arrived at `received`, asked for at
 /// `requested`, may be stored and served as fresh: its freshness lifetime

@@ -201,3 +201,46 @@ fn without_explicit_freshness_the_default_ttl_or_the_heuristic_applies() {
         2
     );
 }
+
+fn stale_for_with(settings: OriginFreshness, cc: &str) -> u64 {
+    let head = head(200, &[("cache-control", cc)]);
+    let directives = directives(&head.headers).unwrap();
+    stale_window(&settings, &directives).as_secs()
+}
+
+#[test]
+fn stale_while_revalidate_is_capped_and_forbidden_by_revalidation_directives() {
+    let settings = OriginFreshness::new();
+    assert_eq!(
+        stale_for_with(settings, "max-age=2, stale-while-revalidate=10"),
+        10
+    );
+    assert_eq!(stale_for_with(settings, "max-age=2"), 0);
+    // Capped by max_stale (an hour by default).
+    assert_eq!(
+        stale_for_with(settings, "max-age=2, stale-while-revalidate=86400"),
+        3600
+    );
+    let tight = OriginFreshness::new().max_stale(Duration::from_secs(5));
+    assert_eq!(
+        stale_for_with(tight, "max-age=2, stale-while-revalidate=10"),
+        5
+    );
+    // The origin forbids serving it stale (s-maxage implies
+    // proxy-revalidate for a shared cache).
+    for cc in [
+        "max-age=2, stale-while-revalidate=10, must-revalidate",
+        "max-age=2, stale-while-revalidate=10, proxy-revalidate",
+        "s-maxage=2, stale-while-revalidate=10",
+    ] {
+        assert_eq!(stale_for_with(settings, cc), 0, "{cc}");
+    }
+    // Unreadable or conflicting windows are none.
+    for cc in [
+        "max-age=2, stale-while-revalidate=soon",
+        "max-age=2, stale-while-revalidate",
+        "max-age=2, stale-while-revalidate=1, stale-while-revalidate=2",
+    ] {
+        assert_eq!(stale_for_with(settings, cc), 0, "{cc}");
+    }
+}

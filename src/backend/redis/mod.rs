@@ -35,7 +35,7 @@ use super::{BackendError, BackendFuture, Leases, Store};
 use super::{Completion, LeaseToken, TryLock};
 use crate::{Entry, Key, MemoryBackend};
 use redis::aio::ConnectionManager;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Stores entries in Redis. Cloning is cheap; clones share one connection.
 #[derive(Clone)]
@@ -231,20 +231,45 @@ impl Leases for RedisBackend {
         key: &'a Key,
         token: &'a LeaseToken,
         lease: Duration,
+        refresh: Option<SystemTime>,
     ) -> BackendFuture<'a, TryLock> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let taken: i64 = self
+            // The stale value's stored time as its encoding holds it.
+            let stale: Vec<u8> = match refresh {
+                Some(at) => crate::entry::to_millis(at)
+                    .ok_or_else(|| BackendError::msg("a stored time before 1970"))?
+                    .to_be_bytes()
+                    .to_vec(),
+                None => Vec::new(),
+            };
+            let taken: redis::Value = self
                 .names(key)
                 .leased(&TRY_LOCK)
                 .arg(token.as_str())
                 .arg(millis(lease)?)
+                .arg(stale)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis lease acquisition failed", e))?;
             Ok(match taken {
-                1 => TryLock::Acquired,
-                2 => TryLock::Pass,
+                redis::Value::Int(1) => TryLock::Acquired,
+                redis::Value::Int(2) => TryLock::Pass,
+                redis::Value::Array(newer) => {
+                    // Another answer replaced the stale one: the flight's
+                    // next lookup finds it here.
+                    if let [_, redis::Value::BulkString(value), redis::Value::Int(left)] =
+                        &newer[..]
+                    {
+                        if let (Ok(entry), Ok(left)) = (
+                            Entry::decode(bytes::Bytes::from(value.clone())),
+                            u64::try_from(*left),
+                        ) {
+                            self.keep_near(key, &entry, Duration::from_millis(left));
+                        }
+                    }
+                    TryLock::Held
+                }
                 _ => TryLock::Held,
             })
         })
@@ -298,6 +323,7 @@ impl Leases for RedisBackend {
     ) -> BackendFuture<'a, bool> {
         Box::pin(async move {
             let mut kept = None;
+            let drop = matches!(completion, Completion::Pass { .. });
             let (value, ttl, pass, message) = match completion {
                 Completion::Stored { entry, ttl } => {
                     let value = entry.encode();
@@ -326,11 +352,15 @@ impl Leases for RedisBackend {
                 .arg(pass)
                 .arg(names.done())
                 .arg(message)
+                .arg(if drop { "1" } else { "0" })
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis flight completion failed", e))?;
             if let (1, Some((entry, ttl))) = (done, kept) {
                 self.keep_near(key, &entry, ttl);
+            }
+            if let (1, true, Some(near)) = (done, drop, &self.near) {
+                near.remove(key);
             }
             Ok(done == 1)
         })

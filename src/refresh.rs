@@ -1,0 +1,124 @@
+//! Refreshes: flights that fetch the next answer for a stale one while the
+//! stale one is served. Detached from every caller, one per key in a
+//! process (the flight table), and with a backend that has leases one per
+//! key among every process: the lease is granted only while the stored
+//! answer is still the stale one the refresh saw.
+
+use crate::conditions::Asked;
+use crate::flight::{FlightGuard, Landing};
+use crate::leader::{fly, Flown};
+use crate::origin::{Origin, OriginBody};
+use crate::shared::Shared;
+use crate::stats::bump;
+use crate::{Entry, FlightError, FlightErrorKind, Key, KeyExtractor};
+use futures_util::FutureExt;
+use http::Request;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// How long a key whose refresh failed is served stale before the next
+/// refresh is tried: so a failing origin gets one call per key and second
+/// from this process, not one per request.
+pub(crate) const BACKOFF: Duration = Duration::from_secs(1);
+
+/// Starts a refresh of `stale` with `req` (already made the flight's, see
+/// [`for_the_flight`](crate::leader::for_the_flight)), unless one is under
+/// way for the key or the last one failed within [`BACKOFF`].
+pub(crate) fn start<S, E, ReqBody, ResBody>(
+    shared: &Arc<Shared<E>>,
+    key: Key,
+    req: Request<ReqBody>,
+    inner: S,
+    stale: &Entry,
+) where
+    S: Origin<ReqBody, ResBody>,
+    E: KeyExtractor<ReqBody>,
+    ReqBody: Send + 'static,
+    ResBody: OriginBody,
+{
+    if shared.refresh_failed_lately(&key) {
+        return;
+    }
+    let Some(guard) = shared.table.lead_if_idle(&key) else {
+        return;
+    };
+    let span = tracing::debug_span!("coalesce.refresh", key = %key.fingerprint());
+    let task = refresh(shared.clone(), guard, key, req, inner, stale.clone());
+    shared.tasks.spawn(task.instrument(span));
+}
+
+/// A flight found `stale` in the backend and has answered its callers with
+/// it: refreshes it in the flight's own task, on the same terms as
+/// [`start`].
+pub(crate) async fn after_stale<S, E, ReqBody, ResBody>(
+    shared: Arc<Shared<E>>,
+    key: Key,
+    req: Request<ReqBody>,
+    inner: S,
+    stale: Entry,
+) where
+    S: Origin<ReqBody, ResBody>,
+    E: KeyExtractor<ReqBody>,
+    ResBody: OriginBody,
+{
+    if shared.refresh_failed_lately(&key) {
+        return;
+    }
+    if let Some(guard) = shared.table.lead_if_idle(&key) {
+        refresh(shared, guard, key, req, inner, stale).await;
+    }
+}
+
+async fn refresh<S, E, ReqBody, ResBody>(
+    shared: Arc<Shared<E>>,
+    guard: FlightGuard,
+    key: Key,
+    req: Request<ReqBody>,
+    inner: S,
+    stale: Entry,
+) where
+    S: Origin<ReqBody, ResBody>,
+    E: KeyExtractor<ReqBody>,
+    ResBody: OriginBody,
+{
+    bump(&shared.counters.refreshes);
+    let config = &shared.config;
+    let deadline = tokio::time::Instant::now() + config.wait_timeout;
+    // Nobody's conditions: the refresh's own answer goes to no caller.
+    let asked = Asked::default();
+    let version = stale.stored_at();
+    let work = AssertUnwindSafe(fly(&shared, &key, deadline, &asked, req, inner, version));
+    let ended = tokio::select! {
+        biased;
+        ended = work.catch_unwind() => Some(ended),
+        () = tokio::time::sleep_until(deadline) => None,
+        () = shared.tasks.stopping() => None,
+    };
+    let landing = match ended {
+        Some(Ok(Flown::Landed(landing, _))) => landing,
+        // The answer cannot be shared: requests that waited (the stale
+        // answer had run out meanwhile) call the origin themselves.
+        Some(Ok(Flown::Pass(..))) => Landing::Pass,
+        // Another process stored another stale answer meanwhile.
+        Some(Ok(Flown::Stale(entry, ..))) => Landing::Done(entry),
+        Some(Err(_)) => Landing::Failed(FlightError::new(
+            FlightErrorKind::Panic,
+            "the inner service panicked during a refresh",
+        )),
+        None => Landing::Failed(FlightError::new(
+            FlightErrorKind::WaitTimeout,
+            format!("no refreshed answer within {:?}", config.wait_timeout),
+        )),
+    };
+    let failed = match &landing {
+        Landing::Failed(_) | Landing::Pass => true,
+        Landing::Done(entry) | Landing::Varied(entry, _) => entry.status().is_server_error(),
+    };
+    if failed {
+        tracing::debug!(key = %key.fingerprint(), "refresh failed; the stale answer is served for now");
+        shared.refresh_failed.insert(&key);
+    }
+    guard.land(landing);
+}

@@ -1,0 +1,205 @@
+//! Stale-while-revalidate: a stored answer past its freshness but inside its
+//! stale window is answered at once while exactly one refresh runs, in one
+//! process and across processes sharing a Redis.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{body, get, until, Svc};
+use tokio::sync::Semaphore;
+use tower::{Layer, ServiceExt};
+use tower_coalesce::{BoxError, CoalesceConfig, CoalesceLayer, Outcome, RedisBackend};
+
+/// Answers `answer <n>` for its n-th call, `Set-Cookie` from the call
+/// `personal_from` on; every call after the first waits for a permit.
+#[derive(Clone)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+    status_from: Arc<AtomicUsize>,
+    personal_from: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    fn new() -> Self {
+        Self {
+            calls: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+            status_from: Arc::new(AtomicUsize::new(usize::MAX)),
+            personal_from: Arc::new(AtomicUsize::new(usize::MAX)),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn serve(
+        &self,
+    ) -> impl tower::Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = BoxError,
+        Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        let me = self.clone();
+        tower::service_fn(move |_req: Request<Full<Bytes>>| {
+            let me = me.clone();
+            async move {
+                let n = me.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                if n > 1 {
+                    me.gate.acquire().await.unwrap().forget();
+                }
+                let mut res = Response::new(Full::new(Bytes::from(format!("answer {n}"))));
+                if n >= me.status_from.load(Ordering::SeqCst) {
+                    *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                if n >= me.personal_from.load(Ordering::SeqCst) {
+                    res.headers_mut()
+                        .insert("set-cookie", "sid=1".parse().unwrap());
+                }
+                Ok(res)
+            }
+        })
+    }
+}
+
+/// Fresh 100 ms, then served stale for a minute while refreshed.
+fn config() -> CoalesceConfig {
+    CoalesceConfig::new()
+        .ttl(Duration::from_millis(100))
+        .stale_while_revalidate(Duration::from_secs(60))
+}
+
+async fn answer(svc: &Svc) -> (Outcome, String) {
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let outcome = *res.extensions().get::<Outcome>().unwrap();
+    let text = String::from_utf8(body(res).await.unwrap().to_vec()).unwrap();
+    (outcome, text)
+}
+
+/// `n` concurrent requests to each of `svcs`, each bounded: none may wait
+/// for the (gated) refresh.
+async fn burst(svcs: &[Svc], n: usize) -> Vec<(Outcome, String)> {
+    let calls = svcs.iter().flat_map(|svc| (0..n).map(move |_| svc.clone()));
+    let calls = calls.map(|svc| async move {
+        tokio::time::timeout(Duration::from_secs(5), answer(&svc))
+            .await
+            .expect("a stale answer waited for the refresh")
+    });
+    futures_util::future::join_all(calls).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_is_served_at_once_while_one_refresh_runs() {
+    let origin = Origin::new();
+    let layer = CoalesceLayer::new(config());
+    let svc = Svc::new(layer.layer(origin.serve()));
+    assert_eq!(answer(&svc).await, (Outcome::Leader, "answer 1".into()));
+    assert_eq!(answer(&svc).await, (Outcome::Hit, "answer 1".into()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // The refresh's origin call is held: every request is still answered.
+    for (outcome, text) in burst(std::slice::from_ref(&svc), 50).await {
+        assert_eq!((outcome, text.as_str()), (Outcome::Stale, "answer 1"));
+    }
+    assert_eq!(origin.calls(), 2, "one refresh");
+    let stats = layer.stats();
+    assert_eq!((stats.stale, stats.refreshes), (50, 1));
+
+    origin.gate.add_permits(1);
+    until(&layer, "the refresh", |s| s.stored == 2).await;
+    assert_eq!(answer(&svc).await, (Outcome::Hit, "answer 2".into()));
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_instances_on_one_redis_one_refresh_runs_and_everyone_gets_its_answer() {
+    const INSTANCES: usize = 3;
+    let server = support::redis::RedisServer::start();
+    let origin = Origin::new();
+    let mut layers = Vec::new();
+    let mut svcs = Vec::new();
+    for _ in 0..INSTANCES {
+        let backend = RedisBackend::connect(server.url()).await.unwrap();
+        let layer = CoalesceLayer::new(config().backend(backend));
+        svcs.push(Svc::new(layer.layer(origin.serve())));
+        layers.push(layer);
+    }
+    assert_eq!(answer(&svcs[0]).await.0, Outcome::Leader);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // Instance 0 holds it in its near cache; the others find it in Redis.
+    for (outcome, text) in burst(&svcs, 10).await {
+        assert_eq!((outcome, text.as_str()), (Outcome::Stale, "answer 1"));
+    }
+    // Each instance starts a refresh; one takes the lease, the others wait
+    // for its answer, detached from every caller.
+    for layer in &layers {
+        until(layer, "a refresh", |s| s.refreshes == 1).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(origin.calls(), 2, "one refresh among every instance");
+
+    origin.gate.add_permits(1);
+    for layer in &layers {
+        until(layer, "the refreshed answer", |_| {
+            layer.flights_in_progress() == 0
+        })
+        .await;
+    }
+    for svc in &svcs {
+        assert_eq!(answer(svc).await, (Outcome::Hit, "answer 2".into()));
+    }
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_refresh_leaves_the_stale_answer_and_is_retried_after_a_backoff() {
+    let origin = Origin::new();
+    origin.status_from.store(2, Ordering::SeqCst);
+    origin.gate.add_permits(100);
+    let layer = CoalesceLayer::new(config());
+    let svc = Svc::new(layer.layer(origin.serve()));
+    answer(&svc).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..20 {
+        assert_eq!(answer(&svc).await, (Outcome::Stale, "answer 1".into()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One failed refresh; the requests after it within the backoff (1 s)
+    // tried none.
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(layer.stats().refreshes, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(answer(&svc).await, (Outcome::Stale, "answer 1".into()));
+    until(&layer, "the second refresh", |s| s.refreshes == 2).await;
+    until(&layer, "its origin call", |_| origin.calls() == 3).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_whose_answer_is_private_drops_the_stale_answer() {
+    let origin = Origin::new();
+    origin.personal_from.store(2, Ordering::SeqCst);
+    origin.gate.add_permits(100);
+    let layer = CoalesceLayer::new(config());
+    let svc = Svc::new(layer.layer(origin.serve()));
+    answer(&svc).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(answer(&svc).await.0, Outcome::Stale);
+    until(&layer, "the refresh", |_| layer.flights_in_progress() == 0).await;
+    // Its answer could not be shared: the stale one is gone, and the key
+    // passes.
+    let (outcome, text) = answer(&svc).await;
+    assert_eq!(outcome, Outcome::Pass);
+    assert_eq!(text, "answer 3");
+}
