@@ -229,7 +229,7 @@ pub(crate) async fn fly<S, E, ReqBody, ResBody>(
     asked: &Asked,
     mut req: Request<ReqBody>,
     inner: S,
-    refresh: Option<std::time::SystemTime>,
+    refresh: Option<&Entry>,
 ) -> Flown<S, ReqBody, ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
@@ -238,10 +238,11 @@ where
 {
     let config = &shared.config;
     let counters = &shared.counters;
+    let version = refresh.and_then(Entry::stored_at);
     if config.stores() {
         match optional(shared, |backend| backend.lookup(key)).await {
             // A refresh looks past the stale answer it replaces.
-            Ok(Some(entry)) if refresh.is_some() && entry.stored_at() == refresh => {}
+            Ok(Some(entry)) if refresh.is_some() && entry.stored_at() == version => {}
             Ok(Some(entry)) if refresh.is_none() && entry.is_stale() => {
                 return Flown::Stale(entry, req, inner);
             }
@@ -261,7 +262,7 @@ where
         // Nothing is stored, so nothing could be handed to another process.
         None
     } else {
-        match crate::remote::elect(shared, key, deadline, refresh).await {
+        match crate::remote::elect(shared, key, deadline, version).await {
             Elected::Lead(lease) => lease,
             Elected::Answer(entry) | Elected::Shared(entry) => {
                 let res = asked.answer(&entry);
@@ -297,7 +298,7 @@ where
     let held = lease
         .as_ref()
         .map(|token| crate::remote::Held::new(shared, key, token));
-    let produced = produce(shared, asked, req, inner);
+    let produced = produce(shared, asked, req, inner, refresh);
     let (Produced { landing, own, keep }, lost) = match &lease {
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
         None => (produced.await, false),

@@ -182,6 +182,7 @@ mod origin;
 mod policy;
 mod refresh;
 mod remote;
+mod revalidate;
 mod service;
 mod shared;
 mod shutdown;

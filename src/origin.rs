@@ -14,7 +14,7 @@ use crate::shared::Shared;
 use crate::stats::bump;
 use crate::{BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, KeyExtractor, Outcome};
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use std::fmt::Display;
@@ -86,6 +86,7 @@ fn keep_for(
             let life = Life {
                 fresh: *ttl,
                 stale: config.stale_while_revalidate,
+                took: received.duration_since(requested).unwrap_or_default(),
             };
             (life, None)
         }
@@ -93,7 +94,8 @@ fn keep_for(
             let (fresh, age) =
                 crate::freshness::remaining(settings, head, directives, requested, received);
             let stale = crate::freshness::stale_window(settings, directives);
-            (Life { fresh, stale }, Some(age))
+            let took = received.duration_since(requested).unwrap_or_default();
+            (Life { fresh, stale, took }, Some(age))
         }
     }
 }
@@ -102,8 +104,9 @@ fn keep_for(
 pub(crate) async fn produce<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
     asked: &Asked,
-    req: Request<ReqBody>,
+    mut req: Request<ReqBody>,
     inner: S,
+    refreshing: Option<&Entry>,
 ) -> Produced<ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
@@ -116,6 +119,9 @@ where
     // then share it only if their values are the leader's. Header values are
     // reference-counted, so this costs one small map per flight.
     let sent = req.headers().clone();
+    // A refresh asks whether the stale answer changed, if it can tell.
+    let revalidating =
+        refreshing.filter(|stale| crate::revalidate::ask_if_changed(&mut req, stale));
     let requested = SystemTime::now();
     let res = match inner.oneshot(req).await {
         Ok(res) => res,
@@ -131,6 +137,9 @@ where
     };
     let received = SystemTime::now();
     let (head, body) = res.into_parts();
+    if let (StatusCode::NOT_MODIFIED, Some(stale)) = (head.status, revalidating) {
+        return renew(shared, asked, stale, &head, requested, received);
+    }
     let (mut sharing, life, age) = match policy::directives(&head.headers) {
         Ok(directives) => {
             let sharing = policy::judge(&head, &directives);
@@ -206,6 +215,49 @@ where
                 keep: None,
             }
         }
+    }
+}
+
+/// A `304` answered a refresh's validators: the stale answer, renewed, is
+/// the flight's answer and is stored like a new one.
+fn renew<E, B, Err>(
+    shared: &Shared<E>,
+    asked: &Asked,
+    stale: &Entry,
+    not_modified: &http::response::Parts,
+    requested: SystemTime,
+    received: SystemTime,
+) -> Produced<B, Err> {
+    let renewed = crate::revalidate::renewed(stale, not_modified).and_then(|(entry, head)| {
+        let directives = policy::directives(&head.headers).ok()?;
+        let sharing = policy::judge(&head, &directives);
+        let (life, age) = keep_for(&shared.config, &head, &directives, requested, received);
+        Some((entry, sharing, life, age))
+    });
+    let Some((entry, sharing, life, age)) = renewed else {
+        // Another representation, or headers that cannot be read: no
+        // answer; the stale one stays until the next refresh.
+        tracing::debug!("a 304 that renews nothing; the refresh failed");
+        let error = FlightError::new(FlightErrorKind::Origin, "a 304 for another representation");
+        return Produced {
+            landing: Landing::Failed(error),
+            own: Ok((Response::new(CoalesceBody::empty()), Outcome::Leader)),
+            keep: None,
+        };
+    };
+    bump(&shared.counters.revalidations);
+    let keep = (sharing == Sharing::Store && !life.fresh.is_zero()).then(|| Keep {
+        entry: entry.clone().kept(SystemTime::now(), age, life),
+        ttl: life.kept(),
+    });
+    let landing = match sharing {
+        Sharing::Pass => Landing::Pass,
+        _ => Landing::Done(entry.clone()),
+    };
+    Produced {
+        own: Ok((asked.answer(&entry), Outcome::Leader)),
+        landing,
+        keep,
     }
 }
 

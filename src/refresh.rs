@@ -23,7 +23,47 @@ use tracing::Instrument;
 /// from this process, not one per request.
 pub(crate) const BACKOFF: Duration = Duration::from_secs(1);
 
-/// Starts a refresh of `stale` with `req` (already made the flight's, see
+/// Whether a fresh hit on `entry` should refresh it early, by XFetch with
+/// this `beta` (see [`CoalesceConfig::early_refresh`](crate::CoalesceConfig::early_refresh)).
+pub(crate) fn due_early(entry: &Entry, beta: f64) -> bool {
+    let Some(life) = entry.life() else {
+        return false;
+    };
+    let Some(left) = entry.fresh_for(std::time::SystemTime::now()) else {
+        return false;
+    };
+    // An origin faster than a millisecond still takes some time.
+    let took = life.took.max(Duration::from_millis(1)).as_secs_f64() * beta;
+    let left = left.as_secs_f64();
+    // −ln(u) exceeds 40 with probability e^-40: no need to draw.
+    if left > took * 40.0 {
+        return false;
+    }
+    took * -uniform().ln() >= left
+}
+
+/// A number in (0, 1], from a per-thread xorshift generator: cheap enough
+/// for a hit, and only the spread of the draws matters.
+fn uniform() -> f64 {
+    use std::cell::Cell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        static STATE: Cell<u64> =
+            Cell::new(std::collections::hash_map::RandomState::new().hash_one(0u64) | 1);
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        // The top 53 bits, shifted into (0, 1].
+        ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    })
+}
+
+/// Starts a refresh of `stale` (or, early, of a fresh answer) with `req`
+/// (already made the flight's, see
 /// [`for_the_flight`](crate::leader::for_the_flight)), unless one is under
 /// way for the key or the last one failed within [`BACKOFF`].
 pub(crate) fn start<S, E, ReqBody, ResBody>(
@@ -88,8 +128,15 @@ async fn refresh<S, E, ReqBody, ResBody>(
     let deadline = tokio::time::Instant::now() + config.wait_timeout;
     // Nobody's conditions: the refresh's own answer goes to no caller.
     let asked = Asked::default();
-    let version = stale.stored_at();
-    let work = AssertUnwindSafe(fly(&shared, &key, deadline, &asked, req, inner, version));
+    let work = AssertUnwindSafe(fly(
+        &shared,
+        &key,
+        deadline,
+        &asked,
+        req,
+        inner,
+        Some(&stale),
+    ));
     let ended = tokio::select! {
         biased;
         ended = work.catch_unwind() => Some(ended),

@@ -99,6 +99,15 @@ where
             if !entry.is_stale() {
                 tracing::trace!(key = %key.fingerprint(), "hit");
                 bump(&shared.counters.hits);
+                let beta = shared.config.early_refresh;
+                if beta > 0.0 && crate::refresh::due_early(&entry, beta) {
+                    bump(&shared.counters.early_refreshes);
+                    let asked = crate::leader::for_the_flight(&mut req);
+                    let clone = self.inner.clone();
+                    let inner = std::mem::replace(&mut self.inner, clone);
+                    crate::refresh::start(shared, key, req, inner, &entry);
+                    return ResponseFuture::hit(entry, asked, header);
+                }
                 return ResponseFuture::hit(entry, Asked::of(&req), header);
             }
             // Answered at once; one refresh per key fetches the next answer

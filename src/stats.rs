@@ -138,8 +138,16 @@ pub struct Stats {
     /// counted as `followers`.
     pub stale: u64,
     /// Refreshes run: flights, detached from any caller, that fetched the
-    /// next answer for a stale one.
+    /// next answer for a stale one (or, early, for a fresh one).
     pub refreshes: u64,
+    /// Hits that asked for an early refresh (see
+    /// [`CoalesceConfig::early_refresh`](crate::CoalesceConfig::early_refresh));
+    /// one already under way, or failed within the last second, is not
+    /// started again.
+    pub early_refreshes: u64,
+    /// Refreshes the origin answered `304 Not Modified` to, which renewed
+    /// the stored answer's headers and freshness without a new body.
+    pub revalidations: u64,
 }
 
 /// One event count, and with the `metrics` feature the name under which it
@@ -228,6 +236,8 @@ counters!(
     passes,
     stale,
     refreshes,
+    early_refreshes,
+    revalidations,
 );
 
 /// Adds one to a counter (and to its `metrics` counter, with that feature).
@@ -290,6 +300,8 @@ mod tests {
             passes: 1,
             stale: 1,
             refreshes: 1,
+            early_refreshes: 1,
+            revalidations: 1,
         };
         assert!(all.counters().iter().all(|(_, v)| *v == 1));
     }

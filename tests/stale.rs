@@ -203,3 +203,90 @@ async fn a_refresh_whose_answer_is_private_drops_the_stale_answer() {
     assert_eq!(outcome, Outcome::Pass);
     assert_eq!(text, "answer 3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_early_refresh_a_hot_answer_is_refreshed_before_it_goes_stale() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    // The origin takes 100 ms: XFetch's delta.
+    let origin = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, BoxError>(Response::new(Full::new(Bytes::from(format!("answer {n}")))))
+        }
+    });
+    let layer = CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_secs(2))
+            .stale_while_revalidate(Duration::from_secs(10))
+            .early_refresh(3.0),
+    );
+    let svc = Svc::new(layer.layer(origin));
+    assert_eq!(answer(&svc).await.0, Outcome::Leader);
+    // A hit every 10 ms past the answer's 2 s of freshness: it is refreshed
+    // before they end, and no request is ever answered stale.
+    let until = tokio::time::Instant::now() + Duration::from_millis(2300);
+    while tokio::time::Instant::now() < until {
+        let (outcome, _) = answer(&svc).await;
+        assert_eq!(outcome, Outcome::Hit);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = layer.stats();
+    assert!(stats.refreshes >= 1, "{stats:?}");
+    assert_eq!(stats.stale, 0);
+    until_calls(&layer, &calls, 1 + stats.refreshes as usize).await;
+    // Each refresh is one origin call, however many hits asked for one.
+    assert!(stats.early_refreshes >= stats.refreshes, "{stats:?}");
+    assert!(stats.refreshes <= 3, "{stats:?}");
+}
+
+async fn until_calls(layer: &CoalesceLayer, calls: &AtomicUsize, n: usize) {
+    until(layer, "the refreshes' origin calls", |_| {
+        calls.load(Ordering::SeqCst) == n && layer.flights_in_progress() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_revalidates_and_a_304_renews_the_stored_answer_without_a_body() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let origin = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let asked = req.headers().get("if-none-match").cloned();
+            let res = match asked {
+                Some(tag) if tag == "\"v1\"" => Response::builder()
+                    .status(304)
+                    .header("etag", "\"v1\"")
+                    .header("x-version", n.to_string())
+                    .body(Full::new(Bytes::new())),
+                _ => Response::builder()
+                    .header("etag", "\"v1\"")
+                    .header("x-version", n.to_string())
+                    .body(Full::new(Bytes::from_static(b"the body"))),
+            };
+            Ok::<_, BoxError>(res.unwrap())
+        }
+    });
+    let layer = CoalesceLayer::new(config());
+    let svc = Svc::new(layer.layer(origin));
+    let version = |res: &Response<_>| res.headers()["x-version"].to_str().unwrap().to_owned();
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(version(&res), "1");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stale = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(stale.extensions().get::<Outcome>(), Some(&Outcome::Stale));
+    until(&layer, "the revalidation", |s| {
+        s.revalidations == 1 && s.stored == 2
+    })
+    .await;
+
+    // The stored answer: the old body, the 304's headers, fresh again.
+    let hit = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(hit.extensions().get::<Outcome>(), Some(&Outcome::Hit));
+    assert_eq!(version(&hit), "2");
+    assert_eq!(body(hit).await.unwrap(), "the body");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -62,6 +62,9 @@ pub(crate) struct Life {
     pub(crate) fresh: Duration,
     /// Then, for this long, it may be served stale while it is refreshed.
     pub(crate) stale: Duration,
+    /// How long the origin took to make it: what an early refresh expects
+    /// the next one to take (XFetch's delta).
+    pub(crate) took: Duration,
 }
 
 impl Life {
@@ -69,6 +72,7 @@ impl Life {
     pub(crate) const NONE: Life = Life {
         fresh: Duration::ZERO,
         stale: Duration::ZERO,
+        took: Duration::ZERO,
     };
 
     /// How long a backend keeps the entry: fresh, then stale.
@@ -175,6 +179,13 @@ impl Entry {
         };
         !life.stale.is_zero()
             && SystemTime::now().duration_since(at).unwrap_or_default() >= life.fresh
+    }
+
+    /// Its lifetime in storage, if known (entries the layer stores know it;
+    /// ones made by [`stored`](Self::stored) or read from an older format
+    /// do not).
+    pub(crate) fn life(&self) -> Option<Life> {
+        self.inner.stored.and_then(|s| s.life)
     }
 
     /// How much of its freshness is left at `now`: `None` if it was never
