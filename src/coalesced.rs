@@ -233,7 +233,9 @@ where
                             // The extractor no longer keys this request.
                             None => pass(this.shared, this.call),
                             Some(key) => {
-                                if let Some(entry) = leader::local_hit(this.shared, &key) {
+                                let held = leader::local_hit(this.shared, &key)
+                                    .filter(|e| !e.is_stale() || e.may_serve_stale());
+                                if let Some(entry) = held {
                                     // A stale one is refreshed by the next
                                     // request that finds it.
                                     let outcome = if entry.is_stale() {

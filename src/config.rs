@@ -44,6 +44,7 @@ pub struct CoalesceConfig {
     pub(crate) freshness: Freshness,
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) early_refresh: f64,
+    pub(crate) stale_if_error: Duration,
     pub(crate) max_body_bytes: usize,
     pub(crate) wait_timeout: Duration,
     pub(crate) wait_fallback: WaitFallback,
@@ -71,6 +72,7 @@ impl fmt::Debug for CoalesceConfig {
             .field("freshness", &self.freshness)
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("early_refresh", &self.early_refresh)
+            .field("stale_if_error", &self.stale_if_error)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("wait_timeout", &self.wait_timeout)
             .field("wait_fallback", &self.wait_fallback)
@@ -116,6 +118,7 @@ impl CoalesceConfig {
         };
         for (name, value) in freshness.into_iter().chain([
             ("stale_while_revalidate", self.stale_while_revalidate),
+            ("stale_if_error", self.stale_if_error),
             ("wait_timeout", self.wait_timeout),
             ("backend_timeout", self.backend_timeout),
             ("backend_cooldown", self.backend_cooldown),
@@ -193,6 +196,7 @@ impl CoalesceConfig {
             freshness: Freshness::Fixed(Duration::ZERO),
             stale_while_revalidate: Duration::ZERO,
             early_refresh: 0.0,
+            stale_if_error: Duration::ZERO,
             max_body_bytes: 1024 * 1024,
             wait_timeout: Duration::from_secs(30),
             wait_fallback: WaitFallback::GatewayTimeout,
@@ -241,6 +245,20 @@ impl CoalesceConfig {
     /// after it ended.
     pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
         self.stale_while_revalidate = window;
+        self
+    }
+
+    /// With a fixed [`ttl`](Self::ttl): how long, once an answer's `ttl` is
+    /// over, it is served instead of an error — the inner service failing,
+    /// its body failing, or a `5xx` — as
+    /// [`Outcome::Stale`](crate::Outcome::Stale) (`Stats::stale_on_error`;
+    /// default zero). A failed refresh inside the
+    /// [`stale_while_revalidate`](Self::stale_while_revalidate) window
+    /// leaves the stale answer served anyway. The backend keeps each answer
+    /// for `ttl` plus the longer of the two windows. With origin freshness,
+    /// the origin's `stale-if-error` decides instead.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
         self
     }
 

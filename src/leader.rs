@@ -207,6 +207,16 @@ fn panicked<E>(shared: &Shared<E>, key: &Key, panic: &(dyn std::any::Any + Send)
     FlightError::new(FlightErrorKind::Panic, message)
 }
 
+/// Whether a landing is the origin failing: an error, a failed body, a
+/// `5xx` (what a stale answer may stand in for).
+pub(crate) fn failed(landing: &Landing) -> bool {
+    match landing {
+        Landing::Failed(_) => true,
+        Landing::Done(entry) | Landing::Varied(entry, _) => entry.status().is_server_error(),
+        Landing::Pass => false,
+    }
+}
+
 /// How a flight's work ended.
 pub(crate) enum Flown<S, ReqBody, B, E> {
     /// Land this for the followers; answer the leader's caller with that.
@@ -239,12 +249,18 @@ where
     let config = &shared.config;
     let counters = &shared.counters;
     let version = refresh.and_then(Entry::stored_at);
+    // A stale answer past its stale-while-revalidate window, kept to stand
+    // in for an error (a refresh does that with its own stale answer).
+    let mut fallback = None;
     if config.stores() {
         match optional(shared, |backend| backend.lookup(key)).await {
             // A refresh looks past the stale answer it replaces.
             Ok(Some(entry)) if refresh.is_some() && entry.stored_at() == version => {}
             Ok(Some(entry)) if refresh.is_none() && entry.is_stale() => {
-                return Flown::Stale(entry, req, inner);
+                if entry.may_serve_stale() {
+                    return Flown::Stale(entry, req, inner);
+                }
+                fallback = Some(entry);
             }
             Ok(Some(entry)) => {
                 bump(&counters.hits);
@@ -303,6 +319,16 @@ where
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
         None => (produced.await, false),
     };
+    let (landing, own) =
+        match fallback.filter(|stale| failed(&landing) && stale.may_serve_on_error()) {
+            Some(stale) => {
+                tracing::debug!("the origin failed; its callers get the stale answer");
+                bump(&counters.stale_on_error);
+                let own = Ok((asked.answer(&stale), Outcome::Stale));
+                (Landing::Done(stale), own)
+            }
+            None => (landing, own),
+        };
     if matches!(landing, Landing::Pass) {
         shared.remember_pass(key);
     }

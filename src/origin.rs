@@ -86,6 +86,7 @@ fn keep_for(
             let life = Life {
                 fresh: *ttl,
                 stale: config.stale_while_revalidate,
+                if_error: config.stale_if_error,
                 took: received.duration_since(requested).unwrap_or_default(),
             };
             (life, None)
@@ -93,9 +94,13 @@ fn keep_for(
         Freshness::Origin(settings) => {
             let (fresh, age) =
                 crate::freshness::remaining(settings, head, directives, requested, received);
-            let stale = crate::freshness::stale_window(settings, directives);
-            let took = received.duration_since(requested).unwrap_or_default();
-            (Life { fresh, stale, took }, Some(age))
+            let life = Life {
+                fresh,
+                stale: crate::freshness::stale_window(settings, directives),
+                if_error: crate::freshness::error_window(settings, directives),
+                took: received.duration_since(requested).unwrap_or_default(),
+            };
+            (life, Some(age))
         }
     }
 }

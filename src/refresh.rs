@@ -159,13 +159,18 @@ async fn refresh<S, E, ReqBody, ResBody>(
             format!("no refreshed answer within {:?}", config.wait_timeout),
         )),
     };
-    let failed = match &landing {
-        Landing::Failed(_) | Landing::Pass => true,
-        Landing::Done(entry) | Landing::Varied(entry, _) => entry.status().is_server_error(),
-    };
-    if failed {
+    let failed = crate::leader::failed(&landing);
+    if failed || matches!(landing, Landing::Pass) {
         tracing::debug!(key = %key.fingerprint(), "refresh failed; the stale answer is served for now");
         shared.refresh_failed.insert(&key);
     }
+    // Requests that waited on the refresh (the stale answer ran out of its
+    // window meanwhile) get it instead of the error, if it may stand in.
+    let landing = if failed && stale.may_serve_on_error() {
+        bump(&shared.counters.stale_on_error);
+        Landing::Done(stale)
+    } else {
+        landing
+    };
     guard.land(landing);
 }

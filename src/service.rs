@@ -95,7 +95,11 @@ where
             bump(&shared.counters.bypasses);
             return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Bypass, header);
         };
-        if let Some(entry) = crate::leader::local_hit(shared, &key) {
+        let held = crate::leader::local_hit(shared, &key)
+            // Past its stale-while-revalidate window it may only stand in
+            // for an error: the flight finds it again.
+            .filter(|entry| !entry.is_stale() || entry.may_serve_stale());
+        if let Some(entry) = held {
             if !entry.is_stale() {
                 tracing::trace!(key = %key.fingerprint(), "hit");
                 bump(&shared.counters.hits);

@@ -148,6 +148,9 @@ pub struct Stats {
     /// Refreshes the origin answered `304 Not Modified` to, which renewed
     /// the stored answer's headers and freshness without a new body.
     pub revalidations: u64,
+    /// Flights whose origin failed (an error, a failed body, a `5xx`) and
+    /// whose callers were given the stale answer instead (stale-if-error).
+    pub stale_on_error: u64,
 }
 
 /// One event count, and with the `metrics` feature the name under which it
@@ -238,6 +241,7 @@ counters!(
     refreshes,
     early_refreshes,
     revalidations,
+    stale_on_error,
 );
 
 /// Adds one to a counter (and to its `metrics` counter, with that feature).
@@ -302,6 +306,7 @@ mod tests {
             refreshes: 1,
             early_refreshes: 1,
             revalidations: 1,
+            stale_on_error: 1,
         };
         assert!(all.counters().iter().all(|(_, v)| *v == 1));
     }

@@ -290,3 +290,28 @@ async fn a_refresh_revalidates_and_a_304_renews_the_stored_answer_without_a_body
     assert_eq!(body(hit).await.unwrap(), "the body");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_stands_in_for_an_origin_error_within_its_window() {
+    let origin = Origin::new();
+    origin.gate.add_permits(100);
+    let layer = CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_millis(100))
+            .stale_if_error(Duration::from_secs(60)),
+    );
+    let svc = Svc::new(layer.layer(origin.serve()));
+    assert_eq!(answer(&svc).await, (Outcome::Leader, "answer 1".into()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // Past its freshness, with no stale-while-revalidate: the next request
+    // asks the origin, which fails; the caller gets the stale answer.
+    origin.status_from.store(2, Ordering::SeqCst);
+    assert_eq!(answer(&svc).await, (Outcome::Stale, "answer 1".into()));
+    assert_eq!(layer.stats().stale_on_error, 1);
+    assert_eq!(origin.calls(), 2);
+    // Once the origin answers again, so does the layer.
+    origin.status_from.store(usize::MAX, Ordering::SeqCst);
+    assert_eq!(answer(&svc).await, (Outcome::Leader, "answer 3".into()));
+    assert_eq!(answer(&svc).await, (Outcome::Hit, "answer 3".into()));
+}

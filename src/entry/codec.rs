@@ -31,8 +31,9 @@ impl Entry {
     /// status, HTTP version, the time it was stored (milliseconds since the
     /// Unix epoch, 0 if never; always at bytes 7 to 14, where the Redis
     /// scripts read it), how long from then it is fresh, how long it may
-    /// then be served stale and how long the origin took to make it
-    /// (milliseconds; all 0 if not known), headers,
+    /// then be served stale while refreshed, and instead of an error, and
+    /// how long the origin took to make it (milliseconds; all 0 if not
+    /// known), headers,
     /// body and trailers, each length-prefixed, then a CRC-32 of all that
     /// precedes it.
     pub fn encode(&self) -> Bytes {
@@ -45,6 +46,7 @@ impl Entry {
         let life = p.stored.and_then(|s| s.life);
         buf.put_u64(life.map_or(0, |l| millis(l.fresh)));
         buf.put_u64(life.map_or(0, |l| millis(l.stale)));
+        buf.put_u64(life.map_or(0, |l| millis(l.if_error)));
         buf.put_u64(life.map_or(0, |l| millis(l.took)));
         put_map(&mut buf, &p.headers);
         put_bytes(&mut buf, &p.body);
@@ -76,10 +78,10 @@ impl Entry {
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError("bad status"))?;
         let version = version_from_code(r.u8()?)?;
         let stored_ms = if v1 { 0 } else { r.u64()? };
-        let (fresh_ms, stale_ms, took_ms) = if v1 || v2 {
-            (0, 0, 0)
+        let (fresh_ms, stale_ms, if_error_ms, took_ms) = if v1 || v2 {
+            (0, 0, 0, 0)
         } else {
-            (r.u64()?, r.u64()?, r.u64()?)
+            (r.u64()?, r.u64()?, r.u64()?, r.u64()?)
         };
         let headers = r.map()?;
         let body = r.bytes()?;
@@ -99,13 +101,15 @@ impl Entry {
                 life: (fresh_ms != 0).then(|| Life {
                     fresh: Duration::from_millis(fresh_ms),
                     stale: Duration::from_millis(stale_ms),
+                    if_error: Duration::from_millis(if_error_ms),
                     took: Duration::from_millis(took_ms),
                 }),
             }),
         };
         // What decodes must encode back to itself: a lifetime is all there
         // or all absent, and only on a stored entry.
-        if (stored_ms == 0 || fresh_ms == 0) && (fresh_ms, stale_ms, took_ms) != (0, 0, 0) {
+        let partial = (fresh_ms, stale_ms, if_error_ms, took_ms) != (0, 0, 0, 0);
+        if (stored_ms == 0 || fresh_ms == 0) && partial {
             return Err(DecodeError("a partial lifetime"));
         }
         Ok(Entry::with_parts(Parts {

@@ -62,6 +62,9 @@ pub(crate) struct Life {
     pub(crate) fresh: Duration,
     /// Then, for this long, it may be served stale while it is refreshed.
     pub(crate) stale: Duration,
+    /// After its freshness, for this long, it may be served stale instead
+    /// of an error from the origin (stale-if-error).
+    pub(crate) if_error: Duration,
     /// How long the origin took to make it: what an early refresh expects
     /// the next one to take (XFetch's delta).
     pub(crate) took: Duration,
@@ -72,12 +75,14 @@ impl Life {
     pub(crate) const NONE: Life = Life {
         fresh: Duration::ZERO,
         stale: Duration::ZERO,
+        if_error: Duration::ZERO,
         took: Duration::ZERO,
     };
 
-    /// How long a backend keeps the entry: fresh, then stale.
+    /// How long a backend keeps the entry: fresh, then stale (while
+    /// refreshed, or instead of an error, whichever is longer).
     pub(crate) fn kept(&self) -> Duration {
-        self.fresh.saturating_add(self.stale)
+        self.fresh.saturating_add(self.stale.max(self.if_error))
     }
 }
 
@@ -164,10 +169,9 @@ impl Entry {
         entry
     }
 
-    /// Whether the entry's freshness is over but it may still be served
-    /// stale while it is refreshed. An entry without a stale window is never
-    /// stale (the backend keeps it only while it is fresh), and costs no
-    /// look at the clock.
+    /// Whether the entry's freshness is over (it is kept for a stale
+    /// window). An entry without stale windows is never stale (the backend
+    /// keeps it only while it is fresh), and costs no look at the clock.
     pub(crate) fn is_stale(&self) -> bool {
         let Some(Stored {
             at,
@@ -177,8 +181,41 @@ impl Entry {
         else {
             return false;
         };
-        !life.stale.is_zero()
-            && SystemTime::now().duration_since(at).unwrap_or_default() >= life.fresh
+        if life.stale.is_zero() && life.if_error.is_zero() {
+            return false;
+        }
+        SystemTime::now().duration_since(at).unwrap_or_default() >= life.fresh
+    }
+
+    /// Whether a stale entry may still be served while it is refreshed (in
+    /// its stale-while-revalidate window); past that, it may only stand in
+    /// for an error.
+    pub(crate) fn may_serve_stale(&self) -> bool {
+        let Some(Stored {
+            at,
+            life: Some(life),
+            ..
+        }) = self.inner.stored
+        else {
+            return false;
+        };
+        let resident = SystemTime::now().duration_since(at).unwrap_or_default();
+        resident < life.fresh.saturating_add(life.stale)
+    }
+
+    /// Whether the entry may stand in for an error from the origin now (in
+    /// its stale-if-error window).
+    pub(crate) fn may_serve_on_error(&self) -> bool {
+        let Some(Stored {
+            at,
+            life: Some(life),
+            ..
+        }) = self.inner.stored
+        else {
+            return false;
+        };
+        let resident = SystemTime::now().duration_since(at).unwrap_or_default();
+        resident < life.fresh.saturating_add(life.if_error)
     }
 
     /// Its lifetime in storage, if known (entries the layer stores know it;

@@ -76,6 +76,7 @@ fn the_lifetime_survives_encoding_and_older_versions_are_read_without_one() {
     let life = Life {
         fresh: Duration::from_millis(2_500),
         stale: Duration::from_secs(10),
+        if_error: Duration::from_secs(30),
         took: Duration::from_millis(120),
     };
     let kept = sample().kept(at, None, life);
@@ -97,7 +98,7 @@ fn the_lifetime_survives_encoding_and_older_versions_are_read_without_one() {
     let mut v2 = BytesMut::new();
     v2.put_slice(MAGIC_V2);
     v2.put_slice(&v3[4..15]);
-    v2.put_slice(&v3[39..v3.len() - 4]);
+    v2.put_slice(&v3[47..v3.len() - 4]);
     let crc = crc32fast::hash(&v2);
     v2.put_u32(crc);
     let old = Entry::decode(v2.freeze()).unwrap();
@@ -120,7 +121,7 @@ fn version_one_entries_are_read_as_never_stored() {
     let mut v1 = BytesMut::new();
     v1.put_slice(MAGIC_V1);
     v1.put_slice(&v3[4..7]);
-    v1.put_slice(&v3[39..v3.len() - 4]);
+    v1.put_slice(&v3[47..v3.len() - 4]);
     let crc = crc32fast::hash(&v1);
     v1.put_u32(crc);
     let d = Entry::decode(v1.freeze()).unwrap();
@@ -222,6 +223,7 @@ fn a_valid_checksum_over_lying_lengths_is_still_an_error() {
     buf.put_slice(MAGIC);
     buf.put_u16(200);
     buf.put_u8(2);
+    buf.put_u64(0);
     buf.put_u64(0);
     buf.put_u64(0);
     buf.put_u64(0);

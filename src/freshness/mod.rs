@@ -66,9 +66,10 @@ impl OriginFreshness {
     }
 
     /// The longest an answer is served stale after its freshness ends,
-    /// whatever its `stale-while-revalidate` says (default an hour). The
-    /// backend keeps each answer for its freshness plus this window, so it
-    /// bounds the memory stale answers hold.
+    /// whatever its `stale-while-revalidate` or `stale-if-error` say
+    /// (default an hour). The
+    /// backend keeps each answer for its freshness plus the longer window,
+    /// so this bounds the memory stale answers hold.
     pub const fn max_stale(mut self, window: Duration) -> Self {
         self.max_stale = window;
         self
@@ -117,11 +118,22 @@ const OVERFLOW: u64 = 1 << 31;
 /// `proxy-revalidate` for a shared cache (RFC 9111 §5.2.2.10, §4.2.4) — or
 /// when the window cannot be read.
 pub(crate) fn stale_window(settings: &OriginFreshness, directives: &[Directive<'_>]) -> Duration {
+    window(settings, directives, "stale-while-revalidate")
+}
+
+/// How long, once its freshness ends, an answer may be served instead of
+/// an error from the origin: its `stale-if-error` (RFC 5861), on the same
+/// terms as [`stale_window`].
+pub(crate) fn error_window(settings: &OriginFreshness, directives: &[Directive<'_>]) -> Duration {
+    window(settings, directives, "stale-if-error")
+}
+
+fn window(settings: &OriginFreshness, directives: &[Directive<'_>], name: &str) -> Duration {
     let forbids = ["must-revalidate", "proxy-revalidate", "s-maxage"];
     if directives.iter().any(|d| forbids.iter().any(|f| d.is(f))) {
         return Duration::ZERO;
     }
-    let mut windows = directives.iter().filter(|d| d.is("stale-while-revalidate"));
+    let mut windows = directives.iter().filter(|d| d.is(name));
     let Some(first) = windows.next() else {
         return Duration::ZERO;
     };

@@ -235,6 +235,23 @@ fn stale_while_revalidate_is_capped_and_forbidden_by_revalidation_directives() {
     ] {
         assert_eq!(stale_for_with(settings, cc), 0, "{cc}");
     }
+    // stale-if-error is read the same way.
+    let head = head(
+        200,
+        &[(
+            "cache-control",
+            "max-age=2, stale-if-error=600, must-revalidate",
+        )],
+    );
+    assert_eq!(
+        error_window(&settings, &directives(&head.headers).unwrap()),
+        Duration::ZERO
+    );
+    let head = super::tests::head(200, &[("cache-control", "max-age=2, stale-if-error=600")]);
+    assert_eq!(
+        error_window(&settings, &directives(&head.headers).unwrap()).as_secs(),
+        600
+    );
     // Unreadable or conflicting windows are none.
     for cc in [
         "max-age=2, stale-while-revalidate=soon",
