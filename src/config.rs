@@ -45,6 +45,7 @@ pub struct CoalesceConfig {
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) early_refresh: f64,
     pub(crate) stale_if_error: Duration,
+    pub(crate) client_directives: bool,
     pub(crate) max_body_bytes: usize,
     pub(crate) wait_timeout: Duration,
     pub(crate) wait_fallback: WaitFallback,
@@ -73,6 +74,7 @@ impl fmt::Debug for CoalesceConfig {
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("early_refresh", &self.early_refresh)
             .field("stale_if_error", &self.stale_if_error)
+            .field("client_directives", &self.client_directives)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("wait_timeout", &self.wait_timeout)
             .field("wait_fallback", &self.wait_fallback)
@@ -197,6 +199,7 @@ impl CoalesceConfig {
             stale_while_revalidate: Duration::ZERO,
             early_refresh: 0.0,
             stale_if_error: Duration::ZERO,
+            client_directives: true,
             max_body_bytes: 1024 * 1024,
             wait_timeout: Duration::from_secs(30),
             wait_fallback: WaitFallback::GatewayTimeout,
@@ -259,6 +262,22 @@ impl CoalesceConfig {
     /// the origin's `stale-if-error` decides instead.
     pub fn stale_if_error(mut self, window: Duration) -> Self {
         self.stale_if_error = window;
+        self
+    }
+
+    /// Whether a client's `Cache-Control` (and `Pragma: no-cache`) is
+    /// honoured (default on), as RFC 9111 §5.2.1 asks: `no-cache`,
+    /// `max-age=0` and `Pragma: no-cache` are never answered from storage,
+    /// `max-age=N` and `min-fresh=N` not by a stored answer older or less
+    /// fresh than that, and `only-if-cached` gets `504` when this process
+    /// holds no stored answer (with Redis: none in its near cache). Such a
+    /// request still joins the flight under way for its key, so a flood of
+    /// them costs one origin call per flight; when it leads one, the stored
+    /// answer is revalidated. Off, as nginx and Varnish behave by default:
+    /// the layer ignores them (they still reach the inner service on the
+    /// requests that do).
+    pub fn client_directives(mut self, honoured: bool) -> Self {
+        self.client_directives = honoured;
         self
     }
 

@@ -43,6 +43,8 @@ pin_project! {
         Direct { #[pin] future: S::Future, outcome: Outcome },
         // Marks its own outcome.
         Coalesced { #[pin] future: Coalesced<S, E, ReqBody, ResBody> },
+        // `only-if-cached`, with nothing stored: a 504.
+        NotCached,
     }
 }
 
@@ -78,6 +80,14 @@ where
     pub(crate) fn direct(future: S::Future, outcome: Outcome, header: Option<HeaderName>) -> Self {
         Self {
             kind: Kind::Direct { future, outcome },
+            header,
+        }
+    }
+
+    /// The answer to an `only-if-cached` request with nothing stored: `504`.
+    pub(crate) fn not_cached(header: Option<HeaderName>) -> Self {
+        Self {
+            kind: Kind::NotCached,
             header,
         }
     }
@@ -131,6 +141,12 @@ where
                 )))
             }
             KindProj::Coalesced { future } => future.poll(cx),
+            KindProj::NotCached => {
+                let body = Bytes::from_static(b"only-if-cached: no stored answer\n");
+                let mut res = Response::new(CoalesceBody::full(body, None));
+                *res.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
+                Poll::Ready(Ok(mark(res, Outcome::NotCached, this.header.as_ref())))
+            }
         }
     }
 }

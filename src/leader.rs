@@ -239,7 +239,7 @@ pub(crate) async fn fly<S, E, ReqBody, ResBody>(
     asked: &Asked,
     mut req: Request<ReqBody>,
     inner: S,
-    refresh: Option<&Entry>,
+    mut refresh: Option<Entry>,
 ) -> Flown<S, ReqBody, ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
@@ -248,14 +248,22 @@ where
 {
     let config = &shared.config;
     let counters = &shared.counters;
-    let version = refresh.and_then(Entry::stored_at);
+    let mut version = refresh.as_ref().and_then(Entry::stored_at);
     // A stale answer past its stale-while-revalidate window, kept to stand
     // in for an error (a refresh does that with its own stale answer).
     let mut fallback = None;
+    // What the leader's caller asked of the cache (`no-cache`, `max-age`):
+    // a stored answer it may not have is revalidated with the origin, as a
+    // refresh would, for the flight's callers.
+    let asks = req.extensions().get::<crate::client::Asks>().cloned();
     if config.stores() {
         match optional(shared, |backend| backend.lookup(key)).await {
             // A refresh looks past the stale answer it replaces.
             Ok(Some(entry)) if refresh.is_some() && entry.stored_at() == version => {}
+            Ok(Some(entry)) if asks.as_ref().is_some_and(|a| !a.accepts(&entry)) => {
+                version = entry.stored_at();
+                refresh = Some(entry);
+            }
             Ok(Some(entry)) if refresh.is_none() && entry.is_stale() => {
                 if entry.may_serve_stale() {
                     return Flown::Stale(entry, req, inner);
@@ -314,7 +322,7 @@ where
     let held = lease
         .as_ref()
         .map(|token| crate::remote::Held::new(shared, key, token));
-    let produced = produce(shared, asked, req, inner, refresh);
+    let produced = produce(shared, asked, req, inner, refresh.as_ref());
     let (Produced { landing, own, keep }, lost) = match &lease {
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
         None => (produced.await, false),

@@ -164,6 +164,7 @@ mod backend;
 mod backend_call;
 mod body;
 mod breaker;
+mod client;
 mod coalesced;
 mod conditions;
 mod config;

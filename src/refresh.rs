@@ -135,7 +135,7 @@ async fn refresh<S, E, ReqBody, ResBody>(
         &asked,
         req,
         inner,
-        Some(&stale),
+        Some(stale.clone()),
     ));
     let ended = tokio::select! {
         biased;

@@ -95,10 +95,18 @@ where
             bump(&shared.counters.bypasses);
             return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Bypass, header);
         };
+        // What the request asks of the cache, if anything (`no-cache`,
+        // `max-age`, `only-if-cached`...).
+        let asks = shared
+            .config
+            .client_directives
+            .then(|| crate::client::Asks::of(req.headers()))
+            .flatten();
         let held = crate::leader::local_hit(shared, &key)
             // Past its stale-while-revalidate window it may only stand in
             // for an error: the flight finds it again.
-            .filter(|entry| !entry.is_stale() || entry.may_serve_stale());
+            .filter(|entry| !entry.is_stale() || entry.may_serve_stale())
+            .filter(|entry| asks.as_ref().is_none_or(|asks| asks.accepts(entry)));
         if let Some(entry) = held {
             if !entry.is_stale() {
                 tracing::trace!(key = %key.fingerprint(), "hit");
@@ -123,6 +131,14 @@ where
             let inner = std::mem::replace(&mut self.inner, clone);
             crate::refresh::start(shared, key, req, inner, &entry);
             return ResponseFuture::stored(entry, asked, crate::Outcome::Stale, header);
+        }
+        if let Some(asks) = asks {
+            if asks.only_if_cached() {
+                tracing::debug!(key = %key.fingerprint(), "only-if-cached, and nothing stored: 504");
+                return ResponseFuture::not_cached(header);
+            }
+            // The flight it may lead must not answer it from storage either.
+            req.extensions_mut().insert(asks);
         }
         // After the hit check: hits, the hot path, pay nothing for it, and a
         // fresh stored entry was judged shareable.

@@ -33,6 +33,10 @@ pub enum Outcome {
     /// [`CoalesceConfig::stale_while_revalidate`](crate::CoalesceConfig::stale_while_revalidate));
     /// the inner service was not called for it.
     Stale,
+    /// The request asked for a stored answer only (`Cache-Control:
+    /// only-if-cached`) and this process held none: answered `504 Gateway
+    /// Timeout` without calling the inner service (RFC 9111 §5.2.1.7).
+    NotCached,
     /// Passed: called the inner service on its own, because its key's
     /// answers cannot be shared (the flight it joined found so, or the key
     /// is remembered as pass-through), or because the flight's answer varies
@@ -42,7 +46,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The lower-case name used in the outcome header: `hit`, `leader`,
-    /// `follower`, `bypass`, `stale` or `pass`.
+    /// `follower`, `bypass`, `stale`, `not-cached` or `pass`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Hit => "hit",
@@ -51,6 +55,7 @@ impl Outcome {
             Outcome::Bypass => "bypass",
             Outcome::Pass => "pass",
             Outcome::Stale => "stale",
+            Outcome::NotCached => "not-cached",
         }
     }
 }
