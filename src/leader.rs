@@ -1,19 +1,17 @@
-//! The leader's task: one per flight. It asks the backend, calls the inner
-//! service, buffers the body within the limit, judges the response, stores
-//! it, and lands the flight.
+//! The leader's task: one per flight. It runs the flight's work (`fly.rs`:
+//! backend, lease, origin, store) within the flight's deadline, answers the
+//! leader's own caller, and lands the flight for its followers.
 //!
 //! It runs detached from the caller that started it, so a caller that goes
 //! away never fails the followers. It must land or drop its [`FlightGuard`]
 //! on every path — answer, error, panic, cancellation — so no follower waits
 //! on a flight nobody will finish.
 
-use crate::backend::Completion;
-use crate::backend_call::optional;
 use crate::conditions::Asked;
 use crate::error::is_grpc;
 use crate::flight::{FlightGuard, Landing};
-use crate::origin::{produce, Keep, Origin, OriginBody, Own, Produced};
-use crate::remote::Elected;
+use crate::fly::{fly, Flown};
+use crate::origin::{Origin, OriginBody, Own};
 use crate::shared::Shared;
 use crate::stats::bump;
 use crate::{
@@ -205,173 +203,4 @@ fn panicked<E>(shared: &Shared<E>, key: &Key, panic: &(dyn std::any::Any + Send)
     let message = crate::error::panic_message(panic);
     tracing::error!(key = %key.fingerprint(), panic = %message, "inner service panicked; its callers get 500");
     FlightError::new(FlightErrorKind::Panic, message)
-}
-
-/// Whether a landing is the origin failing: an error, a failed body, a
-/// `5xx` (what a stale answer may stand in for).
-pub(crate) fn failed(landing: &Landing) -> bool {
-    match landing {
-        Landing::Failed(_) => true,
-        Landing::Done(entry) | Landing::Varied(entry, _) => entry.status().is_server_error(),
-        Landing::Pass => false,
-    }
-}
-
-/// How a flight's work ended.
-pub(crate) enum Flown<S, ReqBody, B, E> {
-    /// Land this for the followers; answer the leader's caller with that.
-    Landed(Landing, Own<B, E>),
-    /// The backend holds a stale answer that may be served while it is
-    /// refreshed: land it, then refresh with this request and service.
-    Stale(Entry, Request<ReqBody>, S),
-    /// The key's answers cannot be shared: the followers go to the origin
-    /// themselves, and so does the leader's caller, with this request (as
-    /// it sent it) and service.
-    Pass(Request<ReqBody>, S),
-}
-
-/// The flight itself: backend, origin, body, policy, store. A refresh
-/// names the stale answer it replaces by its stored time.
-pub(crate) async fn fly<S, E, ReqBody, ResBody>(
-    shared: &Shared<E>,
-    key: &Key,
-    deadline: tokio::time::Instant,
-    asked: &Asked,
-    mut req: Request<ReqBody>,
-    inner: S,
-    mut refresh: Option<Entry>,
-) -> Flown<S, ReqBody, ResBody, S::Error>
-where
-    S: Origin<ReqBody, ResBody>,
-    E: KeyExtractor<ReqBody>,
-    ResBody: OriginBody,
-{
-    let config = &shared.config;
-    let counters = &shared.counters;
-    let mut version = refresh.as_ref().and_then(Entry::stored_at);
-    // A stale answer past its stale-while-revalidate window, kept to stand
-    // in for an error (a refresh does that with its own stale answer).
-    let mut fallback = None;
-    // What the leader's caller asked of the cache (`no-cache`, `max-age`):
-    // a stored answer it may not have is revalidated with the origin, as a
-    // refresh would, for the flight's callers.
-    let asks = req.extensions().get::<crate::client::Asks>().cloned();
-    if config.stores() {
-        match optional(shared, |backend| backend.lookup(key)).await {
-            // A refresh looks past the stale answer it replaces.
-            Ok(Some(entry)) if refresh.is_some() && entry.stored_at() == version => {}
-            Ok(Some(entry)) if asks.as_ref().is_some_and(|a| !a.accepts(&entry)) => {
-                version = entry.stored_at();
-                refresh = Some(entry);
-            }
-            Ok(Some(entry)) if refresh.is_none() && entry.is_stale() => {
-                if entry.may_serve_stale() {
-                    return Flown::Stale(entry, req, inner);
-                }
-                fallback = Some(entry);
-            }
-            Ok(Some(entry)) => {
-                bump(&counters.hits);
-                let res = asked.answer(&entry);
-                return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Hit)));
-            }
-            Ok(None) => {}
-            Err(unavailable) => {
-                unavailable.report(counters, "backend lookup", "calling the origin")
-            }
-        }
-    }
-
-    let lease = if !config.stores() {
-        // Nothing is stored, so nothing could be handed to another process.
-        None
-    } else {
-        match crate::remote::elect(shared, key, deadline, version).await {
-            Elected::Lead(lease) => lease,
-            Elected::Answer(entry) | Elected::Shared(entry) => {
-                let res = asked.answer(&entry);
-                return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Follower)));
-            }
-            Elected::Pass => {
-                tracing::debug!("another instance found the answer private; calling the origin");
-                shared.remember_pass(key);
-                bump(&counters.passes);
-                bump(&counters.origin_calls);
-                asked.restore(&mut req);
-                req.extensions_mut().insert(Outcome::Pass);
-                return Flown::Pass(req, inner);
-            }
-            Elected::Timeout => match config.wait_fallback {
-                WaitFallback::CallOrigin => None,
-                WaitFallback::GatewayTimeout => {
-                    bump(&counters.wait_timeouts);
-                    let error = FlightError::new(
-                        FlightErrorKind::WaitTimeout,
-                        format!(
-                            "no answer from another instance within {:?}",
-                            config.wait_timeout
-                        ),
-                    );
-                    let own = Ok((error.clone().into_response(is_grpc(&req)), Outcome::Leader));
-                    return Flown::Landed(Landing::Failed(error), own);
-                }
-            },
-        }
-    };
-
-    let held = lease
-        .as_ref()
-        .map(|token| crate::remote::Held::new(shared, key, token));
-    let produced = produce(shared, asked, req, inner, refresh.as_ref());
-    let (Produced { landing, own, keep }, lost) = match &lease {
-        Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
-        None => (produced.await, false),
-    };
-    let (landing, own) =
-        match fallback.filter(|stale| failed(&landing) && stale.may_serve_on_error()) {
-            Some(stale) => {
-                tracing::debug!("the origin failed; its callers get the stale answer");
-                bump(&counters.stale_on_error);
-                let own = Ok((asked.answer(&stale), Outcome::Stale));
-                (Landing::Done(stale), own)
-            }
-            None => (landing, own),
-        };
-    if matches!(landing, Landing::Pass) {
-        shared.remember_pass(key);
-    }
-    match lease {
-        Some(lease) => {
-            let completion = match (keep, &landing) {
-                (Some(Keep { entry, ttl }), _) => Completion::Stored { entry, ttl },
-                (None, Landing::Done(entry)) => Completion::Shared(entry.clone()),
-                // The leader's values of headers outside the key decided
-                // it: other instances' callers may differ in them.
-                (None, Landing::Varied(..)) => Completion::Pass {
-                    ttl: std::time::Duration::ZERO,
-                },
-                (None, Landing::Pass) => Completion::Pass {
-                    ttl: config.pass_ttl,
-                },
-                (None, Landing::Failed(_)) => Completion::Released,
-            };
-            crate::remote::complete(shared, key, &lease, completion, lost).await;
-            if let Some(held) = held {
-                held.disarm();
-            }
-        }
-        None => {
-            if let Some(Keep { entry, ttl }) = keep {
-                match optional(shared, |backend| backend.store(key, entry, ttl)).await {
-                    Ok(()) => bump(&counters.stored),
-                    Err(unavailable) => unavailable.report(
-                        counters,
-                        "backend store",
-                        "the answer is shared but not kept",
-                    ),
-                }
-            }
-        }
-    }
-    Flown::Landed(landing, own)
 }

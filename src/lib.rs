@@ -171,6 +171,7 @@ mod config;
 mod entry;
 mod error;
 mod flight;
+mod fly;
 mod freshness;
 mod future;
 #[cfg(feature = "grpc")]

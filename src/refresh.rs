@@ -6,7 +6,7 @@
 
 use crate::conditions::Asked;
 use crate::flight::{FlightGuard, Landing};
-use crate::leader::{fly, Flown};
+use crate::fly::{fly, Flown};
 use crate::origin::{Origin, OriginBody};
 use crate::shared::Shared;
 use crate::stats::bump;
@@ -159,7 +159,7 @@ async fn refresh<S, E, ReqBody, ResBody>(
             format!("no refreshed answer within {:?}", config.wait_timeout),
         )),
     };
-    let failed = crate::leader::failed(&landing);
+    let failed = crate::fly::failed(&landing);
     if failed || matches!(landing, Landing::Pass) {
         tracing::debug!(key = %key.fingerprint(), "refresh failed; the stale answer is served for now");
         shared.refresh_failed.insert(&key);

@@ -1,5 +1,7 @@
 //! [`CoalesceConfig`]: every setting of the layer, with its default.
 
+mod lifecycle;
+
 use crate::backend::{Backend, MemoryBackend};
 use crate::Freshness;
 use http::{header, HeaderName, Method};
@@ -218,100 +220,6 @@ impl CoalesceConfig {
             outcome_header: None,
             backend: Arc::new(MemoryBackend::new()),
         }
-    }
-
-    /// How long an answer stays in the backend and answers later requests
-    /// without a flight, whatever the origin's freshness headers say
-    /// ([`Freshness::Fixed`]). Zero (the default) stores nothing: only
-    /// requests that arrive while a flight is under way share its answer.
-    /// The application knows how stale its data may be; the layer does not
-    /// guess.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.freshness = Freshness::Fixed(ttl);
-        self
-    }
-
-    /// With a fixed [`ttl`](Self::ttl): how long, once an answer's `ttl` is
-    /// over, it is still served — at once, as
-    /// [`Outcome::Stale`](crate::Outcome::Stale) — while one refresh fetches
-    /// the next (default zero: never served stale). The backend keeps each
-    /// answer for `ttl` plus this window. With origin freshness, the
-    /// origin's `stale-while-revalidate` decides instead (see
-    /// [`OriginFreshness::max_stale`](crate::OriginFreshness::max_stale)).
-    ///
-    /// One refresh runs per key at a time in a process, and with
-    /// [`RedisBackend`](crate::RedisBackend) one among every process: it
-    /// takes the key's lease only while the stored answer is still the
-    /// stale one it saw. A refresh runs detached from any caller, for at
-    /// most [`wait_timeout`](Self::wait_timeout); one that fails leaves the
-    /// stale answer to be served, and is tried again by the next request
-    /// after it ended.
-    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
-        self.stale_while_revalidate = window;
-        self
-    }
-
-    /// With a fixed [`ttl`](Self::ttl): how long, once an answer's `ttl` is
-    /// over, it is served instead of an error — the inner service failing,
-    /// its body failing, or a `5xx` — as
-    /// [`Outcome::Stale`](crate::Outcome::Stale) (`Stats::stale_on_error`;
-    /// default zero). A failed refresh inside the
-    /// [`stale_while_revalidate`](Self::stale_while_revalidate) window
-    /// leaves the stale answer served anyway. The backend keeps each answer
-    /// for `ttl` plus the longer of the two windows. With origin freshness,
-    /// the origin's `stale-if-error` decides instead.
-    pub fn stale_if_error(mut self, window: Duration) -> Self {
-        self.stale_if_error = window;
-        self
-    }
-
-    /// Whether a client's `Cache-Control` (and `Pragma: no-cache`) is
-    /// honoured (default on), as RFC 9111 §5.2.1 asks: `no-cache`,
-    /// `max-age=0` and `Pragma: no-cache` are never answered from storage,
-    /// `max-age=N` and `min-fresh=N` not by a stored answer older or less
-    /// fresh than that, and `only-if-cached` gets `504` when this process
-    /// holds no stored answer (with Redis: none in its near cache). Such a
-    /// request still joins the flight under way for its key, so a flood of
-    /// them costs one origin call per flight; when it leads one, the stored
-    /// answer is revalidated. Off, as nginx and Varnish behave by default:
-    /// the layer ignores them (they still reach the inner service on the
-    /// requests that do).
-    pub fn client_directives(mut self, honoured: bool) -> Self {
-        self.client_directives = honoured;
-        self
-    }
-
-    /// Refreshes a hot answer before its freshness ends, so that it is never
-    /// stale: on each hit, with a probability that grows as the end nears
-    /// (probabilistic early expiration, "XFetch": Vattani, Chierichetti and
-    /// Lowenstein, VLDB 2015), a hit starts a refresh when
-    /// `took × beta × −ln(random) ≥ freshness left`, `took` being how long
-    /// the origin took to make the answer. `beta` 1.0 is the paper's
-    /// choice; larger refreshes earlier; 0 (the default) never. The refresh
-    /// is the one of [`stale_while_revalidate`](Self::stale_while_revalidate):
-    /// one per key in a process and among processes sharing a Redis,
-    /// detached from every caller; the hit is answered at once.
-    pub fn early_refresh(mut self, beta: f64) -> Self {
-        self.early_refresh = beta;
-        self
-    }
-
-    /// How long stored answers stay fresh: a fixed time (as
-    /// [`ttl`](Self::ttl) sets it), or what the origin says, by RFC 9111
-    /// ([`Freshness::Origin`]) — for a proxy in front of a service that
-    /// sends `Cache-Control`.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tower_coalesce::{CoalesceConfig, Freshness, OriginFreshness};
-    ///
-    /// let config = CoalesceConfig::new().freshness(Freshness::Origin(
-    ///     OriginFreshness::new().max_ttl(Duration::from_secs(3600)),
-    /// ));
-    /// ```
-    pub fn freshness(mut self, freshness: Freshness) -> Self {
-        self.freshness = freshness;
-        self
     }
 
     /// The largest body that is buffered and shared. A larger body streams to
