@@ -47,21 +47,21 @@ impl ProxyProcess {
 
     /// Answers kept 60 s, this lease, one public host name, and `extra`.
     fn start_with(upstream: &Uri, redis: &str, lease_ms: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--ttl-ms", "60000", "--lease-ms", lease_ms];
+        args.extend(extra);
+        Self::start_args(upstream, redis, &args)
+    }
+
+    /// One public host name, and `args`.
+    fn start_args(upstream: &Uri, redis: &str, args: &[&str]) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let bin = env!("CARGO_BIN_EXE_coalesce-proxy");
         let child = Command::new(bin)
             .args(["--listen", &addr.to_string()])
             .args(["--upstream", &upstream.to_string()])
-            .args([
-                "--redis",
-                redis,
-                "--ttl-ms",
-                "60000",
-                "--lease-ms",
-                lease_ms,
-            ])
+            .args(["--redis", redis])
             .args(["--public-host", "shop.example"])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -441,4 +441,75 @@ fn help_lists_every_flag_and_a_bad_flag_exits_with_status_2() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--verbose"));
+}
+
+/// Fresh for a second, then served stale for a minute while refreshed;
+/// `answer <n>` for the n-th call, every call after the first held at the
+/// gate.
+async fn hot_answer(State(up): State<Upstream>) -> impl axum::response::IntoResponse {
+    let n = up.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    if n > 1 {
+        up.gate.acquire().await.unwrap().forget();
+    }
+    (
+        [("cache-control", "max-age=1, stale-while-revalidate=60")],
+        format!("answer {n}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresher_killed_mid_refresh_is_taken_over_within_a_lease() {
+    let server = RedisServer::start();
+    let up = Upstream {
+        calls: Arc::default(),
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let app = Router::new().fallback(hot_answer).with_state(up.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream: Uri = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // Freshness from the upstream (no --ttl-ms), 1 s leases.
+    let args = ["--lease-ms", "1000"];
+    let mut refresher = ProxyProcess::start_args(&upstream, &server.url(), &args);
+    let other = ProxyProcess::start_args(&upstream, &server.url(), &args);
+    assert_eq!(fetch(refresher.addr, "/hot").await.2, "answer 1");
+    assert_eq!(fetch(other.addr, "/hot").await.1, "hit");
+
+    // `Date` has whole seconds: past 2 s the answer is stale for sure.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, outcome, body) = fetch(refresher.addr, "/hot").await;
+    assert_eq!(
+        (status, outcome.as_str(), &body[..]),
+        (StatusCode::OK, "stale", &b"answer 1"[..])
+    );
+    until_calls(&up, 2, "the refresh").await;
+    refresher.kill();
+
+    // The other proxy serves the stale answer at once; its refresh waits
+    // on the dead one's lease, then takes it over.
+    let (_, outcome, body) = fetch(other.addr, "/hot").await;
+    assert_eq!((outcome.as_str(), &body[..]), ("stale", &b"answer 1"[..]));
+    up.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    let killed = Instant::now();
+    loop {
+        let (status, outcome, body) = fetch(other.addr, "/hot").await;
+        assert_eq!(status, StatusCode::OK);
+        if outcome == "hit" {
+            assert_eq!(body, "answer 3");
+            break;
+        }
+        assert_eq!((outcome.as_str(), &body[..]), ("stale", &b"answer 1"[..]));
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        up.calls.load(Ordering::SeqCst),
+        3,
+        "the dead refresh and one takeover"
+    );
 }
