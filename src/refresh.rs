@@ -78,10 +78,7 @@ pub(crate) fn start<S, E, ReqBody, ResBody>(
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
-    if shared.refresh_failed_lately(&key) {
-        return;
-    }
-    let Some(guard) = shared.table.lead_if_idle(&key) else {
+    let Some(guard) = lead(shared, &key) else {
         return;
     };
     let span = tracing::debug_span!("coalesce.refresh", key = %key.fingerprint());
@@ -103,12 +100,18 @@ pub(crate) async fn after_stale<S, E, ReqBody, ResBody>(
     E: KeyExtractor<ReqBody>,
     ResBody: OriginBody,
 {
-    if shared.refresh_failed_lately(&key) {
-        return;
-    }
-    if let Some(guard) = shared.table.lead_if_idle(&key) {
+    if let Some(guard) = lead(&shared, &key) {
         refresh(shared, guard, key, req, inner, stale).await;
     }
+}
+
+/// The refresh of `key`, unless one is under way or the last failed within
+/// [`BACKOFF`].
+fn lead<E>(shared: &Shared<E>, key: &Key) -> Option<FlightGuard> {
+    if shared.refresh_failed_lately(key) {
+        return None;
+    }
+    shared.table.lead_if_idle(key)
 }
 
 async fn refresh<S, E, ReqBody, ResBody>(

@@ -280,11 +280,20 @@ async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_f
 
 /// The gated upstream, on a loopback port of its own.
 async fn gated_upstream() -> (Upstream, Uri) {
+    upstream_with(gated_answer).await
+}
+
+/// An upstream answering with `handler`, on a loopback port of its own.
+async fn upstream_with<H, T>(handler: H) -> (Upstream, Uri)
+where
+    H: axum::handler::Handler<T, Upstream>,
+    T: 'static,
+{
     let up = Upstream {
         calls: Arc::default(),
         gate: Arc::new(Semaphore::new(0)),
     };
-    let app = Router::new().fallback(gated_answer).with_state(up.clone());
+    let app = Router::new().fallback(handler).with_state(up.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream: Uri = format!("http://{}", listener.local_addr().unwrap())
         .parse()
@@ -460,16 +469,7 @@ async fn hot_answer(State(up): State<Upstream>) -> impl axum::response::IntoResp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresher_killed_mid_refresh_is_taken_over_within_a_lease() {
     let server = RedisServer::start();
-    let up = Upstream {
-        calls: Arc::default(),
-        gate: Arc::new(Semaphore::new(0)),
-    };
-    let app = Router::new().fallback(hot_answer).with_state(up.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream: Uri = format!("http://{}", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (up, upstream) = upstream_with(hot_answer).await;
     // Freshness from the upstream (no --ttl-ms), 1 s leases.
     let args = ["--lease-ms", "1000"];
     let mut refresher = ProxyProcess::start_args(&upstream, &server.url(), &args);

@@ -173,49 +173,38 @@ impl Entry {
     /// window). An entry without stale windows is never stale (the backend
     /// keeps it only while it is fresh), and costs no look at the clock.
     pub(crate) fn is_stale(&self) -> bool {
-        let Some(Stored {
-            at,
-            life: Some(life),
-            ..
-        }) = self.inner.stored
-        else {
-            return false;
-        };
-        if life.stale.is_zero() && life.if_error.is_zero() {
-            return false;
+        match self.life() {
+            Some(life) if !(life.stale.is_zero() && life.if_error.is_zero()) => {
+                self.resident(SystemTime::now()) >= life.fresh
+            }
+            _ => false,
         }
-        SystemTime::now().duration_since(at).unwrap_or_default() >= life.fresh
     }
 
     /// Whether a stale entry may still be served while it is refreshed (in
     /// its stale-while-revalidate window); past that, it may only stand in
     /// for an error.
     pub(crate) fn may_serve_stale(&self) -> bool {
-        let Some(Stored {
-            at,
-            life: Some(life),
-            ..
-        }) = self.inner.stored
-        else {
-            return false;
-        };
-        let resident = SystemTime::now().duration_since(at).unwrap_or_default();
-        resident < life.fresh.saturating_add(life.stale)
+        self.life().is_some_and(|life| {
+            self.resident(SystemTime::now()) < life.fresh.saturating_add(life.stale)
+        })
     }
 
     /// Whether the entry may stand in for an error from the origin now (in
     /// its stale-if-error window).
     pub(crate) fn may_serve_on_error(&self) -> bool {
-        let Some(Stored {
-            at,
-            life: Some(life),
-            ..
-        }) = self.inner.stored
-        else {
-            return false;
-        };
-        let resident = SystemTime::now().duration_since(at).unwrap_or_default();
-        resident < life.fresh.saturating_add(life.if_error)
+        self.life().is_some_and(|life| {
+            self.resident(SystemTime::now()) < life.fresh.saturating_add(life.if_error)
+        })
+    }
+
+    /// How long it has been stored at `now` (zero if never, or if the clock
+    /// went back).
+    fn resident(&self, now: SystemTime) -> Duration {
+        self.inner
+            .stored
+            .and_then(|s| now.duration_since(s.at).ok())
+            .unwrap_or_default()
     }
 
     /// Its lifetime in storage, if known (entries the layer stores know it;
@@ -228,10 +217,8 @@ impl Entry {
     /// How much of its freshness is left at `now`: `None` if it was never
     /// stored or its lifetime is not known, zero once it is stale.
     pub fn fresh_for(&self, now: SystemTime) -> Option<Duration> {
-        let stored = self.inner.stored?;
-        let life = stored.life?;
-        let resident = now.duration_since(stored.at).unwrap_or_default();
-        Some(life.fresh.saturating_sub(resident))
+        let life = self.life()?;
+        Some(life.fresh.saturating_sub(self.resident(now)))
     }
 
     /// When the entry was stored, if it was.
