@@ -159,14 +159,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let header = this.shared.config.outcome_header.as_ref();
+        let header = this.shared.marks.as_deref();
         loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Leading { own } => {
                     let own = ready!(Pin::new(own).poll(cx));
                     this.state.set(State::Done);
                     return Poll::Ready(match own {
-                        Ok(own) => own.map(|(res, outcome)| mark(res, outcome, header)),
+                        Ok(own) => own.map(|(res, outcome)| mark(res, outcome, header, None)),
                         // The task ended without answering: only when the
                         // runtime shuts down.
                         Err(_) => Ok(mark(
@@ -177,15 +177,16 @@ where
                             .into_response(*this.grpc),
                             Outcome::Leader,
                             header,
+                            None,
                         )),
                     });
                 }
                 StateProj::Passing { future } => {
                     let res = ready!(future.as_mut().poll(cx));
                     this.state.set(State::Done);
-                    return Poll::Ready(
-                        res.map(|res| mark(res.map(CoalesceBody::inner), Outcome::Pass, header)),
-                    );
+                    return Poll::Ready(res.map(|res| {
+                        mark(res.map(CoalesceBody::inner), Outcome::Pass, header, None)
+                    }));
                 }
                 StateProj::Done => panic!("Coalesced polled after completion"),
                 StateProj::Following { wait } => match ready!(wait.poll(cx)) {
@@ -207,7 +208,15 @@ where
                         } else {
                             Outcome::Follower
                         };
-                        return Poll::Ready(Ok(mark(answer(this.call, &entry), outcome, header)));
+                        let ttl = (outcome == Outcome::Stale)
+                            .then(|| entry.ttl_secs())
+                            .flatten();
+                        return Poll::Ready(Ok(mark(
+                            answer(this.call, &entry),
+                            outcome,
+                            header,
+                            ttl,
+                        )));
                     }
                     Some(Landing::Failed(error))
                         if error.kind() == FlightErrorKind::WaitTimeout
@@ -221,6 +230,7 @@ where
                             error.into_response(*this.grpc),
                             Outcome::Follower,
                             header,
+                            None,
                         )));
                     }
                     Some(Landing::Pass) => pass(this.shared, this.call),
@@ -249,6 +259,7 @@ where
                                         answer(this.call, &entry),
                                         outcome,
                                         header,
+                                        entry.ttl_secs(),
                                     )));
                                 }
                                 let role = this.shared.table.join(&key);

@@ -7,14 +7,15 @@
 
 use crate::coalesced::Coalesced;
 use crate::conditions::Asked;
-use crate::stats::mark;
+use crate::stats::{mark, Marks};
 use crate::{BoxError, CoalesceBody, Entry, KeyExtractor, Outcome};
 use bytes::Bytes;
-use http::{HeaderName, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tower_service::Service;
 
@@ -27,7 +28,7 @@ pin_project! {
     {
         #[pin]
         kind: Kind<S, E, ReqBody, ResBody>,
-        header: Option<HeaderName>,
+        marks: Option<Arc<Marks>>,
     }
 }
 
@@ -54,8 +55,8 @@ where
 {
     /// A hit: the stored entry, answered for what the caller asked when
     /// first polled.
-    pub(crate) fn hit(entry: Entry, asked: Asked, header: Option<HeaderName>) -> Self {
-        Self::stored(entry, asked, Outcome::Hit, header)
+    pub(crate) fn hit(entry: Entry, asked: Asked, marks: Option<Arc<Marks>>) -> Self {
+        Self::stored(entry, asked, Outcome::Hit, marks)
     }
 
     /// An answer from storage, marked `outcome` (a hit, or a stale answer).
@@ -63,7 +64,7 @@ where
         entry: Entry,
         asked: Asked,
         outcome: Outcome,
-        header: Option<HeaderName>,
+        marks: Option<Arc<Marks>>,
     ) -> Self {
         Self {
             kind: Kind::Ready {
@@ -71,24 +72,24 @@ where
                 asked,
                 outcome,
             },
-            header,
+            marks,
         }
     }
 
     /// The inner service's own future, answering untouched, marked with
     /// `outcome` (a bypass, or a pass for a key remembered as pass-through).
-    pub(crate) fn direct(future: S::Future, outcome: Outcome, header: Option<HeaderName>) -> Self {
+    pub(crate) fn direct(future: S::Future, outcome: Outcome, marks: Option<Arc<Marks>>) -> Self {
         Self {
             kind: Kind::Direct { future, outcome },
-            header,
+            marks,
         }
     }
 
     /// The answer to an `only-if-cached` request with nothing stored: `504`.
-    pub(crate) fn not_cached(header: Option<HeaderName>) -> Self {
+    pub(crate) fn not_cached(marks: Option<Arc<Marks>>) -> Self {
         Self {
             kind: Kind::NotCached,
-            header,
+            marks,
         }
     }
 
@@ -96,7 +97,7 @@ where
     pub(crate) fn coalesced(future: Coalesced<S, E, ReqBody, ResBody>) -> Self {
         Self {
             kind: Kind::Coalesced { future },
-            header: None,
+            marks: None,
         }
     }
 }
@@ -126,18 +127,20 @@ where
                 let entry = entry
                     .take()
                     .expect("ResponseFuture polled after completion");
-                Poll::Ready(Ok(mark(
-                    asked.answer(&entry),
-                    *outcome,
-                    this.header.as_ref(),
-                )))
+                let marks = this.marks.as_deref();
+                // Only `Cache-Status` asks for the freshness left.
+                let ttl = marks
+                    .filter(|m| m.cache_status.is_some())
+                    .and_then(|_| entry.ttl_secs());
+                Poll::Ready(Ok(mark(asked.answer(&entry), *outcome, marks, ttl)))
             }
             KindProj::Direct { future, outcome } => {
                 let res = ready!(future.poll(cx))?;
                 Poll::Ready(Ok(mark(
                     res.map(CoalesceBody::inner),
                     *outcome,
-                    this.header.as_ref(),
+                    this.marks.as_deref(),
+                    None,
                 )))
             }
             KindProj::Coalesced { future } => future.poll(cx),
@@ -145,7 +148,12 @@ where
                 let body = Bytes::from_static(b"only-if-cached: no stored answer\n");
                 let mut res = Response::new(CoalesceBody::full(body, None));
                 *res.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
-                Poll::Ready(Ok(mark(res, Outcome::NotCached, this.header.as_ref())))
+                Poll::Ready(Ok(mark(
+                    res,
+                    Outcome::NotCached,
+                    this.marks.as_deref(),
+                    None,
+                )))
             }
         }
     }

@@ -88,7 +88,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
         bump(&shared.counters.requests);
-        let header = shared.config.outcome_header.clone();
+        let header = shared.marks.clone();
         let key = shared.key(&req);
         let Some(key) = key else {
             tracing::trace!("bypass: no key");

@@ -5,10 +5,11 @@
 use crate::breaker::Breaker;
 use crate::flight::FlightTable;
 use crate::shutdown::Tasks;
-use crate::stats::Counters;
+use crate::stats::{Counters, Marks};
 use crate::{CoalesceConfig, Key, KeyExtractor};
 use http::Request;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 pub(crate) struct Shared<E> {
     pub(crate) config: CoalesceConfig,
@@ -24,6 +25,8 @@ pub(crate) struct Shared<E> {
     pub(crate) refresh_failed: Recent,
     /// Whether the backend is failing, and should be skipped for a while.
     pub(crate) breaker: Breaker,
+    /// The outcome header and `Cache-Status` the responses carry, if any.
+    pub(crate) marks: Option<Arc<Marks>>,
     /// The flights and lease releases under way, for
     /// [`CoalesceLayer::shutdown`](crate::CoalesceLayer::shutdown).
     pub(crate) tasks: Tasks,

@@ -60,20 +60,68 @@ impl Outcome {
     }
 }
 
-/// Records `outcome` in the response's extensions, and as `header` if set.
+/// The response headers a layer writes besides the outcome extension: made
+/// once per layer, shared by every response's future.
+#[derive(Debug)]
+pub(crate) struct Marks {
+    /// The outcome header's name.
+    pub(crate) outcome: Option<http::HeaderName>,
+    /// The cache's name in `Cache-Status` (RFC 9211).
+    pub(crate) cache_status: Option<String>,
+}
+
+/// Records `outcome` in the response's extensions, and in the headers
+/// `marks` asks for. `ttl` is a stored answer's freshness left in seconds
+/// (negative once stale), for `Cache-Status`.
 pub(crate) fn mark<B>(
     mut res: http::Response<B>,
     outcome: Outcome,
-    header: Option<&http::HeaderName>,
+    marks: Option<&Marks>,
+    ttl: Option<i64>,
 ) -> http::Response<B> {
-    if let Some(name) = header {
-        res.headers_mut().insert(
-            name.clone(),
-            http::HeaderValue::from_static(outcome.as_str()),
-        );
+    if let Some(marks) = marks {
+        if let Some(name) = &marks.outcome {
+            res.headers_mut().insert(
+                name.clone(),
+                http::HeaderValue::from_static(outcome.as_str()),
+            );
+        }
+        if let Some(cache) = &marks.cache_status {
+            let member = cache_status(cache, outcome, res.status(), ttl);
+            if let Ok(value) = http::HeaderValue::from_str(&member) {
+                // After any member a cache nearer the origin wrote.
+                res.headers_mut().append("cache-status", value);
+            }
+        }
     }
     res.extensions_mut().insert(outcome);
     res
+}
+
+/// This cache's `Cache-Status` member for a response (RFC 9211 §2): `hit`
+/// for an answer from storage (`ttl` negative when stale), else how the
+/// request was forwarded — `fwd=miss` with the origin's status, `collapsed`
+/// for a request that waited on another's flight, `fwd=bypass` for one the
+/// layer did not handle (no key, or a key whose answers cannot be shared).
+fn cache_status(
+    cache: &str,
+    outcome: Outcome,
+    status: http::StatusCode,
+    ttl: Option<i64>,
+) -> String {
+    let status = status.as_u16();
+    let mut member = match outcome {
+        Outcome::Hit | Outcome::Stale => format!("{cache}; hit"),
+        Outcome::Leader => format!("{cache}; fwd=miss; fwd-status={status}"),
+        Outcome::Follower => format!("{cache}; fwd=miss; fwd-status={status}; collapsed"),
+        Outcome::Bypass => format!("{cache}; fwd=bypass"),
+        Outcome::Pass => format!("{cache}; fwd=bypass; detail=pass"),
+        Outcome::NotCached => format!("{cache}; detail=not-cached"),
+    };
+    if let Some(ttl) = ttl {
+        member.push_str(&format!("; ttl={ttl}"));
+    }
+    member
 }
 
 impl std::fmt::Display for Outcome {
@@ -314,6 +362,31 @@ mod tests {
             stale_on_error: 1,
         };
         assert!(all.counters().iter().all(|(_, v)| *v == 1));
+    }
+
+    #[test]
+    fn cache_status_members_follow_rfc_9211() {
+        let ok = http::StatusCode::OK;
+        assert_eq!(
+            cache_status("c", Outcome::Hit, ok, Some(30)),
+            "c; hit; ttl=30"
+        );
+        assert_eq!(
+            cache_status("c", Outcome::Stale, ok, Some(-4)),
+            "c; hit; ttl=-4"
+        );
+        assert_eq!(
+            cache_status("c", Outcome::Leader, ok, None),
+            "c; fwd=miss; fwd-status=200"
+        );
+        assert_eq!(
+            cache_status("c", Outcome::Follower, http::StatusCode::BAD_GATEWAY, None),
+            "c; fwd=miss; fwd-status=502; collapsed"
+        );
+        assert_eq!(
+            cache_status("c", Outcome::Bypass, ok, None),
+            "c; fwd=bypass"
+        );
     }
 
     #[test]

@@ -33,8 +33,10 @@ pub struct Args {
     pub stale: Duration,
     /// The flight lease, if not the layer's default.
     pub lease: Option<Duration>,
-    /// The cache-status header, or `None` for none.
+    /// The outcome header, or `None` for none.
     pub header: Option<HeaderName>,
+    /// Whether responses carry the proxy's `Cache-Status` member.
+    pub cache_status: bool,
     /// What the proxy does with forwarding headers.
     pub forwarding: Forwarding,
     /// On `SIGTERM` or Ctrl-C, how long requests in flight get to finish.
@@ -110,13 +112,18 @@ struct Cli {
     #[arg(long = "trust-forwarded")]
     trust_forwarded: bool,
 
-    /// The cache-status response header [default: x-coalesce].
+    /// The outcome response header (hit, leader, follower, stale...) [default: x-coalesce].
     #[arg(long, value_name = "NAME", value_parser = header_name)]
     header: Option<HeaderName>,
 
-    /// Write no cache-status header.
+    /// Write no outcome header.
     #[arg(long = "no-header", conflicts_with = "header")]
     no_header: bool,
+
+    /// Write no Cache-Status (RFC 9211) member; by default each response
+    /// gets one, named coalesce-proxy, after any the upstream sent.
+    #[arg(long = "no-cache-status")]
+    no_cache_status: bool,
 
     /// On SIGTERM or Ctrl-C: stop accepting, then give requests in flight up
     /// to N milliseconds to finish; leases still held then are released.
@@ -166,6 +173,7 @@ impl From<Cli> for Args {
             })),
             lease: cli.lease_ms.map(Duration::from_millis),
             header,
+            cache_status: !cli.no_cache_status,
             forwarding: Forwarding {
                 public_host: cli.public_host,
                 trust: cli.trust_forwarded,

@@ -122,6 +122,9 @@ pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
             Duration::ZERO
         })
         .outcome_header_name(args.header.clone());
+    if args.cache_status {
+        config = config.cache_status("coalesce-proxy");
+    }
     if let Some(lease) = args.lease {
         config = config.lease(lease);
     }

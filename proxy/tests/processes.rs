@@ -441,6 +441,7 @@ fn help_lists_every_flag_and_a_bad_flag_exits_with_status_2() {
         "--no-header",
         "--shutdown-grace-ms",
         "--stale-ms",
+        "--no-cache-status",
     ] {
         assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
     }

@@ -880,6 +880,10 @@ async fn by_default_answers_are_kept_as_long_as_the_upstream_says() {
         }
     };
     assert_eq!(outcomes("/fresh?max-age=60").await, ["leader", "hit"]);
+    // Each answer says how the proxy handled it (RFC 9211).
+    let answer = send(&client, get(proxy, "/fresh?max-age=60")).await;
+    let status = answer.headers["cache-status"].to_str().unwrap();
+    assert!(status.starts_with("coalesce-proxy; hit; ttl="), "{status}");
     assert_eq!(
         outcomes("/fresh?s-maxage=60,%20max-age=0").await,
         ["leader", "hit"]
@@ -896,13 +900,18 @@ async fn by_default_answers_are_kept_as_long_as_the_upstream_says() {
         assert_eq!(outcomes(path).await, ["leader", "leader"], "{path}");
     }
     assert_eq!(up.calls("fresh"), 2 + 2 * 5);
+    let answer = send(&client, get(proxy, "/fresh")).await;
+    assert_eq!(
+        answer.headers["cache-status"],
+        "coalesce-proxy; fwd=miss; fwd-status=200"
+    );
 
     // `--ttl-ms` keeps every shareable answer that long, whatever it says.
     let (fixed, _layer) = proxy_from(&upstream, &["--ttl-ms", "60000"]).await;
     for _ in 0..2 {
         send(&client, get(fixed, "/fresh?max-age=0")).await;
     }
-    assert_eq!(up.calls("fresh"), 2 + 2 * 5 + 1);
+    assert_eq!(up.calls("fresh"), 2 + 2 * 5 + 1 + 1);
 }
 
 #[tokio::test]

@@ -60,6 +60,7 @@ pub struct CoalesceConfig {
     pub(crate) methods: Vec<Method>,
     pub(crate) credentials: Vec<HeaderName>,
     pub(crate) outcome_header: Option<HeaderName>,
+    pub(crate) cache_status: Option<String>,
     pub(crate) backend: Arc<dyn Backend>,
 }
 
@@ -89,6 +90,7 @@ impl fmt::Debug for CoalesceConfig {
             .field("methods", &self.methods)
             .field("credentials", &self.credentials)
             .field("outcome_header", &self.outcome_header)
+            .field("cache_status", &self.cache_status)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +143,19 @@ impl CoalesceConfig {
                 "early_refresh {} is out of range: beta must be between 0 (off) and 1000",
                 self.early_refresh
             )));
+        }
+        if let Some(name) = &self.cache_status {
+            // An RFC 8941 token: the member's first item, unquoted.
+            let mut bytes = name.bytes();
+            let token = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'*')
+                && bytes.all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b));
+            if !token {
+                return Err(ConfigError(format!(
+                    "cache_status {name:?} is not a token (letters first, then letters, digits or !#$%&'*+-.^_`|~:/)"
+                )));
+            }
         }
         if self.lease < Duration::from_millis(3) {
             return Err(ConfigError(format!(
@@ -218,6 +233,7 @@ impl CoalesceConfig {
                 header::COOKIE,
             ],
             outcome_header: None,
+            cache_status: None,
             backend: Arc::new(MemoryBackend::new()),
         }
     }
@@ -269,6 +285,20 @@ impl CoalesceConfig {
     /// Sets or clears the outcome header with a checked [`HeaderName`].
     pub fn outcome_header_name(mut self, name: Option<HeaderName>) -> Self {
         self.outcome_header = name;
+        self
+    }
+
+    /// Also add this cache's member to each response's `Cache-Status`
+    /// (RFC 9211), named `name` (a token, such as `tower-coalesce` or the
+    /// host's name), after any member the origin's response already
+    /// carries: `hit; ttl=N` from storage (`N` negative when stale),
+    /// `fwd=miss; fwd-status=S` for a flight's leader, with `collapsed` for
+    /// its followers, `fwd=bypass` for requests the layer does not handle
+    /// (`detail=pass` for keys whose answers cannot be shared),
+    /// `detail=not-cached` for an `only-if-cached` with nothing stored.
+    /// Off by default.
+    pub fn cache_status(mut self, name: impl Into<String>) -> Self {
+        self.cache_status = Some(name.into());
         self
     }
 

@@ -198,6 +198,18 @@ impl Entry {
         })
     }
 
+    /// Its freshness left in whole seconds, negative once stale (the `ttl`
+    /// of `Cache-Status`); `None` if not known.
+    pub(crate) fn ttl_secs(&self) -> Option<i64> {
+        let life = self.life()?;
+        let resident = self.resident(SystemTime::now());
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        Some(match life.fresh.checked_sub(resident) {
+            Some(left) => secs(left),
+            None => -secs(resident - life.fresh),
+        })
+    }
+
     /// How long it has been stored at `now` (zero if never, or if the clock
     /// went back).
     fn resident(&self, now: SystemTime) -> Duration {
