@@ -37,16 +37,25 @@ pub(crate) enum Flown<S, ReqBody, B, E> {
     Pass(Request<ReqBody>, S),
 }
 
-/// The flight itself: backend, origin, body, policy, store. A refresh
-/// names the stale answer it replaces by its stored time.
+/// What a flight's work is to do besides answering.
+pub(crate) struct Brief<'a> {
+    /// The flight's deadline.
+    pub(crate) deadline: tokio::time::Instant,
+    /// For a refresh, the stale answer it replaces.
+    pub(crate) refresh: Option<Entry>,
+    /// Where the work leaves a stale answer it found that may stand in for
+    /// an error, for the flight's timer.
+    pub(crate) fallback: &'a std::sync::OnceLock<Entry>,
+}
+
+/// The flight itself: backend, origin, body, policy, store.
 pub(crate) async fn fly<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
     key: &Key,
-    deadline: tokio::time::Instant,
     asked: &Asked,
     mut req: Request<ReqBody>,
     inner: S,
-    mut refresh: Option<Entry>,
+    brief: Brief<'_>,
 ) -> Flown<S, ReqBody, ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
@@ -55,6 +64,11 @@ where
 {
     let config = &shared.config;
     let counters = &shared.counters;
+    let Brief {
+        deadline,
+        mut refresh,
+        fallback: found,
+    } = brief;
     let mut version = refresh.as_ref().and_then(Entry::stored_at);
     // A stale answer past its stale-while-revalidate window, kept to stand
     // in for an error (a refresh does that with its own stale answer).
@@ -75,6 +89,7 @@ where
                 if entry.may_serve_stale() {
                     return Flown::Stale(entry, req, inner);
                 }
+                let _ = found.set(entry.clone());
                 fallback = Some(entry);
             }
             Ok(Some(entry)) => {

@@ -10,7 +10,7 @@
 use crate::conditions::Asked;
 use crate::error::is_grpc;
 use crate::flight::{FlightGuard, Landing};
-use crate::fly::{fly, Flown};
+use crate::fly::{fly, Brief, Flown};
 use crate::origin::{Origin, OriginBody, Own};
 use crate::shared::Shared;
 use crate::stats::bump;
@@ -90,8 +90,16 @@ async fn run<S, E, ReqBody, ResBody>(
     // a million followers costs one timer, and no follower waits longer than
     // `wait_timeout` whenever it joined.
     let deadline = tokio::time::Instant::now() + config.wait_timeout;
-    let work =
-        AssertUnwindSafe(fly(&shared, &key, deadline, &asked, req, inner, None)).catch_unwind();
+    // Where the work leaves a stale answer that may stand in for an error,
+    // so that a timeout can use it too.
+    let fallback = std::sync::OnceLock::new();
+    let brief = Brief {
+        deadline,
+        refresh: None,
+        fallback: &fallback,
+    };
+    let work = fly(&shared, &key, &asked, req, inner, brief);
+    let work = AssertUnwindSafe(work).catch_unwind();
     let mut work = std::pin::pin!(work);
     let expiry = tokio::time::sleep_until(deadline);
     let mut expiry = std::pin::pin!(expiry);
@@ -108,6 +116,18 @@ async fn run<S, E, ReqBody, ResBody>(
             finished = &mut work => break Some(finished),
             () = &mut expiry, if guard.is_some() => {
                 bump(&shared.counters.wait_timeouts);
+                let stale = fallback.get().filter(|stale| stale.may_serve_on_error());
+                if let Some((stale, guard)) = stale.and_then(|stale| Some((stale, guard.take()?))) {
+                    tracing::warn!(key = %key.fingerprint(), "flight timed out; its callers get the stale answer");
+                    bump(&shared.counters.stale_on_error);
+                    guard.land(Landing::Done(stale.clone()));
+                    if config.wait_fallback == WaitFallback::GatewayTimeout {
+                        // The inner call is dropped, as with a 504.
+                        let _ = own_tx.send(Ok((asked.answer(stale), Outcome::Stale)));
+                        return;
+                    }
+                    continue;
+                }
                 match config.wait_fallback {
                     WaitFallback::GatewayTimeout => {
                         tracing::warn!(key = %key.fingerprint(), "flight timed out; its callers get 504");

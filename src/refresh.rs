@@ -6,7 +6,7 @@
 
 use crate::conditions::Asked;
 use crate::flight::{FlightGuard, Landing};
-use crate::fly::{fly, Flown};
+use crate::fly::{fly, Brief, Flown};
 use crate::origin::{Origin, OriginBody};
 use crate::shared::Shared;
 use crate::stats::bump;
@@ -131,15 +131,16 @@ async fn refresh<S, E, ReqBody, ResBody>(
     let deadline = tokio::time::Instant::now() + config.wait_timeout;
     // Nobody's conditions: the refresh's own answer goes to no caller.
     let asked = Asked::default();
-    let work = AssertUnwindSafe(fly(
-        &shared,
-        &key,
+    // A refresh falls back on its own stale answer (below), not on one the
+    // work finds.
+    let unused = std::sync::OnceLock::new();
+    let brief = Brief {
         deadline,
-        &asked,
-        req,
-        inner,
-        Some(stale.clone()),
-    ));
+        refresh: Some(stale.clone()),
+        fallback: &unused,
+    };
+    let work = fly(&shared, &key, &asked, req, inner, brief);
+    let work = AssertUnwindSafe(work);
     let ended = tokio::select! {
         biased;
         ended = work.catch_unwind() => Some(ended),

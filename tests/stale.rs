@@ -315,3 +315,25 @@ async fn a_stale_answer_stands_in_for_an_origin_error_within_its_window() {
     assert_eq!(answer(&svc).await, (Outcome::Leader, "answer 3".into()));
     assert_eq!(answer(&svc).await, (Outcome::Hit, "answer 3".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_stands_in_for_an_origin_that_times_out() {
+    // Every call after the first hangs: its gate never opens.
+    let origin = Origin::new();
+    let layer = CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_millis(100))
+            .stale_if_error(Duration::from_secs(60))
+            .wait_timeout(Duration::from_millis(300)),
+    );
+    let svc = Svc::new(layer.layer(origin.serve()));
+    assert_eq!(answer(&svc).await, (Outcome::Leader, "answer 1".into()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (leader, follower) = tokio::join!(answer(&svc), answer(&svc));
+    for got in [leader, follower] {
+        assert_eq!(got, (Outcome::Stale, "answer 1".into()));
+    }
+    let stats = layer.stats();
+    assert_eq!((stats.wait_timeouts, stats.stale_on_error), (1, 1));
+    assert_eq!(origin.calls(), 2);
+}

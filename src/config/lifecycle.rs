@@ -40,7 +40,7 @@ impl CoalesceConfig {
 
     /// With a fixed [`ttl`](Self::ttl): how long, once an answer's `ttl` is
     /// over, it is served instead of an error — the inner service failing,
-    /// its body failing, or a `5xx` — as
+    /// its body failing, a `5xx`, or no answer within the wait timeout — as
     /// [`Outcome::Stale`](crate::Outcome::Stale) (`Stats::stale_on_error`;
     /// default zero). A failed refresh inside the
     /// [`stale_while_revalidate`](Self::stale_while_revalidate) window
