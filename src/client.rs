@@ -41,8 +41,8 @@ impl Asks {
             for d in directives(headers).unwrap_or_default() {
                 let seconds = || {
                     d.arg
-                        .filter(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()))
-                        .map(|a| Duration::from_secs(a.parse().unwrap_or(1 << 31)))
+                        .and_then(crate::freshness::delta_seconds)
+                        .map(Duration::from_secs)
                 };
                 if d.is("no-cache") {
                     asks.reload = true;

@@ -244,17 +244,15 @@ where
                             None => pass(this.shared, this.call),
                             Some(key) => {
                                 let held = leader::local_hit(this.shared, &key)
-                                    .filter(|e| !e.is_stale() || e.may_serve_stale());
-                                if let Some(entry) = held {
+                                    .and_then(|entry| Some((entry.serve_as()?, entry)));
+                                if let Some((outcome, entry)) = held {
                                     // A stale one is refreshed by the next
                                     // request that finds it.
-                                    let outcome = if entry.is_stale() {
-                                        bump(&this.shared.counters.stale);
-                                        Outcome::Stale
-                                    } else {
-                                        bump(&this.shared.counters.hits);
-                                        Outcome::Hit
+                                    let counter = match outcome {
+                                        Outcome::Stale => &this.shared.counters.stale,
+                                        _ => &this.shared.counters.hits,
                                     };
+                                    bump(counter);
                                     return Poll::Ready(Ok(mark(
                                         answer(this.call, &entry),
                                         outcome,

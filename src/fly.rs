@@ -70,9 +70,6 @@ where
         fallback: found,
     } = brief;
     let mut version = refresh.as_ref().and_then(Entry::stored_at);
-    // A stale answer past its stale-while-revalidate window, kept to stand
-    // in for an error (a refresh does that with its own stale answer).
-    let mut fallback = None;
     // What the leader's caller asked of the cache (`no-cache`, `max-age`):
     // a stored answer it may not have is revalidated with the origin, as a
     // refresh would, for the flight's callers.
@@ -89,8 +86,10 @@ where
                 if entry.may_serve_stale() {
                     return Flown::Stale(entry, req, inner);
                 }
-                let _ = found.set(entry.clone());
-                fallback = Some(entry);
+                // Past its stale-while-revalidate window: kept to stand in
+                // for an error (a refresh does that with its own stale
+                // answer).
+                let _ = found.set(entry);
             }
             Ok(Some(entry)) => {
                 bump(&counters.hits);
@@ -149,16 +148,18 @@ where
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
         None => (produced.await, false),
     };
-    let (landing, own) =
-        match fallback.filter(|stale| failed(&landing) && stale.may_serve_on_error()) {
-            Some(stale) => {
-                tracing::debug!("the origin failed; its callers get the stale answer");
-                bump(&counters.stale_on_error);
-                let own = Ok((asked.answer(&stale), Outcome::Stale));
-                (Landing::Done(stale), own)
-            }
-            None => (landing, own),
-        };
+    let (landing, own) = match found
+        .get()
+        .filter(|stale| failed(&landing) && stale.may_serve_on_error())
+    {
+        Some(stale) => {
+            tracing::debug!("the origin failed; its callers get the stale answer");
+            bump(&counters.stale_on_error);
+            let own = Ok((asked.answer(stale), Outcome::Stale));
+            (Landing::Done(stale.clone()), own)
+        }
+        None => (landing, own),
+    };
     if matches!(landing, Landing::Pass) {
         shared.remember_pass(key);
     }

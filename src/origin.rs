@@ -71,6 +71,22 @@ pub(crate) struct Keep {
     pub(crate) ttl: std::time::Duration,
 }
 
+impl Keep {
+    /// `entry` to store, if `sharing` allows and it has freshness; marked
+    /// as stored now, so that answers later made from it carry their `Age`.
+    fn of(
+        entry: &Entry,
+        sharing: Sharing,
+        life: Life,
+        age: Option<std::time::Duration>,
+    ) -> Option<Self> {
+        (sharing == Sharing::Store && !life.fresh.is_zero()).then(|| Keep {
+            entry: entry.clone().kept(SystemTime::now(), age, life),
+            ttl: life.kept(),
+        })
+    }
+}
+
 /// How long the answer with this head is fresh (zero: not stored at all)
 /// and may then be served stale, and its age on arrival if the origin's
 /// freshness decides.
@@ -81,13 +97,14 @@ fn keep_for(
     requested: SystemTime,
     received: SystemTime,
 ) -> (Life, Option<std::time::Duration>) {
+    let took = received.duration_since(requested).unwrap_or_default();
     match &config.freshness {
         Freshness::Fixed(ttl) => {
             let life = Life {
                 fresh: *ttl,
                 stale: config.stale_while_revalidate,
                 if_error: config.stale_if_error,
-                took: received.duration_since(requested).unwrap_or_default(),
+                took,
             };
             (life, None)
         }
@@ -98,7 +115,7 @@ fn keep_for(
                 fresh,
                 stale: crate::freshness::stale_window(settings, directives),
                 if_error: crate::freshness::error_window(settings, directives),
-                took: received.duration_since(requested).unwrap_or_default(),
+                took,
             };
             (life, Some(age))
         }
@@ -181,15 +198,7 @@ where
             let sharing = policy::judge_trailers(sharing, trailers.as_ref());
             let entry = Entry::new(head.status, head.version, head.headers, data, trailers);
             let own = asked.answer(&entry);
-            let keep = (sharing == Sharing::Store && !life.fresh.is_zero()).then(|| {
-                // Marked as stored now: answers later made from it carry
-                // their `Age`.
-                let entry = entry.clone().kept(SystemTime::now(), age, life);
-                Keep {
-                    entry,
-                    ttl: life.kept(),
-                }
-            });
+            let keep = Keep::of(&entry, sharing, life, age);
             let landing = if varied.is_empty() {
                 Landing::Done(entry)
             } else {
@@ -251,10 +260,7 @@ fn renew<E, B, Err>(
         };
     };
     bump(&shared.counters.revalidations);
-    let keep = (sharing == Sharing::Store && !life.fresh.is_zero()).then(|| Keep {
-        entry: entry.clone().kept(SystemTime::now(), age, life),
-        ttl: life.kept(),
-    });
+    let keep = Keep::of(&entry, sharing, life, age);
     let landing = match sharing {
         Sharing::Pass => Landing::Pass,
         _ => Landing::Done(entry.clone()),

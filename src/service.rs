@@ -103,34 +103,36 @@ where
             .then(|| crate::client::Asks::of(req.headers()))
             .flatten();
         let held = crate::leader::local_hit(shared, &key)
-            // Past its stale-while-revalidate window it may only stand in
-            // for an error: the flight finds it again.
-            .filter(|entry| !entry.is_stale() || entry.may_serve_stale())
-            .filter(|entry| asks.as_ref().is_none_or(|asks| asks.accepts(entry)));
-        if let Some(entry) = held {
-            if !entry.is_stale() {
-                tracing::trace!(key = %key.fingerprint(), "hit");
-                bump(&shared.counters.hits);
-                let beta = shared.config.early_refresh;
-                if beta > 0.0 && crate::refresh::due_early(&entry, beta) {
-                    bump(&shared.counters.early_refreshes);
-                    let asked = crate::leader::for_the_flight(&mut req);
-                    let clone = self.inner.clone();
-                    let inner = std::mem::replace(&mut self.inner, clone);
-                    crate::refresh::start(shared, key, req, inner, &entry);
-                    return ResponseFuture::hit(entry, asked, header);
+            .filter(|entry| asks.as_ref().is_none_or(|asks| asks.accepts(entry)))
+            .and_then(|entry| Some((entry.serve_as()?, entry)));
+        if let Some((outcome, entry)) = held {
+            let refresh = match outcome {
+                crate::Outcome::Stale => {
+                    // Answered at once; one refresh per key fetches the next
+                    // answer with this request, detached from it.
+                    tracing::trace!(key = %key.fingerprint(), "stale");
+                    bump(&shared.counters.stale);
+                    true
                 }
+                _ => {
+                    tracing::trace!(key = %key.fingerprint(), "hit");
+                    bump(&shared.counters.hits);
+                    let beta = shared.config.early_refresh;
+                    let early = beta > 0.0 && crate::refresh::due_early(&entry, beta);
+                    if early {
+                        bump(&shared.counters.early_refreshes);
+                    }
+                    early
+                }
+            };
+            if !refresh {
                 return ResponseFuture::hit(entry, Asked::of(&req), header);
             }
-            // Answered at once; one refresh per key fetches the next answer
-            // with this request, detached from it.
-            tracing::trace!(key = %key.fingerprint(), "stale");
-            bump(&shared.counters.stale);
             let asked = crate::leader::for_the_flight(&mut req);
             let clone = self.inner.clone();
             let inner = std::mem::replace(&mut self.inner, clone);
             crate::refresh::start(shared, key, req, inner, &entry);
-            return ResponseFuture::stored(entry, asked, crate::Outcome::Stale, header);
+            return ResponseFuture::stored(entry, asked, outcome, header);
         }
         if let Some(asks) = asks {
             if asks.only_if_cached() {

@@ -181,6 +181,19 @@ impl Entry {
         }
     }
 
+    /// How an entry held in memory may answer a request now: `Hit` while
+    /// fresh, `Stale` in its stale-while-revalidate window, `None` past it
+    /// (then it may only stand in for an error, which a flight decides).
+    pub(crate) fn serve_as(&self) -> Option<crate::Outcome> {
+        if !self.is_stale() {
+            Some(crate::Outcome::Hit)
+        } else if self.may_serve_stale() {
+            Some(crate::Outcome::Stale)
+        } else {
+            None
+        }
+    }
+
     /// Whether a stale entry may still be served while it is refreshed (in
     /// its stale-while-revalidate window); past that, it may only stand in
     /// for an error.

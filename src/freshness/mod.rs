@@ -244,7 +244,7 @@ fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<Sys
 }
 
 /// `1*DIGIT` (§1.2.2); too large to hold is 2^31; anything else is `None`.
-fn delta_seconds(arg: &str) -> Option<u64> {
+pub(crate) fn delta_seconds(arg: &str) -> Option<u64> {
     if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
