@@ -5,42 +5,18 @@
 //! cargo bench -p coalesce-bench --bench hit_path
 //! ```
 
-use bytes::Bytes;
+use coalesce_bench::hit::{layer, origin, request};
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{Request, Response};
-use http_body_util::{Empty, Full};
-use std::convert::Infallible;
 use std::hint::black_box;
-use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
-use tower_coalesce::{CoalesceConfig, CoalesceLayer};
-
-fn request() -> Request<Empty<Bytes>> {
-    Request::get("http://api.example/products/7?lang=en")
-        .header("accept", "application/json")
-        .body(Empty::new())
-        .unwrap()
-}
 
 fn hit_path(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let body = Bytes::from(vec![b'x'; 1024]);
-    let answer = body.clone();
-    let origin = tower::service_fn(move |_req: Request<Empty<Bytes>>| {
-        let body = answer.clone();
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/json")
-                    .body(Full::new(body))
-                    .unwrap(),
-            )
-        }
-    });
-    let layer = CoalesceLayer::new(CoalesceConfig::new().ttl(Duration::from_secs(3600)));
+    let origin = origin();
+    let layer = layer();
     let mut layered = layer.layer(origin.clone());
     rt.block_on(async {
         layered

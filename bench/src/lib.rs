@@ -2,6 +2,7 @@
 //! contenders (ours and its peers) and the figures' formatting.
 
 pub mod fanout;
+pub mod hit;
 
 #[path = "../../examples/support/report.rs"]
 pub mod report;

@@ -11,22 +11,10 @@
 //! ```
 //! Instructions per request: (count at 21,000 − count at 1,000) / 20,000;
 //! the layer's cost per hit is the `hit` figure less the `bare` one. The
-//! request and answer are those of `bench/benches/hit_path.rs`.
+//! request, answer and layer are `coalesce_bench::hit`'s, as in `bench/benches/hit_path.rs`.
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{Empty, Full};
-use std::convert::Infallible;
-use std::time::Duration;
+use coalesce_bench::hit::{layer, origin, request};
 use tower::{Layer, Service, ServiceExt};
-use tower_coalesce::{CoalesceConfig, CoalesceLayer};
-
-fn request() -> Request<Empty<Bytes>> {
-    Request::get("http://api.example/products/7?lang=en")
-        .header("accept", "application/json")
-        .body(Empty::new())
-        .unwrap()
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -39,19 +27,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let body = Bytes::from(vec![b'x'; 1024]);
-    let origin = tower::service_fn(move |_req: Request<Empty<Bytes>>| {
-        let body = body.clone();
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/json")
-                    .body(Full::new(body))
-                    .unwrap(),
-            )
-        }
-    });
-    let layer = CoalesceLayer::new(CoalesceConfig::new().ttl(Duration::from_secs(3600)));
+    let origin = origin();
+    let layer = layer();
     let mut layered = layer.layer(origin.clone());
     let mut bare = origin;
     rt.block_on(async {
