@@ -13,7 +13,7 @@ use crate::leader;
 use crate::origin::{Origin, OriginBody, Own};
 use crate::shared::Shared;
 use crate::stats::bump;
-use crate::stats::mark;
+use crate::stats::{mark, Forwarded, Fwd};
 use crate::{CoalesceBody, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome, WaitFallback};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -45,6 +45,9 @@ pin_project! {
         shared: Arc<Shared<E>>,
         // Failures are answered in gRPC's terms to gRPC callers.
         grpc: bool,
+        // The caller's own directives refused an answer this process held
+        // (`Cache-Status: fwd=request`).
+        refused: bool,
         // The request and a clone of the inner service, until a flight or a
         // pass takes them.
         call: Option<(Request<ReqBody>, S)>,
@@ -71,13 +74,15 @@ where
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
-    /// Starts as `role`: a leader's flight task is spawned here.
+    /// Starts as `role`: a leader's flight task is spawned here. `refused`:
+    /// the caller's directives refused an answer this process held.
     pub(crate) fn new(
         shared: Arc<Shared<E>>,
         key: Key,
         role: Role,
         req: Request<ReqBody>,
         inner: S,
+        refused: bool,
     ) -> Self {
         let grpc = crate::error::is_grpc(&req);
         let mut call = Some((req, inner));
@@ -85,6 +90,7 @@ where
         Self {
             shared,
             grpc,
+            refused,
             call,
             state,
         }
@@ -199,6 +205,23 @@ where
                     {
                         pass(this.shared, this.call)
                     }
+                    Some(Landing::Rescued(entry, failed)) => {
+                        this.state.set(State::Done);
+                        bump(&this.shared.counters.stale);
+                        let mut res = answer(this.call, &entry);
+                        let forwarded = Forwarded {
+                            rescued: Some(failed),
+                            collapsed: true,
+                            ..Forwarded::default()
+                        };
+                        forwarded.note(&mut res, header);
+                        return Poll::Ready(Ok(mark(
+                            res,
+                            Outcome::Stale,
+                            header,
+                            entry.ttl_secs(),
+                        )));
+                    }
                     Some(Landing::Done(entry) | Landing::Varied(entry, _)) => {
                         this.state.set(State::Done);
                         // The flight found a stale answer, and is refreshing it.
@@ -211,12 +234,16 @@ where
                         let ttl = (outcome == Outcome::Stale)
                             .then(|| entry.ttl_secs())
                             .flatten();
-                        return Poll::Ready(Ok(mark(
-                            answer(this.call, &entry),
-                            outcome,
-                            header,
-                            ttl,
-                        )));
+                        let mut res = answer(this.call, &entry);
+                        if *this.refused && outcome == Outcome::Follower {
+                            let forwarded = Forwarded {
+                                why: Fwd::Request,
+                                collapsed: true,
+                                ..Forwarded::default()
+                            };
+                            forwarded.note(&mut res, header);
+                        }
+                        return Poll::Ready(Ok(mark(res, outcome, header, ttl)));
                     }
                     Some(Landing::Failed(error))
                         if error.kind() == FlightErrorKind::WaitTimeout

@@ -26,6 +26,10 @@ pub(crate) enum Landing {
     /// The answer, for the followers that asked with the same values of the
     /// headers it varies on; the others call the inner service themselves.
     Varied(Entry, Arc<Varied>),
+    /// The origin failed (with this status, if it answered at all); this
+    /// stale answer stands in for the failure, for everyone
+    /// (stale-if-error).
+    Rescued(Entry, Option<http::StatusCode>),
     /// Pass: the answer may not be shared; call the inner service yourself.
     Pass,
     /// The flight failed; its followers get this error.

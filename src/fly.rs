@@ -10,7 +10,7 @@ use crate::flight::Landing;
 use crate::origin::{produce, Keep, Origin, OriginBody, Own, Produced};
 use crate::remote::Elected;
 use crate::shared::Shared;
-use crate::stats::bump;
+use crate::stats::{bump, Forwarded, Fwd};
 use crate::{Entry, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome, WaitFallback};
 use http::Request;
 
@@ -20,8 +20,45 @@ pub(crate) fn failed(landing: &Landing) -> bool {
     match landing {
         Landing::Failed(_) => true,
         Landing::Done(entry) | Landing::Varied(entry, _) => entry.status().is_server_error(),
-        Landing::Pass => false,
+        Landing::Pass | Landing::Rescued(..) => false,
     }
+}
+
+/// The status a failed landing came with, if the origin answered at all.
+pub(crate) fn failed_status(landing: &Landing) -> Option<http::StatusCode> {
+    match landing {
+        Landing::Done(entry) | Landing::Varied(entry, _) => Some(entry.status()),
+        _ => None,
+    }
+}
+
+/// `stale` stands in for the origin's failure (stale-if-error), which came
+/// with the status `failed`, if any: counted, and landed for the followers.
+pub(crate) fn rescue<E>(
+    shared: &Shared<E>,
+    stale: &Entry,
+    failed: Option<http::StatusCode>,
+) -> Landing {
+    bump(&shared.counters.stale_on_error);
+    Landing::Rescued(stale.clone(), failed)
+}
+
+/// The leader's caller's answer when `stale` stands in for the origin's
+/// failure: the stale answer, said so in `Cache-Status`.
+pub(crate) fn rescued_answer<E, B>(
+    shared: &Shared<E>,
+    asked: &Asked,
+    stale: &Entry,
+    failed: Option<http::StatusCode>,
+) -> http::Response<crate::CoalesceBody<B>> {
+    let mut res = asked.answer(stale);
+    let forwarded = Forwarded {
+        rescued: Some(failed),
+        ttl: stale.ttl_secs(),
+        ..Forwarded::default()
+    };
+    forwarded.note(&mut res, shared.marks.as_deref());
+    res
 }
 
 /// How a flight's work ended.
@@ -74,6 +111,8 @@ where
     // a stored answer it may not have is revalidated with the origin, as a
     // refresh would, for the flight's callers.
     let asks = req.extensions().get::<crate::client::Asks>().cloned();
+    // Why this flight goes to the origin, for `Cache-Status`.
+    let mut why = Fwd::Miss;
     if config.stores() {
         match optional(shared, |backend| backend.lookup(key)).await {
             // A refresh looks past the stale answer it replaces.
@@ -81,6 +120,7 @@ where
             Ok(Some(entry)) if asks.as_ref().is_some_and(|a| !a.accepts(&entry)) => {
                 version = entry.stored_at();
                 refresh = Some(entry);
+                why = Fwd::Request;
             }
             Ok(Some(entry)) if refresh.is_none() && entry.is_stale() => {
                 if entry.may_serve_stale() {
@@ -90,6 +130,7 @@ where
                 // for an error (a refresh does that with its own stale
                 // answer).
                 let _ = found.set(entry);
+                why = Fwd::Stale;
             }
             Ok(Some(entry)) => {
                 bump(&counters.hits);
@@ -144,19 +185,34 @@ where
         .as_ref()
         .map(|token| crate::remote::Held::new(shared, key, token));
     let produced = produce(shared, asked, req, inner, refresh.as_ref());
-    let (Produced { landing, own, keep }, lost) = match &lease {
+    let (
+        Produced {
+            landing,
+            mut own,
+            keep,
+        },
+        lost,
+    ) = match &lease {
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
         None => (produced.await, false),
     };
+    if let Ok((res, Outcome::Leader)) = &mut own {
+        let forwarded = Forwarded {
+            why,
+            stored: keep.is_some(),
+            ..Forwarded::default()
+        };
+        forwarded.note(res, shared.marks.as_deref());
+    }
     let (landing, own) = match found
         .get()
         .filter(|stale| failed(&landing) && stale.may_serve_on_error())
     {
         Some(stale) => {
             tracing::debug!("the origin failed; its callers get the stale answer");
-            bump(&counters.stale_on_error);
-            let own = Ok((asked.answer(stale), Outcome::Stale));
-            (Landing::Done(stale.clone()), own)
+            let status = failed_status(&landing);
+            let own = rescued_answer(shared, asked, stale, status);
+            (rescue(shared, stale, status), Ok((own, Outcome::Stale)))
         }
         None => (landing, own),
     };
@@ -167,7 +223,9 @@ where
         Some(lease) => {
             let completion = match (keep, &landing) {
                 (Some(Keep { entry, ttl }), _) => Completion::Stored { entry, ttl },
-                (None, Landing::Done(entry)) => Completion::Shared(entry.clone()),
+                (None, Landing::Done(entry) | Landing::Rescued(entry, _)) => {
+                    Completion::Shared(entry.clone())
+                }
                 // The leader's values of headers outside the key decided
                 // it: other instances' callers may differ in them.
                 (None, Landing::Varied(..)) => Completion::Pass {

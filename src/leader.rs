@@ -119,11 +119,11 @@ async fn run<S, E, ReqBody, ResBody>(
                 let stale = fallback.get().filter(|stale| stale.may_serve_on_error());
                 if let Some((stale, guard)) = stale.and_then(|stale| Some((stale, guard.take()?))) {
                     tracing::warn!(key = %key.fingerprint(), "flight timed out; its callers get the stale answer");
-                    bump(&shared.counters.stale_on_error);
-                    guard.land(Landing::Done(stale.clone()));
+                    guard.land(crate::fly::rescue(&shared, stale, None));
                     if config.wait_fallback == WaitFallback::GatewayTimeout {
                         // The inner call is dropped, as with a 504.
-                        let _ = own_tx.send(Ok((asked.answer(stale), Outcome::Stale)));
+                        let own = crate::fly::rescued_answer(&shared, &asked, stale, None);
+                        let _ = own_tx.send(Ok((own, Outcome::Stale)));
                         return;
                     }
                     continue;
@@ -174,7 +174,13 @@ async fn run<S, E, ReqBody, ResBody>(
             // Every caller of the flight is answered at once; then, in this
             // task, one refresh fetches the next answer.
             bump(&shared.counters.stale);
-            let own = Ok((asked.answer(&entry), Outcome::Stale));
+            let mut res = asked.answer(&entry);
+            let forwarded = crate::stats::Forwarded {
+                ttl: entry.ttl_secs(),
+                ..Default::default()
+            };
+            forwarded.note(&mut res, shared.marks.as_deref());
+            let own = Ok((res, Outcome::Stale));
             if let Some(guard) = guard {
                 guard.land(Landing::Done(entry.clone()));
             }

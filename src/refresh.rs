@@ -171,8 +171,8 @@ async fn refresh<S, E, ReqBody, ResBody>(
     // Requests that waited on the refresh (the stale answer ran out of its
     // window meanwhile) get it instead of the error, if it may stand in.
     let landing = if failed && stale.may_serve_on_error() {
-        bump(&shared.counters.stale_on_error);
-        Landing::Done(stale)
+        let status = crate::fly::failed_status(&landing);
+        crate::fly::rescue(&shared, &stale, status)
     } else {
         landing
     };

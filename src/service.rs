@@ -102,8 +102,12 @@ where
             .client_directives
             .then(|| crate::client::Asks::of(req.headers()))
             .flatten();
+        let mut refused = false;
         let held = crate::leader::local_hit(shared, &key)
-            .filter(|entry| asks.as_ref().is_none_or(|asks| asks.accepts(entry)))
+            .filter(|entry| {
+                refused = asks.as_ref().is_some_and(|asks| !asks.accepts(entry));
+                !refused
+            })
             .and_then(|entry| Some((entry.serve_as()?, entry)));
         if let Some((outcome, entry)) = held {
             let refresh = match outcome {
@@ -165,7 +169,8 @@ where
             }
             crate::flight::Role::Follower(_) => self.inner.clone(),
         };
-        let future = crate::coalesced::Coalesced::new(self.shared.clone(), key, role, req, inner);
+        let future =
+            crate::coalesced::Coalesced::new(self.shared.clone(), key, role, req, inner, refused);
         ResponseFuture::coalesced(future)
     }
 }

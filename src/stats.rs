@@ -70,6 +70,49 @@ pub(crate) struct Marks {
     pub(crate) cache_status: Option<String>,
 }
 
+/// Why a request went forward to the origin, in `Cache-Status` terms
+/// (RFC 9211 §2.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Fwd {
+    /// Nothing usable was stored.
+    #[default]
+    Miss,
+    /// A stored answer was there, but the request's own directives
+    /// (`no-cache`, `max-age=0`...) refused it.
+    Request,
+    /// The stored answer was stale (past any window it could be served in).
+    Stale,
+}
+
+/// What a response's `Cache-Status` member says besides its outcome: carried
+/// in the response's extensions from where it is known to [`mark`], which
+/// takes it out. Only put there while `Cache-Status` is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Forwarded {
+    /// Why the flight (or this request) went forward.
+    pub(crate) why: Fwd,
+    /// The answer was stored (`stored`).
+    pub(crate) stored: bool,
+    /// The request waited on another's forward (`collapsed`).
+    pub(crate) collapsed: bool,
+    /// A stale answer stood in for the origin's failure (stale-if-error),
+    /// with the status the origin answered, if it answered at all.
+    pub(crate) rescued: Option<Option<http::StatusCode>>,
+    /// A stored answer's freshness left, in seconds, where the response
+    /// does not come from [`mark`]'s caller's own entry.
+    pub(crate) ttl: Option<i64>,
+}
+
+impl Forwarded {
+    /// Puts `self` in `res`'s extensions for [`mark`], if `marks` writes
+    /// `Cache-Status`.
+    pub(crate) fn note<B>(self, res: &mut http::Response<B>, marks: Option<&Marks>) {
+        if marks.is_some_and(|m| m.cache_status.is_some()) {
+            res.extensions_mut().insert(self);
+        }
+    }
+}
+
 /// Records `outcome` in the response's extensions, and in the headers
 /// `marks` asks for. `ttl` is a stored answer's freshness left in seconds
 /// (negative once stale), for `Cache-Status`.
@@ -87,7 +130,9 @@ pub(crate) fn mark<B>(
             );
         }
         if let Some(cache) = &marks.cache_status {
-            let member = cache_status(cache, outcome, res.status(), ttl);
+            let forwarded = res.extensions_mut().remove::<Forwarded>();
+            let ttl = ttl.or(forwarded.and_then(|f| f.ttl));
+            let member = cache_status(cache, outcome, res.status(), ttl, forwarded);
             if let Ok(value) = http::HeaderValue::from_str(&member) {
                 // After any member a cache nearer the origin wrote.
                 res.headers_mut().append("cache-status", value);
@@ -100,26 +145,54 @@ pub(crate) fn mark<B>(
 
 /// This cache's `Cache-Status` member for a response (RFC 9211 §2): `hit`
 /// for an answer from storage (`ttl` negative when stale), else how the
-/// request was forwarded — `fwd=miss` with the origin's status, `collapsed`
-/// for a request that waited on another's flight, `fwd=bypass` for one the
-/// layer did not handle (no key, or a key whose answers cannot be shared).
+/// request was forwarded — `fwd=miss` (or `request`, `stale`) with the
+/// origin's status, `stored` when the answer was kept, `collapsed` for a
+/// request that waited on another's flight, `fwd=bypass` for one the layer
+/// did not handle (no key, or a key whose answers cannot be shared); a stale
+/// answer served for a failing origin is `fwd=stale` with the origin's
+/// status.
 fn cache_status(
     cache: &str,
     outcome: Outcome,
     status: http::StatusCode,
     ttl: Option<i64>,
+    forwarded: Option<Forwarded>,
 ) -> String {
+    use std::fmt::Write;
     let status = status.as_u16();
-    let mut member = match outcome {
-        Outcome::Hit | Outcome::Stale => format!("{cache}; hit"),
-        Outcome::Leader => format!("{cache}; fwd=miss; fwd-status={status}"),
-        Outcome::Follower => format!("{cache}; fwd=miss; fwd-status={status}; collapsed"),
-        Outcome::Bypass => format!("{cache}; fwd=bypass"),
-        Outcome::Pass => format!("{cache}; fwd=bypass; detail=pass"),
-        Outcome::NotCached => format!("{cache}; detail=not-cached"),
+    let f = forwarded.unwrap_or(Forwarded {
+        collapsed: outcome == Outcome::Follower,
+        ..Forwarded::default()
+    });
+    let why = match f.why {
+        Fwd::Miss => "miss",
+        Fwd::Request => "request",
+        Fwd::Stale => "stale",
     };
+    let mut member = match (outcome, f.rescued) {
+        (_, Some(failed)) => {
+            let mut member = format!("{cache}; fwd=stale");
+            if let Some(failed) = failed {
+                let _ = write!(member, "; fwd-status={}", failed.as_u16());
+            }
+            member
+        }
+        (Outcome::Hit | Outcome::Stale, None) => format!("{cache}; hit"),
+        (Outcome::Leader | Outcome::Follower, None) => {
+            format!("{cache}; fwd={why}; fwd-status={status}")
+        }
+        (Outcome::Bypass, None) => format!("{cache}; fwd=bypass"),
+        (Outcome::Pass, None) => format!("{cache}; fwd=bypass; detail=pass"),
+        (Outcome::NotCached, None) => format!("{cache}; detail=not-cached"),
+    };
+    if f.stored {
+        member.push_str("; stored");
+    }
+    if f.collapsed {
+        member.push_str("; collapsed");
+    }
     if let Some(ttl) = ttl {
-        member.push_str(&format!("; ttl={ttl}"));
+        let _ = write!(member, "; ttl={ttl}");
     }
     member
 }
@@ -368,24 +441,64 @@ mod tests {
     fn cache_status_members_follow_rfc_9211() {
         let ok = http::StatusCode::OK;
         assert_eq!(
-            cache_status("c", Outcome::Hit, ok, Some(30)),
+            cache_status("c", Outcome::Hit, ok, Some(30), None),
             "c; hit; ttl=30"
         );
         assert_eq!(
-            cache_status("c", Outcome::Stale, ok, Some(-4)),
+            cache_status("c", Outcome::Stale, ok, Some(-4), None),
             "c; hit; ttl=-4"
         );
         assert_eq!(
-            cache_status("c", Outcome::Leader, ok, None),
+            cache_status("c", Outcome::Leader, ok, None, None),
             "c; fwd=miss; fwd-status=200"
         );
         assert_eq!(
-            cache_status("c", Outcome::Follower, http::StatusCode::BAD_GATEWAY, None),
+            cache_status(
+                "c",
+                Outcome::Follower,
+                http::StatusCode::BAD_GATEWAY,
+                None,
+                None
+            ),
             "c; fwd=miss; fwd-status=502; collapsed"
         );
         assert_eq!(
-            cache_status("c", Outcome::Bypass, ok, None),
+            cache_status("c", Outcome::Bypass, ok, None, None),
             "c; fwd=bypass"
+        );
+        let stored = Forwarded {
+            stored: true,
+            ..Forwarded::default()
+        };
+        assert_eq!(
+            cache_status("c", Outcome::Leader, ok, None, Some(stored)),
+            "c; fwd=miss; fwd-status=200; stored"
+        );
+        let reload = Forwarded {
+            why: Fwd::Request,
+            collapsed: true,
+            ..Forwarded::default()
+        };
+        assert_eq!(
+            cache_status("c", Outcome::Follower, ok, None, Some(reload)),
+            "c; fwd=request; fwd-status=200; collapsed"
+        );
+        let rescued = Forwarded {
+            rescued: Some(Some(http::StatusCode::SERVICE_UNAVAILABLE)),
+            ..Forwarded::default()
+        };
+        assert_eq!(
+            cache_status("c", Outcome::Stale, ok, Some(-3), Some(rescued)),
+            "c; fwd=stale; fwd-status=503; ttl=-3"
+        );
+        let timed_out = Forwarded {
+            rescued: Some(None),
+            collapsed: true,
+            ..Forwarded::default()
+        };
+        assert_eq!(
+            cache_status("c", Outcome::Stale, ok, Some(-3), Some(timed_out)),
+            "c; fwd=stale; collapsed; ttl=-3"
         );
     }
 

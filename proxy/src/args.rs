@@ -33,6 +33,8 @@ pub struct Args {
     pub stale: Duration,
     /// The flight lease, if not the layer's default.
     pub lease: Option<Duration>,
+    /// Early refresh's beta (XFetch); 0 for none.
+    pub early_refresh: f64,
     /// The outcome header, or `None` for none.
     pub header: Option<HeaderName>,
     /// Whether responses carry the proxy's `Cache-Status` member.
@@ -100,6 +102,12 @@ struct Cli {
     /// others take over from an instance that died [default: 10000].
     #[arg(long = "lease-ms", value_name = "N")]
     lease_ms: Option<u64>,
+
+    /// Refresh hot answers before they go stale, one refresh per key across
+    /// the instances: XFetch's beta (1.0 is the paper's choice; larger
+    /// refreshes earlier) [default: 0, never].
+    #[arg(long = "early-refresh", value_name = "BETA", value_parser = beta)]
+    early_refresh: Option<f64>,
 
     /// The host name clients use, sent as X-Forwarded-Host on every request;
     /// keys then leave the client's Host out, so proxies reached by different
@@ -172,6 +180,7 @@ impl From<Cli> for Args {
                 None => 3_600_000,
             })),
             lease: cli.lease_ms.map(Duration::from_millis),
+            early_refresh: cli.early_refresh.unwrap_or(0.0),
             header,
             cache_status: !cli.no_cache_status,
             forwarding: Forwarding {
@@ -187,6 +196,13 @@ fn upstream(v: &str) -> Result<Uri, String> {
     let uri: Uri = v.parse().map_err(|e| format!("{e}"))?;
     Upstream::new(&uri)?;
     Ok(uri)
+}
+
+fn beta(v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|b| (0.0..=1000.0).contains(b))
+        .ok_or_else(|| "expected a number from 0 to 1000".to_owned())
 }
 
 fn public_host(v: &str) -> Result<HeaderValue, String> {

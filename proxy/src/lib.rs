@@ -121,6 +121,7 @@ pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
         } else {
             Duration::ZERO
         })
+        .early_refresh(args.early_refresh)
         .outcome_header_name(args.header.clone());
     if args.cache_status {
         config = config.cache_status("coalesce-proxy");

@@ -581,6 +581,7 @@ fn the_command_line_is_checked() {
     assert_eq!(args.header.as_ref().map(|h| h.as_str()), Some("x-coalesce"));
     assert_eq!(args.redis, None);
     assert_eq!(args.lease, None);
+    assert_eq!(args.early_refresh, 0.0);
 
     let args = parse(&[
         "--listen",
@@ -594,8 +595,11 @@ fn the_command_line_is_checked() {
         "--lease-ms",
         "2000",
         "--no-header",
+        "--early-refresh",
+        "1.5",
     ])
     .unwrap();
+    assert_eq!(args.early_refresh, 1.5);
     assert_eq!(args.listen, "0.0.0.0:9000".parse().unwrap());
     assert_eq!(args.lease, Some(Duration::from_secs(2)));
     assert_eq!(args.ttl, Some(Duration::from_millis(1500)));
@@ -622,6 +626,8 @@ fn the_command_line_is_checked() {
         &["--upstream", "http://h:1", "--public-host", "a b"],
         &["--upstream", "http://h:1", "--public-host", "user@h"],
         &["--upstream", "http://h:1", "--public-host"],
+        &["--upstream", "http://h:1", "--early-refresh", "-1"],
+        &["--upstream", "http://h:1", "--early-refresh", "NaN"],
         &[
             "--upstream",
             "http://h:1",

@@ -9,11 +9,14 @@
 //!   --delay-ms N           how long each item takes to answer (default 100)
 //!   --coalesce-ttl-ms N    serve the items through CoalesceLayer, keeping
 //!                          answers for N ms (default: no layer)
+//!   --cache-control VALUE  the items' Cache-Control (default
+//!                          "public, max-age=60")
 //! ```
 //!
 //! Routes:
 //! - `GET /item/{n}` answers after `--delay-ms` with a small JSON body and
-//!   `Cache-Control: public, max-age=60`, so any shared cache may keep it.
+//!   `Cache-Control: public, max-age=60` (or `--cache-control`), so any
+//!   shared cache may keep it (hyper adds `Date`).
 //! - `GET /calls` answers how many times the item handler has run, as a
 //!   decimal number (`Cache-Control: no-store`). It is never behind the
 //!   layer, so reading it costs no flight and is not counted.
@@ -26,7 +29,7 @@
 //! of a cached hit over a bare handler.
 
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -39,16 +42,20 @@ use tower_coalesce::{CoalesceConfig, CoalesceLayer};
 
 const USAGE: &str = "\
 usage: bench_origin [--listen ADDR] [--delay-ms N] [--coalesce-ttl-ms N]
+                    [--cache-control VALUE]
 
   --listen ADDR          where to listen, IP:PORT (default 127.0.0.1:3000)
   --delay-ms N           how long each item takes to answer (default 100)
   --coalesce-ttl-ms N    serve the items through CoalesceLayer, keeping
-                         answers for N ms (default: no layer)";
+                         answers for N ms (default: no layer)
+  --cache-control VALUE  the items' Cache-Control (default
+                         \"public, max-age=60\")";
 
 struct Settings {
     listen: SocketAddr,
     delay: Duration,
     coalesce_ttl: Option<Duration>,
+    cache_control: HeaderValue,
 }
 
 fn parse(args: impl IntoIterator<Item = String>) -> Result<Settings, String> {
@@ -56,6 +63,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Settings, String> {
         listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
         delay: Duration::from_millis(100),
         coalesce_ttl: None,
+        cache_control: HeaderValue::from_static("public, max-age=60"),
     };
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
@@ -74,6 +82,10 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Settings, String> {
             }
             "--delay-ms" => settings.delay = millis()?,
             "--coalesce-ttl-ms" => settings.coalesce_ttl = Some(millis()?),
+            "--cache-control" => {
+                settings.cache_control = HeaderValue::from_str(&value)
+                    .map_err(|_| format!("--cache-control {value:?}: not a header value"))?;
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -84,6 +96,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Settings, String> {
 struct Origin {
     delay: Duration,
     calls: Arc<AtomicU64>,
+    cache_control: HeaderValue,
 }
 
 async fn item(State(origin): State<Origin>, Path(n): Path<String>) -> impl IntoResponse {
@@ -105,8 +118,11 @@ async fn item(State(origin): State<Origin>, Path(n): Path<String>) -> impl IntoR
     }
     (
         [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "public, max-age=60"),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::CACHE_CONTROL, origin.cache_control.clone()),
         ],
         format!(r#"{{"id":"{id}","name":"Tiny Teapot","price_cents":1299,"in_stock":true}}"#),
     )
@@ -136,6 +152,7 @@ async fn main() -> ExitCode {
     let origin = Origin {
         delay: settings.delay,
         calls: Arc::new(AtomicU64::new(0)),
+        cache_control: settings.cache_control.clone(),
     };
     let mut items = Router::new().route("/item/{n}", get(item));
     if let Some(ttl) = settings.coalesce_ttl {
