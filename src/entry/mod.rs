@@ -211,15 +211,19 @@ impl Entry {
         })
     }
 
-    /// Its freshness left in whole seconds, negative once stale (the `ttl`
-    /// of `Cache-Status`); `None` if not known.
+    /// Its freshness left in whole seconds, rounded down: negative once
+    /// stale, from -1 on (the `ttl` of `Cache-Status`); `None` if not known.
     pub(crate) fn ttl_secs(&self) -> Option<i64> {
         let life = self.life()?;
         let resident = self.resident(SystemTime::now());
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         Some(match life.fresh.checked_sub(resident) {
-            Some(left) => secs(left),
-            None => -secs(resident - life.fresh),
+            Some(left) if !left.is_zero() => secs(left),
+            _ => {
+                let over = resident - life.fresh;
+                let partial = over.subsec_nanos() > 0 || over.is_zero();
+                -secs(over).saturating_add(i64::from(partial))
+            }
         })
     }
 

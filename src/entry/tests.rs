@@ -265,3 +265,23 @@ fn responses_share_the_entry_body() {
         5 + "content-type".len() + "text/plain".len()
     );
 }
+
+#[test]
+fn the_ttl_left_is_rounded_down_and_negative_once_stale() {
+    let life = Life {
+        fresh: Duration::from_secs(2),
+        stale: Duration::from_secs(10),
+        if_error: Duration::ZERO,
+        took: Duration::ZERO,
+    };
+    let ttl = |ago_ms: u64| {
+        let at = SystemTime::now() - Duration::from_millis(ago_ms);
+        sample().kept(at, None, life).ttl_secs()
+    };
+    assert_eq!(ttl(200), Some(1));
+    assert_eq!(ttl(1500), Some(0));
+    // Stale by a fraction of a second, or by 1.2 s: -1, -2.
+    assert_eq!(ttl(2300), Some(-1));
+    assert_eq!(ttl(3200), Some(-2));
+    assert_eq!(sample().ttl_secs(), None);
+}
