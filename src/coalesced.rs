@@ -48,6 +48,9 @@ pin_project! {
         // The caller's own directives refused an answer this process held
         // (`Cache-Status: fwd=request`).
         refused: bool,
+        // The purge position when it joined: an answer purged by a purge
+        // up to it was made from data it must not get.
+        joined: u64,
         // The request and a clone of the inner service, until a flight or a
         // pass takes them.
         call: Option<(Request<ReqBody>, S)>,
@@ -85,12 +88,14 @@ where
         refused: bool,
     ) -> Self {
         let grpc = crate::error::is_grpc(&req);
+        let joined = shared.config.backend.purge_position();
         let mut call = Some((req, inner));
         let state = start(&shared, key, &mut call, role);
         Self {
             shared,
             grpc,
             refused,
+            joined,
             call,
             state,
         }
@@ -135,6 +140,30 @@ fn answer<S, ReqBody, ResBody>(
         Some((req, _)) => Asked::of(req).answer(entry),
         None => entry.to_response(),
     }
+}
+
+/// Whether `entry`, a flight's answer, was purged by a purge this follower
+/// knew of when it joined (one after that, it was already waiting: it gets
+/// the answer). Costs a load unless a purge came after the fill began.
+fn purged_before<S, E, ReqBody>(
+    shared: &Shared<E>,
+    call: &Option<(Request<ReqBody>, S)>,
+    entry: &crate::Entry,
+    joined: u64,
+) -> bool
+where
+    E: KeyExtractor<ReqBody>,
+{
+    let backend = &shared.config.backend;
+    if backend.purge_position() <= entry.filled_at() {
+        return false;
+    }
+    let Some(key) = call.as_ref().and_then(|(req, _)| shared.key(req)) else {
+        return false;
+    };
+    backend
+        .purged(&key, entry)
+        .is_some_and(|position| position <= joined)
 }
 
 /// Calls the inner service for this request alone, as its caller sent it.
@@ -204,6 +233,23 @@ where
                             .is_some_and(|(req, _)| varied.matches(req.headers())) =>
                     {
                         pass(this.shared, this.call)
+                    }
+                    Some(
+                        Landing::Done(entry)
+                        | Landing::Varied(entry, _)
+                        | Landing::Rescued(entry, _),
+                    ) if purged_before(this.shared, this.call, &entry, *this.joined) => {
+                        tracing::debug!("the flight's answer was purged before this request joined; flying again");
+                        bump(&this.shared.counters.purge_reruns);
+                        this.state.set(State::Done);
+                        *this.joined = this.shared.config.backend.purge_position();
+                        match this.call.as_ref().and_then(|(req, _)| this.shared.key(req)) {
+                            None => pass(this.shared, this.call),
+                            Some(key) => {
+                                let role = this.shared.table.join(&key);
+                                start(this.shared, key, this.call, role)
+                            }
+                        }
                     }
                     Some(Landing::Rescued(entry, failed)) => {
                         this.state.set(State::Done);

@@ -135,6 +135,16 @@ impl FlightTable {
         })
     }
 
+    /// Takes the flights whose keys `purged` holds for out of the table, so
+    /// that requests from now on start new ones; the detached flights still
+    /// land for the followers they have. Returns how many there were.
+    pub(crate) fn detach(&self, purged: impl Fn(&Key) -> bool) -> usize {
+        let mut flights = self.lock();
+        let before = flights.len();
+        flights.retain(|key, _| !purged(key));
+        before - flights.len()
+    }
+
     /// How many flights are under way.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()

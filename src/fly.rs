@@ -111,12 +111,21 @@ where
     // a stored answer it may not have is revalidated with the origin, as a
     // refresh would, for the flight's callers.
     let asks = req.extensions().get::<crate::client::Asks>().cloned();
+    let backend = &config.backend;
+    // Where the purge order stands before anything is read: a purge after
+    // this drops the answer this flight makes.
+    let filled = backend.purge_position();
     // Why this flight goes to the origin, for `Cache-Status`.
     let mut why = Fwd::Miss;
     if config.stores() {
         match optional(shared, |backend| backend.lookup(key)).await {
             // A refresh looks past the stale answer it replaces.
             Ok(Some(entry)) if refresh.is_some() && entry.stored_at() == version => {}
+            // Purged: replaced as if it were not there (not revalidated,
+            // and never served, not even for an error).
+            Ok(Some(entry)) if backend.purged(key, &entry).is_some() => {
+                version = entry.stored_at();
+            }
             Ok(Some(entry)) if asks.as_ref().is_some_and(|a| !a.accepts(&entry)) => {
                 version = entry.stored_at();
                 refresh = Some(entry);
@@ -184,18 +193,28 @@ where
     let held = lease
         .as_ref()
         .map(|token| crate::remote::Held::new(shared, key, token));
-    let produced = produce(shared, asked, req, inner, refresh.as_ref());
+    let produced = produce(shared, asked, req, inner, refresh.as_ref(), filled);
     let (
         Produced {
             landing,
             mut own,
-            keep,
+            mut keep,
         },
         lost,
     ) = match &lease {
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
         None => (produced.await, false),
     };
+    if keep
+        .as_ref()
+        .is_some_and(|k| backend.purged(key, &k.entry).is_some())
+    {
+        // Made from data read before a purge that landed meanwhile: its
+        // callers have it, the store does not.
+        tracing::debug!("purged during the fill; not stored");
+        bump(&counters.purge_fenced);
+        keep = None;
+    }
     if let Ok((res, Outcome::Leader)) = &mut own {
         let forwarded = Forwarded {
             why,

@@ -10,6 +10,7 @@ use crate::conditions::Asked;
 use crate::stats::{mark, Marks};
 use crate::{BoxError, CoalesceBody, Entry, KeyExtractor, Outcome};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use std::fmt::Display;
@@ -46,6 +47,8 @@ pin_project! {
         Coalesced { #[pin] future: Coalesced<S, E, ReqBody, ResBody> },
         // `only-if-cached`, with nothing stored: a 504.
         NotCached,
+        // An unsafe request's answer, which purges its URL when it succeeds.
+        Purging { future: BoxFuture<'static, Result<Response<ResBody>, S::Error>> },
     }
 }
 
@@ -89,6 +92,35 @@ where
     pub(crate) fn not_cached(marks: Option<Arc<Marks>>) -> Self {
         Self {
             kind: Kind::NotCached,
+            marks,
+        }
+    }
+
+    /// An unsafe request the layer does not key: the inner service's answer,
+    /// given once a successful one has purged `purge` (its URL).
+    pub(crate) fn purging<E2>(
+        future: S::Future,
+        purger: crate::Purger<E2>,
+        purge: crate::Purge,
+        marks: Option<Arc<Marks>>,
+    ) -> Self
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S::Future: Send + 'static,
+        E2: Send + Sync + 'static,
+        ResBody: Send + 'static,
+    {
+        let future = Box::pin(async move {
+            let res = future.await?;
+            let status = res.status();
+            if status.is_success() || status.is_redirection() {
+                // Logged and counted by the purger; the answer goes on.
+                let _ = purger.purge(purge).await;
+            }
+            Ok(res)
+        });
+        Self {
+            kind: Kind::Purging { future },
             marks,
         }
     }
@@ -144,6 +176,15 @@ where
                 )))
             }
             KindProj::Coalesced { future } => future.poll(cx),
+            KindProj::Purging { future } => {
+                let res = ready!(future.as_mut().poll(cx))?;
+                Poll::Ready(Ok(mark(
+                    res.map(CoalesceBody::inner),
+                    Outcome::Bypass,
+                    this.marks.as_deref(),
+                    None,
+                )))
+            }
             KindProj::NotCached => {
                 let body = Bytes::from_static(b"only-if-cached: no stored answer\n");
                 let mut res = Response::new(CoalesceBody::full(body, None));

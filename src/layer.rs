@@ -114,6 +114,26 @@ impl<E> CoalesceLayer<E> {
         self.shared.table.len()
     }
 
+    /// A handle that purges stored answers — by key, by URL, by tag — in
+    /// this process and in every process sharing the backend. Cheap to
+    /// clone; give it to the handlers that change the data behind the
+    /// answers.
+    ///
+    /// ```
+    /// # use tower_coalesce::{CoalesceConfig, CoalesceLayer};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = CoalesceLayer::new(CoalesceConfig::new());
+    /// let purger = layer.purger();
+    /// let purged = purger.purge_tag("product-7").await.unwrap();
+    /// assert_eq!(purged.position, 1);
+    /// purger.purge_url("/products/7").await.unwrap();
+    /// # }
+    /// ```
+    pub fn purger(&self) -> crate::Purger<E> {
+        crate::Purger::new(self.shared.clone())
+    }
+
     /// Shuts the layer down, for a process that is about to exit.
     ///
     /// From the call on, requests bypass the layer (they go to the inner

@@ -182,6 +182,7 @@ mod layer;
 mod leader;
 mod origin;
 mod policy;
+mod purge;
 mod refresh;
 mod remote;
 mod revalidate;
@@ -192,8 +193,9 @@ mod stats;
 mod sync;
 
 pub use backend::{
-    Announcer, Backend, BackendError, BackendFuture, Completion, LeaseToken, Leases, MemoryBackend,
-    MemoryBackendBuilder, Notice, RedisBackend, RedisBackendBuilder, Store, TryLock, Watch,
+    Announcer, Backend, BackendError, BackendFuture, Completion, Invalidation, LeaseToken, Leases,
+    MemoryBackend, MemoryBackendBuilder, Notice, RedisBackend, RedisBackendBuilder, Store, TryLock,
+    Watch,
 };
 pub use body::{BoxError, CoalesceBody};
 pub use config::{CoalesceConfig, ConfigError, WaitFallback};
@@ -203,6 +205,7 @@ pub use freshness::{Freshness, OriginFreshness};
 pub use future::ResponseFuture;
 pub use key::{Fingerprint, HttpKey, Key, KeyExtractor};
 pub use layer::{CoalesceLayer, CoalesceLayerBuilder};
+pub use purge::{Purge, PurgeError, PurgeErrorKind, Purged, Purger, Tag, MAX_TAGS, MAX_TAG_BYTES};
 pub use service::CoalesceService;
 pub use shutdown::Shutdown;
 pub use stats::{Outcome, Stats};

@@ -129,6 +129,7 @@ pub(crate) async fn produce<S, E, ReqBody, ResBody>(
     mut req: Request<ReqBody>,
     inner: S,
     refreshing: Option<&Entry>,
+    filled: u64,
 ) -> Produced<ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
@@ -141,6 +142,14 @@ where
     // then share it only if their values are the leader's. Header values are
     // reference-counted, so this costs one small map per flight.
     let sent = req.headers().clone();
+    // For a tags function: the request's head, as sent.
+    let request_head = shared.config.tags.as_ref().map(|_| {
+        let mut head = Request::new(());
+        *head.method_mut() = req.method().clone();
+        *head.uri_mut() = req.uri().clone();
+        *head.headers_mut() = sent.clone();
+        head.into_parts().0
+    });
     // A refresh asks whether the stale answer changed, if it can tell.
     let revalidating =
         refreshing.filter(|stale| crate::revalidate::ask_if_changed(&mut req, stale));
@@ -158,9 +167,17 @@ where
         }
     };
     let received = SystemTime::now();
-    let (head, body) = res.into_parts();
+    let (mut head, body) = res.into_parts();
+    let tags = crate::purge::tags_of(&shared.config, request_head.as_ref(), &mut head);
     if let (StatusCode::NOT_MODIFIED, Some(stale)) = (head.status, revalidating) {
-        return renew(shared, asked, stale, &head, requested, received);
+        // Tags the 304 names replace the stale answer's.
+        let tags = if tags.is_empty() {
+            stale.tag_digests().to_vec()
+        } else {
+            tags
+        };
+        let fill = (filled, tags);
+        return renew(shared, asked, stale, &head, (requested, received), fill);
     }
     let (mut sharing, life, age) = match policy::directives(&head.headers) {
         Ok(directives) => {
@@ -196,7 +213,8 @@ where
     match buffer(body, shared.config.max_body_bytes).await {
         Buffered::Whole { data, trailers } => {
             let sharing = policy::judge_trailers(sharing, trailers.as_ref());
-            let entry = Entry::new(head.status, head.version, head.headers, data, trailers);
+            let entry = Entry::new(head.status, head.version, head.headers, data, trailers)
+                .filled(filled, tags);
             let own = asked.answer(&entry);
             let keep = Keep::of(&entry, sharing, life, age);
             let landing = if varied.is_empty() {
@@ -239,10 +257,11 @@ fn renew<E, B, Err>(
     asked: &Asked,
     stale: &Entry,
     not_modified: &http::response::Parts,
-    requested: SystemTime,
-    received: SystemTime,
+    (requested, received): (SystemTime, SystemTime),
+    (filled, tags): (u64, Vec<crate::purge::Digest16>),
 ) -> Produced<B, Err> {
     let renewed = crate::revalidate::renewed(stale, not_modified).and_then(|(entry, head)| {
+        let entry = entry.filled(filled, tags);
         let directives = policy::directives(&head.headers).ok()?;
         let sharing = policy::judge(&head, &directives);
         let (life, age) = keep_for(&shared.config, &head, &directives, requested, received);

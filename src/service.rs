@@ -93,6 +93,13 @@ where
         let Some(key) = key else {
             tracing::trace!("bypass: no key");
             bump(&shared.counters.bypasses);
+            if shared.config.invalidate_on_unsafe && !req.method().is_safe() {
+                if let Some(url) = crate::purge::unsafe_target(shared, &mut req) {
+                    let purger = crate::Purger::new(self.shared.clone());
+                    let future = self.inner.call(req);
+                    return ResponseFuture::purging(future, purger, url, header);
+                }
+            }
             return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Bypass, header);
         };
         // What the request asks of the cache, if anything (`no-cache`,

@@ -277,6 +277,16 @@ pub struct Stats {
     /// Flights whose origin failed (an error, a failed body, a `5xx`) and
     /// whose callers were given the stale answer instead (stale-if-error).
     pub stale_on_error: u64,
+    /// Purges made through this layer: by its
+    /// [`Purger`](crate::Purger), and by answers to unsafe requests (see
+    /// [`CoalesceConfig::invalidate_on_unsafe`](crate::CoalesceConfig::invalidate_on_unsafe)).
+    pub purges: u64,
+    /// Answers not stored because a purge of what they name landed while
+    /// they were fetched: they were made from data read before it.
+    pub purge_fenced: u64,
+    /// Followers that joined after a purge of what their flight's answer
+    /// turned out to carry (a tag), and went to a new flight instead.
+    pub purge_reruns: u64,
 }
 
 /// One event count, and with the `metrics` feature the name under which it
@@ -368,6 +378,9 @@ counters!(
     early_refreshes,
     revalidations,
     stale_on_error,
+    purges,
+    purge_fenced,
+    purge_reruns,
 );
 
 /// Adds one to a counter (and to its `metrics` counter, with that feature).
@@ -433,6 +446,9 @@ mod tests {
             early_refreshes: 1,
             revalidations: 1,
             stale_on_error: 1,
+            purges: 1,
+            purge_fenced: 1,
+            purge_reruns: 1,
         };
         assert!(all.counters().iter().all(|(_, v)| *v == 1));
     }

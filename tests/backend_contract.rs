@@ -16,8 +16,8 @@ use support::{body, get, until, Origin, Svc};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::BackendFuture;
 use tower_coalesce::{
-    Announcer, Backend, BoxError, CoalesceConfig, CoalesceLayer, Completion, Entry, Key,
-    LeaseToken, Leases, Notice, Outcome, Store, TryLock, Watch,
+    Announcer, Backend, BoxError, CoalesceConfig, CoalesceLayer, Completion, Entry, Invalidation,
+    Key, LeaseToken, Leases, Notice, Outcome, Purge, Purged, Store, TryLock, Watch,
 };
 
 /// The shared "server": values with their expiry, leases, pass marks, and
@@ -28,6 +28,17 @@ struct Server {
     leases: HashMap<Key, (LeaseToken, Instant)>,
     passes: HashMap<Key, Instant>,
     announcers: HashMap<Key, Arc<Announcer>>,
+    /// The purge order: the last position, and each target's last purge.
+    purged_up_to: u64,
+    purges: HashMap<Target, u64>,
+}
+
+/// What a purge names, as this backend records it.
+#[derive(Hash, PartialEq, Eq)]
+enum Target {
+    Key(Key),
+    Resource(Vec<u8>),
+    Tag([u8; 16]),
 }
 
 /// One process's connection to the server.
@@ -163,6 +174,47 @@ impl Leases for Shared {
     }
 }
 
+/// Purges are recorded on the server, which every "process" reads: one
+/// order, nobody to tell.
+impl Invalidation for Shared {
+    fn purge<'a>(&'a self, purge: &'a Purge) -> BackendFuture<'a, Purged> {
+        let mut server = self.server();
+        server.purged_up_to += 1;
+        let position = server.purged_up_to;
+        let target = match purge {
+            Purge::Key(key) => Target::Key(key.clone()),
+            Purge::Resource(key) => Target::Resource(key.resource().to_vec()),
+            Purge::Tag(tag) => Target::Tag(tag.digest()),
+            _ => {
+                return Box::pin(std::future::ready(Err(tower_coalesce::BackendError::msg(
+                    "unknown purge",
+                ))))
+            }
+        };
+        server.purges.insert(target, position);
+        ready(Purged::new(position, true))
+    }
+
+    fn purge_position(&self) -> u64 {
+        self.server().purged_up_to
+    }
+
+    fn purged(&self, key: &Key, entry: &Entry) -> Option<u64> {
+        let server = self.server();
+        let filled = entry.fill_position();
+        let targets = [
+            Target::Key(key.clone()),
+            Target::Resource(key.resource().to_vec()),
+        ]
+        .into_iter()
+        .chain(entry.tags().iter().map(|tag| Target::Tag(*tag)));
+        targets
+            .filter_map(|target| server.purges.get(&target).copied())
+            .filter(|&at| at > filled)
+            .max()
+    }
+}
+
 /// Two "processes": layers with flight tables of their own over one server,
 /// in front of one origin that answers `status`.
 fn two_instances(origin: &Origin, status: StatusCode) -> Vec<(CoalesceLayer, Svc)> {
@@ -231,4 +283,24 @@ async fn an_unstored_answer_reaches_the_other_instance_through_the_announcement(
     assert_eq!(origin.calls(), 1);
     assert_eq!(outcomes, [Outcome::Leader, Outcome::Follower]);
     assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_through_one_instance_is_followed_by_the_other() {
+    let origin = Origin::open();
+    let instances = two_instances(&origin, StatusCode::OK);
+    let outcome = |res: &Response<_>| *res.extensions().get::<Outcome>().unwrap();
+    let res = instances[0].1.clone().oneshot(get("/p")).await.unwrap();
+    assert_eq!(outcome(&res), Outcome::Leader);
+    let res = instances[1].1.clone().oneshot(get("/p")).await.unwrap();
+    assert_eq!(outcome(&res), Outcome::Hit);
+
+    let purged = instances[0].0.purger().purge_url("/p").await.unwrap();
+    assert_eq!(purged.position, 1);
+    // The other instance finds the stored answer purged and fetches anew.
+    let res = instances[1].1.clone().oneshot(get("/p")).await.unwrap();
+    assert_eq!(outcome(&res), Outcome::Leader);
+    assert_eq!(origin.calls(), 2);
+    let res = instances[0].1.clone().oneshot(get("/p")).await.unwrap();
+    assert_eq!(outcome(&res), Outcome::Hit, "the new answer is stored");
 }

@@ -23,7 +23,8 @@ use tower::{Layer, ServiceExt};
 use tower_coalesce::BackendFuture;
 use tower_coalesce::{
     Backend, BoxError, CoalesceBody, CoalesceConfig, CoalesceLayer, Completion, Entry, HttpKey,
-    Key, KeyExtractor, LeaseToken, Leases, RedisBackend, Store, TryLock, Watch,
+    Invalidation, Key, KeyExtractor, LeaseToken, Leases, Purge, Purged, RedisBackend, Store,
+    TryLock, Watch,
 };
 
 /// A request under way: when it was answered, and with what.
@@ -414,6 +415,20 @@ impl Leases for HeldLeaseAttempt {
         completion: Completion,
     ) -> BackendFuture<'a, bool> {
         self.inner.complete(key, token, completion)
+    }
+}
+
+impl Invalidation for HeldLeaseAttempt {
+    fn purge<'a>(&'a self, purge: &'a Purge) -> BackendFuture<'a, Purged> {
+        self.inner.purge(purge)
+    }
+
+    fn purge_position(&self) -> u64 {
+        self.inner.purge_position()
+    }
+
+    fn purged(&self, key: &Key, entry: &Entry) -> Option<u64> {
+        self.inner.purged(key, entry)
     }
 }
 

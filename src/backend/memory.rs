@@ -1,9 +1,11 @@
 //! The embedded backend: entries in this process's memory, bounded in count
 //! and bytes, each expiring after its own TTL. Built on `moka`.
 
-use super::{BackendFuture, Completion, LeaseToken, Leases, Store, TryLock, Watch};
-use crate::{Entry, Key};
+use super::{BackendFuture, Completion, Invalidation, LeaseToken, Leases, Store, TryLock, Watch};
+use crate::purge::PurgeLog;
+use crate::{Entry, Key, Purge, Purged};
 use moka::sync::Cache;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Keeps entries in process memory. The default backend.
@@ -18,6 +20,12 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 pub struct MemoryBackend {
     cache: Cache<Key, Stored>,
+    /// The purges it judges entries against: its own, or (as a
+    /// `RedisBackend`'s near cache) every process's.
+    log: Arc<PurgeLog>,
+    /// Held while a purge takes its position and is recorded, so that
+    /// positions are recorded in order.
+    purging: Arc<Mutex<()>>,
 }
 
 #[derive(Clone)]
@@ -106,7 +114,11 @@ impl MemoryBackendBuilder {
             })
             .expire_after(PerEntryTtl)
             .build();
-        MemoryBackend { cache }
+        MemoryBackend {
+            cache,
+            log: Arc::new(PurgeLog::new(PurgeLog::MAX_RECORDS)),
+            purging: Arc::default(),
+        }
     }
 }
 
@@ -116,17 +128,30 @@ impl MemoryBackend {
         self.cache.invalidate(key);
     }
 
-    /// Keeps `entry` for `ttl` (nothing for zero), at once.
+    /// Keeps `entry` for `ttl` (nothing for zero, nor for an entry a purge
+    /// landed on during its fill), at once.
     pub(crate) fn insert(&self, key: &Key, entry: Entry, ttl: Duration) {
-        if !ttl.is_zero() {
+        if !ttl.is_zero() && self.log.purged(key, &entry).is_none() {
             self.cache.insert(key.clone(), Stored { entry, ttl });
         }
+    }
+
+    /// The same cache, judging entries against `log` (a `RedisBackend`'s
+    /// near cache, against every process's purges).
+    pub(crate) fn judged_by(mut self, log: Arc<PurgeLog>) -> Self {
+        self.log = log;
+        self
     }
 }
 
 impl Store for MemoryBackend {
     fn get_local(&self, key: &Key) -> Option<Entry> {
-        self.cache.get(key).map(|s| s.entry)
+        let entry = self.cache.get(key)?.entry;
+        if self.log.purged(key, &entry).is_some() {
+            self.cache.invalidate(key);
+            return None;
+        }
+        Some(entry)
     }
 
     fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
@@ -175,6 +200,34 @@ impl Leases for MemoryBackend {
             Completion::Shared(_) | Completion::Released => {}
         }
         Box::pin(std::future::ready(Ok(true)))
+    }
+}
+
+/// Private to one process: the purge order is this backend's own, and
+/// there is nobody to tell.
+impl Invalidation for MemoryBackend {
+    fn purge<'a>(&'a self, purge: &'a Purge) -> BackendFuture<'a, Purged> {
+        let position = {
+            let _order = crate::sync::lock(&self.purging);
+            let position = self.log.latest() + 1;
+            self.log.record(position, purge.target());
+            position
+        };
+        if let Purge::Key(key) = purge {
+            self.cache.invalidate(key);
+        }
+        Box::pin(std::future::ready(Ok(Purged {
+            position,
+            shared: false,
+        })))
+    }
+
+    fn purge_position(&self) -> u64 {
+        self.log.position()
+    }
+
+    fn purged(&self, key: &Key, entry: &Entry) -> Option<u64> {
+        self.log.purged(key, entry)
     }
 }
 

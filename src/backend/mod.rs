@@ -1,6 +1,7 @@
-//! Where answers are stored between flights, and how flights in different
-//! processes exclude each other: the [`Store`] and [`Leases`] traits, which
-//! together make a [`Backend`].
+//! Where answers are stored between flights, how flights in different
+//! processes exclude each other, and how purges reach them all: the
+//! [`Store`], [`Leases`] and [`Invalidation`] traits, which together make a
+//! [`Backend`].
 //!
 //! The layer owns the request path — flights, followers, policy, the bounds
 //! and breaker around every backend call — and asks a backend only to find
@@ -49,9 +50,9 @@ pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BackendErr
 ///   that. A backend shared by processes must give a lease to one token at a
 ///   time, check the token on `renew` and `complete`, and wake the
 ///   [`Watch`]es of other processes when a flight completes.
-pub trait Backend: Store + Leases {}
+pub trait Backend: Store + Leases + Invalidation {}
 
-impl<T: Store + Leases> Backend for T {}
+impl<T: Store + Leases + Invalidation> Backend for T {}
 
 /// Where entries are kept, shared by the services of one layer (and, for a
 /// distributed store, by every process that uses it).
@@ -130,6 +131,35 @@ pub trait Leases: Send + Sync + 'static {
         token: &'a LeaseToken,
         completion: Completion,
     ) -> BackendFuture<'a, bool>;
+}
+
+/// How purges are ordered and told (see [`Purger`](crate::Purger)): each
+/// takes a position in one purge order that every process sharing the
+/// backend follows, and an entry is purged when a purge of its key, its
+/// resource or one of its tags has a later position than its fill's start.
+///
+/// The layer judges every entry a [`Store::lookup`] returns with
+/// [`purged`](Self::purged), and replaces a purged one as if it were not
+/// there (a lease asked for with it as the `refresh` version); it stores
+/// no answer that a purge landed on during its fill. [`Store::get_local`],
+/// the hit path, must itself return no purged entry. A backend shared by
+/// processes should also refuse, in [`Leases::complete`], to store an
+/// answer a purge of its key or resource in another process came after
+/// ([`Entry::fill_position`]), which this process may not have heard of
+/// yet.
+pub trait Invalidation: Send + Sync + 'static {
+    /// Records `purge` after every purge recorded before it, stops serving
+    /// what it names in this process, and tells the other processes
+    /// sharing the backend; resolves once it is recorded and announced.
+    fn purge<'a>(&'a self, purge: &'a crate::Purge) -> BackendFuture<'a, crate::Purged>;
+
+    /// The position up to which this process knows every purge: a fill
+    /// notes it before it calls the origin.
+    fn purge_position(&self) -> u64;
+
+    /// The position of the latest purge known that drops `entry`, stored
+    /// under `key`; `None` if none does.
+    fn purged(&self, key: &Key, entry: &Entry) -> Option<u64>;
 }
 
 /// What [`Leases::try_lock`] found.

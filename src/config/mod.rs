@@ -1,6 +1,9 @@
 //! [`CoalesceConfig`]: every setting of the layer, with its default.
 
+mod invalidation;
 mod lifecycle;
+
+pub(crate) use invalidation::TagsFn;
 
 use crate::backend::{Backend, MemoryBackend};
 use crate::Freshness;
@@ -61,6 +64,10 @@ pub struct CoalesceConfig {
     pub(crate) credentials: Vec<HeaderName>,
     pub(crate) outcome_header: Option<HeaderName>,
     pub(crate) cache_status: Option<String>,
+    pub(crate) tag_header: Option<HeaderName>,
+    pub(crate) keep_tag_header: bool,
+    pub(crate) tags: Option<TagsFn>,
+    pub(crate) invalidate_on_unsafe: bool,
     pub(crate) backend: Arc<dyn Backend>,
 }
 
@@ -91,6 +98,10 @@ impl fmt::Debug for CoalesceConfig {
             .field("credentials", &self.credentials)
             .field("outcome_header", &self.outcome_header)
             .field("cache_status", &self.cache_status)
+            .field("tag_header", &self.tag_header)
+            .field("keep_tag_header", &self.keep_tag_header)
+            .field("tags", &self.tags.is_some())
+            .field("invalidate_on_unsafe", &self.invalidate_on_unsafe)
             .finish_non_exhaustive()
     }
 }
@@ -234,6 +245,10 @@ impl CoalesceConfig {
             ],
             outcome_header: None,
             cache_status: None,
+            tag_header: None,
+            keep_tag_header: false,
+            tags: None,
+            invalidate_on_unsafe: true,
             backend: Arc::new(MemoryBackend::new()),
         }
     }

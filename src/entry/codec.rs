@@ -4,7 +4,7 @@
 //! (`fuzz/fuzz_targets/entry_decode.rs`) attacks: decoding must never
 //! panic, and whatever it accepts must encode back to itself.
 
-use super::{from_millis, initial_age, to_millis, Entry, Life, Parts, Stored};
+use super::{from_millis, initial_age, to_millis, Entry, Fill, Life, Parts, Stored};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use std::fmt;
@@ -17,7 +17,8 @@ fn millis(d: Duration) -> u64 {
 
 /// The first bytes of every encoded entry: a tag and the format version.
 /// Version 2 added the time the entry was stored, version 3 how long it is
-/// fresh and how long it may then be served stale.
+/// fresh and how long it may then be served stale, and where its fill
+/// stands in the purge order with its tags.
 pub(crate) const MAGIC: &[u8; 4] = b"TCE\x03";
 /// The first bytes of a version 2 entry, still read (freshness unknown:
 /// fresh while the backend keeps it).
@@ -33,7 +34,8 @@ impl Entry {
     /// scripts read it), how long from then it is fresh, how long it may
     /// then be served stale while refreshed, and instead of an error, and
     /// how long the origin took to make it (milliseconds; all 0 if not
-    /// known), headers,
+    /// known), the purge position its fill started at (8 bytes), its tags
+    /// (a count, then 16 bytes of digest each), headers,
     /// body and trailers, each length-prefixed, then a CRC-32 of all that
     /// precedes it.
     pub fn encode(&self) -> Bytes {
@@ -48,6 +50,13 @@ impl Entry {
         buf.put_u64(life.map_or(0, |l| millis(l.stale)));
         buf.put_u64(life.map_or(0, |l| millis(l.if_error)));
         buf.put_u64(life.map_or(0, |l| millis(l.took)));
+        buf.put_u64(p.fill.at);
+        // At most `MAX_TAGS`: the layer gives an entry no more.
+        let tags = &p.fill.tags[..p.fill.tags.len().min(crate::purge::MAX_TAGS)];
+        buf.put_u8(tags.len() as u8);
+        for tag in tags {
+            buf.put_slice(tag);
+        }
         put_map(&mut buf, &p.headers);
         put_bytes(&mut buf, &p.body);
         match &p.trailers {
@@ -82,6 +91,26 @@ impl Entry {
             (0, 0, 0, 0)
         } else {
             (r.u64()?, r.u64()?, r.u64()?, r.u64()?)
+        };
+        let fill = if v1 || v2 {
+            Fill::default()
+        } else {
+            let at = r.u64()?;
+            let count = usize::from(r.u8()?);
+            if count > crate::purge::MAX_TAGS {
+                return Err(DecodeError("too many tags"));
+            }
+            let mut tags = Vec::with_capacity(count);
+            for _ in 0..count {
+                r.need(16)?;
+                let mut digest = [0u8; 16];
+                r.0.copy_to_slice(&mut digest);
+                tags.push(digest);
+            }
+            Fill {
+                at,
+                tags: tags.into(),
+            }
         };
         let headers = r.map()?;
         let body = r.bytes()?;
@@ -119,6 +148,8 @@ impl Entry {
             body,
             trailers,
             stored,
+            checked: std::sync::atomic::AtomicU64::new(fill.at),
+            fill,
         }))
     }
 }

@@ -19,8 +19,10 @@ pub use codec::DecodeError;
 #[cfg(test)]
 use codec::{MAGIC, MAGIC_V1, MAGIC_V2};
 
+use crate::purge::Digest16;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +45,21 @@ struct Parts {
     body: Bytes,
     trailers: Option<HeaderMap>,
     stored: Option<Stored>,
+    fill: Fill,
+    /// The latest purge position it was judged not purged at (from its
+    /// fill's on): see [`PurgeLog`](crate::purge::PurgeLog).
+    checked: AtomicU64,
+}
+
+/// Where an entry's fill stands in the purge order, and what a purge can
+/// name it by besides its key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Fill {
+    /// The latest purge position its process knew when its fill started,
+    /// before the origin was called.
+    pub(crate) at: u64,
+    /// The digests of its tags.
+    pub(crate) tags: Arc<[Digest16]>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +70,12 @@ struct Stored {
     initial: Duration,
     /// How long it stays fresh and may then be served stale, if known.
     life: Option<Life>,
+}
+
+impl Parts {
+    fn checked_at(&self) -> u64 {
+        self.checked.load(Ordering::Acquire).max(self.fill.at)
+    }
 }
 
 /// An entry's lifetime in storage, counted from the time it was stored.
@@ -102,6 +125,8 @@ impl Entry {
             body,
             trailers,
             stored: None,
+            fill: Fill::default(),
+            checked: AtomicU64::new(0),
         })
     }
 
@@ -139,7 +164,70 @@ impl Entry {
                 initial,
                 life: None,
             }),
+            fill: p.fill.clone(),
+            checked: AtomicU64::new(p.checked_at()),
         })
+    }
+
+    /// The same entry, filled from `at` in the purge order, carrying these
+    /// tags (their digests).
+    pub(crate) fn filled(mut self, at: u64, tags: Vec<Digest16>) -> Self {
+        if let Some(p) = Arc::get_mut(&mut self.inner) {
+            // Just made: set in place.
+            p.fill = Fill {
+                at,
+                tags: tags.into(),
+            };
+            *p.checked.get_mut() = at;
+            return self;
+        }
+        let p = &*self.inner;
+        Self::with_parts(Parts {
+            status: p.status,
+            version: p.version,
+            headers: p.headers.clone(),
+            body: p.body.clone(),
+            trailers: p.trailers.clone(),
+            stored: p.stored,
+            fill: Fill {
+                at,
+                tags: tags.into(),
+            },
+            checked: AtomicU64::new(at),
+        })
+    }
+
+    /// The purge position its process knew when its fill started, before
+    /// the origin was called (0 for an entry not made by a flight): a purge
+    /// of its key, resource or tags at a later position drops it (see
+    /// [`Invalidation`](crate::Invalidation)).
+    pub fn fill_position(&self) -> u64 {
+        self.inner.fill.at
+    }
+
+    /// The [digests](crate::Tag::digest) of its tags.
+    pub fn tags(&self) -> &[[u8; 16]] {
+        &self.inner.fill.tags
+    }
+
+    /// The same as [`fill_position`](Self::fill_position).
+    pub(crate) fn filled_at(&self) -> u64 {
+        self.inner.fill.at
+    }
+
+    /// The digests of its tags.
+    pub(crate) fn tag_digests(&self) -> &[Digest16] {
+        &self.inner.fill.tags
+    }
+
+    /// The latest purge position it was judged not purged at.
+    pub(crate) fn checked_at(&self) -> u64 {
+        self.inner.checked_at()
+    }
+
+    /// Judged not purged at `position`.
+    pub(crate) fn checked(&self, position: u64) {
+        self.inner.checked.fetch_max(position, Ordering::AcqRel);
     }
 
     /// [`stored`](Self::stored), with its lifetime in storage and, if the
@@ -157,6 +245,8 @@ impl Entry {
                     body: self.inner.body.clone(),
                     trailers: self.inner.trailers.clone(),
                     stored: None,
+                    fill: self.inner.fill.clone(),
+                    checked: AtomicU64::new(self.checked_at()),
                 })
             }
             None => self,

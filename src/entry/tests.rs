@@ -98,7 +98,8 @@ fn the_lifetime_survives_encoding_and_older_versions_are_read_without_one() {
     let mut v2 = BytesMut::new();
     v2.put_slice(MAGIC_V2);
     v2.put_slice(&v3[4..15]);
-    v2.put_slice(&v3[47..v3.len() - 4]);
+    // Past the lifetime, the fill's position and no tags (9 bytes).
+    v2.put_slice(&v3[56..v3.len() - 4]);
     let crc = crc32fast::hash(&v2);
     v2.put_u32(crc);
     let old = Entry::decode(v2.freeze()).unwrap();
@@ -115,13 +116,13 @@ fn the_lifetime_survives_encoding_and_older_versions_are_read_without_one() {
 
 #[test]
 fn version_one_entries_are_read_as_never_stored() {
-    // A version 1 entry is a version 3 one without the stored time and
-    // lifetime.
+    // A version 1 entry is a version 3 one without the stored time, the
+    // lifetime and the fill.
     let v3 = sample().encode();
     let mut v1 = BytesMut::new();
     v1.put_slice(MAGIC_V1);
     v1.put_slice(&v3[4..7]);
-    v1.put_slice(&v3[47..v3.len() - 4]);
+    v1.put_slice(&v3[56..v3.len() - 4]);
     let crc = crc32fast::hash(&v1);
     v1.put_u32(crc);
     let d = Entry::decode(v1.freeze()).unwrap();
@@ -284,4 +285,21 @@ fn the_ttl_left_is_rounded_down_and_negative_once_stale() {
     assert_eq!(ttl(2300), Some(-1));
     assert_eq!(ttl(3200), Some(-2));
     assert_eq!(sample().ttl_secs(), None);
+}
+
+#[test]
+fn the_fill_and_its_tags_survive_encoding() {
+    let tags = vec![[1u8; 16], [2u8; 16]];
+    let entry = sample().filled(42, tags.clone());
+    let decoded = Entry::decode(entry.encode()).unwrap();
+    assert_eq!(decoded.fill_position(), 42);
+    assert_eq!(decoded.tags(), &tags[..]);
+    assert_eq!(decoded.encode(), entry.encode());
+    // A tag count past the bound is no entry.
+    let mut bad = BytesMut::from(&entry.encode()[..]);
+    bad.truncate(bad.len() - 4);
+    bad[55] = (crate::purge::MAX_TAGS + 1) as u8;
+    let crc = crc32fast::hash(&bad);
+    bad.put_u32(crc);
+    assert!(Entry::decode(bad.freeze()).is_err());
 }

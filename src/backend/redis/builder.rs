@@ -3,10 +3,12 @@
 
 use super::channels::Channels;
 use super::pubsub::route;
+use super::purges::{keep_in_step, Purges};
 use super::RedisBackend;
 use crate::{BackendError, MemoryBackend};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Builds a [`RedisBackend`].
@@ -17,6 +19,8 @@ pub struct RedisBackendBuilder {
     pub(super) response_timeout: Duration,
     pub(super) connection_timeout: Duration,
     pub(super) near: Option<MemoryBackend>,
+    pub(super) purge_records: usize,
+    pub(super) near_cache_trust: Duration,
 }
 
 impl RedisBackendBuilder {
@@ -40,6 +44,25 @@ impl RedisBackendBuilder {
     /// deleted from Redis by hand stays here until its TTL ends.
     pub fn near_cache(mut self, near: MemoryBackend) -> Self {
         self.near = Some(near);
+        self
+    }
+
+    /// How long after the purge channel was last known to be heard (a
+    /// message, or the heartbeat every second) the near cache still
+    /// answers (default 3 s). Past it, or while purges announced during a
+    /// disconnection have not been read back, hits go to Redis, and while
+    /// Redis is unreachable, to the origin: an answer that may have been
+    /// purged is not served from memory for longer than this.
+    pub fn near_cache_trust(mut self, trust: Duration) -> Self {
+        self.near_cache_trust = trust;
+        self
+    }
+
+    /// How many purge records Redis and each process keep (default 65,536):
+    /// the last purge of each key, resource and tag. Past it the oldest are
+    /// forgotten, and every answer filled before them counts as purged.
+    pub fn purge_records(mut self, n: usize) -> Self {
+        self.purge_records = n.max(1);
         self
     }
 
@@ -90,13 +113,20 @@ impl RedisBackendBuilder {
             .map_err(|e| BackendError::new("invalid Redis URL", e))?;
         let channels = Channels::default();
         let router = channels.clone();
-        let near = self.near.clone();
+        let purges = Arc::new(Purges::new(
+            &self.namespace,
+            self.purge_records,
+            self.near_cache_trust,
+        ));
+        let heard = purges.clone();
+        let near = self.near.map(|near| near.judged_by(purges.log.clone()));
+        let kept_near = near.clone();
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.response_timeout))
             .set_connection_timeout(Some(self.connection_timeout))
             .set_automatic_resubscription()
             .set_push_sender(move |push: PushInfo| {
-                route(&router, near.as_ref(), push);
+                route(&router, kept_near.as_ref(), &heard, push);
                 Ok::<(), std::convert::Infallible>(())
             });
         let conn = ConnectionManager::new_lazy_with_config(client, config)
@@ -105,7 +135,8 @@ impl RedisBackendBuilder {
             conn,
             namespace: self.namespace,
             channels,
-            near: self.near,
+            near,
+            purges: purges.clone(),
         };
         // Open the connection now, so the first burst does not pay for it
         // inside `backend_timeout`; a Redis that is not there yet is only
@@ -120,6 +151,7 @@ impl RedisBackendBuilder {
                 "Redis did not answer within {limit:?}; the layer works without it until it does"
             ),
         }
+        tokio::spawn(keep_in_step(Arc::downgrade(&purges), backend.conn.clone()));
         Ok(backend)
     }
 }

@@ -23,18 +23,23 @@ mod builder;
 mod channels;
 mod names;
 mod pubsub;
+mod purges;
 mod scripts;
 
 pub use self::builder::RedisBackendBuilder;
 use self::channels::Channels;
 use self::names::Names;
 use self::pubsub::{shared_message, stored_message, unsubscribe, PASS, RELEASED};
-use self::scripts::{COMPLETE, DROP_BAD, GET_FRESH, RENEW, TRY_LOCK};
+use self::purges::Purges;
+use self::scripts::{
+    CATCH_UP, COMPLETE, DROP_BAD, GET_FRESH, PURGE_KEY, PURGE_LOG, RENEW, TRY_LOCK,
+};
 use super::watch::Watch;
-use super::{BackendError, BackendFuture, Leases, Store};
+use super::{BackendError, BackendFuture, Invalidation, Leases, Store};
 use super::{Completion, LeaseToken, TryLock};
 use crate::{Entry, Key, MemoryBackend};
 use redis::aio::ConnectionManager;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Stores entries in Redis. Cloning is cheap; clones share one connection.
@@ -44,6 +49,7 @@ pub struct RedisBackend {
     namespace: String,
     channels: Channels,
     near: Option<MemoryBackend>,
+    purges: Arc<Purges>,
 }
 
 impl RedisBackend {
@@ -77,6 +83,8 @@ impl RedisBackend {
             response_timeout: Duration::from_millis(250),
             connection_timeout: Duration::from_secs(1),
             near: Some(MemoryBackend::new()),
+            purge_records: crate::purge::PurgeLog::MAX_RECORDS,
+            near_cache_trust: Duration::from_secs(3),
         }
     }
 
@@ -96,7 +104,16 @@ impl RedisBackend {
     async fn warm_up(&self) -> Result<(), BackendError> {
         self.ping().await?;
         let mut conn = self.conn.clone();
-        let scripts = [&*GET_FRESH, &*TRY_LOCK, &*DROP_BAD, &*RENEW, &*COMPLETE];
+        let scripts = [
+            &*GET_FRESH,
+            &*TRY_LOCK,
+            &*DROP_BAD,
+            &*RENEW,
+            &*COMPLETE,
+            &*PURGE_LOG,
+            &*PURGE_KEY,
+            &*CATCH_UP,
+        ];
         // The script cache is the server's: after the first instance, one
         // `SCRIPT EXISTS` finds them all loaded.
         let mut exists = redis::cmd("SCRIPT");
@@ -116,7 +133,11 @@ impl RedisBackend {
                     .map_err(|e| BackendError::new("Redis SCRIPT LOAD failed", e))?;
             }
         }
-        Ok(())
+        // Purges from now on arrive as messages; those before are read.
+        conn.subscribe(&self.purges.names.channel)
+            .await
+            .map_err(|e| BackendError::new("Redis SUBSCRIBE to the purge channel failed", e))?;
+        self.purges.catch_up(&mut conn).await
     }
 
     /// The Redis key under which the entry for `key` is stored.
@@ -159,6 +180,10 @@ impl RedisBackend {
 
 impl Store for RedisBackend {
     fn get_local(&self, key: &Key) -> Option<Entry> {
+        // Only while every purge is heard (see `near_cache_trust`).
+        if !self.purges.trusted() {
+            return None;
+        }
         self.near.as_ref()?.get_local(key)
     }
 
@@ -344,8 +369,11 @@ impl Leases for RedisBackend {
             };
             let names = self.names(key);
             let mut conn = self.conn.clone();
+            let filled = kept.as_ref().map_or(0, |(entry, _)| entry.filled_at());
             let done: i64 = names
                 .leased(&COMPLETE)
+                .key(names.purged())
+                .key(names.resource_purged())
                 .arg(token.as_str())
                 .arg(value.as_ref())
                 .arg(ttl)
@@ -353,6 +381,7 @@ impl Leases for RedisBackend {
                 .arg(names.done())
                 .arg(message)
                 .arg(if drop { "1" } else { "0" })
+                .arg(filled)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis flight completion failed", e))?;
@@ -362,8 +391,70 @@ impl Leases for RedisBackend {
             if let (1, true, Some(near)) = (done, drop, &self.near) {
                 near.remove(key);
             }
-            Ok(done == 1)
+            if done == 2 {
+                tracing::debug!("a purge came during the fill: its answer is not stored");
+            }
+            Ok(done != 0)
         })
+    }
+}
+
+/// Purges go through the namespace's purge log in Redis (one script, which
+/// also publishes them to every instance), and a key's or resource's
+/// through its own purge mark too (a second script, on the key's slot).
+impl Invalidation for RedisBackend {
+    fn purge<'a>(&'a self, purge: &'a crate::Purge) -> BackendFuture<'a, crate::Purged> {
+        Box::pin(async move {
+            let target = purge.target();
+            let names = &self.purges.names;
+            let mut conn = self.conn.clone();
+            let position: u64 = PURGE_LOG
+                .key(&names.sequence)
+                .key(&names.log)
+                .key(&names.floor)
+                .arg(&target.to_bytes()[..])
+                .arg(self.purges.max_records)
+                .arg(&names.channel)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| BackendError::new("Redis purge failed", e))?;
+            self.purges.log.record(position, target);
+            let marked = match purge {
+                crate::Purge::Key(key) => {
+                    if let Some(near) = &self.near {
+                        near.remove(key);
+                    }
+                    let names = self.names(key);
+                    let mut invocation = PURGE_KEY.key(names.purged());
+                    invocation.key(names.value()).key(names.lock());
+                    Some(invocation)
+                }
+                crate::Purge::Resource(key) => {
+                    Some(PURGE_KEY.key(self.names(key).resource_purged()))
+                }
+                _ => None,
+            };
+            if let Some(mut invocation) = marked {
+                let _: i64 = invocation
+                    .arg(position)
+                    .arg(purges::MARK_MS)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| BackendError::new("Redis purge mark failed", e))?;
+            }
+            Ok(crate::Purged {
+                position,
+                shared: true,
+            })
+        })
+    }
+
+    fn purge_position(&self) -> u64 {
+        self.purges.log.position()
+    }
+
+    fn purged(&self, key: &Key, entry: &Entry) -> Option<u64> {
+        self.purges.log.purged(key, entry)
     }
 }
 

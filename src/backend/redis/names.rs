@@ -50,6 +50,18 @@ impl Names {
         self.name("done")
     }
 
+    /// The mark of the last purge of this key (its variant and method).
+    pub(super) fn purged(&self) -> String {
+        self.name("purged")
+    }
+
+    /// The mark of the last purge of this key's resource: every variant.
+    pub(super) fn resource_purged(&self) -> String {
+        // The prefix up to the hash tag's end, shared by every variant.
+        let end = self.prefix.find("}:").map_or(self.prefix.len(), |i| i + 2);
+        format!("{}purged", &self.prefix[..end])
+    }
+
     /// `script` with this key's lease, value and pass mark as `KEYS[1]`,
     /// `KEYS[2]` and `KEYS[3]`, the keys `TRY_LOCK` and `COMPLETE` take.
     pub(super) fn leased<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
@@ -62,5 +74,26 @@ impl Names {
 fn hex(out: &mut String, bytes: &[u8]) {
     for byte in bytes {
         let _ = write!(out, "{byte:02x}");
+    }
+}
+
+/// The namespace's purge names, all under the `{purge}` hash tag (one slot):
+/// the sequence, the log, the floor; and the purge channel.
+#[derive(Debug)]
+pub(super) struct PurgeNames {
+    pub(super) sequence: String,
+    pub(super) log: String,
+    pub(super) floor: String,
+    pub(super) channel: String,
+}
+
+impl PurgeNames {
+    pub(super) fn new(namespace: &str) -> Self {
+        PurgeNames {
+            sequence: format!("{namespace}:2:{{purge}}:seq"),
+            log: format!("{namespace}:2:{{purge}}:log"),
+            floor: format!("{namespace}:2:{{purge}}:floor"),
+            channel: format!("{namespace}:2:purges"),
+        }
     }
 }

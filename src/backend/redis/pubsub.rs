@@ -5,6 +5,7 @@
 
 use super::super::watch::Notice;
 use super::channels::Channels;
+use super::purges::Purges;
 use crate::{Entry, Key, MemoryBackend};
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
@@ -36,8 +37,14 @@ pub(super) async fn unsubscribe(mut conn: ConnectionManager, channels: Channels,
     tracing::warn!(%name, "could not unsubscribe; this connection keeps receiving the channel's messages, which are ignored");
 }
 
-/// Hands a push from Redis to the watches it concerns.
-pub(super) fn route(channels: &Channels, near: Option<&MemoryBackend>, push: PushInfo) {
+/// Hands a push from Redis to the watches it concerns, or, on the purge
+/// channel, to the purge log.
+pub(super) fn route(
+    channels: &Channels,
+    near: Option<&MemoryBackend>,
+    purges: &Purges,
+    push: PushInfo,
+) {
     match push.kind {
         PushKind::Message => {
             let mut data = push.data.into_iter();
@@ -47,6 +54,12 @@ pub(super) fn route(channels: &Channels, near: Option<&MemoryBackend>, push: Pus
             let Ok(name) = std::str::from_utf8(&name) else {
                 return;
             };
+            if name == purges.names.channel {
+                if let Some(Value::BulkString(message)) = payload {
+                    purges.heard(&message);
+                }
+                return;
+            }
             channels.signal(name, |key| match payload {
                 Some(Value::BulkString(payload)) => read_message(near, key, payload.into()),
                 _ => Notice::LookAgain,
@@ -54,7 +67,10 @@ pub(super) fn route(channels: &Channels, near: Option<&MemoryBackend>, push: Pus
         }
         // Messages published while the link was down are lost: every
         // waiter must look again.
-        PushKind::Disconnection => channels.signal_all(),
+        PushKind::Disconnection => {
+            purges.lost();
+            channels.signal_all();
+        }
         _ => {}
     }
 }

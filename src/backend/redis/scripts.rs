@@ -59,16 +59,28 @@ pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS[1] lock, KEYS[2] value, KEYS[3] pass mark; ARGV[1] token, ARGV[2]
-/// encoded entry, ARGV[3] its TTL in ms (`0`: store nothing), ARGV[4] how
-/// long to mark the key pass-through in ms (`0`: no mark), ARGV[5] done
-/// channel, ARGV[6] the completion message, ARGV[7] `1` to delete the stored
-/// value (the key's answers cannot be shared: a stale one must not stay).
+/// KEYS[1] lock, KEYS[2] value, KEYS[3] pass mark, KEYS[4] the key's purge
+/// mark, KEYS[5] its resource's; ARGV[1] token, ARGV[2] encoded entry,
+/// ARGV[3] its TTL in ms (`0`: store nothing), ARGV[4] how long to mark the
+/// key pass-through in ms (`0`: no mark), ARGV[5] done channel, ARGV[6] the
+/// completion message, ARGV[7] `1` to delete the stored value (the key's
+/// answers cannot be shared: a stale one must not stay), ARGV[8] the purge
+/// position the entry's fill started at. Returns 0 (the lease was lost,
+/// nothing changed), 1 (done), or 2 (done, but the entry was not stored: a
+/// purge of the key or its resource came after its fill started).
 pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+          local done = 1
           if ARGV[3] ~= '0' then
-            redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+            local filled = tonumber(ARGV[8])
+            local key = tonumber(redis.call('GET', KEYS[4]) or '0')
+            local resource = tonumber(redis.call('GET', KEYS[5]) or '0')
+            if key > filled or resource > filled then
+              done = 2
+            else
+              redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+            end
           end
           if ARGV[4] ~= '0' then
             redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
@@ -78,6 +90,57 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
           end
           redis.call('DEL', KEYS[1])
           redis.call('PUBLISH', ARGV[5], ARGV[6])
+          return done",
+    )
+});
+
+/// KEYS[1] purge sequence, KEYS[2] purge log (a sorted set: each target's
+/// last purge, scored by position), KEYS[3] the floor (the latest position
+/// the log forgot); ARGV[1] the target (17 bytes), ARGV[2] the most records
+/// kept, ARGV[3] the purge channel. Takes the next position, records it,
+/// forgets the oldest records past the bound (raising the floor), and
+/// publishes `<position>:<target>`. Returns the position.
+pub(super) static PURGE_LOG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local p = redis.call('INCR', KEYS[1])
+          redis.call('ZADD', KEYS[2], p, ARGV[1])
+          local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[2])
+          if over > 0 then
+            local oldest = redis.call('ZRANGE', KEYS[2], over - 1, over - 1, 'WITHSCORES')
+            redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+            if tonumber(oldest[2]) > tonumber(redis.call('GET', KEYS[3]) or '0') then
+              redis.call('SET', KEYS[3], oldest[2])
+            end
+          end
+          redis.call('PUBLISH', ARGV[3], p .. ':' .. ARGV[1])
+          return p",
+    )
+});
+
+/// KEYS[1] the purge mark (a key's or a resource's), then for a key purge
+/// KEYS[2] its value and KEYS[3] its lease; ARGV[1] the purge's position,
+/// ARGV[2] how long the mark is kept, in ms. Marks the purge (so that
+/// `COMPLETE` stores no answer whose fill started before it) and deletes the
+/// key's value and lease (so that the old leader's completion fails its
+/// token check).
+pub(super) static PURGE_KEY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+          end
+          if KEYS[2] then redis.call('DEL', KEYS[2], KEYS[3]) end
           return 1",
+    )
+});
+
+/// KEYS[1] purge sequence, KEYS[2] purge log, KEYS[3] floor; ARGV[1] the
+/// position above which records are wanted. Returns `{sequence, floor,
+/// {target, position, ...}}`: with the records, every purge up to
+/// `sequence` is known.
+pub(super) static CATCH_UP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"return {tonumber(redis.call('GET', KEYS[1]) or '0'),
+                  tonumber(redis.call('GET', KEYS[3]) or '0'),
+                  redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES')}",
     )
 });

@@ -1,0 +1,62 @@
+//! The settings of invalidation: where answers' tags come from, and whether
+//! unsafe requests purge what they change.
+
+use super::CoalesceConfig;
+use http::HeaderName;
+use std::sync::Arc;
+
+/// A function giving an answer's tags from its request and response heads.
+pub(crate) type TagsFn =
+    Arc<dyn Fn(&http::request::Parts, &http::response::Parts) -> Vec<String> + Send + Sync>;
+
+impl CoalesceConfig {
+    /// The response header whose values tag the answer (for example
+    /// `surrogate-key`, as Fastly's, or `cache-tag`): tags separated by
+    /// spaces or commas, each one to 256 bytes of visible ASCII; anything
+    /// else in it is ignored, as are tags past the 64th. Each can then be
+    /// purged with [`Purger::purge_tag`](crate::Purger::purge_tag). The
+    /// header is removed from the answer before it reaches a client (and
+    /// is not stored), unless [`keep_tag_header`](Self::keep_tag_header).
+    /// Default: none.
+    pub fn tag_header(mut self, name: HeaderName) -> Self {
+        self.tag_header = Some(name);
+        self
+    }
+
+    /// Whether the [tag header](Self::tag_header) stays on the answers
+    /// clients get (default `false`: it is removed, as a CDN removes
+    /// `Surrogate-Key`).
+    pub fn keep_tag_header(mut self, keep: bool) -> Self {
+        self.keep_tag_header = keep;
+        self
+    }
+
+    /// Tags an answer from its request and response heads, besides those
+    /// of the [tag header](Self::tag_header): for example a product id from
+    /// the path. Called once per flight, on the origin's answer; names that
+    /// are not tags are ignored.
+    pub fn tags(
+        mut self,
+        tags: impl Fn(&http::request::Parts, &http::response::Parts) -> Vec<String>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.tags = Some(Arc::new(tags));
+        self
+    }
+
+    /// Whether a successful (`2xx` or `3xx`) answer to a request with an
+    /// unsafe method (`POST`, `PUT`, `DELETE`, `PATCH`, or one of unknown
+    /// safety) purges the stored answers for its URL, all variants and
+    /// methods, in every process sharing the backend (RFC 9111 §4.4). On
+    /// by default. Only requests the layer does not key count: a coalesced
+    /// gRPC call is a `POST`, and does not purge its method's answers.
+    /// The response is given once the purge is recorded, so that the
+    /// client's next read finds the new data: one backend call per such
+    /// request (for `RedisBackend`, two round trips).
+    pub fn invalidate_on_unsafe(mut self, on: bool) -> Self {
+        self.invalidate_on_unsafe = on;
+        self
+    }
+}

@@ -1,0 +1,122 @@
+//! [`Purger`]: the handle applications purge with.
+
+use super::{Purge, PurgeError, Purged, Tag};
+use crate::shared::Shared;
+use crate::{HttpKey, Key, KeyExtractor};
+use bytes::Bytes;
+use http_body_util::Empty;
+use std::sync::Arc;
+
+/// Purges stored answers, in this process and in every process sharing the
+/// backend: from [`CoalesceLayer::purger`](crate::CoalesceLayer::purger).
+/// Cheap to clone; keep one in an axum handler's state.
+///
+/// Each purge returns once the backend has recorded it and announced it
+/// (for [`RedisBackend`](crate::RedisBackend): one script and one message;
+/// the other processes drop what it names when the message reaches them).
+/// From then on, this process serves nothing it names; flights under way
+/// for it give their answers to the callers already waiting but do not
+/// store them, and requests that arrive after it start new flights.
+pub struct Purger<E = HttpKey> {
+    shared: Arc<Shared<E>>,
+}
+
+impl<E> Clone for Purger<E> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<E> std::fmt::Debug for Purger<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Purger").finish_non_exhaustive()
+    }
+}
+
+impl<E> Purger<E> {
+    pub(crate) fn new(shared: Arc<Shared<E>>) -> Self {
+        Self { shared }
+    }
+
+    /// Purges what `purge` names.
+    pub async fn purge(&self, purge: Purge) -> Result<Purged, PurgeError> {
+        let shared = &self.shared;
+        // Requests from now on start new flights; those waiting on the
+        // detached ones still get their answers, which are not stored.
+        match &purge {
+            Purge::Key(key) => shared.table.detach(|k| k == key),
+            Purge::Resource(key) => shared.table.detach(|k| k.resource() == key.resource()),
+            Purge::Tag(_) => 0,
+        };
+        let config = &shared.config;
+        let purged =
+            crate::backend_call::bounded(config.backend_timeout, config.backend.purge(&purge))
+                .await;
+        match purged {
+            Ok(purged) => {
+                crate::stats::bump(&shared.counters.purges);
+                tracing::debug!(?purge, position = purged.position, "purged");
+                Ok(purged)
+            }
+            Err(error) => {
+                tracing::warn!(%error, ?purge, "purge not recorded by the backend");
+                Err(PurgeError::backend(error))
+            }
+        }
+    }
+
+    /// Purges the answers stored under `key`.
+    pub async fn purge_key(&self, key: &Key) -> Result<Purged, PurgeError> {
+        self.purge(Purge::Key(key.clone())).await
+    }
+
+    /// Purges every answer of `key`'s resource: all its variants and
+    /// methods.
+    pub async fn purge_resource(&self, key: &Key) -> Result<Purged, PurgeError> {
+        self.purge(Purge::Resource(key.clone())).await
+    }
+
+    /// Purges every answer carrying `tag`.
+    pub async fn purge_tag(&self, tag: &str) -> Result<Purged, PurgeError> {
+        self.purge(Purge::Tag(Tag::new(tag)?)).await
+    }
+
+    /// Purges every answer for `url` (all its variants and methods): the
+    /// resource the layer's extractor gives a `GET` of it. An absolute URL's
+    /// authority is its `Host`; a path alone (`/products/7?view=full`) is
+    /// keyed as the extractor keys a request without one.
+    pub async fn purge_url(&self, url: &str) -> Result<Purged, PurgeError>
+    where
+        E: KeyExtractor<Empty<Bytes>>,
+    {
+        let key = self.url_key(url)?;
+        self.purge(Purge::Resource(key)).await
+    }
+
+    /// The key the extractor gives a `GET` of `url`.
+    fn url_key(&self, url: &str) -> Result<Key, PurgeError>
+    where
+        E: KeyExtractor<Empty<Bytes>>,
+    {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| PurgeError::not_keyed(format!("{url:?} is not a URL: {e}")))?;
+        let mut req = http::Request::new(Empty::new());
+        if let Some(authority) = uri.authority() {
+            if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, host);
+            }
+        }
+        *req.uri_mut() = uri;
+        let key = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.shared.extractor.extract(&req)
+        }))
+        .ok()
+        .flatten();
+        key.ok_or_else(|| {
+            PurgeError::not_keyed(format!("the layer's extractor gives a GET of {url} no key"))
+        })
+    }
+}

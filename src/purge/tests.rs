@@ -1,0 +1,128 @@
+use super::*;
+use crate::Entry;
+use bytes::Bytes;
+
+fn entry(filled: u64, tags: &[&str]) -> Entry {
+    let tags = tags
+        .iter()
+        .map(|t| Tag::new(*t).unwrap().digest())
+        .collect();
+    Entry::new(
+        http::StatusCode::OK,
+        http::Version::HTTP_11,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"x"),
+        None,
+    )
+    .filled(filled, tags)
+}
+
+fn tag(name: &str) -> Target {
+    Target::tag(Tag::new(name).unwrap().digest())
+}
+
+#[test]
+fn a_purge_after_the_fill_drops_the_entry_and_one_before_does_not() {
+    let log = PurgeLog::new(100);
+    let key = Key::from("k");
+    let before = entry(0, &["a", "b"]);
+    log.record(1, tag("b"));
+    assert_eq!(log.purged(&key, &before), Some(1));
+    // Filled once the purge was known: not dropped by it.
+    let after = entry(1, &["a", "b"]);
+    assert_eq!(log.purged(&key, &after), None);
+    // Untagged, or another tag: untouched.
+    assert_eq!(log.purged(&key, &entry(0, &["c"])), None);
+    assert_eq!(log.position(), 1);
+}
+
+#[test]
+fn keys_and_resources_are_purged_with_every_variant_of_a_resource() {
+    let log = PurgeLog::new(100);
+    let gzip = Key::from_parts(["/p/1"]).with_variant(["gzip"]);
+    let plain = Key::from_parts(["/p/1"]).with_variant(["identity"]);
+    let other = Key::from_parts(["/p/2"]);
+    let e = entry(0, &[]);
+    log.record(1, Target::key(&gzip));
+    assert_eq!(log.purged(&gzip, &e), Some(1));
+    assert_eq!(log.purged(&plain, &entry(0, &[])), None);
+    log.record(2, Target::resource(&plain));
+    assert_eq!(log.purged(&plain, &entry(0, &[])), Some(2));
+    assert_eq!(log.purged(&gzip, &entry(1, &[])), Some(2));
+    assert_eq!(log.purged(&other, &entry(0, &[])), None);
+}
+
+#[test]
+fn a_record_that_arrives_late_still_drops_entries_judged_meanwhile() {
+    let log = PurgeLog::new(100);
+    let key = Key::from("k");
+    let e = entry(0, &["late"]);
+    // Position 2 is heard before position 1.
+    log.record(2, tag("other"));
+    assert_eq!((log.position(), log.latest()), (0, 2));
+    assert_eq!(log.purged(&key, &e), None);
+    log.record(1, tag("late"));
+    assert_eq!(log.position(), 2, "every purge up to 2 is known now");
+    assert_eq!(log.purged(&key, &e), Some(1));
+}
+
+#[test]
+fn a_judged_entry_costs_no_lookup_until_the_next_purge() {
+    let log = PurgeLog::new(100);
+    let key = Key::from("k");
+    let e = entry(0, &["a"]);
+    log.record(1, tag("b"));
+    assert_eq!(log.purged(&key, &e), None);
+    assert_eq!(e.checked_at(), 1);
+    log.record(2, tag("a"));
+    assert_eq!(log.purged(&key, &e), Some(2));
+}
+
+#[test]
+fn forgotten_records_raise_the_floor() {
+    let log = PurgeLog::new(2);
+    let key = Key::from("k");
+    log.record(1, tag("a"));
+    log.record(2, tag("b"));
+    log.record(3, tag("c"));
+    // "a" was forgotten: anything filled before it counts as purged.
+    assert_eq!(log.purged(&key, &entry(0, &["z"])), Some(1));
+    assert_eq!(log.purged(&key, &entry(1, &["z"])), None);
+    assert_eq!(log.purged(&key, &entry(1, &["b"])), Some(2));
+}
+
+#[test]
+fn a_flush_drops_everything_filled_before_it() {
+    let log = PurgeLog::new(100);
+    let key = Key::from("k");
+    log.flush_before(10);
+    assert_eq!(log.position(), 10);
+    assert_eq!(log.purged(&key, &entry(9, &[])), Some(10));
+    assert_eq!(log.purged(&key, &entry(10, &[])), None);
+}
+
+#[test]
+fn tags_are_checked_and_lists_parsed() {
+    for bad in ["", "a b", "a,b", "caf\u{e9}", "tab\there"] {
+        assert_eq!(
+            Tag::new(bad).unwrap_err().kind(),
+            PurgeErrorKind::BadTag,
+            "{bad:?}"
+        );
+    }
+    assert!(Tag::new("x".repeat(MAX_TAG_BYTES)).is_ok());
+    assert!(Tag::new("x".repeat(MAX_TAG_BYTES + 1)).is_err());
+    let listed: Vec<String> = Tag::parse_list(b"  product-1 shop,  cat:\xff 7 ")
+        .map(|t| t.as_str().to_owned())
+        .collect();
+    assert_eq!(listed, ["product-1", "shop", "7"]);
+}
+
+#[test]
+fn targets_travel_as_17_bytes() {
+    let t = tag("a");
+    assert_eq!(Target::from_bytes(&t.to_bytes()), Some(t));
+    assert_eq!(Target::from_bytes(b""), None);
+    assert_eq!(Target::from_bytes(&[b'x'; 17]), None);
+    assert_eq!(Target::from_bytes(&t.to_bytes()[..16]), None);
+}
