@@ -35,6 +35,10 @@ pub struct Args {
     pub lease: Option<Duration>,
     /// Early refresh's beta (XFetch); 0 for none.
     pub early_refresh: f64,
+    /// The token `PURGE` requests must carry, if the entry point is on.
+    pub purge_token: Option<String>,
+    /// The response header that tags answers for purging.
+    pub tag_header: Option<HeaderName>,
     /// The outcome header, or `None` for none.
     pub header: Option<HeaderName>,
     /// Whether responses carry the proxy's `Cache-Status` member.
@@ -109,6 +113,23 @@ struct Cli {
     #[arg(long = "early-refresh", value_name = "BETA", value_parser = beta)]
     early_refresh: Option<f64>,
 
+    /// Answer PURGE requests that carry `Authorization: Bearer <token>`,
+    /// the token being this file's content (trimmed): with `X-Purge-Tag:
+    /// <tags>` they purge those tags, without it their URL, in every
+    /// instance sharing the Redis. Off by default (PURGE then goes to the
+    /// upstream like any unsafe request).
+    #[arg(long = "purge-token-file", value_name = "PATH", value_parser = token_file)]
+    purge_token_file: Option<String>,
+
+    /// The response header whose values tag answers for purging (space- or
+    /// comma-separated); removed before answers reach clients.
+    #[arg(long = "tag-header", value_name = "NAME", value_parser = header_name, default_value = "surrogate-key")]
+    tag_header: HeaderName,
+
+    /// Read no tags from responses (and pass the tag header through).
+    #[arg(long = "no-tag-header", conflicts_with = "tag_header")]
+    no_tag_header: bool,
+
     /// The host name clients use, sent as X-Forwarded-Host on every request;
     /// keys then leave the client's Host out, so proxies reached by different
     /// addresses share them.
@@ -181,6 +202,8 @@ impl From<Cli> for Args {
             })),
             lease: cli.lease_ms.map(Duration::from_millis),
             early_refresh: cli.early_refresh.unwrap_or(0.0),
+            purge_token: cli.purge_token_file,
+            tag_header: (!cli.no_tag_header).then_some(cli.tag_header),
             header,
             cache_status: !cli.no_cache_status,
             forwarding: Forwarding {
@@ -196,6 +219,17 @@ fn upstream(v: &str) -> Result<Uri, String> {
     let uri: Uri = v.parse().map_err(|e| format!("{e}"))?;
     Upstream::new(&uri)?;
     Ok(uri)
+}
+
+fn token_file(path: &str) -> Result<String, String> {
+    let token = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let token = token.trim();
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{path}: a purge token is at least 16 visible ASCII characters"
+        ));
+    }
+    Ok(token.to_owned())
 }
 
 fn beta(v: &str) -> Result<f64, String> {

@@ -74,6 +74,7 @@
 
 mod args;
 mod forward;
+mod purge;
 
 pub use args::Args;
 pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody};
@@ -125,6 +126,9 @@ pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
         .outcome_header_name(args.header.clone());
     if args.cache_status {
         config = config.cache_status("coalesce-proxy");
+    }
+    if let Some(name) = &args.tag_header {
+        config = config.tag_header(name.clone());
     }
     if let Some(lease) = args.lease {
         config = config.lease(lease);
@@ -182,6 +186,7 @@ pub struct Proxy {
     inner: CoalesceService<Forward, HttpKey>,
     layer: CoalesceLayer,
     forward: Forward,
+    purge: Option<purge::PurgeEndpoint>,
 }
 
 /// A proxy to `upstream` (`http://host:port`) through `layer`, which must
@@ -197,6 +202,7 @@ pub fn proxy_service(
         inner: layer.layer(forward.clone()),
         layer,
         forward,
+        purge: None,
     })
 }
 
@@ -209,7 +215,17 @@ impl Proxy {
             inner: self.layer.layer(forward.clone()),
             layer: self.layer.clone(),
             forward,
+            purge: self.purge.clone(),
         }
+    }
+
+    /// The same proxy, answering `PURGE` requests that carry
+    /// `Authorization: Bearer <token>` itself (see `--purge-token-file`):
+    /// with `X-Purge-Tag: <tags>` it purges those tags, without it the
+    /// request's URL, in every instance sharing the backend.
+    pub fn with_purge_token(mut self, token: &str) -> Self {
+        self.purge = Some(purge::PurgeEndpoint::new(token, self.layer.purger()));
+        self
     }
 }
 
@@ -217,7 +233,10 @@ impl Service<Request<Incoming>> for Proxy {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = future::Either<
-        future::Ready<Result<Response<ProxyBody>, Infallible>>,
+        future::Either<
+            future::Ready<Result<Response<ProxyBody>, Infallible>>,
+            future::BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>,
+        >,
         future::MapOk<CoalesceFuture, IntoProxyBody>,
     >;
 
@@ -230,7 +249,13 @@ impl Service<Request<Incoming>> for Proxy {
         // coalesce by and nothing to forward.
         if forwardable_path(req.uri()).is_none() {
             let res = bad_request(BAD_TARGET).map(Either::Right);
-            return future::Either::Left(future::ready(Ok(res)));
+            return future::Either::Left(future::Either::Left(future::ready(Ok(res))));
+        }
+        if let (Some(endpoint), true) = (&self.purge, purge::is_purge(&req)) {
+            let endpoint = endpoint.clone();
+            let (head, _body) = req.into_parts();
+            let answer = async move { Ok(endpoint.answer(head).await) };
+            return future::Either::Left(future::Either::Right(Box::pin(answer)));
         }
         let into_proxy_body: IntoProxyBody = |res| res.map(Either::Left);
         future::Either::Right(self.inner.call(req).map_ok(into_proxy_body))

@@ -35,7 +35,10 @@ async fn main() -> ExitCode {
         args.forwarding.clone(),
         layer.clone(),
     ) {
-        Ok(proxy) => proxy,
+        Ok(proxy) => match &args.purge_token {
+            Some(token) => proxy.with_purge_token(token),
+            None => proxy,
+        },
         Err(error) => {
             eprintln!("coalesce-proxy: {error}");
             return ExitCode::FAILURE;

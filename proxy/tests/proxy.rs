@@ -138,6 +138,15 @@ async fn fresh(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
     ([("cache-control", cc)], "fresh")
 }
 
+/// Kept a minute, tagged `t1` and `t2`; its body counts its calls.
+async fn tagged(State(up): State<Upstream>) -> impl IntoResponse {
+    let n = up.count("tagged");
+    (
+        [("cache-control", "max-age=60"), ("surrogate-key", "t1 t2")],
+        format!("tagged {n}"),
+    )
+}
+
 const PAGE: &str = "0123456789";
 
 /// A page with validators, kept for a minute; slow enough for a burst to
@@ -186,6 +195,7 @@ async fn upstream() -> (Upstream, Uri) {
         .route("/page", routing::get(page))
         .route("/whoami", routing::get(whoami))
         .route("/fresh", routing::get(fresh))
+        .route("/tagged", any(tagged))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(up.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -582,6 +592,11 @@ fn the_command_line_is_checked() {
     assert_eq!(args.redis, None);
     assert_eq!(args.lease, None);
     assert_eq!(args.early_refresh, 0.0);
+    assert_eq!(args.purge_token, None, "no PURGE entry point by default");
+    assert_eq!(
+        args.tag_header.as_ref().map(|h| h.as_str()),
+        Some("surrogate-key")
+    );
 
     let args = parse(&[
         "--listen",
@@ -627,6 +642,13 @@ fn the_command_line_is_checked() {
         &["--upstream", "http://h:1", "--public-host", "user@h"],
         &["--upstream", "http://h:1", "--public-host"],
         &["--upstream", "http://h:1", "--early-refresh", "-1"],
+        &[
+            "--upstream",
+            "http://h:1",
+            "--purge-token-file",
+            "/nonexistent/token",
+        ],
+        &["--upstream", "http://h:1", "--tag-header", "bad header"],
         &["--upstream", "http://h:1", "--early-refresh", "NaN"],
         &[
             "--upstream",
@@ -939,4 +961,98 @@ async fn an_upstreams_stale_while_revalidate_is_served_stale_while_one_refresh_r
     .await;
     assert_eq!(send(&client, get(proxy, path)).await.outcome(), "hit");
     assert_eq!(up.calls("fresh"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_requests_with_the_token_purge_by_url_and_by_tag() {
+    let (up, upstream) = upstream().await;
+    let dir = std::env::temp_dir().join(format!("coalesce-purge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-purge-token-0123\n").unwrap();
+    let args = args_from(
+        &upstream,
+        &["--purge-token-file", token_file.to_str().unwrap()],
+    );
+    assert_eq!(args.purge_token.as_deref(), Some("s3cret-purge-token-0123"));
+    let layer = coalesce_proxy::layer(&args).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = coalesce_proxy::proxy_service(upstream.clone(), args.forwarding.clone(), layer)
+        .unwrap()
+        .with_purge_token(args.purge_token.as_deref().unwrap());
+    tokio::spawn(coalesce_proxy::serve(
+        listener,
+        proxy,
+        std::future::pending(),
+    ));
+    let client = client();
+    let purge = |token: Option<&str>, tags: Option<&str>| {
+        let mut req = Request::builder()
+            .method("PURGE")
+            .uri(format!("http://{addr}/tagged"));
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(tags) = tags {
+            req = req.header("x-purge-tag", tags);
+        }
+        req.body(Full::default()).unwrap()
+    };
+
+    let first = send(&client, get(addr, "/tagged")).await;
+    assert_eq!(first.body, "tagged 1");
+    assert!(
+        !first.headers.contains_key("surrogate-key"),
+        "tags are stripped"
+    );
+    assert_eq!(send(&client, get(addr, "/tagged")).await.outcome(), "hit");
+
+    // Without the token, or with another: refused, and nothing purged.
+    for token in [None, Some("s3cret-purge-token-0124"), Some("short")] {
+        let refused = send(&client, purge(token, None)).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{token:?}");
+    }
+    assert_eq!(send(&client, get(addr, "/tagged")).await.outcome(), "hit");
+    assert_eq!(up.calls("tagged"), 1, "a PURGE never reaches the upstream");
+
+    let purged = send(&client, purge(Some("s3cret-purge-token-0123"), None)).await;
+    assert_eq!(purged.status, StatusCode::OK);
+    // Both forms of the URL (HTTP/1.1 path + Host, HTTP/2 absolute URI).
+    assert_eq!(purged.body, "purged url /tagged at 2\n");
+    let again = send(&client, get(addr, "/tagged")).await;
+    assert_eq!(
+        (again.outcome(), &again.body[..]),
+        ("leader", &b"tagged 2"[..])
+    );
+
+    let purged = send(
+        &client,
+        purge(Some("s3cret-purge-token-0123"), Some("t2 nope")),
+    )
+    .await;
+    assert_eq!(purged.status, StatusCode::OK);
+    assert_eq!(purged.body, "purged tag t2 at 3\npurged tag nope at 4\n");
+    assert_eq!(
+        send(&client, get(addr, "/tagged")).await.outcome(),
+        "leader"
+    );
+    let bad = send(
+        &client,
+        purge(Some("s3cret-purge-token-0123"), Some("caf\u{e9}")),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    // An unsafe request the upstream accepts purges its URL too.
+    assert_eq!(send(&client, get(addr, "/tagged")).await.outcome(), "hit");
+    let post = Request::post(format!("http://{addr}/tagged"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&client, post).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&client, get(addr, "/tagged")).await.outcome(),
+        "leader"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -84,39 +84,69 @@ impl<E> Purger<E> {
     }
 
     /// Purges every answer for `url` (all its variants and methods): the
-    /// resource the layer's extractor gives a `GET` of it. An absolute URL's
-    /// authority is its `Host`; a path alone (`/products/7?view=full`) is
-    /// keyed as the extractor keys a request without one.
+    /// resource the layer's extractor gives a `GET` of it. For an absolute
+    /// URL (`http://shop.example/products/7`), both the forms a server sees
+    /// such a request in: HTTP/1.1's path with `Host: shop.example`, and
+    /// HTTP/2's absolute URI. A path alone (`/products/7?view=full`) is keyed
+    /// as a request without `Host`, which matches only where the extractor
+    /// leaves the authority out ([`HttpKey::without_authority`]); otherwise
+    /// name the host, or purge by tag.
     pub async fn purge_url(&self, url: &str) -> Result<Purged, PurgeError>
-    where
-        E: KeyExtractor<Empty<Bytes>>,
-    {
-        let key = self.url_key(url)?;
-        self.purge(Purge::Resource(key)).await
-    }
-
-    /// The key the extractor gives a `GET` of `url`.
-    fn url_key(&self, url: &str) -> Result<Key, PurgeError>
     where
         E: KeyExtractor<Empty<Bytes>>,
     {
         let uri: http::Uri = url
             .parse()
             .map_err(|e| PurgeError::not_keyed(format!("{url:?} is not a URL: {e}")))?;
-        let mut req = http::Request::new(Empty::new());
+        let mut keys = Vec::with_capacity(2);
         if let Some(authority) = uri.authority() {
-            if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
-                req.headers_mut().insert(http::header::HOST, host);
-            }
+            let host = http::HeaderValue::from_str(authority.as_str())
+                .map_err(|_| PurgeError::not_keyed(format!("{url:?}: a bad authority")))?;
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let origin_form = path
+                .parse()
+                .map_err(|e| PurgeError::not_keyed(format!("{url:?}: {e}")))?;
+            keys.push(self.key_of(origin_form, Some(host)));
+        }
+        keys.push(self.key_of(uri, None));
+        let keys: Vec<Key> = keys.into_iter().flatten().collect();
+        if keys.is_empty() {
+            return Err(PurgeError::not_keyed(format!(
+                "the layer's extractor gives a GET of {url} no key"
+            )));
+        }
+        let mut last = None;
+        for key in dedup(keys) {
+            last = Some(self.purge(Purge::Resource(key)).await?);
+        }
+        Ok(last.expect("at least one key"))
+    }
+
+    /// The key the extractor gives a `GET` of `uri` with this `Host`.
+    fn key_of(&self, uri: http::Uri, host: Option<http::HeaderValue>) -> Option<Key>
+    where
+        E: KeyExtractor<Empty<Bytes>>,
+    {
+        let mut req = http::Request::new(Empty::new());
+        if let Some(host) = host {
+            req.headers_mut().insert(http::header::HOST, host);
         }
         *req.uri_mut() = uri;
-        let key = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.shared.extractor.extract(&req)
         }))
         .ok()
-        .flatten();
-        key.ok_or_else(|| {
-            PurgeError::not_keyed(format!("the layer's extractor gives a GET of {url} no key"))
-        })
+        .flatten()
     }
+}
+
+/// The keys with distinct resources (two forms may key alike).
+fn dedup(keys: Vec<Key>) -> Vec<Key> {
+    let mut out: Vec<Key> = Vec::with_capacity(keys.len());
+    for key in keys {
+        if !out.iter().any(|k| k.resource() == key.resource()) {
+            out.push(key);
+        }
+    }
+    out
 }
