@@ -48,6 +48,20 @@
 //! answered its requests from it. Cross-instance sharing goes through the
 //! stored answer, so it needs a TTL above zero.
 //!
+//! # Change a product: every instance serves the new name
+//! ```text
+//! cargo run --example axum_server -- --listen 127.0.0.1:3001 --redis redis://127.0.0.1:6390/ \
+//!     --db /tmp/products.db --ttl-ms 60000 &
+//! cargo run --example axum_server -- --listen 127.0.0.1:3002 --redis redis://127.0.0.1:6390/ \
+//!     --db /tmp/products.db --ttl-ms 60000 &
+//! curl -s http://127.0.0.1:3001/products/7; curl -s http://127.0.0.1:3002/products/7
+//! curl -s -X PUT --data 'Shiny Lamp' http://127.0.0.1:3001/products/7    # 204
+//! curl -s http://127.0.0.1:3002/products/7                               # "Shiny Lamp"
+//! ```
+//! `PUT /products/{id}` renames the product in SQLite, then purges the tag
+//! `product-{id}` that its answers carry: the other instance drops its
+//! cached answer when the purge message reaches it, long before the ttl.
+//!
 //! # Metrics and several apps in one process
 //! Each app records into a Prometheus recorder of its own instead of
 //! installing a global one, so that two instances can run in one process (the
@@ -68,7 +82,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tower_coalesce::{CoalesceConfig, CoalesceLayer, HttpKey, Key, RedisBackend, Stats, Store};
+use tower_coalesce::{
+    CoalesceConfig, CoalesceLayer, HttpKey, Key, Purger, RedisBackend, Stats, Store,
+};
 
 /// An error from start-up or from a query.
 pub type BoxError = Box<dyn Error + Send + Sync>;
@@ -76,13 +92,16 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 /// The command-line help.
 pub const USAGE: &str = "\
 usage: axum_server [--listen ADDR] [--redis URL] [--ttl-ms N] [--query-ms N] [--products N]
+                   [--db PATH]
 
   --listen ADDR   address to serve on (default 127.0.0.1:3000)
   --redis URL     share flights and answers through this Redis (default: $REDIS_URL,
                   or none: coalesce within this process only)
   --ttl-ms N      how long an answer is kept, in ms (default 1000)
   --query-ms N    extra latency of every database query, in ms (default 100)
-  --products N    how many products to seed (default 500)";
+  --products N    how many products to seed (default 500)
+  --db PATH       keep the products in this SQLite file, shared by the instances
+                  that name it (default: in memory, this instance's own)";
 
 /// What the server is told on its command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +116,9 @@ pub struct Settings {
     pub query_latency: Duration,
     /// How many products the database is seeded with (ids `1..=products`).
     pub products: u32,
+    /// The SQLite file, shared by the instances that name it; `None` for a
+    /// database in memory, this instance's own.
+    pub db: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -107,6 +129,7 @@ impl Default for Settings {
             ttl: Duration::from_millis(1000),
             query_latency: Duration::from_millis(100),
             products: 500,
+            db: None,
         }
     }
 }
@@ -151,6 +174,7 @@ impl Settings {
                     settings.query_latency = Duration::from_millis(number(&flag, &value()?)?);
                 }
                 "--products" => settings.products = number(&flag, &value()?)?,
+                "--db" => settings.db = Some(value()?.into()),
                 other => return Err(format!("unknown argument {other}")),
             }
         }
@@ -182,10 +206,12 @@ pub struct Database {
 }
 
 impl Database {
-    /// An in-memory database with products `1..=products`. Each query is
-    /// counted in `queries` (which several databases may share) and in the
+    /// A database with products `1..=products` (those not there yet are
+    /// added): in the file `path`, or in memory. Each query is counted in
+    /// `queries` (which several databases may share) and in the
     /// `db_queries_total` metric of `metrics`.
     pub fn seeded(
+        path: Option<&std::path::Path>,
         products: u32,
         latency: Duration,
         queries: Arc<AtomicU64>,
@@ -193,9 +219,14 @@ impl Database {
     ) -> rusqlite::Result<Self> {
         const ADJECTIVES: [&str; 6] = ["Blue", "Heavy", "Quiet", "Round", "Spare", "Tiny"];
         const NOUNS: [&str; 5] = ["Anvil", "Kettle", "Lamp", "Spanner", "Teapot"];
-        let mut conn = Connection::open_in_memory()?;
+        let mut conn = match path {
+            Some(path) => Connection::open(path)?,
+            None => Connection::open_in_memory()?,
+        };
+        // Instances sharing the file may start together.
+        conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(
-            "CREATE TABLE products (
+            "CREATE TABLE IF NOT EXISTS products (
                  id          INTEGER PRIMARY KEY,
                  name        TEXT    NOT NULL,
                  price_cents INTEGER NOT NULL
@@ -204,8 +235,9 @@ impl Database {
         // One transaction: a commit per row would make start-up slow.
         let tx = conn.transaction()?;
         {
-            let mut insert =
-                tx.prepare("INSERT INTO products (id, name, price_cents) VALUES (?1, ?2, ?3)")?;
+            let mut insert = tx.prepare(
+                "INSERT OR IGNORE INTO products (id, name, price_cents) VALUES (?1, ?2, ?3)",
+            )?;
             for id in 1..=products {
                 let name = format!(
                     "{} {}",
@@ -228,6 +260,20 @@ impl Database {
     pub async fn product_json(&self, id: i64) -> Result<Option<String>, BoxError> {
         let db = self.clone();
         Ok(tokio::task::spawn_blocking(move || db.query_product(id)).await??)
+    }
+
+    /// Renames the product; `false` if there is no such id.
+    pub async fn rename(&self, id: i64, name: String) -> Result<bool, BoxError> {
+        let db = self.clone();
+        let changed = tokio::task::spawn_blocking(move || {
+            let conn = db.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            conn.execute(
+                "UPDATE products SET name = ?1 WHERE id = ?2",
+                params![name, id],
+            )
+        })
+        .await??;
+        Ok(changed == 1)
     }
 
     fn query_product(&self, id: i64) -> rusqlite::Result<Option<String>> {
@@ -311,10 +357,23 @@ impl Metrics {
 
 /// Each of the layer's counters as a metric: its name, and its value in `s`
 /// (see [`Stats`] for what each one counts).
-/// The layer's settings in this example: keep answers for `ttl`, and say in
-/// `x-coalesce` how each response was produced.
+/// The layer's settings in this example: keep answers for `ttl`, say in
+/// `x-coalesce` how each response was produced, and tag each answer with
+/// the `Surrogate-Key` it carries (`product-7`), which the layer strips.
+/// The `PUT` handler purges by that tag itself — it knows what it changed
+/// (a product may also appear in lists tagged with it) — so the layer's
+/// own purge of an unsafe request's URL is turned off.
 pub fn coalesce_config(ttl: Duration) -> CoalesceConfig {
-    CoalesceConfig::new().ttl(ttl).outcome_header("x-coalesce")
+    CoalesceConfig::new()
+        .ttl(ttl)
+        .outcome_header("x-coalesce")
+        .tag_header(header::HeaderName::from_static("surrogate-key"))
+        .invalidate_on_unsafe(false)
+}
+
+/// The tag of every answer that shows product `id`.
+fn product_tag(id: i64) -> String {
+    format!("product-{id}")
 }
 
 #[derive(Clone)]
@@ -322,18 +381,26 @@ struct AppState {
     db: Database,
     metrics: Metrics,
     layer: CoalesceLayer<HttpKey>,
+    purger: Purger<HttpKey>,
 }
 
-/// The routes: `GET /products/{id}` behind `layer`, and `GET /metrics` beside it.
+/// The routes: `GET /products/{id}` behind `layer` and `PUT /products/{id}`
+/// (the body is the new name), and `GET /metrics` beside them.
 pub fn router(db: Database, metrics: Metrics, layer: CoalesceLayer<HttpKey>) -> Router {
+    let purger = layer.purger();
     Router::new()
-        .route("/products/{id}", get(product))
+        .route("/products/{id}", get(product).put(rename))
         // `route_layer` wraps only the routes above it: scrapes are never
         // coalesced, cached or counted as requests, and unmatched paths get
         // the router's own 404 without a flight.
         .route_layer(layer.clone())
         .route("/metrics", get(render_metrics))
-        .with_state(AppState { db, metrics, layer })
+        .with_state(AppState {
+            db,
+            metrics,
+            layer,
+            purger,
+        })
 }
 
 /// How long start-up waits for the first answer from Redis.
@@ -353,6 +420,7 @@ pub async fn build(settings: &Settings, queries: Arc<AtomicU64>) -> Result<App, 
     let metrics = Metrics::new();
     // A few hundred rows take milliseconds, and nothing is served yet.
     let db = Database::seeded(
+        settings.db.as_deref(),
         settings.products,
         settings.query_latency,
         queries,
@@ -387,7 +455,17 @@ pub async fn build(settings: &Settings, queries: Arc<AtomicU64>) -> Result<App, 
 async fn product(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
     let json = [(header::CONTENT_TYPE, "application/json")];
     match state.db.product_json(id).await {
-        Ok(Some(product)) => (json, product).into_response(),
+        Ok(Some(product)) => (
+            [
+                json[0].clone(),
+                (
+                    header::HeaderName::from_static("surrogate-key"),
+                    product_tag(id).as_str(),
+                ),
+            ],
+            product,
+        )
+            .into_response(),
         // Kept for the TTL like any answer, so a burst of lookups for an id
         // that does not exist costs one query too.
         Ok(None) => (
@@ -399,6 +477,37 @@ async fn product(State(state): State<AppState>, Path(id): Path<i64>) -> Response
         Err(error) => {
             eprintln!("product {id}: {error}");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Renames product `id` to the request's body, then purges every answer
+/// tagged with it, in every instance sharing the Redis: the next `GET` on
+/// any of them reads the new name. `204` once both are done.
+async fn rename(State(state): State<AppState>, Path(id): Path<i64>, name: String) -> Response {
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.len() > 200 {
+        return (StatusCode::BAD_REQUEST, "a name is 1 to 200 bytes\n").into_response();
+    }
+    match state.db.rename(id, name).await {
+        Ok(true) => {}
+        Ok(false) => return (StatusCode::NOT_FOUND, "no such product\n").into_response(),
+        Err(error) => {
+            eprintln!("rename {id}: {error}");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    }
+    match state.purger.purge_tag(&product_tag(id)).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => {
+            // The data changed; other instances may serve the old name
+            // until their answers' ttl ends.
+            eprintln!("purge of product {id}: {error}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "renamed, but cached answers were not purged everywhere\n",
+            )
+                .into_response()
         }
     }
 }

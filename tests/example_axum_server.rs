@@ -312,3 +312,86 @@ fn flags_and_redis_url_are_read() {
         assert!(USAGE.contains(flag), "the help describes {flag}");
     }
 }
+
+/// `PUT`s `name` as product `id`'s name through `addr`; the status.
+async fn rename(addr: SocketAddr, id: u32, name: &str) -> StatusCode {
+    let client: Client<HttpConnector, http_body_util::Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::put(format!("http://{addr}/products/{id}"))
+        .body(http_body_util::Full::new(Bytes::from(name.to_owned())))
+        .unwrap();
+    client
+        .request(req)
+        .await
+        .expect("the server answers")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_on_one_instance_is_served_by_the_other_at_once() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("axum-server-db-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("products.db");
+    // Answers are kept a minute: only the purge can make the new name show.
+    let settings = settings(&[
+        "--redis",
+        &redis.url(),
+        "--ttl-ms",
+        "60000",
+        "--query-ms",
+        "0",
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    let queries = Arc::new(AtomicU64::new(0));
+    let a = start(&settings, queries.clone()).await;
+    let b = start(&settings, queries.clone()).await;
+    let client = client();
+    for instance in [&a, &b, &b] {
+        let reply = fetch(client.clone(), instance.addr, "/products/7").await;
+        assert_eq!(reply.body, PRODUCT_7);
+    }
+    assert_eq!(
+        fetch(client.clone(), b.addr, "/products/7")
+            .await
+            .outcome
+            .as_deref(),
+        Some("hit")
+    );
+
+    assert_eq!(
+        rename(a.addr, 7, "Shiny Lamp").await,
+        StatusCode::NO_CONTENT
+    );
+    let renamed = r#"{"id":7,"name":"Shiny Lamp","price_cents":458}"#;
+    let start = std::time::Instant::now();
+    loop {
+        let reply = fetch(client.clone(), b.addr, "/products/7").await;
+        if reply.body == renamed {
+            break;
+        }
+        assert_eq!(reply.body, PRODUCT_7);
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the other instance still serves the old name a second after the rename"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        fetch(client.clone(), a.addr, "/products/7").await.body,
+        renamed
+    );
+    // Another product's answer is untouched; bad renames are refused.
+    assert_eq!(
+        fetch(client.clone(), a.addr, "/products/8").await.body,
+        PRODUCT_8
+    );
+    assert_eq!(rename(a.addr, 7, "  ").await, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        rename(a.addr, 100_000, "Nothing").await,
+        StatusCode::NOT_FOUND
+    );
+    drop((a, b));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
