@@ -155,7 +155,7 @@ where
     E: KeyExtractor<ReqBody>,
 {
     let backend = &shared.config.backend;
-    if backend.purge_position() <= entry.filled_at() {
+    if backend.purge_position() <= entry.fill_position() {
         return false;
     }
     let Some(key) = call.as_ref().and_then(|(req, _)| shared.key(req)) else {

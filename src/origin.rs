@@ -172,7 +172,7 @@ where
     if let (StatusCode::NOT_MODIFIED, Some(stale)) = (head.status, revalidating) {
         // Tags the 304 names replace the stale answer's.
         let tags = if tags.is_empty() {
-            stale.tag_digests().to_vec()
+            stale.tags().to_vec()
         } else {
             tags
         };

@@ -210,16 +210,6 @@ impl Entry {
         &self.inner.fill.tags
     }
 
-    /// The same as [`fill_position`](Self::fill_position).
-    pub(crate) fn filled_at(&self) -> u64 {
-        self.inner.fill.at
-    }
-
-    /// The digests of its tags.
-    pub(crate) fn tag_digests(&self) -> &[Digest16] {
-        &self.inner.fill.tags
-    }
-
     /// The latest purge position it was judged not purged at.
     pub(crate) fn checked_at(&self) -> u64 {
         self.inner.checked_at()

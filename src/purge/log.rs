@@ -102,14 +102,19 @@ impl PurgeLog {
         // new position finds it.
         if position > whole {
             records.early.insert(position);
-            let mut whole = whole;
-            while records.early.first() == Some(&(whole + 1)) {
-                records.early.pop_first();
-                whole += 1;
-            }
-            self.whole.store(whole, Ordering::Release);
+            self.advance(records, whole);
         }
         self.latest.fetch_max(position, Ordering::AcqRel);
+    }
+
+    /// Moves the complete position on from `whole` over the positions
+    /// recorded just above it.
+    fn advance(&self, records: &mut Records, mut whole: u64) {
+        while records.early.first() == Some(&(whole + 1)) {
+            records.early.pop_first();
+            whole += 1;
+        }
+        self.whole.store(whole, Ordering::Release);
     }
 
     /// Every entry filled before `position` counts as purged, and every
@@ -124,13 +129,9 @@ impl PurgeLog {
     /// in): a catch-up after purges may have been missed.
     pub(crate) fn known_through(&self, position: u64) {
         let mut records = crate::sync::write(&self.records);
-        let mut whole = self.whole.load(Ordering::Acquire).max(position);
+        let whole = self.whole.load(Ordering::Acquire).max(position);
         records.early.retain(|&at| at > position);
-        while records.early.first() == Some(&(whole + 1)) {
-            records.early.pop_first();
-            whole += 1;
-        }
-        self.whole.store(whole, Ordering::Release);
+        self.advance(&mut records, whole);
         self.latest.fetch_max(position, Ordering::AcqRel);
     }
 
@@ -140,7 +141,7 @@ impl PurgeLog {
         if entry.checked_at() >= self.latest() {
             return None;
         }
-        let filled = entry.filled_at();
+        let filled = entry.fill_position();
         let floor = self.floor.load(Ordering::Acquire);
         if filled < floor {
             return Some(floor);
@@ -151,7 +152,7 @@ impl PurgeLog {
         let (found, whole) = {
             let records = crate::sync::read(&self.records);
             let tags = entry
-                .tag_digests()
+                .tags()
                 .iter()
                 .filter_map(|digest| later(&records, &Target::tag(*digest)))
                 .max();

@@ -155,10 +155,7 @@ impl Purge {
         match self {
             Purge::Key(key) => Target::key(key),
             Purge::Resource(key) => Target::resource(key),
-            Purge::Tag(tag) => Target {
-                kind: Kind::Tag,
-                digest: tag.digest(),
-            },
+            Purge::Tag(tag) => Target::tag(tag.digest()),
         }
     }
 }

@@ -369,7 +369,7 @@ impl Leases for RedisBackend {
             };
             let names = self.names(key);
             let mut conn = self.conn.clone();
-            let filled = kept.as_ref().map_or(0, |(entry, _)| entry.filled_at());
+            let filled = kept.as_ref().map_or(0, |(entry, _)| entry.fill_position());
             let done: i64 = names
                 .leased(&COMPLETE)
                 .key(names.purged())

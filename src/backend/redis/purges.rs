@@ -97,28 +97,29 @@ impl Purges {
     pub(super) async fn catch_up(&self, conn: &mut ConnectionManager) -> Result<(), BackendError> {
         // Cleared before the read: a disconnection during it sets it again.
         self.missed.store(false, Ordering::Release);
+        let read = self.read_back(conn).await;
+        if read.is_err() {
+            self.missed.store(true, Ordering::Release);
+        }
+        read
+    }
+
+    async fn read_back(&self, conn: &mut ConnectionManager) -> Result<(), BackendError> {
         let id = redis::cmd("CLIENT")
             .arg("ID")
             .query_async::<u64>(conn)
             .await
-            .map_err(|e| {
-                self.missed.store(true, Ordering::Release);
-                BackendError::new("Redis CLIENT ID failed", e)
-            })?;
+            .map_err(|e| BackendError::new("Redis CLIENT ID failed", e))?;
         self.connection.store(id, Ordering::Release);
         let names = &self.names;
-        let read: (u64, u64, Vec<(Vec<u8>, u64)>) = CATCH_UP
+        let (sequence, floor, records): (u64, u64, Vec<(Vec<u8>, u64)>) = CATCH_UP
             .key(&names.sequence)
             .key(&names.log)
             .key(&names.floor)
             .arg(self.log.position())
             .invoke_async(conn)
             .await
-            .map_err(|e| {
-                self.missed.store(true, Ordering::Release);
-                BackendError::new("Redis purge catch-up failed", e)
-            })?;
-        let (sequence, floor, records) = read;
+            .map_err(|e| BackendError::new("Redis purge catch-up failed", e))?;
         if floor > self.log.position() {
             // Records this process never read were forgotten: whatever
             // was filled before them counts as purged.
