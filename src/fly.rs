@@ -238,6 +238,11 @@ where
     if matches!(landing, Landing::Pass) {
         shared.remember_pass(key);
     }
+    // The answer replaces a stored one but may not be stored itself: the
+    // stored one goes, from every instance's near cache too.
+    let drops = version.is_some()
+        && keep.is_none()
+        && matches!(landing, Landing::Pass | Landing::Varied(..));
     match lease {
         Some(lease) => {
             let completion = match (keep, &landing) {
@@ -271,6 +276,20 @@ where
                     ),
                 }
             }
+        }
+    }
+    if drops {
+        let purge = crate::Purge::Key(key.clone());
+        match optional(shared, |backend| backend.purge(&purge)).await {
+            Ok(purged) => tracing::debug!(
+                position = purged.position,
+                "the answer that replaced a stored one may not be shared; the stored one is purged"
+            ),
+            Err(unavailable) => unavailable.report(
+                counters,
+                "backend purge",
+                "other instances may serve the replaced answer until its stale window ends",
+            ),
         }
     }
     Flown::Landed(landing, own)

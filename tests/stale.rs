@@ -337,3 +337,40 @@ async fn a_stale_answer_stands_in_for_an_origin_that_times_out() {
     assert_eq!((stats.wait_timeouts, stats.stale_on_error), (1, 1));
     assert_eq!(origin.calls(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_whose_answer_is_private_drops_the_stale_answer_from_every_instance() {
+    let server = support::redis::RedisServer::start();
+    let origin = Origin::new();
+    origin.personal_from.store(2, Ordering::SeqCst);
+    origin.gate.add_permits(100);
+    let mut layers = Vec::new();
+    let mut svcs = Vec::new();
+    for _ in 0..2 {
+        let backend = RedisBackend::connect(server.url()).await.unwrap();
+        let layer = CoalesceLayer::new(config().backend(backend));
+        svcs.push(Svc::new(layer.layer(origin.serve())));
+        layers.push(layer);
+    }
+    assert_eq!(answer(&svcs[0]).await.0, Outcome::Leader);
+    // Both instances now hold it in their near caches.
+    assert_eq!(answer(&svcs[1]).await, (Outcome::Hit, "answer 1".into()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // Instance 0 refreshes it; the origin's answer is now private.
+    assert_eq!(answer(&svcs[0]).await.0, Outcome::Stale);
+    until(&layers[0], "the refresh", |_| {
+        layers[0].flights_in_progress() == 0
+    })
+    .await;
+    assert_eq!(origin.calls(), 2);
+    // Give the news a moment to reach instance 1 (well under a millisecond
+    // on loopback).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (outcome, text) = answer(&svcs[1]).await;
+    assert_eq!(
+        (outcome, text.as_str()),
+        (Outcome::Pass, "answer 3"),
+        "instance 1 served the dropped answer from its near cache"
+    );
+}
