@@ -97,25 +97,27 @@ where
     }
 
     /// An unsafe request the layer does not key: the inner service's answer,
-    /// given once a successful one has purged `purge` (its URL).
+    /// given once a successful one has purged what `write` names (its URL,
+    /// and the same-origin URLs the answer names).
     pub(crate) fn purging<E2>(
         future: S::Future,
         purger: crate::Purger<E2>,
-        purge: crate::Purge,
+        write: crate::purge::Write,
         marks: Option<Arc<Marks>>,
     ) -> Self
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         S::Future: Send + 'static,
-        E2: Send + Sync + 'static,
+        E2: KeyExtractor<ReqBody>,
         ResBody: Send + 'static,
     {
         let future = Box::pin(async move {
             let res = future.await?;
             let status = res.status();
             if status.is_success() || status.is_redirection() {
+                let purges = purger.write_purges(write, res.headers());
                 // Logged and counted by the purger; the answer goes on.
-                let _ = purger.purge(purge).await;
+                futures_util::future::join_all(purges.into_iter().map(|p| purger.purge(p))).await;
             }
             Ok(res)
         });

@@ -97,6 +97,7 @@ impl<E> CoalesceLayerBuilder<E> {
                 refresh_failed,
                 marks,
                 tasks: Default::default(),
+                merges: Default::default(),
             }),
         })
     }

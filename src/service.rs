@@ -94,10 +94,10 @@ where
             tracing::trace!("bypass: no key");
             bump(&shared.counters.bypasses);
             if shared.config.invalidate_on_unsafe && !req.method().is_safe() {
-                if let Some(url) = crate::purge::unsafe_target(shared, &mut req) {
+                if let Some(write) = crate::purge::Write::of(shared, &mut req) {
                     let purger = crate::Purger::new(self.shared.clone());
                     let future = self.inner.call(req);
-                    return ResponseFuture::purging(future, purger, url, header);
+                    return ResponseFuture::purging(future, purger, write, header);
                 }
             }
             return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Bypass, header);

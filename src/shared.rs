@@ -30,6 +30,8 @@ pub(crate) struct Shared<E> {
     /// The flights and lease releases under way, for
     /// [`CoalesceLayer::shutdown`](crate::CoalesceLayer::shutdown).
     pub(crate) tasks: Tasks,
+    /// Purges under way, which those asked for meanwhile share.
+    pub(crate) merges: crate::purge::Merges,
 }
 
 /// A memory of keys for a while (those that pass, those whose refresh just

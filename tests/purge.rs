@@ -313,3 +313,130 @@ async fn the_tag_header_can_be_kept() {
     assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Hit));
     assert_eq!(res.headers()["surrogate-key"], "x");
 }
+
+/// A request with `method`, `uri` and `host`, and this body.
+fn request(
+    method: http::Method,
+    uri: &str,
+    host: &str,
+    body: &'static str,
+) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(http::header::HOST, host)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+/// An origin that answers `GET`s `<path> <n>`, and unsafe requests `201`
+/// with the `Location` and `Content-Location` given in their headers
+/// `x-location` and `x-content-location`.
+fn writable(origin: &Origin) -> impl Fn(Request<Full<Bytes>>) -> TaggedAnswer + Clone {
+    let calls = origin.calls.clone();
+    move |req: Request<Full<Bytes>>| {
+        let n = calls.load(Ordering::SeqCst);
+        let path = req.uri().path().to_owned();
+        let named = |name: &str| req.headers().get(name).cloned();
+        let (location, content_location) = (named("x-location"), named("x-content-location"));
+        let write = req.method() != http::Method::GET;
+        Box::pin(async move {
+            let mut res = Response::new(Full::new(Bytes::from(format!("{path} {n}"))));
+            if write {
+                *res.status_mut() = StatusCode::CREATED;
+                for (name, value) in [
+                    (http::header::LOCATION, location),
+                    (http::header::CONTENT_LOCATION, content_location),
+                ] {
+                    if let Some(value) = value {
+                        res.headers_mut().insert(name, value);
+                    }
+                }
+            }
+            Ok(res)
+        })
+    }
+}
+
+async fn outcome(svc: &Svc, req: Request<Full<Bytes>>) -> Outcome {
+    let res = svc.clone().oneshot(req).await.unwrap();
+    *res.extensions().get::<Outcome>().unwrap()
+}
+
+#[tokio::test]
+async fn an_unsafe_request_with_a_body_purges_its_url() {
+    let origin = Origin::open();
+    let layer = CoalesceLayer::new(config());
+    let svc = Svc::new(layer.layer(origin.serve(writable(&origin))));
+    let get = || request(http::Method::GET, "/item", "shop.example", "");
+    assert_eq!(outcome(&svc, get()).await, Outcome::Leader);
+    assert_eq!(outcome(&svc, get()).await, Outcome::Hit);
+    let put = request(http::Method::PUT, "/item", "shop.example", "the new name");
+    assert_eq!(outcome(&svc, put).await, Outcome::Bypass);
+    assert_eq!(outcome(&svc, get()).await, Outcome::Leader);
+    assert_eq!(layer.stats().purges, 1);
+}
+
+#[tokio::test]
+async fn an_unsafe_request_purges_a_same_origin_location_and_content_location() {
+    let origin = Origin::open();
+    let layer = CoalesceLayer::new(config());
+    let svc = Svc::new(layer.layer(origin.serve(writable(&origin))));
+    let get = |uri: &str, host: &str| request(http::Method::GET, uri, host, "");
+    let stored = [
+        ("/items/7", "shop.example"),
+        ("/items/7/summary?full=1", "shop.example"),
+        ("/lists/new", "shop.example"),
+        ("/items/7", "other.example"),
+        ("/elsewhere", "shop.example"),
+    ];
+    for (uri, host) in stored {
+        assert_eq!(outcome(&svc, get(uri, host)).await, Outcome::Leader);
+        assert_eq!(outcome(&svc, get(uri, host)).await, Outcome::Hit);
+    }
+    let post = |location: &str, content_location: &str| {
+        let mut req = request(http::Method::POST, "/lists/new", "shop.example", "{}");
+        let headers = req.headers_mut();
+        headers.insert("x-location", location.parse().unwrap());
+        headers.insert("x-content-location", content_location.parse().unwrap());
+        req
+    };
+    // An absolute path and an absolute URL of the same origin (the scheme
+    // is not the layer's to know): both purged, with the target.
+    let created = post(
+        "/items/7",
+        "https://SHOP.example/items/7/summary?full=1#top",
+    );
+    assert_eq!(outcome(&svc, created).await, Outcome::Bypass);
+    assert_eq!(
+        outcome(&svc, get("/items/7", "shop.example")).await,
+        Outcome::Leader
+    );
+    assert_eq!(
+        outcome(&svc, get("/items/7/summary?full=1", "shop.example")).await,
+        Outcome::Leader
+    );
+    assert_eq!(
+        outcome(&svc, get("/lists/new", "shop.example")).await,
+        Outcome::Leader
+    );
+    // Another origin's answers are not a response's to purge; a relative
+    // reference resolves against the request's URL.
+    let elsewhere = post("http://other.example/items/7", "../elsewhere");
+    assert_eq!(outcome(&svc, elsewhere).await, Outcome::Bypass);
+    assert_eq!(
+        outcome(&svc, get("/items/7", "other.example")).await,
+        Outcome::Hit
+    );
+    assert_eq!(
+        outcome(&svc, get("/elsewhere", "shop.example")).await,
+        Outcome::Leader
+    );
+    // Unreadable values purge nothing more, and break nothing.
+    let odd = post("http://[::1", "http://shop.example:99999/x");
+    assert_eq!(outcome(&svc, odd).await, Outcome::Bypass);
+    assert_eq!(
+        outcome(&svc, get("/items/7", "shop.example")).await,
+        Outcome::Hit
+    );
+}

@@ -534,3 +534,48 @@ async fn a_stalled_redis_is_skipped_for_the_cooldown_then_used_again() {
     );
     assert_eq!(origin.calls(), 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_cut_off_from_redis_answers_only_within_its_trust() {
+    const TRUST: Duration = Duration::from_millis(1500);
+    let server = RedisServer::start();
+    let origin = Origin::open();
+    let backend = RedisBackend::builder(server.url())
+        .near_cache_trust(TRUST)
+        .connect()
+        .await
+        .unwrap();
+    let (_layer, svc) = instance(backend, &origin, CoalesceConfig::new()).await;
+    let ask = |svc: &Svc| {
+        let svc = svc.clone();
+        async move {
+            let res = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(get("/n")))
+                .await
+                .expect("a request hung")
+                .unwrap();
+            let outcome = *res.extensions().get::<tower_coalesce::Outcome>().unwrap();
+            assert_eq!(body(res).await.unwrap(), "/n", "no request fails");
+            outcome
+        }
+    };
+    assert_eq!(ask(&svc).await, tower_coalesce::Outcome::Leader);
+    assert_eq!(ask(&svc).await, tower_coalesce::Outcome::Hit);
+
+    let paused = Paused::new(&server);
+    let stopped = Instant::now();
+    // Heard from within the trust: the near cache still answers.
+    assert_eq!(ask(&svc).await, tower_coalesce::Outcome::Hit);
+    assert_eq!(origin.calls(), 1);
+    // The connection was last seen alive at most a heartbeat (1 s) before
+    // the pause: past that and the trust, nothing is served from memory.
+    tokio::time::sleep(TRUST + Duration::from_millis(1100) - stopped.elapsed()).await;
+    assert_ne!(ask(&svc).await, tower_coalesce::Outcome::Hit);
+    assert_eq!(origin.calls(), 2, "the answer came from the origin");
+    drop(paused);
+    // Redis back: hits again, once the backend is tried again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ask(&svc).await != tower_coalesce::Outcome::Hit {
+        assert!(Instant::now() < deadline, "the near cache never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

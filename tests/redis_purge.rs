@@ -190,3 +190,29 @@ async fn a_purge_missed_while_disconnected_is_read_back_on_reconnect() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn unsafe_requests_to_one_url_together_share_their_purges() {
+    let server = RedisServer::start();
+    let origin = Origin::open();
+    let (layer, svc, _) = instance(&server, &origin).await;
+    assert_eq!(answer(&svc, "/m").await.0, Outcome::Leader);
+    assert_eq!(answer(&svc, "/m").await.0, Outcome::Hit);
+    let scripts = scripts_run(&server);
+    let puts = (0..100).map(|i| {
+        let req = Request::put("/m")
+            .body(Full::new(Bytes::from(format!("version {i}"))))
+            .unwrap();
+        svc.clone().oneshot(req)
+    });
+    for res in futures_util::future::join_all(puts).await {
+        assert_eq!(res.unwrap().status(), http::StatusCode::OK);
+    }
+    // The first write's purge goes at once; the 99 that succeed while it
+    // is under way share the one after it, which is sent once each of
+    // them has succeeded.
+    let purges = layer.stats().purges;
+    assert!((1..=2).contains(&purges), "{purges} purges for 100 writes");
+    assert_eq!(scripts_run(&server) - scripts, 2 * purges);
+    assert_eq!(answer(&svc, "/m").await.0, Outcome::Leader);
+}

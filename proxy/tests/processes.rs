@@ -515,3 +515,88 @@ async fn a_refresher_killed_mid_refresh_is_taken_over_within_a_lease() {
         "the dead refresh and one takeover"
     );
 }
+
+/// Answers `<path> <n>`, `n` the upstream's call count; a write is `204`.
+async fn counted_answer(State(up): State<Upstream>, req: Request<Body>) -> (StatusCode, String) {
+    let n = up.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    if req.method() == http::Method::GET {
+        (StatusCode::OK, format!("{} {n}", req.uri().path()))
+    } else {
+        (StatusCode::NO_CONTENT, String::new())
+    }
+}
+
+/// Sends `req` through a proxy: its status, bounded.
+async fn send(req: Request<http_body_util::Full<Bytes>>) -> StatusCode {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("no answer within 10 s")
+        .expect("the proxy did not answer")
+        .status()
+}
+
+/// Asks `addr` for `path` until its body is no longer `old` (at most a
+/// second).
+async fn until_changed(addr: SocketAddr, path: &str, old: &Bytes) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while fetch(addr, path).await.2 == *old {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still answered {old:?} a second after the purge"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_through_one_proxy_process_reaches_every_other_process() {
+    let redis = RedisServer::start();
+    let (_up, upstream) = upstream_with(counted_answer).await;
+    let dir = std::env::temp_dir().join(format!("coalesce-purge-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "process-purge-token-0123\n").unwrap();
+    let token = ["--purge-token-file", token_file.to_str().unwrap()];
+    let proxies: Vec<ProxyProcess> = (0..3)
+        .map(|_| ProxyProcess::start_with(&upstream, &redis.url(), "1000", &token))
+        .collect();
+    let warm = |path: &'static str| {
+        let proxies = &proxies;
+        async move {
+            let first = fetch(proxies[0].addr, path).await;
+            assert_eq!(first.1, "leader");
+            for proxy in &proxies[1..] {
+                // Each process keeps it in its near cache from here on.
+                let again = fetch(proxy.addr, path).await;
+                assert_eq!((again.1.as_str(), &again.2), ("hit", &first.2));
+                assert_eq!(fetch(proxy.addr, path).await.1, "hit");
+            }
+            first.2
+        }
+    };
+
+    // PURGE through process 0: processes 1 and 2 drop it too.
+    let old = warm("/p").await;
+    let purge = Request::builder()
+        .method("PURGE")
+        .uri(format!("http://{}/p", proxies[0].addr))
+        .header(header::AUTHORIZATION, "Bearer process-purge-token-0123")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(send(purge).await, StatusCode::OK);
+    for proxy in &proxies[1..] {
+        until_changed(proxy.addr, "/p", &old).await;
+    }
+
+    // A write through process 1: processes 0 and 2 drop the URL's answer.
+    let old = warm("/q").await;
+    let put = Request::put(format!("http://{}/q", proxies[1].addr))
+        .body(http_body_util::Full::new(Bytes::from_static(b"new")))
+        .unwrap();
+    assert_eq!(send(put).await, StatusCode::NO_CONTENT);
+    for proxy in [&proxies[0], &proxies[2]] {
+        until_changed(proxy.addr, "/q", &old).await;
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

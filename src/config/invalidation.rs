@@ -49,12 +49,21 @@ impl CoalesceConfig {
     /// Whether a successful (`2xx` or `3xx`) answer to a request with an
     /// unsafe method (`POST`, `PUT`, `DELETE`, `PATCH`, or one of unknown
     /// safety) purges the stored answers for its URL, all variants and
-    /// methods, in every process sharing the backend (RFC 9111 §4.4). On
-    /// by default. Only requests the layer does not key count: a coalesced
-    /// gRPC call is a `POST`, and does not purge its method's answers.
-    /// The response is given once the purge is recorded, so that the
-    /// client's next read finds the new data: one backend call per such
-    /// request (for `RedisBackend`, two round trips).
+    /// methods, in every process sharing the backend (RFC 9111 §4.4); and
+    /// those of the URLs its `Location` and `Content-Location` name, if
+    /// they are of the request's origin (its host and port: another site's
+    /// answers are not a response's to purge) and the extractor keys
+    /// request heads ([`KeyExtractor::extract_head`](crate::KeyExtractor::extract_head),
+    /// as [`HttpKey`](crate::HttpKey) does). On by default. Only requests
+    /// the layer does not key count: a coalesced gRPC call is a `POST`,
+    /// and does not purge its method's answers.
+    ///
+    /// The response is given once the purges are recorded, so that the
+    /// client's next read finds the new data: one backend call per URL
+    /// (for `RedisBackend`, two round trips, the URLs at once). Writes to
+    /// one URL that succeed while its purge is under way share the next
+    /// one (see [`Purger::purge`](crate::Purger::purge)): a burst of writes
+    /// to one URL costs two purges at a time, not one per write.
     pub fn invalidate_on_unsafe(mut self, on: bool) -> Self {
         self.invalidate_on_unsafe = on;
         self

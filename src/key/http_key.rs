@@ -131,10 +131,20 @@ impl<B: http_body::Body> KeyExtractor<B> for HttpKey {
         if !req.body().is_end_stream() {
             return None;
         }
-        let headers = req.headers();
+        Some(self.key(req.uri(), req.headers()))
+    }
+
+    fn extract_head(&self, head: &http::request::Parts) -> Option<Key> {
+        Some(self.key(&head.uri, &head.headers))
+    }
+}
+
+impl HttpKey {
+    /// The key of a `GET` of `uri` with `headers`.
+    fn key(&self, uri: &http::Uri, headers: &http::HeaderMap) -> Key {
         let mut buf = BytesMut::with_capacity(64);
         let host = headers.get(header::HOST).map(|h| h.as_bytes());
-        self.put_resource(&mut buf, req.uri(), host);
+        self.put_resource(&mut buf, uri, host);
         let split = buf.len();
         // Each header present: its name, how many values, then the values.
         // The count keeps values from shifting between headers.
@@ -150,10 +160,10 @@ impl<B: http_body::Body> KeyExtractor<B> for HttpKey {
                 put_part(&mut buf, value.as_bytes());
             }
         }
-        Some(Key {
+        Key {
             method: Method::GET,
             bytes: buf.freeze(),
             split,
-        })
+        }
     }
 }

@@ -294,6 +294,24 @@ pub trait KeyExtractor<B>: Send + Sync + 'static {
         let _ = name;
         false
     }
+
+    /// The key a bodiless request with this head would get, or `None` if
+    /// the extractor cannot tell from a head alone (the default).
+    ///
+    /// It finds what a successful unsafe request (`PUT`, `POST`,
+    /// `DELETE`...) invalidates (RFC 9111 §4.4): the stored answers of its
+    /// target URI and of a same-origin `Location` or `Content-Location`
+    /// in its response, each asked for as a `GET` with the request's
+    /// headers. The request itself is gone to the inner service by the
+    /// time its response names those, so only the head is left. Without
+    /// this method the layer still purges the target URI, from the
+    /// request's own [`extract`](KeyExtractor::extract) with its method
+    /// set to `GET`, but not `Location` or `Content-Location`.
+    /// [`HttpKey`] implements it.
+    fn extract_head(&self, head: &http::request::Parts) -> Option<Key> {
+        let _ = head;
+        None
+    }
 }
 
 impl<B, F> KeyExtractor<B> for F

@@ -21,12 +21,16 @@
 //! from before the purge.
 
 mod log;
+mod merge;
 mod purger;
 mod tags;
+mod writes;
 
 pub(crate) use log::PurgeLog;
+pub(crate) use merge::Merges;
 pub use purger::Purger;
 pub(crate) use tags::tags_of;
+pub(crate) use writes::Write;
 
 use crate::Key;
 use sha2::{Digest, Sha256};
@@ -115,24 +119,6 @@ fn digest(kind: u8, parts: &[&[u8]]) -> Digest16 {
     let mut out = [0u8; 16];
     out.copy_from_slice(&hasher.finalize()[..16]);
     out
-}
-
-/// What an unsafe request (`POST`, `PUT`, `DELETE`...) the layer does not
-/// key purges if it succeeds: every answer for its URL, the resource the
-/// extractor gives a `GET` of it (RFC 9111 §4.4). `None` if it has none.
-pub(crate) fn unsafe_target<E, B>(
-    shared: &crate::shared::Shared<E>,
-    req: &mut http::Request<B>,
-) -> Option<Purge>
-where
-    E: crate::KeyExtractor<B>,
-{
-    let method = std::mem::replace(req.method_mut(), http::Method::GET);
-    let key = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        shared.extractor.extract(req)
-    }));
-    *req.method_mut() = method;
-    key.ok().flatten().map(Purge::Resource)
 }
 
 /// What a purge drops.

@@ -41,7 +41,32 @@ impl<E> Purger<E> {
     }
 
     /// Purges what `purge` names.
+    ///
+    /// Purges of one thing asked for while one of it is under way (a burst
+    /// of writes to one URL, say) wait for it, then share one more: each
+    /// returns once a purge sent after it was asked for is done.
     pub async fn purge(&self, purge: Purge) -> Result<Purged, PurgeError> {
+        let target = purge.target();
+        self.shared
+            .merges
+            .purge(target, self.purge_now(purge))
+            .await
+    }
+
+    /// What a successful unsafe request purges, given its response's
+    /// `headers`.
+    pub(crate) fn write_purges<B>(
+        &self,
+        write: super::Write,
+        headers: &http::HeaderMap,
+    ) -> Vec<Purge>
+    where
+        E: KeyExtractor<B>,
+    {
+        write.purges(&self.shared, headers)
+    }
+
+    async fn purge_now(&self, purge: Purge) -> Result<Purged, PurgeError> {
         let shared = &self.shared;
         // Requests from now on start new flights; those waiting on the
         // detached ones still get their answers, which are not stored.

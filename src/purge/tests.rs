@@ -126,3 +126,43 @@ fn targets_travel_as_17_bytes() {
     assert_eq!(Target::from_bytes(&[b'x'; 17]), None);
     assert_eq!(Target::from_bytes(&t.to_bytes()[..16]), None);
 }
+
+#[tokio::test]
+async fn purges_of_one_target_asked_together_share_the_next_one_sent() {
+    use futures_util::FutureExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let merges = Merges::default();
+    let sent = AtomicU64::new(0);
+    let gate = tokio::sync::Semaphore::new(0);
+    let purge = || async {
+        let position = sent.fetch_add(1, Ordering::SeqCst) + 1;
+        gate.acquire().await.unwrap().forget();
+        Ok(Purged::new(position, true))
+    };
+    let calls: Vec<_> = (0..10)
+        .map(|_| Box::pin(merges.purge(tag("t"), purge())))
+        .collect();
+    let mut calls = futures_util::future::join_all(calls);
+    // The first is sent; the nine after it wait for it.
+    assert!((&mut calls).now_or_never().is_none());
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
+    assert_eq!(merges.len(), 1);
+    gate.add_permits(2);
+    let positions: Vec<u64> = calls
+        .await
+        .into_iter()
+        .map(|done| done.unwrap().position)
+        .collect();
+    // The nine share the one sent after the first ended.
+    assert_eq!(positions, [1, 2, 2, 2, 2, 2, 2, 2, 2, 2]);
+    assert_eq!(sent.load(Ordering::SeqCst), 2);
+    assert_eq!(merges.len(), 0, "the target is forgotten");
+
+    // A call dropped while it waits leaves nothing behind either.
+    let first = merges.purge(tag("u"), purge());
+    let second = merges.purge(tag("u"), purge());
+    let mut both = Box::pin(futures_util::future::join(first, second));
+    assert!((&mut both).now_or_never().is_none());
+    drop(both);
+    assert_eq!(merges.len(), 0);
+}
