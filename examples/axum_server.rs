@@ -91,12 +91,14 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 
 /// The command-line help.
 pub const USAGE: &str = "\
-usage: axum_server [--listen ADDR] [--redis URL] [--ttl-ms N] [--query-ms N] [--products N]
-                   [--db PATH]
+usage: axum_server [--listen ADDR] [--redis URL | --redis-cluster URL[,URL...]] [--ttl-ms N]
+                   [--query-ms N] [--products N] [--db PATH]
 
   --listen ADDR   address to serve on (default 127.0.0.1:3000)
   --redis URL     share flights and answers through this Redis (default: $REDIS_URL,
                   or none: coalesce within this process only)
+  --redis-cluster URL[,URL...]
+                  share them through this Redis Cluster instead (some of its nodes)
   --ttl-ms N      how long an answer is kept, in ms (default 1000)
   --query-ms N    extra latency of every database query, in ms (default 100)
   --products N    how many products to seed (default 500)
@@ -110,6 +112,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The Redis to share flights through; `None` keeps them in this process.
     pub redis: Option<String>,
+    /// Or the Redis Cluster to share them through: some of its nodes.
+    pub redis_cluster: Vec<String>,
     /// How long an answer is kept for later requests.
     pub ttl: Duration,
     /// The artificial latency added to every database query.
@@ -126,6 +130,7 @@ impl Default for Settings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             redis: None,
+            redis_cluster: Vec::new(),
             ttl: Duration::from_millis(1000),
             query_latency: Duration::from_millis(100),
             products: 500,
@@ -146,6 +151,7 @@ impl Settings {
             redis: redis_env.filter(|url| !url.is_empty()),
             ..Settings::default()
         };
+        let mut redis_flag = false;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             if arg == "-h" || arg == "--help" {
@@ -168,7 +174,13 @@ impl Settings {
                         .parse()
                         .map_err(|e| format!("--listen {v}: {e} (expected IP:PORT)"))?;
                 }
-                "--redis" => settings.redis = Some(value()?),
+                "--redis" => {
+                    settings.redis = Some(value()?);
+                    redis_flag = true;
+                }
+                "--redis-cluster" => {
+                    settings.redis_cluster = value()?.split(',').map(str::to_owned).collect();
+                }
                 "--ttl-ms" => settings.ttl = Duration::from_millis(number(&flag, &value()?)?),
                 "--query-ms" => {
                     settings.query_latency = Duration::from_millis(number(&flag, &value()?)?);
@@ -177,6 +189,13 @@ impl Settings {
                 "--db" => settings.db = Some(value()?.into()),
                 other => return Err(format!("unknown argument {other}")),
             }
+        }
+        if !settings.redis_cluster.is_empty() {
+            // `--redis-cluster` replaces `REDIS_URL`, not `--redis`.
+            if settings.redis.is_some() && redis_flag {
+                return Err("--redis and --redis-cluster: give one".into());
+            }
+            settings.redis = None;
         }
         Ok(Some(settings))
     }
@@ -427,8 +446,12 @@ pub async fn build(settings: &Settings, queries: Arc<AtomicU64>) -> Result<App, 
         metrics.clone(),
     )?;
     let mut config = coalesce_config(settings.ttl);
-    if let Some(url) = &settings.redis {
-        let backend = RedisBackend::connect(url.clone()).await?;
+    let backend = match (&settings.redis, &settings.redis_cluster[..]) {
+        (Some(url), _) => Some(RedisBackend::connect(url.clone()).await?),
+        (None, []) => None,
+        (None, nodes) => Some(RedisBackend::connect_cluster(nodes.to_vec()).await?),
+    };
+    if let Some(backend) = backend {
         // The connection opens on first use, and the first use would be the
         // first burst's lookups: on a busy machine, connecting can outlast
         // `backend_timeout`, and those flights would go on without Redis and
@@ -546,7 +569,7 @@ async fn main() -> Result<(), BoxError> {
         settings.query_latency,
         settings.ttl,
         // Not the URL itself: it may carry a password.
-        if settings.redis.is_some() {
+        if settings.redis.is_some() || !settings.redis_cluster.is_empty() {
             "sharing flights through Redis"
         } else {
             "coalescing within this process"

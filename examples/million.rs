@@ -6,9 +6,10 @@
 //! ```
 //!
 //! Options: `--requests N` (default 1,000,000), `--origin-ms MS` (how long the
-//! "database query" takes, default 2,000), `--redis URL` with `--instances N`
-//! (default 4) to spread the requests over N layer instances that share a
-//! Redis, as N processes would, and `--ttl-ms MS` (default 0 in one process:
+//! "database query" takes, default 2,000), `--redis URL` (or
+//! `--redis-cluster URL[,URL...]`, some nodes of a Redis Cluster) with
+//! `--instances N` (default 4) to spread the requests over N layer instances
+//! that share it, as N processes would, and `--ttl-ms MS` (default 0 in one process:
 //! coalesce only; 10,000 with Redis, since instances hand the answer to each
 //! other through the stored entry).
 //!
@@ -35,10 +36,25 @@ use tower_coalesce::{CoalesceConfig, CoalesceLayer, RedisBackend, Stats};
 
 const BODY: &[u8] = b"{\"id\":7,\"name\":\"Espresso machine\",\"price_cents\":34900,\"stock\":12}";
 
+/// Where the instances share flights: one Redis server, or a cluster.
+enum Shared {
+    Server(String),
+    Cluster(Vec<String>),
+}
+
+impl std::fmt::Display for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shared::Server(url) => write!(f, "the Redis at {url}"),
+            Shared::Cluster(nodes) => write!(f, "the Redis Cluster at {}", nodes.join(",")),
+        }
+    }
+}
+
 struct Args {
     requests: usize,
     origin: Duration,
-    redis: Option<String>,
+    redis: Option<Shared>,
     instances: usize,
     ttl: Option<Duration>,
 }
@@ -59,12 +75,16 @@ impl Args {
             match flag.as_str() {
                 "--requests" => args.requests = number(value()?)? as usize,
                 "--origin-ms" => args.origin = Duration::from_millis(number(value()?)?),
-                "--redis" => args.redis = Some(value()?),
+                "--redis" => args.redis = Some(Shared::Server(value()?)),
+                "--redis-cluster" => {
+                    let nodes = value()?.split(',').map(str::to_owned).collect();
+                    args.redis = Some(Shared::Cluster(nodes));
+                }
                 "--instances" => args.instances = number(value()?)? as usize,
                 "--ttl-ms" => args.ttl = Some(Duration::from_millis(number(value()?)?)),
                 "-h" | "--help" => {
                     return Err("usage: million [--requests N] [--origin-ms MS] \
-                                [--redis URL [--instances N]] [--ttl-ms MS]"
+                                [--redis URL | --redis-cluster URL[,URL...] [--instances N]] [--ttl-ms MS]"
                         .into())
                 }
                 other => return Err(format!("unknown option {other}; try --help")),
@@ -77,7 +97,10 @@ impl Args {
             args.instances = if args.redis.is_some() { 4 } else { 1 };
         }
         if args.instances > 1 && args.redis.is_none() {
-            return Err("--instances needs --redis: instances share flights through it".into());
+            return Err(
+                "--instances needs --redis or --redis-cluster: instances share flights through it"
+                    .into(),
+            );
         }
         Ok(args)
     }
@@ -162,13 +185,17 @@ pub async fn main() {
     let mut layers = Vec::new();
     for _ in 0..args.instances {
         let mut config = CoalesceConfig::new().ttl(ttl);
-        if let Some(url) = &args.redis {
-            let backend = RedisBackend::builder(url.clone())
+        if let Some(shared) = &args.redis {
+            let builder = match shared {
+                Shared::Server(url) => RedisBackend::builder(url.clone()),
+                Shared::Cluster(nodes) => RedisBackend::cluster_builder(nodes.clone()),
+            };
+            let backend = builder
                 .namespace(namespace.clone())
                 .connect()
                 .await
                 .unwrap_or_else(|e| {
-                    eprintln!("cannot use Redis at {url}: {e}");
+                    eprintln!("cannot use {shared}: {e}");
                     std::process::exit(1)
                 });
             config = config.backend(backend);
@@ -176,8 +203,8 @@ pub async fn main() {
         layers.push(CoalesceLayer::new(config));
     }
     let redis_before = match &args.redis {
-        Some(url) => Some(redis_commands(url).await.unwrap_or_else(|e| {
-            eprintln!("cannot reach Redis at {url}: {e}");
+        Some(shared) => Some(redis_commands(shared).await.unwrap_or_else(|e| {
+            eprintln!("cannot reach {shared}: {e}");
             std::process::exit(1)
         })),
         None => None,
@@ -191,7 +218,7 @@ pub async fn main() {
         args.instances,
         if args.instances == 1 { "" } else { "s" },
         match &args.redis {
-            Some(url) => format!(" sharing the Redis at {url}"),
+            Some(shared) => format!(" sharing {shared}"),
             None => " (embedded backend)".to_owned(),
         },
         args.origin.as_millis()
@@ -276,14 +303,14 @@ pub async fn main() {
         ),
         _ => row("peak RSS", "unknown (no /proc/self/status)".to_owned()),
     }
-    if let (Some(url), Some(before)) = (&args.redis, redis_before) {
+    if let (Some(shared), Some(before)) = (&args.redis, redis_before) {
         if backend_errors > 0 {
             row(
                 "backend errors",
                 format!("{backend_errors} (Redis did not answer within backend_timeout; those flights went on locally)"),
             );
         }
-        match redis_commands(url).await {
+        match redis_commands(shared).await {
             Ok(after) => {
                 let used = after.saturating_sub(before).saturating_sub(1);
                 row(
@@ -347,18 +374,48 @@ async fn progress(run: &'static Run) {
     }
 }
 
-/// Commands Redis has executed so far, from `INFO commandstats`.
-async fn redis_commands(url: &str) -> redis::RedisResult<u64> {
-    let client = redis::Client::open(url)?;
+/// Commands Redis has executed so far, from `INFO commandstats`: on a
+/// cluster, summed over its masters (replicas replay their writes), less
+/// the client's topology checks.
+async fn redis_commands(shared: &Shared) -> redis::RedisResult<u64> {
+    let servers = match shared {
+        Shared::Server(url) => vec![url.clone()],
+        Shared::Cluster(nodes) => cluster_masters(&nodes[0]).await?,
+    };
+    let mut calls = 0;
+    for url in servers {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await?;
+        calls += report::command_calls(&info)
+            .filter(|(name, _)| !matches!(*name, "info" | "cluster"))
+            .map(|(_, calls)| calls)
+            .sum::<u64>();
+    }
+    Ok(calls)
+}
+
+/// The URLs of a cluster's masters that serve slots, from `CLUSTER NODES`
+/// on the node at `seed`.
+async fn cluster_masters(seed: &str) -> redis::RedisResult<Vec<String>> {
+    let client = redis::Client::open(seed)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
         .query_async(&mut conn)
         .await?;
-    Ok(report::command_calls(&info)
-        .filter(|(name, _)| *name != "info")
-        .map(|(_, calls)| calls)
-        .sum())
+    Ok(nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let serves = fields.len() > 8 && fields[2].contains("master");
+            let address = fields.get(1)?.split('@').next()?;
+            serves.then(|| format!("redis://{address}/"))
+        })
+        .collect())
 }
 
 fn row(name: &str, value: String) {

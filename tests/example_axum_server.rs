@@ -297,6 +297,21 @@ fn flags_and_redis_url_are_read() {
         Some("redis://flag/")
     );
     assert_eq!(parse(&[], Some("")).unwrap().unwrap().redis, None);
+    let cluster = parse(
+        &["--redis-cluster", "redis://a/,redis://b/"],
+        Some("redis://env/"),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (cluster.redis, cluster.redis_cluster),
+        (None, vec!["redis://a/".to_owned(), "redis://b/".to_owned()])
+    );
+    assert!(parse(
+        &["--redis", "redis://a/", "--redis-cluster", "redis://b/"],
+        None
+    )
+    .is_err());
     assert_eq!(parse(&["--help"], None), Ok(None));
     assert!(parse(&["--ttl-ms"], None).is_err());
     assert!(parse(&["--ttl-ms", "soon"], None).is_err());

@@ -18,6 +18,8 @@ pub struct Args {
     pub upstream: Uri,
     /// The Redis shared with other instances, if any.
     pub redis: Option<String>,
+    /// Or the Redis Cluster shared with them: some of its nodes' URLs.
+    pub redis_cluster: Vec<String>,
     /// How long answers are kept, whatever the upstream says; zero only
     /// coalesces concurrent requests. `None`: as long as the upstream's
     /// `Cache-Control`/`Expires` say (RFC 9111), within `max_ttl`.
@@ -69,6 +71,16 @@ struct Cli {
     /// Share flights and stored answers with every proxy using this Redis.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+
+    /// Share them through this Redis Cluster instead: some of its nodes,
+    /// comma-separated (the others are found from them).
+    #[arg(
+        long = "redis-cluster",
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        conflicts_with = "redis"
+    )]
+    redis_cluster: Vec<String>,
 
     /// Keep answers for N milliseconds whatever the upstream says (0:
     /// coalesce only, store nothing). Without it, answers are kept as long
@@ -161,6 +173,28 @@ struct Cli {
 }
 
 impl Args {
+    /// Whether answers are shared with other instances (through `--redis`
+    /// or `--redis-cluster`).
+    pub fn shares(&self) -> bool {
+        self.redis.is_some() || !self.redis_cluster.is_empty()
+    }
+
+    /// Where answers are shared, for messages: `redis <url>` or `redis
+    /// cluster <urls>`, without passwords.
+    pub fn redis_shown(&self) -> String {
+        match &self.redis {
+            Some(url) => format!("redis {}", crate::redact(url)),
+            None => {
+                let nodes: Vec<String> = self
+                    .redis_cluster
+                    .iter()
+                    .map(|u| crate::redact(u))
+                    .collect();
+                format!("redis cluster {}", nodes.join(","))
+            }
+        }
+    }
+
     /// Parses the arguments that follow the program name; the error is
     /// clap's message (also for `--help`).
     pub fn parse<I>(args: I) -> Result<Self, String>
@@ -193,6 +227,7 @@ impl From<Cli> for Args {
             listen: cli.listen,
             upstream: cli.upstream,
             redis: cli.redis,
+            redis_cluster: cli.redis_cluster,
             ttl: cli.ttl_ms.map(Duration::from_millis),
             default_ttl: Duration::from_millis(cli.default_ttl_ms),
             max_ttl: Duration::from_millis(cli.max_ttl_ms),

@@ -138,6 +138,11 @@ pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
             .await
             .map_err(|e| format!("--redis {}: {e}", redact(url)))?;
         config = config.backend(backend);
+    } else if !args.redis_cluster.is_empty() {
+        let backend = RedisBackend::connect_cluster(args.redis_cluster.clone())
+            .await
+            .map_err(|e| format!("{}: {e}", args.redis_shown()))?;
+        config = config.backend(backend);
     }
     CoalesceLayer::builder(config)
         .extractor(proxy_key(&args.forwarding))

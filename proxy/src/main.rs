@@ -1,7 +1,7 @@
 //! The `coalesce-proxy` command; see the crate documentation, or
 //! `coalesce-proxy --help`.
 
-use coalesce_proxy::{layer, proxy_service, redact, serve, Args};
+use coalesce_proxy::{layer, proxy_service, serve, Args};
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -10,7 +10,7 @@ use tokio::time::Instant;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::from_env();
-    if args.redis.is_some() && args.ttl == Some(std::time::Duration::ZERO) {
+    if args.shares() && args.ttl == Some(std::time::Duration::ZERO) {
         eprintln!(
             "coalesce-proxy: warning: with --ttl-ms 0 instances cannot hand answers to each \
              other through Redis; only requests within one instance coalesce"
@@ -59,12 +59,11 @@ async fn main() -> ExitCode {
         "coalesce-proxy: http://{} -> {} ({freshness}, {}{})",
         args.listen,
         args.upstream,
-        args.redis
-            .as_deref()
-            .map_or("in-process".to_owned(), |url| format!(
-                "redis {}",
-                redact(url)
-            )),
+        if args.shares() {
+            args.redis_shown()
+        } else {
+            "in-process".to_owned()
+        },
         args.header
             .as_ref()
             .map_or(String::new(), |h| format!(", header {h}")),

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::Router;
 use bytes::Bytes;
-use coalesce_test_redis::{free_port, RedisServer};
+use coalesce_test_redis::{free_port, RedisCluster, RedisServer};
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -54,12 +54,18 @@ impl ProxyProcess {
 
     /// One public host name, and `args`.
     fn start_args(upstream: &Uri, redis: &str, args: &[&str]) -> Self {
+        Self::start_on(upstream, &["--redis", redis], args)
+    }
+
+    /// One public host name, answers shared through `redis` (`--redis URL`
+    /// or `--redis-cluster URLS`), and `args`.
+    fn start_on(upstream: &Uri, redis: &[&str], args: &[&str]) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let bin = env!("CARGO_BIN_EXE_coalesce-proxy");
         let child = Command::new(bin)
             .args(["--listen", &addr.to_string()])
             .args(["--upstream", &upstream.to_string()])
-            .args(["--redis", redis])
+            .args(redis)
             .args(["--public-host", "shop.example"])
             .args(args)
             .stdout(Stdio::null())
@@ -599,4 +605,40 @@ async fn a_purge_through_one_proxy_process_reaches_every_other_process() {
         until_changed(proxy.addr, "/q", &old).await;
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_processes_on_a_redis_cluster_make_one_upstream_call_per_burst() {
+    const EACH: usize = 20;
+    let cluster = RedisCluster::start();
+    let nodes = cluster.urls()[..2].join(",");
+    let (up, upstream) = gated_upstream().await;
+    let proxies: Vec<ProxyProcess> = (0..2)
+        .map(|_| {
+            ProxyProcess::start_on(
+                &upstream,
+                &["--redis-cluster", &nodes],
+                &["--ttl-ms", "60000"],
+            )
+        })
+        .collect();
+    let requests: Vec<_> = proxies
+        .iter()
+        .flat_map(|proxy| (0..EACH).map(move |_| tokio::spawn(fetch(proxy.addr, "/clustered"))))
+        .collect();
+    until_calls(&up, 1, "the burst's leader").await;
+    // Let the other process's requests reach the flight under way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    up.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    for request in requests {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "answer for /clustered");
+    }
+    assert_eq!(
+        up.calls.load(Ordering::SeqCst),
+        1,
+        "one upstream call for both processes"
+    );
+    assert_eq!(fetch(proxies[1].addr, "/clustered").await.1, "hit");
 }

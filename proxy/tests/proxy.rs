@@ -590,6 +590,7 @@ fn the_command_line_is_checked() {
     assert_eq!(args.stale, Duration::from_secs(3600));
     assert_eq!(args.header.as_ref().map(|h| h.as_str()), Some("x-coalesce"));
     assert_eq!(args.redis, None);
+    assert!(args.redis_cluster.is_empty() && !args.shares());
     assert_eq!(args.lease, None);
     assert_eq!(args.early_refresh, 0.0);
     assert_eq!(args.purge_token, None, "no PURGE entry point by default");
@@ -597,6 +598,29 @@ fn the_command_line_is_checked() {
         args.tag_header.as_ref().map(|h| h.as_str()),
         Some("surrogate-key")
     );
+
+    let cluster = parse(&[
+        "--upstream",
+        "http://h:1",
+        "--redis-cluster",
+        "redis://10.0.0.1:6379/,redis://u:secret@10.0.0.2:6379/",
+    ])
+    .unwrap();
+    assert_eq!(
+        cluster.redis_cluster,
+        ["redis://10.0.0.1:6379/", "redis://u:secret@10.0.0.2:6379/"]
+    );
+    assert!(cluster.shares());
+    assert!(!cluster.redis_shown().contains("secret"));
+    let both = parse(&[
+        "--upstream",
+        "http://h:1",
+        "--redis",
+        "redis://a/",
+        "--redis-cluster",
+        "redis://b/",
+    ]);
+    assert!(both.unwrap_err().contains("cannot be used with"));
 
     let args = parse(&[
         "--listen",

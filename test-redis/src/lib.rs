@@ -55,7 +55,9 @@ impl RedisServer {
         Self::try_start_on(port, &[]).unwrap_or_else(|e| panic!("redis-server did not start: {e}"))
     }
 
-    fn try_start_on(port: u16, extra: &[&str]) -> Result<Self, String> {
+    /// Starts a server on this port with these extra arguments, or says why
+    /// it could not.
+    pub fn try_start_on(port: u16, extra: &[&str]) -> Result<Self, String> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -126,5 +128,235 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A real Redis Cluster on loopback: `masters` masters with `replicas`
+/// replicas each, every one a `redis-server --cluster-enabled yes` child
+/// process on free ports, joined by `redis-cli --cluster create`. Stopped
+/// (and its node files removed) when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Three masters with a replica each, and a node timeout of 5 s: short
+    /// enough for a failover within seconds, long enough that a loaded
+    /// two-core machine does not fail nodes over by itself.
+    ///
+    /// # Panics
+    /// If `redis-server` or `redis-cli` is missing, or the cluster does not
+    /// come up, with a message that says why.
+    pub fn start() -> Self {
+        Self::start_with(3, 1, Duration::from_secs(5))
+    }
+
+    /// `masters` masters with `replicas` replicas each, failed over after
+    /// `node_timeout` without an answer.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_with(masters: usize, replicas: usize, node_timeout: Duration) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "coalesce-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("cannot make the cluster's directory");
+        let timeout = node_timeout.as_millis().to_string();
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            let port = free_port();
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let node = RedisServer::try_start_on(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &free_port().to_string(),
+                    "--cluster-node-timeout",
+                    &timeout,
+                    "--dir",
+                    node_dir.to_str().unwrap(),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("a cluster node did not start: {e}"));
+            nodes.push(node);
+        }
+        let cluster = RedisCluster { nodes, dir };
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-cli ({e}). Install it: `apt-get install -y redis-server` \
+                     (bash scripts/test.sh does this)"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_ready(masters);
+        cluster
+    }
+
+    /// Waits until every node sees every slot served, every node known and
+    /// the masters' replicas in place.
+    fn wait_ready(&self, masters: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = self.nodes.iter().all(|node| {
+                let Ok(info) = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query::<String>(&mut node.conn())
+                else {
+                    return false;
+                };
+                let field = |name: &str| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                        .map(str::trim)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                field("cluster_state") == "ok"
+                    && field("cluster_slots_ok") == "16384"
+                    && field("cluster_known_nodes") == self.nodes.len().to_string()
+            }) && self.masters().len() == masters;
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster was not ready within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/` of every node, masters and replicas.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Every node.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The nodes that are masters now (as the first node that answers
+    /// sees it), each with the slot ranges it serves.
+    pub fn masters(&self) -> Vec<(&RedisServer, Vec<(u16, u16)>)> {
+        let Some(view) = self.nodes.iter().find_map(|node| {
+            redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query::<String>(&mut node.conn())
+                .ok()
+        }) else {
+            return Vec::new();
+        };
+        let mut masters = Vec::new();
+        for line in view.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let Some(port) = fields[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            let slots = fields[8..]
+                .iter()
+                .filter(|r| !r.starts_with('['))
+                .filter_map(|r| match r.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => r.parse().ok().map(|s| (s, s)),
+                })
+                .collect::<Vec<_>>();
+            if slots.is_empty() {
+                continue;
+            }
+            if let Some(node) = self.nodes.iter().find(|n| n.port == port) {
+                masters.push((node, slots));
+            }
+        }
+        masters
+    }
+
+    /// The master serving `slot` now.
+    pub fn master_of(&self, slot: u16) -> Option<&RedisServer> {
+        self.masters()
+            .into_iter()
+            .find(|(_, slots)| slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .map(|(node, _)| node)
+    }
+
+    /// The slot of `name`, as the cluster computes it (`CLUSTER KEYSLOT`).
+    pub fn slot_of(&self, name: &str) -> u16 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(name)
+            .query(&mut self.nodes[0].conn())
+            .expect("CLUSTER KEYSLOT failed")
+    }
+
+    /// How many times the masters ran commands, summed over `INFO
+    /// commandstats` (replicas replay writes and are not counted).
+    /// Commands whose name is in `except` are left out.
+    pub fn master_commands(&self, except: &[&str]) -> u64 {
+        self.masters()
+            .iter()
+            .map(|(node, _)| {
+                let info: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query(&mut node.conn())
+                    .unwrap_or_default();
+                command_calls(&info, except)
+            })
+            .sum()
+    }
+}
+
+/// Calls in an `INFO commandstats` answer, without the commands in `except`
+/// (lowercase names, as `cmdstat_<name>` gives them).
+pub fn command_calls(info: &str, except: &[&str]) -> u64 {
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (name, stats) = l.split_once(':')?;
+            if except.contains(&name) {
+                return None;
+            }
+            stats
+                .split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

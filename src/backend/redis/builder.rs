@@ -2,25 +2,35 @@
 //! its one connection opened.
 
 use super::channels::Channels;
+use super::conn::Conn;
 use super::pubsub::route;
 use super::purges::{keep_in_step, Purges};
 use super::RedisBackend;
 use crate::{BackendError, MemoryBackend};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo};
+use redis::{ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Builds a [`RedisBackend`].
 #[derive(Debug, Clone)]
 pub struct RedisBackendBuilder {
-    pub(super) url: String,
+    pub(super) servers: Servers,
     pub(super) namespace: String,
     pub(super) response_timeout: Duration,
     pub(super) connection_timeout: Duration,
     pub(super) near: Option<MemoryBackend>,
     pub(super) purge_records: usize,
     pub(super) near_cache_trust: Duration,
+}
+
+/// Where Redis is.
+#[derive(Debug, Clone)]
+pub(super) enum Servers {
+    /// One server, by URL.
+    One(String),
+    /// A cluster, by the URLs of some of its nodes.
+    Cluster(Vec<String>),
 }
 
 impl RedisBackendBuilder {
@@ -98,19 +108,6 @@ impl RedisBackendBuilder {
                 "Redis timeouts must be greater than zero",
             ));
         }
-        // RESP3 carries pub/sub messages on the command connection itself,
-        // so one connection per process both talks and listens.
-        let info = self
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| BackendError::new("invalid Redis URL", e))?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))
-            .map_err(|e| BackendError::new("invalid Redis URL", e))?;
         let channels = Channels::default();
         let router = channels.clone();
         let purges = Arc::new(Purges::new(
@@ -121,16 +118,52 @@ impl RedisBackendBuilder {
         let heard = purges.clone();
         let near = self.near.map(|near| near.judged_by(purges.log.clone()));
         let kept_near = near.clone();
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.response_timeout))
-            .set_connection_timeout(Some(self.connection_timeout))
-            .set_automatic_resubscription()
-            .set_push_sender(move |push: PushInfo| {
-                route(&router, kept_near.as_ref(), &heard, push);
-                Ok::<(), std::convert::Infallible>(())
-            });
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| BackendError::new("cannot create the Redis connection manager", e))?;
+        let push = move |push: PushInfo| {
+            route(&router, kept_near.as_ref(), &heard, push);
+            Ok::<(), std::convert::Infallible>(())
+        };
+        // RESP3 carries pub/sub messages on the command connections
+        // themselves, so one connection per process (per node, on a
+        // cluster) both talks and listens.
+        let conn = match &self.servers {
+            Servers::One(url) => {
+                let info = resp3(url)?;
+                let client = redis::Client::open(info)
+                    .map_err(|e| BackendError::new("invalid Redis URL", e))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(self.response_timeout))
+                    .set_connection_timeout(Some(self.connection_timeout))
+                    .set_automatic_resubscription()
+                    .set_push_sender(push);
+                let conn =
+                    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+                        BackendError::new("cannot create the Redis connection manager", e)
+                    })?;
+                Conn::Server(conn)
+            }
+            Servers::Cluster(urls) => {
+                if urls.is_empty() {
+                    return Err(BackendError::msg(
+                        "a Redis cluster needs at least one node URL",
+                    ));
+                }
+                let nodes = urls
+                    .iter()
+                    .map(|url| resp3(url))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .build()
+                    .map_err(|e| BackendError::new("invalid Redis cluster nodes", e))?;
+                // Subscriptions are made again after reconnections, and the
+                // connections to the nodes are opened when first used.
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_response_timeout(self.response_timeout)
+                    .set_connection_timeout(self.connection_timeout)
+                    .set_push_sender(push);
+                Conn::Cluster(client.get_pending_async_connection_with_config(config))
+            }
+        };
         let backend = RedisBackend {
             conn,
             namespace: self.namespace,
@@ -154,4 +187,17 @@ impl RedisBackendBuilder {
         tokio::spawn(keep_in_step(Arc::downgrade(&purges), backend.conn.clone()));
         Ok(backend)
     }
+}
+
+/// `url`'s connection settings, speaking RESP3 (which carries pub/sub
+/// messages on a command connection).
+fn resp3(url: &str) -> Result<ConnectionInfo, BackendError> {
+    let info = url
+        .into_connection_info()
+        .map_err(|e| BackendError::new("invalid Redis URL", e))?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    Ok(info.set_redis_settings(settings))
 }

@@ -21,6 +21,7 @@
 
 mod builder;
 mod channels;
+mod conn;
 mod names;
 mod pubsub;
 mod purges;
@@ -28,6 +29,7 @@ mod scripts;
 
 pub use self::builder::RedisBackendBuilder;
 use self::channels::Channels;
+use self::conn::Conn;
 use self::names::Names;
 use self::pubsub::{shared_message, stored_message, unsubscribe, PASS, RELEASED};
 use self::purges::Purges;
@@ -38,14 +40,13 @@ use super::watch::Watch;
 use super::{BackendError, BackendFuture, Invalidation, Leases, Store};
 use super::{Completion, LeaseToken, TryLock};
 use crate::{Entry, Key, MemoryBackend};
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Stores entries in Redis. Cloning is cheap; clones share one connection.
 #[derive(Clone)]
 pub struct RedisBackend {
-    conn: ConnectionManager,
+    conn: Conn,
     namespace: String,
     channels: Channels,
     near: Option<MemoryBackend>,
@@ -77,8 +78,38 @@ impl RedisBackend {
 
     /// Sets options before connecting.
     pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
+        Self::builder_for(builder::Servers::One(url.into()))
+    }
+
+    /// Connects to the Redis Cluster that `nodes` belong to (seed nodes:
+    /// `redis://` or `rediss://` URLs of some of its nodes; the others are
+    /// found from them) with the default settings.
+    ///
+    /// Each key's names share its slot (see the module's documentation),
+    /// so every command and script goes to one master, and completion
+    /// messages travel on that shard (`SPUBLISH`, Redis 7 or later).
+    pub async fn connect_cluster<I>(nodes: I) -> Result<Self, BackendError>
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Self::cluster_builder(nodes).connect().await
+    }
+
+    /// Sets options before connecting to the Redis Cluster that `nodes`
+    /// belong to (see [`connect_cluster`](Self::connect_cluster)).
+    pub fn cluster_builder<I>(nodes: I) -> RedisBackendBuilder
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let nodes = nodes.into_iter().map(Into::into).collect();
+        Self::builder_for(builder::Servers::Cluster(nodes))
+    }
+
+    fn builder_for(servers: builder::Servers) -> RedisBackendBuilder {
         RedisBackendBuilder {
-            url: url.into(),
+            servers,
             namespace: "coalesce".to_owned(),
             response_timeout: Duration::from_millis(250),
             connection_timeout: Duration::from_secs(1),
@@ -133,10 +164,6 @@ impl RedisBackend {
                     .map_err(|e| BackendError::new("Redis SCRIPT LOAD failed", e))?;
             }
         }
-        // Purges from now on arrive as messages; those before are read.
-        conn.subscribe(&self.purges.names.channel)
-            .await
-            .map_err(|e| BackendError::new("Redis SUBSCRIBE to the purge channel failed", e))?;
         self.purges.catch_up(&mut conn).await
     }
 
@@ -382,6 +409,7 @@ impl Leases for RedisBackend {
                 .arg(message)
                 .arg(if drop { "1" } else { "0" })
                 .arg(filled)
+                .arg(conn.publish_command())
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis flight completion failed", e))?;
@@ -415,6 +443,7 @@ impl Invalidation for RedisBackend {
                 .arg(&target.to_bytes()[..])
                 .arg(self.purges.max_records)
                 .arg(&names.channel)
+                .arg(conn.publish_command())
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis purge failed", e))?;

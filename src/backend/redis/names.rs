@@ -78,7 +78,8 @@ fn hex(out: &mut String, bytes: &[u8]) {
 }
 
 /// The namespace's purge names, all under the `{purge}` hash tag (one slot):
-/// the sequence, the log, the floor; and the purge channel.
+/// the sequence, the log, the floor, and the purge channel (on a cluster,
+/// a shard channel of that slot).
 #[derive(Debug)]
 pub(super) struct PurgeNames {
     pub(super) sequence: String,
@@ -93,7 +94,7 @@ impl PurgeNames {
             sequence: format!("{namespace}:2:{{purge}}:seq"),
             log: format!("{namespace}:2:{{purge}}:log"),
             floor: format!("{namespace}:2:{{purge}}:floor"),
-            channel: format!("{namespace}:2:purges"),
+            channel: format!("{namespace}:2:{{purge}}:purges"),
         }
     }
 }

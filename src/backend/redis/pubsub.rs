@@ -5,9 +5,9 @@
 
 use super::super::watch::Notice;
 use super::channels::Channels;
+use super::conn::Conn;
 use super::purges::Purges;
 use crate::{Entry, Key, MemoryBackend};
-use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use std::time::Duration;
 /// stand), or after about half a minute. While a command is under way, a new
 /// waiter's `SUBSCRIBE` waits for its answer (see [`Channels`]), so that it
 /// always reaches Redis after the `UNSUBSCRIBE`.
-pub(super) async fn unsubscribe(mut conn: ConnectionManager, channels: Channels, name: String) {
+pub(super) async fn unsubscribe(mut conn: Conn, channels: Channels, name: String) {
     let mut pause = Duration::from_millis(100);
     for _ in 0..10 {
         let Some(under_way) = channels.unsubscribing(&name) else {
@@ -46,7 +46,8 @@ pub(super) fn route(
     push: PushInfo,
 ) {
     match push.kind {
-        PushKind::Message => {
+        // A cluster's messages come on shard channels.
+        PushKind::Message | PushKind::SMessage => {
             let mut data = push.data.into_iter();
             let (Some(Value::BulkString(name)), payload) = (data.next(), data.next()) else {
                 return;
@@ -70,6 +71,22 @@ pub(super) fn route(
         PushKind::Disconnection => {
             purges.lost();
             channels.signal_all();
+        }
+        // A cluster drops a shard channel's subscribers when its slot
+        // moves to another master (and confirms this process's own
+        // unsubscriptions the same way). On the purge channel, which this
+        // process never leaves, purges may be missed from then on: they are
+        // read back, and the channel subscribed to again on its new master.
+        // A done channel's waiters look again.
+        PushKind::SUnsubscribe => {
+            let Some(Value::BulkString(name)) = push.data.into_iter().next() else {
+                return;
+            };
+            if name == purges.names.channel.as_bytes() {
+                purges.lost();
+            } else if let Ok(name) = std::str::from_utf8(&name) {
+                channels.signal(name, |_| Notice::LookAgain);
+            }
         }
         _ => {}
     }

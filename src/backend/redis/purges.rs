@@ -3,11 +3,11 @@
 //! missed while disconnected read back, and the near cache trusted only
 //! while the channel is known to be heard.
 
+use super::conn::Conn;
 use super::names::PurgeNames;
 use super::scripts::CATCH_UP;
 use crate::purge::{PurgeLog, Target};
 use crate::BackendError;
-use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -94,7 +94,7 @@ impl Purges {
 
     /// Reads the purges recorded above what this process knows: after it,
     /// every purge up to the sequence read is known.
-    pub(super) async fn catch_up(&self, conn: &mut ConnectionManager) -> Result<(), BackendError> {
+    pub(super) async fn catch_up(&self, conn: &mut Conn) -> Result<(), BackendError> {
         // Cleared before the read: a disconnection during it sets it again.
         self.missed.store(false, Ordering::Release);
         let read = self.read_back(conn).await;
@@ -104,10 +104,15 @@ impl Purges {
         read
     }
 
-    async fn read_back(&self, conn: &mut ConnectionManager) -> Result<(), BackendError> {
-        let id = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async::<u64>(conn)
+    async fn read_back(&self, conn: &mut Conn) -> Result<(), BackendError> {
+        // Purges from now on arrive as messages (a channel already
+        // subscribed to stays so); those before are read below. A cluster
+        // may have dropped the subscription with its slot's move.
+        conn.subscribe(&self.names.channel)
+            .await
+            .map_err(|e| BackendError::new("Redis SUBSCRIBE to the purge channel failed", e))?;
+        let id = conn
+            .client_id(&self.names.channel)
             .await
             .map_err(|e| BackendError::new("Redis CLIENT ID failed", e))?;
         self.connection.store(id, Ordering::Release);
@@ -141,7 +146,7 @@ impl Purges {
 /// and every [`HEARTBEAT`] asks the connection's `CLIENT ID`: an answer
 /// shows it alive, and a new id shows it was replaced (a reconnection the
 /// push handler may not have seen), so purges may have been missed.
-pub(super) async fn keep_in_step(purges: Weak<Purges>, mut conn: ConnectionManager) {
+pub(super) async fn keep_in_step(purges: Weak<Purges>, mut conn: Conn) {
     let mut pause = Duration::from_millis(50);
     loop {
         let Some(p) = purges.upgrade() else { return };
@@ -163,8 +168,8 @@ pub(super) async fn keep_in_step(purges: Weak<Purges>, mut conn: ConnectionManag
         tokio::select! {
             () = wake.notified() => {}
             () = tokio::time::sleep(HEARTBEAT) => {
-                let id = redis::cmd("CLIENT").arg("ID").query_async::<u64>(&mut conn).await;
                 let Some(p) = purges.upgrade() else { return };
+                let id = conn.client_id(&p.names.channel).await;
                 match id {
                     Ok(id) if id != p.connection.load(Ordering::Acquire) => {
                         tracing::debug!("reconnected to Redis; reading the purges it may have missed");

@@ -65,7 +65,9 @@ pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
 /// key pass-through in ms (`0`: no mark), ARGV[5] done channel, ARGV[6] the
 /// completion message, ARGV[7] `1` to delete the stored value (the key's
 /// answers cannot be shared: a stale one must not stay), ARGV[8] the purge
-/// position the entry's fill started at. Returns 0 (the lease was lost,
+/// position the entry's fill started at, ARGV[9] the command that publishes
+/// (`PUBLISH`, or on a cluster `SPUBLISH`: the done channel shares the
+/// key's slot). Returns 0 (the lease was lost,
 /// nothing changed), 1 (done), or 2 (done, but the entry was not stored: a
 /// purge of the key or its resource came after its fill started).
 pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
@@ -89,7 +91,7 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
             redis.call('DEL', KEYS[2])
           end
           redis.call('DEL', KEYS[1])
-          redis.call('PUBLISH', ARGV[5], ARGV[6])
+          redis.call(ARGV[9], ARGV[5], ARGV[6])
           return done",
     )
 });
@@ -97,7 +99,8 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
 /// KEYS[1] purge sequence, KEYS[2] purge log (a sorted set: each target's
 /// last purge, scored by position), KEYS[3] the floor (the latest position
 /// the log forgot); ARGV[1] the target (17 bytes), ARGV[2] the most records
-/// kept, ARGV[3] the purge channel. Takes the next position, records it,
+/// kept, ARGV[3] the purge channel, ARGV[4] the command that publishes
+/// (`PUBLISH`, or `SPUBLISH` on a cluster). Takes the next position, records it,
 /// forgets the oldest records past the bound (raising the floor), and
 /// publishes `<position>:<target>`. Returns the position.
 pub(super) static PURGE_LOG: LazyLock<Script> = LazyLock::new(|| {
@@ -112,7 +115,7 @@ pub(super) static PURGE_LOG: LazyLock<Script> = LazyLock::new(|| {
               redis.call('SET', KEYS[3], oldest[2])
             end
           end
-          redis.call('PUBLISH', ARGV[3], p .. ':' .. ARGV[1])
+          redis.call(ARGV[4], ARGV[3], p .. ':' .. ARGV[1])
           return p",
     )
 });
