@@ -579,3 +579,33 @@ async fn a_near_cache_cut_off_from_redis_answers_only_within_its_trust() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_went_away_fails_fast_instead_of_timing_out() {
+    let server = RedisServer::start();
+    let origin = Origin::open();
+    // A backend_timeout long enough that a request which waited it out, even
+    // once, shows: the origin takes 200 ms.
+    let config = CoalesceConfig::new().backend_timeout(Duration::from_secs(2));
+    let (layer, svc) = redis_instance(&server.url(), &origin, config).await;
+    let res = svc.clone().oneshot(get("/warm")).await.unwrap();
+    assert_eq!(body(res).await.unwrap(), "/warm");
+
+    // Killed: its connection closes, and new ones are refused.
+    drop(server);
+    for i in 0..5 {
+        let path = format!("/gone/{i}");
+        let start = Instant::now();
+        let res = tokio::time::timeout(Duration::from_secs(20), svc.clone().oneshot(get(&path)))
+            .await
+            .expect("a request hung")
+            .unwrap();
+        assert_eq!(body(res).await.unwrap(), path.as_str(), "no request fails");
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "request {i} took {took:?}: it waited for a Redis that is gone"
+        );
+    }
+    assert!(layer.stats().backend_errors > 0);
+}

@@ -130,7 +130,13 @@ impl RedisBackendBuilder {
                 let info = resp3(url)?;
                 let client = redis::Client::open(info)
                     .map_err(|e| BackendError::new("invalid Redis URL", e))?;
+                // One connection attempt per command that finds the
+                // connection down, no retries behind it: a Redis that is gone
+                // refuses at once, and the command fails at once instead of
+                // waiting out `backend_timeout` behind reconnection backoff
+                // (the layer's breaker then skips it for a while).
                 let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
                     .set_response_timeout(Some(self.response_timeout))
                     .set_connection_timeout(Some(self.connection_timeout))
                     .set_automatic_resubscription()
@@ -151,8 +157,14 @@ impl RedisBackendBuilder {
                     .iter()
                     .map(|url| resp3(url))
                     .collect::<Result<Vec<_>, _>>()?;
+                // A few quick retries (redirections during a reshard use them),
+                // not the client's default of 16 with waits from 1.28 s: a
+                // node that is gone must fail the command fast.
                 let client = redis::cluster::ClusterClientBuilder::new(nodes)
                     .use_protocol(ProtocolVersion::RESP3)
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
                     .build()
                     .map_err(|e| BackendError::new("invalid Redis cluster nodes", e))?;
                 // Subscriptions are made again after reconnections, and the
@@ -188,6 +200,10 @@ impl RedisBackendBuilder {
         Ok(backend)
     }
 }
+
+/// How many times a cluster command is retried (a redirection, a node
+/// reconnecting) before it fails.
+const CLUSTER_RETRIES: u32 = 3;
 
 /// `url`'s connection settings, speaking RESP3 (which carries pub/sub
 /// messages on a command connection).

@@ -13,10 +13,13 @@
 //! Entries this process stored or read are also kept in a near cache in its
 //! memory, for the rest of their Redis TTL, so hits never leave the process.
 //!
-//! Connections come from `redis`'s `ConnectionManager`, which reconnects by
-//! itself. Its response timeout bounds a command on a live connection, but
-//! not the reconnect attempts behind a dead one: the bound a request can rely
-//! on is the layer's [`backend_timeout`](crate::CoalesceConfig::backend_timeout),
+//! Connections come from `redis`'s `ConnectionManager` (one server) or its
+//! async cluster client (a cluster), which reconnect by themselves: a
+//! command that finds its connection down makes one connection attempt
+//! (a cluster command a few quick retries), so a Redis that is gone fails
+//! commands at once rather than after reconnection backoff. The response
+//! timeout bounds a command on a live connection; the bound a request can
+//! rely on is the layer's [`backend_timeout`](crate::CoalesceConfig::backend_timeout),
 //! which holds for every backend.
 
 mod builder;
