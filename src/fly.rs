@@ -153,12 +153,18 @@ where
         }
     }
 
+    // A lease attempt that failed but may have run: its token.
+    let mut unsure = None;
     let lease = if !config.stores() {
         // Nothing is stored, so nothing could be handed to another process.
         None
     } else {
         match crate::remote::elect(shared, key, deadline, version).await {
             Elected::Lead(lease) => lease,
+            Elected::Unsure(token) => {
+                unsure = Some(token);
+                None
+            }
             Elected::Answer(entry) | Elected::Shared(entry) => {
                 let res = asked.answer(&entry);
                 return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Follower)));
@@ -243,40 +249,43 @@ where
     let drops = version.is_some()
         && keep.is_none()
         && matches!(landing, Landing::Pass | Landing::Varied(..));
-    match lease {
-        Some(lease) => {
-            let completion = match (keep, &landing) {
-                (Some(Keep { entry, ttl }), _) => Completion::Stored { entry, ttl },
-                (None, Landing::Done(entry) | Landing::Rescued(entry, _)) => {
-                    Completion::Shared(entry.clone())
-                }
-                // The leader's values of headers outside the key decided
-                // it: other instances' callers may differ in them.
-                (None, Landing::Varied(..)) => Completion::Pass {
-                    ttl: std::time::Duration::ZERO,
-                },
-                (None, Landing::Pass) => Completion::Pass {
-                    ttl: config.pass_ttl,
-                },
-                (None, Landing::Failed(_)) => Completion::Released,
-            };
+    match (lease, unsure) {
+        (Some(lease), _) => {
+            let completion = completion(keep, &landing, config);
             crate::remote::complete(shared, key, &lease, completion, lost).await;
             if let Some(held) = held {
                 held.disarm();
             }
         }
-        None => {
-            if let Some(Keep { entry, ttl }) = keep {
-                match optional(shared, |backend| backend.store(key, entry, ttl)).await {
-                    Ok(()) => bump(&counters.stored),
-                    Err(unavailable) => unavailable.report(
-                        counters,
-                        "backend store",
-                        "the answer is shared but not kept",
-                    ),
+        (None, Some(token)) => {
+            let completion = completion(keep, &landing, config);
+            let stored = match &completion {
+                Completion::Stored { entry, ttl } => Some(Keep {
+                    entry: entry.clone(),
+                    ttl: *ttl,
+                }),
+                _ => None,
+            };
+            match optional(shared, |b| b.complete(key, &token, completion)).await {
+                Ok(true) => {
+                    tracing::debug!(
+                        "the lease whose reply was lost was this flight's; ended with its answer"
+                    );
+                    if stored.is_some() {
+                        bump(&counters.stored);
+                    }
                 }
+                // Not its lease: stored as by a flight without one.
+                Ok(false) => store_unleased(shared, key, stored).await,
+                // If it was its lease, the lease ends by itself.
+                Err(unavailable) => unavailable.report(
+                    counters,
+                    "completing a lease that may be this flight's",
+                    "the answer is shared but not kept",
+                ),
             }
         }
+        (None, None) => store_unleased(shared, key, keep).await,
     }
     if drops {
         let purge = crate::Purge::Key(key.clone());
@@ -293,4 +302,38 @@ where
         }
     }
     Flown::Landed(landing, own)
+}
+
+/// How a leased flight ends, from what it keeps and how it landed.
+fn completion(keep: Option<Keep>, landing: &Landing, config: &crate::CoalesceConfig) -> Completion {
+    match (keep, landing) {
+        (Some(Keep { entry, ttl }), _) => Completion::Stored { entry, ttl },
+        (None, Landing::Done(entry) | Landing::Rescued(entry, _)) => {
+            Completion::Shared(entry.clone())
+        }
+        // The leader's values of headers outside the key decided it: other
+        // instances' callers may differ in them.
+        (None, Landing::Varied(..)) => Completion::Pass {
+            ttl: std::time::Duration::ZERO,
+        },
+        (None, Landing::Pass) => Completion::Pass {
+            ttl: config.pass_ttl,
+        },
+        (None, Landing::Failed(_)) => Completion::Released,
+    }
+}
+
+/// Stores what a flight without a lease keeps, if anything.
+async fn store_unleased<E>(shared: &Shared<E>, key: &Key, keep: Option<Keep>) {
+    let Some(Keep { entry, ttl }) = keep else {
+        return;
+    };
+    match optional(shared, |backend| backend.store(key, entry, ttl)).await {
+        Ok(()) => bump(&shared.counters.stored),
+        Err(unavailable) => unavailable.report(
+            &shared.counters,
+            "backend store",
+            "the answer is shared but not kept",
+        ),
+    }
 }

@@ -24,6 +24,12 @@ pub(crate) enum Elected {
     /// Lead: with a lease, or (`None`) without one, when the backend has no
     /// leases to give or could not be asked.
     Lead(Option<LeaseToken>),
+    /// Lead without knowing whether the lease is held: an attempt to take
+    /// it failed, and may have run in the backend all the same (its reply
+    /// late or lost). The flight leads as without a lease, then completes
+    /// with this token: if the lease was its own, its waiters elsewhere get
+    /// the answer at once instead of after the lease.
+    Unsure(LeaseToken),
     /// Another process's flight stored this answer.
     Answer(Entry),
     /// Another process's flight gave this answer to its waiters, unstored.
@@ -52,6 +58,15 @@ pub(crate) async fn elect<E>(
         unavailable.report(counters, what, "leading this flight without a lease");
         Elected::Lead(None)
     };
+    // A lease attempt that failed may still have run: the flight keeps its
+    // token to end the lease with, should it be its own.
+    let unsure = |what: &str, unavailable: Unavailable, token: LeaseToken| match unavailable {
+        Unavailable::Skipped => degrade(what, unavailable),
+        Unavailable::Failed(_) => {
+            unavailable.report(counters, what, "leading this flight without a lease");
+            Elected::Unsure(token)
+        }
+    };
     let token = match LeaseToken::new() {
         Ok(token) => token,
         Err(error) => {
@@ -64,7 +79,7 @@ pub(crate) async fn elect<E>(
         Ok(TryLock::Acquired) => return Elected::Lead(Some(token)),
         Ok(TryLock::Pass) => return Elected::Pass,
         Ok(_) => {}
-        Err(unavailable) => return degrade("taking the lease", unavailable),
+        Err(unavailable) => return unsure("taking the lease", unavailable, token),
     }
     // Held elsewhere. Subscribe first, then look: an answer completed in
     // between is found by the lookup, one completed after it wakes the watch.
@@ -100,7 +115,7 @@ pub(crate) async fn elect<E>(
                 return Elected::Lead(Some(token));
             }
             Ok(_) => {}
-            Err(unavailable) => return degrade("taking the lease", unavailable),
+            Err(unavailable) => return unsure("taking the lease", unavailable, token),
         }
         let recheck = tokio::time::Instant::now() + config.lease;
         tokio::select! {

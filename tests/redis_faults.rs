@@ -357,6 +357,9 @@ async fn an_unsubscribe_lost_while_redis_stalls_does_not_leave_redis_subscribed(
 struct HeldLeaseAttempt {
     inner: RedisBackend,
     hold: usize,
+    /// Instead of holding the attempt before it goes out, run it, then hold
+    /// its reply this long: a reply lost or late on the network.
+    reply_late: Option<Duration>,
     attempts: AtomicUsize,
     reached: Arc<Semaphore>,
     release: Arc<Semaphore>,
@@ -387,6 +390,12 @@ impl Leases for HeldLeaseAttempt {
     ) -> BackendFuture<'a, TryLock> {
         let n = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
         Box::pin(async move {
+            if let (true, Some(late)) = (n == self.hold, self.reply_late) {
+                let taken = self.inner.try_lock(key, token, lease, refresh).await;
+                self.reached.add_permits(1);
+                tokio::time::sleep(late).await;
+                return taken;
+            }
             if n == self.hold {
                 self.reached.add_permits(1);
                 self.release.acquire().await.unwrap().forget();
@@ -453,6 +462,7 @@ async fn an_answer_stored_just_before_a_lease_attempt_is_served_not_fetched_agai
         let held = HeldLeaseAttempt {
             inner: RedisBackend::connect(server.url()).await.unwrap(),
             hold,
+            reply_late: None,
             attempts: AtomicUsize::new(0),
             reached: reached.clone(),
             release: release.clone(),
@@ -608,4 +618,52 @@ async fn a_redis_that_went_away_fails_fast_instead_of_timing_out() {
         );
     }
     assert!(layer.stats().backend_errors > 0);
+}
+
+/// A lease attempt that ran in Redis but whose reply came after
+/// `backend_timeout`: the flight goes on as if it had no lease, yet the
+/// lease is its own. It must end it with its answer, as a leader does (the
+/// answer stored and announced): another instance waiting on that lease is
+/// answered at once, not at its next look a lease later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_reply_came_too_late_is_still_completed_by_its_flight() {
+    let server = RedisServer::start();
+    let origin = Origin::gated();
+    let config = || {
+        CoalesceConfig::new()
+            .backend_timeout(Duration::from_millis(200))
+            .lease(Duration::from_secs(10))
+            .wait_timeout(Duration::from_secs(30))
+    };
+    let (reached, release) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+    let late = HeldLeaseAttempt {
+        inner: RedisBackend::connect(server.url()).await.unwrap(),
+        hold: 1,
+        reply_late: Some(Duration::from_millis(400)),
+        attempts: AtomicUsize::new(0),
+        reached: reached.clone(),
+        release,
+    };
+    let a = instance(late, &origin, config()).await;
+    let b = redis_instance(&server.url(), &origin, config()).await;
+
+    let first = spawn_requests(&a.1, "/late", 1);
+    tokio::time::timeout(Duration::from_secs(10), reached.acquire())
+        .await
+        .expect("the lease was never tried")
+        .unwrap()
+        .forget();
+    // The lease is held in Redis; the second instance waits on it.
+    let second = spawn_requests(&b.1, "/late", 1);
+    until(&b.0, "the remote wait", |s| s.remote_waits == 1).await;
+    until(&a.0, "the lease-less origin call", |_| origin.calls() == 1).await;
+    origin.open_gate();
+    let answered = all_answer(first, "/late").await;
+    let waited = all_answer(second, "/late").await;
+    assert_eq!(origin.calls(), 1, "{:?}", b.0.stats());
+    let after = waited.saturating_duration_since(answered);
+    assert!(
+        after < Duration::from_secs(3),
+        "the waiting instance was answered {after:?} after the first: it waited for the lease to end"
+    );
 }

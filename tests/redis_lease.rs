@@ -48,6 +48,13 @@ async fn a_lease_is_exclusive_until_it_expires() {
             .is_acquired(),
         "held elsewhere"
     );
+    // Asked again with its own token (an attempt whose reply was lost): the
+    // lease is the asker's.
+    assert!(a
+        .try_lock(&key, &ta, Duration::from_millis(300), None)
+        .await
+        .unwrap()
+        .is_acquired());
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         b.try_lock(&key, &tb, Duration::from_secs(5), None)

@@ -24,6 +24,8 @@ pub(super) static GET_FRESH: LazyLock<Script> = LazyLock::new(|| {
 /// for the stale one a refresh replaces): a flight that missed the value just
 /// before another process completed must take that answer, not lead a second
 /// call to the origin. While the key is marked pass-through, nobody leads it.
+/// A lease already held with this token is the caller's (an earlier attempt
+/// of its whose reply was lost): acquired.
 pub(super) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
@@ -36,6 +38,7 @@ pub(super) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
             end
           end
           if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+          if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
           return 0",
     )
 });
