@@ -378,3 +378,26 @@ async fn a_refresh_lease_is_granted_only_while_the_stale_value_it_saw_is_stored(
         .is_acquired());
     assert_eq!(c.get_local(&key).unwrap().body(), "fresh");
 }
+
+/// An answer stored without a lease (the backend was skipped at the lease,
+/// or a waiter gave up and called the origin itself) is announced like a
+/// leader's: instances waiting on the key hear of it at once, with the
+/// answer in the message, instead of at their next look a lease later.
+#[tokio::test]
+async fn an_answer_stored_without_a_lease_is_announced() {
+    let server = RedisServer::start();
+    let (writer, waiter) = (
+        RedisBackend::connect(server.url()).await.unwrap(),
+        RedisBackend::connect(server.url()).await.unwrap(),
+    );
+    let key = Key::from("unleased");
+    let mut watch = waiter.watch(&key).await.unwrap().unwrap();
+    writer
+        .store(&key, entry("stored alone"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let fired = tokio::time::timeout(Duration::from_secs(5), watch.changed()).await;
+    assert!(matches!(fired, Ok(Some(_))), "the waiter was not told");
+    // The answer came with the message: no `GET` needed.
+    assert_eq!(waiter.get_local(&key).unwrap().body(), "stored alone");
+}

@@ -37,7 +37,7 @@ use self::names::Names;
 use self::pubsub::{shared_message, stored_message, unsubscribe, PASS, RELEASED};
 use self::purges::Purges;
 use self::scripts::{
-    CATCH_UP, COMPLETE, DROP_BAD, GET_FRESH, PURGE_KEY, PURGE_LOG, RENEW, TRY_LOCK,
+    CATCH_UP, COMPLETE, DROP_BAD, GET_FRESH, PURGE_KEY, PURGE_LOG, RENEW, STORE, TRY_LOCK,
 };
 use super::watch::Watch;
 use super::{BackendError, BackendFuture, Invalidation, Leases, Store};
@@ -147,6 +147,7 @@ impl RedisBackend {
             &*PURGE_LOG,
             &*PURGE_KEY,
             &*CATCH_UP,
+            &*STORE,
         ];
         // The script cache is the server's: after the first instance, one
         // `SCRIPT EXISTS` finds them all loaded.
@@ -266,15 +267,28 @@ impl Store for RedisBackend {
                 return Ok(());
             }
             let mut conn = self.conn.clone();
-            redis::cmd("SET")
-                .arg(self.value_key(key))
-                .arg(entry.encode().as_ref())
-                .arg("PX")
-                .arg(millis(ttl)?)
-                .query_async::<()>(&mut conn)
+            let names = self.names(key);
+            let value = entry.encode();
+            let ms = millis(ttl)?;
+            let message = stored_message(&value, ms);
+            let stored: i64 = STORE
+                .key(names.value())
+                .key(names.purged())
+                .key(names.resource_purged())
+                .arg(value.as_ref())
+                .arg(ms)
+                .arg(entry.fill_position())
+                .arg(names.done())
+                .arg(message)
+                .arg(conn.publish_command())
+                .invoke_async(&mut conn)
                 .await
-                .map_err(|e| BackendError::new("Redis SET failed", e))?;
-            self.keep_near(key, &entry, ttl);
+                .map_err(|e| BackendError::new("Redis store failed", e))?;
+            if stored == 1 {
+                self.keep_near(key, &entry, ttl);
+            } else {
+                tracing::debug!("a purge came during the fill: its answer is not stored");
+            }
             Ok(())
         })
     }

@@ -99,6 +99,25 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// KEYS[1] value, KEYS[2] the key's purge mark, KEYS[3] its resource's;
+/// ARGV[1] encoded entry, ARGV[2] its TTL in ms, ARGV[3] the purge position
+/// its fill started at, ARGV[4] done channel, ARGV[5] the completion
+/// message, ARGV[6] the command that publishes. Stores an answer made
+/// without a lease — unless a purge of the key or its resource came after
+/// its fill started (returns 2) — and announces it as `COMPLETE` would, so
+/// that instances waiting on the key hear of it at once. Returns 1.
+pub(super) static STORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local filled = tonumber(ARGV[3])
+          local key = tonumber(redis.call('GET', KEYS[2]) or '0')
+          local resource = tonumber(redis.call('GET', KEYS[3]) or '0')
+          if key > filled or resource > filled then return 2 end
+          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+          redis.call(ARGV[6], ARGV[4], ARGV[5])
+          return 1",
+    )
+});
+
 /// KEYS[1] purge sequence, KEYS[2] purge log (a sorted set: each target's
 /// last purge, scored by position), KEYS[3] the floor (the latest position
 /// the log forgot); ARGV[1] the target (17 bytes), ARGV[2] the most records
