@@ -167,6 +167,29 @@ where
 }
 
 /// Calls the inner service for this request alone, as its caller sent it.
+/// A follower of a flight that timed out with `CallOrigin`: joins (or
+/// leads) a new flight, which goes to the origin without waiting on another
+/// process's lease again, and is not timed out.
+fn overdue<S, E, ReqBody, ResBody>(
+    shared: &Arc<Shared<E>>,
+    call: &mut Option<(Request<ReqBody>, S)>,
+) -> State<ResBody, S::Error>
+where
+    S: Origin<ReqBody, ResBody>,
+    E: KeyExtractor<ReqBody>,
+    ReqBody: Send + 'static,
+    ResBody: OriginBody,
+{
+    let Some(key) = call.as_ref().and_then(|(req, _)| shared.key(req)) else {
+        return pass(shared, call);
+    };
+    let role = shared.table.join(&key);
+    if let (Role::Leader(_), Some((req, _))) = (&role, call.as_mut()) {
+        req.extensions_mut().insert(leader::Overdue);
+    }
+    start(shared, key, call, role)
+}
+
 fn pass<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
     call: &mut Option<(Request<ReqBody>, S)>,
@@ -295,7 +318,10 @@ where
                         if error.kind() == FlightErrorKind::WaitTimeout
                             && this.shared.config.wait_fallback == WaitFallback::CallOrigin =>
                     {
-                        pass(this.shared, this.call)
+                        // Not each to the origin at the same instant: one of
+                        // them leads a new flight there, the others follow.
+                        this.state.set(State::Done);
+                        overdue(this.shared, this.call)
                     }
                     Some(Landing::Failed(error)) => {
                         this.state.set(State::Done);

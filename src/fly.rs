@@ -83,6 +83,9 @@ pub(crate) struct Brief<'a> {
     /// Where the work leaves a stale answer it found that may stand in for
     /// an error, for the flight's timer.
     pub(crate) fallback: &'a std::sync::OnceLock<Entry>,
+    /// The flight replaces one that timed out waiting (`CallOrigin`): it
+    /// goes to the origin without waiting on a lease.
+    pub(crate) overdue: bool,
 }
 
 /// The flight itself: backend, origin, body, policy, store.
@@ -105,6 +108,7 @@ where
         deadline,
         mut refresh,
         fallback: found,
+        overdue,
     } = brief;
     let mut version = refresh.as_ref().and_then(Entry::stored_at);
     // What the leader's caller asked of the cache (`no-cache`, `max-age`):
@@ -157,6 +161,10 @@ where
     let mut unsure = None;
     let lease = if !config.stores() {
         // Nothing is stored, so nothing could be handed to another process.
+        None
+    } else if overdue {
+        // Waited out once already: the answer is stored and announced when
+        // it comes, without a lease.
         None
     } else {
         match crate::remote::elect(shared, key, deadline, version).await {

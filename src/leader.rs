@@ -35,6 +35,12 @@ pub(crate) fn local_hit<E>(shared: &Shared<E>, key: &Key) -> Option<Entry> {
     shared.config.backend.get_local(key)
 }
 
+/// Marks the request of a flight led by a follower of one that timed out
+/// with [`WaitFallback::CallOrigin`]: it goes to the origin without waiting
+/// on another process's lease, and is not timed out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Overdue;
+
 /// Starts the flight's task; the receiver gets the leader caller's answer.
 pub(crate) fn spawn<S, E, ReqBody, ResBody>(
     shared: Arc<Shared<E>>,
@@ -76,7 +82,7 @@ async fn run<S, E, ReqBody, ResBody>(
     guard: FlightGuard,
     key: Key,
     asked: Asked,
-    req: Request<ReqBody>,
+    mut req: Request<ReqBody>,
     inner: S,
     mut own_tx: oneshot::Sender<Own<ResBody, S::Error>>,
 ) where
@@ -86,6 +92,7 @@ async fn run<S, E, ReqBody, ResBody>(
 {
     let config = &shared.config;
     let grpc = is_grpc(&req);
+    let overdue = req.extensions_mut().remove::<Overdue>().is_some();
     // One deadline for the whole flight, not a timer per follower: a burst of
     // a million followers costs one timer, and no follower waits longer than
     // `wait_timeout` whenever it joined.
@@ -97,6 +104,7 @@ async fn run<S, E, ReqBody, ResBody>(
         deadline,
         refresh: None,
         fallback: &fallback,
+        overdue,
     };
     let work = fly(&shared, &key, &asked, req, inner, brief);
     let work = AssertUnwindSafe(work).catch_unwind();
@@ -114,7 +122,7 @@ async fn run<S, E, ReqBody, ResBody>(
         tokio::select! {
             biased;
             finished = &mut work => break Some(finished),
-            () = &mut expiry, if guard.is_some() => {
+            () = &mut expiry, if guard.is_some() && !overdue => {
                 bump(&shared.counters.wait_timeouts);
                 let stale = fallback.get().filter(|stale| stale.may_serve_on_error());
                 if let Some((stale, guard)) = stale.and_then(|stale| Some((stale, guard.take()?))) {

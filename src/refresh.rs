@@ -138,6 +138,7 @@ async fn refresh<S, E, ReqBody, ResBody>(
         deadline,
         refresh: Some(stale.clone()),
         fallback: &unused,
+        overdue: false,
     };
     let work = fly(&shared, &key, &asked, req, inner, brief);
     let work = AssertUnwindSafe(work);

@@ -548,7 +548,8 @@ async fn at_the_wait_timeout_call_origin_sends_followers_to_the_origin_and_the_l
     send.send_response(Response::new(Full::new(Bytes::from_static(b"own"))));
     let res = follower.await.unwrap().unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Pass));
+    // It leads a new flight, of its own here.
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Leader));
     assert_eq!(body(res).await.unwrap(), "own");
     assert_eq!(
         layer.flights_in_progress(),
@@ -561,6 +562,39 @@ async fn at_the_wait_timeout_call_origin_sends_followers_to_the_origin_and_the_l
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(body(res).await.unwrap(), "late");
     assert_eq!(layer.stats().wait_timeouts, 1);
+}
+
+/// The followers of a flight that timed out with `CallOrigin` do not all
+/// call the origin at that instant: one of them leads a new flight, which
+/// goes to the origin at once, and the others follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_wait_timeout_call_origin_makes_one_new_flight_for_the_followers() {
+    const REQUESTS: usize = 50;
+    let origin = Origin::gated();
+    let layer = layer(
+        CoalesceConfig::new()
+            .wait_timeout(Duration::from_millis(100))
+            .wait_fallback(WaitFallback::CallOrigin),
+    );
+    let svc = layer.layer(origin.serve(echo_path));
+    let requests: Vec<_> = (0..REQUESTS)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/slow"))))
+        .collect();
+    until(&layer, "the new flight's call", |_| origin.calls() == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        origin.calls(),
+        2,
+        "the first flight's call and one for all its followers"
+    );
+    origin.open_gate();
+    for request in requests {
+        let res = request.await.unwrap().unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(body(res).await.unwrap(), "/slow");
+    }
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(layer.flights_in_progress(), 0);
 }
 
 #[tokio::test]

@@ -24,9 +24,12 @@ pub enum WaitFallback {
     /// that never answers holds nothing for longer than the wait timeout.
     #[default]
     GatewayTimeout,
-    /// The followers call the inner service each on its own; the leader's
-    /// inner call goes on for its own caller. Nothing is timed out: answers
-    /// come as late as the inner service gives them.
+    /// One of the followers leads a new flight, which calls the inner
+    /// service at once (without waiting on another process's lease again),
+    /// and the others follow it: not every follower calls the origin at
+    /// the same instant. The first flight's inner call goes on for its own
+    /// caller. Nothing is timed out: answers come as late as the inner
+    /// service gives them.
     CallOrigin,
 }
 
