@@ -107,6 +107,12 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// A plain synchronous connection, or `None` if the server does not
+    /// take one (stopped, killed).
+    pub fn try_conn(&self) -> Option<redis::Connection> {
+        redis::Client::open(self.url()).ok()?.get_connection().ok()
+    }
+
     /// A plain synchronous connection, for the test's own inspection.
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url())
@@ -180,6 +186,10 @@ impl RedisCluster {
                     &free_port().to_string(),
                     "--cluster-node-timeout",
                     &timeout,
+                    // Replicas sync at once, not after Redis's 5 s wait
+                    // for more replicas to share the transfer.
+                    "--repl-diskless-sync-delay",
+                    "0",
                     "--dir",
                     node_dir.to_str().unwrap(),
                 ],
@@ -231,9 +241,22 @@ impl RedisCluster {
                         .unwrap_or_default()
                         .to_owned()
                 };
+                // A replica that never synced with its master cannot take
+                // over from it.
+                let replica_synced = || {
+                    let Ok(replication) = redis::cmd("INFO")
+                        .arg("replication")
+                        .query::<String>(&mut node.conn())
+                    else {
+                        return false;
+                    };
+                    !replication.contains("role:slave")
+                        || replication.contains("master_link_status:up")
+                };
                 field("cluster_state") == "ok"
                     && field("cluster_slots_ok") == "16384"
                     && field("cluster_known_nodes") == self.nodes.len().to_string()
+                    && replica_synced()
             }) && self.masters().len() == masters;
             if ready {
                 return;
@@ -262,7 +285,7 @@ impl RedisCluster {
         let Some(view) = self.nodes.iter().find_map(|node| {
             redis::cmd("CLUSTER")
                 .arg("NODES")
-                .query::<String>(&mut node.conn())
+                .query::<String>(&mut node.try_conn()?)
                 .ok()
         }) else {
             return Vec::new();
@@ -323,14 +346,29 @@ impl RedisCluster {
         self.masters()
             .iter()
             .map(|(node, _)| {
-                let info: String = redis::cmd("INFO")
-                    .arg("commandstats")
-                    .query(&mut node.conn())
+                let info: String = node
+                    .try_conn()
+                    .and_then(|mut conn| {
+                        redis::cmd("INFO").arg("commandstats").query(&mut conn).ok()
+                    })
                     .unwrap_or_default();
                 command_calls(&info, except)
             })
             .sum()
     }
+}
+
+/// The cluster slot of `name`: CRC16 (XMODEM) of its hash tag (or of the
+/// whole name, without one) modulo 16,384, as Redis Cluster computes it —
+/// without asking a node, for tests that look through many names.
+pub fn slot(name: &str) -> u16 {
+    let bytes = name.as_bytes();
+    let tag = bytes.iter().position(|b| *b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        let close = rest.iter().position(|b| *b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(bytes)) % 16_384
 }
 
 /// Calls in an `INFO commandstats` answer, without the commands in `except`

@@ -115,11 +115,17 @@ impl RedisBackendBuilder {
             self.purge_records,
             self.near_cache_trust,
         ));
-        let heard = purges.clone();
+        // Weak: the connection keeps its push handler, and the backend's
+        // task keeps a connection, so a strong reference would keep both
+        // alive after the backend is dropped.
+        let heard = Arc::downgrade(&purges);
         let near = self.near.map(|near| near.judged_by(purges.log.clone()));
         let kept_near = near.clone();
+        let (resubscribe, dropped) = tokio::sync::mpsc::unbounded_channel();
         let push = move |push: PushInfo| {
-            route(&router, kept_near.as_ref(), &heard, push);
+            if let Some(purges) = heard.upgrade() {
+                route(&router, kept_near.as_ref(), &purges, &resubscribe, push);
+            }
             Ok::<(), std::convert::Infallible>(())
         };
         // RESP3 carries pub/sub messages on the command connections
@@ -196,7 +202,12 @@ impl RedisBackendBuilder {
                 "Redis did not answer within {limit:?}; the layer works without it until it does"
             ),
         }
-        tokio::spawn(keep_in_step(Arc::downgrade(&purges), backend.conn.clone()));
+        tokio::spawn(keep_in_step(
+            Arc::downgrade(&purges),
+            backend.conn.clone(),
+            backend.channels.clone(),
+            dropped,
+        ));
         Ok(backend)
     }
 }

@@ -140,6 +140,11 @@ impl Channels {
         }
     }
 
+    /// Whether anyone watches `name`.
+    pub(crate) fn watched(&self, name: &str) -> bool {
+        self.lock().watched.contains_key(name)
+    }
+
     /// Messages may have been lost: wake every watch.
     pub(crate) fn signal_all(&self) {
         for channel in self.lock().watched.values() {

@@ -39,10 +39,13 @@ pub(super) async fn unsubscribe(mut conn: Conn, channels: Channels, name: String
 
 /// Hands a push from Redis to the watches it concerns, or, on the purge
 /// channel, to the purge log.
+/// `resubscribe` takes the shard channels a cluster dropped that are still
+/// watched: they are subscribed to again, on their slot's new master.
 pub(super) fn route(
     channels: &Channels,
     near: Option<&MemoryBackend>,
     purges: &Purges,
+    resubscribe: &tokio::sync::mpsc::UnboundedSender<String>,
     push: PushInfo,
 ) {
     match push.kind {
@@ -77,7 +80,8 @@ pub(super) fn route(
         // unsubscriptions the same way). On the purge channel, which this
         // process never leaves, purges may be missed from then on: they are
         // read back, and the channel subscribed to again on its new master.
-        // A done channel's waiters look again.
+        // A done channel still watched is subscribed to again there, and its
+        // waiters look again (its message may have gone meanwhile).
         PushKind::SUnsubscribe => {
             let Some(Value::BulkString(name)) = push.data.into_iter().next() else {
                 return;
@@ -85,7 +89,10 @@ pub(super) fn route(
             if name == purges.names.channel.as_bytes() {
                 purges.lost();
             } else if let Ok(name) = std::str::from_utf8(&name) {
-                channels.signal(name, |_| Notice::LookAgain);
+                if channels.watched(name) {
+                    channels.signal(name, |_| Notice::LookAgain);
+                    let _ = resubscribe.send(name.to_owned());
+                }
             }
         }
         _ => {}

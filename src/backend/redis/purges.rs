@@ -3,6 +3,7 @@
 //! missed while disconnected read back, and the near cache trusted only
 //! while the channel is known to be heard.
 
+use super::channels::Channels;
 use super::conn::Conn;
 use super::names::PurgeNames;
 use super::scripts::CATCH_UP;
@@ -145,8 +146,15 @@ impl Purges {
 /// at start and after every disconnection (retrying until Redis answers),
 /// and every [`HEARTBEAT`] asks the connection's `CLIENT ID`: an answer
 /// shows it alive, and a new id shows it was replaced (a reconnection the
-/// push handler may not have seen), so purges may have been missed.
-pub(super) async fn keep_in_step(purges: Weak<Purges>, mut conn: Conn) {
+/// push handler may not have seen), so purges may have been missed. Also
+/// subscribes again to the done channels a cluster dropped (`dropped`)
+/// while they are still watched.
+pub(super) async fn keep_in_step(
+    purges: Weak<Purges>,
+    mut conn: Conn,
+    channels: Channels,
+    mut dropped: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let mut pause = Duration::from_millis(50);
     loop {
         let Some(p) = purges.upgrade() else { return };
@@ -167,6 +175,14 @@ pub(super) async fn keep_in_step(purges: Weak<Purges>, mut conn: Conn) {
         drop(p);
         tokio::select! {
             () = wake.notified() => {}
+            Some(name) = dropped.recv() => {
+                if channels.watched(&name) {
+                    if let Err(error) = conn.subscribe(&name).await {
+                        // The waiters still look again once per lease.
+                        tracing::debug!(%error, %name, "subscribing again to a moved channel failed");
+                    }
+                }
+            }
             () = tokio::time::sleep(HEARTBEAT) => {
                 let Some(p) = purges.upgrade() else { return };
                 let id = conn.client_id(&p.names.channel).await;
