@@ -22,6 +22,10 @@
 //! server or the cluster's masters, less the benchmark's and the clients'
 //! housekeeping (`INFO`, `CONFIG`, `CLUSTER`, `PING`, `CLIENT`, `PUBSUB`).
 //! Wall times on a shared two-core machine mean little; they are left out.
+//! The instances' `backend_timeout` and Redis response timeout are 5 s, so that the counts are the
+//! protocol's rather than a saturated machine's: at the default 250 ms,
+//! sixteen processes with a thousand keys at once on two cores wait longer
+//! than that for Redis, and those flights go on without it.
 //!
 //! Options: `--instances 2,4,8,16`, `--shapes KEYSxPERKEY,...` (default
 //! `1x10,1x10000,100x10,100x1000,1000x10,1000x100`), `--only server|cluster`.
@@ -203,6 +207,9 @@ fn run_burst(children: &mut [Instance], tag: &str, keys: usize, each: usize) -> 
             .nth(1)
             .and_then(|n| n.parse::<usize>().ok())
             .expect("done <calls>");
+        if !line.contains("failed={}") || !line.contains("backend_errors=0 ") {
+            eprintln!("  {tag}: {}", line.trim());
+        }
     }
     calls
 }
@@ -279,6 +286,7 @@ async fn child(args: &[String]) {
     };
     let backend = builder
         .namespace(args[1].clone())
+        .response_timeout(Duration::from_secs(5))
         .connect()
         .await
         .expect("cannot connect");
@@ -286,6 +294,11 @@ async fn child(args: &[String]) {
         CoalesceConfig::new()
             .ttl(Duration::from_secs(300))
             .wait_timeout(Duration::from_secs(120))
+            // Counts of the protocol, not of a two-core machine's queue: a
+            // thousand keys at once over sixteen processes keep Redis
+            // answers waiting longer than the default 250 ms, and each such
+            // flight would go on without Redis (see BENCHMARKS.md).
+            .backend_timeout(Duration::from_secs(5))
             .backend(backend),
     );
     let origin = Arc::new(Origin {
@@ -323,12 +336,17 @@ async fn child(args: &[String]) {
                 let path = format!("/{tag}/{k}");
                 let svc = svc.clone();
                 tasks.push(tokio::spawn(async move {
-                    let res = svc
-                        .oneshot(Request::get(&path).body(Full::new(Bytes::new())).unwrap())
-                        .await
-                        .unwrap();
+                    let req = Request::get(&path).body(Full::new(Bytes::new())).unwrap();
+                    let res = svc.oneshot(req).await.unwrap();
+                    let failed = res
+                        .extensions()
+                        .get::<tower_coalesce::FlightError>()
+                        .map(|e| format!("{}:{:?}", res.status().as_u16(), e.kind()));
                     let body = res.into_body().collect().await.unwrap().to_bytes();
-                    assert_eq!(body, path.as_str(), "a wrong answer");
+                    if failed.is_none() {
+                        assert_eq!(body, path.as_str(), "a wrong answer");
+                    }
+                    failed
                 }));
             }
         }
@@ -339,7 +357,7 @@ async fn child(args: &[String]) {
             let led = origin.calls.load(Ordering::SeqCst) - calls;
             let waiting = (now.remote_waits - before.remote_waits) as usize;
             let following = (now.followers - before.followers) as usize;
-            if led + waiting == keys && following == keys * (each - 1) {
+            if led + waiting >= keys && following >= keys * (each - 1) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -347,9 +365,19 @@ async fn child(args: &[String]) {
         println!("joined");
         assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("open"));
         origin.gate().add_permits(Semaphore::MAX_PERMITS / 2);
+        let mut failed = std::collections::BTreeMap::<String, usize>::new();
         for task in tasks {
-            task.await.unwrap();
+            if let Some(kind) = task.await.unwrap() {
+                *failed.entry(kind).or_default() += 1;
+            }
         }
-        println!("done {}", origin.calls.load(Ordering::SeqCst) - calls);
+        let after = layer.stats();
+        println!(
+            "done {} failed={failed:?} backend_errors={} wait_timeouts={} takeovers={}",
+            origin.calls.load(Ordering::SeqCst) - calls,
+            after.backend_errors - before.backend_errors,
+            after.wait_timeouts - before.wait_timeouts,
+            after.takeovers - before.takeovers,
+        );
     }
 }
