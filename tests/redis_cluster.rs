@@ -117,6 +117,39 @@ async fn slots_are_the_clusters(cluster: &RedisCluster) {
     .map(|name| cluster.slot_of(name))
     .collect();
     assert_eq!(slots.len(), 1, "a key's names are on one slot");
+
+    // The scripts the bursts below do not run, run on the cluster too: a
+    // lease-less store (`STORE`) and a bad value's removal (`DROP_BAD`).
+    use tower_coalesce::Store;
+    let entry = tower_coalesce::Entry::new(
+        http::StatusCode::OK,
+        http::Version::HTTP_11,
+        http::HeaderMap::new(),
+        bytes::Bytes::from_static(b"stored"),
+        None,
+    );
+    backend
+        .store(&key, entry, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let reader = RedisBackend::connect_cluster(cluster.urls()).await.unwrap();
+    assert_eq!(reader.lookup(&key).await.unwrap().unwrap().body(), "stored");
+    let bad = HttpKey::new().extract(&get("/bad")).unwrap();
+    let mut conn = redis::cluster::ClusterClient::new(cluster.urls())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(reader.value_key(&bad))
+        .arg("not an entry")
+        .query(&mut conn)
+        .unwrap();
+    assert!(reader.lookup(&bad).await.unwrap().is_none());
+    let left: bool = redis::cmd("EXISTS")
+        .arg(reader.value_key(&bad))
+        .query(&mut conn)
+        .unwrap();
+    assert!(!left, "the bad value was deleted");
 }
 
 async fn one_burst_over_four_instances_makes_one_origin_call(
