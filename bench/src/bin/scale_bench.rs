@@ -28,7 +28,8 @@
 //! than that for Redis, and those flights go on without it.
 //!
 //! Options: `--instances 2,4,8,16`, `--shapes KEYSxPERKEY,...` (default
-//! `1x10,1x10000,100x10,100x1000,1000x10,1000x100`), `--only server|cluster`.
+//! `1x10,1x10000,100x10,100x1000,1000x10,1000x100`), `--only server|cluster`,
+//! `--default-timeouts` (the library's timeouts instead of 5 s).
 
 use bytes::Bytes;
 use coalesce_bench::report::group;
@@ -69,8 +70,13 @@ fn main() {
         (1_000, 100),
     ];
     let mut only = None;
+    let mut defaults = false;
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
+        if flag == "--default-timeouts" {
+            defaults = true;
+            continue;
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--instances" => {
@@ -127,12 +133,20 @@ fn main() {
             &[&server],
             &instances,
             &shapes,
+            defaults,
         );
     }
     if only.as_deref() != Some("server") {
         let cluster = RedisCluster::start();
         let masters: Vec<&RedisServer> = cluster.masters().into_iter().map(|(n, _)| n).collect();
-        table("cluster", &cluster.urls(), &masters, &instances, &shapes);
+        table(
+            "cluster",
+            &cluster.urls(),
+            &masters,
+            &instances,
+            &shapes,
+            defaults,
+        );
     }
     println!(
         "\nload average at the end: {}",
@@ -150,11 +164,13 @@ fn table(
     counted: &[&RedisServer],
     instances: &[usize],
     shapes: &[(usize, usize)],
+    defaults: bool,
 ) {
     for &n in instances {
         let namespace = format!("scale-{}-{n}-{}", std::process::id(), name.len());
-        let mut children: Vec<Instance> =
-            (0..n).map(|_| Instance::start(urls, &namespace)).collect();
+        let mut children: Vec<Instance> = (0..n)
+            .map(|_| Instance::start(urls, &namespace, defaults))
+            .collect();
         // A first burst loads the scripts and opens every connection.
         run_burst(&mut children, "warm", 1, 1);
         for (i, &(keys, per_key)) in shapes.iter().enumerate() {
@@ -222,11 +238,12 @@ struct Instance {
 }
 
 impl Instance {
-    fn start(urls: &[String], namespace: &str) -> Self {
+    fn start(urls: &[String], namespace: &str, defaults: bool) -> Self {
         let mut process = Command::new(std::env::current_exe().expect("this program"))
             .arg("--child")
             .arg(urls.join(","))
             .arg(namespace)
+            .arg(if defaults { "defaults" } else { "raised" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -284,23 +301,28 @@ async fn child(args: &[String]) {
     } else {
         RedisBackend::cluster_builder(urls)
     };
-    let backend = builder
-        .namespace(args[1].clone())
-        .response_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .expect("cannot connect");
-    let layer = CoalesceLayer::new(
-        CoalesceConfig::new()
-            .ttl(Duration::from_secs(300))
-            .wait_timeout(Duration::from_secs(120))
-            // Counts of the protocol, not of a two-core machine's queue: a
-            // thousand keys at once over sixteen processes keep Redis
-            // answers waiting longer than the default 250 ms, and each such
-            // flight would go on without Redis (see BENCHMARKS.md).
-            .backend_timeout(Duration::from_secs(5))
-            .backend(backend),
-    );
+    // `--default-timeouts`: the library's own, to see a saturated machine.
+    let timeout = if args.get(2).map(String::as_str) == Some("defaults") {
+        None
+    } else {
+        Some(Duration::from_secs(5))
+    };
+    let mut builder = builder.namespace(args[1].clone());
+    if let Some(timeout) = timeout {
+        builder = builder.response_timeout(timeout);
+    }
+    let backend = builder.connect().await.expect("cannot connect");
+    // Counts of the protocol, not of a two-core machine's queue: a thousand
+    // keys at once over sixteen processes keep Redis answers waiting longer
+    // than the default 250 ms, and each such flight would go on without
+    // Redis (see BENCHMARKS.md).
+    let mut config = CoalesceConfig::new()
+        .ttl(Duration::from_secs(300))
+        .wait_timeout(Duration::from_secs(120));
+    if let Some(timeout) = timeout {
+        config = config.backend_timeout(timeout);
+    }
+    let layer = CoalesceLayer::new(config.backend(backend));
     let origin = Arc::new(Origin {
         calls: AtomicUsize::new(0),
         gate: Mutex::new(Arc::new(Semaphore::new(0))),
