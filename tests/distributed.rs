@@ -258,7 +258,12 @@ async fn redis_killed_mid_burst_fails_no_request_and_coalescing_resumes_after_re
         burst.push(tokio::spawn(svc.oneshot(get("/during"))));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while a.stats().remote_waits + b.stats().remote_waits != 1 || origin.calls() != 1 {
+    // Every request joined: a flight on each instance, one of them waiting
+    // on the other's lease.
+    while a.stats().remote_waits + b.stats().remote_waits != 1
+        || a.stats().followers + b.stats().followers != 398
+        || origin.calls() != 1
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "burst never gathered"

@@ -100,6 +100,8 @@ async fn on_a_cluster() {
     one_burst_over_four_instances_makes_one_origin_call(&cluster, &nodes).await;
     keys_on_every_master_make_one_origin_call_each(&cluster, &nodes).await;
     purges_reach_every_instance(&nodes).await;
+    an_answer_stored_without_a_lease_is_announced(&nodes).await;
+    call_origin_followers_make_one_new_flight(&nodes).await;
     an_unreachable_seed_is_skipped_and_no_seed_leaves_the_layer_local(&cluster).await;
 }
 
@@ -299,4 +301,69 @@ async fn an_unreachable_seed_is_skipped_and_no_seed_leaves_the_layer_local(clust
         assert_eq!(body(res).await.unwrap(), "/alone");
     }
     assert_eq!(origin.calls(), 1);
+}
+
+/// As on one server: a lease-less store reaches the instances waiting on
+/// the key at once, with the answer.
+async fn an_answer_stored_without_a_lease_is_announced(nodes: &[String]) {
+    use tower_coalesce::{Leases, Store};
+    let writer = RedisBackend::connect_cluster(nodes.to_vec()).await.unwrap();
+    let waiter = RedisBackend::connect_cluster(nodes.to_vec()).await.unwrap();
+    let key = HttpKey::new().extract(&get("/unleased")).unwrap();
+    let mut watch = waiter.watch(&key).await.unwrap().unwrap();
+    let entry = tower_coalesce::Entry::new(
+        http::StatusCode::OK,
+        http::Version::HTTP_11,
+        http::HeaderMap::new(),
+        bytes::Bytes::from_static(b"stored alone"),
+        None,
+    );
+    writer
+        .store(&key, entry, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let fired = tokio::time::timeout(Duration::from_secs(5), watch.changed()).await;
+    assert!(matches!(fired, Ok(Some(_))), "the waiter was not told");
+    assert_eq!(waiter.get_local(&key).unwrap().body(), "stored alone");
+}
+
+/// An instance whose wait on another's lease times out with `CallOrigin`:
+/// its leader calls the origin, and its followers make one new flight, not
+/// a call each.
+async fn call_origin_followers_make_one_new_flight(nodes: &[String]) {
+    let origin = Origin::gated();
+    let (_a, svc_a, _) = instance(nodes, &origin).await;
+    let backend = RedisBackend::connect_cluster(nodes.to_vec()).await.unwrap();
+    let b = CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_secs(60))
+            .wait_timeout(Duration::from_millis(300))
+            .wait_fallback(tower_coalesce::WaitFallback::CallOrigin)
+            .backend(backend),
+    );
+    let svc_b: Svc = tower::util::BoxCloneService::new(b.layer(origin.serve(echo_path)));
+    let first = tokio::spawn(svc_a.oneshot(get("/overdue")));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while origin.calls() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiting: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(svc_b.clone().oneshot(get("/overdue"))))
+        .collect();
+    // Past the wait timeout: the waiting instance's flight and its
+    // followers' one new flight, two calls, not twenty.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        origin.calls() <= 3,
+        "{} origin calls: the followers each called it",
+        origin.calls()
+    );
+    origin.open_gate();
+    for task in waiting {
+        let res = task.await.unwrap().unwrap();
+        assert_eq!(body(res).await.unwrap(), "/overdue");
+    }
+    let res = first.await.unwrap().unwrap();
+    assert_eq!(body(res).await.unwrap(), "/overdue");
 }
