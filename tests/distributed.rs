@@ -28,21 +28,7 @@ fn commands(server: &RedisServer) -> u64 {
         .arg("commandstats")
         .query(&mut server.conn())
         .unwrap();
-    info.lines()
-        .filter(|l| {
-            l.starts_with("cmdstat_")
-                && !l.starts_with("cmdstat_info")
-                && !l.starts_with("cmdstat_config")
-        })
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    support::redis::command_calls(&info, &["info", "config"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

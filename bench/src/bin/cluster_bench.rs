@@ -32,7 +32,7 @@
 //! `--waiters 1,4`. The output is markdown, with the machine it ran on.
 
 use bytes::Bytes;
-use coalesce_bench::report::{group, ms};
+use coalesce_bench::report::{group, machine, ms};
 use coalesce_test_redis::{command_calls, slot, RedisCluster, RedisServer};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -345,27 +345,7 @@ fn main() {
                 .find_map(|l| l.strip_prefix("redis_version:").map(str::to_owned))
         })
         .unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                Some(
-                    l.strip_prefix("model name")?
-                        .split_once(':')?
-                        .1
-                        .trim()
-                        .to_owned(),
-                )
-            })
-        })
-        .unwrap_or_default();
-    println!(
-        "- machine: {} CPUs, {cpu}; Redis {version} on loopback; load average {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-    );
+    println!("- machine: {}; Redis {version} on loopback", machine());
     runtime.block_on(async {
         let targets = [Target::Server(&server), Target::Cluster(&cluster)];
         println!();

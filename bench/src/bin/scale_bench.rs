@@ -32,7 +32,7 @@
 //! `--default-timeouts` (the library's timeouts instead of 5 s).
 
 use bytes::Bytes;
-use coalesce_bench::report::group;
+use coalesce_bench::report::{group, machine};
 use coalesce_test_redis::{command_calls, RedisCluster, RedisServer};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -101,27 +101,7 @@ fn main() {
             other => panic!("unknown option {other}"),
         }
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                Some(
-                    l.strip_prefix("model name")?
-                        .split_once(':')?
-                        .1
-                        .trim()
-                        .to_owned(),
-                )
-            })
-        })
-        .unwrap_or_default();
-    println!(
-        "- machine: {} CPUs, {cpu}; load average {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-    );
+    println!("- machine: {}", machine());
     println!();
     println!("| Redis | instances | keys | requests per key | requests | origin calls | commands | per instance per key |");
     println!("|---|---|---|---|---|---|---|---|");
