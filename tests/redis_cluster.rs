@@ -102,6 +102,7 @@ async fn on_a_cluster() {
     purges_reach_every_instance(&nodes).await;
     an_answer_stored_without_a_lease_is_announced(&nodes).await;
     call_origin_followers_make_one_new_flight(&nodes).await;
+    a_lease_whose_reply_came_too_late_is_completed_by_its_flight(&nodes).await;
     an_unreachable_seed_is_skipped_and_no_seed_leaves_the_layer_local(&cluster).await;
 }
 
@@ -366,4 +367,62 @@ async fn call_origin_followers_make_one_new_flight(nodes: &[String]) {
     }
     let res = first.await.unwrap().unwrap();
     assert_eq!(body(res).await.unwrap(), "/overdue");
+}
+
+/// As on one server: a lease taken in Redis whose reply came after
+/// `backend_timeout` is ended by its flight with its answer, so another
+/// instance waiting on it is answered at once, not when it expires.
+async fn a_lease_whose_reply_came_too_late_is_completed_by_its_flight(nodes: &[String]) {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use support::held::HeldLeaseAttempt;
+    use tokio::sync::Semaphore;
+    let origin = Origin::gated();
+    let config = || {
+        CoalesceConfig::new()
+            .ttl(Duration::from_secs(60))
+            .backend_timeout(Duration::from_millis(200))
+            .lease(Duration::from_secs(10))
+            .wait_timeout(Duration::from_secs(30))
+    };
+    let reached = Arc::new(Semaphore::new(0));
+    let late = HeldLeaseAttempt {
+        inner: RedisBackend::connect_cluster(nodes.to_vec()).await.unwrap(),
+        hold: 1,
+        reply_late: Some(Duration::from_millis(400)),
+        attempts: AtomicUsize::new(0),
+        reached: reached.clone(),
+        release: Arc::new(Semaphore::new(0)),
+    };
+    let a = CoalesceLayer::new(config().backend(late));
+    let svc_a: Svc = tower::util::BoxCloneService::new(a.layer(origin.serve(echo_path)));
+    let b = CoalesceLayer::new(
+        config().backend(RedisBackend::connect_cluster(nodes.to_vec()).await.unwrap()),
+    );
+    let svc_b: Svc = tower::util::BoxCloneService::new(b.layer(origin.serve(echo_path)));
+    let first = tokio::spawn(svc_a.oneshot(get("/late")));
+    tokio::time::timeout(Duration::from_secs(10), reached.acquire())
+        .await
+        .expect("the lease was never tried")
+        .unwrap()
+        .forget();
+    let second = tokio::spawn(svc_b.oneshot(get("/late")));
+    support::until(&b, "the remote wait", |s| s.remote_waits == 1).await;
+    support::until(&a, "the lease-less origin call", |_| origin.calls() == 1).await;
+    origin.open_gate();
+    let res = first.await.unwrap().unwrap();
+    assert_eq!(body(res).await.unwrap(), "/late");
+    let answered = tokio::time::Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the waiting request hung")
+        .unwrap()
+        .unwrap();
+    assert_eq!(body(res).await.unwrap(), "/late");
+    let after = answered.elapsed();
+    assert_eq!(origin.calls(), 1, "{:?}", b.stats());
+    assert!(
+        after < Duration::from_secs(3),
+        "the waiting instance was answered {after:?} after the first: it waited for the lease to end"
+    );
 }

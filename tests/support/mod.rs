@@ -5,6 +5,8 @@
 #[allow(unused_imports)]
 pub use coalesce_test_redis as redis;
 
+pub mod held;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
