@@ -49,11 +49,10 @@ async fn credentials_in_the_url_are_used_and_wrong_ones_only_cost_the_cache() {
     );
 }
 
+/// A self-signed certificate for 127.0.0.1 and its key, in `dir`.
 #[cfg(feature = "tls")]
-#[tokio::test]
-async fn rediss_urls_speak_tls() {
-    let dir = std::env::temp_dir().join(format!("tower-coalesce-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn certificate(dir: &std::path::Path) -> (String, String) {
+    std::fs::create_dir_all(dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = std::process::Command::new("openssl")
         .args([
@@ -79,11 +78,18 @@ async fn rediss_urls_speak_tls() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let tls_port = support::redis::free_port().to_string();
-    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let _server = RedisServer::start_with(&[
+    (
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+    )
+}
+
+/// The arguments that make a redis-server also listen on `port` with TLS.
+#[cfg(feature = "tls")]
+fn tls_args(port: &str, cert: &str, key: &str) -> Vec<String> {
+    [
         "--tls-port",
-        &tls_port,
+        port,
         "--tls-cert-file",
         cert,
         "--tls-key-file",
@@ -92,9 +98,65 @@ async fn rediss_urls_speak_tls() {
         cert,
         "--tls-auth-clients",
         "no",
-    ]);
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn rediss_urls_speak_tls() {
+    let dir = std::env::temp_dir().join(format!("tower-coalesce-tls-{}", std::process::id()));
+    let (cert, key) = certificate(&dir);
+    let tls_port = support::redis::free_port().to_string();
+    let args = tls_args(&tls_port, &cert, &key);
+    let _server = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
     // The certificate is self-signed, so verification is off for this test only.
     let url = format!("rediss://127.0.0.1:{tls_port}/#insecure");
     assert_eq!(shares_answers(&url).await, (0, Some(Outcome::Hit)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A cluster whose nodes speak TLS (`tls-cluster`: they give TLS clients
+/// their TLS ports), reached through `rediss://` seed nodes.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn rediss_cluster_nodes_speak_tls() {
+    let dir =
+        std::env::temp_dir().join(format!("tower-coalesce-tls-cluster-{}", std::process::id()));
+    let (cert, key) = certificate(&dir);
+    let ports: Vec<String> = (0..3)
+        .map(|_| support::redis::free_port().to_string())
+        .collect();
+    let cluster = support::redis::RedisCluster::start_custom(3, 0, Duration::from_secs(5), &|i| {
+        let mut args = tls_args(&ports[i], &cert, &key);
+        args.extend(["--tls-cluster", "yes"].map(str::to_owned));
+        args
+    });
+    // The certificate is self-signed, so verification is off for this test only.
+    let seeds: Vec<String> = ports[..2]
+        .iter()
+        .map(|port| format!("rediss://127.0.0.1:{port}/#insecure"))
+        .collect();
+    let origin = Origin::open();
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        let backend = RedisBackend::connect_cluster(seeds.clone()).await.unwrap();
+        let layer = CoalesceLayer::new(
+            CoalesceConfig::new()
+                .ttl(Duration::from_secs(60))
+                .backend(backend),
+        );
+        let res = layer
+            .layer(origin.serve(echo_path))
+            .oneshot(get("/tls"))
+            .await
+            .unwrap();
+        outcomes.push(res.extensions().get::<Outcome>().copied());
+        assert_eq!(body(res).await.unwrap(), "/tls");
+        assert_eq!(layer.stats().backend_errors, 0);
+    }
+    assert_eq!(outcomes, [Some(Outcome::Leader), Some(Outcome::Hit)]);
+    drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -165,6 +165,21 @@ impl RedisCluster {
     /// # Panics
     /// As [`start`](Self::start).
     pub fn start_with(masters: usize, replicas: usize, node_timeout: Duration) -> Self {
+        Self::start_custom(masters, replicas, node_timeout, &|_| Vec::new())
+    }
+
+    /// As [`start_with`](Self::start_with), each node `i` (0-based) also
+    /// given the arguments `node_args(i)` (a TLS port, say; the plain port
+    /// stays open on loopback for the set-up and the test's inspection).
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_custom(
+        masters: usize,
+        replicas: usize,
+        node_timeout: Duration,
+        node_args: &dyn Fn(usize) -> Vec<String>,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "coalesce-cluster-{}-{}",
             std::process::id(),
@@ -173,28 +188,29 @@ impl RedisCluster {
         std::fs::create_dir_all(&dir).expect("cannot make the cluster's directory");
         let timeout = node_timeout.as_millis().to_string();
         let mut nodes = Vec::new();
-        for _ in 0..masters * (1 + replicas) {
+        for i in 0..masters * (1 + replicas) {
             let port = free_port();
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
-            let node = RedisServer::try_start_on(
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &free_port().to_string(),
-                    "--cluster-node-timeout",
-                    &timeout,
-                    // Replicas sync at once, not after Redis's 5 s wait
-                    // for more replicas to share the transfer.
-                    "--repl-diskless-sync-delay",
-                    "0",
-                    "--dir",
-                    node_dir.to_str().unwrap(),
-                ],
-            )
-            .unwrap_or_else(|e| panic!("a cluster node did not start: {e}"));
+            let custom = node_args(i);
+            let mut args: Vec<&str> = custom.iter().map(String::as_str).collect();
+            let bus = free_port().to_string();
+            args.extend([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                &timeout,
+                // Replicas sync at once, not after Redis's 5 s wait
+                // for more replicas to share the transfer.
+                "--repl-diskless-sync-delay",
+                "0",
+                "--dir",
+                node_dir.to_str().unwrap(),
+            ]);
+            let node = RedisServer::try_start_on(port, &args)
+                .unwrap_or_else(|e| panic!("a cluster node did not start: {e}"));
             nodes.push(node);
         }
         let cluster = RedisCluster { nodes, dir };
