@@ -428,3 +428,45 @@ async fn an_answer_read_back_from_redis_carries_its_age() {
     }
     assert_eq!(origin.calls(), 1);
 }
+
+/// An instance whose wait on another's lease times out with `CallOrigin`:
+/// its leader calls the origin, and its followers make one new flight, not
+/// a call each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_origin_followers_of_a_timed_out_remote_wait_make_one_new_flight() {
+    let server = RedisServer::start();
+    let origin = Origin::gated();
+    let (_a, svc_a) = instance(&server, &origin, CoalesceConfig::new()).await;
+    let (_b, svc_b) = instance(
+        &server,
+        &origin,
+        CoalesceConfig::new()
+            .wait_timeout(Duration::from_millis(300))
+            .wait_fallback(tower_coalesce::WaitFallback::CallOrigin),
+    )
+    .await;
+    let first = tokio::spawn(svc_a.oneshot(get("/overdue")));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while origin.calls() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiting: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(svc_b.clone().oneshot(get("/overdue"))))
+        .collect();
+    // Past the wait timeout: the waiting instance's flight and its
+    // followers' one new flight, two calls, not twenty.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        origin.calls() <= 3,
+        "{} origin calls: the followers each called it",
+        origin.calls()
+    );
+    origin.open_gate();
+    for task in waiting {
+        let res = task.await.unwrap().unwrap();
+        assert_eq!(body(res).await.unwrap(), "/overdue");
+    }
+    let res = first.await.unwrap().unwrap();
+    assert_eq!(body(res).await.unwrap(), "/overdue");
+}
