@@ -343,30 +343,7 @@ async fn call_origin_followers_make_one_new_flight(nodes: &[String]) {
             .backend(backend),
     );
     let svc_b: Svc = tower::util::BoxCloneService::new(b.layer(origin.serve(echo_path)));
-    let first = tokio::spawn(svc_a.oneshot(get("/overdue")));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while origin.calls() != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let waiting: Vec<_> = (0..20)
-        .map(|_| tokio::spawn(svc_b.clone().oneshot(get("/overdue"))))
-        .collect();
-    // Past the wait timeout: the waiting instance's flight and its
-    // followers' one new flight, two calls, not twenty.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    assert!(
-        origin.calls() <= 3,
-        "{} origin calls: the followers each called it",
-        origin.calls()
-    );
-    origin.open_gate();
-    for task in waiting {
-        let res = task.await.unwrap().unwrap();
-        assert_eq!(body(res).await.unwrap(), "/overdue");
-    }
-    let res = first.await.unwrap().unwrap();
-    assert_eq!(body(res).await.unwrap(), "/overdue");
+    support::overdue_followers_make_one_flight(&origin, svc_a, svc_b).await;
 }
 
 /// As on one server: a lease taken in Redis whose reply came after

@@ -133,3 +133,36 @@ pub type Svc = tower::util::BoxCloneService<
 
 /// A service that is always ready and never fails, for type inference.
 pub type Never = Infallible;
+
+/// `first` leads `/overdue` (its origin call held by `origin`'s gate);
+/// `second`, an instance whose wait on that lease times out with
+/// `CallOrigin` (300 ms), gets 20 requests: its leader calls the origin and
+/// its followers make one new flight, so at most 3 calls in all, not 21.
+/// Every request is then answered.
+pub async fn overdue_followers_make_one_flight(origin: &Origin, first: Svc, second: Svc) {
+    use tower::ServiceExt;
+    let leader = tokio::spawn(first.oneshot(get("/overdue")));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while origin.calls() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiting: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(second.clone().oneshot(get("/overdue"))))
+        .collect();
+    // Past the wait timeout: the waiting instance's flight and its
+    // followers' one new flight, two calls, not twenty.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        origin.calls() <= 3,
+        "{} origin calls: the followers each called it",
+        origin.calls()
+    );
+    origin.open_gate();
+    for task in waiting {
+        let res = task.await.unwrap().unwrap();
+        assert_eq!(body(res).await.unwrap(), "/overdue");
+    }
+    let res = leader.await.unwrap().unwrap();
+    assert_eq!(body(res).await.unwrap(), "/overdue");
+}
