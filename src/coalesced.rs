@@ -166,13 +166,15 @@ where
         .is_some_and(|position| position <= joined)
 }
 
-/// Calls the inner service for this request alone, as its caller sent it.
-/// A follower of a flight that timed out with `CallOrigin`: joins (or
-/// leads) a new flight, which goes to the origin without waiting on another
-/// process's lease again, and is not timed out.
-fn overdue<S, E, ReqBody, ResBody>(
+/// A follower whose flight's answer it cannot have: joins (or leads) a new
+/// flight for its key, or passes if the extractor no longer keys it.
+/// `overdue`: the flight timed out with `CallOrigin`, so a new one it leads
+/// goes to the origin without waiting on another process's lease again,
+/// and is not timed out.
+fn rejoin<S, E, ReqBody, ResBody>(
     shared: &Arc<Shared<E>>,
     call: &mut Option<(Request<ReqBody>, S)>,
+    overdue: bool,
 ) -> State<ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
@@ -184,12 +186,13 @@ where
         return pass(shared, call);
     };
     let role = shared.table.join(&key);
-    if let (Role::Leader(_), Some((req, _))) = (&role, call.as_mut()) {
+    if let (true, Role::Leader(_), Some((req, _))) = (overdue, &role, call.as_mut()) {
         req.extensions_mut().insert(leader::Overdue);
     }
     start(shared, key, call, role)
 }
 
+/// Calls the inner service for this request alone, as its caller sent it.
 fn pass<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
     call: &mut Option<(Request<ReqBody>, S)>,
@@ -266,13 +269,7 @@ where
                         bump(&this.shared.counters.purge_reruns);
                         this.state.set(State::Done);
                         *this.joined = this.shared.config.backend.purge_position();
-                        match this.call.as_ref().and_then(|(req, _)| this.shared.key(req)) {
-                            None => pass(this.shared, this.call),
-                            Some(key) => {
-                                let role = this.shared.table.join(&key);
-                                start(this.shared, key, this.call, role)
-                            }
-                        }
+                        rejoin(this.shared, this.call, false)
                     }
                     Some(Landing::Rescued(entry, failed)) => {
                         this.state.set(State::Done);
@@ -321,7 +318,7 @@ where
                         // Not each to the origin at the same instant: one of
                         // them leads a new flight there, the others follow.
                         this.state.set(State::Done);
-                        overdue(this.shared, this.call)
+                        rejoin(this.shared, this.call, true)
                     }
                     Some(Landing::Failed(error)) => {
                         this.state.set(State::Done);

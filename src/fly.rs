@@ -266,14 +266,10 @@ where
             }
         }
         (None, Some(token)) => {
+            // Kept aside: stored without the lease if it was not this
+            // flight's.
+            let stored = keep.clone();
             let completion = completion(keep, &landing, config);
-            let stored = match &completion {
-                Completion::Stored { entry, ttl } => Some(Keep {
-                    entry: entry.clone(),
-                    ttl: *ttl,
-                }),
-                _ => None,
-            };
             match optional(shared, |b| b.complete(key, &token, completion)).await {
                 Ok(true) => {
                     tracing::debug!(

@@ -66,6 +66,7 @@ pub(crate) struct Produced<B, E> {
 }
 
 /// An answer to store: marked as stored, and for how long it stays fresh.
+#[derive(Clone)]
 pub(crate) struct Keep {
     pub(crate) entry: Entry,
     pub(crate) ttl: std::time::Duration,

@@ -60,11 +60,13 @@ pub(crate) async fn elect<E>(
     };
     // A lease attempt that failed may still have run: the flight keeps its
     // token to end the lease with, should it be its own.
-    let unsure = |what: &str, unavailable: Unavailable, token: LeaseToken| match unavailable {
-        Unavailable::Skipped => degrade(what, unavailable),
-        Unavailable::Failed(_) => {
-            unavailable.report(counters, what, "leading this flight without a lease");
+    let unsure = |what: &str, unavailable: Unavailable, token: LeaseToken| {
+        let sent = matches!(unavailable, Unavailable::Failed(_));
+        let degraded = degrade(what, unavailable);
+        if sent {
             Elected::Unsure(token)
+        } else {
+            degraded
         }
     };
     let token = match LeaseToken::new() {

@@ -87,6 +87,15 @@ impl<E> Shared<E> {
         }
     }
 
+    /// What `extract`, a call of the extractor made outside the request path
+    /// (to find what a purge or a write names), gives; a panic in it is no
+    /// key.
+    pub(crate) fn extracted(&self, extract: impl FnOnce(&E) -> Option<Key>) -> Option<Key> {
+        catch_unwind(AssertUnwindSafe(|| extract(&self.extractor)))
+            .ok()
+            .flatten()
+    }
+
     /// The request's key, or `None` if it bypasses: a layer that was shut
     /// down, a method that does not coalesce, a credential the extractor does not key, or no key from the
     /// extractor. An extractor that panics gives `None` too: the request

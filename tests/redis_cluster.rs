@@ -32,15 +32,6 @@ fn burst_commands(cluster: &RedisCluster) -> u64 {
     cluster.master_commands(&["info", "config", "cluster", "ping"])
 }
 
-fn reset_stats(cluster: &RedisCluster) {
-    for node in cluster.nodes() {
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query(&mut node.conn())
-            .unwrap();
-    }
-}
-
 /// `n` requests for `path` spread over `instances`, once their leader's
 /// origin call is held: waits until every request has joined a flight,
 /// opens the gate, and returns each answer's outcome (every body checked).
@@ -165,7 +156,7 @@ async fn one_burst_over_four_instances_makes_one_origin_call(
     for _ in 0..INSTANCES {
         instances.push(instance(nodes, &origin).await);
     }
-    reset_stats(cluster);
+    cluster.reset_stats();
     let outcomes = burst(&instances, &origin, &["/products/7".to_owned()], 2_000).await;
     assert_eq!(origin.calls(), 1, "one origin call across every instance");
     assert_eq!(outcomes[&Outcome::Leader], 1);

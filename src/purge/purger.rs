@@ -157,11 +157,7 @@ impl<E> Purger<E> {
             req.headers_mut().insert(http::header::HOST, host);
         }
         *req.uri_mut() = uri;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.shared.extractor.extract(&req)
-        }))
-        .ok()
-        .flatten()
+        self.shared.extracted(|extractor| extractor.extract(&req))
     }
 }
 

@@ -6,7 +6,6 @@ use super::Purge;
 use crate::shared::Shared;
 use crate::KeyExtractor;
 use http::{header, request, HeaderMap, Method, Request, Uri};
-use std::panic::AssertUnwindSafe;
 
 /// An unsafe request the layer does not key, sent on to the inner service:
 /// what it purges if it succeeds.
@@ -25,10 +24,7 @@ impl Write {
     where
         E: KeyExtractor<B>,
     {
-        let (mut head, ()) = Request::new(()).into_parts();
-        head.uri = req.uri().clone();
-        head.version = req.version();
-        head.headers = req.headers().clone();
+        let head = get_head(req.uri().clone(), req.version(), req.headers());
         if let Some(key) = keyed(shared, &head) {
             return Some(Self {
                 target: Purge::Resource(key),
@@ -37,9 +33,9 @@ impl Write {
         }
         // The request itself, as a `GET`.
         let method = std::mem::replace(req.method_mut(), Method::GET);
-        let key = std::panic::catch_unwind(AssertUnwindSafe(|| shared.extractor.extract(req)));
+        let key = shared.extracted(|extractor| extractor.extract(req));
         *req.method_mut() = method;
-        let key = key.ok().flatten()?;
+        let key = key?;
         Some(Self {
             target: Purge::Resource(key),
             head: None,
@@ -65,10 +61,7 @@ impl Write {
             else {
                 continue;
             };
-            let (mut named, ()) = Request::new(()).into_parts();
-            named.uri = uri;
-            named.version = head.version;
-            named.headers = head.headers.clone();
+            let named = get_head(uri, head.version, &head.headers);
             if let Some(key) = keyed(shared, &named) {
                 let purge = Purge::Resource(key);
                 if !purges.contains(&purge) {
@@ -85,9 +78,16 @@ fn keyed<E, B>(shared: &Shared<E>, head: &request::Parts) -> Option<crate::Key>
 where
     E: KeyExtractor<B>,
 {
-    std::panic::catch_unwind(AssertUnwindSafe(|| shared.extractor.extract_head(head)))
-        .ok()
-        .flatten()
+    shared.extracted(|extractor| extractor.extract_head(head))
+}
+
+/// The head of a `GET` of `uri` with these headers.
+fn get_head(uri: Uri, version: http::Version, headers: &HeaderMap) -> request::Parts {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.uri = uri;
+    head.version = version;
+    head.headers = headers.clone();
+    head
 }
 
 /// The URI reference `reference` (from `Location` or `Content-Location`),

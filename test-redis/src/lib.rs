@@ -107,6 +107,28 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Resets the server's statistics (`CONFIG RESETSTAT`).
+    ///
+    /// # Panics
+    /// If the server does not answer.
+    pub fn reset_stats(&self) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut self.conn())
+            .expect("CONFIG RESETSTAT");
+    }
+
+    /// How many times the server ran commands since its statistics were
+    /// reset (`INFO commandstats`), less those named in `except`; 0 if it
+    /// does not answer.
+    pub fn commands(&self, except: &[&str]) -> u64 {
+        let info: String = self
+            .try_conn()
+            .and_then(|mut conn| redis::cmd("INFO").arg("commandstats").query(&mut conn).ok())
+            .unwrap_or_default();
+        command_calls(&info, except)
+    }
+
     /// A plain synchronous connection, or `None` if the server does not
     /// take one (stopped, killed).
     pub fn try_conn(&self) -> Option<redis::Connection> {
@@ -361,16 +383,15 @@ impl RedisCluster {
     pub fn master_commands(&self, except: &[&str]) -> u64 {
         self.masters()
             .iter()
-            .map(|(node, _)| {
-                let info: String = node
-                    .try_conn()
-                    .and_then(|mut conn| {
-                        redis::cmd("INFO").arg("commandstats").query(&mut conn).ok()
-                    })
-                    .unwrap_or_default();
-                command_calls(&info, except)
-            })
+            .map(|(node, _)| node.commands(except))
             .sum()
+    }
+
+    /// Resets every node's statistics (`CONFIG RESETSTAT`).
+    pub fn reset_stats(&self) {
+        for node in &self.nodes {
+            node.reset_stats();
+        }
     }
 }
 

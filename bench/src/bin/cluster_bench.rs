@@ -33,7 +33,7 @@
 
 use bytes::Bytes;
 use coalesce_bench::report::{group, machine, ms};
-use coalesce_test_redis::{command_calls, slot, RedisCluster, RedisServer};
+use coalesce_test_redis::{slot, RedisCluster, RedisServer};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use std::collections::HashMap;
@@ -81,28 +81,17 @@ impl Target<'_> {
     }
 
     fn reset_stats(&self) {
-        let nodes: Vec<&RedisServer> = match self {
-            Target::Server(server) => vec![server],
-            Target::Cluster(cluster) => cluster.nodes().iter().collect(),
-        };
-        for node in nodes {
-            let _: () = redis::cmd("CONFIG")
-                .arg("RESETSTAT")
-                .query(&mut node.conn())
-                .expect("CONFIG RESETSTAT");
+        match self {
+            Target::Server(server) => server.reset_stats(),
+            Target::Cluster(cluster) => cluster.reset_stats(),
         }
     }
 
     fn commands(&self) -> u64 {
+        let except = ["info", "config", "cluster", "ping", "pubsub"];
         self.servers()
             .iter()
-            .map(|node| {
-                let info: String = redis::cmd("INFO")
-                    .arg("commandstats")
-                    .query(&mut node.conn())
-                    .unwrap_or_default();
-                command_calls(&info, &["info", "config", "cluster", "ping", "pubsub"])
-            })
+            .map(|node| node.commands(&except))
             .sum()
     }
 

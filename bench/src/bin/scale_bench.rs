@@ -33,7 +33,7 @@
 
 use bytes::Bytes;
 use coalesce_bench::report::{group, machine};
-use coalesce_test_redis::{command_calls, RedisCluster, RedisServer};
+use coalesce_test_redis::{RedisCluster, RedisServer};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use std::convert::Infallible;
@@ -155,23 +155,11 @@ fn table(
         run_burst(&mut children, "warm", 1, 1);
         for (i, &(keys, per_key)) in shapes.iter().enumerate() {
             for node in counted {
-                let _: () = redis::cmd("CONFIG")
-                    .arg("RESETSTAT")
-                    .query(&mut node.conn())
-                    .expect("CONFIG RESETSTAT");
+                node.reset_stats();
             }
             let each = (per_key / n).max(1);
             let calls = run_burst(&mut children, &format!("b{i}"), keys, each);
-            let commands: u64 = counted
-                .iter()
-                .map(|node| {
-                    let info: String = redis::cmd("INFO")
-                        .arg("commandstats")
-                        .query(&mut node.conn())
-                        .unwrap_or_default();
-                    command_calls(&info, HOUSEKEEPING)
-                })
-                .sum();
+            let commands: u64 = counted.iter().map(|node| node.commands(HOUSEKEEPING)).sum();
             println!(
                 "| {name} | {n} | {} | {} | {} | {calls} | {} | {:.1} |",
                 group(keys),

@@ -39,6 +39,7 @@ pub(super) async fn unsubscribe(mut conn: Conn, channels: Channels, name: String
 
 /// Hands a push from Redis to the watches it concerns, or, on the purge
 /// channel, to the purge log.
+///
 /// `resubscribe` takes the shard channels a cluster dropped that are still
 /// watched: they are subscribed to again, on their slot's new master.
 pub(super) fn route(
