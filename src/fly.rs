@@ -139,9 +139,13 @@ where
                 if entry.may_serve_stale() {
                     return Flown::Stale(entry, req, inner);
                 }
-                // Past its stale-while-revalidate window: kept to stand in
-                // for an error (a refresh does that with its own stale
-                // answer).
+                // Past its stale-while-revalidate window: replaced (the
+                // lease is asked for as a refresh of it, or a backend that
+                // refuses leases while an answer is stored would make this
+                // flight wait on it and take it for the answer), and kept to
+                // stand in for an error (a refresh does that with its own
+                // stale answer).
+                version = entry.stored_at();
                 let _ = found.set(entry);
                 why = Fwd::Stale;
             }
@@ -167,7 +171,7 @@ where
         // it comes, without a lease.
         None
     } else {
-        match crate::remote::elect(shared, key, deadline, version).await {
+        match crate::remote::elect(shared, key, deadline, &mut version).await {
             Elected::Lead(lease) => lease,
             Elected::Unsure(token) => {
                 unsure = Some(token);

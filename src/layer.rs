@@ -80,10 +80,18 @@ impl<E> CoalesceLayerBuilder<E> {
             (!config.pass_ttl.is_zero()).then(|| Recent::new(config.pass_ttl, config.pass_memory));
         let breaker = crate::breaker::Breaker::new(config.backend_cooldown);
         let refresh_failed = Recent::new(crate::refresh::BACKOFF, config.pass_memory);
-        let marks = (config.outcome_header.is_some() || config.cache_status.is_some()).then(|| {
+        let tag_header = config
+            .tag_header
+            .clone()
+            .filter(|_| !config.keep_tag_header);
+        let marks = (config.outcome_header.is_some()
+            || config.cache_status.is_some()
+            || tag_header.is_some())
+        .then(|| {
             Arc::new(crate::stats::Marks {
                 outcome: config.outcome_header.clone(),
                 cache_status: config.cache_status.clone(),
+                tag_header,
             })
         });
         Ok(CoalesceLayer {

@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use std::fmt::Display;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tower::ServiceExt;
 use tower_service::Service;
 
@@ -101,10 +101,15 @@ fn keep_for(
     let took = received.duration_since(requested).unwrap_or_default();
     match &config.freshness {
         Freshness::Fixed(ttl) => {
+            let windows = if crate::freshness::forbids_stale(directives) {
+                (Duration::ZERO, Duration::ZERO)
+            } else {
+                (config.stale_while_revalidate, config.stale_if_error)
+            };
             let life = Life {
                 fresh: *ttl,
-                stale: config.stale_while_revalidate,
-                if_error: config.stale_if_error,
+                stale: windows.0,
+                if_error: windows.1,
                 took,
             };
             (life, None)

@@ -50,7 +50,7 @@ pub(crate) async fn elect<E>(
     shared: &Shared<E>,
     key: &Key,
     deadline: tokio::time::Instant,
-    refresh: Option<SystemTime>,
+    refresh: &mut Option<SystemTime>,
 ) -> Elected {
     let config = &shared.config;
     let counters = &shared.counters;
@@ -77,7 +77,8 @@ pub(crate) async fn elect<E>(
             return Elected::Lead(None);
         }
     };
-    match optional(shared, |b| b.try_lock(key, &token, config.lease, refresh)).await {
+    let version = *refresh;
+    match optional(shared, |b| b.try_lock(key, &token, config.lease, version)).await {
         Ok(TryLock::Acquired) => return Elected::Lead(Some(token)),
         Ok(TryLock::Pass) => return Elected::Pass,
         Ok(_) => {}
@@ -98,13 +99,22 @@ pub(crate) async fn elect<E>(
         // must take the answer, not the free lease.
         match optional(shared, |b| b.lookup(key)).await {
             // A refresh is not answered by the stale answer it replaces.
-            Ok(Some(entry)) if refresh.is_none() || entry.stored_at() != refresh => {
-                return Elected::Answer(entry)
+            Ok(Some(entry)) if refresh.is_some() && entry.stored_at() == *refresh => {}
+            // Nor is any flight by an answer it may not serve: purged, or
+            // stale past its stale-while-revalidate window (it could only
+            // stand in for an error). The flight replaces it instead.
+            Ok(Some(entry))
+                if shared.config.backend.purged(key, &entry).is_some()
+                    || (entry.is_stale() && !entry.may_serve_stale()) =>
+            {
+                *refresh = entry.stored_at();
             }
-            Ok(_) => {}
+            Ok(Some(entry)) => return Elected::Answer(entry),
+            Ok(None) => {}
             Err(unavailable) => return degrade("looking up", unavailable),
         }
-        match optional(shared, |b| b.try_lock(key, &token, config.lease, refresh)).await {
+        let version = *refresh;
+        match optional(shared, |b| b.try_lock(key, &token, config.lease, version)).await {
             Ok(TryLock::Pass) => return Elected::Pass,
             Ok(TryLock::Acquired) => {
                 // The lease was free with no answer stored: its holder died,

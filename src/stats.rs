@@ -68,6 +68,9 @@ pub(crate) struct Marks {
     pub(crate) outcome: Option<http::HeaderName>,
     /// The cache's name in `Cache-Status` (RFC 9211).
     pub(crate) cache_status: Option<String>,
+    /// The tag header, taken off every answer (also those the layer did
+    /// not share), unless the configuration keeps it.
+    pub(crate) tag_header: Option<http::HeaderName>,
 }
 
 /// Why a request went forward to the origin, in `Cache-Status` terms
@@ -123,6 +126,9 @@ pub(crate) fn mark<B>(
     ttl: Option<i64>,
 ) -> http::Response<B> {
     if let Some(marks) = marks {
+        if let Some(name) = &marks.tag_header {
+            res.headers_mut().remove(name);
+        }
         if let Some(name) = &marks.outcome {
             res.headers_mut().insert(
                 name.clone(),

@@ -440,3 +440,38 @@ async fn an_unsafe_request_purges_a_same_origin_location_and_content_location() 
         Outcome::Hit
     );
 }
+
+#[tokio::test]
+async fn the_tag_header_is_taken_off_bypassed_and_passed_answers_too() {
+    let origin = Origin::open();
+    let (_, svc) = layered(&origin, config());
+    // Credentialed: bypassed, untouched but for the tag header.
+    let credentialed = Request::builder()
+        .uri("/a?tags=x")
+        .header(http::header::AUTHORIZATION, "Bearer 1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    // Unsafe: bypassed, and purging.
+    let unsafe_request = request(http::Method::POST, "/a?tags=x", "shop.example", "");
+    for req in [credentialed, unsafe_request] {
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Bypass));
+        assert!(!res.headers().contains_key("surrogate-key"));
+    }
+    // Private: passed to its own caller, and the key then passes.
+    let personal = origin.serve(|_req: Request<Full<Bytes>>| async {
+        let res = Response::builder()
+            .header("set-cookie", "sid=1")
+            .header("surrogate-key", "x")
+            .body(Full::new(Bytes::from_static(b"mine")))
+            .unwrap();
+        Ok(res)
+    });
+    let layer = CoalesceLayer::new(config());
+    let svc = Svc::new(layer.layer(personal));
+    for expected in [Outcome::Leader, Outcome::Pass] {
+        let res = svc.clone().oneshot(get("/p")).await.unwrap();
+        assert_eq!(res.extensions().get::<Outcome>(), Some(&expected));
+        assert!(!res.headers().contains_key("surrogate-key"), "{expected:?}");
+    }
+}

@@ -374,3 +374,106 @@ async fn a_refresh_whose_answer_is_private_drops_the_stale_answer_from_every_ins
         "instance 1 served the dropped answer from its near cache"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_an_answer_in_its_stale_if_error_window_is_refetched_not_served() {
+    let server = support::redis::RedisServer::start();
+    let origin = Origin::new();
+    origin.gate.add_permits(100);
+    let backend = RedisBackend::connect(server.url()).await.unwrap();
+    let layer = CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_millis(100))
+            .stale_if_error(Duration::from_secs(60))
+            .backend(backend),
+    );
+    let svc = Svc::new(layer.layer(origin.serve()));
+    assert_eq!(answer(&svc).await, (Outcome::Leader, "answer 1".into()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // Stale, with no stale-while-revalidate: the origin is asked, and its
+    // answer (not the stale one, as if it were a follower's) is given.
+    assert_eq!(answer(&svc).await, (Outcome::Leader, "answer 2".into()));
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(answer(&svc).await, (Outcome::Hit, "answer 2".into()));
+    // And while the origin fails, the stale answer stands in for it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    origin.status_from.store(3, Ordering::SeqCst);
+    assert_eq!(answer(&svc).await, (Outcome::Stale, "answer 2".into()));
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_a_waiter_does_not_take_a_stale_answer_for_its_flights_answer() {
+    // Two instances: each finds the stale answer, one refetches, the other
+    // waits on its lease and must get the new answer, not the stale one
+    // its own wait loop finds in Redis.
+    let server = support::redis::RedisServer::start();
+    let origin = Origin::new();
+    let mut layers = Vec::new();
+    let mut svcs = Vec::new();
+    for _ in 0..2 {
+        let backend = RedisBackend::connect(server.url()).await.unwrap();
+        let layer = CoalesceLayer::new(
+            CoalesceConfig::new()
+                .ttl(Duration::from_millis(100))
+                .stale_if_error(Duration::from_secs(60))
+                .backend(backend),
+        );
+        svcs.push(Svc::new(layer.layer(origin.serve())));
+        layers.push(layer);
+    }
+    assert_eq!(answer(&svcs[0]).await, (Outcome::Leader, "answer 1".into()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (a, b, ()) = tokio::join!(answer(&svcs[0]), answer(&svcs[1]), async {
+        until(&layers[0], "a flight", |_| origin.calls() == 2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        origin.gate.add_permits(1);
+    });
+    assert_eq!(origin.calls(), 2, "one refetch among both instances");
+    assert_eq!(a.1, "answer 2");
+    assert_eq!(b.1, "answer 2");
+}
+
+/// Fixed ttl 100 ms with both stale windows; the origin's answers carry
+/// `cache_control`, and from its second call on are `503`s.
+async fn fixed_ttl_then_failing(cache_control: &'static str) -> (Outcome, u16, usize) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let origin = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let res = Response::builder()
+                .status(if n == 1 { 200 } else { 503 })
+                .header("cache-control", cache_control)
+                .body(Full::new(Bytes::from(format!("answer {n}"))));
+            Ok::<_, BoxError>(res.unwrap())
+        }
+    });
+    let layer = CoalesceLayer::new(
+        config()
+            .stale_if_error(Duration::from_secs(60))
+            .wait_timeout(Duration::from_secs(5)),
+    );
+    let svc = Svc::new(layer.layer(origin));
+    assert_eq!(answer(&svc).await.0, Outcome::Leader);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let outcome = *res.extensions().get::<Outcome>().unwrap();
+    (outcome, res.status().as_u16(), calls.load(Ordering::SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_fixed_ttl_must_revalidate_and_s_maxage_still_forbid_serving_stale() {
+    for forbids in ["must-revalidate", "proxy-revalidate", "s-maxage=5"] {
+        // Neither served while refreshed, nor for the origin's error.
+        assert_eq!(
+            fixed_ttl_then_failing(forbids).await,
+            (Outcome::Leader, 503, 2),
+            "{forbids}"
+        );
+    }
+    // Without them, the application's stale windows apply.
+    let (outcome, status, _) = fixed_ttl_then_failing("max-age=5").await;
+    assert_eq!((outcome, status), (Outcome::Stale, 200));
+}

@@ -128,9 +128,18 @@ pub(crate) fn error_window(settings: &OriginFreshness, directives: &[Directive<'
     window(settings, directives, "stale-if-error")
 }
 
-fn window(settings: &OriginFreshness, directives: &[Directive<'_>], name: &str) -> Duration {
+/// Whether the origin forbids serving its answer stale from a shared cache:
+/// `must-revalidate`, `proxy-revalidate`, or `s-maxage`, which carries
+/// `proxy-revalidate`'s meaning (RFC 9111 §5.2.2.10). It holds under
+/// [`Freshness::Fixed`] too: a fixed time replaces the origin's freshness,
+/// not its rule against stale answers.
+pub(crate) fn forbids_stale(directives: &[Directive<'_>]) -> bool {
     let forbids = ["must-revalidate", "proxy-revalidate", "s-maxage"];
-    if directives.iter().any(|d| forbids.iter().any(|f| d.is(f))) {
+    directives.iter().any(|d| forbids.iter().any(|f| d.is(f)))
+}
+
+fn window(settings: &OriginFreshness, directives: &[Directive<'_>], name: &str) -> Duration {
+    if forbids_stale(directives) {
         return Duration::ZERO;
     }
     let mut windows = directives.iter().filter(|d| d.is(name));
