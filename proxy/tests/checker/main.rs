@@ -1,0 +1,86 @@
+//! A randomized, model-based fault test of the cache's promises, in the
+//! spirit of Jepsen's register checks: several `coalesce-proxy` processes
+//! share one Redis in front of a versioned origin; a random schedule of
+//! `GET` bursts, writes, purges by URL and tag, and faults (Redis restarted
+//! without persistence, `FLUSHALL`, Redis or an instance paused, the origin
+//! failing) runs against them; then the checker reads the history and lists
+//! every broken promise (see `history.rs`).
+//!
+//! In CI it runs a few histories. At length, or against another build:
+//!
+//! ```text
+//! CHECKER_HISTORIES=1000 CHECKER_PARALLEL=4 cargo test -p coalesce-proxy --test checker -- --nocapture
+//! CHECKER_SEED=17 cargo test -p coalesce-proxy --test checker -- --nocapture     # one history again
+//! COALESCE_PROXY_BIN=/path/to/coalesce-proxy cargo test -p coalesce-proxy --test checker
+//! ```
+//! A failing history prints its seed: add it to [`REGRESSIONS`] to keep it.
+
+mod history;
+mod origin;
+mod run;
+mod schedule;
+
+use std::time::Instant;
+
+/// Seeds of histories that once found a defect: run every time.
+const REGRESSIONS: &[u64] = &[];
+
+/// How many random histories CI runs (each takes a few seconds).
+const CI_HISTORIES: u64 = 3;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_histories_keep_the_cache_promises() {
+    let bin = std::env::var("COALESCE_PROXY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_coalesce-proxy").to_owned());
+    let seeds: Vec<u64> = match env_u64("CHECKER_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let histories = env_u64("CHECKER_HISTORIES").unwrap_or(CI_HISTORIES);
+            // A new start every run, printed, so any run can be repeated.
+            let first = env_u64("CHECKER_FIRST_SEED").unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+                    % 1_000_000
+                    * 1000
+            });
+            REGRESSIONS
+                .iter()
+                .copied()
+                .chain(first..first + histories)
+                .collect()
+        }
+    };
+    let parallel = env_u64("CHECKER_PARALLEL").unwrap_or(1).max(1) as usize;
+    let started = Instant::now();
+    let summary = run::many(&bin, &seeds, parallel).await;
+    println!(
+        "checker: {} histories, {} operations, {} faults, {} violations in {:.0?} (seeds {}..)",
+        summary.histories,
+        summary.operations,
+        summary.faults,
+        summary.violations.len(),
+        started.elapsed(),
+        seeds.first().copied().unwrap_or_default(),
+    );
+    for (seed, violation) in &summary.violations {
+        println!("  seed {seed}: {violation}");
+    }
+    let failing: std::collections::BTreeSet<u64> =
+        summary.violations.iter().map(|(seed, _)| *seed).collect();
+    assert!(
+        failing.is_empty(),
+        "{} violations in the histories of seeds {failing:?} (run one again with CHECKER_SEED=<seed>)",
+        summary.violations.len()
+    );
+}
