@@ -50,7 +50,7 @@ pin_project! {
         refused: bool,
         // The purge position when it joined: an answer purged by a purge
         // up to it was made from data it must not get.
-        joined: u64,
+        joined: crate::PurgePosition,
         // The request and a clone of the inner service, until a flight or a
         // pass takes them.
         call: Option<(Request<ReqBody>, S)>,
@@ -149,7 +149,7 @@ fn purged_before<S, E, ReqBody>(
     shared: &Shared<E>,
     call: &Option<(Request<ReqBody>, S)>,
     entry: &crate::Entry,
-    joined: u64,
+    joined: crate::PurgePosition,
 ) -> bool
 where
     E: KeyExtractor<ReqBody>,

@@ -48,7 +48,7 @@ pin_project! {
         // `only-if-cached`, with nothing stored: a 504.
         NotCached,
         // An unsafe request's answer, which purges its URL when it succeeds.
-        Purging { future: BoxFuture<'static, Result<Response<ResBody>, S::Error>> },
+        Purging { future: BoxFuture<'static, Result<Response<CoalesceBody<ResBody>>, S::Error>> },
     }
 }
 
@@ -114,12 +114,17 @@ where
         let future = Box::pin(async move {
             let res = future.await?;
             let status = res.status();
-            if status.is_success() || status.is_redirection() {
-                let purges = purger.write_purges(write, res.headers());
-                // Logged and counted by the purger; the answer goes on.
-                futures_util::future::join_all(purges.into_iter().map(|p| purger.purge(p))).await;
+            if !(status.is_success() || status.is_redirection()) {
+                return Ok(res.map(CoalesceBody::inner));
             }
-            Ok(res)
+            let purges = purger.write_purges(write, res.headers());
+            let purged =
+                futures_util::future::join_all(purges.into_iter().map(|p| purger.purge(p))).await;
+            if purged.iter().all(Result::is_ok) {
+                return Ok(res.map(CoalesceBody::inner));
+            }
+            // Each failure was logged by the purger.
+            Ok(purger.write_purge_failed(res))
         });
         Self {
             kind: Kind::Purging { future },
@@ -180,12 +185,7 @@ where
             KindProj::Coalesced { future } => future.poll(cx),
             KindProj::Purging { future } => {
                 let res = ready!(future.as_mut().poll(cx))?;
-                Poll::Ready(Ok(mark(
-                    res.map(CoalesceBody::inner),
-                    Outcome::Bypass,
-                    this.marks.as_deref(),
-                    None,
-                )))
+                Poll::Ready(Ok(mark(res, Outcome::Bypass, this.marks.as_deref(), None)))
             }
             KindProj::NotCached => {
                 let body = Bytes::from_static(b"only-if-cached: no stored answer\n");

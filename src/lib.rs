@@ -198,14 +198,16 @@ pub use backend::{
     Watch,
 };
 pub use body::{BoxError, CoalesceBody};
-pub use config::{CoalesceConfig, ConfigError, WaitFallback};
+pub use config::{CoalesceConfig, ConfigError, WaitFallback, WritePurgeFailure};
 pub use entry::{DecodeError, Entry};
 pub use error::{FlightError, FlightErrorKind};
 pub use freshness::{Freshness, OriginFreshness};
 pub use future::ResponseFuture;
 pub use key::{Fingerprint, HttpKey, Key, KeyExtractor};
 pub use layer::{CoalesceLayer, CoalesceLayerBuilder};
-pub use purge::{Purge, PurgeError, PurgeErrorKind, Purged, Purger, Tag, MAX_TAGS, MAX_TAG_BYTES};
+pub use purge::{
+    Purge, PurgeError, PurgeErrorKind, PurgePosition, Purged, Purger, Tag, MAX_TAGS, MAX_TAG_BYTES,
+};
 pub use service::CoalesceService;
 pub use shutdown::Shutdown;
 pub use stats::{Outcome, Stats};

@@ -135,7 +135,7 @@ pub(crate) async fn produce<S, E, ReqBody, ResBody>(
     mut req: Request<ReqBody>,
     inner: S,
     refreshing: Option<&Entry>,
-    filled: u64,
+    filled: crate::PurgePosition,
 ) -> Produced<ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
@@ -264,7 +264,7 @@ fn renew<E, B, Err>(
     stale: &Entry,
     not_modified: &http::response::Parts,
     (requested, received): (SystemTime, SystemTime),
-    (filled, tags): (u64, Vec<crate::purge::Digest16>),
+    (filled, tags): (crate::PurgePosition, Vec<crate::purge::Digest16>),
 ) -> Produced<B, Err> {
     let renewed = crate::revalidate::renewed(stale, not_modified).and_then(|(entry, head)| {
         let entry = entry.filled(filled, tags);

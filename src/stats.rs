@@ -293,6 +293,10 @@ pub struct Stats {
     /// Followers that joined after a purge of what their flight's answer
     /// turned out to carry (a tag), and went to a new flight instead.
     pub purge_reruns: u64,
+    /// Successful writes whose purges could not be recorded (see
+    /// [`CoalesceConfig::write_purge_failure`](crate::CoalesceConfig::write_purge_failure)):
+    /// other processes may serve what they changed until it expires.
+    pub write_purge_failures: u64,
 }
 
 /// One event count, and with the `metrics` feature the name under which it
@@ -387,6 +391,7 @@ counters!(
     purges,
     purge_fenced,
     purge_reruns,
+    write_purge_failures,
 );
 
 /// Adds one to a counter (and to its `metrics` counter, with that feature).
@@ -455,6 +460,7 @@ mod tests {
             purges: 1,
             purge_fenced: 1,
             purge_reruns: 1,
+            write_purge_failures: 1,
         };
         assert!(all.counters().iter().all(|(_, v)| *v == 1));
     }

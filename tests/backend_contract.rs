@@ -195,13 +195,14 @@ impl Invalidation for Shared {
         ready(Purged::new(position, true))
     }
 
-    fn purge_position(&self) -> u64 {
-        self.server().purged_up_to
+    fn purge_position(&self) -> tower_coalesce::PurgePosition {
+        // One epoch: this server never loses its purge order.
+        tower_coalesce::PurgePosition::new(0, self.server().purged_up_to)
     }
 
-    fn purged(&self, key: &Key, entry: &Entry) -> Option<u64> {
+    fn purged(&self, key: &Key, entry: &Entry) -> Option<tower_coalesce::PurgePosition> {
         let server = self.server();
-        let filled = entry.fill_position();
+        let filled = entry.fill_position().position;
         let targets = [
             Target::Key(key.clone()),
             Target::Resource(key.resource().to_vec()),
@@ -212,6 +213,7 @@ impl Invalidation for Shared {
             .filter_map(|target| server.purges.get(&target).copied())
             .filter(|&at| at > filled)
             .max()
+            .map(|at| tower_coalesce::PurgePosition::new(0, at))
     }
 }
 

@@ -171,7 +171,7 @@ async fn completion_publishes_on_the_keys_channel() {
     let backend = RedisBackend::connect(server.url()).await.unwrap();
     let key = Key::from("k");
     let channel = backend.done_channel(&key);
-    assert!(channel.starts_with("coalesce:2:{") && channel.ends_with(":done"));
+    assert!(channel.starts_with("coalesce:3:{") && channel.ends_with(":done"));
     assert_eq!(
         channel.split(['{', '}']).nth(1),
         backend.lock_key(&key).split(['{', '}']).nth(1),

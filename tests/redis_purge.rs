@@ -151,14 +151,16 @@ async fn a_purge_missed_while_disconnected_is_read_back_on_reconnect() {
     // A purge whose message nobody heard: recorded in the log, not
     // published (as one published while the connections were down).
     let mut conn = server.conn();
-    let position: u64 = redis::cmd("INCR")
-        .arg("coalesce:2:{purge}:seq")
+    let position: u64 = redis::cmd("HINCRBY")
+        .arg("coalesce:3:{purge}:seq")
+        .arg("p")
+        .arg(1)
         .query(&mut conn)
         .unwrap();
     let mut target = vec![b't'];
     target.extend_from_slice(&Tag::new("t").unwrap().digest());
     let _: () = redis::cmd("ZADD")
-        .arg("coalesce:2:{purge}:log")
+        .arg("coalesce:3:{purge}:log")
         .arg(position)
         .arg(&target)
         .query(&mut conn)
@@ -215,4 +217,109 @@ async fn unsafe_requests_to_one_url_together_share_their_purges() {
     assert!((1..=2).contains(&purges), "{purges} purges for 100 writes");
     assert_eq!(scripts_run(&server) - scripts, 2 * purges);
     assert_eq!(answer(&svc, "/m").await.0, Outcome::Leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reconnect_the_near_cache_is_not_trusted_until_missed_purges_are_read() {
+    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let origin = Origin::open();
+    let (_, svc, backend) = instance(&server, &origin).await;
+    answer(&svc, "/n").await;
+    let key = tower_coalesce::KeyExtractor::<Full<Bytes>>::extract_head(
+        &tower_coalesce::HttpKey::new(),
+        &get("/n").into_parts().0,
+    )
+    .unwrap();
+    assert!(tower_coalesce::Store::get_local(&backend, &key).is_some());
+
+    // Every other connection dropped, then Redis busy for a second before
+    // it reads anything else: the instance reconnects, and its read-back
+    // of the purges it may have missed waits behind the sleep.
+    let mut conn = server.conn();
+    let busy = std::thread::spawn(move || {
+        let _: () = redis::pipe()
+            .cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .arg("SKIPME")
+            .arg("yes")
+            .ignore()
+            .cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .ignore()
+            .cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("1")
+            .ignore()
+            .query(&mut conn)
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        assert!(
+            tower_coalesce::Store::get_local(&backend, &key).is_none(),
+            "the near cache answered before the purges missed were read back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    busy.join().unwrap();
+    // Read back: trusted again.
+    let start = Instant::now();
+    while tower_coalesce::Store::get_local(&backend, &key).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "never trusted again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `PUT /w` through `svc`; its status, `coalesce-purge` header and body.
+async fn write(svc: &Svc) -> (http::StatusCode, Option<String>, String) {
+    let req = Request::put("/w")
+        .body(Full::new(Bytes::from_static(b"new")))
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let header = res
+        .headers()
+        .get("coalesce-purge")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = String::from_utf8(body(res).await.unwrap().to_vec()).unwrap();
+    (status, header, text)
+}
+
+#[tokio::test]
+async fn a_write_whose_purge_failed_says_so_or_fails_as_configured() {
+    let server = RedisServer::start();
+    let origin = Origin::open();
+    let (layer, svc, backend) = instance(&server, &origin).await;
+    let failing = CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_secs(60))
+            .backend(backend)
+            .write_purge_failure(tower_coalesce::WritePurgeFailure::Fail),
+    );
+    let failing_svc = Svc::new(failing.layer(origin.serve(support::echo_path)));
+    // While Redis answers, a write purges and says nothing more.
+    assert_eq!(write(&svc).await.1, None);
+    assert_eq!(layer.stats().write_purge_failures, 0);
+
+    // Redis gone: the write happened, its purge did not.
+    drop(server);
+    let (status, header, _) = write(&svc).await;
+    assert_eq!(status, http::StatusCode::OK, "the origin's own answer");
+    assert_eq!(header.as_deref(), Some("failed"));
+    assert_eq!(layer.stats().write_purge_failures, 1);
+    let (status, header, text) = write(&failing_svc).await;
+    assert_eq!(status, http::StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(header.as_deref(), Some("failed"));
+    assert!(text.contains("could not be purged"), "{text}");
+    assert_eq!(failing.stats().write_purge_failures, 1);
 }

@@ -7,24 +7,9 @@ mod support;
 use bytes::Bytes;
 use http::{header, Request};
 use http_body_util::Full;
-use std::sync::{Arc, Mutex};
-use support::{echo_path, until, Origin};
+use support::{echo_path, until, Captured, Origin};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::{CoalesceConfig, CoalesceLayer, HttpKey, Key};
-
-/// Collects everything the subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn flights_are_traced_by_fingerprint_and_never_by_key() {
@@ -60,7 +45,7 @@ async fn flights_are_traced_by_fingerprint_and_never_by_key() {
     let bypass = Request::post("/x").body(Full::new(Bytes::new())).unwrap();
     svc.clone().oneshot(bypass).await.unwrap();
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let key: Key = tower_coalesce::KeyExtractor::extract(&extractor, &call()).unwrap();
     let fingerprint = key.fingerprint().to_string();
     assert!(

@@ -216,17 +216,16 @@ impl Invalidation for MemoryBackend {
         if let Purge::Key(key) = purge {
             self.cache.invalidate(key);
         }
-        Box::pin(std::future::ready(Ok(Purged {
-            position,
-            shared: false,
-        })))
+        // One epoch, 0: this order lives and dies with the process.
+        let position = crate::PurgePosition::new(0, position);
+        Box::pin(std::future::ready(Ok(Purged::at(position, false))))
     }
 
-    fn purge_position(&self) -> u64 {
+    fn purge_position(&self) -> crate::PurgePosition {
         self.log.position()
     }
 
-    fn purged(&self, key: &Key, entry: &Entry) -> Option<u64> {
+    fn purged(&self, key: &Key, entry: &Entry) -> Option<crate::PurgePosition> {
         self.log.purged(key, entry)
     }
 }

@@ -155,11 +155,12 @@ pub trait Invalidation: Send + Sync + 'static {
 
     /// The position up to which this process knows every purge: a fill
     /// notes it before it calls the origin.
-    fn purge_position(&self) -> u64;
+    fn purge_position(&self) -> crate::PurgePosition;
 
     /// The position of the latest purge known that drops `entry`, stored
-    /// under `key`; `None` if none does.
-    fn purged(&self, key: &Key, entry: &Entry) -> Option<u64>;
+    /// under `key`; `None` if none does. An entry filled in an earlier
+    /// [epoch](crate::PurgePosition) than the backend's is dropped.
+    fn purged(&self, key: &Key, entry: &Entry) -> Option<crate::PurgePosition>;
 }
 
 /// What [`Leases::try_lock`] found.

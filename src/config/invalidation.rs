@@ -68,4 +68,33 @@ impl CoalesceConfig {
         self.invalidate_on_unsafe = on;
         self
     }
+
+    /// What a write's caller gets when the write succeeded but the purges
+    /// it calls for (see [`invalidate_on_unsafe`](Self::invalidate_on_unsafe))
+    /// could not be recorded, so that other processes may serve what it
+    /// changed until their answers expire. Either way the failure is
+    /// counted ([`Stats::write_purge_failures`](crate::Stats::write_purge_failures))
+    /// and logged, and the response carries `Coalesce-Purge: failed`.
+    /// Default: [`WritePurgeFailure::Report`].
+    pub fn write_purge_failure(mut self, on_failure: WritePurgeFailure) -> Self {
+        self.write_purge_failure = on_failure;
+        self
+    }
+}
+
+/// What a successful write's caller gets when its purges failed: see
+/// [`CoalesceConfig::write_purge_failure`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WritePurgeFailure {
+    /// The origin's answer, with `Coalesce-Purge: failed`: the write
+    /// happened, and the client may check what it reads next (or purge
+    /// again).
+    #[default]
+    Report,
+    /// `500 Internal Server Error` instead of the origin's answer (with
+    /// `Coalesce-Purge: failed`): for clients that must not take a write
+    /// as done while other processes may still serve what it replaced.
+    /// The write itself did happen; a client that retries repeats it.
+    Fail,
 }

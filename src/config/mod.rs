@@ -8,6 +8,7 @@ pub(crate) use invalidation::TagsFn;
 use crate::backend::{Backend, MemoryBackend};
 use crate::Freshness;
 use http::{header, HeaderName, Method};
+pub use invalidation::WritePurgeFailure;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,7 @@ pub struct CoalesceConfig {
     pub(crate) keep_tag_header: bool,
     pub(crate) tags: Option<TagsFn>,
     pub(crate) invalidate_on_unsafe: bool,
+    pub(crate) write_purge_failure: WritePurgeFailure,
     pub(crate) backend: Arc<dyn Backend>,
 }
 
@@ -105,6 +107,7 @@ impl fmt::Debug for CoalesceConfig {
             .field("keep_tag_header", &self.keep_tag_header)
             .field("tags", &self.tags.is_some())
             .field("invalidate_on_unsafe", &self.invalidate_on_unsafe)
+            .field("write_purge_failure", &self.write_purge_failure)
             .finish_non_exhaustive()
     }
 }
@@ -252,6 +255,7 @@ impl CoalesceConfig {
             keep_tag_header: false,
             tags: None,
             invalidate_on_unsafe: true,
+            write_purge_failure: WritePurgeFailure::Report,
             backend: Arc::new(MemoryBackend::new()),
         }
     }

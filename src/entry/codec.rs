@@ -18,8 +18,12 @@ fn millis(d: Duration) -> u64 {
 /// The first bytes of every encoded entry: a tag and the format version.
 /// Version 2 added the time the entry was stored, version 3 how long it is
 /// fresh and how long it may then be served stale, and where its fill
-/// stands in the purge order with its tags.
-pub(crate) const MAGIC: &[u8; 4] = b"TCE\x03";
+/// stands in the purge order with its tags, version 4 the purge order's
+/// epoch beside that position.
+pub(crate) const MAGIC: &[u8; 4] = b"TCE\x04";
+/// The first bytes of a version 3 entry, still read (its fill in epoch 0:
+/// purged wherever the purge order has an epoch of its own).
+pub(crate) const MAGIC_V3: &[u8; 4] = b"TCE\x03";
 /// The first bytes of a version 2 entry, still read (freshness unknown:
 /// fresh while the backend keeps it).
 pub(crate) const MAGIC_V2: &[u8; 4] = b"TCE\x02";
@@ -34,7 +38,8 @@ impl Entry {
     /// scripts read it), how long from then it is fresh, how long it may
     /// then be served stale while refreshed, and instead of an error, and
     /// how long the origin took to make it (milliseconds; all 0 if not
-    /// known), the purge position its fill started at (8 bytes), its tags
+    /// known), the purge position its fill started at and that position's
+    /// epoch (8 bytes each), its tags
     /// (a count, then 16 bytes of digest each), headers,
     /// body and trailers, each length-prefixed, then a CRC-32 of all that
     /// precedes it.
@@ -50,7 +55,8 @@ impl Entry {
         buf.put_u64(life.map_or(0, |l| millis(l.stale)));
         buf.put_u64(life.map_or(0, |l| millis(l.if_error)));
         buf.put_u64(life.map_or(0, |l| millis(l.took)));
-        buf.put_u64(p.fill.at);
+        buf.put_u64(p.fill.at.position);
+        buf.put_u64(p.fill.at.epoch);
         // At most `MAX_TAGS`: the layer gives an entry no more.
         let tags = &p.fill.tags[..p.fill.tags.len().min(crate::purge::MAX_TAGS)];
         buf.put_u8(tags.len() as u8);
@@ -72,11 +78,12 @@ impl Entry {
     }
 
     /// Reads an entry written by [`Entry::encode`], of this format version
-    /// or the two before. The body shares `bytes`.
+    /// or the three before. The body shares `bytes`.
     pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
         let v1 = bytes.starts_with(MAGIC_V1);
         let v2 = bytes.starts_with(MAGIC_V2);
-        if bytes.len() < MAGIC.len() + 4 || !(v1 || v2 || bytes.starts_with(MAGIC)) {
+        let v3 = bytes.starts_with(MAGIC_V3);
+        if bytes.len() < MAGIC.len() + 4 || !(v1 || v2 || v3 || bytes.starts_with(MAGIC)) {
             return Err(DecodeError("not an entry of this format version"));
         }
         let (content, crc) = bytes.split_at(bytes.len() - 4);
@@ -95,7 +102,9 @@ impl Entry {
         let fill = if v1 || v2 {
             Fill::default()
         } else {
-            let at = r.u64()?;
+            let position = r.u64()?;
+            let epoch = if v3 { 0 } else { r.u64()? };
+            let at = crate::PurgePosition::new(epoch, position);
             let count = usize::from(r.u8()?);
             if count > crate::purge::MAX_TAGS {
                 return Err(DecodeError("too many tags"));
@@ -148,7 +157,7 @@ impl Entry {
             body,
             trailers,
             stored,
-            checked: std::sync::atomic::AtomicU64::new(fill.at),
+            checked: std::sync::atomic::AtomicU64::new(fill.at.position),
             fill,
         }))
     }

@@ -17,7 +17,8 @@ mod tests;
 
 pub use codec::DecodeError;
 #[cfg(test)]
-use codec::{MAGIC, MAGIC_V1, MAGIC_V2};
+#[cfg(test)]
+use codec::{MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3};
 
 use crate::purge::Digest16;
 use bytes::Bytes;
@@ -47,7 +48,8 @@ struct Parts {
     stored: Option<Stored>,
     fill: Fill,
     /// The latest purge position it was judged not purged at (from its
-    /// fill's on): see [`PurgeLog`](crate::purge::PurgeLog).
+    /// fill's on), within its fill's epoch: see
+    /// [`PurgeLog`](crate::purge::PurgeLog).
     checked: AtomicU64,
 }
 
@@ -57,7 +59,7 @@ struct Parts {
 pub(crate) struct Fill {
     /// The latest purge position its process knew when its fill started,
     /// before the origin was called.
-    pub(crate) at: u64,
+    pub(crate) at: crate::PurgePosition,
     /// The digests of its tags.
     pub(crate) tags: Arc<[Digest16]>,
 }
@@ -74,7 +76,9 @@ struct Stored {
 
 impl Parts {
     fn checked_at(&self) -> u64 {
-        self.checked.load(Ordering::Acquire).max(self.fill.at)
+        self.checked
+            .load(Ordering::Acquire)
+            .max(self.fill.at.position)
     }
 }
 
@@ -171,14 +175,14 @@ impl Entry {
 
     /// The same entry, filled from `at` in the purge order, carrying these
     /// tags (their digests).
-    pub(crate) fn filled(mut self, at: u64, tags: Vec<Digest16>) -> Self {
+    pub(crate) fn filled(mut self, at: crate::PurgePosition, tags: Vec<Digest16>) -> Self {
         if let Some(p) = Arc::get_mut(&mut self.inner) {
             // Just made: set in place.
             p.fill = Fill {
                 at,
                 tags: tags.into(),
             };
-            *p.checked.get_mut() = at;
+            *p.checked.get_mut() = at.position;
             return self;
         }
         let p = &*self.inner;
@@ -193,15 +197,17 @@ impl Entry {
                 at,
                 tags: tags.into(),
             },
-            checked: AtomicU64::new(at),
+            checked: AtomicU64::new(at.position),
         })
     }
 
     /// The purge position its process knew when its fill started, before
-    /// the origin was called (0 for an entry not made by a flight): a purge
+    /// the origin was called (the start of epoch 0 for an entry not made by
+    /// a flight, which is judged as if filled at the start of the current
+    /// epoch): a purge
     /// of its key, resource or tags at a later position drops it (see
     /// [`Invalidation`](crate::Invalidation)).
-    pub fn fill_position(&self) -> u64 {
+    pub fn fill_position(&self) -> crate::PurgePosition {
         self.inner.fill.at
     }
 

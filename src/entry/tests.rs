@@ -98,8 +98,9 @@ fn the_lifetime_survives_encoding_and_older_versions_are_read_without_one() {
     let mut v2 = BytesMut::new();
     v2.put_slice(MAGIC_V2);
     v2.put_slice(&v3[4..15]);
-    // Past the lifetime, the fill's position and no tags (9 bytes).
-    v2.put_slice(&v3[56..v3.len() - 4]);
+    // Past the lifetime, the fill's position and epoch and no tags (17
+    // bytes).
+    v2.put_slice(&v3[64..v3.len() - 4]);
     let crc = crc32fast::hash(&v2);
     v2.put_u32(crc);
     let old = Entry::decode(v2.freeze()).unwrap();
@@ -122,7 +123,7 @@ fn version_one_entries_are_read_as_never_stored() {
     let mut v1 = BytesMut::new();
     v1.put_slice(MAGIC_V1);
     v1.put_slice(&v3[4..7]);
-    v1.put_slice(&v3[56..v3.len() - 4]);
+    v1.put_slice(&v3[64..v3.len() - 4]);
     let crc = crc32fast::hash(&v1);
     v1.put_u32(crc);
     let d = Entry::decode(v1.freeze()).unwrap();
@@ -290,16 +291,33 @@ fn the_ttl_left_is_rounded_down_and_negative_once_stale() {
 #[test]
 fn the_fill_and_its_tags_survive_encoding() {
     let tags = vec![[1u8; 16], [2u8; 16]];
-    let entry = sample().filled(42, tags.clone());
+    let entry = sample().filled(
+        crate::PurgePosition::new(1_764_000_000_000, 42),
+        tags.clone(),
+    );
     let decoded = Entry::decode(entry.encode()).unwrap();
-    assert_eq!(decoded.fill_position(), 42);
+    assert_eq!(
+        decoded.fill_position(),
+        crate::PurgePosition::new(1_764_000_000_000, 42)
+    );
     assert_eq!(decoded.tags(), &tags[..]);
     assert_eq!(decoded.encode(), entry.encode());
     // A tag count past the bound is no entry.
     let mut bad = BytesMut::from(&entry.encode()[..]);
     bad.truncate(bad.len() - 4);
-    bad[55] = (crate::purge::MAX_TAGS + 1) as u8;
+    bad[63] = (crate::purge::MAX_TAGS + 1) as u8;
     let crc = crc32fast::hash(&bad);
     bad.put_u32(crc);
     assert!(Entry::decode(bad.freeze()).is_err());
+    // Version 3: the same without the epoch, which is then 0.
+    let v4 = entry.encode();
+    let mut v3 = BytesMut::new();
+    v3.put_slice(MAGIC_V3);
+    v3.put_slice(&v4[4..55]);
+    v3.put_slice(&v4[63..v4.len() - 4]);
+    let crc = crc32fast::hash(&v3);
+    v3.put_u32(crc);
+    let old = Entry::decode(v3.freeze()).unwrap();
+    assert_eq!(old.fill_position(), crate::PurgePosition::new(0, 42));
+    assert_eq!(old.tags(), &tags[..]);
 }

@@ -2,7 +2,7 @@
 //! last purge of each key, resource and tag, bounded.
 
 use super::{Kind, Target};
-use crate::{Entry, Key};
+use crate::{Entry, Key, PurgePosition};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -20,8 +20,14 @@ use std::sync::RwLock;
 /// floor rises to the latest of them, so that every entry filled before a
 /// forgotten purge counts as purged (an origin call more for some, never an
 /// answer that was purged).
+///
+/// Positions are within one epoch of the purge order (see
+/// [`PurgePosition`]): an entry filled in an earlier epoch is purged, and a
+/// new epoch starts the log afresh.
 #[derive(Debug)]
 pub(crate) struct PurgeLog {
+    /// The epoch the positions below are in.
+    epoch: AtomicU64,
     /// The latest position recorded.
     latest: AtomicU64,
     /// Every position up to this one is recorded (or covered by the floor).
@@ -51,6 +57,7 @@ impl PurgeLog {
 
     pub(crate) fn new(max_records: usize) -> Self {
         Self {
+            epoch: AtomicU64::new(0),
             latest: AtomicU64::new(0),
             whole: AtomicU64::new(0),
             floor: AtomicU64::new(0),
@@ -61,8 +68,28 @@ impl PurgeLog {
 
     /// The position up to which every purge is known: what a fill notes
     /// before it calls the origin.
-    pub(crate) fn position(&self) -> u64 {
-        self.whole.load(Ordering::Acquire)
+    pub(crate) fn position(&self) -> PurgePosition {
+        // The epoch first: a reset zeroes the positions before it moves the
+        // epoch on, so a new epoch is never paired with an old position (an
+        // old epoch with a new position is only more cautious).
+        let epoch = self.epoch();
+        PurgePosition::new(epoch, self.whole.load(Ordering::Acquire))
+    }
+
+    /// The epoch its positions are in.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Starts the log afresh in `epoch`: every entry filled in an earlier
+    /// one now counts as purged, and no record of an earlier one is kept.
+    pub(crate) fn reset(&self, epoch: u64) {
+        let mut records = crate::sync::write(&self.records);
+        *records = Records::default();
+        self.latest.store(0, Ordering::Release);
+        self.whole.store(0, Ordering::Release);
+        self.floor.store(0, Ordering::Release);
+        self.epoch.store(epoch, Ordering::Release);
     }
 
     /// The latest position recorded.
@@ -136,12 +163,28 @@ impl PurgeLog {
     }
 
     /// The position of the latest purge that drops `entry`, stored under
-    /// `key` — one after its fill started — or `None` if none does.
-    pub(crate) fn purged(&self, key: &Key, entry: &Entry) -> Option<u64> {
+    /// `key` — one after its fill started — or `None` if none does. An
+    /// entry filled in an earlier epoch is dropped by the epoch's start;
+    /// one filled in a later epoch than this log's is judged by nothing
+    /// this process knows (it is behind, and catching up).
+    pub(crate) fn purged(&self, key: &Key, entry: &Entry) -> Option<PurgePosition> {
+        let epoch = self.epoch();
+        let fill = entry.fill_position();
+        // Not made by a flight (stored through the backend directly): it
+        // has no place in the order, and is judged as if filled at the
+        // start of the current epoch.
+        let unfilled = fill == PurgePosition::default();
+        if fill.epoch != epoch && !unfilled {
+            return (fill.epoch < epoch).then_some(PurgePosition::new(epoch, 0));
+        }
+        self.purged_in_epoch(key, entry, fill.position)
+            .map(|at| PurgePosition::new(epoch, at))
+    }
+
+    fn purged_in_epoch(&self, key: &Key, entry: &Entry, filled: u64) -> Option<u64> {
         if entry.checked_at() >= self.latest() {
             return None;
         }
-        let filled = entry.fill_position();
         let floor = self.floor.load(Ordering::Acquire);
         if filled < floor {
             return Some(floor);
@@ -163,7 +206,7 @@ impl PurgeLog {
                 })
                 .flatten();
             // Read under the lock: every record up to it was in the map.
-            (tags.max(keyed), self.position())
+            (tags.max(keyed), self.whole.load(Ordering::Acquire))
         };
         if found.is_none() {
             // Judged against every purge up to `whole`: the next look at

@@ -220,13 +220,45 @@ impl Target {
     }
 }
 
+/// A place in a backend's purge order: the order's *epoch*, then the
+/// position within it. Compared in that order.
+///
+/// A backend shared by processes starts a new epoch, later than every one
+/// before, whenever it finds its purge sequence lost (Redis restarted
+/// without its data, flushed, or failed over to a replica that lagged):
+/// anything filled in an earlier epoch then counts as purged, since the
+/// purges it should be judged against may have been lost. A backend
+/// private to one process has one epoch, 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PurgePosition {
+    /// The purge order's epoch.
+    pub epoch: u64,
+    /// The position within the epoch (0: before its first purge).
+    pub position: u64,
+}
+
+impl PurgePosition {
+    /// `position` in `epoch`.
+    pub const fn new(epoch: u64, position: u64) -> Self {
+        Self { epoch, position }
+    }
+}
+
+impl fmt::Display for PurgePosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.position)
+    }
+}
+
 /// What a purge did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Purged {
-    /// Its position in the backend's purge order: answers whose fill
-    /// started before it are no longer served.
+    /// Its position in the backend's purge order (within [`epoch`](Self::epoch)):
+    /// answers whose fill started before it are no longer served.
     pub position: u64,
+    /// The purge order's epoch (see [`PurgePosition`]).
+    pub epoch: u64,
     /// Whether it was recorded in a backend shared with other processes
     /// and announced to them (`false` for a backend private to this
     /// process, where there is nobody else to tell).
@@ -238,7 +270,20 @@ impl Purged {
     /// reports: the purge's `position`, and whether other processes were
     /// told (`shared`).
     pub fn new(position: u64, shared: bool) -> Self {
-        Self { position, shared }
+        Self {
+            position,
+            epoch: 0,
+            shared,
+        }
+    }
+
+    /// The same, at `position` of `epoch`.
+    pub fn at(position: PurgePosition, shared: bool) -> Self {
+        Self {
+            position: position.position,
+            epoch: position.epoch,
+            shared,
+        }
     }
 }
 

@@ -66,6 +66,33 @@ impl<E> Purger<E> {
         write.purges(&self.shared, headers)
     }
 
+    /// The answer to a successful write whose purges failed, as the
+    /// configuration says (see
+    /// [`CoalesceConfig::write_purge_failure`](crate::CoalesceConfig::write_purge_failure)).
+    pub(crate) fn write_purge_failed<B>(
+        &self,
+        res: http::Response<B>,
+    ) -> http::Response<crate::CoalesceBody<B>> {
+        crate::stats::bump(&self.shared.counters.write_purge_failures);
+        let failed = http::HeaderValue::from_static("failed");
+        let mut res = match self.shared.config.write_purge_failure {
+            crate::WritePurgeFailure::Report => res.map(crate::CoalesceBody::inner),
+            crate::WritePurgeFailure::Fail => {
+                let text = "the write was applied, but the stored answers it changes could not be \
+                            purged: other instances may serve them until they expire\n";
+                let mut failed = http::Response::new(crate::CoalesceBody::full(
+                    bytes::Bytes::from_static(text.as_bytes()),
+                    None,
+                ));
+                *failed.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                failed
+            }
+        };
+        res.headers_mut()
+            .insert(http::HeaderName::from_static("coalesce-purge"), failed);
+        res
+    }
+
     async fn purge_now(&self, purge: Purge) -> Result<Purged, PurgeError> {
         let shared = &self.shared;
         // Requests from now on start new flights; those waiting on the

@@ -3,6 +3,10 @@ use crate::Entry;
 use bytes::Bytes;
 
 fn entry(filled: u64, tags: &[&str]) -> Entry {
+    entry_in(0, filled, tags)
+}
+
+fn entry_in(epoch: u64, filled: u64, tags: &[&str]) -> Entry {
     let tags = tags
         .iter()
         .map(|t| Tag::new(*t).unwrap().digest())
@@ -14,7 +18,12 @@ fn entry(filled: u64, tags: &[&str]) -> Entry {
         Bytes::from_static(b"x"),
         None,
     )
-    .filled(filled, tags)
+    .filled(PurgePosition::new(epoch, filled), tags)
+}
+
+/// What the log says of `entry` under `key`, as a position in its epoch.
+fn purged(log: &PurgeLog, key: &Key, entry: &Entry) -> Option<u64> {
+    log.purged(key, entry).map(|at| at.position)
 }
 
 fn tag(name: &str) -> Target {
@@ -27,13 +36,13 @@ fn a_purge_after_the_fill_drops_the_entry_and_one_before_does_not() {
     let key = Key::from("k");
     let before = entry(0, &["a", "b"]);
     log.record(1, tag("b"));
-    assert_eq!(log.purged(&key, &before), Some(1));
+    assert_eq!(purged(&log, &key, &before), Some(1));
     // Filled once the purge was known: not dropped by it.
     let after = entry(1, &["a", "b"]);
-    assert_eq!(log.purged(&key, &after), None);
+    assert_eq!(purged(&log, &key, &after), None);
     // Untagged, or another tag: untouched.
-    assert_eq!(log.purged(&key, &entry(0, &["c"])), None);
-    assert_eq!(log.position(), 1);
+    assert_eq!(purged(&log, &key, &entry(0, &["c"])), None);
+    assert_eq!(log.position().position, 1);
 }
 
 #[test]
@@ -44,12 +53,12 @@ fn keys_and_resources_are_purged_with_every_variant_of_a_resource() {
     let other = Key::from_parts(["/p/2"]);
     let e = entry(0, &[]);
     log.record(1, Target::key(&gzip));
-    assert_eq!(log.purged(&gzip, &e), Some(1));
-    assert_eq!(log.purged(&plain, &entry(0, &[])), None);
+    assert_eq!(purged(&log, &gzip, &e), Some(1));
+    assert_eq!(purged(&log, &plain, &entry(0, &[])), None);
     log.record(2, Target::resource(&plain));
-    assert_eq!(log.purged(&plain, &entry(0, &[])), Some(2));
-    assert_eq!(log.purged(&gzip, &entry(1, &[])), Some(2));
-    assert_eq!(log.purged(&other, &entry(0, &[])), None);
+    assert_eq!(purged(&log, &plain, &entry(0, &[])), Some(2));
+    assert_eq!(purged(&log, &gzip, &entry(1, &[])), Some(2));
+    assert_eq!(purged(&log, &other, &entry(0, &[])), None);
 }
 
 #[test]
@@ -59,11 +68,15 @@ fn a_record_that_arrives_late_still_drops_entries_judged_meanwhile() {
     let e = entry(0, &["late"]);
     // Position 2 is heard before position 1.
     log.record(2, tag("other"));
-    assert_eq!((log.position(), log.latest()), (0, 2));
-    assert_eq!(log.purged(&key, &e), None);
+    assert_eq!((log.position().position, log.latest()), (0, 2));
+    assert_eq!(purged(&log, &key, &e), None);
     log.record(1, tag("late"));
-    assert_eq!(log.position(), 2, "every purge up to 2 is known now");
-    assert_eq!(log.purged(&key, &e), Some(1));
+    assert_eq!(
+        log.position().position,
+        2,
+        "every purge up to 2 is known now"
+    );
+    assert_eq!(purged(&log, &key, &e), Some(1));
 }
 
 #[test]
@@ -72,10 +85,10 @@ fn a_judged_entry_costs_no_lookup_until_the_next_purge() {
     let key = Key::from("k");
     let e = entry(0, &["a"]);
     log.record(1, tag("b"));
-    assert_eq!(log.purged(&key, &e), None);
+    assert_eq!(purged(&log, &key, &e), None);
     assert_eq!(e.checked_at(), 1);
     log.record(2, tag("a"));
-    assert_eq!(log.purged(&key, &e), Some(2));
+    assert_eq!(purged(&log, &key, &e), Some(2));
 }
 
 #[test]
@@ -86,9 +99,9 @@ fn forgotten_records_raise_the_floor() {
     log.record(2, tag("b"));
     log.record(3, tag("c"));
     // "a" was forgotten: anything filled before it counts as purged.
-    assert_eq!(log.purged(&key, &entry(0, &["z"])), Some(1));
-    assert_eq!(log.purged(&key, &entry(1, &["z"])), None);
-    assert_eq!(log.purged(&key, &entry(1, &["b"])), Some(2));
+    assert_eq!(purged(&log, &key, &entry(0, &["z"])), Some(1));
+    assert_eq!(purged(&log, &key, &entry(1, &["z"])), None);
+    assert_eq!(purged(&log, &key, &entry(1, &["b"])), Some(2));
 }
 
 #[test]
@@ -96,9 +109,42 @@ fn a_flush_drops_everything_filled_before_it() {
     let log = PurgeLog::new(100);
     let key = Key::from("k");
     log.flush_before(10);
-    assert_eq!(log.position(), 10);
-    assert_eq!(log.purged(&key, &entry(9, &[])), Some(10));
-    assert_eq!(log.purged(&key, &entry(10, &[])), None);
+    assert_eq!(log.position().position, 10);
+    assert_eq!(purged(&log, &key, &entry(9, &[])), Some(10));
+    assert_eq!(purged(&log, &key, &entry(10, &[])), None);
+}
+
+#[test]
+fn an_entry_of_an_earlier_epoch_is_purged_and_a_new_epoch_starts_the_log_afresh() {
+    let log = PurgeLog::new(100);
+    let key = Key::from("k");
+    log.reset(7);
+    log.record(1, tag("a"));
+    log.record(2, tag("b"));
+    assert_eq!(log.position(), PurgePosition::new(7, 2));
+    // Filled before the epoch began (a lost order): purged.
+    assert_eq!(
+        log.purged(&key, &entry_in(6, 50, &[])),
+        Some(PurgePosition::new(7, 0))
+    );
+    assert_eq!(purged(&log, &key, &entry_in(7, 1, &["b"])), Some(2));
+    assert_eq!(purged(&log, &key, &entry_in(7, 2, &["b"])), None);
+    // A later epoch than the log knows: nothing it knows applies.
+    assert_eq!(purged(&log, &key, &entry_in(8, 0, &["a"])), None);
+
+    log.reset(9);
+    assert_eq!(log.position(), PurgePosition::new(9, 0));
+    assert_eq!(log.latest(), 0);
+    // Even an entry judged unpurged before is judged again.
+    let judged = entry_in(7, 2, &["b"]);
+    assert!(log.purged(&key, &judged).is_some());
+    log.record(1, tag("c"));
+    assert_eq!(
+        purged(&log, &key, &entry_in(9, 0, &["b"])),
+        None,
+        "the old records are gone"
+    );
+    assert_eq!(purged(&log, &key, &entry_in(9, 0, &["c"])), Some(1));
 }
 
 #[test]

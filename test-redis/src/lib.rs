@@ -97,6 +97,34 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server and starts a new one on the same port, with the
+    /// same arguments as [`start`](Self::start): everything it held is
+    /// gone, as after a restart without persistence. Clients reconnect to
+    /// the same URL.
+    ///
+    /// # Panics
+    /// If the new server does not start.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.port;
+        // The port was this server's a moment ago; retry briefly while the
+        // kernel lets it go.
+        let mut last_error = String::new();
+        for _ in 0..50 {
+            match Self::try_start_on(port, &[]) {
+                Ok(mut server) => {
+                    // The old child, already reaped, goes with `server`.
+                    std::mem::swap(self, &mut server);
+                    return;
+                }
+                Err(e) => last_error = e,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not restart on port {port}: {last_error}");
+    }
+
     /// The server's process id, for tests that signal it (pause, resume).
     pub fn pid(&self) -> u32 {
         self.child.id()

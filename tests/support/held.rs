@@ -91,11 +91,11 @@ impl Invalidation for HeldLeaseAttempt {
         self.inner.purge(purge)
     }
 
-    fn purge_position(&self) -> u64 {
+    fn purge_position(&self) -> tower_coalesce::PurgePosition {
         self.inner.purge_position()
     }
 
-    fn purged(&self, key: &Key, entry: &Entry) -> Option<u64> {
+    fn purged(&self, key: &Key, entry: &Entry) -> Option<tower_coalesce::PurgePosition> {
         self.inner.purged(key, entry)
     }
 }

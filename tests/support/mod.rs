@@ -166,3 +166,32 @@ pub async fn overdue_followers_make_one_flight(origin: &Origin, first: Svc, seco
     let res = leader.await.unwrap().unwrap();
     assert_eq!(body(res).await.unwrap(), "/overdue");
 }
+
+/// Collects everything a `tracing_subscriber::fmt` subscriber writes (give
+/// it `with_writer(captured.clone())`).
+#[derive(Clone, Default)]
+pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}

@@ -41,12 +41,14 @@ pub struct Summary {
 /// Runs the histories of `seeds`, `parallel` at a time.
 pub async fn many(bin: &str, seeds: &[u64], parallel: usize) -> Summary {
     let summary = Arc::new(Mutex::new(Summary::default()));
-    let queue = Arc::new(Mutex::new(seeds.to_vec().into_iter()));
+    // Popped from the end: reversed, so the seeds run in order.
+    let queue: Vec<u64> = seeds.iter().rev().copied().collect();
+    let queue = Arc::new(Mutex::new(queue));
     let workers = (0..parallel).map(|_| {
         let (summary, queue, bin) = (summary.clone(), queue.clone(), bin.to_owned());
         tokio::spawn(async move {
             loop {
-                let Some(seed) = queue.lock().unwrap().next() else {
+                let Some(seed) = queue.lock().unwrap().pop() else {
                     return;
                 };
                 let history = one(&bin, seed).await;

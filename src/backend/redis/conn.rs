@@ -50,13 +50,29 @@ impl Conn {
     pub(super) async fn client_id(&mut self, channel: &str) -> RedisResult<u64> {
         let mut cmd = redis::cmd("CLIENT");
         cmd.arg("ID");
+        self.on_channel_master(cmd, channel).await
+    }
+
+    /// `INFO memory` of the server that holds `channel`'s slot.
+    pub(super) async fn memory_info(&mut self, channel: &str) -> RedisResult<String> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("memory");
+        self.on_channel_master(cmd, channel).await
+    }
+
+    /// Runs `cmd` on the connection that carries `channel`'s messages.
+    async fn on_channel_master<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: redis::Cmd,
+        channel: &str,
+    ) -> RedisResult<T> {
         match self {
             Conn::Server(conn) => cmd.query_async(conn).await,
             Conn::Cluster(conn) => {
                 let route = Route::new(slot(channel.as_bytes()), SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                let id = conn.route_command(cmd, routing).await?;
-                Ok(redis::from_redis_value(id)?)
+                let value = conn.route_command(cmd, routing).await?;
+                Ok(redis::from_redis_value(value)?)
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The distributed backend: entries in a Redis shared by every instance of a
 //! service, so that an answer one instance fetched serves them all.
 //!
-//! Redis names are `<namespace>:2:{<resource hash>}:<variant hash>:<suffix>`
+//! Redis names are `<namespace>:3:{<resource hash>}:<variant hash>:<suffix>`
 //! (`names`): any key, however long or binary, becomes short names, and the
 //! resource hash is the cluster hash tag, so a key's value, lease, pass mark
 //! and channel — and those of every variant of its resource — share one slot.
@@ -234,6 +234,13 @@ impl Store for RedisBackend {
             let Some((value, left_ms)) = found else {
                 return Ok(None);
             };
+            // What Redis holds is judged against the purge log: nothing of
+            // it answers while purges may be missing from the log. Redis
+            // just answered, so the read-back is under way; the layer's
+            // bound on this call turns a long wait into going on without
+            // Redis. (Asked after the read, so a Redis that is gone fails
+            // the read at once instead.)
+            self.purges.until_caught_up().await;
             // Shared, not copied: the entry's body keeps these bytes, and a
             // value that does not decode is sent back to be deleted.
             let value = bytes::Bytes::from(value);
@@ -277,7 +284,7 @@ impl Store for RedisBackend {
                 .key(names.resource_purged())
                 .arg(value.as_ref())
                 .arg(ms)
-                .arg(entry.fill_position())
+                .arg(entry.fill_position().to_string())
                 .arg(names.done())
                 .arg(message)
                 .arg(conn.publish_command())
@@ -413,7 +420,11 @@ impl Leases for RedisBackend {
             };
             let names = self.names(key);
             let mut conn = self.conn.clone();
-            let filled = kept.as_ref().map_or(0, |(entry, _)| entry.fill_position());
+            let filled = kept
+                .as_ref()
+                .map_or(crate::PurgePosition::default(), |(entry, _)| {
+                    entry.fill_position()
+                });
             let done: i64 = names
                 .leased(&COMPLETE)
                 .key(names.purged())
@@ -425,7 +436,7 @@ impl Leases for RedisBackend {
                 .arg(names.done())
                 .arg(message)
                 .arg(if drop { "1" } else { "0" })
-                .arg(filled)
+                .arg(filled.to_string())
                 .arg(conn.publish_command())
                 .invoke_async(&mut conn)
                 .await
@@ -453,7 +464,9 @@ impl Invalidation for RedisBackend {
             let target = purge.target();
             let names = &self.purges.names;
             let mut conn = self.conn.clone();
-            let position: u64 = PURGE_LOG
+            let log = &self.purges.log;
+            let mine = log.epoch();
+            let (epoch, position): (u64, u64) = PURGE_LOG
                 .key(&names.sequence)
                 .key(&names.log)
                 .key(&names.floor)
@@ -461,10 +474,14 @@ impl Invalidation for RedisBackend {
                 .arg(self.purges.max_records)
                 .arg(&names.channel)
                 .arg(conn.publish_command())
+                .arg(mine)
+                .arg(log.latest())
+                .arg(purges::next_epoch(mine))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis purge failed", e))?;
-            self.purges.log.record(position, target);
+            let position = crate::PurgePosition::new(epoch, position);
+            self.purges.recorded(position, target);
             let marked = match purge {
                 crate::Purge::Key(key) => {
                     if let Some(near) = &self.near {
@@ -482,24 +499,21 @@ impl Invalidation for RedisBackend {
             };
             if let Some(mut invocation) = marked {
                 let _: i64 = invocation
-                    .arg(position)
+                    .arg(position.to_string())
                     .arg(purges::MARK_MS)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| BackendError::new("Redis purge mark failed", e))?;
             }
-            Ok(crate::Purged {
-                position,
-                shared: true,
-            })
+            Ok(crate::Purged::at(position, true))
         })
     }
 
-    fn purge_position(&self) -> u64 {
+    fn purge_position(&self) -> crate::PurgePosition {
         self.purges.log.position()
     }
 
-    fn purged(&self, key: &Key, entry: &Entry) -> Option<u64> {
+    fn purged(&self, key: &Key, entry: &Entry) -> Option<crate::PurgePosition> {
         self.purges.log.purged(key, entry)
     }
 }

@@ -4,8 +4,13 @@ use crate::Key;
 use redis::{Script, ScriptInvocation};
 use std::fmt::Write as _;
 
+/// The name layout's version: instances whose layouts differ share no
+/// names, so nothing of one is misread by the other (docs/protocol.md,
+/// "Layout 3").
+pub(super) const LAYOUT: u32 = 3;
+
 /// The names `RedisBackend` uses for one key:
-/// `<namespace>:2:{<resource hash>}:<variant hash>:<suffix>`. The `2` is the
+/// `<namespace>:3:{<resource hash>}:<variant hash>:<suffix>`. The `3` is the
 /// name layout's version: instances of a release with another layout share
 /// no names with these. The resource hash is the cluster hash tag, so every
 /// variant and method of one resource lives on one slot. The key is hashed
@@ -18,7 +23,7 @@ impl Names {
     pub(super) fn new(namespace: &str, key: &Key) -> Self {
         let mut prefix = String::with_capacity(namespace.len() + 72);
         prefix.push_str(namespace);
-        prefix.push_str(":2:{");
+        let _ = write!(prefix, ":{LAYOUT}:{{");
         hex(&mut prefix, &key.resource_digest());
         prefix.push_str("}:");
         hex(&mut prefix, &key.variant_digest());
@@ -91,10 +96,10 @@ pub(super) struct PurgeNames {
 impl PurgeNames {
     pub(super) fn new(namespace: &str) -> Self {
         PurgeNames {
-            sequence: format!("{namespace}:2:{{purge}}:seq"),
-            log: format!("{namespace}:2:{{purge}}:log"),
-            floor: format!("{namespace}:2:{{purge}}:floor"),
-            channel: format!("{namespace}:2:{{purge}}:purges"),
+            sequence: format!("{namespace}:{LAYOUT}:{{purge}}:seq"),
+            log: format!("{namespace}:{LAYOUT}:{{purge}}:log"),
+            floor: format!("{namespace}:{LAYOUT}:{{purge}}:floor"),
+            channel: format!("{namespace}:{LAYOUT}:{{purge}}:purges"),
         }
     }
 }

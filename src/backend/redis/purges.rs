@@ -8,7 +8,7 @@ use super::conn::Conn;
 use super::names::PurgeNames;
 use super::scripts::CATCH_UP;
 use crate::purge::{PurgeLog, Target};
-use crate::BackendError;
+use crate::{BackendError, PurgePosition};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -21,15 +21,31 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// that could still complete (fills are bounded by `wait_timeout`).
 pub(super) const MARK_MS: u64 = 3_600_000;
 
+/// The epoch to start if Redis's purge order is found lost: later than
+/// `mine` (the latest this process saw) and than any before it, as far as
+/// clocks allow — milliseconds since 1970, or one past `mine`.
+pub(super) fn next_epoch(mine: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    now.max(mine.saturating_add(1))
+}
+
 /// One process's view of the namespace's purges.
 #[derive(Debug)]
 pub(super) struct Purges {
     pub(super) log: Arc<PurgeLog>,
     pub(super) names: PurgeNames,
     pub(super) max_records: usize,
-    /// Purges may have been missed: not yet read at start, or the
-    /// connection dropped since.
-    missed: AtomicBool,
+    /// Raised each time purges may have been missed (at start, and when
+    /// the connection drops or is found replaced).
+    generation: AtomicU64,
+    /// The generation the last catch-up that completed began in: while it
+    /// is behind `generation`, purges may be missing from the log — also
+    /// while a catch-up is reading them back.
+    caught_up: AtomicU64,
+    /// Wakes lookups waiting for a catch-up to complete.
+    caught: Notify,
     /// When the connection was last known alive, in ms since `epoch`.
     alive_at: AtomicU64,
     epoch: Instant,
@@ -40,6 +56,8 @@ pub(super) struct Purges {
     /// The `CLIENT ID` of the connection the last catch-up was read on: a
     /// connection with another id may have missed purges since.
     connection: AtomicU64,
+    /// Whether the server's eviction policy was looked at.
+    policy_checked: AtomicBool,
 }
 
 impl Purges {
@@ -48,19 +66,22 @@ impl Purges {
             log: Arc::new(PurgeLog::new(max_records)),
             names: PurgeNames::new(namespace),
             max_records,
-            missed: AtomicBool::new(true),
+            generation: AtomicU64::new(1),
+            caught_up: AtomicU64::new(0),
+            caught: Notify::new(),
             alive_at: AtomicU64::new(0),
             epoch: Instant::now(),
             grace,
             wake: Arc::new(Notify::new()),
             connection: AtomicU64::new(0),
+            policy_checked: AtomicBool::new(false),
         }
     }
 
     /// Whether the near cache may answer: every purge announced is known,
     /// and the connection that hears them was alive within the grace.
     pub(super) fn trusted(&self) -> bool {
-        if self.missed.load(Ordering::Acquire) {
+        if !self.is_caught_up() {
             return false;
         }
         let alive = Duration::from_millis(self.alive_at.load(Ordering::Acquire));
@@ -72,37 +93,68 @@ impl Purges {
         self.alive_at.fetch_max(now, Ordering::AcqRel);
     }
 
+    /// Whether every purge announced is in the log, as far as this process
+    /// knows: the last catch-up began after the last time purges may have
+    /// been missed, and completed.
+    pub(super) fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire) == self.generation.load(Ordering::Acquire)
+    }
+
+    /// Waits until [`is_caught_up`](Self::is_caught_up): what Redis holds is
+    /// judged against the purge log, so nothing read from it answers until
+    /// the log is whole. The layer bounds the wait.
+    pub(super) async fn until_caught_up(&self) {
+        loop {
+            let caught = self.caught.notified();
+            if self.is_caught_up() {
+                return;
+            }
+            caught.await;
+        }
+    }
+
     /// The connection dropped: purges announced meanwhile are lost.
     pub(super) fn lost(&self) {
-        self.missed.store(true, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.wake.notify_one();
     }
 
-    /// A message on the purge channel: `<position>:<target>`.
+    /// A message on the purge channel: `<epoch>:<position>:<target>`.
     pub(super) fn heard(&self, message: &[u8]) {
-        let Some(colon) = message.iter().position(|b| *b == b':') else {
+        let mut parts = message.splitn(3, |b| *b == b':');
+        let mut number = || std::str::from_utf8(parts.next()?).ok()?.parse::<u64>().ok();
+        let (Some(epoch), Some(position)) = (number(), number()) else {
             return;
         };
-        let position = std::str::from_utf8(&message[..colon])
-            .ok()
-            .and_then(|p| p.parse::<u64>().ok());
-        let target = Target::from_bytes(&message[colon + 1..]);
-        if let (Some(position), Some(target)) = (position, target) {
-            self.log.record(position, target);
+        if let Some(target) = parts.next().and_then(Target::from_bytes) {
+            self.recorded(PurgePosition::new(epoch, position), target);
             self.alive();
+        }
+    }
+
+    /// A purge recorded in Redis at `position`: in this process's epoch, it
+    /// goes in the log; in a later one, the purge order was lost and
+    /// started again, and the log is read back from the new one (until
+    /// then the near cache is not trusted); in an earlier one it is old
+    /// news.
+    pub(super) fn recorded(&self, position: PurgePosition, target: Target) {
+        let epoch = self.log.epoch();
+        if position.epoch == epoch {
+            self.log.record(position.position, target);
+        } else if position.epoch > epoch {
+            self.lost();
         }
     }
 
     /// Reads the purges recorded above what this process knows: after it,
     /// every purge up to the sequence read is known.
     pub(super) async fn catch_up(&self, conn: &mut Conn) -> Result<(), BackendError> {
-        // Cleared before the read: a disconnection during it sets it again.
-        self.missed.store(false, Ordering::Release);
-        let read = self.read_back(conn).await;
-        if read.is_err() {
-            self.missed.store(true, Ordering::Release);
-        }
-        read
+        // Taken before the read: a loss during it leaves the log behind.
+        let generation = self.generation.load(Ordering::Acquire);
+        self.read_back(conn).await?;
+        self.caught_up.fetch_max(generation, Ordering::AcqRel);
+        self.caught.notify_waiters();
+        Ok(())
     }
 
     async fn read_back(&self, conn: &mut Conn) -> Result<(), BackendError> {
@@ -118,15 +170,31 @@ impl Purges {
             .map_err(|e| BackendError::new("Redis CLIENT ID failed", e))?;
         self.connection.store(id, Ordering::Release);
         let names = &self.names;
-        let (sequence, floor, records): (u64, u64, Vec<(Vec<u8>, u64)>) = CATCH_UP
+        let mine = self.log.epoch();
+        type CaughtUp = (u64, u64, u64, Vec<(Vec<u8>, u64)>);
+        let (epoch, sequence, floor, records): CaughtUp = CATCH_UP
             .key(&names.sequence)
             .key(&names.log)
             .key(&names.floor)
-            .arg(self.log.position())
+            .arg(self.log.position().position)
+            .arg(mine)
+            .arg(self.log.latest())
+            .arg(next_epoch(mine))
             .invoke_async(conn)
             .await
             .map_err(|e| BackendError::new("Redis purge catch-up failed", e))?;
-        if floor > self.log.position() {
+        if epoch != mine {
+            // The order was lost and started again (or this process
+            // starts): everything filled before counts as purged.
+            if mine != 0 {
+                tracing::warn!(
+                    "Redis lost its purge order (restarted without its data, flushed, or failed \
+                     over to a replica that lagged); answers filled before count as purged"
+                );
+            }
+            self.log.reset(epoch);
+        }
+        if floor > self.log.position().position {
             // Records this process never read were forgotten: whatever
             // was filled before them counts as purged.
             self.log.flush_before(floor);
@@ -138,8 +206,41 @@ impl Purges {
         }
         self.log.known_through(sequence);
         self.alive();
+        if !self.policy_checked.swap(true, Ordering::AcqRel) {
+            self.check_eviction_policy(conn).await;
+        }
         Ok(())
     }
+
+    /// Warns when the server holding the purge order may evict it: purge
+    /// marks and the sequence must stay, and marks carry a TTL, so every
+    /// policy but `noeviction` (the `volatile-*` ones too) can drop them.
+    /// Read from `INFO memory`, which managed services allow where they
+    /// disable `CONFIG`.
+    async fn check_eviction_policy(&self, conn: &mut Conn) {
+        let info = match conn.memory_info(&self.names.channel).await {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::debug!(%error, "could not read Redis's eviction policy");
+                return;
+            }
+        };
+        if let Some(policy) = eviction_policy(&info).filter(|p| *p != "noeviction") {
+            tracing::warn!(
+                maxmemory_policy = policy,
+                "Redis may evict purge records under this maxmemory-policy: an evicted mark lets \
+                 an answer filled before its purge be stored, and an evicted sequence starts a \
+                 new purge epoch (every stored answer counts as purged); use noeviction"
+            );
+        }
+    }
+}
+
+/// The `maxmemory_policy` an `INFO memory` reply names.
+fn eviction_policy(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
+        .map(str::trim)
 }
 
 /// Keeps `purges` in step while the backend lives: reads the purges missed
@@ -158,7 +259,7 @@ pub(super) async fn keep_in_step(
     let mut pause = Duration::from_millis(50);
     loop {
         let Some(p) = purges.upgrade() else { return };
-        if p.missed.load(Ordering::Acquire) {
+        if !p.is_caught_up() {
             match p.catch_up(&mut conn).await {
                 Ok(()) => pause = Duration::from_millis(50),
                 Err(error) => {

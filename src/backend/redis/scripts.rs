@@ -5,6 +5,49 @@
 use redis::Script;
 use std::sync::LazyLock;
 
+/// Purge positions as the scripts see them: `<epoch>:<position>` strings
+/// (a bare number is epoch 0), ordered by epoch, then position. `after(a,
+/// b)`: whether `a` comes later than `b`; a missing one (`false`) is the
+/// start of epoch 0. Lua's numbers are doubles, exact to 2^53: epochs are
+/// milliseconds since 1970 and positions counts, far below it.
+const POSITIONS: &str = r"
+local function pos(s)
+  if not s then return 0, 0 end
+  local c = string.find(s, ':', 1, true)
+  if not c then return 0, tonumber(s) or 0 end
+  return tonumber(string.sub(s, 1, c - 1)) or 0, tonumber(string.sub(s, c + 1)) or 0
+end
+local function after(a, b)
+  local ae, ap = pos(a)
+  local be, bp = pos(b)
+  return ae > be or (ae == be and ap > bp)
+end
+";
+
+/// The purge sequence (a hash: `e` its epoch, `p` its position), found lost
+/// and started again in a new epoch when it is missing, or behind what the
+/// caller saw: an older epoch, or the caller's epoch at a lower position (a
+/// replica that lagged took over). KEYS[1] sequence, KEYS[2] log, KEYS[3]
+/// floor; ARGV[n] the caller's epoch, ARGV[n+1] the latest position it saw
+/// in it, ARGV[n+2] the epoch to start (later than any the caller saw).
+/// Leaves `e` and `p` set.
+fn sequence(n: usize) -> String {
+    format!(
+        r"local e = redis.call('HGET', KEYS[1], 'e')
+          local p = tonumber(redis.call('HGET', KEYS[1], 'p') or '0')
+          local mine = tonumber(ARGV[{n}])
+          if not e or tonumber(e) < mine or (tonumber(e) == mine and p < tonumber(ARGV[{m}])) then
+            e = ARGV[{o}]
+            p = 0
+            redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+            redis.call('HSET', KEYS[1], 'e', e, 'p', 0)
+          end
+",
+        m = n + 1,
+        o = n + 2
+    )
+}
+
 /// KEYS[1] value: the value and its remaining life in ms, or nil. One round
 /// trip, and the near cache keeps the entry no longer than Redis does.
 pub(super) static GET_FRESH: LazyLock<Script> = LazyLock::new(|| {
@@ -68,20 +111,19 @@ pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
 /// key pass-through in ms (`0`: no mark), ARGV[5] done channel, ARGV[6] the
 /// completion message, ARGV[7] `1` to delete the stored value (the key's
 /// answers cannot be shared: a stale one must not stay), ARGV[8] the purge
-/// position the entry's fill started at, ARGV[9] the command that publishes
+/// position the entry's fill started at (`<epoch>:<position>`), ARGV[9] the command that publishes
 /// (`PUBLISH`, or on a cluster `SPUBLISH`: the done channel shares the
 /// key's slot). Returns 0 (the lease was lost,
 /// nothing changed), 1 (done), or 2 (done, but the entry was not stored: a
 /// purge of the key or its resource came after its fill started).
 pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+    Script::new(&format!(
+        r"{POSITIONS}
+          if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
           local done = 1
           if ARGV[3] ~= '0' then
-            local filled = tonumber(ARGV[8])
-            local key = tonumber(redis.call('GET', KEYS[4]) or '0')
-            local resource = tonumber(redis.call('GET', KEYS[5]) or '0')
-            if key > filled or resource > filled then
+            local filled = ARGV[8]
+            if after(redis.call('GET', KEYS[4]), filled) or after(redis.call('GET', KEYS[5]), filled) then
               done = 2
             else
               redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
@@ -95,8 +137,8 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
           end
           redis.call('DEL', KEYS[1])
           redis.call(ARGV[9], ARGV[5], ARGV[6])
-          return done",
-    )
+          return done"
+    ))
 });
 
 /// KEYS[1] value, KEYS[2] the key's purge mark, KEYS[3] its resource's;
@@ -107,27 +149,31 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
 /// its fill started (returns 2) — and announces it as `COMPLETE` would, so
 /// that instances waiting on the key hear of it at once. Returns 1.
 pub(super) static STORE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local filled = tonumber(ARGV[3])
-          local key = tonumber(redis.call('GET', KEYS[2]) or '0')
-          local resource = tonumber(redis.call('GET', KEYS[3]) or '0')
-          if key > filled or resource > filled then return 2 end
+    Script::new(&format!(
+        r"{POSITIONS}
+          local filled = ARGV[3]
+          if after(redis.call('GET', KEYS[2]), filled) or after(redis.call('GET', KEYS[3]), filled) then
+            return 2
+          end
           redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
           redis.call(ARGV[6], ARGV[4], ARGV[5])
-          return 1",
-    )
+          return 1"
+    ))
 });
 
 /// KEYS[1] purge sequence, KEYS[2] purge log (a sorted set: each target's
-/// last purge, scored by position), KEYS[3] the floor (the latest position
-/// the log forgot); ARGV[1] the target (17 bytes), ARGV[2] the most records
-/// kept, ARGV[3] the purge channel, ARGV[4] the command that publishes
-/// (`PUBLISH`, or `SPUBLISH` on a cluster). Takes the next position, records it,
-/// forgets the oldest records past the bound (raising the floor), and
-/// publishes `<position>:<target>`. Returns the position.
+/// last purge in the epoch, scored by position), KEYS[3] the floor (the
+/// latest position the log forgot); ARGV[1] the target (17 bytes), ARGV[2]
+/// the most records kept, ARGV[3] the purge channel, ARGV[4] the command
+/// that publishes (`PUBLISH`, or `SPUBLISH` on a cluster), ARGV[5..7] as
+/// [`sequence`] takes them. Takes the next position (in a new epoch if the
+/// sequence was lost), records it, forgets the oldest records past the
+/// bound (raising the floor), and publishes `<epoch>:<position>:<target>`.
+/// Returns `{epoch, position}`.
 pub(super) static PURGE_LOG: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local p = redis.call('INCR', KEYS[1])
+    Script::new(&format!(
+        r"{}
+          p = redis.call('HINCRBY', KEYS[1], 'p', 1)
           redis.call('ZADD', KEYS[2], p, ARGV[1])
           local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[2])
           if over > 0 then
@@ -137,35 +183,42 @@ pub(super) static PURGE_LOG: LazyLock<Script> = LazyLock::new(|| {
               redis.call('SET', KEYS[3], oldest[2])
             end
           end
-          redis.call(ARGV[4], ARGV[3], p .. ':' .. ARGV[1])
-          return p",
-    )
+          redis.call(ARGV[4], ARGV[3], e .. ':' .. p .. ':' .. ARGV[1])
+          return {{tonumber(e), p}}",
+        sequence(5)
+    ))
 });
 
 /// KEYS[1] the purge mark (a key's or a resource's), then for a key purge
-/// KEYS[2] its value and KEYS[3] its lease; ARGV[1] the purge's position,
-/// ARGV[2] how long the mark is kept, in ms. Marks the purge (so that
-/// `COMPLETE` stores no answer whose fill started before it) and deletes the
-/// key's value and lease (so that the old leader's completion fails its
-/// token check).
+/// KEYS[2] its value and KEYS[3] its lease; ARGV[1] the purge's position
+/// (`<epoch>:<position>`), ARGV[2] how long the mark is kept, in ms. Marks
+/// the purge, unless a later one is marked (so that `COMPLETE` stores no
+/// answer whose fill started before it), and deletes the key's value and
+/// lease (so that the old leader's completion fails its token check).
 pub(super) static PURGE_KEY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+    Script::new(&format!(
+        r"{POSITIONS}
+          if after(ARGV[1], redis.call('GET', KEYS[1])) then
             redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
           end
           if KEYS[2] then redis.call('DEL', KEYS[2], KEYS[3]) end
-          return 1",
-    )
+          return 1"
+    ))
 });
 
 /// KEYS[1] purge sequence, KEYS[2] purge log, KEYS[3] floor; ARGV[1] the
-/// position above which records are wanted. Returns `{sequence, floor,
-/// {target, position, ...}}`: with the records, every purge up to
-/// `sequence` is known.
+/// position above which records are wanted, ARGV[2..4] as [`sequence`]
+/// takes them. Returns `{epoch, sequence, floor, {target, position, ...}}`:
+/// with the records, every purge of the epoch up to `sequence` is known.
+/// In another epoch than the caller's, every record of it is returned.
 pub(super) static CATCH_UP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"return {tonumber(redis.call('GET', KEYS[1]) or '0'),
+    Script::new(&format!(
+        r"{}
+          local since = ARGV[1]
+          if tonumber(e) ~= mine then since = '0' end
+          return {{tonumber(e), p,
                   tonumber(redis.call('GET', KEYS[3]) or '0'),
-                  redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES')}",
-    )
+                  redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. since, '+inf', 'WITHSCORES')}}",
+        sequence(2)
+    ))
 });
