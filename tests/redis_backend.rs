@@ -98,7 +98,10 @@ async fn redis_keys_are_namespaced_hashed_and_hash_tagged() {
     let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     // The purge order, started at connect, is the namespace's, not the key's.
     keys.retain(|k| !k.contains("{purge}"));
-    assert_eq!(keys, vec![name.clone()]);
+    keys.sort();
+    // The value, and its resource's presence mark, on one slot.
+    let live = format!("shop:3:{{{}}}:live", tag(&name));
+    assert_eq!(keys, vec![name.clone(), live]);
     let ttl: i64 = redis::cmd("PTTL").arg(&name).query(&mut conn).unwrap();
     assert!(ttl > 0 && ttl <= 5000, "stored with its TTL, got {ttl}");
 }

@@ -26,6 +26,36 @@ pub struct MemoryBackend {
     /// Held while a purge takes its position and is recorded, so that
     /// positions are recorded in order.
     purging: Arc<Mutex<()>>,
+    /// The resources with an entry stored, and until when at the latest:
+    /// a write to any other needs no purge record.
+    live: Arc<Mutex<Live>>,
+}
+
+/// The resources with an entry stored (by digest), each with the latest
+/// expiry of its entries. Pruned of expired ones as it grows, so it holds
+/// about as many resources as the cache holds entries.
+#[derive(Debug, Default)]
+struct Live {
+    until: std::collections::HashMap<[u8; 16], Instant>,
+    prune_at: usize,
+}
+
+impl Live {
+    fn stored(&mut self, resource: [u8; 16], until: Instant) {
+        let at = self.until.entry(resource).or_insert(until);
+        *at = (*at).max(until);
+        if self.until.len() > self.prune_at {
+            let now = Instant::now();
+            self.until.retain(|_, until| *until > now);
+            self.prune_at = (self.until.len() * 2).max(4096);
+        }
+    }
+
+    fn has(&self, resource: &[u8; 16]) -> bool {
+        self.until
+            .get(resource)
+            .is_some_and(|until| *until > Instant::now())
+    }
 }
 
 #[derive(Clone)]
@@ -118,6 +148,7 @@ impl MemoryBackendBuilder {
             cache,
             log: Arc::new(PurgeLog::new(PurgeLog::MAX_RECORDS)),
             purging: Arc::default(),
+            live: Arc::default(),
         }
     }
 }
@@ -132,6 +163,7 @@ impl MemoryBackend {
     /// landed on during its fill), at once.
     pub(crate) fn insert(&self, key: &Key, entry: Entry, ttl: Duration) {
         if !ttl.is_zero() && self.log.purged(key, &entry).is_none() {
+            crate::sync::lock(&self.live).stored(key.resource_digest(), Instant::now() + ttl);
             self.cache.insert(key.clone(), Stored { entry, ttl });
         }
     }
@@ -207,6 +239,15 @@ impl Leases for MemoryBackend {
 /// there is nobody to tell.
 impl Invalidation for MemoryBackend {
     fn purge<'a>(&'a self, purge: &'a Purge) -> BackendFuture<'a, Purged> {
+        if let Purge::Written(key) = purge {
+            // Nothing of the resource stored (the layer records the purge
+            // of a resource with a flight under way itself): nothing to
+            // purge, nothing recorded.
+            if !crate::sync::lock(&self.live).has(&key.resource_digest()) {
+                let position = self.log.position();
+                return Box::pin(std::future::ready(Ok(Purged::at(position, false))));
+            }
+        }
         let position = {
             let _order = crate::sync::lock(&self.purging);
             let position = self.log.latest() + 1;

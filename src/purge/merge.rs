@@ -10,6 +10,11 @@
 //! however many writes come.
 
 use super::{PurgeError, Purged, Target};
+
+/// What purges are merged by: the target, and whether the purge is a
+/// write's (which records nothing for a resource with nothing stored, so
+/// it may not stand in for a purge asked for by name).
+pub(crate) type Merged = (Target, bool);
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +23,7 @@ use std::sync::{Arc, Mutex};
 /// The targets with purges asked for and not yet done.
 #[derive(Default)]
 pub(crate) struct Merges {
-    targets: Mutex<HashMap<Target, Arc<Turns>>>,
+    targets: Mutex<HashMap<Merged, Arc<Turns>>>,
 }
 
 /// One target's purges, in turn.
@@ -35,7 +40,7 @@ struct Turns {
 impl Merges {
     /// Runs `purge` for `target`, or shares one that covers this call: a
     /// purge sent after this call began.
-    pub(crate) async fn purge<F>(&self, target: Target, purge: F) -> Result<Purged, PurgeError>
+    pub(crate) async fn purge<F>(&self, target: Merged, purge: F) -> Result<Purged, PurgeError>
     where
         F: Future<Output = Result<Purged, PurgeError>>,
     {
@@ -65,13 +70,13 @@ impl Merges {
 /// the last call leaves, whether it ended or was dropped.
 struct Turn<'a> {
     merges: &'a Merges,
-    target: Target,
+    target: Merged,
     /// Always `Some` but in `drop`, which lets go of it under the lock.
     turns: Option<Arc<Turns>>,
 }
 
 impl<'a> Turn<'a> {
-    fn join(merges: &'a Merges, target: Target) -> Self {
+    fn join(merges: &'a Merges, target: Merged) -> Self {
         let turns = crate::sync::lock(&merges.targets)
             .entry(target)
             .or_default()

@@ -133,6 +133,13 @@ pub enum Purge {
     Resource(Key),
     /// Every answer carrying this tag.
     Tag(Tag),
+    /// What a successful write changed: every answer of this key's
+    /// resource, as [`Resource`](Self::Resource) — but a resource with
+    /// nothing stored and no flight under way, in any process, is not
+    /// purged at all: nothing could be served from before the write, so
+    /// the purge records nothing (a flood of writes to URLs nobody read
+    /// fills no purge log, and leaves nothing in Redis).
+    Written(Key),
 }
 
 impl Purge {
@@ -140,7 +147,7 @@ impl Purge {
     pub(crate) fn target(&self) -> Target {
         match self {
             Purge::Key(key) => Target::key(key),
-            Purge::Resource(key) => Target::resource(key),
+            Purge::Resource(key) | Purge::Written(key) => Target::resource(key),
             Purge::Tag(tag) => Target::tag(tag.digest()),
         }
     }

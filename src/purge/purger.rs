@@ -46,7 +46,7 @@ impl<E> Purger<E> {
     /// of writes to one URL, say) wait for it, then share one more: each
     /// returns once a purge sent after it was asked for is done.
     pub async fn purge(&self, purge: Purge) -> Result<Purged, PurgeError> {
-        let target = purge.target();
+        let target = (purge.target(), matches!(purge, Purge::Written(_)));
         self.shared
             .merges
             .purge(target, self.purge_now(purge))
@@ -97,10 +97,19 @@ impl<E> Purger<E> {
         let shared = &self.shared;
         // Requests from now on start new flights; those waiting on the
         // detached ones still get their answers, which are not stored.
-        match &purge {
+        let detached = match &purge {
             Purge::Key(key) => shared.table.detach(|k| k == key),
-            Purge::Resource(key) => shared.table.detach(|k| k.resource() == key.resource()),
+            Purge::Resource(key) | Purge::Written(key) => {
+                shared.table.detach(|k| k.resource() == key.resource())
+            }
             Purge::Tag(_) => 0,
+        };
+        // A flight of the written resource under way here: its answer
+        // may be from before the write, and only a record keeps it from
+        // being stored.
+        let purge = match purge {
+            Purge::Written(key) if detached > 0 => Purge::Resource(key),
+            purge => purge,
         };
         let config = &shared.config;
         let purged =

@@ -186,7 +186,7 @@ async fn purges_of_one_target_asked_together_share_the_next_one_sent() {
         Ok(Purged::new(position, true))
     };
     let calls: Vec<_> = (0..10)
-        .map(|_| Box::pin(merges.purge(tag("t"), purge())))
+        .map(|_| Box::pin(merges.purge((tag("t"), false), purge())))
         .collect();
     let mut calls = futures_util::future::join_all(calls);
     // The first is sent; the nine after it wait for it.
@@ -205,8 +205,8 @@ async fn purges_of_one_target_asked_together_share_the_next_one_sent() {
     assert_eq!(merges.len(), 0, "the target is forgotten");
 
     // A call dropped while it waits leaves nothing behind either.
-    let first = merges.purge(tag("u"), purge());
-    let second = merges.purge(tag("u"), purge());
+    let first = merges.purge((tag("u"), false), purge());
+    let second = merges.purge((tag("u"), false), purge());
     let mut both = Box::pin(futures_util::future::join(first, second));
     assert!((&mut both).now_or_never().is_none());
     drop(both);

@@ -27,7 +27,7 @@ impl Write {
         let head = get_head(req.uri().clone(), req.version(), req.headers());
         if let Some(key) = keyed(shared, &head) {
             return Some(Self {
-                target: Purge::Resource(key),
+                target: Purge::Written(key),
                 head: Some(head),
             });
         }
@@ -37,7 +37,7 @@ impl Write {
         *req.method_mut() = method;
         let key = key?;
         Some(Self {
-            target: Purge::Resource(key),
+            target: Purge::Written(key),
             head: None,
         })
     }
@@ -63,7 +63,7 @@ impl Write {
             };
             let named = get_head(uri, head.version, &head.headers);
             if let Some(key) = keyed(shared, &named) {
-                let purge = Purge::Resource(key);
+                let purge = Purge::Written(key);
                 if !purges.contains(&purge) {
                     purges.push(purge);
                 }

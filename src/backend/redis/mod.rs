@@ -282,6 +282,7 @@ impl Store for RedisBackend {
                 .key(names.value())
                 .key(names.purged())
                 .key(names.resource_purged())
+                .key(names.live())
                 .arg(value.as_ref())
                 .arg(ms)
                 .arg(entry.fill_position().to_string())
@@ -319,9 +320,10 @@ impl Leases for RedisBackend {
                     .to_vec(),
                 None => Vec::new(),
             };
-            let taken: redis::Value = self
-                .names(key)
+            let names = self.names(key);
+            let taken: redis::Value = names
                 .leased(&TRY_LOCK)
+                .key(names.live())
                 .arg(token.as_str())
                 .arg(millis(lease)?)
                 .arg(stale)
@@ -359,8 +361,10 @@ impl Leases for RedisBackend {
     ) -> BackendFuture<'a, bool> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
+            let names = self.names(key);
             let renewed: i64 = RENEW
-                .key(self.lock_key(key))
+                .key(names.lock())
+                .key(names.live())
                 .arg(token.as_str())
                 .arg(millis(lease)?)
                 .invoke_async(&mut conn)
@@ -429,6 +433,7 @@ impl Leases for RedisBackend {
                 .leased(&COMPLETE)
                 .key(names.purged())
                 .key(names.resource_purged())
+                .key(names.live())
                 .arg(token.as_str())
                 .arg(value.as_ref())
                 .arg(ttl)
@@ -465,6 +470,20 @@ impl Invalidation for RedisBackend {
             let names = &self.purges.names;
             let mut conn = self.conn.clone();
             let log = &self.purges.log;
+            if let crate::Purge::Written(key) = purge {
+                // Nothing of the resource stored, and no lease on it, in
+                // any instance: nothing to purge, nothing recorded. A fill
+                // that takes its lease after this look reads the origin
+                // after the write.
+                let live: bool = redis::cmd("EXISTS")
+                    .arg(self.names(key).live())
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| BackendError::new("Redis purge failed", e))?;
+                if !live {
+                    return Ok(crate::Purged::at(log.position(), true));
+                }
+            }
             let mine = log.epoch();
             let (epoch, position): (u64, u64) = PURGE_LOG
                 .key(&names.sequence)
@@ -492,7 +511,7 @@ impl Invalidation for RedisBackend {
                     invocation.key(names.value()).key(names.lock());
                     Some(invocation)
                 }
-                crate::Purge::Resource(key) => {
+                crate::Purge::Resource(key) | crate::Purge::Written(key) => {
                     Some(PURGE_KEY.key(self.names(key).resource_purged()))
                 }
                 _ => None,

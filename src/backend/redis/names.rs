@@ -62,9 +62,20 @@ impl Names {
 
     /// The mark of the last purge of this key's resource: every variant.
     pub(super) fn resource_purged(&self) -> String {
-        // The prefix up to the hash tag's end, shared by every variant.
+        self.resource_name("purged")
+    }
+
+    /// A name of the key's resource, shared by every variant and method.
+    fn resource_name(&self, suffix: &str) -> String {
+        // The prefix up to the hash tag's end.
         let end = self.prefix.find("}:").map_or(self.prefix.len(), |i| i + 2);
-        format!("{}purged", &self.prefix[..end])
+        format!("{}{suffix}", &self.prefix[..end])
+    }
+
+    /// The presence mark of this key's resource: there while any of its
+    /// answers is stored or any of its flights holds a lease.
+    pub(super) fn live(&self) -> String {
+        self.resource_name("live")
     }
 
     /// `script` with this key's lease, value and pass mark as `KEYS[1]`,

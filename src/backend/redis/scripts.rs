@@ -24,6 +24,16 @@ local function after(a, b)
 end
 ";
 
+/// A resource's presence mark (`…{r}:live`): it exists while any answer of
+/// the resource is stored or any flight of it holds a lease, so that a write
+/// to a resource with neither costs no purge record. `live(name, ms)`
+/// makes it last at least `ms` more.
+const LIVE: &str = r"
+local function live(name, ms)
+  if redis.call('PTTL', name) < tonumber(ms) then redis.call('SET', name, '1', 'PX', ms) end
+end
+";
+
 /// The purge sequence (a hash: `e` its epoch, `p` its position), found lost
 /// and started again in a new epoch when it is missing, or behind what the
 /// caller saw: an older epoch, or the caller's epoch at a lower position (a
@@ -58,8 +68,9 @@ pub(super) static GET_FRESH: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS[1] lock, KEYS[2] value, KEYS[3] pass mark; ARGV[1] token, ARGV[2]
-/// lease in ms, ARGV[3] empty, or for a refresh the 8 bytes of the stale
+/// KEYS[1] lock, KEYS[2] value, KEYS[3] pass mark, KEYS[4] the resource's
+/// presence mark (kept at least a lease when the lease is taken); ARGV[1]
+/// token, ARGV[2] lease in ms, ARGV[3] empty, or for a refresh the 8 bytes of the stale
 /// value's stored time (bytes 7-14 of an encoded entry). Returns 1
 /// (acquired), 0 (held) or 2 (pass); for a refresh refused because another
 /// value is stored, `{3, value, its PTTL}`, so the near cache takes it in
@@ -70,20 +81,24 @@ pub(super) static GET_FRESH: LazyLock<Script> = LazyLock::new(|| {
 /// A lease already held with this token is the caller's (an earlier attempt
 /// of its whose reply was lost): acquired.
 pub(super) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
+    Script::new(&format!(
+        r"{LIVE}
+          if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
           if ARGV[3] == '' then
             if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
           else
             local v = redis.call('GET', KEYS[2])
             if v and string.sub(v, 8, 15) ~= ARGV[3] then
-              return {3, v, redis.call('PTTL', KEYS[2])}
+              return {{3, v, redis.call('PTTL', KEYS[2])}}
             end
           end
-          if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-          if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
-          return 0",
-    )
+          if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+             or redis.call('GET', KEYS[1]) == ARGV[1] then
+            live(KEYS[4], ARGV[2])
+            return 1
+          end
+          return 0"
+    ))
 });
 
 /// KEYS[1] value; ARGV[1] the bytes read. Deletes a value that did not decode,
@@ -95,18 +110,22 @@ pub(super) static DROP_BAD: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS[1] lock; ARGV[1] token, ARGV[2] lease in ms.
+/// KEYS[1] lock, KEYS[2] the resource's presence mark; ARGV[1] token,
+/// ARGV[2] lease in ms.
 pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+    Script::new(&format!(
+        r"{LIVE}
+          if redis.call('GET', KEYS[1]) == ARGV[1] then
+            live(KEYS[2], ARGV[2])
             return redis.call('PEXPIRE', KEYS[1], ARGV[2])
           end
-          return 0",
-    )
+          return 0"
+    ))
 });
 
 /// KEYS[1] lock, KEYS[2] value, KEYS[3] pass mark, KEYS[4] the key's purge
-/// mark, KEYS[5] its resource's; ARGV[1] token, ARGV[2] encoded entry,
+/// mark, KEYS[5] its resource's, KEYS[6] the resource's presence mark (kept
+/// as long as the stored value); ARGV[1] token, ARGV[2] encoded entry,
 /// ARGV[3] its TTL in ms (`0`: store nothing), ARGV[4] how long to mark the
 /// key pass-through in ms (`0`: no mark), ARGV[5] done channel, ARGV[6] the
 /// completion message, ARGV[7] `1` to delete the stored value (the key's
@@ -118,7 +137,7 @@ pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
 /// purge of the key or its resource came after its fill started).
 pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{POSITIONS}
+        r"{POSITIONS}{LIVE}
           if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
           local done = 1
           if ARGV[3] ~= '0' then
@@ -127,6 +146,7 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
               done = 2
             else
               redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+              live(KEYS[6], ARGV[3])
             end
           end
           if ARGV[4] ~= '0' then
@@ -141,8 +161,8 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// KEYS[1] value, KEYS[2] the key's purge mark, KEYS[3] its resource's;
-/// ARGV[1] encoded entry, ARGV[2] its TTL in ms, ARGV[3] the purge position
+/// KEYS[1] value, KEYS[2] the key's purge mark, KEYS[3] its resource's,
+/// KEYS[4] the resource's presence mark; ARGV[1] encoded entry, ARGV[2] its TTL in ms, ARGV[3] the purge position
 /// its fill started at, ARGV[4] done channel, ARGV[5] the completion
 /// message, ARGV[6] the command that publishes. Stores an answer made
 /// without a lease — unless a purge of the key or its resource came after
@@ -150,12 +170,13 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
 /// that instances waiting on the key hear of it at once. Returns 1.
 pub(super) static STORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{POSITIONS}
+        r"{POSITIONS}{LIVE}
           local filled = ARGV[3]
           if after(redis.call('GET', KEYS[2]), filled) or after(redis.call('GET', KEYS[3]), filled) then
             return 2
           end
           redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+          live(KEYS[4], ARGV[2])
           redis.call(ARGV[6], ARGV[4], ARGV[5])
           return 1"
     ))
