@@ -65,7 +65,7 @@ pin_project! {
         Leading { own: oneshot::Receiver<Own<B, Err>> },
         Following { #[pin] wait: Wait },
         // Boxed: rare, and the inner future may be large.
-        Passing { future: BoxFuture<'static, Result<Response<B>, Err>> },
+        Passing { future: BoxFuture<'static, Result<Response<CoalesceBody<B>>, Err>> },
         Done,
     }
 }
@@ -194,18 +194,23 @@ where
 
 /// Calls the inner service for this request alone, as its caller sent it.
 fn pass<S, E, ReqBody, ResBody>(
-    shared: &Shared<E>,
+    shared: &Arc<Shared<E>>,
     call: &mut Option<(Request<ReqBody>, S)>,
 ) -> State<ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
+    E: KeyExtractor<ReqBody>,
     ReqBody: Send + 'static,
 {
     let (mut req, inner) = call.take().expect("a follower passes only once");
     req.extensions_mut().insert(Outcome::Pass);
     bump(&shared.counters.origin_calls);
+    let grpc = crate::error::is_grpc(&req);
+    let shared = Arc::clone(shared);
     State::Passing {
-        future: Box::pin(inner.oneshot(req)),
+        future: Box::pin(
+            async move { crate::direct::bounded(&shared, inner.oneshot(req), grpc).await },
+        ),
     }
 }
 
@@ -245,9 +250,7 @@ where
                 StateProj::Passing { future } => {
                     let res = ready!(future.as_mut().poll(cx));
                     this.state.set(State::Done);
-                    return Poll::Ready(res.map(|res| {
-                        mark(res.map(CoalesceBody::inner), Outcome::Pass, header, None)
-                    }));
+                    return Poll::Ready(res.map(|res| mark(res, Outcome::Pass, header, None)));
                 }
                 StateProj::Done => panic!("Coalesced polled after completion"),
                 StateProj::Following { wait } => match ready!(wait.poll(cx)) {

@@ -33,6 +33,10 @@ pub enum FlightErrorKind {
     Panic,
     /// The follower waited longer than the configured wait timeout.
     WaitTimeout,
+    /// A request the layer sent on for its caller alone (bypassed, or
+    /// pass-through) got no answer within
+    /// [`direct_timeout`](crate::CoalesceConfig::direct_timeout).
+    OriginTimeout,
     /// The flight's task was stopped before it answered (the runtime is
     /// shutting down).
     Dropped,
@@ -56,7 +60,9 @@ impl FlightError {
         match self.kind {
             FlightErrorKind::Origin | FlightErrorKind::Body => http::StatusCode::BAD_GATEWAY,
             FlightErrorKind::Panic => http::StatusCode::INTERNAL_SERVER_ERROR,
-            FlightErrorKind::WaitTimeout => http::StatusCode::GATEWAY_TIMEOUT,
+            FlightErrorKind::WaitTimeout | FlightErrorKind::OriginTimeout => {
+                http::StatusCode::GATEWAY_TIMEOUT
+            }
             FlightErrorKind::Dropped => http::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -66,12 +72,12 @@ impl FlightError {
     /// The gRPC status code a gRPC follower's answer carries for this error:
     /// `UNAVAILABLE` (14) when the origin or its body failed or the flight was
     /// stopped, `INTERNAL` (13) for a panic, `DEADLINE_EXCEEDED` (4) at the
-    /// wait timeout.
+    /// wait timeout or the direct timeout.
     pub fn grpc_status(&self) -> u16 {
         match self.kind {
             FlightErrorKind::Origin | FlightErrorKind::Body | FlightErrorKind::Dropped => 14,
             FlightErrorKind::Panic => 13,
-            FlightErrorKind::WaitTimeout => 4,
+            FlightErrorKind::WaitTimeout | FlightErrorKind::OriginTimeout => 4,
         }
     }
 }
@@ -83,6 +89,7 @@ impl fmt::Display for FlightError {
             FlightErrorKind::Body => "the response body failed",
             FlightErrorKind::Panic => "the inner service panicked",
             FlightErrorKind::WaitTimeout => "timed out waiting for the flight",
+            FlightErrorKind::OriginTimeout => "timed out waiting for the inner service",
             FlightErrorKind::Dropped => "the flight was stopped",
         };
         write!(f, "{what}: {}", self.message)

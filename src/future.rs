@@ -47,8 +47,13 @@ pin_project! {
         Coalesced { #[pin] future: Coalesced<S, E, ReqBody, ResBody> },
         // `only-if-cached`, with nothing stored: a 504.
         NotCached,
-        // An unsafe request's answer, which purges its URL when it succeeds.
-        Purging { future: BoxFuture<'static, Result<Response<CoalesceBody<ResBody>>, S::Error>> },
+        // An answer made by a boxed future, marked `outcome`: an unsafe
+        // request's, which purges its URL when it succeeds, or a direct call
+        // bounded by the direct timeout.
+        Boxed {
+            future: BoxFuture<'static, Result<Response<CoalesceBody<ResBody>>, S::Error>>,
+            outcome: Outcome,
+        },
     }
 }
 
@@ -80,10 +85,31 @@ where
     }
 
     /// The inner service's own future, answering untouched, marked with
-    /// `outcome` (a bypass, or a pass for a key remembered as pass-through).
-    pub(crate) fn direct(future: S::Future, outcome: Outcome, marks: Option<Arc<Marks>>) -> Self {
+    /// `outcome` (a bypass, or a pass for a key remembered as pass-through),
+    /// and bounded by the direct timeout if one is set.
+    pub(crate) fn direct<E2>(
+        future: S::Future,
+        outcome: Outcome,
+        shared: &Arc<crate::shared::Shared<E2>>,
+        grpc: bool,
+    ) -> Self
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S::Future: Send + 'static,
+        E2: Send + Sync + 'static,
+        ResBody: Send + 'static,
+    {
+        let marks = shared.marks.clone();
+        if shared.config.direct_timeout.is_none() {
+            return Self {
+                kind: Kind::Direct { future, outcome },
+                marks,
+            };
+        }
+        let shared = shared.clone();
+        let future = Box::pin(async move { crate::direct::bounded(&shared, future, grpc).await });
         Self {
-            kind: Kind::Direct { future, outcome },
+            kind: Kind::Boxed { future, outcome },
             marks,
         }
     }
@@ -103,7 +129,7 @@ where
         future: S::Future,
         purger: crate::Purger<E2>,
         write: crate::purge::Write,
-        marks: Option<Arc<Marks>>,
+        grpc: bool,
     ) -> Self
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -111,23 +137,30 @@ where
         E2: KeyExtractor<ReqBody>,
         ResBody: Send + 'static,
     {
+        let marks = purger.shared.marks.clone();
         let future = Box::pin(async move {
-            let res = future.await?;
+            let res = crate::direct::bounded(&purger.shared, future, grpc).await?;
             let status = res.status();
-            if !(status.is_success() || status.is_redirection()) {
-                return Ok(res.map(CoalesceBody::inner));
+            // A write that timed out is no success: it purges nothing.
+            if !(status.is_success() || status.is_redirection())
+                || res.extensions().get::<crate::FlightError>().is_some()
+            {
+                return Ok(res);
             }
             let purges = purger.write_purges(write, res.headers());
             let purged =
                 futures_util::future::join_all(purges.into_iter().map(|p| purger.purge(p))).await;
             if purged.iter().all(Result::is_ok) {
-                return Ok(res.map(CoalesceBody::inner));
+                return Ok(res);
             }
             // Each failure was logged by the purger.
             Ok(purger.write_purge_failed(res))
         });
         Self {
-            kind: Kind::Purging { future },
+            kind: Kind::Boxed {
+                future,
+                outcome: Outcome::Bypass,
+            },
             marks,
         }
     }
@@ -183,9 +216,9 @@ where
                 )))
             }
             KindProj::Coalesced { future } => future.poll(cx),
-            KindProj::Purging { future } => {
+            KindProj::Boxed { future, outcome } => {
                 let res = ready!(future.as_mut().poll(cx))?;
-                Poll::Ready(Ok(mark(res, Outcome::Bypass, this.marks.as_deref(), None)))
+                Poll::Ready(Ok(mark(res, *outcome, this.marks.as_deref(), None)))
             }
             KindProj::NotCached => {
                 let body = Bytes::from_static(b"only-if-cached: no stored answer\n");

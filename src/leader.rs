@@ -14,9 +14,7 @@ use crate::fly::{fly, Brief, Flown};
 use crate::origin::{Origin, OriginBody, Own};
 use crate::shared::Shared;
 use crate::stats::bump;
-use crate::{
-    CoalesceBody, Entry, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome, WaitFallback,
-};
+use crate::{Entry, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome, WaitFallback};
 use futures_util::FutureExt;
 use http::Request;
 use std::panic::AssertUnwindSafe;
@@ -202,8 +200,9 @@ async fn run<S, E, ReqBody, ResBody>(
             if let Some(guard) = guard {
                 guard.land(Landing::Pass);
             }
-            let own = match AssertUnwindSafe(inner.oneshot(req)).catch_unwind().await {
-                Ok(own) => own.map(|res| (res.map(CoalesceBody::inner), Outcome::Pass)),
+            let call = crate::direct::bounded(&shared, inner.oneshot(req), grpc);
+            let own = match AssertUnwindSafe(call).catch_unwind().await {
+                Ok(own) => own.map(|res| (res, Outcome::Pass)),
                 Err(panic) => Ok((
                     panicked(&shared, &key, &*panic).into_response(grpc),
                     Outcome::Pass,

@@ -168,6 +168,7 @@ mod client;
 mod coalesced;
 mod conditions;
 mod config;
+mod direct;
 mod entry;
 mod error;
 mod flight;

@@ -93,14 +93,16 @@ where
         let Some(key) = key else {
             tracing::trace!("bypass: no key");
             bump(&shared.counters.bypasses);
+            let grpc = crate::error::is_grpc(&req);
             if shared.config.invalidate_on_unsafe && !req.method().is_safe() {
                 if let Some(write) = crate::purge::Write::of(shared, &mut req) {
                     let purger = crate::Purger::new(self.shared.clone());
                     let future = self.inner.call(req);
-                    return ResponseFuture::purging(future, purger, write, header);
+                    return ResponseFuture::purging(future, purger, write, grpc);
                 }
             }
-            return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Bypass, header);
+            let future = self.inner.call(req);
+            return ResponseFuture::direct(future, crate::Outcome::Bypass, &self.shared, grpc);
         };
         // What the request asks of the cache, if anything (`no-cache`,
         // `max-age`, `only-if-cached`...).
@@ -162,7 +164,9 @@ where
             // Untouched but for this mark: its conditions and range go to
             // the origin, and its answer to this caller alone.
             req.extensions_mut().insert(crate::Outcome::Pass);
-            return ResponseFuture::direct(self.inner.call(req), crate::Outcome::Pass, header);
+            let grpc = crate::error::is_grpc(&req);
+            let future = self.inner.call(req);
+            return ResponseFuture::direct(future, crate::Outcome::Pass, &self.shared, grpc);
         }
         let role = shared.table.join(&key);
         // The leader's task calls the inner service later, so it takes the

@@ -297,6 +297,10 @@ pub struct Stats {
     /// [`CoalesceConfig::write_purge_failure`](crate::CoalesceConfig::write_purge_failure)):
     /// other processes may serve what they changed until it expires.
     pub write_purge_failures: u64,
+    /// Requests sent on for their caller alone (bypassed, pass-through)
+    /// that got no answer within
+    /// [`direct_timeout`](crate::CoalesceConfig::direct_timeout).
+    pub origin_timeouts: u64,
 }
 
 /// One event count, and with the `metrics` feature the name under which it
@@ -392,6 +396,7 @@ counters!(
     purge_fenced,
     purge_reruns,
     write_purge_failures,
+    origin_timeouts,
 );
 
 /// Adds one to a counter (and to its `metrics` counter, with that feature).
@@ -461,6 +466,7 @@ mod tests {
             purge_fenced: 1,
             purge_reruns: 1,
             write_purge_failures: 1,
+            origin_timeouts: 1,
         };
         assert!(all.counters().iter().all(|(_, v)| *v == 1));
     }

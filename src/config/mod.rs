@@ -1,5 +1,6 @@
 //! [`CoalesceConfig`]: every setting of the layer, with its default.
 
+mod bounds;
 mod invalidation;
 mod lifecycle;
 
@@ -57,6 +58,7 @@ pub struct CoalesceConfig {
     pub(crate) client_directives: bool,
     pub(crate) max_body_bytes: usize,
     pub(crate) wait_timeout: Duration,
+    pub(crate) direct_timeout: Option<Duration>,
     pub(crate) wait_fallback: WaitFallback,
     pub(crate) complete_abandoned: bool,
     pub(crate) backend_timeout: Duration,
@@ -92,6 +94,7 @@ impl fmt::Debug for CoalesceConfig {
             .field("client_directives", &self.client_directives)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("wait_timeout", &self.wait_timeout)
+            .field("direct_timeout", &self.direct_timeout)
             .field("wait_fallback", &self.wait_fallback)
             .field("complete_abandoned", &self.complete_abandoned)
             .field("backend_timeout", &self.backend_timeout)
@@ -236,6 +239,7 @@ impl CoalesceConfig {
             client_directives: true,
             max_body_bytes: 1024 * 1024,
             wait_timeout: Duration::from_secs(30),
+            direct_timeout: None,
             wait_fallback: WaitFallback::GatewayTimeout,
             complete_abandoned: true,
             backend_timeout: Duration::from_millis(250),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 /// for it give their answers to the callers already waiting but do not
 /// store them, and requests that arrive after it start new flights.
 pub struct Purger<E = HttpKey> {
-    shared: Arc<Shared<E>>,
+    pub(crate) shared: Arc<Shared<E>>,
 }
 
 impl<E> Clone for Purger<E> {
@@ -71,12 +71,12 @@ impl<E> Purger<E> {
     /// [`CoalesceConfig::write_purge_failure`](crate::CoalesceConfig::write_purge_failure)).
     pub(crate) fn write_purge_failed<B>(
         &self,
-        res: http::Response<B>,
+        res: http::Response<crate::CoalesceBody<B>>,
     ) -> http::Response<crate::CoalesceBody<B>> {
         crate::stats::bump(&self.shared.counters.write_purge_failures);
         let failed = http::HeaderValue::from_static("failed");
         let mut res = match self.shared.config.write_purge_failure {
-            crate::WritePurgeFailure::Report => res.map(crate::CoalesceBody::inner),
+            crate::WritePurgeFailure::Report => res,
             crate::WritePurgeFailure::Fail => {
                 let text = "the write was applied, but the stored answers it changes could not be \
                             purged: other instances may serve them until they expire\n";
