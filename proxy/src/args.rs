@@ -2,7 +2,7 @@
 //! starts.
 
 use crate::forward::{Forwarding, Upstream};
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::Uri;
@@ -20,6 +20,9 @@ pub struct Args {
     pub redis: Option<String>,
     /// Or the Redis Cluster shared with them: some of its nodes' URLs.
     pub redis_cluster: Vec<String>,
+    /// The prefix of the Redis names, if not the backend's default
+    /// (`coalesce`): proxies share answers only within one namespace.
+    pub namespace: Option<String>,
     /// How long answers are kept, whatever the upstream says; zero only
     /// coalesces concurrent requests. `None`: as long as the upstream's
     /// `Cache-Control`/`Expires` say (RFC 9111), within `max_ttl`.
@@ -59,6 +62,9 @@ pub struct Args {
     about = "A coalescing reverse proxy: identical concurrent GET/HEAD requests cost the \
              upstream one call, across every instance that shares a Redis."
 )]
+// What sharing through Redis needs one of: `--namespace` means nothing
+// without it.
+#[command(group(ArgGroup::new("shared").args(["redis", "redis_cluster"])))]
 struct Cli {
     /// Where to listen, IP:PORT.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -81,6 +87,12 @@ struct Cli {
         conflicts_with = "redis"
     )]
     redis_cluster: Vec<String>,
+
+    /// Prefix every Redis name with NAME [default: coalesce]: only proxies
+    /// with the same namespace share flights and answers, so each site
+    /// sharing a Redis can have its own.
+    #[arg(long, value_name = "NAME", value_parser = namespace, requires = "shared")]
+    namespace: Option<String>,
 
     /// Keep answers for N milliseconds whatever the upstream says (0:
     /// coalesce only, store nothing). Without it, answers are kept as long
@@ -142,9 +154,9 @@ struct Cli {
     #[arg(long = "no-tag-header", conflicts_with = "tag_header")]
     no_tag_header: bool,
 
-    /// The host name clients use, sent as X-Forwarded-Host on every request;
-    /// keys then leave the client's Host out, so proxies reached by different
-    /// addresses share them.
+    /// The host name clients use, sent as X-Forwarded-Host on every request
+    /// and keyed in place of the client's Host, so proxies reached by
+    /// different addresses share keys.
     #[arg(long = "public-host", value_name = "HOST", value_parser = public_host)]
     public_host: Option<HeaderValue>,
 
@@ -228,6 +240,7 @@ impl From<Cli> for Args {
             upstream: cli.upstream,
             redis: cli.redis,
             redis_cluster: cli.redis_cluster,
+            namespace: cli.namespace,
             ttl: cli.ttl_ms.map(Duration::from_millis),
             default_ttl: Duration::from_millis(cli.default_ttl_ms),
             max_ttl: Duration::from_millis(cli.max_ttl_ms),
@@ -280,6 +293,15 @@ fn public_host(v: &str) -> Result<HeaderValue, String> {
         .filter(|a| !a.as_str().contains('@'))
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .ok_or_else(|| "expected a host name".to_owned())
+}
+
+/// What the Redis backend accepts as a namespace: `{` and `}` would break
+/// the hash tag that keeps a key's names in one cluster slot.
+fn namespace(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.contains(['{', '}']) {
+        return Err("expected a non-empty name without '{' or '}'".to_owned());
+    }
+    Ok(v.to_owned())
 }
 
 fn header_name(v: &str) -> Result<HeaderName, String> {

@@ -27,7 +27,7 @@ use tower_coalesce::Outcome;
 #[derive(Debug, Clone, Default)]
 pub struct Forwarding {
     /// The host name clients use: sent as `X-Forwarded-Host` on every
-    /// request, and the client's `Host` left out of the key.
+    /// request, and keyed in place of the client's `Host`.
     pub public_host: Option<HeaderValue>,
     /// Keep the forwarding headers clients send (a trusted load balancer
     /// sets them); by default they are dropped.

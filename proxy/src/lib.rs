@@ -35,7 +35,8 @@
 //! `Set-Cookie` are never shared (`bypass`, or `pass`). Start more proxies
 //! with the same `--redis redis://127.0.0.1:6379/ --ttl-ms 2000
 //! --public-host shop.example` and a burst spread over all of them still
-//! costs one upstream call. At shutdown it prints the layer's counters.
+//! costs one upstream call; proxies of other sites on that Redis take a
+//! `--namespace` of their own. At shutdown it prints the layer's counters.
 //!
 //! What the proxy does to messages:
 //! - Hop-by-hop headers (RFC 9110 §7.6.1) are removed in both directions:
@@ -52,11 +53,13 @@
 //!     dropped (anyone can send them), unless `--trust-forwarded` says a
 //!     trusted load balancer in front sets them; then `X-Forwarded-Host`,
 //!     `-Proto` and `-Port` are keyed.
-//!   - `Host` becomes the upstream's authority. `X-Forwarded-Host` is the
-//!     `--public-host` for every request, and requests are then keyed
-//!     without their authority, so that instances listening on different
-//!     addresses share keys; without `--public-host` it is the client's
-//!     `Host`, which is then in the key.
+//!   - `Host` becomes the upstream's authority, which is in every key: so
+//!     proxies of different upstreams sharing a Redis never share answers,
+//!     even when reached by one name. `X-Forwarded-Host` is the
+//!     `--public-host` for every request, and that name is then keyed in
+//!     place of the client's `Host`, so that instances listening on
+//!     different addresses share keys; without `--public-host` it is the
+//!     client's `Host`, which is then in the key.
 //!   - The client's address goes in `X-Forwarded-For` only on requests whose
 //!     answer the layer does not share (bypass and pass-through): the
 //!     request that leads a flight carries no per-client value.
@@ -67,22 +70,23 @@
 //! - An upstream that cannot be reached gives `502 Bad Gateway`.
 //!
 //! Coalescing shares one upstream answer among requests with the same key
-//! (method class, path and query, `Accept*` headers, and the forwarding
-//! headers above): an upstream whose answer depends on other request
+//! (method class, upstream, path and query, `Accept*` headers, and the
+//! forwarding headers above): an upstream whose answer depends on other request
 //! headers must say so with `Vary` or `Cache-Control: private`, which keeps
 //! the answer to its own caller.
 
 mod args;
 mod forward;
+mod key;
 mod purge;
 
 pub use args::Args;
 pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody};
+pub use key::{proxy_key, ProxyKey};
 
 use bytes::Bytes;
-use forward::{bad_request, forwardable_path, Upstream, BAD_TARGET, KEYED_FORWARDING};
+use forward::{bad_request, forwardable_path, Upstream, BAD_TARGET};
 use futures_util::future::{self, TryFutureExt};
-use http::header::HeaderName;
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -97,15 +101,18 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt};
 use tower_coalesce::{
-    CoalesceBody, CoalesceConfig, CoalesceLayer, CoalesceService, Freshness, HttpKey,
-    OriginFreshness, RedisBackend,
+    CoalesceBody, CoalesceConfig, CoalesceLayer, CoalesceService, Freshness, OriginFreshness,
+    RedisBackend,
 };
 
 /// The body of every response the proxy sends.
 pub type ProxyBody = Either<CoalesceBody<UpstreamBody>, Full<Bytes>>;
 
+/// The coalescing layer of a proxy: keyed by [`ProxyKey`].
+pub type ProxyLayer = CoalesceLayer<ProxyKey>;
+
 /// The coalescing layer the arguments describe: connects to Redis if asked.
-pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
+pub async fn layer(args: &Args) -> Result<ProxyLayer, String> {
     let freshness = match args.ttl {
         Some(ttl) => Freshness::Fixed(ttl),
         None => Freshness::Origin(
@@ -133,19 +140,25 @@ pub async fn layer(args: &Args) -> Result<CoalesceLayer, String> {
     if let Some(lease) = args.lease {
         config = config.lease(lease);
     }
-    if let Some(url) = &args.redis {
-        let backend = RedisBackend::connect(url.clone())
-            .await
-            .map_err(|e| format!("--redis {}: {e}", redact(url)))?;
-        config = config.backend(backend);
-    } else if !args.redis_cluster.is_empty() {
-        let backend = RedisBackend::connect_cluster(args.redis_cluster.clone())
+    let redis = match &args.redis {
+        Some(url) => Some(RedisBackend::builder(url.clone())),
+        None if !args.redis_cluster.is_empty() => {
+            Some(RedisBackend::cluster_builder(args.redis_cluster.clone()))
+        }
+        None => None,
+    };
+    if let Some(mut redis) = redis {
+        if let Some(namespace) = &args.namespace {
+            redis = redis.namespace(namespace.clone());
+        }
+        let backend = redis
+            .connect()
             .await
             .map_err(|e| format!("{}: {e}", args.redis_shown()))?;
         config = config.backend(backend);
     }
     CoalesceLayer::builder(config)
-        .extractor(proxy_key(&args.forwarding))
+        .extractor(proxy_key(&args.upstream, &args.forwarding))
         .build()
         .map_err(|e| e.to_string())
 }
@@ -160,46 +173,28 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-type CoalesceFuture = <CoalesceService<Forward, HttpKey> as Service<Request<Incoming>>>::Future;
+type CoalesceFuture = <CoalesceService<Forward, ProxyKey> as Service<Request<Incoming>>>::Future;
 
 /// Turns the layer's response into the proxy's.
 type IntoProxyBody = fn(Response<CoalesceBody<UpstreamBody>>) -> Response<ProxyBody>;
-
-/// The key the proxy coalesces by: [`HttpKey`]'s, so the authority (the
-/// client's `Host`, which reaches the upstream as `X-Forwarded-Host`) is in
-/// it — unless a public host name is set, which every request then sends
-/// instead; so every proxy instance shares keys whatever address it listens
-/// on. With trusted forwarding headers, those that describe the request
-/// rather than the client are keyed.
-pub fn proxy_key(forwarding: &Forwarding) -> HttpKey {
-    let mut key = HttpKey::new();
-    if forwarding.public_host.is_some() {
-        key = key.without_authority();
-    }
-    if forwarding.trust {
-        for name in KEYED_FORWARDING {
-            key = key.vary(HeaderName::from_static(name));
-        }
-    }
-    key
-}
 
 /// The whole proxy for one client connection: sends each request through
 /// the coalescing layer to [`Forward`], which prepares it for the upstream.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    inner: CoalesceService<Forward, HttpKey>,
-    layer: CoalesceLayer,
+    inner: CoalesceService<Forward, ProxyKey>,
+    layer: ProxyLayer,
     forward: Forward,
     purge: Option<purge::PurgeEndpoint>,
 }
 
 /// A proxy to `upstream` (`http://host:port`) through `layer`, which must
-/// key by [`proxy_key`] of the same `forwarding` (as [`layer`] does).
+/// key by [`proxy_key`] of the same `upstream` and `forwarding` (as
+/// [`layer`] does).
 pub fn proxy_service(
     upstream: Uri,
     forwarding: Forwarding,
-    layer: CoalesceLayer,
+    layer: ProxyLayer,
 ) -> Result<Proxy, String> {
     let upstream = Upstream::new(&upstream).map_err(|e| format!("upstream {upstream}: {e}"))?;
     let forward = Forward::new(upstream, forwarding);

@@ -13,7 +13,7 @@
 //! the backend could not record the purge. A `PURGE` never reaches the
 //! upstream while the entry point is on.
 
-use crate::ProxyBody;
+use crate::{ProxyBody, ProxyKey};
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -30,7 +30,7 @@ pub(crate) fn is_purge<B>(req: &Request<B>) -> bool {
 #[derive(Clone)]
 pub(crate) struct PurgeEndpoint {
     token: Arc<[u8]>,
-    purger: Purger,
+    purger: Purger<ProxyKey>,
 }
 
 impl std::fmt::Debug for PurgeEndpoint {
@@ -41,7 +41,7 @@ impl std::fmt::Debug for PurgeEndpoint {
 }
 
 impl PurgeEndpoint {
-    pub(crate) fn new(token: &str, purger: Purger) -> Self {
+    pub(crate) fn new(token: &str, purger: Purger<ProxyKey>) -> Self {
         Self {
             token: token.as_bytes().into(),
             purger,

@@ -173,7 +173,7 @@ async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_f
             .outcome_header("x-coalesce")
             .backend(RedisBackend::connect(server.url()).await.unwrap()),
     )
-    .extractor(coalesce_proxy::proxy_key(&forwarding))
+    .extractor(coalesce_proxy::proxy_key(&upstream, &forwarding))
     .build()
     .unwrap();
     let local = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -184,7 +184,7 @@ async fn a_leader_process_killed_mid_call_is_taken_over_and_no_waiting_request_f
 
     // Every proxy keys a client's `GET /gated` the same, whatever address
     // the client reached it by.
-    let key = coalesce_proxy::proxy_key(&forwarding)
+    let key = coalesce_proxy::proxy_key(&upstream, &forwarding)
         .extract(
             &Request::get("/gated")
                 .header(header::HOST, "any.example")
@@ -348,10 +348,13 @@ async fn a_leader_sent_sigterm_releases_its_lease_and_another_instance_takes_ove
         })
         .collect();
     // The staying proxy waits on the leaving one's lease.
-    let key = coalesce_proxy::proxy_key(&coalesce_proxy::Forwarding {
-        public_host: Some(http::HeaderValue::from_static("shop.example")),
-        trust: false,
-    })
+    let key = coalesce_proxy::proxy_key(
+        &upstream,
+        &coalesce_proxy::Forwarding {
+            public_host: Some(http::HeaderValue::from_static("shop.example")),
+            trust: false,
+        },
+    )
     .extract(&Request::get("/gated").body(Empty::<Bytes>::new()).unwrap())
     .unwrap();
     let channel = RedisBackend::connect(server.url())

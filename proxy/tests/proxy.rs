@@ -8,6 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::{self, any};
 use axum::Router;
 use bytes::Bytes;
+use coalesce_proxy::ProxyLayer;
 use coalesce_test_redis::RedisServer;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
@@ -20,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower_coalesce::CoalesceLayer;
 
 const SLOW_ANSWER: &str = "the slow answer";
 const CHUNK: usize = 64 * 1024;
@@ -206,14 +206,14 @@ async fn upstream() -> (Upstream, Uri) {
 
 /// Starts a proxy to `upstream` through `layer`, with the default handling
 /// of forwarding headers; returns its address.
-async fn start_proxy(upstream: &Uri, layer: CoalesceLayer) -> SocketAddr {
+async fn start_proxy(upstream: &Uri, layer: ProxyLayer) -> SocketAddr {
     start(upstream, coalesce_proxy::Forwarding::default(), layer).await
 }
 
 async fn start(
     upstream: &Uri,
     forwarding: coalesce_proxy::Forwarding,
-    layer: CoalesceLayer,
+    layer: ProxyLayer,
 ) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -231,14 +231,14 @@ fn args_from(upstream: &Uri, args: &[&str]) -> coalesce_proxy::Args {
 
 /// The layer the command line `args` (after `--upstream`) would build; for
 /// [`start_proxy`], so without forwarding flags.
-async fn layer_from(upstream: &Uri, args: &[&str]) -> CoalesceLayer {
+async fn layer_from(upstream: &Uri, args: &[&str]) -> ProxyLayer {
     let args = args_from(upstream, args);
     assert!(args.forwarding.public_host.is_none() && !args.forwarding.trust);
     coalesce_proxy::layer(&args).await.unwrap()
 }
 
 /// Starts the proxy the command line `args` (after `--upstream`) describes.
-async fn proxy_from(upstream: &Uri, args: &[&str]) -> (SocketAddr, CoalesceLayer) {
+async fn proxy_from(upstream: &Uri, args: &[&str]) -> (SocketAddr, ProxyLayer) {
     let args = args_from(upstream, args);
     let layer = coalesce_proxy::layer(&args).await.unwrap();
     (

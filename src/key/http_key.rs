@@ -2,7 +2,7 @@
 
 use super::{put_len, put_part, Key, KeyExtractor};
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderName, Method, Request};
+use http::{header, HeaderName, HeaderValue, Method, Request};
 
 /// The default extractor: scheme, authority, path and query as the
 /// resource, and the values of the request headers that vary the answer as
@@ -41,7 +41,18 @@ use http::{header, HeaderName, Method, Request};
 #[derive(Debug, Clone)]
 pub struct HttpKey {
     vary: Vec<HeaderName>,
-    authority: bool,
+    authority: Authority,
+}
+
+/// What the key holds for the scheme and authority.
+#[derive(Debug, Clone)]
+enum Authority {
+    /// The request's: its target's, or its `Host` for an origin-form target.
+    Request,
+    /// This value, whatever the request names, and no scheme.
+    Fixed(HeaderValue),
+    /// Nothing.
+    Left,
 }
 
 impl Default for HttpKey {
@@ -59,7 +70,7 @@ impl HttpKey {
                 header::ACCEPT_ENCODING,
                 header::ACCEPT_LANGUAGE,
             ],
-            authority: true,
+            authority: Authority::Request,
         }
     }
 
@@ -72,7 +83,38 @@ impl HttpKey {
     /// must keep the authority in the key, or one site's page is served for
     /// another's.
     pub fn without_authority(mut self) -> Self {
-        self.authority = false;
+        self.authority = Authority::Left;
+        self
+    }
+
+    /// Keys `authority` in place of the request's scheme and authority:
+    /// every request is keyed as if it named that host, whatever its target
+    /// or `Host` say. For a service reached under several names or
+    /// addresses that answers as one site, which `authority` names: its
+    /// instances share keys, as with
+    /// [`without_authority`](Self::without_authority), while another
+    /// service keyed with another name never shares them, even through one
+    /// backend.
+    ///
+    /// ```
+    /// use tower_coalesce::{HttpKey, KeyExtractor};
+    /// use http::{header, HeaderValue, Request};
+    /// use http_body_util::Empty;
+    ///
+    /// let req = |host: &str| {
+    ///     Request::get("/products/7")
+    ///         .header(header::HOST, host)
+    ///         .body(Empty::<bytes::Bytes>::new())
+    ///         .unwrap()
+    /// };
+    /// let shop = HttpKey::new().authority(HeaderValue::from_static("shop.example"));
+    /// let blog = HttpKey::new().authority(HeaderValue::from_static("blog.example"));
+    /// let (a, b) = (req("10.0.0.1:8080"), req("10.0.0.2:8080"));
+    /// assert_eq!(shop.extract(&a), shop.extract(&b));
+    /// assert_ne!(shop.extract(&a), blog.extract(&a));
+    /// ```
+    pub fn authority(mut self, authority: HeaderValue) -> Self {
+        self.authority = Authority::Fixed(authority);
         self
     }
 
@@ -101,15 +143,17 @@ impl HttpKey {
     }
 
     fn put_resource(&self, buf: &mut BytesMut, uri: &http::Uri, host: Option<&[u8]>) {
-        let (scheme, authority) = if self.authority {
-            let authority = uri
-                .authority()
-                .map(|a| a.as_str().as_bytes())
-                .or(host)
-                .unwrap_or_default();
-            (uri.scheme_str().unwrap_or_default().as_bytes(), authority)
-        } else {
-            (&b""[..], &b""[..])
+        let (scheme, authority) = match &self.authority {
+            Authority::Request => {
+                let authority = uri
+                    .authority()
+                    .map(|a| a.as_str().as_bytes())
+                    .or(host)
+                    .unwrap_or_default();
+                (uri.scheme_str().unwrap_or_default().as_bytes(), authority)
+            }
+            Authority::Fixed(authority) => (&b""[..], authority.as_bytes()),
+            Authority::Left => (&b""[..], &b""[..]),
         };
         put_part(buf, scheme);
         put_part(buf, authority);

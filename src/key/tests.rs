@@ -56,6 +56,33 @@ fn without_authority_names_by_any_host_share_a_key() {
 }
 
 #[test]
+fn a_fixed_authority_is_keyed_in_place_of_whatever_the_request_names() {
+    let named = |name: &'static str| HttpKey::new().authority(http::HeaderValue::from_static(name));
+    let shop = named("shop.example");
+    let k = |ext: &HttpKey, req: http::request::Builder| {
+        ext.extract(&req.body(Full::new(Bytes::new())).unwrap())
+    };
+    let by_host = k(&shop, get("/a").header("host", "127.0.0.1:3001"));
+    assert!(by_host.is_some());
+    assert_eq!(
+        by_host,
+        k(&shop, get("/a").header("host", "127.0.0.1:3002"))
+    );
+    assert_eq!(by_host, k(&shop, get("http://other.example/a")));
+    assert_eq!(by_host, k(&shop, get("/a")));
+    // The name is in the key: another one, or none, is another key.
+    assert_ne!(by_host, k(&named("blog.example"), get("/a")));
+    let bare = HttpKey::new().without_authority();
+    assert_ne!(by_host, k(&bare, get("/a")));
+    // The rest of the key stays, and purges find it from any URL.
+    assert_ne!(by_host, k(&shop, get("/b")));
+    assert_eq!(
+        by_host.unwrap().resource(),
+        &shop.resource(&"http://anything.example/a".parse().unwrap())[..]
+    );
+}
+
+#[test]
 fn varying_headers_are_in_the_key_and_others_are_not() {
     assert_ne!(
         key(get("/a").header("accept", "text/html")),

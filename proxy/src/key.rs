@@ -1,0 +1,71 @@
+//! What the proxy coalesces by: [`HttpKey`]'s key, scoped by the upstream
+//! and by the name the site is reached by, so that proxies of different
+//! sites sharing one Redis never share answers.
+
+use crate::forward::{Forwarding, KEYED_FORWARDING};
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{Request, Uri};
+use tower_coalesce::{HttpKey, Key, KeyExtractor};
+
+/// The key the proxy coalesces by: [`HttpKey`]'s, with the upstream's
+/// authority in front of its resource (built by [`proxy_key`]).
+///
+/// The upstream is keyed because two proxies of different upstreams may
+/// share one Redis and be reached by the same name (the `--public-host`, or
+/// one balancer's host name): the name alone would have one serve the
+/// other's pages.
+#[derive(Debug, Clone)]
+pub struct ProxyKey {
+    http: HttpKey,
+    upstream: Bytes,
+}
+
+/// The key for a proxy to `upstream`: [`HttpKey`]'s, so the authority (the
+/// client's `Host`, which reaches the upstream as `X-Forwarded-Host`) is in
+/// it — unless a public host name is set, which every request then sends
+/// instead and is keyed in its place; so every proxy instance shares keys
+/// whatever address it listens on. The upstream's authority is keyed in
+/// either case. With trusted forwarding headers, those that describe the
+/// request rather than the client are keyed.
+pub fn proxy_key(upstream: &Uri, forwarding: &Forwarding) -> ProxyKey {
+    let mut http = HttpKey::new();
+    if let Some(public_host) = &forwarding.public_host {
+        http = http.authority(public_host.clone());
+    }
+    if forwarding.trust {
+        for name in KEYED_FORWARDING {
+            http = http.vary(HeaderName::from_static(name));
+        }
+    }
+    let upstream = upstream.authority().map_or_else(Bytes::new, |a| {
+        Bytes::copy_from_slice(a.as_str().as_bytes())
+    });
+    ProxyKey { http, upstream }
+}
+
+impl ProxyKey {
+    /// `key` with the upstream in front of its resource; each part framed
+    /// by its length, so no upstream name and resource can spell another
+    /// pair.
+    fn scoped(&self, key: Key) -> Key {
+        Key::from_parts([&self.upstream[..], key.resource()]).with_variant([key.variant()])
+    }
+}
+
+impl<B> KeyExtractor<B> for ProxyKey
+where
+    HttpKey: KeyExtractor<B>,
+{
+    fn keys_header(&self, name: &HeaderName) -> bool {
+        KeyExtractor::<B>::keys_header(&self.http, name)
+    }
+
+    fn extract(&self, req: &Request<B>) -> Option<Key> {
+        self.http.extract(req).map(|key| self.scoped(key))
+    }
+
+    fn extract_head(&self, head: &http::request::Parts) -> Option<Key> {
+        KeyExtractor::<B>::extract_head(&self.http, head).map(|key| self.scoped(key))
+    }
+}

@@ -1,0 +1,227 @@
+//! Requests and deployments that try to make the proxy serve one origin's
+//! or one variant's answer for another: each over real TCP, with upstreams
+//! that are plain sockets answering what they were asked.
+
+use bytes::Bytes;
+use coalesce_test_redis::RedisServer;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A request head as an upstream received it: header names in lower case.
+type Head = Vec<(String, String)>;
+
+/// An upstream on a loopback port of its own: one request per connection,
+/// answered `200` with the body `answer` makes of the request's head, kept
+/// a minute (`Cache-Control: max-age=60`). Returns its URL and how many
+/// requests it has answered.
+async fn upstream(answer: fn(&Head) -> String) -> (Uri, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("http://{}", listener.local_addr().unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let calls = counted.clone();
+            tokio::spawn(async move {
+                let Some(head) = read_head(&mut stream).await else {
+                    return;
+                };
+                calls.fetch_add(1, Ordering::SeqCst);
+                let body = answer(&parse_head(&head));
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\n\
+                     content-type: text/plain\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (uri.parse().unwrap(), calls)
+}
+
+/// Reads up to the end of a message head; `None` if the peer closed first.
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The header lines of a head (the start line skipped).
+fn parse_head(head: &str) -> Head {
+    head.split("\r\n")
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Starts the proxy the command line `args` describes in front of
+/// `upstream`; returns its address.
+async fn proxy(upstream: &Uri, args: &[&str]) -> SocketAddr {
+    let argv = ["--upstream".to_owned(), upstream.to_string()]
+        .into_iter()
+        .chain(args.iter().map(|a| a.to_string()));
+    let args = coalesce_proxy::Args::parse(argv).unwrap();
+    let layer = coalesce_proxy::layer(&args).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = coalesce_proxy::proxy_service(upstream.clone(), args.forwarding, layer).unwrap();
+    tokio::spawn(coalesce_proxy::serve(listener, svc, std::future::pending()));
+    addr
+}
+
+/// What the proxy answered: status, outcome header and body.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    outcome: String,
+    body: String,
+}
+
+/// A `GET` of `path` through the proxy at `addr`, with `headers`; bounded.
+async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let exchange = async {
+        let res = client.request(req.body(Full::default()).unwrap()).await;
+        let (head, body) = res.unwrap().into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: head.status,
+            outcome: head
+                .headers
+                .get("x-coalesce")
+                .map_or("<none>".into(), |v| v.to_str().unwrap().to_owned()),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("no answer within 20 s")
+}
+
+/// Answers with the name of the upstream: which one answered shows in the
+/// body.
+fn upstream_a(_: &Head) -> String {
+    "upstream a".to_owned()
+}
+
+/// The other upstream.
+fn upstream_b(_: &Head) -> String {
+    "upstream b".to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_of_different_upstreams_on_one_redis_under_one_public_host_serve_their_own_pages() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args = ["--redis", &url, "--public-host", "shop.example"];
+    let (a, a_calls) = upstream(upstream_a).await;
+    let (b, b_calls) = upstream(upstream_b).await;
+    let (to_a, to_b) = (proxy(&a, &args).await, proxy(&b, &args).await);
+
+    let first = get(to_a, "/page", &[]).await;
+    assert_eq!(
+        (first.status, first.outcome.as_str(), first.body.as_str()),
+        (StatusCode::OK, "leader", "upstream a")
+    );
+    let other = get(to_b, "/page", &[]).await;
+    assert_eq!(other.body, "upstream b", "{other:?}");
+    assert_eq!(other.outcome, "leader");
+    // Each proxy still shares with itself.
+    assert_eq!(get(to_a, "/page", &[]).await.body, "upstream a");
+    assert_eq!(get(to_b, "/page", &[]).await.body, "upstream b");
+    assert_eq!(a_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(b_calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_of_different_upstreams_on_one_redis_reached_by_one_host_serve_their_own_pages() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (a, _) = upstream(upstream_a).await;
+    let (b, _) = upstream(upstream_b).await;
+    let to_a = proxy(&a, &["--redis", &url]).await;
+    let to_b = proxy(&b, &["--redis", &url]).await;
+    // One name for both, as behind a balancer that routes by path.
+    let host = [("host", "shop.example")];
+
+    assert_eq!(get(to_a, "/page", &host).await.body, "upstream a");
+    let other = get(to_b, "/page", &host).await;
+    assert_eq!(
+        (other.outcome.as_str(), other.body.as_str()),
+        ("leader", "upstream b")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_in_different_namespaces_share_nothing_and_each_writes_under_its_own() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (a, a_calls) = upstream(upstream_a).await;
+    let shared = ["--redis", &url, "--public-host", "shop.example"];
+    let in_ns = |ns: &'static str| {
+        let mut args = shared.to_vec();
+        args.extend(["--namespace", ns]);
+        args
+    };
+    let one = proxy(&a, &in_ns("shop-one")).await;
+    let two = proxy(&a, &in_ns("shop-two")).await;
+    let also_one = proxy(&a, &in_ns("shop-one")).await;
+
+    assert_eq!(get(one, "/page", &[]).await.outcome, "leader");
+    assert_eq!(get(two, "/page", &[]).await.outcome, "leader");
+    assert_eq!(get(also_one, "/page", &[]).await.outcome, "hit");
+    assert_eq!(a_calls.load(Ordering::SeqCst), 2);
+
+    let mut conn = redis.conn();
+    let mut names = |pattern: &str| -> Vec<String> {
+        redis::cmd("KEYS").arg(pattern).query(&mut conn).unwrap()
+    };
+    let (mine, theirs, default) = (
+        names("shop-one:*"),
+        names("shop-two:*"),
+        names("coalesce:*"),
+    );
+    assert!(
+        !mine.is_empty() && !theirs.is_empty(),
+        "{mine:?} {theirs:?}"
+    );
+    assert!(default.is_empty(), "{default:?}");
+
+    // A namespace means nothing without a Redis, and must be one.
+    let parse = |args: &[&str]| {
+        let argv = ["--upstream", "http://h:1"].iter().chain(args);
+        coalesce_proxy::Args::parse(argv.copied())
+    };
+    let redis_url = "redis://127.0.0.1:6379/";
+    assert!(parse(&["--namespace", "shop"]).is_err());
+    assert!(parse(&["--redis", redis_url, "--namespace", ""]).is_err());
+    assert!(parse(&["--redis", redis_url, "--namespace", "a{b}"]).is_err());
+    let ok = parse(&["--redis-cluster", redis_url, "--namespace", "shop"]).unwrap();
+    assert_eq!(ok.namespace.as_deref(), Some("shop"));
+    assert_eq!(parse(&["--redis", redis_url]).unwrap().namespace, None);
+}
