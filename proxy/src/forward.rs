@@ -155,6 +155,9 @@ impl Forward {
         let shared = req.extensions().get::<Outcome>() == Some(&Outcome::Leader);
         let forwarding = &*self.forwarding;
         let headers = req.headers_mut();
+        // `Proxy` strips them before the layer keys the request; again
+        // here so that nothing else that sends through `Forward` lets them
+        // through.
         strip_hop_by_hop(headers);
         headers.append(header::VIA, via);
         if !forwarding.trust {

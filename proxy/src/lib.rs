@@ -31,8 +31,8 @@
 //! shows it in its log, one line per request it received). With
 //! `--ttl-ms 2000` requests within 2 s of the answer are `hit`s and reach no
 //! upstream at all. `POST` and other unsafe methods, requests with
-//! `Authorization`, `Proxy-Authorization` or `Cookie`, and answers with
-//! `Set-Cookie` are never shared (`bypass`, or `pass`). Start more proxies
+//! `Authorization` or `Cookie`, and answers with `Set-Cookie` are never
+//! shared (`bypass`, or `pass`). Start more proxies
 //! with the same `--redis redis://127.0.0.1:6379/ --ttl-ms 2000
 //! --public-host shop.example` and a burst spread over all of them still
 //! costs one upstream call; proxies of other sites on that Redis take a
@@ -43,7 +43,10 @@
 //!   `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
 //!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authenticate`
 //!   and `Proxy-Authorization` (the credentials are for this proxy, which asks
-//!   for none). So protocol upgrades (WebSocket) are not proxied.
+//!   for none). So protocol upgrades (WebSocket) are not proxied. A
+//!   request loses them before it is keyed: what the upstream is not told
+//!   is not in the key (so `Proxy-Authorization` does not keep an answer
+//!   private either).
 //! - Requests get `Via: 1.1 tower-coalesce`, which RFC 9110 §7.6.3 requires of
 //!   a gateway.
 //! - Every request header that reaches the upstream is in the key, or is set
@@ -244,13 +247,17 @@ impl Service<Request<Incoming>> for Proxy {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         // Checked before the layer: a target with no path has no key to
         // coalesce by and nothing to forward.
         if forwardable_path(req.uri()).is_none() {
             let res = bad_request(BAD_TARGET).map(Either::Right);
             return future::Either::Left(future::Either::Left(future::ready(Ok(res))));
         }
+        // Before the layer keys the request: a keyed header that
+        // `Connection` names never reaches the upstream, so a key holding
+        // it would name an answer made without it.
+        strip_hop_by_hop(req.headers_mut());
         if let (Some(endpoint), true) = (&self.purge, purge::is_purge(&req)) {
             let endpoint = endpoint.clone();
             let (head, _body) = req.into_parts();

@@ -18,6 +18,13 @@ use tokio::net::{TcpListener, TcpStream};
 /// A request head as an upstream received it: header names in lower case.
 type Head = Vec<(String, String)>;
 
+/// The value of the header `name` in `head`, or `-`.
+fn header<'a>(head: &'a Head, name: &str) -> &'a str {
+    head.iter()
+        .find(|(n, _)| n == name)
+        .map_or("-", |(_, v)| v.as_str())
+}
+
 /// An upstream on a loopback port of its own: one request per connection,
 /// answered `200` with the body `answer` makes of the request's head, kept
 /// a minute (`Cache-Control: max-age=60`). Returns its URL and how many
@@ -224,4 +231,33 @@ async fn proxies_in_different_namespaces_share_nothing_and_each_writes_under_its
     let ok = parse(&["--redis-cluster", redis_url, "--namespace", "shop"]).unwrap();
     assert_eq!(ok.namespace.as_deref(), Some("shop"));
     assert_eq!(parse(&["--redis", redis_url]).unwrap().namespace, None);
+}
+
+/// Answers with the `Accept-Language` it received.
+fn language(head: &Head) -> String {
+    format!("language {}", header(head, "accept-language"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_header_named_by_connection_is_removed_before_the_request_is_keyed() {
+    let (up, _) = upstream(language).await;
+    let addr = proxy(&up, &[]).await;
+    // `Connection` makes `Accept-Language` hop-by-hop: the upstream never
+    // sees it, so the answer it makes is not the `fr` one.
+    let hidden = [("accept-language", "fr"), ("connection", "accept-language")];
+    let first = get(addr, "/page", &hidden).await;
+    assert_eq!(first.body, "language -");
+
+    let french = get(addr, "/page", &[("accept-language", "fr")]).await;
+    assert_eq!(
+        (french.outcome.as_str(), french.body.as_str()),
+        ("leader", "language fr"),
+        "a plain `fr` request got the answer made without Accept-Language"
+    );
+    // The answer made without the header is the one for requests without it.
+    let plain = get(addr, "/page", &[]).await;
+    assert_eq!(
+        (plain.outcome.as_str(), plain.body.as_str()),
+        ("hit", "language -")
+    );
 }
