@@ -239,6 +239,26 @@ pub(crate) fn forwardable_path(uri: &Uri) -> Option<&http::uri::PathAndQuery> {
         .filter(|pq| pq.as_str().starts_with('/'))
 }
 
+/// Rewrites an absolute-form request (`GET http://host/path`) into origin
+/// form, its `Host` replaced by the target's authority: RFC 9112 §3.2.2
+/// has that authority win over any `Host` received, and the key, the
+/// `X-Forwarded-Host` the upstream is told and purges must all see that one
+/// host. Returns why not when the target has no path or its authority
+/// makes no `Host`.
+pub(crate) fn into_origin_form<B>(req: &mut Request<B>) -> Result<(), &'static str> {
+    let Some(authority) = req.uri().authority() else {
+        return Ok(());
+    };
+    // Userinfo is no part of a host (RFC 9110 §4.2.4).
+    let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+    let host = HeaderValue::from_str(host)
+        .map_err(|_| "bad request: the target's authority is not a host\n")?;
+    let path = forwardable_path(req.uri()).ok_or(BAD_TARGET)?.clone();
+    req.headers_mut().insert(header::HOST, host);
+    *req.uri_mut() = Uri::from(path);
+    Ok(())
+}
+
 pub(crate) fn bad_request(message: &'static str) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::from(message));
     *res.status_mut() = StatusCode::BAD_REQUEST;

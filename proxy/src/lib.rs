@@ -56,6 +56,11 @@
 //!     dropped (anyone can send them), unless `--trust-forwarded` says a
 //!     trusted load balancer in front sets them; then `X-Forwarded-Host`,
 //!     `-Proto` and `-Port` are keyed.
+//!   - A request whose target is in absolute form (`GET http://host/path`)
+//!     becomes the origin-form request for that host before it is keyed:
+//!     the target's authority replaces any `Host` it carries (RFC 9112
+//!     §3.2.2), so the key and the upstream's `X-Forwarded-Host` name the
+//!     same host, and it shares its key with that host's other requests.
 //!   - `Host` becomes the upstream's authority, which is in every key: so
 //!     proxies of different upstreams sharing a Redis never share answers,
 //!     even when reached by one name. `X-Forwarded-Host` is the
@@ -88,7 +93,7 @@ pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody};
 pub use key::{proxy_key, ProxyKey};
 
 use bytes::Bytes;
-use forward::{bad_request, forwardable_path, Upstream, BAD_TARGET};
+use forward::{bad_request, forwardable_path, into_origin_form, Upstream, BAD_TARGET};
 use futures_util::future::{self, TryFutureExt};
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
@@ -252,6 +257,13 @@ impl Service<Request<Incoming>> for Proxy {
         // coalesce by and nothing to forward.
         if forwardable_path(req.uri()).is_none() {
             let res = bad_request(BAD_TARGET).map(Either::Right);
+            return future::Either::Left(future::Either::Left(future::ready(Ok(res))));
+        }
+        // Before the layer keys the request too: keyed by the target's
+        // authority, it must not reach the upstream as a request for the
+        // `Host` it also carries.
+        if let Err(message) = into_origin_form(&mut req) {
+            let res = bad_request(message).map(Either::Right);
             return future::Either::Left(future::Either::Left(future::ready(Ok(res))));
         }
         // Before the layer keys the request: a keyed header that

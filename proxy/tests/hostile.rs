@@ -261,3 +261,74 @@ async fn a_keyed_header_named_by_connection_is_removed_before_the_request_is_key
         ("hit", "language -")
     );
 }
+
+/// Answers with the host the upstream was told the client asked for.
+fn forwarded_host(head: &Head) -> String {
+    format!("made for {}", header(head, "x-forwarded-host"))
+}
+
+/// Sends `GET <target> HTTP/1.1` with `Host: <host>` on a connection of its
+/// own, as no HTTP client library does for a reverse proxy; returns the
+/// answer's outcome header and body.
+async fn raw_get(addr: SocketAddr, target: &str, host: &str) -> (String, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        String::from_utf8(raw).unwrap()
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("no answer within 20 s");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a whole head");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let head = parse_head(head);
+    let body = if header(&head, "transfer-encoding") == "chunked" {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (header(&head, "x-coalesce").to_owned(), body)
+}
+
+/// The content of a chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").expect("a chunk size");
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_targets_authority_replaces_host_for_the_key_and_the_upstream() {
+    let (up, calls) = upstream(forwarded_host).await;
+    let addr = proxy(&up, &[]).await;
+
+    let (outcome, body) = raw_get(addr, "http://victim.example/x", "evil.example").await;
+    assert_eq!(
+        (outcome.as_str(), body.as_str()),
+        ("leader", "made for victim.example"),
+        "the upstream was told another host than the one keyed"
+    );
+    // Every way of naming victim.example gets the answer made for it.
+    for (target, host) in [
+        ("http://victim.example/x", "victim.example"),
+        ("/x", "victim.example"),
+    ] {
+        let (outcome, body) = raw_get(addr, target, host).await;
+        assert_eq!(body, "made for victim.example", "{target} with Host {host}");
+        assert_eq!(outcome, "hit", "{target} with Host {host}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The host the client named alone is its own.
+    let (_, evil) = raw_get(addr, "/x", "evil.example").await;
+    assert_eq!(evil, "made for evil.example");
+}
