@@ -52,6 +52,11 @@ pub struct Args {
     pub forwarding: Forwarding,
     /// On `SIGTERM` or Ctrl-C, how long requests in flight get to finish.
     pub shutdown_grace: Duration,
+    /// How long the upstream may take to answer a request the proxy does
+    /// not coalesce (the layer's `direct_timeout`).
+    pub upstream_timeout: Duration,
+    /// Whether successful unsafe requests purge their URL (RFC 9111 §4.4).
+    pub invalidate_on_unsafe: bool,
 }
 
 /// The command line as clap reads it.
@@ -182,6 +187,20 @@ struct Cli {
     /// to N milliseconds to finish; leases still held then are released.
     #[arg(long = "shutdown-grace-ms", value_name = "N", default_value_t = 30_000)]
     shutdown_grace_ms: u64,
+
+    /// How long the upstream may take to start answering a request the
+    /// proxy does not coalesce (credentials, unsafe methods, answers that
+    /// cannot be shared); past it the client gets 504. Coalesced requests
+    /// are bounded by their flight's own wait (30 s).
+    #[arg(long = "upstream-timeout-ms", value_name = "N", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    upstream_timeout_ms: u64,
+
+    /// Do not purge the stored answers of a URL when an unsafe request
+    /// (POST, PUT, DELETE...) to it succeeds. This turns off a MUST of RFC
+    /// 9111 §4.4: clients may then read, until it expires, an answer the
+    /// write replaced.
+    #[arg(long = "no-invalidate-on-unsafe")]
+    no_invalidate_on_unsafe: bool,
 }
 
 impl Args {
@@ -259,6 +278,8 @@ impl From<Cli> for Args {
                 trust: cli.trust_forwarded,
             },
             shutdown_grace: Duration::from_millis(cli.shutdown_grace_ms),
+            upstream_timeout: Duration::from_millis(cli.upstream_timeout_ms),
+            invalidate_on_unsafe: !cli.no_invalidate_on_unsafe,
         }
     }
 }

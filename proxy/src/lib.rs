@@ -138,6 +138,8 @@ pub async fn layer(args: &Args) -> Result<ProxyLayer, String> {
             Duration::ZERO
         })
         .early_refresh(args.early_refresh)
+        .direct_timeout(args.upstream_timeout)
+        .invalidate_on_unsafe(args.invalidate_on_unsafe)
         .outcome_header_name(args.header.clone());
     if args.cache_status {
         config = config.cache_status("coalesce-proxy");

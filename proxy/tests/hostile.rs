@@ -332,3 +332,84 @@ async fn an_absolute_form_targets_authority_replaces_host_for_the_key_and_the_up
     let (_, evil) = raw_get(addr, "/x", "evil.example").await;
     assert_eq!(evil, "made for evil.example");
 }
+
+/// An upstream that answers `GET`s with `hello` (kept a minute), `POST`s
+/// `204`, and never answers a request carrying `Authorization`.
+async fn hanging_upstream() -> Uri {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let Some(head) = read_head(&mut stream).await else {
+                    return;
+                };
+                if header(&parse_head(&head), "authorization") != "-" {
+                    // Holds the connection, answers nothing.
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return;
+                }
+                let response = if head.starts_with("POST") {
+                    "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_owned()
+                } else {
+                    "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 5\r\n\
+                     connection: close\r\n\r\nhello"
+                        .to_owned()
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    uri.parse().unwrap()
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_an_uncoalesced_request_gets_it_a_504() {
+    let upstream = hanging_upstream().await;
+    let addr = proxy(&upstream, &["--upstream-timeout-ms", "300"]).await;
+    let start = std::time::Instant::now();
+    let answer = get(addr, "/me", &[("authorization", "Bearer 1")]).await;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(answer.outcome, "bypass");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+/// A `POST` of `path` through the proxy at `addr`: its status.
+async fn post(addr: SocketAddr, path: &str) -> StatusCode {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::post(format!("http://{addr}{path}"))
+        .body(Full::default())
+        .unwrap();
+    client.request(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn unsafe_requests_purge_their_url_unless_told_not_to() {
+    let upstream = hanging_upstream().await;
+    for (args, after_write) in [
+        (&[][..], "leader"),
+        (&["--no-invalidate-on-unsafe"][..], "hit"),
+    ] {
+        let addr = proxy(&upstream, args).await;
+        assert_eq!(get(addr, "/w", &[]).await.outcome, "leader");
+        assert_eq!(get(addr, "/w", &[]).await.outcome, "hit");
+        assert_eq!(post(addr, "/w").await, StatusCode::NO_CONTENT);
+        assert_eq!(get(addr, "/w", &[]).await.outcome, after_write, "{args:?}");
+    }
+}
+
+#[test]
+fn turning_invalidation_off_says_it_breaks_a_must_of_rfc_9111() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_coalesce-proxy"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).replace('\n', " ");
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("--no-invalidate-on-unsafe") && help.contains("MUST of RFC 9111 §4.4"),
+        "{help}"
+    );
+}
