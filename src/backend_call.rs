@@ -53,9 +53,74 @@ pub(crate) async fn required<'a, E, T>(
     op: impl FnOnce(&'a dyn crate::Backend) -> crate::backend::BackendFuture<'a, T>,
 ) -> Result<T, crate::BackendError> {
     let config = &shared.config;
-    let result = bounded(config.backend_timeout, op(&*config.backend)).await;
-    shared.breaker.record(&result);
+    let started = std::time::Instant::now();
+    let result = patient(shared, op(&*config.backend)).await;
+    shared.breaker.record_timed(&result, started.elapsed());
     result
+}
+
+/// A backend operation given up at `backend_timeout` — unless the backend
+/// answered another call within the last two: then it is slow, not
+/// stalled, and the operation is waited on for another `backend_timeout`,
+/// and so on, up to half a lease. A saturated Redis (thousands of hot keys at once)
+/// answers late but answers; giving every late lease attempt up would turn
+/// coalescing across instances into one origin call per instance exactly
+/// when the system is busiest. A stalled or unreachable Redis answers
+/// nothing, and costs a call `backend_timeout` as before (up to three when
+/// it stalled just after answering).
+async fn patient<E, T>(
+    shared: &Shared<E>,
+    mut op: crate::backend::BackendFuture<'_, T>,
+) -> Result<T, crate::BackendError> {
+    let config = &shared.config;
+    let limit = config.backend_timeout;
+    let cap = (config.lease / 2).max(limit);
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Ok(result) = tokio::time::timeout(limit, op.as_mut()).await {
+            return result;
+        }
+        // Late: how late Redis answers is worth knowing now.
+        probe(shared);
+        let waited = started.elapsed();
+        // Two bounds back, or twice as long as the last answered call took:
+        // a call answered late is itself the evidence for those after it.
+        if waited + limit > cap || !shared.breaker.answered_within(limit * 2) {
+            return Err(crate::BackendError::msg(format!(
+                "no answer from the backend within {waited:?}"
+            )));
+        }
+    }
+}
+
+/// Asks the backend, detached from every caller, for something it has not
+/// got — unless such a probe is under way: when every call is given up at
+/// `backend_timeout` because Redis answers later than that, no call is ever
+/// answered, and nothing would show that it is slow rather than stalled.
+/// A probe waits up to half a lease; its answer, when it comes, shows it
+/// (calls under way then are waited on, and are answered in turn), and
+/// costs one lookup. A stalled Redis answers no probe, and its calls keep
+/// being given up at `backend_timeout`.
+fn probe<E>(shared: &Shared<E>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if !shared.breaker.start_probe() {
+        return;
+    }
+    let backend = shared.config.backend.clone();
+    let limit = (shared.config.lease / 2).max(shared.config.backend_timeout);
+    let breaker = shared.breaker.clone();
+    let probe = async move {
+        let key = crate::Key::from("tower-coalesce: a probe of the backend's latency");
+        let started = std::time::Instant::now();
+        let answered = bounded(limit, backend.lookup(&key)).await;
+        if answered.is_ok() {
+            breaker.record_timed(&answered, started.elapsed());
+        }
+        breaker.end_probe();
+    };
+    shared.tasks.tracker().spawn_on(probe, &runtime);
 }
 
 /// A backend operation, given up after `limit`.

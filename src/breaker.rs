@@ -2,7 +2,7 @@
 //! flights go without it for a cool-down instead of each waiting on it.
 
 use crate::BackendError;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -19,6 +19,16 @@ pub(crate) struct Breaker {
     failures: AtomicU32,
     /// Until when the backend is skipped.
     skip_until: Mutex<Option<Instant>>,
+    /// When the backend last answered a call, in ms since `base` (0:
+    /// never): a call still waiting past `backend_timeout` waits on while
+    /// others are answered (a slow backend), not when none are (a stalled
+    /// one).
+    answered_ms: AtomicU64,
+    /// How long the call answered last took, in ms.
+    took_ms: AtomicU64,
+    base: Instant,
+    /// A probe of the backend is under way (see `backend_call::probe`).
+    probing: std::sync::atomic::AtomicBool,
 }
 
 impl Breaker {
@@ -27,7 +37,45 @@ impl Breaker {
             cooldown,
             failures: AtomicU32::new(0),
             skip_until: Mutex::new(None),
+            answered_ms: AtomicU64::new(0),
+            took_ms: AtomicU64::new(0),
+            base: Instant::now(),
+            probing: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Takes the one probe allowed at a time; `false` if one is under way.
+    pub(crate) fn start_probe(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    /// The probe ended.
+    pub(crate) fn end_probe(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the backend answered a call within the last `window`, or
+    /// within twice as long as that call took: a call that took a second
+    /// shows the calls sent within the next two are worth waiting for.
+    pub(crate) fn answered_within(&self, window: Duration) -> bool {
+        let answered = self.answered_ms.load(Ordering::Acquire);
+        let window = u64::try_from(window.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(self.took_ms.load(Ordering::Acquire).saturating_mul(2));
+        answered != 0 && self.now_ms().saturating_sub(answered) <= window
+    }
+
+    /// Records how a backend operation that took `took` went.
+    pub(crate) fn record_timed<T>(&self, result: &Result<T, BackendError>, took: Duration) {
+        if result.is_ok() {
+            let took = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+            self.took_ms.store(took, Ordering::Release);
+        }
+        self.record(result);
     }
 
     fn skip_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
@@ -48,6 +96,9 @@ impl Breaker {
     pub(crate) fn record<T>(&self, result: &Result<T, BackendError>) {
         match result {
             Ok(_) => {
+                // Never 0, which means "never".
+                let now = self.now_ms().max(1);
+                self.answered_ms.fetch_max(now, Ordering::AcqRel);
                 if self.failures.swap(0, Ordering::Relaxed) >= FAILURES {
                     *self.skip_until() = None;
                     tracing::info!("the backend answers again; flights use it");

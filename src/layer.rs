@@ -78,7 +78,7 @@ impl<E> CoalesceLayerBuilder<E> {
         config.validate()?;
         let passes =
             (!config.pass_ttl.is_zero()).then(|| Recent::new(config.pass_ttl, config.pass_memory));
-        let breaker = crate::breaker::Breaker::new(config.backend_cooldown);
+        let breaker = Arc::new(crate::breaker::Breaker::new(config.backend_cooldown));
         let refresh_failed = Recent::new(crate::refresh::BACKOFF, config.pass_memory);
         let tag_header = config
             .tag_header

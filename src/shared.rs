@@ -24,7 +24,7 @@ pub(crate) struct Shared<E> {
     /// served meanwhile, and not every request retries the origin.
     pub(crate) refresh_failed: Recent,
     /// Whether the backend is failing, and should be skipped for a while.
-    pub(crate) breaker: Breaker,
+    pub(crate) breaker: Arc<Breaker>,
     /// The outcome header and `Cache-Status` the responses carry, if any.
     pub(crate) marks: Option<Arc<Marks>>,
     /// The flights and lease releases under way, for

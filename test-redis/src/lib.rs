@@ -3,6 +3,10 @@
 //! `redis-server` fails the test with a message that says how to install it;
 //! it never skips.
 
+mod relay;
+
+pub use relay::Relay;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

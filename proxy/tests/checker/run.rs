@@ -7,7 +7,7 @@ use crate::history::{Answer, Get, History, Purge, Window, PROPAGATION_IN_FAULT};
 use crate::origin::{Origin, RESOURCES, TAGS};
 use crate::schedule::{self, Fault, Shape, Step};
 use bytes::Bytes;
-use coalesce_test_redis::RedisServer;
+use coalesce_test_redis::{RedisServer, Relay};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -126,7 +126,11 @@ struct Fleet {
     origin: Origin,
     redis: Arc<Mutex<Option<RedisServer>>>,
     redis_port: u16,
+    /// What the instances reach Redis through.
+    relay: Relay,
     instances: Vec<Instance>,
+    bin: String,
+    token_path: String,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
     history: Arc<Mutex<History>>,
     /// Faults being lifted in the background.
@@ -145,15 +149,19 @@ pub async fn one(bin: &str, seed: u64) -> History {
     ));
     std::fs::write(&token_file, TOKEN).unwrap();
     let token_path = token_file.to_str().unwrap().to_owned();
+    let relay = Relay::start(redis_port);
     let instances = (0..SHAPE.instances)
-        .map(|_| Instance::start(bin, origin.addr, &redis.url(), &token_path))
+        .map(|_| Instance::start(bin, origin.addr, &relay.url(), &token_path))
         .collect();
     let mut fleet = Fleet {
         base,
         origin,
         redis: Arc::new(Mutex::new(Some(redis))),
         redis_port,
+        relay,
         instances,
+        bin: bin.to_owned(),
+        token_path,
         client: Client::builder(TokioExecutor::new()).build_http(),
         history: Arc::default(),
         lifting: Vec::new(),
@@ -365,6 +373,24 @@ impl Fleet {
             Fault::PauseInstance(instance, pause) => {
                 let pid = self.instances[instance].pid();
                 self.pause(pid, pause, window(start + pause));
+            }
+            Fault::CutRedisConnections => {
+                self.relay.cut();
+                let lifted = self.now();
+                self.history.lock().unwrap().windows.push(window(lifted));
+            }
+            Fault::KillInstance(instance) => {
+                // Replaced by a new process on a new port; the old one's
+                // leases run out by themselves.
+                let started = Instance::start(
+                    &self.bin,
+                    self.origin.addr,
+                    &self.relay.url(),
+                    &self.token_path,
+                );
+                drop(std::mem::replace(&mut self.instances[instance], started));
+                let lifted = self.now();
+                self.history.lock().unwrap().windows.push(window(lifted));
             }
             Fault::FailOrigin(pause) => {
                 self.origin.fail_for(pause);

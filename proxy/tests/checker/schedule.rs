@@ -42,6 +42,11 @@ pub enum Fault {
     PauseInstance(usize, Duration),
     /// The origin fails its `GET`s for a while.
     FailOrigin(Duration),
+    /// Every connection to Redis dropped (through the relay the instances
+    /// reach it by); they reconnect.
+    CutRedisConnections,
+    /// One instance killed (`SIGKILL`) and started again.
+    KillInstance(usize),
 }
 
 /// How big a history is.
@@ -80,7 +85,7 @@ pub fn draw(seed: u64, shape: Shape) -> Vec<Step> {
                 tag: rng.random_range(0..TAGS.len()),
             },
             70..=93 => Step::Sleep(Duration::from_millis(rng.random_range(50..400))),
-            _ => Step::Fault(match rng.random_range(0..5) {
+            _ => Step::Fault(match rng.random_range(0..7) {
                 0 => Fault::RestartRedis,
                 1 => Fault::FlushAll,
                 2 => Fault::PauseRedis(Duration::from_millis(rng.random_range(100..1500))),
@@ -88,6 +93,8 @@ pub fn draw(seed: u64, shape: Shape) -> Vec<Step> {
                     instance(&mut rng),
                     Duration::from_millis(rng.random_range(100..1500)),
                 ),
+                4 => Fault::CutRedisConnections,
+                5 => Fault::KillInstance(instance(&mut rng)),
                 _ => Fault::FailOrigin(Duration::from_millis(rng.random_range(200..1500))),
             }),
         };

@@ -12,6 +12,9 @@ use redis::{ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The longest `connect` waits for Redis's first reply.
+const WARM_UP_REPLY: Duration = Duration::from_millis(250);
+
 /// Builds a [`RedisBackend`].
 #[derive(Debug, Clone)]
 pub struct RedisBackendBuilder {
@@ -41,7 +44,11 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// The longest a command may take before it counts as failed (default 250 ms).
+    /// The longest the connection waits for a command's reply before it
+    /// counts the command failed (default 5 s). The layer gives up on a
+    /// call sooner — at `backend_timeout` when Redis answers nothing else,
+    /// later while it answers other calls (slow, not stalled), at most half
+    /// a lease — so this need be no longer than that.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
@@ -192,7 +199,9 @@ impl RedisBackendBuilder {
         // Open the connection now, so the first burst does not pay for it
         // inside `backend_timeout`; a Redis that is not there yet is only
         // logged, the manager keeps trying when used.
-        let limit = self.connection_timeout + self.response_timeout;
+        // A black-holed Redis at start-up costs the connection timeout and
+        // a short wait for the first reply, not the whole response timeout.
+        let limit = self.connection_timeout + self.response_timeout.min(WARM_UP_REPLY);
         match tokio::time::timeout(limit, backend.warm_up()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {

@@ -114,7 +114,7 @@ impl RedisBackend {
         RedisBackendBuilder {
             servers,
             namespace: "coalesce".to_owned(),
-            response_timeout: Duration::from_millis(250),
+            response_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(1),
             near: Some(MemoryBackend::new()),
             purge_records: crate::purge::PurgeLog::MAX_RECORDS,
