@@ -10,12 +10,13 @@
 //! In CI it runs a few histories. At length, or against another build:
 //!
 //! ```text
-//! CHECKER_HISTORIES=1000 CHECKER_PARALLEL=4 cargo test -p coalesce-proxy --test checker -- --nocapture
+//! CHECKER_HISTORIES=1000 CHECKER_CLUSTER_HISTORIES=100 CHECKER_PARALLEL=4 cargo test -p coalesce-proxy --test checker -- --nocapture
 //! CHECKER_SEED=17 cargo test -p coalesce-proxy --test checker -- --nocapture     # one history again
 //! COALESCE_PROXY_BIN=/path/to/coalesce-proxy cargo test -p coalesce-proxy --test checker
 //! ```
 //! A failing history prints its seed: add it to [`REGRESSIONS`] to keep it.
 
+mod deployment;
 mod history;
 mod origin;
 mod run;
@@ -32,8 +33,12 @@ use std::time::Instant;
 /// - 2000: both: a tag purge after `FLUSHALL` undone, and the stale answer.
 const REGRESSIONS: &[u64] = &[418_264_001, 2000];
 
-/// How many random histories CI runs (each takes a few seconds).
+/// How many random histories CI runs on one server (each takes a few
+/// seconds).
 const CI_HISTORIES: u64 = 3;
+
+/// How many CI runs on a cluster (a cluster takes seconds to start).
+const CI_CLUSTER_HISTORIES: u64 = 1;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -46,12 +51,26 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_histories_keep_the_cache_promises() {
+    check("CHECKER_HISTORIES", CI_HISTORIES, REGRESSIONS, false).await;
+}
+
+/// The same on a Redis Cluster (three masters, a replica each): a
+/// "restart" kills the master of the purge order's slot, which its
+/// replica replaces; connections are dropped with `CLIENT KILL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_histories_on_a_cluster_keep_the_cache_promises() {
+    check("CHECKER_CLUSTER_HISTORIES", CI_CLUSTER_HISTORIES, &[], true).await;
+}
+
+/// Runs the histories the environment asks for (`histories` names how
+/// many random ones), after the `regressions`.
+async fn check(histories: &str, default: u64, regressions: &[u64], cluster: bool) {
     let bin = std::env::var("COALESCE_PROXY_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_coalesce-proxy").to_owned());
     let seeds: Vec<u64> = match env_u64("CHECKER_SEED") {
         Some(seed) => vec![seed],
         None => {
-            let histories = env_u64("CHECKER_HISTORIES").unwrap_or(CI_HISTORIES);
+            let histories = env_u64(histories).unwrap_or(default);
             // A new start every run, printed, so any run can be repeated.
             let first = env_u64("CHECKER_FIRST_SEED").unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -61,7 +80,7 @@ async fn randomized_histories_keep_the_cache_promises() {
                     % 1_000_000
                     * 1000
             });
-            REGRESSIONS
+            regressions
                 .iter()
                 .copied()
                 .chain(first..first + histories)
@@ -70,9 +89,10 @@ async fn randomized_histories_keep_the_cache_promises() {
     };
     let parallel = env_u64("CHECKER_PARALLEL").unwrap_or(1).max(1) as usize;
     let started = Instant::now();
-    let summary = run::many(&bin, &seeds, parallel).await;
+    let summary = run::many(&bin, &seeds, parallel, cluster).await;
+    let redis = if cluster { "a cluster" } else { "one server" };
     println!(
-        "checker: {} histories, {} operations, {} faults, {} violations in {:.0?} (seeds {}..)",
+        "checker ({redis}): {} histories, {} operations, {} faults, {} violations in {:.0?} (seeds {}..)",
         summary.histories,
         summary.operations,
         summary.faults,

@@ -3,11 +3,11 @@
 //! faults, lets the propagation bound pass, reads every resource from every
 //! instance once more, and stops everything.
 
+use crate::deployment::Deployment;
 use crate::history::{Answer, Get, History, Purge, Window, PROPAGATION_IN_FAULT};
 use crate::origin::{Origin, RESOURCES, TAGS};
 use crate::schedule::{self, Fault, Shape, Step};
 use bytes::Bytes;
-use coalesce_test_redis::{RedisServer, Relay};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -38,8 +38,9 @@ pub struct Summary {
     pub violations: Vec<(u64, String)>,
 }
 
-/// Runs the histories of `seeds`, `parallel` at a time.
-pub async fn many(bin: &str, seeds: &[u64], parallel: usize) -> Summary {
+/// Runs the histories of `seeds`, `parallel` at a time, on one Redis
+/// server or (`cluster`) a cluster.
+pub async fn many(bin: &str, seeds: &[u64], parallel: usize, cluster: bool) -> Summary {
     let summary = Arc::new(Mutex::new(Summary::default()));
     // Popped from the end: reversed, so the seeds run in order.
     let queue: Vec<u64> = seeds.iter().rev().copied().collect();
@@ -51,7 +52,7 @@ pub async fn many(bin: &str, seeds: &[u64], parallel: usize) -> Summary {
                 let Some(seed) = queue.lock().unwrap().pop() else {
                     return;
                 };
-                let history = one(&bin, seed).await;
+                let history = one(&bin, seed, cluster).await;
                 let violations = history.violations();
                 let mut summary = summary.lock().unwrap();
                 summary.histories += 1;
@@ -76,12 +77,12 @@ struct Instance {
 }
 
 impl Instance {
-    fn start(bin: &str, origin: SocketAddr, redis: &str, token_file: &str) -> Self {
+    fn start(bin: &str, origin: SocketAddr, redis: &[String], token_file: &str) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], coalesce_test_redis::free_port()));
         let child = Command::new(bin)
             .args(["--listen", &addr.to_string()])
             .args(["--upstream", &format!("http://{origin}")])
-            .args(["--redis", redis])
+            .args(redis)
             .args(["--public-host", "shop.example"])
             .args(["--lease-ms", "1000"])
             .args(["--purge-token-file", token_file])
@@ -114,7 +115,8 @@ impl Drop for Instance {
     }
 }
 
-fn signal(pid: u32, name: &str) {
+/// Sends the signal `name` to `pid`.
+pub(crate) fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
         .status();
@@ -124,10 +126,7 @@ fn signal(pid: u32, name: &str) {
 struct Fleet {
     base: Instant,
     origin: Origin,
-    redis: Arc<Mutex<Option<RedisServer>>>,
-    redis_port: u16,
-    /// What the instances reach Redis through.
-    relay: Relay,
+    redis: Deployment,
     instances: Vec<Instance>,
     bin: String,
     token_path: String,
@@ -137,28 +136,25 @@ struct Fleet {
     lifting: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Runs the history of `seed`.
-pub async fn one(bin: &str, seed: u64) -> History {
+/// Runs the history of `seed`, on one Redis server or (`cluster`) a
+/// cluster.
+pub async fn one(bin: &str, seed: u64, cluster: bool) -> History {
+    let redis = Deployment::start(cluster).await;
     let base = Instant::now();
     let origin = Origin::start(base).await;
-    let redis = RedisServer::start();
-    let redis_port = redis.port;
     let token_file = std::env::temp_dir().join(format!(
         "coalesce-checker-token-{}-{seed}",
         std::process::id()
     ));
     std::fs::write(&token_file, TOKEN).unwrap();
     let token_path = token_file.to_str().unwrap().to_owned();
-    let relay = Relay::start(redis_port);
     let instances = (0..SHAPE.instances)
-        .map(|_| Instance::start(bin, origin.addr, &relay.url(), &token_path))
+        .map(|_| Instance::start(bin, origin.addr, &redis.args(), &token_path))
         .collect();
     let mut fleet = Fleet {
         base,
         origin,
-        redis: Arc::new(Mutex::new(Some(redis))),
-        redis_port,
-        relay,
+        redis,
         instances,
         bin: bin.to_owned(),
         token_path,
@@ -343,39 +339,26 @@ impl Fleet {
         };
         match fault {
             Fault::RestartRedis => {
-                let (redis, port) = (self.redis.clone(), self.redis_port);
-                tokio::task::spawn_blocking(move || {
-                    let mut redis = redis.lock().unwrap();
-                    drop(redis.take());
-                    *redis = Some(RedisServer::start_on(port));
-                })
-                .await
-                .unwrap();
+                self.redis.restart().await;
                 let lifted = self.now();
                 self.history.lock().unwrap().windows.push(window(lifted));
             }
             Fault::FlushAll => {
-                let redis = self.redis.clone();
-                tokio::task::spawn_blocking(move || {
-                    let redis = redis.lock().unwrap();
-                    let mut conn = redis.as_ref().unwrap().conn();
-                    let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
-                })
-                .await
-                .unwrap();
+                self.redis.flush_all().await;
                 let lifted = self.now();
                 self.history.lock().unwrap().windows.push(window(lifted));
             }
             Fault::PauseRedis(pause) => {
-                let pid = self.redis.lock().unwrap().as_ref().unwrap().pid();
-                self.pause(pid, pause, window(start + pause));
+                if let Some(pid) = self.redis.pausable() {
+                    self.pause(pid, pause, window(start + pause));
+                }
             }
             Fault::PauseInstance(instance, pause) => {
                 let pid = self.instances[instance].pid();
                 self.pause(pid, pause, window(start + pause));
             }
             Fault::CutRedisConnections => {
-                self.relay.cut();
+                self.redis.cut().await;
                 let lifted = self.now();
                 self.history.lock().unwrap().windows.push(window(lifted));
             }
@@ -385,7 +368,7 @@ impl Fleet {
                 let started = Instance::start(
                     &self.bin,
                     self.origin.addr,
-                    &self.relay.url(),
+                    &self.redis.args(),
                     &self.token_path,
                 );
                 drop(std::mem::replace(&mut self.instances[instance], started));
