@@ -180,3 +180,23 @@ async fn an_eviction_policy_that_can_drop_purge_records_is_warned_about() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_flushall_is_not_undone_by_the_lost_presence_marks() {
+    // FLUSHALL takes the resources' presence marks too: a write then finds
+    // nothing stored, and purges nothing, while near caches still hold
+    // what was filled before. They must drop it once the reset is seen.
+    let server = RedisServer::start();
+    let origin = Origin::open();
+    let (_, svc_a) = instance(&server.url(), &origin).await;
+    let (_, svc_b) = instance(&server.url(), &origin).await;
+    let old = answer(&svc_a, "/p").await;
+    assert_eq!(answer(&svc_b, "/p").await, old);
+    let _: () = redis::cmd("FLUSHALL").query(&mut server.conn()).unwrap();
+    let write = Request::put("/p").body(Full::new(Bytes::new())).unwrap();
+    let res = svc_b.clone().oneshot(write).await.unwrap();
+    assert!(res.status().is_success());
+    assert!(!res.headers().contains_key("coalesce-purge"));
+    until_not(&svc_a, "/p", &old).await;
+    until_not(&svc_b, "/p", &old).await;
+}

@@ -119,6 +119,7 @@ impl Drop for Instance {
 pub(crate) fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
+        .stderr(Stdio::null())
         .status();
 }
 
@@ -326,8 +327,17 @@ impl Fleet {
         let res = tokio::time::timeout(REQUEST_LIMIT, self.client.request(req)).await;
         let res = res.ok()?.ok()?;
         let status = res.status().as_u16();
-        let _ = res.into_body().collect().await;
-        Some(status)
+        // A write whose purge failed says so: it promises nothing.
+        let purged = !res.headers().contains_key("coalesce-purge");
+        let body = res.into_body().collect().await.ok()?.to_bytes();
+        if std::env::var_os("CHECKER_VERBOSE").is_some() {
+            println!(
+                "{:>8.3?}   -> {status} purged={purged} {}",
+                self.now(),
+                String::from_utf8_lossy(&body).trim()
+            );
+        }
+        purged.then_some(status)
     }
 
     async fn fault(&mut self, fault: Fault) {

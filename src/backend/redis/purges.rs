@@ -212,6 +212,28 @@ impl Purges {
         Ok(())
     }
 
+    /// Reads the purge order's epoch: when it is gone or another than this
+    /// process's (`FLUSHALL`, an eviction, a failover — without a lost
+    /// connection to show it), purges may be missing, and so may the
+    /// presence marks a write's purge trusts when it finds nothing stored:
+    /// the log is read back, which starts it in the new epoch and drops
+    /// every answer filled before.
+    async fn check_epoch(&self, conn: &mut Conn) {
+        let epoch: redis::RedisResult<Option<u64>> = redis::cmd("HGET")
+            .arg(&self.names.sequence)
+            .arg("e")
+            .query_async(conn)
+            .await;
+        match epoch {
+            Ok(epoch) if epoch == Some(self.log.epoch()) => {}
+            Ok(_) => {
+                tracing::debug!("the purge order's epoch changed; reading it back");
+                self.lost();
+            }
+            Err(error) => tracing::debug!(%error, "reading the purge order's epoch failed"),
+        }
+    }
+
     /// Warns when the server holding the purge order may evict it: purge
     /// marks and the sequence must stay, and marks carry a TTL, so every
     /// policy but `noeviction` (the `volatile-*` ones too) can drop them.
@@ -247,7 +269,9 @@ fn eviction_policy(info: &str) -> Option<&str> {
 /// at start and after every disconnection (retrying until Redis answers),
 /// and every [`HEARTBEAT`] asks the connection's `CLIENT ID`: an answer
 /// shows it alive, and a new id shows it was replaced (a reconnection the
-/// push handler may not have seen), so purges may have been missed. Also
+/// push handler may not have seen), so purges may have been missed; and
+/// reads the purge order's epoch, which a reset of Redis's data changes
+/// without a lost connection. Also
 /// subscribes again to the done channels a cluster dropped (`dropped`)
 /// while they are still watched.
 pub(super) async fn keep_in_step(
@@ -292,7 +316,10 @@ pub(super) async fn keep_in_step(
                         tracing::debug!("reconnected to Redis; reading the purges it may have missed");
                         p.lost();
                     }
-                    Ok(_) => p.alive(),
+                    Ok(_) => {
+                        p.alive();
+                        p.check_epoch(&mut conn).await;
+                    }
                     Err(error) => tracing::debug!(%error, "Redis heartbeat failed"),
                 }
             }
