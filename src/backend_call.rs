@@ -1,5 +1,6 @@
 //! Every call the layer makes to its [`Backend`](crate::Backend), guarded the
-//! same way whatever the backend: bounded by `backend_timeout`, counted
+//! same way whatever the backend: bounded by `backend_timeout` (longer for a
+//! backend that is slow rather than stalled, see `patient`), counted
 //! toward the breaker that skips a failing backend, and turned into a reason
 //! the flight goes on without it. A backend that fails or is slow never
 //! fails a request.
@@ -33,8 +34,7 @@ impl Unavailable {
 }
 
 /// A backend operation a flight can go without: not tried while the backend
-/// is being skipped, otherwise bounded by `backend_timeout`; its outcome
-/// counts toward skipping the backend.
+/// is being skipped, otherwise as [`required`].
 pub(crate) async fn optional<'a, E, T>(
     shared: &'a Shared<E>,
     op: impl FnOnce(&'a dyn crate::Backend) -> crate::backend::BackendFuture<'a, T>,
@@ -46,8 +46,8 @@ pub(crate) async fn optional<'a, E, T>(
 }
 
 /// A backend operation a flight must try whatever the backend did before
-/// (renewing or completing a lease it holds): bounded by `backend_timeout`,
-/// its outcome counted toward skipping the backend.
+/// (renewing or completing a lease it holds): bounded as [`patient`] says,
+/// its outcome (and how long it took) counted toward skipping the backend.
 pub(crate) async fn required<'a, E, T>(
     shared: &'a Shared<E>,
     op: impl FnOnce(&'a dyn crate::Backend) -> crate::backend::BackendFuture<'a, T>,
@@ -120,7 +120,9 @@ fn probe<E>(shared: &Shared<E>) {
         }
         breaker.end_probe();
     };
-    shared.tasks.tracker().spawn_on(probe, &runtime);
+    // Not one of the layer's tasks: it holds no lease and answers no
+    // caller, so a shutdown does not wait for it (bounded all the same).
+    runtime.spawn(probe);
 }
 
 /// A backend operation, given up after `limit`.

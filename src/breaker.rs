@@ -158,6 +158,40 @@ mod tests {
         assert!(!breaker.skipping(), "a success ended the skipping");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_vouches_for_two_bounds_or_twice_as_long_as_it_took() {
+        let breaker = Breaker::new(Duration::from_secs(1));
+        let bounds = Duration::from_millis(500);
+        assert!(!breaker.answered_within(bounds), "nothing answered yet");
+        breaker.record_timed(&Ok(()), Duration::from_millis(10));
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert!(breaker.answered_within(bounds));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(
+            !breaker.answered_within(bounds),
+            "a quick answer 600 ms ago"
+        );
+        // An answer that took 700 ms shows that calls sent within 1.4 s
+        // after it are worth waiting for.
+        breaker.record_timed(&Ok(()), Duration::from_millis(700));
+        tokio::time::advance(Duration::from_millis(1300)).await;
+        assert!(breaker.answered_within(bounds));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(!breaker.answered_within(bounds));
+        // A failure vouches for nothing.
+        breaker.record_timed(&failed(), Duration::from_millis(5));
+        assert!(!breaker.answered_within(bounds));
+    }
+
+    #[test]
+    fn only_one_probe_at_a_time() {
+        let breaker = Breaker::new(Duration::from_secs(1));
+        assert!(breaker.start_probe());
+        assert!(!breaker.start_probe());
+        breaker.end_probe();
+        assert!(breaker.start_probe());
+    }
+
     #[test]
     fn a_zero_cooldown_never_skips() {
         let breaker = Breaker::new(Duration::ZERO);
