@@ -27,8 +27,9 @@ pub struct MemoryBackend {
     /// positions are recorded in order.
     purging: Arc<Mutex<()>>,
     /// The resources with an entry stored, and until when at the latest:
-    /// a write to any other needs no purge record.
-    live: Arc<Mutex<Live>>,
+    /// a write to any other needs no purge record. `None` as a
+    /// `RedisBackend`'s near cache, whose presence marks are in Redis.
+    live: Option<Arc<Mutex<Live>>>,
 }
 
 /// The resources with an entry stored (by digest), each with the latest
@@ -148,7 +149,7 @@ impl MemoryBackendBuilder {
             cache,
             log: Arc::new(PurgeLog::new(PurgeLog::MAX_RECORDS)),
             purging: Arc::default(),
-            live: Arc::default(),
+            live: Some(Arc::default()),
         }
     }
 }
@@ -163,7 +164,9 @@ impl MemoryBackend {
     /// landed on during its fill), at once.
     pub(crate) fn insert(&self, key: &Key, entry: Entry, ttl: Duration) {
         if !ttl.is_zero() && self.log.purged(key, &entry).is_none() {
-            crate::sync::lock(&self.live).stored(key.resource_digest(), Instant::now() + ttl);
+            if let Some(live) = &self.live {
+                crate::sync::lock(live).stored(key.resource_digest(), Instant::now() + ttl);
+            }
             self.cache.insert(key.clone(), Stored { entry, ttl });
         }
     }
@@ -172,6 +175,9 @@ impl MemoryBackend {
     /// near cache, against every process's purges).
     pub(crate) fn judged_by(mut self, log: Arc<PurgeLog>) -> Self {
         self.log = log;
+        // Redis keeps the presence marks; keeping them here too would only
+        // cost every stored answer a lock.
+        self.live = None;
         self
     }
 }
@@ -243,7 +249,11 @@ impl Invalidation for MemoryBackend {
             // Nothing of the resource stored (the layer records the purge
             // of a resource with a flight under way itself): nothing to
             // purge, nothing recorded.
-            if !crate::sync::lock(&self.live).has(&key.resource_digest()) {
+            let stored = self
+                .live
+                .as_ref()
+                .is_none_or(|live| crate::sync::lock(live).has(&key.resource_digest()));
+            if !stored {
                 let position = self.log.position();
                 return Box::pin(std::future::ready(Ok(Purged::at(position, false))));
             }
