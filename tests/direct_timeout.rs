@@ -11,20 +11,11 @@ use http_body_util::Full;
 use std::time::{Duration, Instant};
 use support::{get, Svc};
 use tower::{Layer, ServiceExt};
-use tower_coalesce::{
-    BoxError, CoalesceConfig, CoalesceLayer, FlightError, FlightErrorKind, Outcome,
-};
+use tower_coalesce::{CoalesceConfig, CoalesceLayer, FlightError, FlightErrorKind, Outcome};
 
 /// Answers `GET /private` at once with `Set-Cookie` (its key then passes),
 /// and never answers anything else after the first `/private`.
-fn hanging() -> impl tower::Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = BoxError,
-    Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send,
-> + Clone
-       + Send
-       + 'static {
+fn hanging() -> impl support::OriginService {
     let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     tower::service_fn(move |req: Request<Full<Bytes>>| {
         let first = req.uri().path() == "/private"

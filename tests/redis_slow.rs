@@ -16,7 +16,7 @@ use support::redis::{RedisServer, Relay};
 use support::{body, get, Svc};
 use tokio::sync::Semaphore;
 use tower::{Layer, ServiceExt};
-use tower_coalesce::{BoxError, CoalesceConfig, CoalesceLayer, RedisBackend};
+use tower_coalesce::{CoalesceConfig, CoalesceLayer, RedisBackend};
 
 const INSTANCES: usize = 4;
 
@@ -29,16 +29,7 @@ struct Origin {
 }
 
 impl Origin {
-    fn serve(
-        &self,
-    ) -> impl tower::Service<
-        Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
-        Error = BoxError,
-        Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send,
-    > + Clone
-           + Send
-           + 'static {
+    fn serve(&self) -> impl support::OriginService {
         let me = self.clone();
         tower::service_fn(move |req: Request<Full<Bytes>>| {
             let me = me.clone();

@@ -39,16 +39,7 @@ impl Origin {
         self.calls.load(Ordering::SeqCst)
     }
 
-    fn serve(
-        &self,
-    ) -> impl tower::Service<
-        Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
-        Error = BoxError,
-        Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send,
-    > + Clone
-           + Send
-           + 'static {
+    fn serve(&self) -> impl support::OriginService {
         let me = self.clone();
         tower::service_fn(move |_req: Request<Full<Bytes>>| {
             let me = me.clone();
