@@ -1,11 +1,13 @@
 //! [`CoalesceBody`]: the body of every response that leaves the layer.
 //!
-//! It is one of three things: shared bytes (an [`Entry`](crate::Entry) given to
-//! a follower, a hit, or the flight's leader), the inner service's own body
-//! (bypass and pass-through, untouched), or a replay — the chunks the leader
-//! had already buffered followed by the rest of the inner body, or by the error
-//! that cut it short. A replay never ends early without an error, so a body that
-//! failed is never presented as a complete one.
+//! It is one of these: shared bytes (an [`Entry`](crate::Entry) given to a
+//! follower, a hit, or the flight's leader), the inner service's own body
+//! (bypass and pass-through, untouched), a flight's answer read as it
+//! arrives (a tape, shared by every caller of the flight), a replay — the
+//! chunks already read followed by the rest of the inner body, or by the
+//! error that cut it short — or a byte range of one of these. None ends
+//! early without an error, so a body that failed is never presented as a
+//! complete one.
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -36,6 +38,9 @@ pin_project! {
         Inner {
             #[pin]
             body: B,
+        },
+        Tape {
+            reader: crate::tape::TapeReader,
         },
         Replay {
             prefix: VecDeque<Bytes>,
@@ -69,6 +74,13 @@ impl<B> CoalesceBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
+        }
+    }
+
+    /// A flight's answer, read from `reader`'s place on as it arrives.
+    pub(crate) fn tape(reader: crate::tape::TapeReader) -> Self {
+        Self {
+            kind: Kind::Tape { reader },
         }
     }
 
@@ -128,6 +140,7 @@ where
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
             KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::Tape { reader } => reader.poll_frame(cx),
             KindProj::Replay {
                 prefix,
                 rest,
@@ -174,6 +187,7 @@ where
         match &self.kind {
             Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Inner { body } => body.is_end_stream(),
+            Kind::Tape { reader } => reader.is_end_stream(),
             Kind::Replay {
                 prefix,
                 rest,
@@ -193,6 +207,7 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Inner { body } => body.size_hint(),
+            Kind::Tape { reader } => reader.size_hint(),
             Kind::Replay { prefix, rest, .. } => {
                 let buffered: u64 = prefix.iter().map(|c| c.len() as u64).sum();
                 let mut hint = rest
@@ -215,6 +230,7 @@ impl<B> std::fmt::Debug for CoalesceBody<B> {
         let kind = match &self.kind {
             Kind::Full { .. } => "Full",
             Kind::Inner { .. } => "Inner",
+            Kind::Tape { .. } => "Tape",
             Kind::Replay { .. } => "Replay",
             Kind::Range { .. } => "Range",
         };

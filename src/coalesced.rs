@@ -274,6 +274,48 @@ where
                         *this.joined = this.shared.config.backend.purge_position();
                         rejoin(this.shared, this.call, false)
                     }
+                    // Asked with other values of a header the answer varies on.
+                    Some(Landing::Streaming(streamed))
+                        if streamed.varied.as_ref().is_some_and(|varied| {
+                            !this
+                                .call
+                                .as_ref()
+                                .is_some_and(|(req, _)| varied.matches(req.headers()))
+                        }) =>
+                    {
+                        pass(this.shared, this.call)
+                    }
+                    Some(Landing::Streaming(streamed))
+                        if purged_before(this.shared, this.call, &streamed.head, *this.joined) =>
+                    {
+                        tracing::debug!("the flight's answer was purged before this request joined; flying again");
+                        bump(&this.shared.counters.purge_reruns);
+                        this.state.set(State::Done);
+                        *this.joined = this.shared.config.backend.purge_position();
+                        rejoin(this.shared, this.call, false)
+                    }
+                    Some(Landing::Streaming(streamed)) => {
+                        let res = match streamed.whole.get() {
+                            // Whole by now: answered as any other answer.
+                            Some(entry) => Some(answer(this.call, entry)),
+                            None => match this.call {
+                                Some((req, _)) => Asked::of(req).answer_tape(&streamed),
+                                None => Asked::default().answer_tape(&streamed),
+                            },
+                        };
+                        match res {
+                            Some(res) => {
+                                this.state.set(State::Done);
+                                return Poll::Ready(Ok(mark(res, Outcome::Follower, header, None)));
+                            }
+                            // Joined after the window dropped the answer's
+                            // first bytes: a new flight.
+                            None => {
+                                this.state.set(State::Done);
+                                rejoin(this.shared, this.call, false)
+                            }
+                        }
+                    }
                     Some(Landing::Rescued(entry, failed)) => {
                         this.state.set(State::Done);
                         bump(&this.shared.counters.stale);

@@ -7,6 +7,7 @@
 //! joins again. The table must never hold a flight that no task will finish;
 //! [`FlightGuard`] removes the entry when the leader's task ends, whichever way.
 
+use crate::tape::Tape;
 use crate::{Entry, FlightError, Key};
 use pin_project_lite::pin_project;
 use std::collections::HashMap;
@@ -23,6 +24,9 @@ use tokio::sync::Notify;
 pub(crate) enum Landing {
     /// The answer, for everyone.
     Done(Entry),
+    /// The answer, for everyone (or, if it varies, for the followers that
+    /// match), while its body is still arriving.
+    Streaming(Arc<Streamed>),
     /// The answer, for the followers that asked with the same values of the
     /// headers it varies on; the others call the inner service themselves.
     Varied(Entry, Arc<Varied>),
@@ -34,6 +38,21 @@ pub(crate) enum Landing {
     Pass,
     /// The flight failed; its followers get this error.
     Failed(FlightError),
+}
+
+/// A flight's answer whose head has arrived and whose body is arriving:
+/// every caller reads the one [`Tape`].
+#[derive(Debug)]
+pub(crate) struct Streamed {
+    /// The head, as an entry without a body: status, headers, and where
+    /// the fill stands in the purge order.
+    pub(crate) head: Entry,
+    pub(crate) tape: Arc<Tape>,
+    /// Set if the answer varies on headers outside the key.
+    pub(crate) varied: Option<Arc<Varied>>,
+    /// The whole answer, once its body is complete and small enough to be
+    /// kept whole: callers from then on get it as any other answer.
+    pub(crate) whole: OnceLock<Entry>,
 }
 
 /// The request headers (outside the key) that a flight's answer varies on,
@@ -167,6 +186,20 @@ impl FlightGuard {
     pub(crate) fn land(self, landing: Landing) {
         self.remove();
         self.flight.settle(Some(landing));
+    }
+
+    /// Tells the followers how the flight is answered while it goes on:
+    /// the flight stays in the table, so that callers that come while its
+    /// body arrives join it, until the guard is dropped or
+    /// [`close`](Self::close)d.
+    pub(crate) fn stream(&self, landing: Landing) {
+        self.flight.settle(Some(landing));
+    }
+
+    /// Takes the flight out of the table: callers from now on start a new
+    /// one.
+    pub(crate) fn close(&self) {
+        self.remove();
     }
 
     /// Resolves when no follower is waiting any more.

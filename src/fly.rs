@@ -3,12 +3,13 @@
 //! another process's answer, call the origin, store, and say how it ended.
 
 use crate::backend::Completion;
+use crate::backend::LeaseToken;
 use crate::backend_call::optional;
 use crate::conditions::Asked;
 use crate::error::is_grpc;
 use crate::flight::Landing;
-use crate::origin::{produce, Keep, Origin, OriginBody, Own, Produced};
-use crate::remote::Elected;
+use crate::origin::{produce, Keep, Made, Origin, OriginBody, Own, Produced, Pump};
+use crate::remote::{Elected, Held};
 use crate::shared::Shared;
 use crate::stats::{bump, Forwarded, Fwd};
 use crate::{Entry, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome, WaitFallback};
@@ -20,6 +21,7 @@ pub(crate) fn failed(landing: &Landing) -> bool {
     match landing {
         Landing::Failed(_) => true,
         Landing::Done(entry) | Landing::Varied(entry, _) => entry.status().is_server_error(),
+        Landing::Streaming(streamed) => streamed.head.status().is_server_error(),
         Landing::Pass | Landing::Rescued(..) => false,
     }
 }
@@ -28,6 +30,7 @@ pub(crate) fn failed(landing: &Landing) -> bool {
 pub(crate) fn failed_status(landing: &Landing) -> Option<http::StatusCode> {
     match landing {
         Landing::Done(entry) | Landing::Varied(entry, _) => Some(entry.status()),
+        Landing::Streaming(streamed) => Some(streamed.head.status()),
         _ => None,
     }
 }
@@ -65,6 +68,10 @@ pub(crate) fn rescued_answer<E, B>(
 pub(crate) enum Flown<S, ReqBody, B, E> {
     /// Land this for the followers; answer the leader's caller with that.
     Landed(Landing, Own<B, E>),
+    /// The answer's head is here and its body arriving: land
+    /// [`Streaming::landing`] for the followers, answer the leader's caller
+    /// with that, then [`finish`](Streaming::finish).
+    Streaming(Box<Streaming<B>>, Own<B, E>),
     /// The backend holds a stale answer that may be served while it is
     /// refreshed: land it, then refresh with this request and service.
     Stale(Entry, Request<ReqBody>, S),
@@ -181,9 +188,13 @@ where
                 let res = asked.answer(&entry);
                 return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Follower)));
             }
-            Elected::Pass => {
-                tracing::debug!("another instance found the answer private; calling the origin");
-                shared.remember_pass(key);
+            Elected::Pass { remember } => {
+                tracing::debug!(
+                    "another instance found the answer unshareable; calling the origin"
+                );
+                if remember {
+                    shared.remember_pass(key);
+                }
                 bump(&counters.passes);
                 bump(&counters.origin_calls);
                 asked.restore(&mut req);
@@ -208,31 +219,49 @@ where
         }
     };
 
-    let held = lease
-        .as_ref()
-        .map(|token| crate::remote::Held::new(shared, key, token));
-    let produced = produce(shared, asked, req, inner, refresh.as_ref(), filled);
-    let (
-        Produced {
-            landing,
-            mut own,
-            mut keep,
-        },
-        lost,
-    ) = match &lease {
+    let held = lease.as_ref().map(|token| Held::new(shared, key, token));
+    // A stale answer that may stand in for a failure: no head goes out
+    // before the body is known to be whole.
+    let stand_in = found
+        .get()
+        .or(refresh.as_ref())
+        .is_some_and(Entry::may_serve_on_error);
+    let produced = produce(
+        shared,
+        asked,
+        req,
+        inner,
+        (refresh.as_ref(), stand_in),
+        filled,
+    );
+    let (made, lost) = match &lease {
         Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
         None => (produced.await, false),
     };
-    if keep
-        .as_ref()
-        .is_some_and(|k| backend.purged(key, &k.entry).is_some())
-    {
-        // Made from data read before a purge that landed meanwhile: its
-        // callers have it, the store does not.
-        tracing::debug!("purged during the fill; not stored");
-        bump(&counters.purge_fenced);
-        keep = None;
-    }
+    let tail = Tail {
+        lease,
+        unsure,
+        held,
+        version,
+    };
+    let Produced {
+        landing,
+        mut own,
+        mut keep,
+    } = match made {
+        Made::Whole(produced) => produced,
+        Made::Streaming(pump, mut own) => {
+            if let Ok((res, _)) = &mut own {
+                let forwarded = Forwarded {
+                    why,
+                    ..Forwarded::default()
+                };
+                forwarded.note(res, shared.marks.as_deref());
+            }
+            return Flown::Streaming(Box::new(Streaming { pump, tail }), own);
+        }
+    };
+    fence(shared, key, &mut keep);
     if let Ok((res, Outcome::Leader)) = &mut own {
         let forwarded = Forwarded {
             why,
@@ -253,6 +282,90 @@ where
         }
         None => (landing, own),
     };
+    end(shared, key, tail, keep, &landing, lost).await;
+    Flown::Landed(landing, own)
+}
+
+/// A flight whose answer's body is arriving, with what it holds until the
+/// body ends: the pump that reads it, and the lease to end.
+pub(crate) struct Streaming<B> {
+    pump: Pump<B>,
+    tail: Tail,
+}
+
+impl<B: OriginBody> Streaming<B> {
+    /// The landing that gives the followers the answer as it arrives.
+    pub(crate) fn landing(&self) -> Landing {
+        Landing::Streaming(self.pump.streamed.clone())
+    }
+
+    /// Reads the body to its end (renewing the lease meanwhile), stores
+    /// the answer if it may be kept, and ends the lease; returns how the
+    /// flight ended. `close` takes the flight out of the table (see
+    /// [`Pump::run`]).
+    pub(crate) async fn finish<E>(
+        self,
+        shared: &Shared<E>,
+        key: &Key,
+        close: impl Fn(),
+    ) -> Landing {
+        let Streaming { pump, tail } = self;
+        let pumped = pump.run(shared, close);
+        let ((landing, mut keep), lost) = match &tail.lease {
+            Some(lease) => crate::remote::with_watchdog(shared, key, lease, pumped).await,
+            None => (pumped.await, false),
+        };
+        fence(shared, key, &mut keep);
+        end(shared, key, tail, keep, &landing, lost).await;
+        landing
+    }
+}
+
+/// What a flight holds of the backend until it ends.
+struct Tail {
+    /// The lease it holds.
+    lease: Option<LeaseToken>,
+    /// A lease attempt that failed but may have run: its token.
+    unsure: Option<LeaseToken>,
+    /// Releases the lease if the flight is dropped.
+    held: Option<Held>,
+    /// The stored answer the flight replaces, if any.
+    version: Option<std::time::SystemTime>,
+}
+
+/// Drops what a flight would keep if a purge landed during its fill: its
+/// answer was made from data read before it.
+fn fence<E>(shared: &Shared<E>, key: &Key, keep: &mut Option<Keep>) {
+    if keep
+        .as_ref()
+        .is_some_and(|k| shared.config.backend.purged(key, &k.entry).is_some())
+    {
+        // Its callers have it, the store does not.
+        tracing::debug!("purged during the fill; not stored");
+        bump(&shared.counters.purge_fenced);
+        *keep = None;
+    }
+}
+
+/// Ends a flight in the backend: stores what it keeps, ends its lease with
+/// how it landed (waking the other instances' waiters), and drops a stored
+/// answer it replaces but may not stand for.
+async fn end<E>(
+    shared: &Shared<E>,
+    key: &Key,
+    tail: Tail,
+    keep: Option<Keep>,
+    landing: &Landing,
+    lost: bool,
+) {
+    let config = &shared.config;
+    let counters = &shared.counters;
+    let Tail {
+        lease,
+        unsure,
+        held,
+        version,
+    } = tail;
     if matches!(landing, Landing::Pass) {
         shared.remember_pass(key);
     }
@@ -260,10 +373,13 @@ where
     // stored one goes, from every instance's near cache too.
     let drops = version.is_some()
         && keep.is_none()
-        && matches!(landing, Landing::Pass | Landing::Varied(..));
+        && matches!(
+            landing,
+            Landing::Pass | Landing::Varied(..) | Landing::Streaming(_)
+        );
     match (lease, unsure) {
         (Some(lease), _) => {
-            let completion = completion(keep, &landing, config);
+            let completion = completion(keep, landing, config);
             crate::remote::complete(shared, key, &lease, completion, lost).await;
             if let Some(held) = held {
                 held.disarm();
@@ -273,7 +389,7 @@ where
             // Kept aside: stored without the lease if it was not this
             // flight's.
             let stored = keep.clone();
-            let completion = completion(keep, &landing, config);
+            let completion = completion(keep, landing, config);
             match optional(shared, |b| b.complete(key, &token, completion)).await {
                 Ok(true) => {
                     tracing::debug!(
@@ -309,7 +425,6 @@ where
             ),
         }
     }
-    Flown::Landed(landing, own)
 }
 
 /// How a leased flight ends, from what it keeps and how it landed.
@@ -326,6 +441,11 @@ fn completion(keep: Option<Keep>, landing: &Landing, config: &crate::CoalesceCon
         },
         (None, Landing::Pass) => Completion::Pass {
             ttl: config.pass_ttl,
+        },
+        // Too large to keep whole: the other instances' callers call the
+        // origin themselves this once (the key does not become pass).
+        (None, Landing::Streaming(_)) => Completion::Pass {
+            ttl: std::time::Duration::ZERO,
         },
         (None, Landing::Failed(_)) => Completion::Released,
     }

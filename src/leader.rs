@@ -176,6 +176,33 @@ async fn run<S, E, ReqBody, ResBody>(
     };
     let (landing, own) = match finished {
         Some(Ok(Flown::Landed(landing, own))) => (landing, own),
+        Some(Ok(Flown::Streaming(streaming, own))) => {
+            // Every caller reads the answer as it arrives; the flight stays
+            // in the table meanwhile, so that callers that come now join it.
+            if let Some(guard) = &guard {
+                guard.stream(streaming.landing());
+            }
+            let _ = own_tx.send(own);
+            let close = || {
+                if let Some(guard) = &guard {
+                    guard.close();
+                }
+            };
+            let finish = AssertUnwindSafe(streaming.finish(&shared, &key, close)).catch_unwind();
+            // Stopped or panicked, the pump fails the tape as it is
+            // dropped: no reader waits on it.
+            tokio::select! {
+                finished = finish => {
+                    if let Err(panic) = finished {
+                        panicked(&shared, &key, &*panic);
+                    }
+                }
+                () = shared.tasks.stopping() => {
+                    tracing::warn!(key = %key.fingerprint(), "layer shut down; a streaming answer stopped unfinished");
+                }
+            }
+            return;
+        }
         Some(Ok(Flown::Stale(entry, req, inner))) => {
             // Every caller of the flight is answered at once; then, in this
             // task, one refresh fetches the next answer.

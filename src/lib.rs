@@ -138,8 +138,12 @@
 //!   service themselves. A response that `Vary`s on headers outside the key
 //!   goes only to followers that sent the leader's values of them, and is
 //!   never stored ([`KeyExtractor::keys_header`]). Server errors and gRPC
-//!   error statuses go to the flight's followers but are never stored. Bodies over [`max_body_bytes`](CoalesceConfig::max_body_bytes)
-//!   stream to their own caller and are never shared.
+//!   error statuses go to the flight's followers but are never stored.
+//! - Every caller of a flight reads its answer as the origin sends it, from
+//!   one shared copy, whatever its size;
+//!   [`max_stored_bytes`](CoalesceConfig::max_stored_bytes) decides only
+//!   storing. A body that fails or ends short of its `Content-Length` ends
+//!   every caller's body in an error, never in a short success.
 //! - A response served from storage (a hit, or a flight that found the answer
 //!   stored) carries `Age` (RFC 9111 §5.1): the seconds since the origin made
 //!   it, so caches downstream do not count its lifetime again. Answers a
@@ -192,6 +196,7 @@ mod shared;
 mod shutdown;
 mod stats;
 mod sync;
+mod tape;
 
 pub use backend::{
     Announcer, Backend, BackendError, BackendFuture, Completion, Invalidation, LeaseToken, Leases,

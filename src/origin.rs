@@ -1,19 +1,22 @@
 //! The origin call of a flight: call the inner service, judge the response,
-//! buffer its body within the limit, and say what each party gets — the
-//! followers' landing, the leader caller's own answer, the entry to keep.
+//! read its body — whole, or into the tape every caller of the flight reads
+//! as it arrives — and say what each party gets: the followers' landing,
+//! the leader caller's own answer, the entry to keep.
 //!
 //! It never stores or publishes anything: the flight task does that with
 //! what this returns.
 
 use crate::conditions::Asked;
 use crate::entry::Life;
-use crate::flight::Landing;
+use crate::flight::{Landing, Streamed};
 use crate::freshness::Freshness;
 use crate::policy::{self, Sharing};
 use crate::shared::Shared;
 use crate::stats::bump;
+use crate::tape::Tape;
 use crate::{BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, KeyExtractor, Outcome};
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -56,6 +59,16 @@ impl<B> OriginBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Se
 /// What the leader's own caller receives: its response (with how it was
 /// made), or the inner service's own error.
 pub(crate) type Own<B, E> = Result<(Response<CoalesceBody<B>>, Outcome), E>;
+
+/// What the origin call made: a whole answer, or one whose body streams.
+pub(crate) enum Made<B, E> {
+    /// The answer is whole (or failed, or may not be shared).
+    Whole(Produced<B, E>),
+    /// The head is here and may be shared; the body is still arriving: the
+    /// pump reads it into the tape every caller reads, the leader's caller
+    /// with this answer.
+    Streaming(Pump<B>, Own<B, E>),
+}
 
 /// What the origin call produced: the landing for the followers, the leader
 /// caller's own answer, and the entry to keep, if it may be stored.
@@ -128,15 +141,17 @@ fn keep_for(
     }
 }
 
-/// Calls the origin, judges the response and buffers its body.
+/// Calls the origin, judges the response, and reads its body: all of it
+/// when a stale answer may stand in for a failure (`stand_in`), or what
+/// came with the head, the rest to stream.
 pub(crate) async fn produce<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
     asked: &Asked,
     mut req: Request<ReqBody>,
     inner: S,
-    refreshing: Option<&Entry>,
+    (refreshing, stand_in): (Option<&Entry>, bool),
     filled: crate::PurgePosition,
-) -> Produced<ResBody, S::Error>
+) -> Made<ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
     E: KeyExtractor<ReqBody>,
@@ -159,17 +174,19 @@ where
     // A refresh asks whether the stale answer changed, if it can tell.
     let revalidating =
         refreshing.filter(|stale| crate::revalidate::ask_if_changed(&mut req, stale));
+    // A body the head's `Content-Length` does not describe.
+    let head_only = req.method() == http::Method::HEAD;
     let requested = SystemTime::now();
     let res = match inner.oneshot(req).await {
         Ok(res) => res,
         Err(error) => {
             bump(&counters.errors);
             let shared_error = FlightError::new(FlightErrorKind::Origin, error.to_string());
-            return Produced {
+            return Made::Whole(Produced {
                 landing: Landing::Failed(shared_error),
                 own: Err(error),
                 keep: None,
-            };
+            });
         }
     };
     let received = SystemTime::now();
@@ -183,7 +200,14 @@ where
             tags
         };
         let fill = (filled, tags);
-        return renew(shared, asked, stale, &head, (requested, received), fill);
+        return Made::Whole(renew(
+            shared,
+            asked,
+            stale,
+            &head,
+            (requested, received),
+            fill,
+        ));
     }
     let (mut sharing, life, age) = match policy::directives(&head.headers) {
         Ok(directives) => {
@@ -209,14 +233,19 @@ where
     if sharing == Sharing::Pass {
         bump(&counters.passed_flights);
         let own = asked.answer_streamed(head, CoalesceBody::inner(body));
-        return Produced {
+        return Made::Whole(Produced {
             landing: Landing::Pass,
             own: Ok((own, Outcome::Leader)),
             keep: None,
-        };
+        });
     }
 
-    match buffer(body, shared.config.max_body_bytes).await {
+    // With an answer that may stand in for an error, no head goes out before
+    // the body is known to be whole: the body is buffered, up to the stored
+    // size (past it, the stand-in is given up). Otherwise what has arrived
+    // with the head is taken, and the rest streams to every caller.
+    let limit = shared.config.max_stored_bytes;
+    match buffer(body, limit, stand_in).await {
         Buffered::Whole { data, trailers } => {
             let sharing = policy::judge_trailers(sharing, trailers.as_ref());
             let entry = Entry::new(head.status, head.version, head.headers, data, trailers)
@@ -228,31 +257,174 @@ where
             } else {
                 Landing::Varied(entry, Arc::new(crate::flight::Varied::new(varied)))
             };
-            Produced {
+            Made::Whole(Produced {
                 keep,
                 landing,
                 own: Ok((own, Outcome::Leader)),
-            }
+            })
         }
-        Buffered::TooLarge { prefix, rest } => {
-            bump(&counters.passed_flights);
-            let own = asked.answer_streamed(head, CoalesceBody::replay(prefix, Some(rest), None));
-            Produced {
-                landing: Landing::Pass,
-                own: Ok((own, Outcome::Leader)),
-                keep: None,
-            }
+        Buffered::Unfinished { prefix, rest } => {
+            let bodiless = head_only
+                || head.status == StatusCode::NO_CONTENT
+                || head.status == StatusCode::NOT_MODIFIED;
+            // The head's length, or the body's own if it knows it exactly
+            // (the head then goes out with it too).
+            let read: u64 = prefix.iter().map(|c| c.len() as u64).sum();
+            let declared = crate::conditions::content_length(&head.headers)
+                .or_else(|| Some(rest.size_hint().exact()? + read))
+                .filter(|_| !bodiless);
+            let tape = Tape::new(declared);
+            prefix.into_iter().for_each(|chunk| tape.push(chunk));
+            let head = Entry::new(head.status, head.version, head.headers, Bytes::new(), None)
+                .filled(filled, tags);
+            let streamed = Arc::new(Streamed {
+                head,
+                tape,
+                varied: (!varied.is_empty()).then(|| Arc::new(crate::flight::Varied::new(varied))),
+                whole: std::sync::OnceLock::new(),
+            });
+            let own = asked
+                .answer_tape(&streamed)
+                .expect("a new tape starts at its first byte");
+            Made::Streaming(
+                Pump {
+                    ends: EndsTape(streamed.tape.clone()),
+                    streamed,
+                    rest,
+                    sharing,
+                    life,
+                    age,
+                },
+                Ok((own, Outcome::Leader)),
+            )
         }
         Buffered::Failed { prefix, error } => {
             bump(&counters.errors);
             let shared_error = FlightError::new(FlightErrorKind::Body, error.to_string());
             let own = Response::from_parts(head, CoalesceBody::replay(prefix, None, Some(error)));
-            Produced {
+            Made::Whole(Produced {
                 landing: Landing::Failed(shared_error),
                 own: Ok((own, Outcome::Leader)),
                 keep: None,
-            }
+            })
         }
+    }
+}
+
+/// The rest of a streamed answer's body, to be read into its tape.
+pub(crate) struct Pump<B> {
+    pub(crate) streamed: Arc<Streamed>,
+    /// Fails the tape if the pump is dropped before it ends it.
+    ends: EndsTape,
+    rest: Pin<Box<B>>,
+    sharing: Sharing,
+    life: Life,
+    age: Option<Duration>,
+}
+
+impl<B: OriginBody> Pump<B> {
+    /// Reads the body to its end at the origin's pace, whoever reads the
+    /// tape, and says how the flight ended: the whole answer (kept, if it
+    /// may be stored and is within the stored size), the answer still
+    /// streaming (too large to keep whole), or the failure every reader's
+    /// body ended with. `close` takes the flight out of the table: called
+    /// once the tape has dropped its first bytes, when callers that come
+    /// later can no longer read it.
+    pub(crate) async fn run<E>(
+        self,
+        shared: &Shared<E>,
+        close: impl Fn(),
+    ) -> (Landing, Option<Keep>) {
+        let Pump {
+            streamed,
+            ends: _ends,
+            mut rest,
+            sharing,
+            life,
+            age,
+        } = self;
+        let tape = &streamed.tape;
+        let config = &shared.config;
+        let limit = config.max_stored_bytes;
+        let window = config.stream_window.max(limit);
+        let mut closed = false;
+        let mut trailers = None;
+        let failure = loop {
+            let Some(frame) = rest.frame().await else {
+                break None;
+            };
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(error) => break Some(error.into().to_string()),
+            };
+            match frame.into_data() {
+                Ok(chunk) => tape.push(chunk),
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        trailers = Some(t);
+                    }
+                }
+            }
+            let len = tape.len();
+            if tape.declared().is_some_and(|declared| len > declared) {
+                break Some(format!(
+                    "the origin sent more than the {} bytes it declared",
+                    tape.declared().unwrap_or(0)
+                ));
+            }
+            if len > limit as u64 {
+                if tape.trim(window) && !closed {
+                    closed = true;
+                    close();
+                }
+                // Too large to keep, and nobody left to read it.
+                if closed && Arc::strong_count(tape) == 1 {
+                    break Some("every caller of the flight went away".to_owned());
+                }
+            }
+        };
+        let failure = failure.or_else(|| {
+            let (len, declared) = (tape.len(), tape.declared()?);
+            (len != declared).then(|| {
+                format!("the origin's body ended after {len} of the {declared} bytes it declared")
+            })
+        });
+        if let Some(why) = failure {
+            bump(&shared.counters.errors);
+            tape.fail(&why);
+            return (
+                Landing::Failed(FlightError::new(FlightErrorKind::Body, why)),
+                None,
+            );
+        }
+        tape.complete(trailers.clone());
+        if tape.len() > limit as u64 {
+            return (Landing::Streaming(streamed), None);
+        }
+        let Some((data, trailers)) = tape.joined() else {
+            return (Landing::Streaming(streamed), None);
+        };
+        let sharing = policy::judge_trailers(sharing, trailers.as_ref());
+        let entry = streamed.head.with_body(data, trailers);
+        let _ = streamed.whole.set(entry.clone());
+        let keep = Keep::of(&entry, sharing, life, age);
+        let landing = match &streamed.varied {
+            None => Landing::Done(entry),
+            Some(varied) => Landing::Varied(entry, varied.clone()),
+        };
+        (landing, keep)
+    }
+}
+
+/// Fails its tape when dropped, if nothing ended it: a flight stopped with
+/// its body unread (the layer shut down, the task dropped, a panic) leaves
+/// no reader waiting.
+struct EndsTape(Arc<Tape>);
+
+impl Drop for EndsTape {
+    fn drop(&mut self) {
+        self.0
+            .fail("the flight stopped before its answer's body ended");
     }
 }
 
@@ -304,8 +476,9 @@ enum Buffered<B> {
         data: Bytes,
         trailers: Option<HeaderMap>,
     },
-    /// More than the limit: what was read, and the unread rest.
-    TooLarge {
+    /// What was read (more than the limit, or all that had arrived), and
+    /// the unread rest.
+    Unfinished {
         prefix: Vec<Bytes>,
         rest: Pin<Box<B>>,
     },
@@ -313,7 +486,9 @@ enum Buffered<B> {
     Failed { prefix: Vec<Bytes>, error: BoxError },
 }
 
-async fn buffer<B>(body: B, limit: usize) -> Buffered<B>
+/// Reads `body` up to `limit` bytes: all of it, waiting for it (`wait`),
+/// or only what has already arrived.
+async fn buffer<B>(body: B, limit: usize, wait: bool) -> Buffered<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -322,11 +497,22 @@ where
     let mut body = Box::pin(body);
     let mut prefix = Vec::new();
     if body.size_hint().lower() > limit as u64 {
-        return Buffered::TooLarge { prefix, rest: body };
+        return Buffered::Unfinished { prefix, rest: body };
     }
     let mut len = 0usize;
     let mut trailers = None;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = if wait {
+            body.frame().await
+        } else {
+            match body.frame().now_or_never() {
+                Some(next) => next,
+                None => return Buffered::Unfinished { prefix, rest: body },
+            }
+        };
+        let Some(frame) = next else {
+            break;
+        };
         let frame = match frame {
             Ok(frame) => frame,
             Err(error) => {
@@ -343,7 +529,7 @@ where
                     prefix.push(chunk);
                 }
                 if len > limit {
-                    return Buffered::TooLarge { prefix, rest: body };
+                    return Buffered::Unfinished { prefix, rest: body };
                 }
             }
             Err(frame) => {

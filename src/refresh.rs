@@ -150,6 +150,20 @@ async fn refresh<S, E, ReqBody, ResBody>(
     };
     let landing = match ended {
         Some(Ok(Flown::Landed(landing, _))) => landing,
+        Some(Ok(Flown::Streaming(streaming, _))) => {
+            // Requests that joined the refresh read it as it arrives.
+            guard.stream(streaming.landing());
+            let finish = streaming.finish(&shared, &key, || guard.close());
+            tokio::select! {
+                landing = AssertUnwindSafe(finish).catch_unwind() => landing.unwrap_or_else(|_| {
+                    Landing::Failed(FlightError::new(
+                        FlightErrorKind::Panic,
+                        "the inner service's body panicked during a refresh",
+                    ))
+                }),
+                () = shared.tasks.stopping() => return,
+            }
+        }
         // The answer cannot be shared: requests that waited (the stale
         // answer had run out meanwhile) call the origin themselves.
         Some(Ok(Flown::Pass(..))) => Landing::Pass,

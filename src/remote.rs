@@ -35,8 +35,10 @@ pub(crate) enum Elected {
     /// Another process's flight gave this answer to its waiters, unstored.
     Shared(Entry),
     /// Another process found that the key's answers cannot be shared: call
-    /// the origin for each caller.
-    Pass,
+    /// the origin for each caller; `remember`: the key is marked
+    /// pass-through (its answers were private), rather than this one answer
+    /// being unshareable across instances (too large, or varied).
+    Pass { remember: bool },
     /// Another process held the lease past the wait timeout.
     Timeout,
 }
@@ -80,7 +82,7 @@ pub(crate) async fn elect<E>(
     let version = *refresh;
     match optional(shared, |b| b.try_lock(key, &token, config.lease, version)).await {
         Ok(TryLock::Acquired) => return Elected::Lead(Some(token)),
-        Ok(TryLock::Pass) => return Elected::Pass,
+        Ok(TryLock::Pass) => return Elected::Pass { remember: true },
         Ok(_) => {}
         Err(unavailable) => return unsure("taking the lease", unavailable, token),
     }
@@ -115,7 +117,7 @@ pub(crate) async fn elect<E>(
         }
         let version = *refresh;
         match optional(shared, |b| b.try_lock(key, &token, config.lease, version)).await {
-            Ok(TryLock::Pass) => return Elected::Pass,
+            Ok(TryLock::Pass) => return Elected::Pass { remember: true },
             Ok(TryLock::Acquired) => {
                 // The lease was free with no answer stored: its holder died,
                 // or its answer could not be shared.
@@ -133,7 +135,7 @@ pub(crate) async fn elect<E>(
         tokio::select! {
             notice = watch.changed() => match notice {
                 Some(Notice::Answer(entry)) => return Elected::Shared(entry),
-                Some(Notice::Pass) => return Elected::Pass,
+                Some(Notice::Pass) => return Elected::Pass { remember: false },
                 _ => {}
             },
             _ = tokio::time::sleep_until(recheck.min(deadline)) => {

@@ -236,8 +236,7 @@ pub struct Stats {
     /// Answers stored in the backend.
     pub stored: u64,
     /// Flights whose answer could not be shared (`Set-Cookie`, `private`,
-    /// `no-store`, a body over `max_body_bytes`...), so that their followers
-    /// passed. Reported as `coalesce_passed_flights_total`.
+    /// `no-store`...), so that their followers passed. Reported as `coalesce_passed_flights_total`.
     pub passed_flights: u64,
     /// Flights that failed: the inner service returned an error, its body
     /// stream failed, or it panicked.

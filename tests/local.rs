@@ -250,12 +250,12 @@ async fn a_body_that_fails_is_an_error_for_everyone_never_a_short_success() {
 }
 
 #[tokio::test]
-async fn a_body_over_the_limit_streams_whole_to_its_caller_and_followers_call_inner_themselves() {
+async fn a_body_over_the_stored_size_is_shared_by_every_caller_and_not_stored() {
     let big = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>());
     let origin = Origin::gated();
     let layer = layer(
         CoalesceConfig::new()
-            .max_body_bytes(1000)
+            .max_stored_bytes(1000)
             .ttl(Duration::from_secs(60)),
     );
     let answer = big.clone();
@@ -288,23 +288,29 @@ async fn a_body_over_the_limit_streams_whole_to_its_caller_and_followers_call_in
     );
     for f in followers {
         let res = f.await.unwrap().unwrap();
-        assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Pass));
+        assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Follower));
         assert_eq!(body(res).await.unwrap(), big);
     }
-    assert_eq!(
-        origin.calls(),
-        4,
-        "each follower called the inner service itself"
-    );
-    assert_eq!(layer.stats().stored, 0);
+    assert_eq!(origin.calls(), 1, "one origin call for every caller");
+    until(&layer, "the flight's end", |_| {
+        layer.flights_in_progress() == 0
+    })
+    .await;
+    assert_eq!(layer.stats().stored, 0, "too large to store");
+    assert_eq!(layer.stats().passed_flights, 0);
+    // Not remembered as pass-through for being large: the next burst is
+    // one flight again.
+    let res = svc.clone().oneshot(get("/big")).await.unwrap();
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Leader));
+    assert_eq!(body(res).await.unwrap(), big);
 }
 
 #[tokio::test]
-async fn a_declared_length_over_the_limit_is_not_buffered_at_all() {
+async fn a_declared_length_over_the_stored_size_streams_at_once_with_its_length() {
     let origin = Origin::open();
     let layer = layer(
         CoalesceConfig::new()
-            .max_body_bytes(10)
+            .max_stored_bytes(10)
             .ttl(Duration::from_secs(60)),
     );
     let svc = layer.layer(origin.serve(|_| async {
@@ -313,7 +319,8 @@ async fn a_declared_length_over_the_limit_is_not_buffered_at_all() {
     let res = svc.clone().oneshot(get("/x")).await.unwrap();
     assert_eq!(res.body().size_hint().exact(), Some(11));
     assert_eq!(body(res).await.unwrap().len(), 11);
-    assert_eq!(layer.stats().passed_flights, 1);
+    assert_eq!(layer.stats().passed_flights, 0);
+    assert_eq!(layer.stats().stored, 0);
 }
 
 #[tokio::test]

@@ -73,8 +73,9 @@
 //!     request that leads a flight carries no per-client value.
 //! - Only the request that leads a flight is rewritten for the upstream; hits
 //!   and followers skip that work.
-//! - Bodies stream in both directions; only answers up to the layer's
-//!   `max_body_bytes` (1 MiB) are buffered, to be shared.
+//! - Bodies stream in both directions: every caller of a flight reads the
+//!   upstream's answer as it arrives; answers up to the layer's
+//!   `max_stored_bytes` (1 MiB) are stored.
 //! - An upstream that cannot be reached gives `502 Bad Gateway`.
 //!
 //! Coalescing shares one upstream answer among requests with the same key

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::from_env();
+    logs();
     if args.shares() && args.ttl == Some(std::time::Duration::ZERO) {
         eprintln!(
             "coalesce-proxy: warning: with --ttl-ms 0 instances cannot hand answers to each \
@@ -113,4 +114,18 @@ async fn termination() -> std::io::Result<()> {
     {
         tokio::signal::ctrl_c().await
     }
+}
+
+/// Logs to standard error, filtered by `RUST_LOG` (default: warnings and
+/// errors), so that what the library reports — Redis unreachable, a lease
+/// lost, a panicking upstream call — is seen.
+fn logs() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }

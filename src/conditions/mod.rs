@@ -153,6 +153,19 @@ impl Asked {
         res
     }
 
+    /// This caller's answer from a flight's answer whose body is arriving:
+    /// read from its tape, with this caller's conditions, range and method
+    /// applied to its head. `None` if the tape no longer starts at the
+    /// first byte (the caller must start a new flight).
+    pub(crate) fn answer_tape<B>(
+        &self,
+        streamed: &crate::flight::Streamed,
+    ) -> Option<Response<CoalesceBody<B>>> {
+        let reader = streamed.tape.reader()?;
+        let (head, _) = streamed.head.to_response::<B>().into_parts();
+        Some(self.answer_streamed(head, CoalesceBody::tape(reader)))
+    }
+
     /// This caller's answer from a response that is not shared (private, or
     /// too large to buffer): preconditions and a single range applied to
     /// its head and streamed body, as the origin would have applied them.
@@ -269,7 +282,7 @@ impl Asking {
     }
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()

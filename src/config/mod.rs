@@ -43,7 +43,7 @@ pub enum WaitFallback {
 ///
 /// let config = CoalesceConfig::new()
 ///     .ttl(Duration::from_secs(5))
-///     .max_body_bytes(256 * 1024)
+///     .max_stored_bytes(256 * 1024)
 ///     .wait_timeout(Duration::from_secs(10))
 ///     .wait_fallback(WaitFallback::CallOrigin)
 ///     .backend(MemoryBackend::builder().max_entries(1_000).build())
@@ -56,7 +56,8 @@ pub struct CoalesceConfig {
     pub(crate) early_refresh: f64,
     pub(crate) stale_if_error: Duration,
     pub(crate) client_directives: bool,
-    pub(crate) max_body_bytes: usize,
+    pub(crate) max_stored_bytes: usize,
+    pub(crate) stream_window: usize,
     pub(crate) wait_timeout: Duration,
     pub(crate) direct_timeout: Option<Duration>,
     pub(crate) wait_fallback: WaitFallback,
@@ -92,7 +93,8 @@ impl fmt::Debug for CoalesceConfig {
             .field("early_refresh", &self.early_refresh)
             .field("stale_if_error", &self.stale_if_error)
             .field("client_directives", &self.client_directives)
-            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_stored_bytes", &self.max_stored_bytes)
+            .field("stream_window", &self.stream_window)
             .field("wait_timeout", &self.wait_timeout)
             .field("direct_timeout", &self.direct_timeout)
             .field("wait_fallback", &self.wait_fallback)
@@ -223,7 +225,8 @@ impl CoalesceConfig {
     }
 
     /// The defaults: coalesce concurrent requests but store nothing (`ttl`
-    /// zero), share bodies up to 1 MiB, followers wait up to 30 s and then
+    /// zero), keep answers up to 1 MiB whole (larger ones stream to their
+    /// flight's callers within an 8 MiB window), followers wait up to 30 s and then
     /// answer `504`, abandoned flights complete, backend operations are
     /// given up after 250 ms and a failing backend is skipped for 1 s, no
     /// outcome header, the embedded [`MemoryBackend`]; `GET` and `HEAD`
@@ -237,7 +240,8 @@ impl CoalesceConfig {
             early_refresh: 0.0,
             stale_if_error: Duration::ZERO,
             client_directives: true,
-            max_body_bytes: 1024 * 1024,
+            max_stored_bytes: 1024 * 1024,
+            stream_window: 8 * 1024 * 1024,
             wait_timeout: Duration::from_secs(30),
             direct_timeout: None,
             wait_fallback: WaitFallback::GatewayTimeout,
@@ -264,11 +268,33 @@ impl CoalesceConfig {
         }
     }
 
-    /// The largest body that is buffered and shared. A larger body streams to
-    /// its own caller untouched, is never stored, and the flight's followers
-    /// call the inner service themselves.
-    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
-        self.max_body_bytes = bytes;
+    /// The largest body that is kept whole and may be stored (default
+    /// 1 MiB). It decides storing only: an answer of any size is shared
+    /// with every caller of its flight, streamed as it arrives.
+    pub fn max_stored_bytes(mut self, bytes: usize) -> Self {
+        self.max_stored_bytes = bytes;
+        self
+    }
+
+    /// The former name of [`max_stored_bytes`](Self::max_stored_bytes),
+    /// from when larger answers were not shared.
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `max_stored_bytes`: the size decides storing, not sharing"
+    )]
+    pub fn max_body_bytes(self, bytes: usize) -> Self {
+        self.max_stored_bytes(bytes)
+    }
+
+    /// How many of its latest bytes a flight keeps of an answer too large
+    /// to store (default 8 MiB, and never less than
+    /// [`max_stored_bytes`](Self::max_stored_bytes)). The origin is read at
+    /// its own pace: a caller that reads more slowly and falls further
+    /// behind gets an error on its body (never a body with bytes missing),
+    /// and once the window has moved past the first byte, new callers start
+    /// a new flight.
+    pub fn stream_window(mut self, bytes: usize) -> Self {
+        self.stream_window = bytes;
         self
     }
 
@@ -369,8 +395,8 @@ impl CoalesceConfig {
         self
     }
 
-    /// How long a key whose answer could not be shared (private, or over
-    /// `max_body_bytes`) is remembered as pass-through (default 5 s; zero
+    /// How long a key whose answer could not be shared (private,
+    /// `Set-Cookie`, `no-store`) is remembered as pass-through (default 5 s; zero
     /// turns this off). Requests for it then go straight to the inner service
     /// with [`Outcome::Pass`](crate::Outcome::Pass), rather than waiting, one
     /// flight after another, for answers they would not be given.

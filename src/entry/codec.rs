@@ -198,7 +198,7 @@ fn version_from_code(code: u8) -> Result<Version, DecodeError> {
 
 fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
     // Lengths past u32 cannot be written; entries are bounded far below it
-    // by `max_body_bytes`, and a saturated length fails the decode, not a reader.
+    // by `max_stored_bytes`, and a saturated length fails the decode, not a reader.
     buf.put_u32(u32::try_from(b.len()).unwrap_or(u32::MAX));
     buf.put_slice(b);
 }

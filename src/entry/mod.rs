@@ -140,6 +140,22 @@ impl Entry {
         }
     }
 
+    /// This entry's head and fill with `body` and `trailers`: a streamed
+    /// answer, whole.
+    pub(crate) fn with_body(&self, body: Bytes, trailers: Option<HeaderMap>) -> Self {
+        let p = &*self.inner;
+        Self::with_parts(Parts {
+            status: p.status,
+            version: p.version,
+            headers: p.headers.clone(),
+            body,
+            trailers,
+            stored: p.stored,
+            fill: p.fill.clone(),
+            checked: AtomicU64::new(p.checked_at()),
+        })
+    }
+
     /// The same response, stored at `at` (kept to the millisecond, as
     /// encoded): responses made from it carry an `Age` header. The layer
     /// marks every entry it hands to [`Store::store`](crate::Store::store)

@@ -4,8 +4,8 @@
 //! `GET` bursts, writes, purges by URL and tag, and faults (Redis restarted
 //! without persistence, `FLUSHALL`, Redis or an instance paused, every
 //! connection to Redis dropped through a relay, an instance killed and
-//! started again, the origin failing) runs against them; then the checker reads the history and lists
-//! every broken promise (see `history.rs`).
+//! started again, the origin failing) runs against them; then the checker
+//! reads the history and lists every broken promise (see `history.rs`).
 //!
 //! In CI it runs a few histories. At length, or against another build:
 //!
@@ -13,7 +13,10 @@
 //! CHECKER_HISTORIES=1000 CHECKER_CLUSTER_HISTORIES=100 CHECKER_PARALLEL=4 cargo test -p coalesce-proxy --test checker -- --nocapture
 //! CHECKER_SEED=17,23 CHECKER_VERBOSE=1 cargo test -p coalesce-proxy --test checker -- --nocapture   # histories again
 //! COALESCE_PROXY_BIN=/path/to/coalesce-proxy cargo test -p coalesce-proxy --test checker
+//! CHECKER_SEED=17 CHECKER_VERBOSE=1 CHECKER_LOGS=/tmp/logs cargo test -p coalesce-proxy --test checker   # with each instance's debug log
 //! ```
+//! `CHECKER_RUST_LOG` sets the instances' log filter (default: debug for
+//! the library and the proxy).
 //! A failing history prints its seed: add it to [`REGRESSIONS`] to keep it.
 
 mod deployment;

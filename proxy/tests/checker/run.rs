@@ -77,8 +77,22 @@ struct Instance {
 }
 
 impl Instance {
-    fn start(bin: &str, origin: SocketAddr, redis: &[String], token_file: &str) -> Self {
+    /// Starts one; with `log`, its debug log goes to that file.
+    fn start(
+        bin: &str,
+        origin: SocketAddr,
+        redis: &[String],
+        token_file: &str,
+        log: Option<std::path::PathBuf>,
+    ) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], coalesce_test_redis::free_port()));
+        let stderr = match &log {
+            Some(path) => Stdio::from(
+                std::fs::File::create(path)
+                    .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display())),
+            ),
+            None => Stdio::null(),
+        };
         let child = Command::new(bin)
             .args(["--listen", &addr.to_string()])
             .args(["--upstream", &format!("http://{origin}")])
@@ -86,8 +100,13 @@ impl Instance {
             .args(["--public-host", "shop.example"])
             .args(["--lease-ms", "1000"])
             .args(["--purge-token-file", token_file])
+            .env(
+                "RUST_LOG",
+                std::env::var("CHECKER_RUST_LOG")
+                    .unwrap_or_else(|_| "tower_coalesce=debug,coalesce_proxy=debug".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
         let mut instance = Instance { child, addr };
@@ -115,6 +134,14 @@ impl Drop for Instance {
     }
 }
 
+/// Where the `n`th instance of `seed`'s history logs: a file in the
+/// directory `CHECKER_LOGS` names, if it names one.
+fn log(seed: u64, n: usize) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("CHECKER_LOGS")?;
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(std::path::Path::new(&dir).join(format!("{seed}-instance-{n}.log")))
+}
+
 /// Sends the signal `name` to `pid`.
 pub(crate) fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
@@ -125,6 +152,9 @@ pub(crate) fn signal(pid: u32, name: &str) {
 
 /// Everything one history runs against.
 struct Fleet {
+    seed: u64,
+    /// Instances started so far.
+    started: usize,
     base: Instant,
     origin: Origin,
     redis: Deployment,
@@ -150,9 +180,11 @@ pub async fn one(bin: &str, seed: u64, cluster: bool) -> History {
     std::fs::write(&token_file, TOKEN).unwrap();
     let token_path = token_file.to_str().unwrap().to_owned();
     let instances = (0..SHAPE.instances)
-        .map(|_| Instance::start(bin, origin.addr, &redis.args(), &token_path))
+        .map(|i| Instance::start(bin, origin.addr, &redis.args(), &token_path, log(seed, i)))
         .collect();
     let mut fleet = Fleet {
+        seed,
+        started: SHAPE.instances,
         base,
         origin,
         redis,
@@ -164,6 +196,12 @@ pub async fn one(bin: &str, seed: u64, cluster: bool) -> History {
         lifting: Vec::new(),
     };
     let verbose = std::env::var_os("CHECKER_VERBOSE").is_some();
+    if verbose {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        println!("seed {seed}: time 0 is {since:?} since 1970");
+    }
     for step in schedule::draw(seed, SHAPE) {
         if verbose {
             println!("{:>8.3?} {step:?}", fleet.now());
@@ -380,7 +418,9 @@ impl Fleet {
                     self.origin.addr,
                     &self.redis.args(),
                     &self.token_path,
+                    log(self.seed, self.started),
                 );
+                self.started += 1;
                 drop(std::mem::replace(&mut self.instances[instance], started));
                 let lifted = self.now();
                 self.history.lock().unwrap().windows.push(window(lifted));

@@ -1,0 +1,413 @@
+//! Streaming fan-out in one process, over real TCP (invariant 11): every
+//! caller of a flight reads the one answer as the origin sends it, whatever
+//! its size; one origin call per burst; a body that fails or ends short
+//! fails every caller's body; a slow or departed caller holds no one back.
+//!
+//! The origin here sends each chunk when the test says so, so the order of
+//! events is proven by the test's own steps, not by timing.
+
+mod support;
+
+use axum::body::Body;
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::until;
+use tokio::sync::mpsc;
+use tower::{Layer, ServiceExt};
+use tower_coalesce::{BoxError, CoalesceConfig, CoalesceLayer, Outcome};
+
+type Chunk = Result<Frame<Bytes>, BoxError>;
+
+/// The origin's end of one call: what the test sends becomes the answer's
+/// body, as it sends it.
+struct Tap(mpsc::Sender<Chunk>);
+
+impl Tap {
+    async fn send(&self, bytes: &[u8]) {
+        self.0
+            .send(Ok(Frame::data(Bytes::copy_from_slice(bytes))))
+            .await
+            .expect("the flight reads the origin");
+    }
+
+    async fn fail(self) {
+        let _ = self
+            .0
+            .send(Err("the origin's connection broke".into()))
+            .await;
+    }
+}
+
+/// An origin whose every call answers `200` with these headers at once, and
+/// a body the test sends through the call's [`Tap`].
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    taps: mpsc::UnboundedReceiver<Tap>,
+    service: Router,
+}
+
+impl Origin {
+    fn new(headers: &[(&'static str, String)]) -> Self {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (tap_tx, taps) = mpsc::unbounded_channel();
+        let headers = headers.to_vec();
+        let counted = calls.clone();
+        let service = Router::new().fallback(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // One chunk in flight at a time: the origin sends as fast as
+            // the flight reads.
+            let (tx, rx) = mpsc::channel::<Chunk>(1);
+            let _ = tap_tx.send(Tap(tx));
+            let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk, rx))
+            });
+            let mut res = Response::new(Body::new(StreamBody::new(chunks)));
+            for (name, value) in &headers {
+                res.headers_mut()
+                    .insert(*name, value.parse().expect("a header value"));
+            }
+            std::future::ready(res)
+        });
+        Self {
+            calls,
+            taps,
+            service,
+        }
+    }
+
+    /// The tap of the next origin call.
+    async fn tap(&mut self) -> Tap {
+        tokio::time::timeout(Duration::from_secs(20), self.taps.recv())
+            .await
+            .expect("an origin call")
+            .expect("the origin is up")
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+fn cacheable(len: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("cache-control", "max-age=60".into()),
+        ("content-length", len.to_string()),
+        ("etag", "\"v1\"".into()),
+    ]
+}
+
+/// The answer's bytes: every byte tells where it is.
+fn answer(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Serves `origin` behind `layer` on a loopback port.
+async fn serve(origin: &Origin, layer: &CoalesceLayer) -> SocketAddr {
+    let app = origin.service.clone().layer(layer.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+fn client() -> Http {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn request(
+    client: &Http,
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> Response<hyper::body::Incoming> {
+    let mut req = Request::get(format!("http://{addr}/report"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let res = client.request(req.body(Empty::new()).unwrap());
+    tokio::time::timeout(Duration::from_secs(20), res)
+        .await
+        .expect("a head within 20 s")
+        .expect("a response")
+}
+
+/// Reads `len` bytes of `res`'s body (more if a frame holds more).
+async fn read_at_least(body: &mut hyper::body::Incoming, len: usize) -> Vec<u8> {
+    let mut read = Vec::new();
+    while read.len() < len {
+        let frame = tokio::time::timeout(Duration::from_secs(20), body.frame())
+            .await
+            .expect("a frame within 20 s")
+            .expect("more body")
+            .expect("no error");
+        if let Ok(data) = frame.into_data() {
+            read.extend_from_slice(&data);
+        }
+    }
+    read
+}
+
+/// The rest of `res`'s body; an error if it failed, a panic if it hangs.
+async fn rest(res: Response<hyper::body::Incoming>) -> Result<Bytes, hyper::Error> {
+    tokio::time::timeout(Duration::from_secs(30), res.into_body().collect())
+        .await
+        .expect("the body ends within 30 s")
+        .map(|b| b.to_bytes())
+}
+
+fn layer() -> CoalesceLayer {
+    CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_secs(60))
+            .outcome_header("x-coalesce"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_for_a_large_answer_costs_one_origin_call_and_every_caller_gets_every_byte() {
+    const CALLERS: usize = 50;
+    const LEN: usize = 4 << 20;
+    let mut origin = Origin::new(&cacheable(LEN));
+    let layer = layer();
+    let addr = serve(&origin, &layer).await;
+    let client = client();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let res = request(&client, addr, &[]).await;
+                let length = res.headers()["content-length"].to_str().unwrap().to_owned();
+                let bytes = rest(res).await;
+                (length, bytes)
+            })
+        })
+        .collect();
+    let tap = origin.tap().await;
+    until(&layer, "the burst", |s| s.followers as usize == CALLERS - 1).await;
+    let expected = answer(LEN);
+    for chunk in expected.chunks(64 << 10) {
+        tap.send(chunk).await;
+    }
+    drop(tap);
+    for caller in callers {
+        let (length, bytes) = caller.await.unwrap();
+        assert_eq!(length, LEN.to_string(), "every caller is told the length");
+        let bytes = bytes.expect("a whole body");
+        assert!(bytes == expected[..], "every byte, in order");
+    }
+    assert_eq!(origin.calls(), 1, "one origin call for the whole burst");
+    until(&layer, "the flight's end", |_| {
+        layer.flights_in_progress() == 0
+    })
+    .await;
+    assert_eq!(layer.stats().stored, 0, "over the stored size: not stored");
+    assert_eq!(layer.stats().passed_flights, 0, "shared, not passed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_read_the_first_bytes_before_the_origin_has_sent_the_rest() {
+    const LEN: usize = 300_000;
+    let mut origin = Origin::new(&cacheable(LEN));
+    let layer = layer();
+    let addr = serve(&origin, &layer).await;
+    let client = client();
+    let expected = answer(LEN);
+
+    let mut leader = request(&client, addr, &[]).await;
+    let tap = origin.tap().await;
+    tap.send(&expected[..1000]).await;
+    // The leader's caller has the first bytes while the origin holds the rest.
+    let first = read_at_least(leader.body_mut(), 1000).await;
+    assert_eq!(first, expected[..1000]);
+
+    // A caller that comes now joins the flight and reads from the first byte.
+    let mut joined = request(&client, addr, &[]).await;
+    assert_eq!(joined.headers()["x-coalesce"], "follower");
+    assert_eq!(
+        read_at_least(joined.body_mut(), 1000).await,
+        expected[..1000]
+    );
+    // Conditions and methods are answered from the head alone.
+    let unchanged = request(&client, addr, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    let failed = request(&client, addr, &[("if-match", "\"v0\"")]).await;
+    assert_eq!(failed.status(), StatusCode::PRECONDITION_FAILED);
+    // A range whose bytes have arrived is answered now.
+    let mut part = request(&client, addr, &[("range", "bytes=100-199")]).await;
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 100-199/{LEN}").as_str()
+    );
+    assert_eq!(
+        read_at_least(part.body_mut(), 100).await,
+        expected[100..200]
+    );
+    assert_eq!(origin.calls(), 1, "all of them from the one flight");
+
+    for chunk in expected[1000..].chunks(16 << 10) {
+        tap.send(chunk).await;
+    }
+    drop(tap);
+    for res in [leader, joined] {
+        assert_eq!(rest(res).await.unwrap(), expected[1000..]);
+    }
+    // Complete and small enough: stored, and the next request is a hit.
+    until(&layer, "the store", |s| s.stored == 1).await;
+    let hit = request(&client, addr, &[]).await;
+    assert_eq!(hit.headers()["x-coalesce"], "hit");
+    assert_eq!(rest(hit).await.unwrap(), expected);
+    assert_eq!(origin.calls(), 1);
+}
+
+/// Three callers of one flight, each having read the first 5,000 bytes,
+/// and the origin's tap.
+async fn three_callers_reading(
+    origin: &mut Origin,
+    client: &Http,
+    addr: SocketAddr,
+    expected: &[u8],
+) -> (Vec<Response<hyper::body::Incoming>>, Tap) {
+    let mut callers = vec![request(client, addr, &[]).await];
+    let tap = origin.tap().await;
+    tap.send(&expected[..5000]).await;
+    for _ in 0..2 {
+        callers.push(request(client, addr, &[]).await);
+    }
+    for res in &mut callers {
+        assert_eq!(read_at_least(res.body_mut(), 5000).await, expected[..5000]);
+    }
+    (callers, tap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_failing_mid_body_fails_every_caller_and_stores_nothing() {
+    const LEN: usize = 200_000;
+    let mut origin = Origin::new(&cacheable(LEN));
+    let layer = layer();
+    let addr = serve(&origin, &layer).await;
+    let client = client();
+    let expected = answer(LEN);
+    let (callers, tap) = three_callers_reading(&mut origin, &client, addr, &expected).await;
+    tap.fail().await;
+    for res in callers {
+        assert!(
+            rest(res).await.is_err(),
+            "a failed answer must not end like a whole one"
+        );
+    }
+    until(&layer, "the flight's end", |_| {
+        layer.flights_in_progress() == 0
+    })
+    .await;
+    assert_eq!(layer.stats().stored, 0, "a failed body is never stored");
+    assert_eq!(origin.calls(), 1);
+    // The next request makes a new flight, and succeeds.
+    let next = tokio::spawn({
+        let client = client.clone();
+        async move { rest(request(&client, addr, &[]).await).await }
+    });
+    let tap = origin.tap().await;
+    for chunk in expected.chunks(50_000) {
+        tap.send(chunk).await;
+    }
+    drop(tap);
+    assert_eq!(next.await.unwrap().unwrap(), expected);
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_ending_short_of_its_length_fails_every_caller_and_stores_nothing() {
+    const LEN: usize = 200_000;
+    let mut origin = Origin::new(&cacheable(LEN));
+    let layer = layer();
+    let addr = serve(&origin, &layer).await;
+    let client = client();
+    let expected = answer(LEN);
+    let (callers, tap) = three_callers_reading(&mut origin, &client, addr, &expected).await;
+    // Ends cleanly, 195,000 bytes short.
+    drop(tap);
+    for res in callers {
+        assert!(
+            rest(res).await.is_err(),
+            "a short answer must not end like a whole one"
+        );
+    }
+    until(&layer, "the flight's end", |_| {
+        layer.flights_in_progress() == 0
+    })
+    .await;
+    assert_eq!(layer.stats().stored, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_or_reads_slowly_holds_no_one_back() {
+    const LEN: usize = 2 << 20;
+    let mut origin = Origin::new(&cacheable(LEN));
+    let layer = layer();
+    let addr = serve(&origin, &layer).await;
+    let client = client();
+    let expected = answer(LEN);
+    let (mut callers, tap) = three_callers_reading(&mut origin, &client, addr, &expected).await;
+    // The leader's caller goes away; the second reads nothing more.
+    drop(callers.remove(0));
+    let slow = callers.remove(0);
+    // The origin is read to its end all the same (its tap blocks on a
+    // reader that stopped, which would hang this loop).
+    for chunk in expected[5000..].chunks(64 << 10) {
+        tap.send(chunk).await;
+    }
+    drop(tap);
+    let fast = rest(callers.remove(0)).await.unwrap();
+    assert_eq!(fast, expected[5000..]);
+    // The slow caller still gets every byte when it reads.
+    assert_eq!(rest(slow).await.unwrap(), expected[5000..]);
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_caller_past_the_window_gets_an_error_and_late_callers_start_a_new_flight() {
+    let mut origin = Origin::new(&[("cache-control", "max-age=60".into())]);
+    let layer = CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_secs(60))
+            .max_stored_bytes(1000)
+            .stream_window(64 << 10),
+    );
+    let svc = layer.layer(origin.service.clone());
+    let get = || Request::get("/report").body(Body::empty()).unwrap();
+    let first = tokio::spawn(svc.clone().oneshot(get()));
+    let tap = origin.tap().await;
+    tap.send(&[1; 1000]).await;
+    let first = first.await.unwrap().unwrap();
+    let slow = svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!(slow.extensions().get::<Outcome>(), Some(&Outcome::Follower));
+    let reading = tokio::spawn(first.into_body().collect());
+    for _ in 0..200 {
+        tap.send(&[2; 1000]).await;
+    }
+    // The window has moved past the first byte: a new caller leads a new
+    // flight rather than get a body with its start missing.
+    let late = tokio::spawn(svc.clone().oneshot(get()));
+    let second_tap = origin.tap().await;
+    drop(tap);
+    drop(second_tap);
+    assert_eq!(reading.await.unwrap().unwrap().to_bytes().len(), 201_000);
+    let err = slow.into_body().collect().await.unwrap_err();
+    assert!(err.to_string().contains("fell too far behind"), "{err}");
+    assert_eq!(
+        late.await.unwrap().unwrap().extensions().get::<Outcome>(),
+        Some(&Outcome::Leader)
+    );
+    assert_eq!(origin.calls(), 2);
+}
