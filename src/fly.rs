@@ -184,6 +184,20 @@ where
                 unsure = Some(token);
                 None
             }
+            Elected::Streaming(watch, read) => {
+                if let Some(follow) = crate::remote_stream::Follow::new(watch, read) {
+                    let own = asked
+                        .answer_tape(follow.streamed())
+                        .expect("a new tape starts at its first byte");
+                    let streaming = Streaming {
+                        source: Source::Remote(follow),
+                        tail: Tail::default(),
+                    };
+                    return Flown::Streaming(Box::new(streaming), Ok((own, Outcome::Follower)));
+                }
+                // A head this process cannot follow: the origin, once.
+                None
+            }
             Elected::Answer(entry) | Elected::Shared(entry) => {
                 let res = asked.answer(&entry);
                 return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Follower)));
@@ -258,7 +272,11 @@ where
                 };
                 forwarded.note(res, shared.marks.as_deref());
             }
-            return Flown::Streaming(Box::new(Streaming { pump, tail }), own);
+            let streaming = Streaming {
+                source: Source::Origin(pump),
+                tail,
+            };
+            return Flown::Streaming(Box::new(streaming), own);
         }
     };
     fence(shared, key, &mut keep);
@@ -289,28 +307,52 @@ where
 /// A flight whose answer's body is arriving, with what it holds until the
 /// body ends: the pump that reads it, and the lease to end.
 pub(crate) struct Streaming<B> {
-    pump: Pump<B>,
+    source: Source<B>,
     tail: Tail,
+}
+
+/// Where a streaming answer's body comes from.
+enum Source<B> {
+    /// The origin, read by this flight.
+    Origin(Pump<B>),
+    /// Another instance's flight, through the backend.
+    Remote(crate::remote_stream::Follow),
 }
 
 impl<B: OriginBody> Streaming<B> {
     /// The landing that gives the followers the answer as it arrives.
     pub(crate) fn landing(&self) -> Landing {
-        Landing::Streaming(self.pump.streamed.clone())
+        let streamed = match &self.source {
+            Source::Origin(pump) => &pump.streamed,
+            Source::Remote(follow) => follow.streamed(),
+        };
+        Landing::Streaming(streamed.clone())
     }
 
-    /// Reads the body to its end (renewing the lease meanwhile), stores
-    /// the answer if it may be kept, and ends the lease; returns how the
-    /// flight ended. `close` takes the flight out of the table (see
-    /// [`Pump::run`]).
+    /// Reads the body to its end (renewing the lease, and publishing the
+    /// body to the other instances, meanwhile), stores the answer if it may
+    /// be kept, and ends the lease; returns how the flight ended. `close`
+    /// takes the flight out of the table (see [`Pump::run`]).
     pub(crate) async fn finish<E>(
         self,
         shared: &Shared<E>,
         key: &Key,
         close: impl Fn(),
     ) -> Landing {
-        let Streaming { pump, tail } = self;
-        let pumped = pump.run(shared, close);
+        let Streaming { source, tail } = self;
+        let pump = match source {
+            Source::Origin(pump) => pump,
+            // The other instance stores it and ends its lease.
+            Source::Remote(follow) => return follow.run(shared, key, close).await,
+        };
+        // Waiters in other instances exist only behind a lease; an answer
+        // that varies on headers outside the key is not handed to them.
+        let publisher = tail
+            .lease
+            .clone()
+            .filter(|_| pump.streamed.varied.is_none())
+            .map(|token| crate::remote_stream::Publisher::new(key.clone(), token));
+        let pumped = pump.run(shared, close, publisher);
         let ((landing, mut keep), lost) = match &tail.lease {
             Some(lease) => crate::remote::with_watchdog(shared, key, lease, pumped).await,
             None => (pumped.await, false),
@@ -322,6 +364,7 @@ impl<B: OriginBody> Streaming<B> {
 }
 
 /// What a flight holds of the backend until it ends.
+#[derive(Default)]
 struct Tail {
     /// The lease it holds.
     lease: Option<LeaseToken>,

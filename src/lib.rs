@@ -190,6 +190,7 @@ mod policy;
 mod purge;
 mod refresh;
 mod remote;
+mod remote_stream;
 mod revalidate;
 mod service;
 mod shared;
@@ -200,8 +201,8 @@ mod tape;
 
 pub use backend::{
     Announcer, Backend, BackendError, BackendFuture, Completion, Invalidation, LeaseToken, Leases,
-    MemoryBackend, MemoryBackendBuilder, Notice, RedisBackend, RedisBackendBuilder, Store, TryLock,
-    Watch,
+    MemoryBackend, MemoryBackendBuilder, Notice, RedisBackend, RedisBackendBuilder, Store,
+    StreamEnd, StreamRead, Streams, TryLock, Watch,
 };
 pub use body::{BoxError, CoalesceBody};
 pub use config::{CoalesceConfig, ConfigError, WaitFallback, WritePurgeFailure};

@@ -6,14 +6,16 @@
 //! It never stores or publishes anything: the flight task does that with
 //! what this returns.
 
+use crate::backend::StreamEnd;
 use crate::conditions::Asked;
 use crate::entry::Life;
 use crate::flight::{Landing, Streamed};
 use crate::freshness::Freshness;
 use crate::policy::{self, Sharing};
+use crate::remote_stream::Publisher;
 use crate::shared::Shared;
 use crate::stats::bump;
-use crate::tape::Tape;
+use crate::tape::{EndsTape, Tape};
 use crate::{BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, KeyExtractor, Outcome};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -288,7 +290,7 @@ where
                 .expect("a new tape starts at its first byte");
             Made::Streaming(
                 Pump {
-                    ends: EndsTape(streamed.tape.clone()),
+                    ends: EndsTape::new(&streamed.tape),
                     streamed,
                     rest,
                     sharing,
@@ -324,7 +326,8 @@ pub(crate) struct Pump<B> {
 
 impl<B: OriginBody> Pump<B> {
     /// Reads the body to its end at the origin's pace, whoever reads the
-    /// tape, and says how the flight ended: the whole answer (kept, if it
+    /// tape (a body that sends nothing for the wait timeout fails), and
+    /// says how the flight ended: the whole answer (kept, if it
     /// may be stored and is within the stored size), the answer still
     /// streaming (too large to keep whole), or the failure every reader's
     /// body ended with. `close` takes the flight out of the table: called
@@ -334,6 +337,7 @@ impl<B: OriginBody> Pump<B> {
         self,
         shared: &Shared<E>,
         close: impl Fn(),
+        mut publisher: Option<Publisher>,
     ) -> (Landing, Option<Keep>) {
         let Pump {
             streamed,
@@ -349,16 +353,46 @@ impl<B: OriginBody> Pump<B> {
         let window = config.stream_window.max(limit);
         let mut closed = false;
         let mut trailers = None;
+        // A body that stops arriving fails, rather than hold every caller.
+        let idle = config.wait_timeout;
         let failure = loop {
-            let Some(frame) = rest.frame().await else {
+            // The bytes published to other instances wait at most a moment.
+            let due = publisher.as_ref().and_then(Publisher::due);
+            // The body's error, as text: nothing of the body's own types is
+            // held across the writes below.
+            let next = tokio::select! {
+                biased;
+                next = tokio::time::timeout(idle, rest.frame()) => {
+                    Some(next.map(|frame| frame.map(|f| f.map_err(|e| e.into().to_string()))))
+                }
+                () = sleep_until_some(due) => None,
+            };
+            let Some(next) = next else {
+                if let Some(publisher) = &mut publisher {
+                    publisher.flush(shared, &streamed).await;
+                }
+                continue;
+            };
+            let Ok(next) = next else {
+                break Some(format!("no byte of the origin's body arrived for {idle:?}"));
+            };
+            let Some(frame) = next else {
                 break None;
             };
             let frame = match frame {
                 Ok(frame) => frame,
-                Err(error) => break Some(error.into().to_string()),
+                Err(error) => break Some(error),
             };
             match frame.into_data() {
-                Ok(chunk) => tape.push(chunk),
+                Ok(chunk) => {
+                    let due = publisher.as_mut().is_some_and(|p| p.add(&chunk));
+                    tape.push(chunk);
+                    if due {
+                        if let Some(publisher) = &mut publisher {
+                            publisher.flush(shared, &streamed).await;
+                        }
+                    }
+                }
                 Err(frame) => {
                     if let Ok(t) = frame.into_trailers() {
                         trailers = Some(t);
@@ -377,8 +411,9 @@ impl<B: OriginBody> Pump<B> {
                     closed = true;
                     close();
                 }
-                // Too large to keep, and nobody left to read it.
-                if closed && Arc::strong_count(tape) == 1 {
+                // Too large to keep, and nobody left to read it (here, or
+                // in another instance).
+                if closed && tape.readers() == 0 && publisher.is_none() {
                     break Some("every caller of the flight went away".to_owned());
                 }
             }
@@ -392,12 +427,19 @@ impl<B: OriginBody> Pump<B> {
         if let Some(why) = failure {
             bump(&shared.counters.errors);
             tape.fail(&why);
+            if let Some(publisher) = &mut publisher {
+                publisher.end(shared, &streamed, StreamEnd::Failed).await;
+            }
             return (
                 Landing::Failed(FlightError::new(FlightErrorKind::Body, why)),
                 None,
             );
         }
         tape.complete(trailers.clone());
+        if let Some(publisher) = &mut publisher {
+            let end = StreamEnd::Complete(trailers.clone());
+            publisher.end(shared, &streamed, end).await;
+        }
         if tape.len() > limit as u64 {
             return (Landing::Streaming(streamed), None);
         }
@@ -416,15 +458,11 @@ impl<B: OriginBody> Pump<B> {
     }
 }
 
-/// Fails its tape when dropped, if nothing ended it: a flight stopped with
-/// its body unread (the layer shut down, the task dropped, a panic) leaves
-/// no reader waiting.
-struct EndsTape(Arc<Tape>);
-
-impl Drop for EndsTape {
-    fn drop(&mut self) {
-        self.0
-            .fail("the flight stopped before its answer's body ended");
+/// Sleeps until `at`, or forever if `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -41,6 +41,9 @@ pub(crate) enum Elected {
     Pass { remember: bool },
     /// Another process held the lease past the wait timeout.
     Timeout,
+    /// Another process's flight is streaming its answer: follow it with
+    /// this watch, from this read of its head.
+    Streaming(crate::backend::Watch, crate::backend::StreamRead),
 }
 
 /// How often a held lease is renewed, and how often a waiter looks again.
@@ -136,6 +139,11 @@ pub(crate) async fn elect<E>(
             notice = watch.changed() => match notice {
                 Some(Notice::Answer(entry)) => return Elected::Shared(entry),
                 Some(Notice::Pass) => return Elected::Pass { remember: false },
+                Some(Notice::Streaming) => {
+                    if let Some(read) = stream_head(shared, key).await {
+                        return Elected::Streaming(watch, read);
+                    }
+                }
                 _ => {}
             },
             _ = tokio::time::sleep_until(recheck.min(deadline)) => {
@@ -145,6 +153,15 @@ pub(crate) async fn elect<E>(
                 }
             }
         }
+    }
+}
+
+/// The head of the key's stream under way, if there is one this process can
+/// still read from its first byte.
+async fn stream_head<E>(shared: &Shared<E>, key: &Key) -> Option<crate::backend::StreamRead> {
+    match optional(shared, |b| b.read_stream(key, None, 0, 0)).await {
+        Ok(Some(read)) if read.head.is_some() && !read.dropped => Some(read),
+        _ => None,
     }
 }
 

@@ -35,6 +35,8 @@ pub(crate) struct Tape {
     grew: Arc<Notify>,
     /// The length the head declared, if it did.
     declared: Option<u64>,
+    /// Readers alive.
+    readers: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +68,7 @@ impl Tape {
             reel: Mutex::default(),
             grew: Arc::default(),
             declared,
+            readers: Default::default(),
         })
     }
 
@@ -85,6 +88,11 @@ impl Tape {
             reel.chunks.push_back(chunk);
         }
         self.grew.notify_waiters();
+    }
+
+    /// How many readers are alive.
+    pub(crate) fn readers(&self) -> usize {
+        self.readers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The length the head declared, if it did.
@@ -160,6 +168,8 @@ impl Tape {
         if self.reel().first > 0 {
             return None;
         }
+        self.readers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(TapeReader {
             tape: self.clone(),
             next: 0,
@@ -167,6 +177,24 @@ impl Tape {
             trailers_sent: false,
             waiting: None,
         })
+    }
+}
+
+/// Fails its tape when dropped, if nothing ended it: a flight stopped with
+/// its body unread (the layer shut down, the task dropped, a panic) leaves
+/// no reader waiting.
+pub(crate) struct EndsTape(Arc<Tape>);
+
+impl EndsTape {
+    pub(crate) fn new(tape: &Arc<Tape>) -> Self {
+        Self(tape.clone())
+    }
+}
+
+impl Drop for EndsTape {
+    fn drop(&mut self) {
+        self.0
+            .fail("the flight stopped before its answer's body ended");
     }
 }
 
@@ -181,6 +209,14 @@ pub(crate) struct TapeReader {
     trailers_sent: bool,
     /// Registered for the tape's next change.
     waiting: Option<Pin<Box<OwnedNotified>>>,
+}
+
+impl Drop for TapeReader {
+    fn drop(&mut self) {
+        self.tape
+            .readers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 type Polled = Option<Result<Frame<Bytes>, BoxError>>;

@@ -17,7 +17,8 @@ use tower::{Layer, ServiceExt};
 use tower_coalesce::BackendFuture;
 use tower_coalesce::{
     Announcer, Backend, BoxError, CoalesceConfig, CoalesceLayer, Completion, Entry, Invalidation,
-    Key, LeaseToken, Leases, Notice, Outcome, Purge, Purged, Store, TryLock, Watch,
+    Key, LeaseToken, Leases, Notice, Outcome, Purge, Purged, Store, StreamEnd, StreamRead, Streams,
+    TryLock, Watch,
 };
 
 /// The shared "server": values with their expiry, leases, pass marks, and
@@ -176,6 +177,50 @@ impl Leases for Shared {
 
 /// Purges are recorded on the server, which every "process" reads: one
 /// order, nobody to tell.
+/// Answers are handed over whole, at completion: no streams.
+impl Streams for Shared {
+    fn open_stream<'a>(
+        &'a self,
+        _: &'a Key,
+        _: &'a LeaseToken,
+        _: &'a Entry,
+        _: Duration,
+    ) -> BackendFuture<'a, bool> {
+        ready(false)
+    }
+
+    fn append_stream<'a>(
+        &'a self,
+        _: &'a Key,
+        _: &'a LeaseToken,
+        _: u64,
+        _: bytes::Bytes,
+        _: (Duration, usize),
+    ) -> BackendFuture<'a, bool> {
+        ready(false)
+    }
+
+    fn end_stream<'a>(
+        &'a self,
+        _: &'a Key,
+        _: &'a LeaseToken,
+        _: StreamEnd,
+        _: Duration,
+    ) -> BackendFuture<'a, ()> {
+        ready(())
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        _: &'a Key,
+        _: Option<&'a str>,
+        _: u64,
+        _: usize,
+    ) -> BackendFuture<'a, Option<StreamRead>> {
+        ready(None)
+    }
+}
+
 impl Invalidation for Shared {
     fn purge<'a>(&'a self, purge: &'a Purge) -> BackendFuture<'a, Purged> {
         let mut server = self.server();

@@ -241,6 +241,51 @@ impl Leases for MemoryBackend {
     }
 }
 
+/// Private to one process: no other process waits on its flights, so
+/// there is no stream to open.
+impl super::Streams for MemoryBackend {
+    fn open_stream<'a>(
+        &'a self,
+        _: &'a Key,
+        _: &'a LeaseToken,
+        _: &'a Entry,
+        _: Duration,
+    ) -> BackendFuture<'a, bool> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    fn append_stream<'a>(
+        &'a self,
+        _: &'a Key,
+        _: &'a LeaseToken,
+        _: u64,
+        _: bytes::Bytes,
+        _: (Duration, usize),
+    ) -> BackendFuture<'a, bool> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    fn end_stream<'a>(
+        &'a self,
+        _: &'a Key,
+        _: &'a LeaseToken,
+        _: super::StreamEnd,
+        _: Duration,
+    ) -> BackendFuture<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        _: &'a Key,
+        _: Option<&'a str>,
+        _: u64,
+        _: usize,
+    ) -> BackendFuture<'a, Option<super::StreamRead>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+}
+
 /// Private to one process: the purge order is this backend's own, and
 /// there is nobody to tell.
 impl Invalidation for MemoryBackend {

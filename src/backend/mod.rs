@@ -15,8 +15,10 @@
 //!
 mod memory;
 mod redis;
+mod streams;
 mod watch;
 
+pub use streams::{StreamEnd, StreamRead, Streams};
 pub use watch::{Announcer, Notice, Watch};
 
 pub use self::redis::{RedisBackend, RedisBackendBuilder};
@@ -50,9 +52,9 @@ pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BackendErr
 ///   that. A backend shared by processes must give a lease to one token at a
 ///   time, check the token on `renew` and `complete`, and wake the
 ///   [`Watch`]es of other processes when a flight completes.
-pub trait Backend: Store + Leases + Invalidation {}
+pub trait Backend: Store + Leases + Invalidation + Streams {}
 
-impl<T: Store + Leases + Invalidation> Backend for T {}
+impl<T: Store + Leases + Invalidation + Streams> Backend for T {}
 
 /// Where entries are kept, shared by the services of one layer (and, for a
 /// distributed store, by every process that uses it).

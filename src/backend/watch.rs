@@ -72,6 +72,9 @@ pub enum Notice {
     /// The flight's answer could not be shared: call the origin yourself
     /// ([`Completion::Pass`](super::Completion::Pass)).
     Pass,
+    /// The flight's answer is streaming, or its stream grew or ended: read
+    /// it ([`Streams::read_stream`](super::Streams::read_stream)).
+    Streaming,
 }
 
 impl Watch {

@@ -298,10 +298,12 @@ impl CoalesceConfig {
         self
     }
 
-    /// How long a flight may take, counted from its start: no caller of it
-    /// waits longer, whenever it joined. At this time the flight ends by the
-    /// [fallback](Self::wait_fallback). It includes a wait for another
-    /// instance's flight. One timer per flight, none per follower.
+    /// How long a flight may take to its answer's head, counted from its
+    /// start: no caller of it waits longer, whenever it joined. At this
+    /// time the flight ends by the [fallback](Self::wait_fallback). It
+    /// includes a wait for another instance's flight. One timer per flight,
+    /// none per follower. Once the head is out, a body that sends nothing
+    /// for this long fails every caller's body.
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.wait_timeout = timeout;
         self

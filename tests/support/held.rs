@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower_coalesce::{
     BackendFuture, Completion, Entry, Invalidation, Key, LeaseToken, Leases, Purge, Purged,
-    RedisBackend, Store, TryLock, Watch,
+    RedisBackend, Store, StreamEnd, StreamRead, Streams, TryLock, Watch,
 };
 
 /// A `RedisBackend` whose `n`-th lease attempt waits for the test before
@@ -97,5 +97,48 @@ impl Invalidation for HeldLeaseAttempt {
 
     fn purged(&self, key: &Key, entry: &Entry) -> Option<tower_coalesce::PurgePosition> {
         self.inner.purged(key, entry)
+    }
+}
+
+impl Streams for HeldLeaseAttempt {
+    fn open_stream<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        head: &'a Entry,
+        ttl: Duration,
+    ) -> BackendFuture<'a, bool> {
+        self.inner.open_stream(key, token, head, ttl)
+    }
+
+    fn append_stream<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        at: u64,
+        bytes: bytes::Bytes,
+        bounds: (Duration, usize),
+    ) -> BackendFuture<'a, bool> {
+        self.inner.append_stream(key, token, at, bytes, bounds)
+    }
+
+    fn end_stream<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a LeaseToken,
+        end: StreamEnd,
+        ttl: Duration,
+    ) -> BackendFuture<'a, ()> {
+        self.inner.end_stream(key, token, end, ttl)
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        key: &'a Key,
+        token: Option<&'a str>,
+        from: u64,
+        max: usize,
+    ) -> BackendFuture<'a, Option<StreamRead>> {
+        self.inner.read_stream(key, token, from, max)
     }
 }

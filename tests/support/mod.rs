@@ -6,6 +6,7 @@
 pub use coalesce_test_redis as redis;
 
 pub mod held;
+pub mod tap;
 
 use bytes::Bytes;
 use http::{Request, Response};

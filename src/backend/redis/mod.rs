@@ -29,6 +29,7 @@ mod names;
 mod pubsub;
 mod purges;
 mod scripts;
+mod streams;
 
 pub use self::builder::RedisBackendBuilder;
 use self::channels::Channels;
@@ -149,11 +150,12 @@ impl RedisBackend {
             &*CATCH_UP,
             &*STORE,
         ];
+        let scripts: Vec<&redis::Script> = scripts.into_iter().chain(streams::scripts()).collect();
         // The script cache is the server's: after the first instance, one
         // `SCRIPT EXISTS` finds them all loaded.
         let mut exists = redis::cmd("SCRIPT");
         exists.arg("EXISTS");
-        for script in scripts {
+        for script in &scripts {
             exists.arg(script.get_hash());
         }
         let loaded: Vec<bool> = exists
@@ -365,6 +367,7 @@ impl Leases for RedisBackend {
             let renewed: i64 = RENEW
                 .key(names.lock())
                 .key(names.live())
+                .key(names.stream())
                 .arg(token.as_str())
                 .arg(millis(lease)?)
                 .invoke_async(&mut conn)

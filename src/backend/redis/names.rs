@@ -31,7 +31,7 @@ impl Names {
         Names { prefix }
     }
 
-    fn name(&self, suffix: &str) -> String {
+    pub(super) fn name(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)
     }
 

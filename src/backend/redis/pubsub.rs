@@ -105,6 +105,8 @@ const ANNOUNCED_MAX: usize = 16 * 1024;
 
 /// The completion message of a flight whose answer could not be shared.
 pub(super) const PASS: &[u8] = b"pass";
+/// The message that a flight's stream opened, grew or ended.
+pub(super) const STREAM: &[u8] = b"stream";
 /// The completion message of a flight that ended with nothing to hand on.
 pub(super) const RELEASED: &[u8] = b"released";
 
@@ -153,6 +155,7 @@ fn read_message(near: Option<&MemoryBackend>, key: &Key, message: bytes::Bytes) 
             Err(_) => Notice::LookAgain,
         },
         _ if message == PASS => Notice::Pass,
+        _ if message == STREAM => Notice::Streaming,
         _ => Notice::LookAgain,
     }
 }

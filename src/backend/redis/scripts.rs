@@ -110,13 +110,17 @@ pub(super) static DROP_BAD: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS[1] lock, KEYS[2] the resource's presence mark; ARGV[1] token,
-/// ARGV[2] lease in ms.
+/// KEYS[1] lock, KEYS[2] the resource's presence mark, KEYS[3] the key's
+/// stream (kept as long as the lease, while it is the lease holder's);
+/// ARGV[1] token, ARGV[2] lease in ms.
 pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{LIVE}
           if redis.call('GET', KEYS[1]) == ARGV[1] then
             live(KEYS[2], ARGV[2])
+            if redis.call('HGET', KEYS[3], 'k') == ARGV[1] then
+              redis.call('PEXPIRE', KEYS[3], ARGV[2])
+            end
             return redis.call('PEXPIRE', KEYS[1], ARGV[2])
           end
           return 0"

@@ -1,0 +1,302 @@
+//! A flight's answer streamed across processes, above the
+//! [`Streams`](crate::Streams) trait: the leading process publishes the body
+//! as it reads it ([`Publisher`]); a process waiting on its lease reads it
+//! into a tape of its own, which its callers read ([`Follow`]).
+//!
+//! Publishing waits until the body has been arriving for a moment (5 ms, or
+//! 64 KiB): an answer that is whole by then travels in its completion as
+//! before, and costs no stream. Then one write per 5 ms or 64 KiB,
+//! whichever comes first. A reader reads what it lacks by offset, woken by
+//! the stream's messages and looking again once per lease third, so a lost
+//! message costs latency, never bytes. Nothing here ever serves bytes of
+//! one flight as another's: every read names the stream's lease token.
+
+use crate::backend::{LeaseToken, StreamEnd, StreamRead, Watch};
+use crate::backend_call::optional;
+use crate::flight::{Landing, Streamed};
+use crate::shared::Shared;
+use crate::tape::Tape;
+use crate::{FlightError, FlightErrorKind, Key};
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Bytes gathered before a write, at most.
+const BATCH: usize = 64 * 1024;
+/// How long bytes wait to be written, at most.
+const BATCH_DELAY: Duration = Duration::from_millis(5);
+/// The most bytes one read asks for.
+const READ_MAX: usize = 1 << 20;
+
+/// The leading process's side: the body, published as it is read.
+pub(crate) struct Publisher {
+    key: Key,
+    token: LeaseToken,
+    /// Bytes not written yet, and since when the first of them waits.
+    pending: BytesMut,
+    since: Option<Instant>,
+    /// Bytes written so far.
+    sent: u64,
+    opened: bool,
+    /// Given up (the backend failed, or does not stream).
+    off: bool,
+}
+
+impl Publisher {
+    pub(crate) fn new(key: Key, token: LeaseToken) -> Self {
+        Self {
+            key,
+            token,
+            pending: BytesMut::new(),
+            since: None,
+            sent: 0,
+            opened: false,
+            off: false,
+        }
+    }
+
+    /// Takes a chunk of the body; true if a write is due now.
+    pub(crate) fn add(&mut self, chunk: &Bytes) -> bool {
+        if self.off {
+            return false;
+        }
+        self.since.get_or_insert_with(Instant::now);
+        self.pending.extend_from_slice(chunk);
+        self.pending.len() >= BATCH
+    }
+
+    /// When the bytes waiting must be written, if any wait.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.since
+            .filter(|_| !self.off)
+            .map(|since| since + BATCH_DELAY)
+    }
+
+    /// Writes what waits, opening the stream first if it is not open.
+    pub(crate) async fn flush<E>(&mut self, shared: &Shared<E>, streamed: &Streamed) {
+        self.since = None;
+        if self.off || self.pending.is_empty() {
+            return;
+        }
+        let lease = shared.config.lease;
+        if !self.opened {
+            let (key, token, head) = (&self.key, &self.token, &streamed.head);
+            match optional(shared, |b| b.open_stream(key, token, head, lease)).await {
+                Ok(true) => self.opened = true,
+                Ok(false) => {
+                    self.off = true;
+                    return;
+                }
+                Err(unavailable) => {
+                    unavailable.report(
+                        &shared.counters,
+                        "opening the answer's stream",
+                        "other instances get the answer when it is complete",
+                    );
+                    self.off = true;
+                    return;
+                }
+            }
+        }
+        let bytes = self.pending.split().freeze();
+        let len = bytes.len() as u64;
+        let bounds = (
+            lease,
+            shared
+                .config
+                .stream_window
+                .max(shared.config.max_stored_bytes),
+        );
+        let (key, token, at) = (&self.key, &self.token, self.sent);
+        match optional(shared, |b| b.append_stream(key, token, at, bytes, bounds)).await {
+            Ok(true) => self.sent += len,
+            Ok(false) => self.off = true,
+            Err(unavailable) => {
+                unavailable.report(
+                    &shared.counters,
+                    "writing the answer's stream",
+                    "its readers in other instances get an error",
+                );
+                self.give_up(shared).await;
+            }
+        }
+    }
+
+    /// Ends the stream, if one was opened: complete with `trailers` once the
+    /// rest is written, or failed.
+    pub(crate) async fn end<E>(&mut self, shared: &Shared<E>, streamed: &Streamed, end: StreamEnd) {
+        if !self.opened || self.off {
+            return;
+        }
+        if matches!(end, StreamEnd::Complete(_)) {
+            self.flush(shared, streamed).await;
+            if self.off {
+                return;
+            }
+        }
+        let (key, token, lease) = (&self.key, &self.token, shared.config.lease);
+        if let Err(unavailable) = optional(shared, |b| b.end_stream(key, token, end, lease)).await {
+            unavailable.report(
+                &shared.counters,
+                "ending the answer's stream",
+                "its readers in other instances get an error within a lease",
+            );
+        }
+    }
+
+    /// Stops publishing; readers learn the stream failed, if that can
+    /// still be told.
+    async fn give_up<E>(&mut self, shared: &Shared<E>) {
+        self.off = true;
+        let (key, token, lease) = (&self.key, &self.token, shared.config.lease);
+        let _ = optional(shared, |b| {
+            b.end_stream(key, token, StreamEnd::Failed, lease)
+        })
+        .await;
+    }
+}
+
+/// A waiting process's side: another process's answer, read into a tape
+/// this process's callers read.
+pub(crate) struct Follow {
+    streamed: Arc<Streamed>,
+    token: String,
+    watch: Watch,
+    /// Bytes read into the tape so far.
+    have: u64,
+}
+
+impl Follow {
+    /// Follows the stream whose head `read` holds: the answer its callers
+    /// read. `None` if the head is not one this process can stream.
+    pub(crate) fn new(watch: Watch, read: StreamRead) -> Option<Self> {
+        let head = read.head?;
+        let bodiless = matches!(
+            head.status(),
+            http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
+        );
+        let declared = crate::conditions::content_length(head.headers()).filter(|_| !bodiless);
+        let streamed = Arc::new(Streamed {
+            head,
+            tape: Tape::new(declared),
+            varied: None,
+            whole: std::sync::OnceLock::new(),
+        });
+        Some(Self {
+            streamed,
+            token: read.token,
+            watch,
+            have: 0,
+        })
+    }
+
+    pub(crate) fn streamed(&self) -> &Arc<Streamed> {
+        &self.streamed
+    }
+
+    /// Reads the stream to its end into the tape, and says how it ended.
+    /// `close` takes the flight out of the table once the tape has dropped
+    /// its first bytes (see [`Pump::run`](crate::origin::Pump::run)).
+    pub(crate) async fn run<E>(
+        mut self,
+        shared: &Shared<E>,
+        key: &Key,
+        close: impl Fn(),
+    ) -> Landing {
+        let config = &shared.config;
+        let tape = self.streamed.tape.clone();
+        let _ends = crate::tape::EndsTape::new(&tape);
+        let window = config.stream_window.max(config.max_stored_bytes);
+        let mut closed = false;
+        let mut progress = Instant::now();
+        let failure = 'follow: loop {
+            // Everything there is to read now.
+            let end = loop {
+                let (token, have) = (self.token.as_str(), self.have);
+                let read =
+                    optional(shared, |b| b.read_stream(key, Some(token), have, READ_MAX)).await;
+                let read = match read {
+                    Ok(Some(read)) if !read.dropped => read,
+                    Ok(Some(_)) => {
+                        break 'follow "the stream's window moved past this reader".to_owned()
+                    }
+                    Ok(None) => break 'follow "the instance leading the flight stopped".to_owned(),
+                    Err(unavailable) => {
+                        unavailable.report(
+                            &shared.counters,
+                            "reading another instance's answer",
+                            "its callers get an error",
+                        );
+                        break 'follow "the stream of another instance's answer could not be read"
+                            .to_owned();
+                    }
+                };
+                if !read.bytes.is_empty() {
+                    self.have += read.bytes.len() as u64;
+                    tape.push(read.bytes);
+                    progress = Instant::now();
+                    if tape.len() > config.max_stored_bytes as u64 && tape.trim(window) && !closed {
+                        closed = true;
+                        close();
+                    }
+                }
+                if self.have >= read.len {
+                    break read.end;
+                }
+            };
+            match end {
+                Some(StreamEnd::Failed) => {
+                    break "the origin's body failed in the instance leading the flight".to_owned()
+                }
+                Some(StreamEnd::Complete(trailers)) => {
+                    if let Some(declared) = tape.declared().filter(|d| *d != self.have) {
+                        break format!(
+                            "the stream ended after {} of the {declared} bytes declared",
+                            self.have
+                        );
+                    }
+                    tape.complete(trailers);
+                    return self.landing(shared);
+                }
+                None => {}
+            }
+            // News, or a look once per lease third: a leading instance that
+            // stopped leaves a stream that expires within a lease.
+            let recheck = config.lease / 3;
+            tokio::select! {
+                notice = self.watch.changed() => {
+                    if notice.is_none() {
+                        break "the backend stopped delivering news of the stream".to_owned();
+                    }
+                }
+                () = tokio::time::sleep(recheck) => {}
+            }
+            if progress.elapsed() >= config.wait_timeout {
+                break format!(
+                    "no byte of the answer arrived for {:?}",
+                    config.wait_timeout
+                );
+            }
+        };
+        tape.fail(&failure);
+        Landing::Failed(FlightError::new(FlightErrorKind::Body, failure))
+    }
+
+    /// The landing of a complete stream: the whole answer, if small enough
+    /// to keep whole.
+    fn landing<E>(&self, shared: &Shared<E>) -> Landing {
+        let tape = &self.streamed.tape;
+        if tape.len() > shared.config.max_stored_bytes as u64 {
+            return Landing::Streaming(self.streamed.clone());
+        }
+        match tape.joined() {
+            Some((data, trailers)) => {
+                let entry = self.streamed.head.with_body(data, trailers);
+                let _ = self.streamed.whole.set(entry.clone());
+                Landing::Done(entry)
+            }
+            None => Landing::Streaming(self.streamed.clone()),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Streaming fan-out across instances on a real Redis (and a real cluster):
+//! an instance waiting on another's lease reads the answer while the
+//! leading instance is still reading it from the origin; one origin call
+//! for the whole fleet; a body that fails, or a leading instance that
+//! stops, fails the waiting instances' bodies rather than end them short
+//! or leave them hanging.
+//!
+//! Each instance is a layer with its own `RedisBackend`, served over TCP.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::redis::{RedisCluster, RedisServer};
+use support::tap::{answer, cacheable, client, read_at_least, request, rest, serve, Origin};
+use support::until;
+use tower_coalesce::{CoalesceConfig, CoalesceLayer, RedisBackend};
+
+/// One name for the service, whichever instance a request reaches (the
+/// default key holds the authority).
+const HOST: &[(&str, &str)] = &[("host", "shop.example")];
+
+fn config() -> CoalesceConfig {
+    CoalesceConfig::new()
+        .ttl(Duration::from_secs(60))
+        .lease(Duration::from_secs(1))
+        .outcome_header("x-coalesce")
+}
+
+/// Two instances of the service on `backends`, behind one origin.
+async fn fleet(origin: &Origin, backends: [RedisBackend; 2]) -> [(CoalesceLayer, SocketAddr); 2] {
+    let mut fleet = Vec::new();
+    for backend in backends {
+        let layer = CoalesceLayer::new(config().backend(backend));
+        let addr = serve(origin, &layer).await;
+        fleet.push((layer, addr));
+    }
+    fleet.try_into().unwrap_or_else(|_| unreachable!())
+}
+
+/// A leads a 4 MiB answer; B, waiting on its lease, reads the first bytes
+/// while the origin still holds the rest, then every byte.
+async fn b_reads_a_s_answer_as_it_arrives(backends: [RedisBackend; 2]) {
+    const LEN: usize = 4 << 20;
+    let mut origin = Origin::new(&cacheable(LEN));
+    let [(a, a_addr), (b, b_addr)] = fleet(&origin, backends).await;
+    let client = client();
+    let expected = answer(LEN);
+
+    let leading = request(&client, a_addr, HOST).await;
+    let tap = origin.tap().await;
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { request(&client, b_addr, HOST).await }
+    });
+    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    // More than a batch: published at once.
+    tap.send(&expected[..100_000]).await;
+    let mut waiting = waiting.await.unwrap();
+    assert_eq!(waiting.headers()["x-coalesce"], "follower");
+    assert_eq!(
+        waiting.headers()["content-length"],
+        LEN.to_string().as_str()
+    );
+    // B has A's first bytes while the origin holds the rest.
+    let first = read_at_least(waiting.body_mut(), 100_000).await;
+    assert!(first == expected[..first.len()]);
+
+    for chunk in expected[100_000..].chunks(64 << 10) {
+        tap.send(chunk).await;
+    }
+    drop(tap);
+    let mut whole = first;
+    whole.extend_from_slice(&rest(waiting).await.expect("every byte"));
+    assert!(whole == expected, "B got every byte in order");
+    assert!(rest(leading).await.unwrap() == expected[..]);
+    assert_eq!(origin.calls(), 1, "one origin call for both instances");
+    until(&a, "A's flight to end", |_| a.flights_in_progress() == 0).await;
+    until(&b, "B's flight to end", |_| b.flights_in_progress() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_instance_reads_the_answer_while_the_leading_instance_reads_it() {
+    let server = RedisServer::start();
+    let backends = [
+        RedisBackend::connect(server.url()).await.unwrap(),
+        RedisBackend::connect(server.url()).await.unwrap(),
+    ];
+    b_reads_a_s_answer_as_it_arrives(backends).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_waiting_instance_reads_the_answer_while_it_arrives() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let backends = [
+        RedisBackend::connect_cluster(cluster.urls()).await.unwrap(),
+        RedisBackend::connect_cluster(cluster.urls()).await.unwrap(),
+    ];
+    b_reads_a_s_answer_as_it_arrives(backends).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_failing_in_the_leading_instance_fails_the_waiting_instance_too() {
+    const LEN: usize = 1 << 20;
+    let server = RedisServer::start();
+    let mut origin = Origin::new(&cacheable(LEN));
+    let backends = [
+        RedisBackend::connect(server.url()).await.unwrap(),
+        RedisBackend::connect(server.url()).await.unwrap(),
+    ];
+    let [(a, a_addr), (b, b_addr)] = fleet(&origin, backends).await;
+    let client = client();
+    let expected = answer(LEN);
+    let leading = request(&client, a_addr, HOST).await;
+    let tap = origin.tap().await;
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { request(&client, b_addr, HOST).await }
+    });
+    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    tap.send(&expected[..100_000]).await;
+    let mut waiting = waiting.await.unwrap();
+    read_at_least(waiting.body_mut(), 100_000).await;
+    tap.fail().await;
+    assert!(rest(leading).await.is_err());
+    assert!(
+        rest(waiting).await.is_err(),
+        "a failed answer must not end like a whole one in another instance"
+    );
+    until(&a, "A's flight to end", |_| a.flights_in_progress() == 0).await;
+    assert_eq!(a.stats().stored + b.stats().stored, 0);
+    // The next request, on B, makes a new flight, and succeeds.
+    let next = tokio::spawn({
+        let client = client.clone();
+        async move { rest(request(&client, b_addr, HOST).await).await }
+    });
+    let tap = origin.tap().await;
+    for chunk in expected.chunks(256 << 10) {
+        tap.send(chunk).await;
+    }
+    drop(tap);
+    assert!(next.await.unwrap().unwrap() == expected[..]);
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leading_instance_that_stops_mid_body_fails_the_waiting_instance_within_a_lease() {
+    const LEN: usize = 1 << 20;
+    let server = RedisServer::start();
+    let mut origin = Origin::new(&cacheable(LEN));
+    let backends = [
+        RedisBackend::connect(server.url()).await.unwrap(),
+        RedisBackend::connect(server.url()).await.unwrap(),
+    ];
+    let [(a, a_addr), (b, b_addr)] = fleet(&origin, backends).await;
+    let client = client();
+    let expected = answer(LEN);
+    let _leading = request(&client, a_addr, HOST).await;
+    let tap = origin.tap().await;
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { request(&client, b_addr, HOST).await }
+    });
+    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    tap.send(&expected[..100_000]).await;
+    let mut waiting = waiting.await.unwrap();
+    read_at_least(waiting.body_mut(), 100_000).await;
+    // A stops at once, its flight unfinished, the origin's connection open.
+    a.shutdown(Duration::ZERO).await;
+    let started = tokio::time::Instant::now();
+    assert!(rest(waiting).await.is_err(), "B's body fails");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "within about a lease (1 s), not {:?}",
+        started.elapsed()
+    );
+    drop(tap);
+}
