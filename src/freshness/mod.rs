@@ -168,7 +168,7 @@ pub(crate) fn remaining(
     let headers = &head.headers;
     // A `Date` that cannot be read is none; then the time of arrival stands
     // for it (RFC 9110 §6.6.1).
-    let date = http_date(headers, header::DATE)
+    let date = http_date(headers, header::DATE, received)
         .ok()
         .flatten()
         .or(Some(received));
@@ -201,7 +201,7 @@ fn lifetime(
     }
     if headers.contains_key(header::EXPIRES) {
         // An invalid date, `0` above all, is in the past (§5.3).
-        return match (http_date(headers, header::EXPIRES), date) {
+        return match (http_date(headers, header::EXPIRES, received), date) {
             (Ok(Some(expires)), Some(date)) => expires.duration_since(date).unwrap_or_default(),
             _ => Duration::ZERO,
         };
@@ -210,7 +210,7 @@ fn lifetime(
         return Duration::ZERO;
     }
     if settings.heuristic {
-        let since = http_date(headers, header::LAST_MODIFIED)
+        let since = http_date(headers, header::LAST_MODIFIED, received)
             .ok()
             .flatten()
             .and_then(|modified| date.unwrap_or(received).duration_since(modified).ok());
@@ -239,8 +239,13 @@ fn age_on_arrival(
 }
 
 /// A date header: `Ok(None)` if absent, `Err` if present but not one HTTP
-/// date (several lines count as unreadable).
-fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<SystemTime>, ()> {
+/// date (several lines count as unreadable); read as `date` says, `now`
+/// deciding a two-digit year's century.
+fn http_date(
+    headers: &HeaderMap,
+    name: header::HeaderName,
+    now: SystemTime,
+) -> Result<Option<SystemTime>, ()> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -249,7 +254,7 @@ fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<Sys
         return Err(());
     }
     let text = first.to_str().map_err(|_| ())?;
-    httpdate::parse_http_date(text).map(Some).map_err(|_| ())
+    date::parse(text, now).map(Some).ok_or(())
 }
 
 /// `1*DIGIT` (§1.2.2); too large to hold is 2^31; anything else is `None`.
@@ -269,5 +274,6 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
+mod date;
 #[cfg(test)]
 mod tests;

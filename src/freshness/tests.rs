@@ -261,3 +261,27 @@ fn stale_while_revalidate_is_capped_and_forbidden_by_revalidation_directives() {
         assert_eq!(stale_for_with(settings, cc), 0, "{cc}");
     }
 }
+
+#[test]
+fn an_expires_with_a_wrong_weekday_or_in_other_letters_counts_as_the_date_it_names() {
+    // 100 s after the answer arrived, a Tuesday.
+    for expires in [
+        "Mon, 14 Nov 2023 22:15:00 GMT",
+        "tue, 14 nov 2023 22:15:00 gmt",
+        "Monday, 14-Nov-23 22:15:00 GMT",
+    ] {
+        assert_eq!(
+            fresh_for(&[("date", &date(0)), ("expires", expires)]),
+            100,
+            "{expires:?}"
+        );
+    }
+    // A date that does not exist is still no date: already expired.
+    assert_eq!(
+        fresh_for(&[
+            ("date", &date(0)),
+            ("expires", "Tue, 31 Nov 2023 22:15:00 GMT")
+        ]),
+        0
+    );
+}
