@@ -280,6 +280,11 @@ where
         }
     };
     fence(shared, key, &mut keep);
+    if stand_in && failed(&landing) {
+        // A server error stored by choice never replaces an answer that
+        // may stand in for it (here, or in the refresh that holds one).
+        keep = None;
+    }
     if let Ok((res, Outcome::Leader)) = &mut own {
         let forwarded = Forwarded {
             why,

@@ -138,7 +138,9 @@
 //!   service themselves. A response that `Vary`s on headers outside the key
 //!   goes only to followers that sent the leader's values of them, and is
 //!   never stored ([`KeyExtractor::keys_header`]). Server errors and gRPC
-//!   error statuses go to the flight's followers but are never stored.
+//!   error statuses go to the flight's followers but are not stored (server
+//!   errors with explicit freshness are, with
+//!   [`store_server_errors`](CoalesceConfig::store_server_errors)).
 //! - Every caller of a flight reads its answer as the origin sends it, from
 //!   one shared copy, whatever its size;
 //!   [`max_stored_bytes`](CoalesceConfig::max_stored_bytes) decides only

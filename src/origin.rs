@@ -213,7 +213,7 @@ where
     }
     let (mut sharing, life, age) = match policy::directives(&head.headers) {
         Ok(directives) => {
-            let sharing = policy::judge(&head, &directives);
+            let sharing = policy::judge(&head, &directives, shared.config.store_server_errors);
             let (life, age) = keep_for(&shared.config, &head, &directives, requested, received);
             (sharing, life, age)
         }
@@ -479,7 +479,7 @@ fn renew<E, B, Err>(
     let renewed = crate::revalidate::renewed(stale, not_modified).and_then(|(entry, head)| {
         let entry = entry.filled(filled, tags);
         let directives = policy::directives(&head.headers).ok()?;
-        let sharing = policy::judge(&head, &directives);
+        let sharing = policy::judge(&head, &directives, shared.config.store_server_errors);
         let (life, age) = keep_for(&shared.config, &head, &directives, requested, received);
         Some((entry, sharing, life, age))
     });

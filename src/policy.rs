@@ -36,7 +36,11 @@ pub(crate) enum Sharing {
 ///
 /// `directives` are the response's `Cache-Control`, as [`directives`] read
 /// them; one that cannot be read makes the answer private before this.
-pub(crate) fn judge(head: &response::Parts, directives: &[Directive<'_>]) -> Sharing {
+pub(crate) fn judge(
+    head: &response::Parts,
+    directives: &[Directive<'_>],
+    store_server_errors: bool,
+) -> Sharing {
     let headers = &head.headers;
     let has = |name: &str| directives.iter().any(|d| d.is(name));
     if headers.contains_key(header::SET_COOKIE)
@@ -47,7 +51,11 @@ pub(crate) fn judge(head: &response::Parts, directives: &[Directive<'_>]) -> Sha
     {
         return Sharing::Pass;
     }
-    if head.status.is_server_error() || grpc_failed(headers) || has("no-cache") {
+    // A server error is stored only by choice, and only with the origin's
+    // explicit freshness.
+    let explicit = || has("s-maxage") || has("max-age") || headers.contains_key(header::EXPIRES);
+    let unstored_error = head.status.is_server_error() && !(store_server_errors && explicit());
+    if unstored_error || grpc_failed(headers) || has("no-cache") {
         return Sharing::FlightOnly;
     }
     Sharing::Store
@@ -206,7 +214,7 @@ mod tests {
     /// The judgement of a whole head, as the origin call makes it.
     fn judge(head: &response::Parts) -> Sharing {
         match directives(&head.headers) {
-            Ok(directives) => super::judge(head, &directives),
+            Ok(directives) => super::judge(head, &directives, false),
             Err(()) => Sharing::Pass,
         }
     }

@@ -57,6 +57,8 @@ pub struct Args {
     pub upstream_timeout: Duration,
     /// Whether successful unsafe requests purge their URL (RFC 9111 §4.4).
     pub invalidate_on_unsafe: bool,
+    /// Whether `5xx` answers with explicit freshness are stored.
+    pub store_server_errors: bool,
 }
 
 /// The command line as clap reads it.
@@ -201,6 +203,14 @@ struct Cli {
     /// write replaced.
     #[arg(long = "no-invalidate-on-unsafe")]
     no_invalidate_on_unsafe: bool,
+
+    /// Store `5xx` answers that carry explicit freshness (`s-maxage`,
+    /// `max-age` or `Expires`) like any other answer. Off by default: a
+    /// `5xx` reaches every caller of its flight but is never stored. A `5xx`
+    /// never replaces a stored answer that may stand in for it
+    /// (stale-if-error).
+    #[arg(long = "store-server-errors")]
+    store_server_errors: bool,
 }
 
 impl Args {
@@ -280,6 +290,7 @@ impl From<Cli> for Args {
             shutdown_grace: Duration::from_millis(cli.shutdown_grace_ms),
             upstream_timeout: Duration::from_millis(cli.upstream_timeout_ms),
             invalidate_on_unsafe: !cli.no_invalidate_on_unsafe,
+            store_server_errors: cli.store_server_errors,
         }
     }
 }

@@ -138,6 +138,17 @@ async fn fresh(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
     ([("cache-control", cc)], "fresh")
 }
 
+/// `503 Service Unavailable`, with the `Cache-Control` its query names.
+async fn unavailable(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
+    up.count("unavailable");
+    let cc = uri.query().unwrap_or("").replace("%20", " ");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("cache-control", cc)],
+        "down",
+    )
+}
+
 /// Kept a minute, tagged `t1` and `t2`; its body counts its calls.
 async fn tagged(State(up): State<Upstream>) -> impl IntoResponse {
     let n = up.count("tagged");
@@ -195,6 +206,7 @@ async fn upstream() -> (Upstream, Uri) {
         .route("/page", routing::get(page))
         .route("/whoami", routing::get(whoami))
         .route("/fresh", routing::get(fresh))
+        .route("/unavailable", routing::get(unavailable))
         .route("/tagged", any(tagged))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(up.clone());
@@ -919,6 +931,23 @@ async fn a_seek_into_a_body_over_the_stored_size_without_a_length_gets_the_whole
         assert!(!seen.contains_key("range"), "{seen:?}");
     }
     assert_eq!(up.calls("big"), 2);
+}
+
+#[tokio::test]
+async fn server_errors_with_explicit_freshness_are_stored_only_with_the_flag() {
+    let (up, upstream) = upstream().await;
+    let client = client();
+    for (flags, second) in [(&[][..], "leader"), (&["--store-server-errors"][..], "hit")] {
+        let (proxy, _layer) = proxy_from(&upstream, flags).await;
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let answer = send(&client, get(proxy, "/unavailable?max-age=60")).await;
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+            seen.push(answer.outcome().to_owned());
+        }
+        assert_eq!(seen, ["leader", second], "{flags:?}");
+    }
+    assert_eq!(up.calls("unavailable"), 3);
 }
 
 #[tokio::test]

@@ -38,6 +38,19 @@ impl CoalesceConfig {
         self
     }
 
+    /// Whether server errors (`5xx`) whose answer carries explicit
+    /// freshness (`s-maxage`, `max-age` or `Expires`) are stored, as any
+    /// other answer (default `false`: a `5xx` goes to its flight's callers,
+    /// in every instance, and is never stored). Even then, a `5xx` never
+    /// replaces a stored answer that may stand in for it
+    /// (stale-if-error): the stale answer is served, and stays. With a
+    /// fixed [`ttl`](Self::ttl), it is the origin's explicit freshness that
+    /// makes a `5xx` storable; it is then kept for the fixed ttl.
+    pub fn store_server_errors(mut self, store: bool) -> Self {
+        self.store_server_errors = store;
+        self
+    }
+
     /// With a fixed [`ttl`](Self::ttl): how long, once an answer's `ttl` is
     /// over, it is served instead of an error — the inner service failing,
     /// its body failing, a `5xx`, or no answer within the wait timeout — as
