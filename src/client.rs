@@ -1,11 +1,14 @@
 //! What a client's request asks of the cache (RFC 9111 §5.2.1): not to be
 //! answered from storage (`no-cache`, `max-age=0`, `Pragma: no-cache`), an
 //! answer no older or no closer to stale than some bound (`max-age`,
-//! `min-fresh`), or only a stored answer (`only-if-cached`). Honoured unless
+//! `min-fresh`), only a stored answer (`only-if-cached`), or that nothing of
+//! its exchange be stored (`no-store`). Honoured unless
 //! [`CoalesceConfig::client_directives`](crate::CoalesceConfig::client_directives)
 //! is off. A request that may not be answered from storage still joins the
 //! flight under way for its key, so a flood of them costs the origin one
-//! call per flight, not one each.
+//! call per flight, not one each. A `no-store` request joins a flight under
+//! way but never leads one: alone, it goes to the origin for itself, so a
+//! flood of them cannot keep a key's answer from being stored.
 
 use crate::policy::directives;
 use crate::Entry;
@@ -23,6 +26,7 @@ pub(crate) struct Asks {
     max_age: Option<Duration>,
     min_fresh: Option<Duration>,
     only_if_cached: bool,
+    no_store: bool,
 }
 
 impl Asks {
@@ -52,6 +56,8 @@ impl Asks {
                     asks.min_fresh = seconds();
                 } else if d.is("only-if-cached") {
                     asks.only_if_cached = true;
+                } else if d.is("no-store") {
+                    asks.no_store = true;
                 }
             }
         } else {
@@ -83,6 +89,13 @@ impl Asks {
             }
         }
         true
+    }
+
+    /// Whether nothing of this request's exchange may be stored (RFC 9111
+    /// §5.2.1.5): it may be answered from storage, or by a flight under
+    /// way, but leads none.
+    pub(crate) fn no_store(&self) -> bool {
+        self.no_store
     }
 
     /// Whether only a stored answer will do.

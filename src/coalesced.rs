@@ -185,11 +185,31 @@ where
     let Some(key) = call.as_ref().and_then(|(req, _)| shared.key(req)) else {
         return pass(shared, call);
     };
-    let role = shared.table.join(&key);
+    let Some(role) = join(shared, &key, call) else {
+        return pass(shared, call);
+    };
     if let (true, Role::Leader(_), Some((req, _))) = (overdue, &role, call.as_mut()) {
         req.extensions_mut().insert(leader::Overdue);
     }
     start(shared, key, call, role)
+}
+
+/// Joins the flight table again for `key`: leads or follows — or, for a
+/// `no-store` request, which never leads, follows or (`None`) nothing.
+fn join<S, E, ReqBody>(
+    shared: &Shared<E>,
+    key: &Key,
+    call: &Option<(Request<ReqBody>, S)>,
+) -> Option<Role> {
+    let no_store = shared.config.client_directives
+        && call
+            .as_ref()
+            .and_then(|(req, _)| crate::client::Asks::of(req.headers()))
+            .is_some_and(|asks| asks.no_store());
+    if no_store {
+        return shared.table.follow(key).map(Role::Follower);
+    }
+    Some(shared.table.join(key))
 }
 
 /// Calls the inner service for this request alone, as its caller sent it.
@@ -401,8 +421,10 @@ where
                                         entry.ttl_secs(),
                                     )));
                                 }
-                                let role = this.shared.table.join(&key);
-                                start(this.shared, key, this.call, role)
+                                match join(this.shared, &key, this.call) {
+                                    Some(role) => start(this.shared, key, this.call, role),
+                                    None => pass(this.shared, this.call),
+                                }
                             }
                         }
                     }

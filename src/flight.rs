@@ -137,6 +137,17 @@ impl FlightTable {
         })
     }
 
+    /// Follows the flight under way for `key`, if there is one; never
+    /// leads.
+    pub(crate) fn follow(&self, key: &Key) -> Option<FlightReceiver> {
+        let flights = self.lock();
+        let flight = flights.get(key)?;
+        flight.followers.fetch_add(1, Ordering::Relaxed);
+        Some(FlightReceiver {
+            flight: flight.clone(),
+        })
+    }
+
     /// Leads a flight for `key` if none is under way; never follows. For a
     /// refresh, which nobody waits on: a request that finds one running is
     /// answered stale instead.

@@ -118,26 +118,30 @@ where
                 !refused
             })
             .and_then(|entry| Some((entry.serve_as()?, entry)));
+        // Nothing of a `no-store` request's exchange is stored: it starts no
+        // refresh and leads no flight.
+        let no_store = asks.as_ref().is_some_and(crate::client::Asks::no_store);
         if let Some((outcome, entry)) = held {
-            let refresh = match outcome {
-                crate::Outcome::Stale => {
-                    // Answered at once; one refresh per key fetches the next
-                    // answer with this request, detached from it.
-                    tracing::trace!(key = %key.fingerprint(), "stale");
-                    bump(&shared.counters.stale);
-                    true
-                }
-                _ => {
-                    tracing::trace!(key = %key.fingerprint(), "hit");
-                    bump(&shared.counters.hits);
-                    let beta = shared.config.early_refresh;
-                    let early = beta > 0.0 && crate::refresh::due_early(&entry, beta);
-                    if early {
-                        bump(&shared.counters.early_refreshes);
+            let refresh = !no_store
+                && match outcome {
+                    crate::Outcome::Stale => {
+                        // Answered at once; one refresh per key fetches the next
+                        // answer with this request, detached from it.
+                        tracing::trace!(key = %key.fingerprint(), "stale");
+                        bump(&shared.counters.stale);
+                        true
                     }
-                    early
-                }
-            };
+                    _ => {
+                        tracing::trace!(key = %key.fingerprint(), "hit");
+                        bump(&shared.counters.hits);
+                        let beta = shared.config.early_refresh;
+                        let early = beta > 0.0 && crate::refresh::due_early(&entry, beta);
+                        if early {
+                            bump(&shared.counters.early_refreshes);
+                        }
+                        early
+                    }
+                };
             if !refresh {
                 return ResponseFuture::hit(entry, Asked::of(&req), header);
             }
@@ -157,9 +161,18 @@ where
         }
         // After the hit check: hits, the hot path, pay nothing for it, and a
         // fresh stored entry was judged shareable.
-        if shared.passes(&key) {
-            tracing::debug!(key = %key.fingerprint(), "pass: the key's answers cannot be shared");
-            bump(&shared.counters.passes);
+        let role = if no_store {
+            shared.table.follow(&key).map(crate::flight::Role::Follower)
+        } else {
+            None
+        };
+        if shared.passes(&key) || (no_store && role.is_none()) {
+            if no_store {
+                tracing::debug!(key = %key.fingerprint(), "no-store, and no flight to join: to the origin alone");
+            } else {
+                tracing::debug!(key = %key.fingerprint(), "pass: the key's answers cannot be shared");
+                bump(&shared.counters.passes);
+            }
             bump(&shared.counters.origin_calls);
             // Untouched but for this mark: its conditions and range go to
             // the origin, and its answer to this caller alone.
@@ -168,7 +181,7 @@ where
             let future = self.inner.call(req);
             return ResponseFuture::direct(future, crate::Outcome::Pass, &self.shared, grpc);
         }
-        let role = shared.table.join(&key);
+        let role = role.unwrap_or_else(|| shared.table.join(&key));
         // The leader's task calls the inner service later, so it takes the
         // service that `poll_ready` readied and leaves a fresh clone in its
         // place (tower's documented idiom). A follower may never call the inner

@@ -165,3 +165,49 @@ async fn client_directives_can_be_ignored() {
     );
     assert_eq!(origin.calls(), 1);
 }
+
+#[tokio::test]
+async fn a_no_store_request_alone_goes_to_the_origin_and_its_answer_is_not_stored() {
+    let origin = Origin::default();
+    let (layer, svc) = origin.layered(stored());
+    let no_store = [("cache-control", "no-store")];
+    let (outcome, _, text) = answer(&svc, &no_store).await;
+    assert_eq!((outcome, text.as_str()), (Outcome::Pass, "answer 1"));
+    assert_eq!(layer.stats().stored, 0, "RFC 9111 §5.2.1.5");
+    // The next plain request leads, and its answer is stored as usual.
+    assert_eq!(answer(&svc, &[]).await.0, Outcome::Leader);
+    // A no-store request may be answered from storage.
+    assert_eq!(answer(&svc, &no_store).await.0, Outcome::Hit);
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_store_requests_join_a_flight_but_never_lead_one() {
+    let origin = Origin::gated();
+    let (layer, svc) = origin.layered(stored());
+    // The first call passes the gate; it is a no-store one, alone.
+    answer(&svc, &[("cache-control", "no-store")]).await;
+    // A plain request leads; a flood of no-store requests joins it.
+    let leader = tokio::spawn(answer(&svc, &[]));
+    until(&layer, "the flight", |s| s.flights == 1).await;
+    let flood: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(answer(&svc, &[("cache-control", "no-store")])))
+        .collect();
+    until(&layer, "the flood to join the flight", |s| {
+        s.followers == 20
+    })
+    .await;
+    if let Some(gate) = &*origin.gate {
+        gate.add_permits(1);
+    }
+    assert_eq!(leader.await.unwrap().0, Outcome::Leader);
+    for call in flood {
+        assert_eq!(call.await.unwrap().0, Outcome::Follower);
+    }
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(
+        layer.stats().stored,
+        1,
+        "the plain request's answer is stored"
+    );
+}
