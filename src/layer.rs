@@ -84,16 +84,19 @@ impl<E> CoalesceLayerBuilder<E> {
             .tag_header
             .clone()
             .filter(|_| !config.keep_tag_header);
-        let marks = (config.outcome_header.is_some()
-            || config.cache_status.is_some()
-            || tag_header.is_some())
-        .then(|| {
-            Arc::new(crate::stats::Marks {
-                outcome: config.outcome_header.clone(),
-                cache_status: config.cache_status.clone(),
-                tag_header,
-            })
-        });
+        let strip: Vec<_> = tag_header
+            .into_iter()
+            .chain(config.own_cache_control.clone())
+            .collect();
+        let marks =
+            (config.outcome_header.is_some() || config.cache_status.is_some() || !strip.is_empty())
+                .then(|| {
+                    Arc::new(crate::stats::Marks {
+                        outcome: config.outcome_header.clone(),
+                        cache_status: config.cache_status.clone(),
+                        strip,
+                    })
+                });
         Ok(CoalesceLayer {
             shared: Arc::new(Shared {
                 breaker,

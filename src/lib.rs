@@ -200,6 +200,7 @@ mod shutdown;
 mod stats;
 mod sync;
 mod tape;
+mod targeted;
 
 pub use backend::{
     Announcer, Backend, BackendError, BackendFuture, Completion, Invalidation, LeaseToken, Leases,

@@ -103,13 +103,33 @@ impl Keep {
     }
 }
 
+/// Whether the answer with this head may be shared and stored, for how
+/// long, and its age on arrival: decided by its `Cache-Control` and
+/// `Expires` — or by the first targeted field the configuration names that
+/// it carries (RFC 9213), which then stands for both. `None` if the
+/// deciding field cannot be read.
+fn decide(
+    config: &crate::CoalesceConfig,
+    head: &http::response::Parts,
+    requested: SystemTime,
+    received: SystemTime,
+) -> Option<(Sharing, Life, Option<Duration>)> {
+    let targeted = crate::targeted::cache_control(&head.headers, &config.targeted);
+    let control = targeted.as_ref().unwrap_or(&head.headers);
+    let expires = targeted.is_none();
+    let directives = policy::directives(control).ok()?;
+    let sharing = policy::judge(head, &directives, (config.store_server_errors, expires));
+    let (life, age) = keep_for(config, head, (&directives, expires), requested, received);
+    Some((sharing, life, age))
+}
+
 /// How long the answer with this head is fresh (zero: not stored at all)
 /// and may then be served stale, and its age on arrival if the origin's
 /// freshness decides.
 fn keep_for(
     config: &crate::CoalesceConfig,
     head: &http::response::Parts,
-    directives: &[policy::Directive<'_>],
+    (directives, expires): (&[policy::Directive<'_>], bool),
     requested: SystemTime,
     received: SystemTime,
 ) -> (Life, Option<std::time::Duration>) {
@@ -130,8 +150,13 @@ fn keep_for(
             (life, None)
         }
         Freshness::Origin(settings) => {
-            let (fresh, age) =
-                crate::freshness::remaining(settings, head, directives, requested, received);
+            let (fresh, age) = crate::freshness::remaining(
+                settings,
+                head,
+                (directives, expires),
+                requested,
+                received,
+            );
             let life = Life {
                 fresh,
                 stale: crate::freshness::stale_window(settings, directives),
@@ -211,14 +236,11 @@ where
             fill,
         ));
     }
-    let (mut sharing, life, age) = match policy::directives(&head.headers) {
-        Ok(directives) => {
-            let sharing = policy::judge(&head, &directives, shared.config.store_server_errors);
-            let (life, age) = keep_for(&shared.config, &head, &directives, requested, received);
-            (sharing, life, age)
-        }
-        Err(()) => (Sharing::Pass, Life::NONE, None),
-    };
+    let (mut sharing, life, age) = decide(&shared.config, &head, requested, received).unwrap_or((
+        Sharing::Pass,
+        Life::NONE,
+        None,
+    ));
     tracing::debug!(status = %head.status, ?sharing, "origin answered");
     let varied = policy::varied_on(&head.headers)
         .filter(|name| !shared.extractor.keys_header(name))
@@ -478,9 +500,7 @@ fn renew<E, B, Err>(
 ) -> Produced<B, Err> {
     let renewed = crate::revalidate::renewed(stale, not_modified).and_then(|(entry, head)| {
         let entry = entry.filled(filled, tags);
-        let directives = policy::directives(&head.headers).ok()?;
-        let sharing = policy::judge(&head, &directives, shared.config.store_server_errors);
-        let (life, age) = keep_for(&shared.config, &head, &directives, requested, received);
+        let (sharing, life, age) = decide(&shared.config, &head, requested, received)?;
         Some((entry, sharing, life, age))
     });
     let Some((entry, sharing, life, age)) = renewed else {

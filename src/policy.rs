@@ -36,10 +36,13 @@ pub(crate) enum Sharing {
 ///
 /// `directives` are the response's `Cache-Control`, as [`directives`] read
 /// them; one that cannot be read makes the answer private before this.
+/// `store_server_errors`: whether a server error with explicit freshness is
+/// stored; `expires`: whether its `Expires` counts (not under a targeted
+/// field).
 pub(crate) fn judge(
     head: &response::Parts,
     directives: &[Directive<'_>],
-    store_server_errors: bool,
+    (store_server_errors, expires): (bool, bool),
 ) -> Sharing {
     let headers = &head.headers;
     let has = |name: &str| directives.iter().any(|d| d.is(name));
@@ -53,7 +56,8 @@ pub(crate) fn judge(
     }
     // A server error is stored only by choice, and only with the origin's
     // explicit freshness.
-    let explicit = || has("s-maxage") || has("max-age") || headers.contains_key(header::EXPIRES);
+    let explicit =
+        || has("s-maxage") || has("max-age") || (expires && headers.contains_key(header::EXPIRES));
     let unstored_error = head.status.is_server_error() && !(store_server_errors && explicit());
     if unstored_error || grpc_failed(headers) || has("no-cache") {
         return Sharing::FlightOnly;
@@ -214,7 +218,7 @@ mod tests {
     /// The judgement of a whole head, as the origin call makes it.
     fn judge(head: &response::Parts) -> Sharing {
         match directives(&head.headers) {
-            Ok(directives) => super::judge(head, &directives, false),
+            Ok(directives) => super::judge(head, &directives, (false, true)),
             Err(()) => Sharing::Pass,
         }
     }

@@ -68,9 +68,10 @@ pub(crate) struct Marks {
     pub(crate) outcome: Option<http::HeaderName>,
     /// The cache's name in `Cache-Status` (RFC 9211).
     pub(crate) cache_status: Option<String>,
-    /// The tag header, taken off every answer (also those the layer did
-    /// not share), unless the configuration keeps it.
-    pub(crate) tag_header: Option<http::HeaderName>,
+    /// Headers taken off every answer (also those the layer did not
+    /// share): the tag header, unless the configuration keeps it, and this
+    /// cache's own targeted cache-control field.
+    pub(crate) strip: Vec<http::HeaderName>,
 }
 
 /// Why a request went forward to the origin, in `Cache-Status` terms
@@ -126,7 +127,7 @@ pub(crate) fn mark<B>(
     ttl: Option<i64>,
 ) -> http::Response<B> {
     if let Some(marks) = marks {
-        if let Some(name) = &marks.tag_header {
+        for name in &marks.strip {
             res.headers_mut().remove(name);
         }
         if let Some(name) = &marks.outcome {

@@ -59,6 +59,9 @@ pub struct Args {
     pub invalidate_on_unsafe: bool,
     /// Whether `5xx` answers with explicit freshness are stored.
     pub store_server_errors: bool,
+    /// Whether `CDN-Cache-Control` (RFC 9213) decides in place of
+    /// `Cache-Control` when an answer carries it.
+    pub cdn_cache_control: bool,
 }
 
 /// The command line as clap reads it.
@@ -211,6 +214,14 @@ struct Cli {
     /// (stale-if-error).
     #[arg(long = "store-server-errors")]
     store_server_errors: bool,
+
+    /// Ignore CDN-Cache-Control (RFC 9213). By default, an answer that
+    /// carries a valid one is stored and kept as it says, and its
+    /// Cache-Control and Expires are then ignored (CDN-Cache-Control:
+    /// private, for one, keeps it out of the cache). Either way the field
+    /// is passed on to clients.
+    #[arg(long = "no-cdn-cache-control")]
+    no_cdn_cache_control: bool,
 }
 
 impl Args {
@@ -291,6 +302,7 @@ impl From<Cli> for Args {
             upstream_timeout: Duration::from_millis(cli.upstream_timeout_ms),
             invalidate_on_unsafe: !cli.no_invalidate_on_unsafe,
             store_server_errors: cli.store_server_errors,
+            cdn_cache_control: !cli.no_cdn_cache_control,
         }
     }
 }

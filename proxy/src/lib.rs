@@ -146,6 +146,10 @@ pub async fn layer(args: &Args) -> Result<ProxyLayer, String> {
     if args.cache_status {
         config = config.cache_status("coalesce-proxy");
     }
+    if args.cdn_cache_control {
+        config =
+            config.targeted_cache_control([http::HeaderName::from_static("cdn-cache-control")]);
+    }
     if let Some(name) = &args.tag_header {
         config = config.tag_header(name.clone());
     }

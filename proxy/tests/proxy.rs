@@ -138,6 +138,20 @@ async fn fresh(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
     ([("cache-control", cc)], "fresh")
 }
 
+/// Kept a minute by its `Cache-Control`, with the `CDN-Cache-Control` its
+/// query names (`/targeted?private`).
+async fn targeted(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
+    up.count("targeted");
+    let cdn = uri.query().unwrap_or("").replace("%20", " ");
+    (
+        [
+            ("cache-control", "max-age=60".to_owned()),
+            ("cdn-cache-control", cdn),
+        ],
+        "targeted",
+    )
+}
+
 /// `503 Service Unavailable`, with the `Cache-Control` its query names.
 async fn unavailable(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
     up.count("unavailable");
@@ -207,6 +221,7 @@ async fn upstream() -> (Upstream, Uri) {
         .route("/whoami", routing::get(whoami))
         .route("/fresh", routing::get(fresh))
         .route("/unavailable", routing::get(unavailable))
+        .route("/targeted", routing::get(targeted))
         .route("/tagged", any(tagged))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(up.clone());
@@ -948,6 +963,39 @@ async fn server_errors_with_explicit_freshness_are_stored_only_with_the_flag() {
         assert_eq!(seen, ["leader", second], "{flags:?}");
     }
     assert_eq!(up.calls("unavailable"), 3);
+}
+
+#[tokio::test]
+async fn cdn_cache_control_speaks_for_the_proxy_unless_turned_off() {
+    let (up, upstream) = upstream().await;
+    let client = client();
+    let cases: [(&[&str], &str, [&str; 2]); 4] = [
+        // Marked private for CDNs: not stored, although Cache-Control
+        // allows it (RFC 9213 §2.1); the key then passes to the upstream.
+        (&[], "/targeted?private", ["leader", "pass"]),
+        (
+            &["--no-cdn-cache-control"],
+            "/targeted?private",
+            ["leader", "hit"],
+        ),
+        // It can also allow what Cache-Control alone would not say.
+        (&[], "/targeted?max-age=60", ["leader", "hit"]),
+        // A value that is not a Dictionary is ignored: Cache-Control decides.
+        (&[], "/targeted?max-age=%22x", ["leader", "hit"]),
+    ];
+    for (flags, path, expected) in cases {
+        let (proxy, _layer) = proxy_from(&upstream, flags).await;
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let answer = send(&client, get(proxy, path)).await;
+            assert_eq!(answer.status, StatusCode::OK);
+            // Passed on downstream: other caches may be meant by it too.
+            assert!(answer.headers.contains_key("cdn-cache-control"));
+            seen.push(answer.outcome().to_owned());
+        }
+        assert_eq!(seen, expected, "{flags:?} {path}");
+    }
+    assert_eq!(up.calls("targeted"), 5);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 use super::CoalesceConfig;
 use crate::Freshness;
+use http::HeaderName;
 use std::time::Duration;
 
 impl CoalesceConfig {
@@ -48,6 +49,37 @@ impl CoalesceConfig {
     /// makes a `5xx` storable; it is then kept for the fixed ttl.
     pub fn store_server_errors(mut self, store: bool) -> Self {
         self.store_server_errors = store;
+        self
+    }
+
+    /// Targeted cache-control fields (RFC 9213), such as
+    /// `CDN-Cache-Control`, in their order of precedence (none by default).
+    /// The first of them an answer carries with a valid, non-empty value (a
+    /// Dictionary structured field, RFC 8941) decides this cache's storage
+    /// and freshness in place of `Cache-Control` and `Expires`, which it then
+    /// ignores: `private`, `no-store`, `no-cache`, `max-age`, `s-maxage`,
+    /// `must-revalidate` and the stale windows count as in `Cache-Control`.
+    /// An invalid or empty one is ignored. These fields are passed on
+    /// downstream; see [`own_cache_control`](Self::own_cache_control) for
+    /// one that is not. Applies with a fixed [`ttl`](Self::ttl) too, where
+    /// it decides what may be stored and the stale windows, as
+    /// `Cache-Control` does.
+    pub fn targeted_cache_control(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let own = self.own_cache_control.clone();
+        self.targeted = own.into_iter().chain(names).collect();
+        self
+    }
+
+    /// This cache's own targeted cache-control field (e.g.
+    /// `Coalesce-Cache-Control`): first in precedence among the
+    /// [targeted fields](Self::targeted_cache_control), and taken off the
+    /// answers (it speaks to this cache only).
+    pub fn own_cache_control(mut self, name: HeaderName) -> Self {
+        if let Some(old) = self.own_cache_control.take() {
+            self.targeted.retain(|n| *n != old);
+        }
+        self.targeted.insert(0, name.clone());
+        self.own_cache_control = Some(name);
         self
     }
 

@@ -57,6 +57,10 @@ pub struct CoalesceConfig {
     pub(crate) stale_if_error: Duration,
     pub(crate) client_directives: bool,
     pub(crate) store_server_errors: bool,
+    /// Targeted cache-control fields, in their order of precedence.
+    pub(crate) targeted: Vec<HeaderName>,
+    /// This cache's own targeted field, taken off the answers.
+    pub(crate) own_cache_control: Option<HeaderName>,
     pub(crate) max_stored_bytes: usize,
     pub(crate) stream_window: usize,
     pub(crate) wait_timeout: Duration,
@@ -242,6 +246,8 @@ impl CoalesceConfig {
             stale_if_error: Duration::ZERO,
             client_directives: true,
             store_server_errors: false,
+            targeted: Vec::new(),
+            own_cache_control: None,
             max_stored_bytes: 1024 * 1024,
             stream_window: 8 * 1024 * 1024,
             wait_timeout: Duration::from_secs(30),

@@ -161,7 +161,7 @@ fn window(settings: &OriginFreshness, directives: &[Directive<'_>], name: &str) 
 pub(crate) fn remaining(
     settings: &OriginFreshness,
     head: &response::Parts,
-    directives: &[Directive<'_>],
+    (directives, expires): (&[Directive<'_>], bool),
     requested: SystemTime,
     received: SystemTime,
 ) -> (Duration, Duration) {
@@ -173,7 +173,7 @@ pub(crate) fn remaining(
         .flatten()
         .or(Some(received));
     let age = age_on_arrival(headers, date, requested, received);
-    let lifetime = lifetime(settings, head, directives, date, received);
+    let lifetime = lifetime(settings, head, (directives, expires), date, received);
     (lifetime.saturating_sub(age).min(settings.max_ttl), age)
 }
 
@@ -181,7 +181,7 @@ pub(crate) fn remaining(
 fn lifetime(
     settings: &OriginFreshness,
     head: &response::Parts,
-    directives: &[Directive<'_>],
+    (directives, expires): (&[Directive<'_>], bool),
     date: Option<SystemTime>,
     received: SystemTime,
 ) -> Duration {
@@ -199,7 +199,7 @@ fn lifetime(
             };
         }
     }
-    if headers.contains_key(header::EXPIRES) {
+    if expires && headers.contains_key(header::EXPIRES) {
         // An invalid date, `0` above all, is in the past (§5.3).
         return match (http_date(headers, header::EXPIRES, received), date) {
             (Ok(Some(expires)), Some(date)) => expires.duration_since(date).unwrap_or_default(),

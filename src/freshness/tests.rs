@@ -32,7 +32,7 @@ fn fresh_for_with(
     let head = head(status, headers);
     let directives = directives(&head.headers).expect("readable Cache-Control");
     let requested = received() - Duration::from_secs(delay);
-    let (ttl, _) = remaining(&settings, &head, &directives, requested, received());
+    let (ttl, _) = remaining(&settings, &head, (&directives, true), requested, received());
     ttl.as_secs()
 }
 
