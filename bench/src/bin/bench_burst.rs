@@ -1,14 +1,16 @@
 //! The load client of `scripts/bench-http`: fires N identical `GET`s at one
-//! URL at the same moment, each on its own HTTP/1.1 connection, and prints
-//! the latency of the answers as percentiles.
+//! URL (or spread over several) at the same moment, each on its own
+//! HTTP/1.1 connection, and prints the latency of the answers as
+//! percentiles: to their first body byte and to their last.
 //!
 //! ```text
-//! cargo run --release -p coalesce-bench --bin bench_burst -- URL [OPTIONS]
+//! cargo run --release -p coalesce-bench --bin bench_burst -- URL [URL...] [OPTIONS]
 //!
 //!   --requests N        how many concurrent requests (default 1000)
 //!   --count-header NAME tally the values of this response header
 //!   --settle-ms N       pause between connecting and firing (default 300)
 //!   --timeout-ms N      a request that takes longer fails (default 30000)
+//!   --check-pattern N   every body must be N bytes, byte i being i % 251
 //! ```
 //!
 //! Load tools such as `wrk` keep a fixed number of connections busy for a
@@ -17,65 +19,124 @@
 //! is opened first (a TCP handshake is not what is measured), the pause lets
 //! the server accept them all, and then the requests are written back to
 //! back, one `write` each, before any answer is read. A request's latency
-//! runs from the start of the burst to the last byte of its answer; the
-//! client's own share of it, the time to write all N, is printed as
-//! `sent_ms`.
+//! runs from the start of the burst to the last byte of its answer; its
+//! time to first byte (`ttfb`), to the first byte of its body (or the end
+//! of its head, for an empty body). The client's own share, the time to
+//! write all N, is printed as `sent_ms`.
+//!
+//! With several URLs (instances of a proxy behind one imagined load
+//! balancer, say), request `i` goes to URL `i % URLs`, all in the same
+//! burst: one start, one set of percentiles.
 //!
 //! The requests are written and the answers read on plain sockets, not
 //! through an HTTP client: with one task per connection, a thousand
 //! requests would be handed to a thousand tasks before the first byte went
 //! out, and the first answers would wait on that. The reader understands
 //! what the servers under test send: a status line, headers, and a body of
-//! `Content-Length` bytes or chunks ending in a last chunk.
+//! `Content-Length` bytes or chunks ending in a last chunk. Bodies are
+//! checked as they arrive and never kept, so a burst for a large answer
+//! costs the client a read buffer per connection, not the answers.
 //!
 //! Output is one line of `key=value` fields, for scripts:
 //! `requests=1000 ok=1000 failed=0 min_ms=.. p50_ms=.. p90_ms=.. p99_ms=..
-//! max_ms=.. sent_ms=.. wall_ms=..`, then `header NAME: VALUE=COUNT ...` if
-//! asked.
+//! max_ms=.. sent_ms=.. wall_ms=.. ttfb_min_ms=.. ttfb_p50_ms=..
+//! ttfb_p99_ms=..` (the last-byte figures over every request, a failed one
+//! at the moment it failed; the `ttfb` ones over the requests that
+//! succeeded), then, if asked, `header NAME: VALUE=COUNT ...` and one line
+//! per value, `by NAME=VALUE: requests=.. ok=.. ttfb_min_ms=..
+//! ttfb_p50_ms=.. ttfb_p99_ms=.. p50_ms=.. p99_ms=..`: with a cache's
+//! outcome header, the leader's own figures beside its followers'.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 const USAGE: &str = "\
-usage: bench_burst URL [--requests N] [--count-header NAME] [--settle-ms N] [--timeout-ms N]
+usage: bench_burst URL [URL...] [--requests N] [--count-header NAME] [--settle-ms N]
+                   [--timeout-ms N] [--check-pattern N]
 
-  URL                 http://host:port/path to request
+  URL                 http://host:port/path to request; with several, the
+                      requests are spread over them in turn
   --requests N        how many concurrent requests (default 1000)
-  --count-header NAME tally the values of this response header
+  --count-header NAME tally the values of this response header, with the
+                      latencies of each value's requests
   --settle-ms N       pause between connecting and firing (default 300)
-  --timeout-ms N      a request that takes longer fails (default 30000)";
+  --timeout-ms N      a request that takes longer fails (default 30000)
+  --check-pattern N   every body must be N bytes, byte i being i % 251
+                      (bench_origin's GET /big/{n}); one that is not fails";
 
 /// Connections opened at a time: a thousand SYNs at once can overflow a
 /// server's accept queue, and a dropped SYN costs a one-second retransmit.
 const CONNECT_CONCURRENCY: usize = 64;
 
-struct Settings {
-    /// `host:port`, to connect to and to name in `Host`.
+/// How much one `read` takes: large answers arrive in as few reads as the
+/// socket allows, small ones need no more.
+const READ_BUFFER: usize = 32 * 1024;
+
+/// A head larger than this is not one the servers under test send.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// `--check-pattern`'s byte `i` is `i % PATTERN_PERIOD`.
+const PATTERN_PERIOD: usize = 251;
+
+/// The pattern, long enough to compare a whole read with at any phase.
+static PATTERN: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    (0..READ_BUFFER + PATTERN_PERIOD)
+        .map(|i| (i % PATTERN_PERIOD) as u8)
+        .collect()
+});
+
+/// Where one URL's requests go.
+struct Target {
+    /// `host:port`, to connect to.
     authority: String,
-    /// The path and query.
-    target: String,
+    /// The whole request, written at once.
+    request: String,
+}
+
+struct Settings {
+    targets: Vec<Target>,
     requests: usize,
     /// Lowercase.
     count_header: Option<String>,
     settle: Duration,
     timeout: Duration,
+    /// The length every body must have, of the pattern.
+    check_pattern: Option<u64>,
+}
+
+fn target(url: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?}: expected http://host:port/path"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, "/"),
+    };
+    if !authority.contains(':') || path.contains(char::is_whitespace) {
+        return Err(format!("{url:?}: expected http://host:port/path"));
+    }
+    Ok(Target {
+        authority: authority.to_owned(),
+        request: format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n"),
+    })
 }
 
 fn parse(args: impl IntoIterator<Item = String>) -> Result<Settings, String> {
-    let mut url = None;
+    let mut targets = Vec::new();
     let mut requests = 1000;
     let mut count_header = None;
     let mut settle = Duration::from_millis(300);
     let mut timeout = Duration::from_secs(30);
+    let mut check_pattern = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         if !arg.starts_with("--") {
-            url = Some(arg);
+            targets.push(target(&arg)?);
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -89,33 +150,29 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Settings, String> {
             "--settle-ms" => settle = Duration::from_millis(number()?),
             "--timeout-ms" => timeout = Duration::from_millis(number()?),
             "--count-header" => count_header = Some(value.to_ascii_lowercase()),
+            "--check-pattern" => check_pattern = Some(number()?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let url = url.ok_or("URL is required")?;
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: expected http://host:port/path"))?;
-    let (authority, target) = match rest.find('/') {
-        Some(slash) => (&rest[..slash], &rest[slash..]),
-        None => (rest, "/"),
-    };
-    if !authority.contains(':') || target.contains(char::is_whitespace) {
-        return Err(format!("{url:?}: expected http://host:port/path"));
+    if targets.is_empty() {
+        return Err("URL is required".into());
     }
     Ok(Settings {
-        authority: authority.to_owned(),
-        target: target.to_owned(),
+        targets,
         requests,
         count_header,
         settle,
         timeout,
+        check_pattern,
     })
 }
 
 /// What one request came back with.
 struct Answer {
-    /// When its last byte arrived.
+    /// When the first byte of its body arrived (the end of its head, for an
+    /// empty body); `None` if it failed.
+    first: Option<Instant>,
+    /// When its last byte arrived, or it failed.
     done: Instant,
     ok: bool,
     header: Option<String>,
@@ -126,7 +183,7 @@ struct Head {
     /// Its length, up to and including the blank line.
     len: usize,
     status: u16,
-    content_length: Option<usize>,
+    content_length: Option<u64>,
     chunked: bool,
     header: Option<String>,
 }
@@ -160,33 +217,215 @@ fn parse_head(buf: &[u8], count_header: Option<&str>) -> Option<Head> {
     Some(head)
 }
 
+/// Where a body's reader is in its framing.
+enum Framing {
+    /// `Content-Length` bytes, this many still to come.
+    Length(u64),
+    /// Chunked: reading a chunk-size line (kept here until its LF).
+    Size(Vec<u8>),
+    /// Chunked: this many bytes of the chunk's data still to come.
+    Data(u64),
+    /// Chunked: the CRLF after a chunk's data, this many of its bytes seen.
+    DataEnd(u8),
+    /// Chunked: the trailer section after the last chunk, the current line
+    /// kept here until its LF; an empty line ends it.
+    Trailer(Vec<u8>),
+    /// The whole body is in.
+    Done,
+}
+
+/// Reads a body as it arrives: its framing undone, its bytes counted and,
+/// with a pattern to check, compared with it. Nothing is kept.
+struct BodyReader {
+    framing: Framing,
+    /// Body bytes so far.
+    received: u64,
+    check_pattern: Option<u64>,
+}
+
+impl BodyReader {
+    fn new(head: &Head, check_pattern: Option<u64>) -> Option<Self> {
+        let framing = match (head.chunked, head.content_length) {
+            (true, _) => Framing::Size(Vec::new()),
+            (false, Some(0)) => Framing::Done,
+            (false, Some(len)) => Framing::Length(len),
+            // Read to the end of the connection: no server under test
+            // answers so.
+            (false, None) => return None,
+        };
+        Some(BodyReader {
+            framing,
+            received: 0,
+            check_pattern,
+        })
+    }
+
+    fn done(&self) -> bool {
+        matches!(self.framing, Framing::Done)
+    }
+
+    /// Takes what arrived; `None` if the body is malformed, or not the
+    /// pattern it should be.
+    fn feed(&mut self, mut input: &[u8]) -> Option<()> {
+        while !input.is_empty() {
+            match &mut self.framing {
+                Framing::Length(left) => {
+                    let take = input.len().min(*left as usize);
+                    *left -= take as u64;
+                    if *left == 0 {
+                        self.framing = Framing::Done;
+                    }
+                    self.data(&input[..take])?;
+                    input = &input[take..];
+                }
+                Framing::Size(line) => {
+                    let (taken, complete) = take_line(line, input)?;
+                    input = &input[taken..];
+                    if complete {
+                        let text = std::str::from_utf8(line).ok()?;
+                        // Chunk extensions (";name=value") are ignored.
+                        let size = text.split(';').next()?.trim();
+                        let size = u64::from_str_radix(size, 16).ok()?;
+                        self.framing = if size == 0 {
+                            Framing::Trailer(Vec::new())
+                        } else {
+                            Framing::Data(size)
+                        };
+                    }
+                }
+                Framing::Data(left) => {
+                    let take = input.len().min(*left as usize);
+                    *left -= take as u64;
+                    if *left == 0 {
+                        self.framing = Framing::DataEnd(0);
+                    }
+                    self.data(&input[..take])?;
+                    input = &input[take..];
+                }
+                Framing::DataEnd(seen) => {
+                    if input[0] != b"\r\n"[usize::from(*seen)] {
+                        return None;
+                    }
+                    input = &input[1..];
+                    *seen += 1;
+                    if *seen == 2 {
+                        self.framing = Framing::Size(Vec::new());
+                    }
+                }
+                Framing::Trailer(line) => {
+                    let (taken, complete) = take_line(line, input)?;
+                    input = &input[taken..];
+                    if complete {
+                        if line.is_empty() {
+                            self.framing = Framing::Done;
+                        } else {
+                            line.clear();
+                        }
+                    }
+                }
+                // Bytes after the body: not an answer to this one request.
+                Framing::Done => return None,
+            }
+        }
+        Some(())
+    }
+
+    /// Counts (and checks) body bytes.
+    fn data(&mut self, bytes: &[u8]) -> Option<()> {
+        let start = self.received;
+        self.received += bytes.len() as u64;
+        let Some(expected) = self.check_pattern else {
+            return Some(());
+        };
+        if self.received > expected {
+            return None;
+        }
+        let phase = (start % PATTERN_PERIOD as u64) as usize;
+        (PATTERN[phase..phase + bytes.len()] == *bytes).then_some(())
+    }
+
+    /// Whether the whole body is what it should be.
+    fn complete(&self) -> bool {
+        self.done()
+            && self.received > 0
+            && self.check_pattern.is_none_or(|len| self.received == len)
+    }
+}
+
+/// Adds `input` to `line` up to its LF (which is dropped, with a CR before
+/// it); returns the bytes taken and whether the line is complete, or `None`
+/// for a line longer than any the servers under test send.
+fn take_line(line: &mut Vec<u8>, input: &[u8]) -> Option<(usize, bool)> {
+    let (taken, complete) = match input.iter().position(|&b| b == b'\n') {
+        Some(lf) => (lf + 1, true),
+        None => (input.len(), false),
+    };
+    line.extend_from_slice(&input[..taken]);
+    if line.len() > 4096 {
+        return None;
+    }
+    if complete {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    Some((taken, complete))
+}
+
+/// What a request that got its whole answer came back with.
+struct Reply {
+    ok: bool,
+    first: Instant,
+    header: Option<String>,
+}
+
 /// Reads one response from `stream`; `None` if it failed or was malformed.
 async fn read_answer(
     stream: &mut TcpStream,
     count_header: Option<&str>,
-) -> Option<(bool, Option<String>)> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let mut head: Option<Head> = None;
+    check_pattern: Option<u64>,
+) -> Option<Reply> {
+    let mut chunk = vec![0u8; READ_BUFFER];
+    let mut head_bytes = Vec::new();
+    let mut head = None;
+    let mut body: Option<BodyReader> = None;
+    let mut first = None;
     loop {
         let n = stream.read(&mut chunk).await.ok()?;
         if n == 0 {
             return None;
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if head.is_none() {
-            head = parse_head(&buf, count_header);
-        }
-        let Some(h) = &head else { continue };
-        let body = &buf[h.len..];
-        let complete = match (h.content_length, h.chunked) {
-            (_, true) => body.ends_with(b"0\r\n\r\n"),
-            (Some(len), false) => body.len() >= len,
-            (None, false) => return None,
+        let mut input = &chunk[..n];
+        let reader = match &mut body {
+            Some(reader) => reader,
+            None => {
+                head_bytes.extend_from_slice(input);
+                let Some(h) = parse_head(&head_bytes, count_header) else {
+                    if head_bytes.len() > MAX_HEAD {
+                        return None;
+                    }
+                    continue;
+                };
+                // What of this read is body: the head ends within it.
+                input = &input[n - (head_bytes.len() - h.len)..];
+                let reader = BodyReader::new(&h, check_pattern)?;
+                head = Some(h);
+                body.insert(reader)
+            }
         };
-        if complete {
-            let ok = (200..300).contains(&h.status) && !body.is_empty();
-            return Some((ok, h.header.clone()));
+        reader.feed(input)?;
+        // Framing (a chunk-size line) is not the first byte of the body.
+        if first.is_none() && (reader.received > 0 || reader.done()) {
+            first = Some(Instant::now());
+        }
+        if reader.done() {
+            let head = head.as_ref()?;
+            return Some(Reply {
+                ok: (200..300).contains(&head.status) && reader.complete(),
+                first: first?,
+                header: head.header.clone(),
+            });
         }
     }
 }
@@ -200,17 +439,37 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[rank - 1].as_secs_f64() * 1e3
 }
 
+/// The figures of a set of answers: `(last byte, first byte of the ones
+/// that succeeded)`, each sorted, from `start`.
+fn latencies<'a>(
+    answers: impl Iterator<Item = &'a Answer>,
+    start: Instant,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let mut last = Vec::new();
+    let mut first = Vec::new();
+    for answer in answers {
+        last.push(answer.done - start);
+        if let (true, Some(at)) = (answer.ok, answer.first) {
+            first.push(at - start);
+        }
+    }
+    last.sort_unstable();
+    first.sort_unstable();
+    (last, first)
+}
+
 async fn run(settings: Settings) -> Result<bool, String> {
     let settings = Arc::new(settings);
     let limit = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let connecting: Vec<_> = (0..settings.requests)
-        .map(|_| {
+        .map(|i| {
             let (limit, settings) = (limit.clone(), settings.clone());
             tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                let stream = TcpStream::connect(&settings.authority)
+                let authority = &settings.targets[i % settings.targets.len()].authority;
+                let stream = TcpStream::connect(authority)
                     .await
-                    .map_err(|e| format!("connect {}: {e}", settings.authority))?;
+                    .map_err(|e| format!("connect {authority}: {e}"))?;
                 let _ = stream.set_nodelay(true);
                 Ok::<_, String>(stream)
             })
@@ -222,18 +481,17 @@ async fn run(settings: Settings) -> Result<bool, String> {
     }
     tokio::time::sleep(settings.settle).await;
 
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
-        settings.target, settings.authority
-    );
     let start = Instant::now();
     // Written without yielding, so no answer is read before every request
     // is out. A fresh socket's send buffer takes a request this small
     // whole; one that does not counts as failed rather than be retried
     // late.
     let mut written = Vec::with_capacity(streams.len());
-    for stream in streams {
-        let whole = matches!(stream.try_write(request.as_bytes()), Ok(n) if n == request.len());
+    for (i, stream) in streams.into_iter().enumerate() {
+        let request = settings.targets[i % settings.targets.len()]
+            .request
+            .as_bytes();
+        let whole = matches!(stream.try_write(request), Ok(n) if n == request.len());
         written.push((stream, whole));
     }
     let sent = start.elapsed();
@@ -243,8 +501,12 @@ async fn run(settings: Settings) -> Result<bool, String> {
         .map(|(mut stream, whole)| {
             let settings = settings.clone();
             tokio::spawn(async move {
-                let outcome = if whole {
-                    let read = read_answer(&mut stream, settings.count_header.as_deref());
+                let reply = if whole {
+                    let read = read_answer(
+                        &mut stream,
+                        settings.count_header.as_deref(),
+                        settings.check_pattern,
+                    );
                     tokio::time::timeout(settings.timeout, read)
                         .await
                         .ok()
@@ -252,11 +514,20 @@ async fn run(settings: Settings) -> Result<bool, String> {
                 } else {
                     None
                 };
-                let (ok, header) = outcome.unwrap_or((false, None));
-                Answer {
-                    done: Instant::now(),
-                    ok,
-                    header,
+                let done = Instant::now();
+                match reply {
+                    Some(reply) => Answer {
+                        first: Some(reply.first),
+                        done,
+                        ok: reply.ok,
+                        header: reply.header,
+                    },
+                    None => Answer {
+                        first: None,
+                        done,
+                        ok: false,
+                        header: None,
+                    },
                 }
             })
         })
@@ -268,28 +539,48 @@ async fn run(settings: Settings) -> Result<bool, String> {
     let wall = start.elapsed();
 
     let ok = answers.iter().filter(|a| a.ok).count();
-    let mut latencies: Vec<Duration> = answers.iter().map(|a| a.done - start).collect();
-    latencies.sort_unstable();
+    let (last, first) = latencies(answers.iter(), start);
+    // The fields scripts already read come first, in their old order; the
+    // time-to-first-byte ones follow.
     println!(
-        "requests={} ok={ok} failed={} min_ms={:.1} p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} max_ms={:.1} sent_ms={:.1} wall_ms={:.1}",
+        "requests={} ok={ok} failed={} min_ms={:.1} p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} max_ms={:.1} sent_ms={:.1} wall_ms={:.1} ttfb_min_ms={:.1} ttfb_p50_ms={:.1} ttfb_p99_ms={:.1}",
         answers.len(),
         answers.len() - ok,
-        percentile(&latencies, 0.0),
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.90),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0),
+        percentile(&last, 0.0),
+        percentile(&last, 0.50),
+        percentile(&last, 0.90),
+        percentile(&last, 0.99),
+        percentile(&last, 1.0),
         sent.as_secs_f64() * 1e3,
         wall.as_secs_f64() * 1e3,
+        percentile(&first, 0.0),
+        percentile(&first, 0.50),
+        percentile(&first, 0.99),
     );
     if let Some(name) = &settings.count_header {
-        let mut tally = BTreeMap::<String, usize>::new();
+        let mut by_value = BTreeMap::<String, Vec<&Answer>>::new();
         for answer in &answers {
             let value = answer.header.clone().unwrap_or_else(|| "(none)".into());
-            *tally.entry(value).or_default() += 1;
+            by_value.entry(value).or_default().push(answer);
         }
-        let fields: Vec<String> = tally.iter().map(|(v, n)| format!("{v}={n}")).collect();
+        let fields: Vec<String> = by_value
+            .iter()
+            .map(|(v, answers)| format!("{v}={}", answers.len()))
+            .collect();
         println!("header {name}: {}", fields.join(" "));
+        for (value, answers) in &by_value {
+            let (last, first) = latencies(answers.iter().copied(), start);
+            println!(
+                "by {name}={value}: requests={} ok={} ttfb_min_ms={:.1} ttfb_p50_ms={:.1} ttfb_p99_ms={:.1} p50_ms={:.1} p99_ms={:.1}",
+                answers.len(),
+                answers.iter().filter(|a| a.ok).count(),
+                percentile(&first, 0.0),
+                percentile(&first, 0.50),
+                percentile(&first, 0.99),
+                percentile(&last, 0.50),
+                percentile(&last, 0.99),
+            );
+        }
     }
     Ok(ok == answers.len())
 }
