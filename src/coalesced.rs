@@ -182,7 +182,10 @@ where
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
-    let Some(key) = call.as_ref().and_then(|(req, _)| shared.key(req)) else {
+    let Some(key) = call.as_ref().and_then(|(req, _)| {
+        let key = shared.key(req)?;
+        Some(leader::variant_of(shared, key, req.headers()))
+    }) else {
         return pass(shared, call);
     };
     let Some(role) = join(shared, &key, call) else {
@@ -191,6 +194,47 @@ where
     if let (true, Role::Leader(_), Some((req, _))) = (overdue, &role, call.as_mut()) {
         req.extensions_mut().insert(leader::Overdue);
     }
+    start(shared, key, call, role)
+}
+
+/// Whether this follower's request selects the variant a flight's answer
+/// was made for.
+fn selects<S, ReqBody>(
+    call: &Option<(Request<ReqBody>, S)>,
+    varied: &crate::flight::Varied,
+) -> bool {
+    call.as_ref()
+        .is_some_and(|(req, _)| varied.matches(req.headers()))
+}
+
+/// A follower whose request selects another variant of its key's answers
+/// (varying on `variants`) than its flight's: joins (or leads) the flight
+/// for its own variant, where the followers that select the same meet — one
+/// flight per variant, not one origin call per follower.
+fn rejoin_variant<S, E, ReqBody, ResBody>(
+    shared: &Arc<Shared<E>>,
+    call: &mut Option<(Request<ReqBody>, S)>,
+    variants: Option<&crate::Variants>,
+) -> State<ResBody, S::Error>
+where
+    S: Origin<ReqBody, ResBody>,
+    E: KeyExtractor<ReqBody>,
+    ReqBody: Send + 'static,
+    ResBody: OriginBody,
+{
+    let key = call
+        .as_ref()
+        .zip(variants)
+        .and_then(|((req, _), variants)| {
+            let primary = shared.key(req)?;
+            Some(crate::flight::Varied::of(variants.clone(), req.headers()).key(&primary))
+        });
+    let Some(key) = key else {
+        return pass(shared, call);
+    };
+    let Some(role) = join(shared, &key, call) else {
+        return pass(shared, call);
+    };
     start(shared, key, call, role)
 }
 
@@ -273,15 +317,24 @@ where
                     return Poll::Ready(res.map(|res| mark(res, Outcome::Pass, header, None)));
                 }
                 StateProj::Done => panic!("Coalesced polled after completion"),
-                StateProj::Following { wait } => match ready!(wait.poll(cx)) {
-                    // Asked with other values of a header the answer varies on.
-                    Some(Landing::Varied(_, varied))
-                        if !this
-                            .call
+                StateProj::Following { mut wait } => match ready!(wait.as_mut().poll(cx)) {
+                    // The flight was made for another variant of the key's
+                    // answers than this request selects: it goes on for its
+                    // own, with those that select the same.
+                    Some(_)
+                        if wait
                             .as_ref()
-                            .is_some_and(|(req, _)| varied.matches(req.headers())) =>
+                            .get_ref()
+                            .only()
+                            .is_some_and(|only| !selects(this.call, only)) =>
                     {
-                        pass(this.shared, this.call)
+                        let only = wait.as_ref().get_ref().only().cloned();
+                        let variants = only.as_ref().map(crate::flight::Varied::variants);
+                        rejoin_variant(this.shared, this.call, variants)
+                    }
+                    // Asked with other values of a header the answer varies on.
+                    Some(Landing::Varied(_, varied)) if !selects(this.call, &varied) => {
+                        rejoin_variant(this.shared, this.call, Some(varied.variants()))
                     }
                     Some(
                         Landing::Done(entry)
@@ -296,14 +349,16 @@ where
                     }
                     // Asked with other values of a header the answer varies on.
                     Some(Landing::Streaming(streamed))
-                        if streamed.varied.as_ref().is_some_and(|varied| {
-                            !this
-                                .call
-                                .as_ref()
-                                .is_some_and(|(req, _)| varied.matches(req.headers()))
-                        }) =>
+                        if streamed
+                            .varied
+                            .as_ref()
+                            .is_some_and(|varied| !selects(this.call, varied)) =>
                     {
-                        pass(this.shared, this.call)
+                        let variants = streamed
+                            .varied
+                            .as_deref()
+                            .map(crate::flight::Varied::variants);
+                        rejoin_variant(this.shared, this.call, variants)
                     }
                     Some(Landing::Streaming(streamed))
                         if purged_before(this.shared, this.call, &streamed.head, *this.joined) =>
@@ -403,8 +458,12 @@ where
                         match key {
                             // The extractor no longer keys this request.
                             None => pass(this.shared, this.call),
-                            Some(key) => {
-                                let held = leader::local_hit(this.shared, &key)
+                            Some(mut key) => {
+                                let headers = match this.call.as_ref() {
+                                    Some((req, _)) => req.headers().clone(),
+                                    None => http::HeaderMap::new(),
+                                };
+                                let held = leader::local_hit(this.shared, &mut key, &headers)
                                     .and_then(|entry| Some((entry.serve_as()?, entry)));
                                 if let Some((outcome, entry)) = held {
                                     // A stale one is refreshed by the next

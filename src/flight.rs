@@ -55,25 +55,7 @@ pub(crate) struct Streamed {
     pub(crate) whole: OnceLock<Entry>,
 }
 
-/// The request headers (outside the key) that a flight's answer varies on,
-/// with the leader's values of them.
-#[derive(Debug)]
-pub(crate) struct Varied {
-    headers: Vec<(http::HeaderName, Vec<http::HeaderValue>)>,
-}
-
-impl Varied {
-    pub(crate) fn new(headers: Vec<(http::HeaderName, Vec<http::HeaderValue>)>) -> Self {
-        Self { headers }
-    }
-
-    /// Whether a request with these headers asked the same as the leader.
-    pub(crate) fn matches(&self, asked: &http::HeaderMap) -> bool {
-        self.headers
-            .iter()
-            .all(|(name, values)| asked.get_all(name).iter().eq(values.iter()))
-    }
-}
+pub(crate) use crate::vary::Varied;
 
 /// One flight's meeting point: written once by its leader, read by every
 /// follower. Kept small on purpose: a follower holds one `Arc` of it and one
@@ -88,6 +70,10 @@ struct Flight {
     followers: AtomicUsize,
     /// Woken when `followers` drops to zero.
     gone: Notify,
+    /// Set when the flight was made for one variant of its key's answers
+    /// (its leader found them varying before it went on): whatever it
+    /// lands is for the followers that select that variant only.
+    only: Arc<OnceLock<Varied>>,
 }
 
 impl Flight {
@@ -213,6 +199,12 @@ impl FlightGuard {
         self.remove();
     }
 
+    /// Where the flight's work marks it as made for one variant only
+    /// (before it lands, or streams).
+    pub(crate) fn only(&self) -> Arc<OnceLock<Varied>> {
+        self.flight.only.clone()
+    }
+
     /// Resolves when no follower is waiting any more.
     pub(crate) async fn followers_gone(&self) {
         loop {
@@ -291,6 +283,13 @@ pin_project! {
         receiver: FlightReceiver,
         #[pin]
         notified: OwnedNotified,
+    }
+}
+
+impl Wait {
+    /// The variant the flight was made for, if it was made for one only.
+    pub(crate) fn only(&self) -> Option<&Varied> {
+        self.receiver.flight.only.get()
     }
 }
 

@@ -12,7 +12,7 @@ use crate::origin::{produce, Keep, Made, Origin, OriginBody, Own, Produced, Pump
 use crate::remote::{Elected, Held};
 use crate::shared::Shared;
 use crate::stats::{bump, Forwarded, Fwd};
-use crate::{Entry, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome, WaitFallback};
+use crate::{Entry, FlightError, FlightErrorKind, Found, Key, KeyExtractor, Outcome, WaitFallback};
 use http::Request;
 
 /// Whether a landing is the origin failing: an error, a failed body, a
@@ -73,8 +73,9 @@ pub(crate) enum Flown<S, ReqBody, B, E> {
     /// with that, then [`finish`](Streaming::finish).
     Streaming(Box<Streaming<B>>, Own<B, E>),
     /// The backend holds a stale answer that may be served while it is
-    /// refreshed: land it, then refresh with this request and service.
-    Stale(Entry, Request<ReqBody>, S),
+    /// refreshed: land it, then refresh it (under this key: the flight's,
+    /// or the variant's it selected) with this request and service.
+    Stale(Entry, Key, Request<ReqBody>, S),
     /// The key's answers cannot be shared: the followers go to the origin
     /// themselves, and so does the leader's caller, with this request (as
     /// it sent it) and service.
@@ -93,12 +94,16 @@ pub(crate) struct Brief<'a> {
     /// The flight replaces one that timed out waiting (`CallOrigin`): it
     /// goes to the origin without waiting on a lease.
     pub(crate) overdue: bool,
+    /// Where the work marks its flight as made for one variant of its
+    /// key's answers only, when it finds them varying (see
+    /// [`FlightGuard::only`](crate::flight::FlightGuard::only)).
+    pub(crate) only: &'a std::sync::OnceLock<crate::flight::Varied>,
 }
 
 /// The flight itself: backend, origin, body, policy, store.
 pub(crate) async fn fly<S, E, ReqBody, ResBody>(
     shared: &Shared<E>,
-    key: &Key,
+    flight_key: &Key,
     asked: &Asked,
     mut req: Request<ReqBody>,
     inner: S,
@@ -116,7 +121,12 @@ where
         mut refresh,
         fallback: found,
         overdue,
+        only,
     } = brief;
+    // The key the work looks up, leases and stores under: the flight's, or
+    // once its answers are found to vary, the variant's this request
+    // selects.
+    let mut key = flight_key.clone();
     let mut version = refresh.as_ref().and_then(Entry::stored_at);
     // What the leader's caller asked of the cache (`no-cache`, `max-age`):
     // a stored answer it may not have is revalidated with the origin, as a
@@ -128,112 +138,129 @@ where
     let filled = backend.purge_position();
     // Why this flight goes to the origin, for `Cache-Status`.
     let mut why = Fwd::Miss;
-    if config.stores() {
-        match optional(shared, |backend| backend.lookup(key)).await {
-            // A refresh looks past the stale answer it replaces.
-            Ok(Some(entry)) if refresh.is_some() && entry.stored_at() == version => {}
-            // Purged: replaced as if it were not there (not revalidated,
-            // and never served, not even for an error).
-            Ok(Some(entry)) if backend.purged(key, &entry).is_some() => {
-                version = entry.stored_at();
-            }
-            Ok(Some(entry)) if asks.as_ref().is_some_and(|a| !a.accepts(&entry)) => {
-                version = entry.stored_at();
-                refresh = Some(entry);
-                why = Fwd::Request;
-            }
-            Ok(Some(entry)) if refresh.is_none() && entry.is_stale() => {
-                if entry.may_serve_stale() {
-                    return Flown::Stale(entry, req, inner);
-                }
-                // Past its stale-while-revalidate window: replaced (the
-                // lease is asked for as a refresh of it, or a backend that
-                // refuses leases while an answer is stored would make this
-                // flight wait on it and take it for the answer), and kept to
-                // stand in for an error (a refresh does that with its own
-                // stale answer).
-                version = entry.stored_at();
-                let _ = found.set(entry);
-                why = Fwd::Stale;
-            }
-            Ok(Some(entry)) => {
-                bump(&counters.hits);
-                let res = asked.answer(&entry);
-                return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Hit)));
-            }
-            Ok(None) => {}
-            Err(unavailable) => {
-                unavailable.report(counters, "backend lookup", "calling the origin")
-            }
-        }
-    }
-
     // A lease attempt that failed but may have run: its token.
     let mut unsure = None;
-    let lease = if !config.stores() {
-        // Nothing is stored, so nothing could be handed to another process.
-        None
-    } else if overdue {
-        // Waited out once already: the answer is stored and announced when
-        // it comes, without a lease.
-        None
-    } else {
-        match crate::remote::elect(shared, key, deadline, &mut version).await {
-            Elected::Lead(lease) => lease,
-            Elected::Unsure(token) => {
-                unsure = Some(token);
-                None
+    // Once more when the key's answers turn out to vary: for the
+    // variant's key.
+    let lease = loop {
+        if config.stores() {
+            let mut looked = optional(shared, |backend| backend.find(&key)).await;
+            if let Ok(Some(Found::Variants(variants))) = &looked {
+                select(&mut key, only, variants, req.headers());
+                looked = optional(shared, |backend| backend.find(&key)).await;
             }
-            Elected::Streaming(watch, read) => {
-                if let Some(follow) = crate::remote_stream::Follow::new(watch, read) {
-                    let own = asked
-                        .answer_tape(follow.streamed())
-                        .expect("a new tape starts at its first byte");
-                    let streaming = Streaming {
-                        source: Source::Remote(follow),
-                        tail: Tail::default(),
-                    };
-                    return Flown::Streaming(Box::new(streaming), Ok((own, Outcome::Follower)));
+            match looked.map(|looked| looked.and_then(Found::into_entry)) {
+                // A refresh looks past the stale answer it replaces.
+                Ok(Some(entry)) if refresh.is_some() && entry.stored_at() == version => {}
+                // Purged: replaced as if it were not there (not revalidated,
+                // and never served, not even for an error).
+                Ok(Some(entry)) if backend.purged(&key, &entry).is_some() => {
+                    version = entry.stored_at();
                 }
-                // A head this process cannot follow: the origin, once.
-                None
-            }
-            Elected::Answer(entry) | Elected::Shared(entry) => {
-                let res = asked.answer(&entry);
-                return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Follower)));
-            }
-            Elected::Pass { remember } => {
-                tracing::debug!(
-                    "another instance found the answer unshareable; calling the origin"
-                );
-                if remember {
-                    shared.remember_pass(key);
+                Ok(Some(entry)) if asks.as_ref().is_some_and(|a| !a.accepts(&entry)) => {
+                    version = entry.stored_at();
+                    refresh = Some(entry);
+                    why = Fwd::Request;
                 }
-                bump(&counters.passes);
-                bump(&counters.origin_calls);
-                asked.restore(&mut req);
-                req.extensions_mut().insert(Outcome::Pass);
-                return Flown::Pass(req, inner);
-            }
-            Elected::Timeout => match config.wait_fallback {
-                WaitFallback::CallOrigin => None,
-                WaitFallback::GatewayTimeout => {
-                    bump(&counters.wait_timeouts);
-                    let error = FlightError::new(
-                        FlightErrorKind::WaitTimeout,
-                        format!(
-                            "no answer from another instance within {:?}",
-                            config.wait_timeout
-                        ),
-                    );
-                    let own = Ok((error.clone().into_response(is_grpc(&req)), Outcome::Leader));
-                    return Flown::Landed(Landing::Failed(error), own);
+                Ok(Some(entry)) if refresh.is_none() && entry.is_stale() => {
+                    if entry.may_serve_stale() {
+                        return Flown::Stale(entry, key, req, inner);
+                    }
+                    // Past its stale-while-revalidate window: replaced (the
+                    // lease is asked for as a refresh of it, or a backend that
+                    // refuses leases while an answer is stored would make this
+                    // flight wait on it and take it for the answer), and kept to
+                    // stand in for an error (a refresh does that with its own
+                    // stale answer).
+                    version = entry.stored_at();
+                    let _ = found.set(entry);
+                    why = Fwd::Stale;
                 }
-            },
+                Ok(Some(entry)) => {
+                    bump(&counters.hits);
+                    let res = asked.answer(&entry);
+                    return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Hit)));
+                }
+                Ok(None) => {}
+                Err(unavailable) => {
+                    unavailable.report(counters, "backend lookup", "calling the origin")
+                }
+            }
         }
+
+        break if !config.stores() {
+            // Nothing is stored, so nothing could be handed to another process.
+            None
+        } else if overdue {
+            // Waited out once already: the answer is stored and announced when
+            // it comes, without a lease.
+            None
+        } else {
+            match crate::remote::elect(shared, &key, deadline, &mut version).await {
+                Elected::Lead(lease) => lease,
+                // The key's answers turned out to vary while this flight
+                // waited: it goes on for the variant its request selects.
+                Elected::Varies(variants) if key.variants().is_none() => {
+                    select(&mut key, only, &variants, req.headers());
+                    continue;
+                }
+                Elected::Varies(_) => None,
+                Elected::Unsure(token) => {
+                    unsure = Some(token);
+                    None
+                }
+                Elected::Streaming(watch, read) => {
+                    if let Some(follow) = crate::remote_stream::Follow::new(watch, read) {
+                        let own = asked
+                            .answer_tape(follow.streamed())
+                            .expect("a new tape starts at its first byte");
+                        let streaming = Streaming {
+                            source: Source::Remote(follow),
+                            tail: Tail::default(),
+                            key,
+                        };
+                        return Flown::Streaming(Box::new(streaming), Ok((own, Outcome::Follower)));
+                    }
+                    // A head this process cannot follow: the origin, once.
+                    None
+                }
+                Elected::Answer(entry) | Elected::Shared(entry) => {
+                    let res = asked.answer(&entry);
+                    return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Follower)));
+                }
+                Elected::Pass { remember } => {
+                    tracing::debug!(
+                        "another instance found the answer unshareable; calling the origin"
+                    );
+                    if remember {
+                        shared.remember_pass(&key);
+                    }
+                    bump(&counters.passes);
+                    bump(&counters.origin_calls);
+                    asked.restore(&mut req);
+                    req.extensions_mut().insert(Outcome::Pass);
+                    return Flown::Pass(req, inner);
+                }
+                Elected::Timeout => match config.wait_fallback {
+                    WaitFallback::CallOrigin => None,
+                    WaitFallback::GatewayTimeout => {
+                        bump(&counters.wait_timeouts);
+                        let error = FlightError::new(
+                            FlightErrorKind::WaitTimeout,
+                            format!(
+                                "no answer from another instance within {:?}",
+                                config.wait_timeout
+                            ),
+                        );
+                        let own = Ok((error.clone().into_response(is_grpc(&req)), Outcome::Leader));
+                        return Flown::Landed(Landing::Failed(error), own);
+                    }
+                },
+            }
+        };
     };
 
-    let held = lease.as_ref().map(|token| Held::new(shared, key, token));
+    let held = lease.as_ref().map(|token| Held::new(shared, &key, token));
     // A stale answer that may stand in for a failure: no head goes out
     // before the body is known to be whole.
     let stand_in = found
@@ -249,7 +276,7 @@ where
         filled,
     );
     let (made, lost) = match &lease {
-        Some(lease) => crate::remote::with_watchdog(shared, key, lease, produced).await,
+        Some(lease) => crate::remote::with_watchdog(shared, &key, lease, produced).await,
         None => (produced.await, false),
     };
     let tail = Tail {
@@ -275,11 +302,12 @@ where
             let streaming = Streaming {
                 source: Source::Origin(pump),
                 tail,
+                key,
             };
             return Flown::Streaming(Box::new(streaming), own);
         }
     };
-    fence(shared, key, &mut keep);
+    fence(shared, &key, &mut keep);
     if stand_in && failed(&landing) {
         // A server error stored by choice never replaces an answer that
         // may stand in for it (here, or in the refresh that holds one).
@@ -305,7 +333,7 @@ where
         }
         None => (landing, own),
     };
-    end(shared, key, tail, keep, &landing, lost).await;
+    end(shared, &key, tail, keep, &landing, lost).await;
     Flown::Landed(landing, own)
 }
 
@@ -314,6 +342,8 @@ where
 pub(crate) struct Streaming<B> {
     source: Source<B>,
     tail: Tail,
+    /// The key it leases and stores under.
+    key: Key,
 }
 
 /// Where a streaming answer's body comes from.
@@ -338,24 +368,25 @@ impl<B: OriginBody> Streaming<B> {
     /// body to the other instances, meanwhile), stores the answer if it may
     /// be kept, and ends the lease; returns how the flight ended. `close`
     /// takes the flight out of the table (see [`Pump::run`]).
-    pub(crate) async fn finish<E>(
-        self,
-        shared: &Shared<E>,
-        key: &Key,
-        close: impl Fn(),
-    ) -> Landing {
-        let Streaming { source, tail } = self;
+    pub(crate) async fn finish<E>(self, shared: &Shared<E>, close: impl Fn()) -> Landing {
+        let Streaming { source, tail, key } = self;
+        let key = &key;
         let pump = match source {
             Source::Origin(pump) => pump,
             // The other instance stores it and ends its lease.
             Source::Remote(follow) => return follow.run(shared, key, close).await,
         };
         // Waiters in other instances exist only behind a lease; an answer
-        // that varies on headers outside the key is not handed to them.
+        // made for another variant than the one leased is not handed to
+        // them.
+        let variant = match &pump.streamed.varied {
+            Some(varied) => varied.key(&key.primary()) == *key,
+            None => key.variants().is_none(),
+        };
         let publisher = tail
             .lease
             .clone()
-            .filter(|_| pump.streamed.varied.is_none())
+            .filter(|_| variant)
             .map(|token| crate::remote_stream::Publisher::new(key.clone(), token));
         let pumped = pump.run(shared, close, publisher);
         let ((landing, mut keep), lost) = match &tail.lease {
@@ -379,6 +410,23 @@ struct Tail {
     held: Option<Held>,
     /// The stored answer the flight replaces, if any.
     version: Option<std::time::SystemTime>,
+}
+
+/// Makes `key`, a primary key whose answers vary on `variants`, the key of
+/// the variant that a request with `headers` selects, and marks the flight
+/// as made for that variant only.
+fn select(
+    key: &mut Key,
+    only: &std::sync::OnceLock<crate::flight::Varied>,
+    variants: &crate::Variants,
+    headers: &http::HeaderMap,
+) {
+    if key.variants().is_some() {
+        return;
+    }
+    let varied = crate::flight::Varied::of(variants.clone(), headers);
+    *key = varied.key(key);
+    let _ = only.set(varied);
 }
 
 /// Drops what a flight would keep if a purge landed during its fill: its
@@ -417,17 +465,38 @@ async fn end<E>(
     if matches!(landing, Landing::Pass) {
         shared.remember_pass(key);
     }
+    // An answer is stored under the key of the variant it was made for
+    // (the primary key, if it varies on nothing): when that is not the key
+    // this flight leased — it led for the primary key and the answer
+    // varies, or the answers vary on other headers than the index said —
+    // it is stored apart, and the lease is released, so that other
+    // instances waiting on it look again and find the variant.
+    let under = match varied(landing) {
+        Some(varied) => varied.key(&key.primary()),
+        None => key.primary(),
+    };
+    let (keep, apart) = match keep {
+        Some(keep) if under != *key => (None, Some((under.clone(), keep))),
+        keep => (keep, None),
+    };
+    if let Some((under, keep)) = &apart {
+        store_unleased(shared, under, Some(keep.clone())).await;
+    }
     // The answer replaces a stored one but may not be stored itself: the
     // stored one goes, from every instance's near cache too.
     let drops = version.is_some()
         && keep.is_none()
+        && apart.is_none()
         && matches!(
             landing,
             Landing::Pass | Landing::Varied(..) | Landing::Streaming(_)
         );
     match (lease, unsure) {
         (Some(lease), _) => {
-            let completion = completion(keep, landing, config);
+            let completion = match &apart {
+                Some(_) => Completion::Released,
+                None => completion(keep, landing, config, under == *key),
+            };
             crate::remote::complete(shared, key, &lease, completion, lost).await;
             if let Some(held) = held {
                 held.disarm();
@@ -437,7 +506,10 @@ async fn end<E>(
             // Kept aside: stored without the lease if it was not this
             // flight's.
             let stored = keep.clone();
-            let completion = completion(keep, landing, config);
+            let completion = match &apart {
+                Some(_) => Completion::Released,
+                None => completion(keep, landing, config, under == *key),
+            };
             match optional(shared, |b| b.complete(key, &token, completion)).await {
                 Ok(true) => {
                     tracing::debug!(
@@ -475,13 +547,30 @@ async fn end<E>(
     }
 }
 
+/// The variant a landing's answer was made for, if it varies.
+fn varied(landing: &Landing) -> Option<&crate::flight::Varied> {
+    match landing {
+        Landing::Varied(_, varied) => Some(varied),
+        Landing::Streaming(streamed) => streamed.varied.as_deref(),
+        _ => None,
+    }
+}
+
 /// How a leased flight ends, from what it keeps and how it landed.
-fn completion(keep: Option<Keep>, landing: &Landing, config: &crate::CoalesceConfig) -> Completion {
+/// `leased_variant`: the answer was made for the variant the lease is on
+/// (waiting instances' callers select it too).
+fn completion(
+    keep: Option<Keep>,
+    landing: &Landing,
+    config: &crate::CoalesceConfig,
+    leased_variant: bool,
+) -> Completion {
     match (keep, landing) {
         (Some(Keep { entry, ttl }), _) => Completion::Stored { entry, ttl },
         (None, Landing::Done(entry) | Landing::Rescued(entry, _)) => {
             Completion::Shared(entry.clone())
         }
+        (None, Landing::Varied(entry, _)) if leased_variant => Completion::Shared(entry.clone()),
         // The leader's values of headers outside the key decided it: other
         // instances' callers may differ in them.
         (None, Landing::Varied(..)) => Completion::Pass {

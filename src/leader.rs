@@ -26,11 +26,41 @@ use tracing::Instrument;
 /// An entry held in this process's memory, if caching is on: fresh, or
 /// [stale](Entry::is_stale) within its window. Not counted: the caller
 /// counts a hit or a stale answer.
-pub(crate) fn local_hit<E>(shared: &Shared<E>, key: &Key) -> Option<Entry> {
+///
+/// When the key's answers vary (this process knows their index), `key`
+/// becomes the key of the variant `headers` select: the one its flight, if
+/// any, is for.
+pub(crate) fn local_hit<E>(
+    shared: &Shared<E>,
+    key: &mut Key,
+    headers: &http::HeaderMap,
+) -> Option<Entry> {
     if !shared.config.stores() {
         return None;
     }
-    shared.config.backend.get_local(key)
+    let backend = &shared.config.backend;
+    match backend.find_local(key)? {
+        crate::Found::Entry(entry) => Some(entry),
+        crate::Found::Variants(variants) if key.variants().is_none() => {
+            *key = crate::flight::Varied::of(variants, headers).key(key);
+            backend.get_local(key)
+        }
+        crate::Found::Variants(_) => None,
+    }
+}
+
+/// The key of the variant a request with `headers` selects, when this
+/// process knows `key`'s answers to vary; `key` otherwise.
+pub(crate) fn variant_of<E>(shared: &Shared<E>, key: Key, headers: &http::HeaderMap) -> Key {
+    if !shared.config.stores() || key.variants().is_some() {
+        return key;
+    }
+    match shared.config.backend.find_local(&key) {
+        Some(crate::Found::Variants(variants)) => {
+            crate::flight::Varied::of(variants, headers).key(&key)
+        }
+        _ => key,
+    }
 }
 
 /// Marks the request of a flight led by a follower of one that timed out
@@ -98,11 +128,13 @@ async fn run<S, E, ReqBody, ResBody>(
     // Where the work leaves a stale answer that may stand in for an error,
     // so that a timeout can use it too.
     let fallback = std::sync::OnceLock::new();
+    let only = guard.only();
     let brief = Brief {
         deadline,
         refresh: None,
         fallback: &fallback,
         overdue,
+        only: &only,
     };
     let work = fly(&shared, &key, &asked, req, inner, brief);
     let work = AssertUnwindSafe(work).catch_unwind();
@@ -188,7 +220,7 @@ async fn run<S, E, ReqBody, ResBody>(
                     guard.close();
                 }
             };
-            let finish = AssertUnwindSafe(streaming.finish(&shared, &key, close)).catch_unwind();
+            let finish = AssertUnwindSafe(streaming.finish(&shared, close)).catch_unwind();
             // Stopped or panicked, the pump fails the tape as it is
             // dropped: no reader waits on it.
             tokio::select! {
@@ -203,7 +235,7 @@ async fn run<S, E, ReqBody, ResBody>(
             }
             return;
         }
-        Some(Ok(Flown::Stale(entry, req, inner))) => {
+        Some(Ok(Flown::Stale(entry, stored_under, req, inner))) => {
             // Every caller of the flight is answered at once; then, in this
             // task, one refresh fetches the next answer.
             bump(&shared.counters.stale);
@@ -218,7 +250,7 @@ async fn run<S, E, ReqBody, ResBody>(
                 guard.land(Landing::Done(entry.clone()));
             }
             let _ = own_tx.send(own);
-            crate::refresh::after_stale(shared.clone(), key.clone(), req, inner, entry).await;
+            crate::refresh::after_stale(shared.clone(), stored_under, req, inner, entry).await;
             return;
         }
         Some(Ok(Flown::Pass(req, inner))) => {

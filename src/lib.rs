@@ -201,6 +201,7 @@ mod stats;
 mod sync;
 mod tape;
 mod targeted;
+mod vary;
 
 pub use backend::{
     Announcer, Backend, BackendError, BackendFuture, Completion, Invalidation, LeaseToken, Leases,
@@ -221,3 +222,4 @@ pub use purge::{
 pub use service::CoalesceService;
 pub use shutdown::Shutdown;
 pub use stats::{Outcome, Stats};
+pub use vary::{Found, Variants};

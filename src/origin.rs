@@ -236,24 +236,17 @@ where
             fill,
         ));
     }
-    let (mut sharing, life, age) = decide(&shared.config, &head, requested, received).unwrap_or((
+    let (sharing, life, age) = decide(&shared.config, &head, requested, received).unwrap_or((
         Sharing::Pass,
         Life::NONE,
         None,
     ));
     tracing::debug!(status = %head.status, ?sharing, "origin answered");
-    let varied = policy::varied_on(&head.headers)
-        .filter(|name| !shared.extractor.keys_header(name))
-        .map(|name| {
-            let values = sent.get_all(&name).iter().cloned().collect();
-            (name, values)
-        })
-        .collect::<Vec<_>>();
-    if !varied.is_empty() && sharing == Sharing::Store {
-        // Later requests may differ in those headers, and nothing stored
-        // would tell: the flight shares it, the store does not keep it.
-        sharing = Sharing::FlightOnly;
-    }
+    // An answer that varies on request headers outside the key is for the
+    // callers that send the leader's values of them: it is stored under
+    // the key of that variant (RFC 9111 §4.1).
+    let varied = crate::vary::of_answer(&head.headers, |name| shared.extractor.keys_header(name))
+        .map(|variants| Arc::new(crate::flight::Varied::of(variants, &sent)));
     if sharing == Sharing::Pass {
         bump(&counters.passed_flights);
         let own = asked.answer_streamed(head, CoalesceBody::inner(body));
@@ -276,10 +269,9 @@ where
                 .filled(filled, tags);
             let own = asked.answer(&entry);
             let keep = Keep::of(&entry, sharing, life, age);
-            let landing = if varied.is_empty() {
-                Landing::Done(entry)
-            } else {
-                Landing::Varied(entry, Arc::new(crate::flight::Varied::new(varied)))
+            let landing = match varied {
+                None => Landing::Done(entry),
+                Some(varied) => Landing::Varied(entry, varied),
             };
             Made::Whole(Produced {
                 keep,
@@ -304,7 +296,7 @@ where
             let streamed = Arc::new(Streamed {
                 head,
                 tape,
-                varied: (!varied.is_empty()).then(|| Arc::new(crate::flight::Varied::new(varied))),
+                varied,
                 whole: std::sync::OnceLock::new(),
             });
             let own = asked

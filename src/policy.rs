@@ -26,8 +26,8 @@ pub(crate) enum Sharing {
 ///   `Cache-Control` or `Vary` that cannot be read (fail closed), and the
 ///   answers made for one request's own conditions — `206`, `304`, `412`,
 ///   `416` — which no other request asked for: private.
-/// - `Vary` naming headers is not judged here: the flight compares those
-///   headers (see [`varied_on`]).
+/// - `Vary` naming headers is not judged here: it selects the variant the
+///   answer is for (see `vary`).
 /// - Server errors (5xx), gRPC errors (a `grpc-status` other than `0` in the
 ///   head, as a trailers-only answer carries it), `Cache-Control: no-cache`:
 ///   given to the flight's followers, who asked while it was being made (so no

@@ -134,11 +134,13 @@ async fn refresh<S, E, ReqBody, ResBody>(
     // A refresh falls back on its own stale answer (below), not on one the
     // work finds.
     let unused = std::sync::OnceLock::new();
+    let only = guard.only();
     let brief = Brief {
         deadline,
         refresh: Some(stale.clone()),
         fallback: &unused,
         overdue: false,
+        only: &only,
     };
     let work = fly(&shared, &key, &asked, req, inner, brief);
     let work = AssertUnwindSafe(work);
@@ -153,7 +155,7 @@ async fn refresh<S, E, ReqBody, ResBody>(
         Some(Ok(Flown::Streaming(streaming, _))) => {
             // Requests that joined the refresh read it as it arrives.
             guard.stream(streaming.landing());
-            let finish = streaming.finish(&shared, &key, || guard.close());
+            let finish = streaming.finish(&shared, || guard.close());
             tokio::select! {
                 landing = AssertUnwindSafe(finish).catch_unwind() => landing.unwrap_or_else(|_| {
                     Landing::Failed(FlightError::new(

@@ -13,7 +13,7 @@ use crate::backend::{Completion, LeaseToken, Notice, TryLock};
 use crate::backend_call::{bounded, optional, required, Unavailable};
 use crate::shared::Shared;
 use crate::stats::bump;
-use crate::{Backend, Entry, Key};
+use crate::{Backend, Entry, Found, Key};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,6 +41,9 @@ pub(crate) enum Elected {
     Pass { remember: bool },
     /// Another process held the lease past the wait timeout.
     Timeout,
+    /// Another process found the key's answers varying on these request
+    /// headers: the flight goes on for the variant its request selects.
+    Varies(crate::Variants),
     /// Another process's flight is streaming its answer: follow it with
     /// this watch, from this read of its head.
     Streaming(crate::backend::Watch, crate::backend::StreamRead),
@@ -102,7 +105,11 @@ pub(crate) async fn elect<E>(
         // Look before trying the lease: a leader's completion stores the
         // answer and frees the lease in one step, and a waiter woken by it
         // must take the answer, not the free lease.
-        match optional(shared, |b| b.lookup(key)).await {
+        let looked = match optional(shared, |b| b.find(key)).await {
+            Ok(Some(Found::Variants(variants))) => return Elected::Varies(variants),
+            looked => looked.map(|found| found.and_then(Found::into_entry)),
+        };
+        match looked {
             // A refresh is not answered by the stale answer it replaces.
             Ok(Some(entry)) if refresh.is_some() && entry.stored_at() == *refresh => {}
             // Nor is any flight by an answer it may not serve: purged, or

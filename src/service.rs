@@ -89,8 +89,11 @@ where
         let shared = &self.shared;
         bump(&shared.counters.requests);
         let header = shared.marks.clone();
+        if shared.config.normalize_accept_encoding && shared.config.methods.contains(req.method()) {
+            crate::vary::normalize_accept_encoding(req.headers_mut());
+        }
         let key = shared.key(&req);
-        let Some(key) = key else {
+        let Some(mut key) = key else {
             tracing::trace!("bypass: no key");
             bump(&shared.counters.bypasses);
             let grpc = crate::error::is_grpc(&req);
@@ -112,7 +115,7 @@ where
             .then(|| crate::client::Asks::of(req.headers()))
             .flatten();
         let mut refused = false;
-        let held = crate::leader::local_hit(shared, &key)
+        let held = crate::leader::local_hit(shared, &mut key, req.headers())
             .filter(|entry| {
                 refused = asks.as_ref().is_some_and(|asks| !asks.accepts(entry));
                 !refused

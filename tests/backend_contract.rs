@@ -16,9 +16,9 @@ use support::{body, get, until, Origin, Svc};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::BackendFuture;
 use tower_coalesce::{
-    Announcer, Backend, BoxError, CoalesceConfig, CoalesceLayer, Completion, Entry, Invalidation,
-    Key, LeaseToken, Leases, Notice, Outcome, Purge, Purged, Store, StreamEnd, StreamRead, Streams,
-    TryLock, Watch,
+    Announcer, Backend, BoxError, CoalesceConfig, CoalesceLayer, Completion, Entry, Found,
+    Invalidation, Key, LeaseToken, Leases, Notice, Outcome, Purge, Purged, Store, StreamEnd,
+    StreamRead, Streams, TryLock, Watch,
 };
 
 /// The shared "server": values with their expiry, leases, pass marks, and
@@ -57,18 +57,20 @@ fn ready<'a, T: Send + 'a>(value: T) -> BackendFuture<'a, T> {
 }
 
 impl Store for Shared {
-    fn get_local(&self, _key: &Key) -> Option<Entry> {
+    fn find_local(&self, _key: &Key) -> Option<Found> {
         // Nothing is kept in process memory: every hit is a lookup.
         None
     }
 
-    fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
+    // No variants index: an answer that varies is stored under its
+    // variant's key, and found only by a flight that knows it.
+    fn find<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Found>> {
         let found = self
             .server()
             .values
             .get(key)
             .filter(|(_, until)| Instant::now() < *until)
-            .map(|(entry, _)| entry.clone());
+            .map(|(entry, _)| Found::Entry(entry.clone()));
         ready(found)
     }
 

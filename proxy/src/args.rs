@@ -62,6 +62,8 @@ pub struct Args {
     /// Whether `CDN-Cache-Control` (RFC 9213) decides in place of
     /// `Cache-Control` when an answer carries it.
     pub cdn_cache_control: bool,
+    /// Whether `Accept-Encoding` is rewritten to `br`, `gzip` or nothing.
+    pub normalize_accept_encoding: bool,
 }
 
 /// The command line as clap reads it.
@@ -222,6 +224,12 @@ struct Cli {
     /// is passed on to clients.
     #[arg(long = "no-cdn-cache-control")]
     no_cdn_cache_control: bool,
+
+    /// Rewrite the Accept-Encoding of GET/HEAD requests to br, gzip or
+    /// nothing (the first the client accepts) before keying and forwarding
+    /// them: answers that vary on it then make at most three variants.
+    #[arg(long = "normalize-accept-encoding")]
+    normalize_accept_encoding: bool,
 }
 
 impl Args {
@@ -303,6 +311,7 @@ impl From<Cli> for Args {
             invalidate_on_unsafe: !cli.no_invalidate_on_unsafe,
             store_server_errors: cli.store_server_errors,
             cdn_cache_control: !cli.no_cdn_cache_control,
+            normalize_accept_encoding: cli.normalize_accept_encoding,
         }
     }
 }

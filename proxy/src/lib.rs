@@ -142,6 +142,7 @@ pub async fn layer(args: &Args) -> Result<ProxyLayer, String> {
         .direct_timeout(args.upstream_timeout)
         .invalidate_on_unsafe(args.invalidate_on_unsafe)
         .store_server_errors(args.store_server_errors)
+        .normalize_accept_encoding(args.normalize_accept_encoding)
         .outcome_header_name(args.header.clone());
     if args.cache_status {
         config = config.cache_status("coalesce-proxy");

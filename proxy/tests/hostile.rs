@@ -27,7 +27,8 @@ fn header<'a>(head: &'a Head, name: &str) -> &'a str {
 
 /// An upstream on a loopback port of its own: one request per connection,
 /// answered `200` with the body `answer` makes of the request's head, kept
-/// a minute (`Cache-Control: max-age=60`). Returns its URL and how many
+/// a minute (`Cache-Control: max-age=60`), varying on `Accept-Language`
+/// (which `language` answers by). Returns its URL and how many
 /// requests it has answered.
 async fn upstream(answer: fn(&Head) -> String) -> (Uri, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -46,6 +47,7 @@ async fn upstream(answer: fn(&Head) -> String) -> (Uri, Arc<AtomicUsize>) {
                 let body = answer(&parse_head(&head));
                 let response = format!(
                     "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\n\
+                     vary: accept-language\r\n\
                      content-type: text/plain\r\ncontent-length: {}\r\n\
                      connection: close\r\n\r\n{body}",
                     body.len()

@@ -152,6 +152,25 @@ async fn targeted(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
     )
 }
 
+/// Kept a minute; its body is the `Accept-Encoding` it was asked with, and
+/// with `?vary` it says `Vary: Accept-Encoding`.
+async fn by_encoding(
+    State(up): State<Upstream>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    up.count("by-encoding");
+    let asked = headers
+        .get("accept-encoding")
+        .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
+    let mut res = ([("cache-control", "max-age=60")], asked).into_response();
+    if uri.query() == Some("vary") {
+        res.headers_mut()
+            .insert("vary", http::HeaderValue::from_static("accept-encoding"));
+    }
+    res
+}
+
 /// `503 Service Unavailable`, with the `Cache-Control` its query names.
 async fn unavailable(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
     up.count("unavailable");
@@ -222,6 +241,7 @@ async fn upstream() -> (Upstream, Uri) {
         .route("/fresh", routing::get(fresh))
         .route("/unavailable", routing::get(unavailable))
         .route("/targeted", routing::get(targeted))
+        .route("/by-encoding", routing::get(by_encoding))
         .route("/tagged", any(tagged))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(up.clone());
@@ -996,6 +1016,57 @@ async fn cdn_cache_control_speaks_for_the_proxy_unless_turned_off() {
         assert_eq!(seen, expected, "{flags:?} {path}");
     }
     assert_eq!(up.calls("targeted"), 5);
+}
+
+#[tokio::test]
+async fn answers_are_selected_by_their_vary_and_shared_across_accept_encodings_without_it() {
+    let (up, upstream) = upstream().await;
+    let client = client();
+    let spellings = [
+        "gzip, deflate, br",
+        "gzip,deflate,br",
+        "gzip",
+        "identity",
+        "br, gzip",
+    ];
+    // Without Vary: one answer for every spelling.
+    let (proxy, _layer) = proxy_from(&upstream, &[]).await;
+    let mut seen = Vec::new();
+    for spelling in spellings {
+        let answer = send(
+            &client,
+            get_with(proxy, "/by-encoding", &[("accept-encoding", spelling)]),
+        )
+        .await;
+        assert_eq!(answer.body, "gzip, deflate, br");
+        seen.push(answer.outcome().to_owned());
+    }
+    assert_eq!(seen, ["leader", "hit", "hit", "hit", "hit"]);
+    assert_eq!(up.calls("by-encoding"), 1);
+    // With Vary: one variant per value (the first two spellings are one),
+    // or per normalised value with --normalize-accept-encoding.
+    for (flags, calls) in [(&[][..], 4), (&["--normalize-accept-encoding"][..], 3)] {
+        let before = up.calls("by-encoding");
+        let (proxy, _layer) = proxy_from(&upstream, flags).await;
+        for round in 0..2 {
+            for spelling in spellings {
+                let req = get_with(proxy, "/by-encoding?vary", &[("accept-encoding", spelling)]);
+                let answer = send(&client, req).await;
+                let body = String::from_utf8(answer.body.to_vec()).unwrap();
+                let expected = match (flags.is_empty(), spelling) {
+                    (true, s) => s.replace(' ', ""),
+                    (false, s) if s.contains("br") => "br".to_owned(),
+                    (false, s) if s.contains("gzip") => "gzip".to_owned(),
+                    (false, _) => "-".to_owned(),
+                };
+                assert_eq!(body.replace(' ', ""), expected, "{flags:?} {spelling}");
+                if round == 1 {
+                    assert_eq!(answer.outcome(), "hit", "{flags:?} {spelling}");
+                }
+            }
+        }
+        assert_eq!(up.calls("by-encoding") - before, calls, "{flags:?}");
+    }
 }
 
 #[tokio::test]

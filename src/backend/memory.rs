@@ -3,8 +3,9 @@
 
 use super::{BackendFuture, Completion, Invalidation, LeaseToken, Leases, Store, TryLock, Watch};
 use crate::purge::PurgeLog;
-use crate::{Entry, Key, Purge, Purged};
+use crate::{Entry, Found, Key, Purge, Purged, Variants};
 use moka::sync::Cache;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ pub struct MemoryBackend {
     /// a write to any other needs no purge record. `None` as a
     /// `RedisBackend`'s near cache, whose presence marks are in Redis.
     live: Option<Arc<Mutex<Live>>>,
+    /// The most variants kept per primary key.
+    max_variants: usize,
 }
 
 /// The resources with an entry stored (by digest), each with the latest
@@ -61,14 +64,64 @@ impl Live {
 
 #[derive(Clone)]
 struct Stored {
-    entry: Entry,
+    kept: Kept,
     ttl: Duration,
+}
+
+/// What a key holds: an answer, or (a primary key) its variants' index.
+#[derive(Clone)]
+enum Kept {
+    Entry(Entry),
+    Index(Arc<Index>),
+}
+
+/// The variants of a primary key: the headers they vary on, and the
+/// selected keys stored, the most recently used first.
+struct Index {
+    variants: Variants,
+    keys: Mutex<VecDeque<Key>>,
+}
+
+impl Index {
+    /// `key` used: first in line.
+    fn touch(&self, key: &Key) {
+        let mut keys = crate::sync::lock(&self.keys);
+        if keys.front() != Some(key) {
+            if let Some(at) = keys.iter().position(|k| k == key) {
+                keys.remove(at);
+                keys.push_front(key.clone());
+            }
+        }
+    }
+}
+
+impl Stored {
+    fn weight(&self, key: &Key) -> usize {
+        key.len()
+            + match &self.kept {
+                Kept::Entry(entry) => entry.weight(),
+                Kept::Index(index) => {
+                    let keys = crate::sync::lock(&index.keys);
+                    64 + keys.iter().map(Key::len).sum::<usize>()
+                }
+            }
+    }
 }
 
 struct PerEntryTtl;
 
 impl moka::Expiry<Key, Stored> for PerEntryTtl {
     fn expire_after_create(&self, _: &Key, value: &Stored, _: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        value: &Stored,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
         Some(value.ttl)
     }
 }
@@ -99,6 +152,7 @@ impl MemoryBackend {
         MemoryBackendBuilder {
             max_entries: 10_000,
             max_bytes: 64 * 1024 * 1024,
+            max_variants: DEFAULT_MAX_VARIANTS,
         }
     }
 
@@ -114,11 +168,17 @@ impl MemoryBackend {
     }
 }
 
+/// How many variants a primary key keeps by default: enough for the
+/// spellings of `Accept-Encoding` that browsers send, by the dozen fewer
+/// than a `Vary: User-Agent` would make.
+pub(crate) const DEFAULT_MAX_VARIANTS: usize = 8;
+
 /// Builds a [`MemoryBackend`].
 #[derive(Debug, Clone)]
 pub struct MemoryBackendBuilder {
     max_entries: u64,
     max_bytes: u64,
+    max_variants: usize,
 }
 
 impl MemoryBackendBuilder {
@@ -134,13 +194,21 @@ impl MemoryBackendBuilder {
         self
     }
 
+    /// The most variants (answers selected by the request headers their
+    /// `Vary` names) kept per primary key, at least 1 (default 8): storing
+    /// one more drops the least recently used.
+    pub fn max_variants(mut self, n: usize) -> Self {
+        self.max_variants = n.max(1);
+        self
+    }
+
     /// The backend.
     pub fn build(self) -> MemoryBackend {
         let floor = (self.max_bytes / self.max_entries).max(1);
         let cache = Cache::builder()
             .max_capacity(self.max_bytes)
             .weigher(move |key: &Key, value: &Stored| {
-                let bytes = (key.len() + value.entry.weight()) as u64;
+                let bytes = value.weight(key) as u64;
                 u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
@@ -150,6 +218,7 @@ impl MemoryBackendBuilder {
             log: Arc::new(PurgeLog::new(PurgeLog::MAX_RECORDS)),
             purging: Arc::default(),
             live: Some(Arc::default()),
+            max_variants: self.max_variants,
         }
     }
 }
@@ -161,14 +230,81 @@ impl MemoryBackend {
     }
 
     /// Keeps `entry` for `ttl` (nothing for zero, nor for an entry a purge
-    /// landed on during its fill), at once.
+    /// landed on during its fill), at once; under a selected key, records
+    /// the variant in its primary key's index.
     pub(crate) fn insert(&self, key: &Key, entry: Entry, ttl: Duration) {
-        if !ttl.is_zero() && self.log.purged(key, &entry).is_none() {
-            if let Some(live) = &self.live {
-                crate::sync::lock(live).stored(key.resource_digest(), Instant::now() + ttl);
-            }
-            self.cache.insert(key.clone(), Stored { entry, ttl });
+        if ttl.is_zero() || self.log.purged(key, &entry).is_some() {
+            return;
         }
+        if let Some(live) = &self.live {
+            crate::sync::lock(live).stored(key.resource_digest(), Instant::now() + ttl);
+        }
+        let kept = Kept::Entry(entry);
+        self.cache.insert(key.clone(), Stored { kept, ttl });
+        if let Some(variants) = key.variants() {
+            self.index(key, variants, ttl);
+        }
+    }
+
+    /// Records the variant stored under the selected `key` in its primary
+    /// key's index (a new one if the primary key held an answer, or an
+    /// index of other headers), first in line; drops the least recently
+    /// used past the bound. The index lives as long as its longest-lived
+    /// variant might.
+    fn index(&self, key: &Key, variants: &Variants, ttl: Duration) {
+        let primary = key.primary();
+        let current = self.cache.get(&primary);
+        let (index, kept_for) = match current {
+            Some(Stored {
+                kept: Kept::Index(index),
+                ttl: kept_for,
+            }) if index.variants == *variants => (index, kept_for),
+            _ => (
+                Arc::new(Index {
+                    variants: variants.clone(),
+                    keys: Mutex::default(),
+                }),
+                Duration::ZERO,
+            ),
+        };
+        let dropped = {
+            let mut keys = crate::sync::lock(&index.keys);
+            keys.retain(|k| k != key);
+            keys.push_front(key.clone());
+            let kept = keys.len().min(self.max_variants);
+            keys.split_off(kept)
+        };
+        for key in dropped {
+            self.cache.invalidate(&key);
+        }
+        // Its expiry renewed: it must outlive the variant just stored.
+        let kept = Kept::Index(index);
+        let ttl = ttl.max(kept_for);
+        self.cache.insert(primary, Stored { kept, ttl });
+    }
+
+    /// Keeps `variants` as the index of the primary key `key` for `ttl`,
+    /// as another process's store holds it (a `RedisBackend`'s near cache),
+    /// unless an index of the same headers is kept already.
+    pub(crate) fn insert_index(&self, key: &Key, variants: Variants, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        if let Some(Stored {
+            kept: Kept::Index(index),
+            ..
+        }) = self.cache.get(key)
+        {
+            if index.variants == variants {
+                return;
+            }
+        }
+        let index = Arc::new(Index {
+            variants,
+            keys: Mutex::default(),
+        });
+        let kept = Kept::Index(index);
+        self.cache.insert(key.clone(), Stored { kept, ttl });
     }
 
     /// The same cache, judging entries against `log` (a `RedisBackend`'s
@@ -183,17 +319,33 @@ impl MemoryBackend {
 }
 
 impl Store for MemoryBackend {
-    fn get_local(&self, key: &Key) -> Option<Entry> {
-        let entry = self.cache.get(key)?.entry;
+    fn find_local(&self, key: &Key) -> Option<Found> {
+        let entry = match self.cache.get(key)?.kept {
+            Kept::Entry(entry) => entry,
+            // Only a primary key holds an index.
+            Kept::Index(index) if key.variants().is_none() => {
+                return Some(Found::Variants(index.variants.clone()));
+            }
+            Kept::Index(_) => return None,
+        };
         if self.log.purged(key, &entry).is_some() {
             self.cache.invalidate(key);
             return None;
         }
-        Some(entry)
+        if key.variants().is_some() {
+            if let Some(Stored {
+                kept: Kept::Index(index),
+                ..
+            }) = self.cache.get(&key.primary())
+            {
+                index.touch(key);
+            }
+        }
+        Some(Found::Entry(entry))
     }
 
-    fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
-        let found = self.get_local(key);
+    fn find<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Found>> {
+        let found = self.find_local(key);
         Box::pin(std::future::ready(Ok(found)))
     }
 

@@ -24,7 +24,7 @@ pub use watch::{Announcer, Notice, Watch};
 pub use self::redis::{RedisBackend, RedisBackendBuilder};
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
 
-use crate::{Entry, Key};
+use crate::{Entry, Found, Key};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -58,21 +58,45 @@ impl<T: Store + Leases + Invalidation + Streams> Backend for T {}
 
 /// Where entries are kept, shared by the services of one layer (and, for a
 /// distributed store, by every process that uses it).
+///
+/// # Variants
+/// A primary key (what the extractor made) holds an answer, or — once its
+/// resource's answers vary (RFC 9111 §4.1) — an index: the request headers
+/// they vary on ([`Found::Variants`]); each variant's answer is stored
+/// under a [selected](Key::selected) key. Storing under a selected key
+/// (here or through [`Leases::complete`]) records the variant in its primary
+/// key's index, which keeps at most a bounded number of them, the least
+/// recently used going first, and drops an answer stored under the primary
+/// key itself. Storing under a primary key drops its index.
 pub trait Store: Send + Sync + 'static {
-    /// An entry this process already holds in memory, without waiting.
+    /// What this process already holds in memory under `key`, without
+    /// waiting.
     ///
     /// Called on every keyed request before a flight is joined, so it must be
     /// cheap; a store that keeps nothing in process memory returns `None`
-    /// (then every hit is a flight that calls [`lookup`](Self::lookup)).
-    fn get_local(&self, key: &Key) -> Option<Entry>;
+    /// (then every hit is a flight that calls [`find`](Self::find)).
+    fn find_local(&self, key: &Key) -> Option<Found>;
 
-    /// The entry stored under `key`, if it is still within its TTL. Called
-    /// by a flight's leader only, never by its followers.
-    fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>>;
+    /// What is stored under `key`, if it is still within its TTL: for a
+    /// primary key, an answer or its variants' index; for a selected key,
+    /// an answer (which counts as a use of it). Called by a flight's leader
+    /// only, never by its followers.
+    fn find<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Found>>;
 
     /// Stores `entry` under `key` for `ttl` (nothing for a zero `ttl`),
     /// replacing what was there.
     fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()>;
+
+    /// The answer this process holds under `key`: [`find_local`](Self::find_local)'s,
+    /// if it is one.
+    fn get_local(&self, key: &Key) -> Option<Entry> {
+        self.find_local(key)?.into_entry()
+    }
+
+    /// The answer stored under `key`: [`find`](Self::find)'s, if it is one.
+    fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
+        Box::pin(async move { Ok(self.find(key).await?.and_then(Found::into_entry)) })
+    }
 }
 
 /// How flights for one key in different processes exclude each other: the
@@ -84,7 +108,8 @@ pub trait Leases: Send + Sync + 'static {
     /// [`TryLock::Acquired`] means this flight is the one leader of `key`
     /// among every process sharing the backend, until the lease ends or is
     /// released. A backend should refuse it ([`TryLock::Held`]) while an
-    /// answer is stored under `key`, so that a flight that missed the value
+    /// answer (or, under a primary key, a variants' index) is stored under
+    /// `key`, so that a flight that missed the value
     /// just before another process completed takes that answer instead of
     /// calling the origin again, and answer [`TryLock::Pass`] while `key` is
     /// marked pass-through by a [`Completion::Pass`].

@@ -113,6 +113,20 @@ impl CoalesceConfig {
         self
     }
 
+    /// Rewrites the `Accept-Encoding` of the requests the layer may coalesce
+    /// to one of three values before anything else looks at it (off by
+    /// default), as Varnish's documentation advises: `br` if the request
+    /// accepts Brotli, else `gzip` if it accepts gzip, else none at all
+    /// (identity); a coding with `q=0` counts as not accepted. Answers that
+    /// vary on `Accept-Encoding` then make at most three variants, however
+    /// many spellings browsers send. The rewritten field is what the origin
+    /// receives — an origin that would have answered `zstd` gets no chance
+    /// to — so a follower never gets a coding its own field did not accept.
+    pub fn normalize_accept_encoding(mut self, on: bool) -> Self {
+        self.normalize_accept_encoding = on;
+        self
+    }
+
     /// Refreshes a hot answer before its freshness ends, so that it is never
     /// stale: on each hit, with a probability that grows as the end nears
     /// (probabilistic early expiration, "XFetch": Vattani, Chierichetti and

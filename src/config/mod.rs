@@ -56,6 +56,7 @@ pub struct CoalesceConfig {
     pub(crate) early_refresh: f64,
     pub(crate) stale_if_error: Duration,
     pub(crate) client_directives: bool,
+    pub(crate) normalize_accept_encoding: bool,
     pub(crate) store_server_errors: bool,
     /// Targeted cache-control fields, in their order of precedence.
     pub(crate) targeted: Vec<HeaderName>,
@@ -98,6 +99,7 @@ impl fmt::Debug for CoalesceConfig {
             .field("early_refresh", &self.early_refresh)
             .field("stale_if_error", &self.stale_if_error)
             .field("client_directives", &self.client_directives)
+            .field("normalize_accept_encoding", &self.normalize_accept_encoding)
             .field("max_stored_bytes", &self.max_stored_bytes)
             .field("stream_window", &self.stream_window)
             .field("wait_timeout", &self.wait_timeout)
@@ -245,6 +247,7 @@ impl CoalesceConfig {
             early_refresh: 0.0,
             stale_if_error: Duration::ZERO,
             client_directives: true,
+            normalize_accept_encoding: false,
             store_server_errors: false,
             targeted: Vec::new(),
             own_cache_control: None,

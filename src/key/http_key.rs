@@ -62,16 +62,28 @@ impl Default for HttpKey {
 }
 
 impl HttpKey {
-    /// Varying on `Accept`, `Accept-Encoding` and `Accept-Language`.
+    /// Keying `Accept` (besides the target).
+    ///
+    /// `Accept-Encoding` and `Accept-Language` are not keyed: requests that
+    /// differ only in them share flights and answers unless the answer
+    /// varies on them — by its `Vary`, a `Content-Encoding` other than
+    /// `identity`, or a `Content-Language` — and then each stored variant
+    /// goes only to the requests whose values match (RFC 9111 §4.1). To
+    /// key them up front as earlier releases did, add them with [`vary`](Self::vary)
+    /// (or use [`with_accept_headers`](Self::with_accept_headers)).
     pub fn new() -> Self {
         Self {
-            vary: vec![
-                header::ACCEPT,
-                header::ACCEPT_ENCODING,
-                header::ACCEPT_LANGUAGE,
-            ],
+            vary: vec![header::ACCEPT],
             authority: Authority::Request,
         }
+    }
+
+    /// Also keys `Accept-Encoding` and `Accept-Language` up front, as the
+    /// default key did before 0.3: requests that differ in them never share,
+    /// whatever the answer varies on.
+    pub fn with_accept_headers(self) -> Self {
+        self.vary(header::ACCEPT_ENCODING)
+            .vary(header::ACCEPT_LANGUAGE)
     }
 
     /// Leaves the scheme and authority (the `Host` header) out of the key,
@@ -206,8 +218,10 @@ impl HttpKey {
         }
         Key {
             method: Method::GET,
+            select: buf.len(),
             bytes: buf.freeze(),
             split,
+            variants: None,
         }
     }
 }

@@ -32,13 +32,23 @@ use std::fmt;
 /// Two keys are equal only if all three are. [`Key::from_parts`] and
 /// [`Key::with_variant`] frame every part with its length, so no choice of
 /// part contents makes two different lists of parts equal.
+///
+/// The key an extractor makes is a *primary* key. When a resource's answers
+/// vary (RFC 9111 §4.1), the layer stores each under a [selected](Key::selected)
+/// key: the primary key plus the request's values of the headers the
+/// answers vary on. A selected key shares its primary key's purges.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Key {
     method: Method,
-    /// The resource, then the variant.
+    /// The resource, then the variant, then the selection.
     bytes: Bytes,
     /// Where the variant starts in `bytes`.
     split: usize,
+    /// Where the selection starts in `bytes` (its length for a primary
+    /// key).
+    select: usize,
+    /// The headers the selection is of; `None` for a primary key.
+    variants: Option<crate::Variants>,
 }
 
 impl Key {
@@ -50,7 +60,9 @@ impl Key {
         Key {
             method: Method::GET,
             split: bytes.len(),
+            select: bytes.len(),
             bytes,
+            variants: None,
         }
     }
 
@@ -71,7 +83,8 @@ impl Key {
     }
 
     /// The same resource with this variant: parts (header values, say),
-    /// each framed with its length. Replaces any variant the key had.
+    /// each framed with its length. Replaces any variant (and selection)
+    /// the key had.
     pub fn with_variant<I, P>(self, parts: I) -> Self
     where
         I: IntoIterator<Item = P>,
@@ -81,11 +94,54 @@ impl Key {
         for part in parts {
             put_part(&mut buf, part.as_ref());
         }
+        let bytes = buf.freeze();
         Key {
             method: self.method,
+            split: self.split,
+            select: bytes.len(),
+            bytes,
+            variants: None,
+        }
+    }
+
+    /// The key of one of this key's variants (RFC 9111 §4.1): the primary
+    /// key's bytes, then `selection`, a request's values of the headers
+    /// `variants` names (as the layer frames them). Replaces any selection
+    /// the key had.
+    pub fn selected(&self, variants: crate::Variants, selection: &[u8]) -> Self {
+        let mut buf = BytesMut::with_capacity(self.select + selection.len());
+        buf.put_slice(&self.bytes[..self.select]);
+        buf.put_slice(selection);
+        Key {
+            method: self.method.clone(),
             bytes: buf.freeze(),
             split: self.split,
+            select: self.select,
+            variants: Some(variants),
         }
+    }
+
+    /// The primary key of a selected key (itself, for a primary key).
+    pub fn primary(&self) -> Key {
+        Key {
+            method: self.method.clone(),
+            bytes: self.bytes.slice(..self.select),
+            split: self.split,
+            select: self.select,
+            variants: None,
+        }
+    }
+
+    /// The headers a selected key's variant is selected by; `None` for a
+    /// primary key.
+    pub fn variants(&self) -> Option<&crate::Variants> {
+        self.variants.as_ref()
+    }
+
+    /// The selection: the request's values of the [`variants`](Self::variants)
+    /// headers, framed (empty for a primary key).
+    pub fn selection(&self) -> &[u8] {
+        &self.bytes[self.select..]
     }
 
     /// The resource: what the request names.
@@ -96,7 +152,7 @@ impl Key {
     /// The variant: what selects one of the resource's answers (empty if
     /// the resource has one answer).
     pub fn variant(&self) -> &[u8] {
-        &self.bytes[self.split..]
+        &self.bytes[self.split..self.select]
     }
 
     /// The method class: `GET` for `GET` and `HEAD` requests (and for keys
@@ -129,12 +185,19 @@ impl Key {
 
     /// The first 128 bits of SHA-256 of the method class and variant:
     /// with [`resource_digest`](Self::resource_digest), it tells the
-    /// resource's answers apart.
+    /// resource's primary keys apart. The same for a selected key as for
+    /// its primary key (purges name primary keys).
     pub(crate) fn variant_digest(&self) -> [u8; 16] {
         let mut hasher = Sha256::new();
         put_hashed(&mut hasher, self.method.as_str().as_bytes());
         hasher.update(self.variant());
         truncated(hasher.finalize())
+    }
+
+    /// The first 128 bits of SHA-256 of the selection, for a selected key.
+    pub(crate) fn selection_digest(&self) -> Option<[u8; 16]> {
+        self.variants.as_ref()?;
+        Some(truncated(Sha256::digest(self.selection())))
     }
 
     /// How many bytes the key holds.
@@ -182,11 +245,18 @@ impl PartialOrd for Key {
 
 impl Ord for Key {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.method.as_str(), self.resource(), self.variant()).cmp(&(
-            other.method.as_str(),
-            other.resource(),
-            other.variant(),
-        ))
+        (
+            self.method.as_str(),
+            self.resource(),
+            self.variant(),
+            self.selection(),
+        )
+            .cmp(&(
+                other.method.as_str(),
+                other.resource(),
+                other.variant(),
+                other.selection(),
+            ))
     }
 }
 

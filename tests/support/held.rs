@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower_coalesce::{
-    BackendFuture, Completion, Entry, Invalidation, Key, LeaseToken, Leases, Purge, Purged,
+    BackendFuture, Completion, Entry, Found, Invalidation, Key, LeaseToken, Leases, Purge, Purged,
     RedisBackend, Store, StreamEnd, StreamRead, Streams, TryLock, Watch,
 };
 
@@ -26,12 +26,12 @@ pub struct HeldLeaseAttempt {
 
 impl Store for HeldLeaseAttempt {
     // No near cache: every hit is a flight that looks in Redis.
-    fn get_local(&self, _key: &Key) -> Option<Entry> {
+    fn find_local(&self, _key: &Key) -> Option<Found> {
         None
     }
 
-    fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
-        self.inner.lookup(key)
+    fn find<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Found>> {
+        self.inner.find(key)
     }
 
     fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()> {

@@ -25,6 +25,7 @@ pub struct RedisBackendBuilder {
     pub(super) near: Option<MemoryBackend>,
     pub(super) purge_records: usize,
     pub(super) near_cache_trust: Duration,
+    pub(super) max_variants: usize,
 }
 
 /// Where Redis is.
@@ -80,6 +81,16 @@ impl RedisBackendBuilder {
     /// forgotten, and every answer filled before them counts as purged.
     pub fn purge_records(mut self, n: usize) -> Self {
         self.purge_records = n.max(1);
+        self
+    }
+
+    /// The most variants (answers selected by the request headers their
+    /// `Vary` names) Redis keeps per primary key, at least 1 (default 8):
+    /// storing one more deletes the least recently used, in the same
+    /// script. The near cache keeps its own bound
+    /// ([`MemoryBackendBuilder::max_variants`](crate::MemoryBackendBuilder::max_variants)).
+    pub fn max_variants(mut self, n: usize) -> Self {
+        self.max_variants = n.max(1);
         self
     }
 
@@ -195,6 +206,7 @@ impl RedisBackendBuilder {
             channels,
             near,
             purges: purges.clone(),
+            max_variants: self.max_variants,
         };
         // Open the connection now, so the first burst does not pay for it
         // inside `backend_timeout`; a Redis that is not there yet is only

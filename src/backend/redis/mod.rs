@@ -43,7 +43,7 @@ use self::scripts::{
 use super::watch::Watch;
 use super::{BackendError, BackendFuture, Invalidation, Leases, Store};
 use super::{Completion, LeaseToken, TryLock};
-use crate::{Entry, Key, MemoryBackend};
+use crate::{Entry, Found, Key, MemoryBackend, Variants};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -55,6 +55,7 @@ pub struct RedisBackend {
     channels: Channels,
     near: Option<MemoryBackend>,
     purges: Arc<Purges>,
+    max_variants: usize,
 }
 
 impl RedisBackend {
@@ -120,6 +121,7 @@ impl RedisBackend {
             near: Some(MemoryBackend::new()),
             purge_records: crate::purge::PurgeLog::MAX_RECORDS,
             near_cache_trust: Duration::from_secs(3),
+            max_variants: super::memory::DEFAULT_MAX_VARIANTS,
         }
     }
 
@@ -204,6 +206,18 @@ impl RedisBackend {
 }
 
 impl RedisBackend {
+    /// What `STORE` and `COMPLETE` take to keep the variants index of
+    /// `key`'s primary key: its name, the primary key's value's, the names
+    /// the variant is selected by and its value's name (both empty for a
+    /// primary key).
+    fn variant_args(&self, key: &Key, names: &Names) -> (String, String, String, String) {
+        let (selected_by, field) = match key.variants() {
+            Some(variants) => (variants.to_field(), names.value()),
+            None => (String::new(), String::new()),
+        };
+        (names.index(), names.primary_value(), selected_by, field)
+    }
+
     fn keep_near(&self, key: &Key, entry: &Entry, ttl: Duration) {
         if let Some(near) = &self.near {
             near.insert(key, entry.clone(), ttl);
@@ -212,29 +226,53 @@ impl RedisBackend {
 }
 
 impl Store for RedisBackend {
-    fn get_local(&self, key: &Key) -> Option<Entry> {
+    fn find_local(&self, key: &Key) -> Option<Found> {
         // Only while every purge is heard (see `near_cache_trust`).
         if !self.purges.trusted() {
             return None;
         }
-        self.near.as_ref()?.get_local(key)
+        self.near.as_ref()?.find_local(key)
     }
 
-    fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
+    fn find<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Found>> {
         Box::pin(async move {
             // An answer that came with a completion message is already here.
-            if let Some(entry) = self.get_local(key) {
-                return Ok(Some(entry));
+            if let Some(found) = self.find_local(key) {
+                return Ok(Some(found));
             }
-            let redis_key = self.value_key(key);
+            let names = self.names(key);
+            let redis_key = names.value();
             let mut conn = self.conn.clone();
-            let found: Option<(Vec<u8>, i64)> = GET_FRESH
+            let found: redis::Value = GET_FRESH
                 .key(&redis_key)
+                .key(names.index())
+                .arg(if names.selected() {
+                    redis_key.as_str()
+                } else {
+                    ""
+                })
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis GET failed", e))?;
-            let Some((value, left_ms)) = found else {
-                return Ok(None);
+            let (value, left_ms) = match found {
+                redis::Value::Array(found) => match &found[..] {
+                    [redis::Value::Int(1), redis::Value::BulkString(value), redis::Value::Int(left)] => {
+                        (value.clone(), *left)
+                    }
+                    [redis::Value::Int(2), redis::Value::BulkString(names), redis::Value::Int(left)] =>
+                    {
+                        let Some(variants) = Variants::from_field(names) else {
+                            tracing::warn!(%redis_key, "ignoring a variants index whose names cannot be read");
+                            return Ok(None);
+                        };
+                        if let (Some(near), Ok(left)) = (&self.near, u64::try_from(*left)) {
+                            near.insert_index(key, variants.clone(), Duration::from_millis(left));
+                        }
+                        return Ok(Some(Found::Variants(variants)));
+                    }
+                    _ => return Err(BackendError::msg("Redis GET answered an unknown reply")),
+                },
+                _ => return Ok(None),
             };
             // What Redis holds is judged against the purge log: nothing of
             // it answers while purges may be missing from the log. Redis
@@ -252,7 +290,7 @@ impl Store for RedisBackend {
                     if let Ok(left) = u64::try_from(left_ms) {
                         self.keep_near(key, &entry, Duration::from_millis(left));
                     }
-                    Ok(Some(entry))
+                    Ok(Some(Found::Entry(entry)))
                 }
                 Err(error) => {
                     tracing::warn!(%redis_key, %error, "deleting a value that is not a valid entry");
@@ -280,17 +318,23 @@ impl Store for RedisBackend {
             let value = entry.encode();
             let ms = millis(ttl)?;
             let message = stored_message(&value, ms);
+            let (index, primary, selected_by, field) = self.variant_args(key, &names);
             let stored: i64 = STORE
                 .key(names.value())
                 .key(names.purged())
                 .key(names.resource_purged())
                 .key(names.live())
+                .key(index)
+                .key(primary)
                 .arg(value.as_ref())
                 .arg(ms)
                 .arg(entry.fill_position().to_string())
                 .arg(names.done())
                 .arg(message)
                 .arg(conn.publish_command())
+                .arg(selected_by)
+                .arg(field)
+                .arg(self.max_variants)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis store failed", e))?;
@@ -326,9 +370,11 @@ impl Leases for RedisBackend {
             let taken: redis::Value = names
                 .leased(&TRY_LOCK)
                 .key(names.live())
+                .key(names.index())
                 .arg(token.as_str())
                 .arg(millis(lease)?)
                 .arg(stale)
+                .arg(if names.selected() { "0" } else { "1" })
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis lease acquisition failed", e))?;
@@ -432,11 +478,14 @@ impl Leases for RedisBackend {
                 .map_or(crate::PurgePosition::default(), |(entry, _)| {
                     entry.fill_position()
                 });
+            let (index, primary, selected_by, field) = self.variant_args(key, &names);
             let done: i64 = names
                 .leased(&COMPLETE)
                 .key(names.purged())
                 .key(names.resource_purged())
                 .key(names.live())
+                .key(index)
+                .key(primary)
                 .arg(token.as_str())
                 .arg(value.as_ref())
                 .arg(ttl)
@@ -446,6 +495,9 @@ impl Leases for RedisBackend {
                 .arg(if drop { "1" } else { "0" })
                 .arg(filled.to_string())
                 .arg(conn.publish_command())
+                .arg(selected_by)
+                .arg(field)
+                .arg(self.max_variants)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| BackendError::new("Redis flight completion failed", e))?;

@@ -10,25 +10,63 @@ use std::fmt::Write as _;
 pub(super) const LAYOUT: u32 = 3;
 
 /// The names `RedisBackend` uses for one key:
-/// `<namespace>:3:{<resource hash>}:<variant hash>:<suffix>`. The `3` is the
-/// name layout's version: instances of a release with another layout share
-/// no names with these. The resource hash is the cluster hash tag, so every
-/// variant and method of one resource lives on one slot. The key is hashed
-/// once, here; each name is made only when asked for.
+/// `<namespace>:3:{<resource hash>}:<variant hash>:<suffix>`, and for a
+/// selected key (one variant of those its primary key's `Vary` selects)
+/// `<namespace>:3:{<resource hash>}:<variant hash>:<selection hash>:<suffix>`.
+/// The `3` is the name layout's version: instances of a release with
+/// another layout share no names with these. The resource hash is the
+/// cluster hash tag, so every variant and method of one resource lives on
+/// one slot. The key is hashed once, here; each name is made only when
+/// asked for.
 pub(super) struct Names {
     prefix: String,
+    /// The length of the primary key's prefix within `prefix`.
+    primary: usize,
+    selected: bool,
 }
 
 impl Names {
     pub(super) fn new(namespace: &str, key: &Key) -> Self {
-        let mut prefix = String::with_capacity(namespace.len() + 72);
+        let mut prefix = String::with_capacity(namespace.len() + 106);
         prefix.push_str(namespace);
         let _ = write!(prefix, ":{LAYOUT}:{{");
         hex(&mut prefix, &key.resource_digest());
         prefix.push_str("}:");
         hex(&mut prefix, &key.variant_digest());
         prefix.push(':');
-        Names { prefix }
+        let primary = prefix.len();
+        let selection = key.selection_digest();
+        if let Some(selection) = &selection {
+            hex(&mut prefix, selection);
+            prefix.push(':');
+        }
+        Names {
+            prefix,
+            primary,
+            selected: selection.is_some(),
+        }
+    }
+
+    /// A name of the primary key (the key itself, if it is one).
+    fn primary_name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", &self.prefix[..self.primary])
+    }
+
+    /// The primary key's variants index (a hash: `n` the field names its
+    /// answers vary on, `c` a use counter, and one field per stored
+    /// variant, its value's name, holding the counter at its last use).
+    pub(super) fn index(&self) -> String {
+        self.primary_name("vary")
+    }
+
+    /// The answer stored under the primary key itself.
+    pub(super) fn primary_value(&self) -> String {
+        self.primary_name("v")
+    }
+
+    /// Whether these are a selected key's names.
+    pub(super) fn selected(&self) -> bool {
+        self.selected
     }
 
     pub(super) fn name(&self, suffix: &str) -> String {
@@ -55,9 +93,10 @@ impl Names {
         self.name("done")
     }
 
-    /// The mark of the last purge of this key (its variant and method).
+    /// The mark of the last purge of this key (its variant and method);
+    /// a selected key's is its primary key's.
     pub(super) fn purged(&self) -> String {
-        self.name("purged")
+        self.primary_name("purged")
     }
 
     /// The mark of the last purge of this key's resource: every variant.

@@ -58,24 +58,81 @@ fn sequence(n: usize) -> String {
     )
 }
 
-/// KEYS[1] value: the value and its remaining life in ms, or nil. One round
-/// trip, and the near cache keeps the entry no longer than Redis does.
+/// A primary key's variants index (`…:vary`, see `Names::index`), kept as
+/// a variant is stored: `variant(index, primary value, names, field, ms,
+/// max)` records the variant whose value is named `field`, selected by the
+/// headers `names`, as used last; an index of other names is replaced (its
+/// variants, selected by headers the answers no longer vary on, go); past
+/// `max` variants the least recently used goes; an answer stored under the
+/// primary key itself goes; the index lasts at least `ms` more. With an
+/// empty `field` (an answer stored under the primary key) it does nothing:
+/// the caller deletes the index (in a `DEL` it makes anyway). Every name
+/// touched shares the primary key's slot.
+const VARIANT: &str = r"
+local function variant(index, primary, names, field, ms, max)
+  if field == '' then return end
+  redis.call('DEL', primary)
+  if redis.call('HGET', index, 'n') ~= names then
+    for _, f in ipairs(redis.call('HKEYS', index)) do
+      if f ~= 'n' and f ~= 'c' then redis.call('DEL', f) end
+    end
+    redis.call('DEL', index)
+    redis.call('HSET', index, 'n', names)
+  end
+  redis.call('HSET', index, field, redis.call('HINCRBY', index, 'c', 1))
+  local all = redis.call('HGETALL', index)
+  local count, oldest, least = 0, nil, nil
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if f ~= 'n' and f ~= 'c' then
+      count = count + 1
+      local used = tonumber(all[i + 1])
+      if least == nil or used < least then oldest, least = f, used end
+    end
+  end
+  if count > tonumber(max) then
+    redis.call('HDEL', index, oldest)
+    redis.call('DEL', oldest)
+  end
+  if redis.call('PTTL', index) < tonumber(ms) then redis.call('PEXPIRE', index, ms) end
+end
+";
+
+/// KEYS[1] value, KEYS[2] the primary key's variants index; ARGV[1] empty
+/// for a primary key, else the value's name (its field in the index). The
+/// value and its remaining life in ms (`{1, value, ms}`); with no value
+/// under a primary key, its index's names and remaining life (`{2, names,
+/// ms}`); or nil. A selected key's value found counts as a use of its
+/// variant. One round trip, and the near cache keeps what it gets no
+/// longer than Redis does.
 pub(super) static GET_FRESH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local v = redis.call('GET', KEYS[1])
-          if not v then return false end
-          return {v, redis.call('PTTL', KEYS[1])}",
+          if v then
+            if ARGV[1] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+              redis.call('HSET', KEYS[2], ARGV[1], redis.call('HINCRBY', KEYS[2], 'c', 1))
+            end
+            return {1, v, redis.call('PTTL', KEYS[1])}
+          end
+          if ARGV[1] == '' then
+            local n = redis.call('HGET', KEYS[2], 'n')
+            if n then return {2, n, redis.call('PTTL', KEYS[2])} end
+          end
+          return false",
     )
 });
 
 /// KEYS[1] lock, KEYS[2] value, KEYS[3] pass mark, KEYS[4] the resource's
-/// presence mark (kept at least a lease when the lease is taken); ARGV[1]
+/// presence mark (kept at least a lease when the lease is taken), KEYS[5]
+/// the primary key's variants index; ARGV[1]
 /// token, ARGV[2] lease in ms, ARGV[3] empty, or for a refresh the 8 bytes of the stale
-/// value's stored time (bytes 7-14 of an encoded entry). Returns 1
+/// value's stored time (bytes 7-14 of an encoded entry), ARGV[4] `1` for a
+/// primary key. Returns 1
 /// (acquired), 0 (held) or 2 (pass); for a refresh refused because another
 /// value is stored, `{3, value, its PTTL}`, so the near cache takes it in
 /// the same round trip. The lease is refused while an answer is stored (but
-/// for the stale one a refresh replaces): a flight that missed the value just
+/// for the stale one a refresh replaces), or, on a primary key, its
+/// variants index: a flight that missed the value just
 /// before another process completed must take that answer, not lead a second
 /// call to the origin. While the key is marked pass-through, nobody leads it.
 /// A lease already held with this token is the caller's (an earlier attempt
@@ -85,8 +142,11 @@ pub(super) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
         r"{LIVE}
           if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
           if ARGV[3] == '' then
-            if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+            if ARGV[4] == '1' then
+              if redis.call('EXISTS', KEYS[2], KEYS[5]) > 0 then return 0 end
+            elseif redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
           else
+            if ARGV[4] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
             local v = redis.call('GET', KEYS[2])
             if v and string.sub(v, 8, 15) ~= ARGV[3] then
               return {{3, v, redis.call('PTTL', KEYS[2])}}
@@ -136,12 +196,15 @@ pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
 /// answers cannot be shared: a stale one must not stay), ARGV[8] the purge
 /// position the entry's fill started at (`<epoch>:<position>`), ARGV[9] the command that publishes
 /// (`PUBLISH`, or on a cluster `SPUBLISH`: the done channel shares the
-/// key's slot). Returns 0 (the lease was lost,
+/// key's slot); KEYS[7] the primary key's variants index, KEYS[8] the
+/// primary key's value, ARGV[10] the names a selected key's variant is
+/// selected by, ARGV[11] its value's name (empty for a primary key),
+/// ARGV[12] the most variants kept (see `VARIANT`). Returns 0 (the lease was lost,
 /// nothing changed), 1 (done), or 2 (done, but the entry was not stored: a
 /// purge of the key or its resource came after its fill started).
 pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{POSITIONS}{LIVE}
+        r"{POSITIONS}{LIVE}{VARIANT}
           if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
           local done = 1
           if ARGV[3] ~= '0' then
@@ -151,6 +214,7 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
             else
               redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
               live(KEYS[6], ARGV[3])
+              variant(KEYS[7], KEYS[8], ARGV[10], ARGV[11], ARGV[3], ARGV[12])
             end
           end
           if ARGV[4] ~= '0' then
@@ -159,7 +223,11 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
           if ARGV[7] == '1' then
             redis.call('DEL', KEYS[2])
           end
-          redis.call('DEL', KEYS[1])
+          if done == 1 and ARGV[3] ~= '0' and ARGV[11] == '' then
+            redis.call('DEL', KEYS[1], KEYS[7])
+          else
+            redis.call('DEL', KEYS[1])
+          end
           redis.call(ARGV[9], ARGV[5], ARGV[6])
           return done"
     ))
@@ -168,19 +236,26 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
 /// KEYS[1] value, KEYS[2] the key's purge mark, KEYS[3] its resource's,
 /// KEYS[4] the resource's presence mark; ARGV[1] encoded entry, ARGV[2] its TTL in ms, ARGV[3] the purge position
 /// its fill started at, ARGV[4] done channel, ARGV[5] the completion
-/// message, ARGV[6] the command that publishes. Stores an answer made
+/// message, ARGV[6] the command that publishes; KEYS[5], KEYS[6], ARGV[7],
+/// ARGV[8], ARGV[9] as `COMPLETE`'s KEYS[7], KEYS[8], ARGV[10], ARGV[11],
+/// ARGV[12]. Stores an answer made
 /// without a lease — unless a purge of the key or its resource came after
 /// its fill started (returns 2) — and announces it as `COMPLETE` would, so
 /// that instances waiting on the key hear of it at once. Returns 1.
 pub(super) static STORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{POSITIONS}{LIVE}
+        r"{POSITIONS}{LIVE}{VARIANT}
           local filled = ARGV[3]
           if after(redis.call('GET', KEYS[2]), filled) or after(redis.call('GET', KEYS[3]), filled) then
             return 2
           end
           redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
           live(KEYS[4], ARGV[2])
+          if ARGV[8] == '' then
+            redis.call('DEL', KEYS[5])
+          else
+            variant(KEYS[5], KEYS[6], ARGV[7], ARGV[8], ARGV[2], ARGV[9])
+          end
           redis.call(ARGV[6], ARGV[4], ARGV[5])
           return 1"
     ))
