@@ -1,8 +1,9 @@
 //! What a client's request asks of the cache (RFC 9111 §5.2.1): not to be
 //! answered from storage (`no-cache`, `max-age=0`, `Pragma: no-cache`), an
 //! answer no older or no closer to stale than some bound (`max-age`,
-//! `min-fresh`), only a stored answer (`only-if-cached`), or that nothing of
-//! its exchange be stored (`no-store`). Honoured unless
+//! `min-fresh`), only a stored answer (`only-if-cached`), that nothing of
+//! its exchange be stored (`no-store`), or that a stale answer will do
+//! (`max-stale`). Honoured unless
 //! [`CoalesceConfig::client_directives`](crate::CoalesceConfig::client_directives)
 //! is off. A request that may not be answered from storage still joins the
 //! flight under way for its key, so a flood of them costs the origin one
@@ -27,6 +28,9 @@ pub(crate) struct Asks {
     min_fresh: Option<Duration>,
     only_if_cached: bool,
     no_store: bool,
+    /// How stale an answer it takes (`Duration::MAX` for `max-stale`
+    /// without a value).
+    max_stale: Option<Duration>,
 }
 
 impl Asks {
@@ -58,6 +62,13 @@ impl Asks {
                     asks.only_if_cached = true;
                 } else if d.is("no-store") {
                     asks.no_store = true;
+                } else if d.is("max-stale") {
+                    // Without a value: any staleness; one that cannot be
+                    // read: none.
+                    asks.max_stale = match d.arg {
+                        None => Some(Duration::MAX),
+                        Some(_) => seconds(),
+                    };
                 }
             }
         } else {
@@ -89,6 +100,32 @@ impl Asks {
             }
         }
         true
+    }
+
+    /// Whether this request takes `entry`, stored and stale past the windows
+    /// in which it may be served, as it is (`max-stale`, RFC 9111
+    /// §5.2.1.2): stale by no more than it allows, and not an answer the
+    /// origin forbids serving stale (`must-revalidate`, `proxy-revalidate`,
+    /// `s-maxage`, `no-cache`, in its `Cache-Control` or in the targeted
+    /// field that decided for it, among `targeted`).
+    pub(crate) fn takes_stale(&self, entry: &Entry, targeted: &[header::HeaderName]) -> bool {
+        let Some(max) = self.max_stale else {
+            return false;
+        };
+        if self.reload
+            || entry
+                .stale_for(SystemTime::now())
+                .is_none_or(|over| over > max)
+        {
+            return false;
+        }
+        let stored = entry.headers();
+        let control = crate::targeted::cache_control(stored, targeted);
+        let Ok(directives) = directives(control.as_ref().unwrap_or(stored)) else {
+            return false;
+        };
+        !crate::freshness::forbids_stale(&directives)
+            && !directives.iter().any(|d| d.is("no-cache"))
     }
 
     /// Whether nothing of this request's exchange may be stored (RFC 9111

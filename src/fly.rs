@@ -172,7 +172,12 @@ where
                     // flight wait on it and take it for the answer), and kept to
                     // stand in for an error (a refresh does that with its own
                     // stale answer).
+                    // With validators, the origin is asked whether it changed
+                    // (RFC 9111 §4.3): a `304` renews it for every caller.
                     version = entry.stored_at();
+                    if crate::revalidate::has_validators(&entry) {
+                        refresh = Some(entry.clone());
+                    }
                     let _ = found.set(entry);
                     why = Fwd::Stale;
                 }

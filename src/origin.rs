@@ -19,7 +19,7 @@ use crate::tape::{EndsTape, Tape};
 use crate::{BoxError, CoalesceBody, Entry, FlightError, FlightErrorKind, KeyExtractor, Outcome};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use std::fmt::Display;
@@ -96,7 +96,7 @@ impl Keep {
         life: Life,
         age: Option<std::time::Duration>,
     ) -> Option<Self> {
-        (sharing == Sharing::Store && !life.fresh.is_zero()).then(|| Keep {
+        (sharing == Sharing::Store && life.stores()).then(|| Keep {
             entry: entry.clone().kept(SystemTime::now(), age, life),
             ttl: life.kept(),
         })
@@ -134,6 +134,37 @@ fn keep_for(
     received: SystemTime,
 ) -> (Life, Option<std::time::Duration>) {
     let took = received.duration_since(requested).unwrap_or_default();
+    // Answers with validators are kept past their windows, to revalidate.
+    let validators =
+        head.headers.contains_key(header::ETAG) || head.headers.contains_key(header::LAST_MODIFIED);
+    let retain = if validators {
+        config.revalidation_retention
+    } else {
+        Duration::ZERO
+    };
+    // `no-cache` (with field names or without: both are read as
+    // unqualified): stored only to be revalidated at every use.
+    if directives.iter().any(|d| d.is("no-cache")) {
+        let life = Life {
+            retain,
+            took,
+            ..Life::NONE
+        };
+        let age = match &config.freshness {
+            Freshness::Fixed(_) => None,
+            Freshness::Origin(settings) => Some(
+                crate::freshness::remaining(
+                    settings,
+                    head,
+                    (directives, expires),
+                    requested,
+                    received,
+                )
+                .1,
+            ),
+        };
+        return (life, age);
+    }
     match &config.freshness {
         Freshness::Fixed(ttl) => {
             let windows = if crate::freshness::forbids_stale(directives) {
@@ -146,6 +177,11 @@ fn keep_for(
                 stale: windows.0,
                 if_error: windows.1,
                 took,
+                retain: if ttl.is_zero() {
+                    Duration::ZERO
+                } else {
+                    retain
+                },
             };
             (life, None)
         }
@@ -162,6 +198,7 @@ fn keep_for(
                 stale: crate::freshness::stale_window(settings, directives),
                 if_error: crate::freshness::error_window(settings, directives),
                 took,
+                retain,
             };
             (life, Some(age))
         }
@@ -500,9 +537,12 @@ fn renew<E, B, Err>(
         // answer; the stale one stays until the next refresh.
         tracing::debug!("a 304 that renews nothing; the refresh failed");
         let error = FlightError::new(FlightErrorKind::Origin, "a 304 for another representation");
+        // The leader's caller, if any, gets the error its followers get:
+        // it asked for the answer, not for the origin's 304.
+        let own = error.clone().into_response(false);
         return Produced {
             landing: Landing::Failed(error),
-            own: Ok((Response::new(CoalesceBody::empty()), Outcome::Leader)),
+            own: Ok((own, Outcome::Leader)),
             keep: None,
         };
     };

@@ -29,9 +29,11 @@ pub(crate) enum Sharing {
 /// - `Vary` naming headers is not judged here: it selects the variant the
 ///   answer is for (see `vary`).
 /// - Server errors (5xx), gRPC errors (a `grpc-status` other than `0` in the
-///   head, as a trailers-only answer carries it), `Cache-Control: no-cache`:
-///   given to the flight's followers, who asked while it was being made (so no
-///   stampede on a failing origin), but never stored.
+///   head, as a trailers-only answer carries it): given to the flight's
+///   followers, who asked while it was being made (so no stampede on a
+///   failing origin), but never stored.
+/// - `Cache-Control: no-cache`: shared, and stored for revalidation only
+///   (its lifetime says so, see `origin::keep_for`).
 /// - Everything else: shared and stored.
 ///
 /// `directives` are the response's `Cache-Control`, as [`directives`] read
@@ -46,11 +48,22 @@ pub(crate) fn judge(
 ) -> Sharing {
     let headers = &head.headers;
     let has = |name: &str| directives.iter().any(|d| d.is(name));
+    // `must-understand` (RFC 9111 §5.2.2.3): stored only for a status whose
+    // caching rules this cache implements — then in spite of a `no-store`
+    // beside it, which is there for caches that do not understand it — and
+    // for another status, as if `no-store`.
+    let understood = crate::freshness::heuristically_cacheable(head.status);
+    let must_understand = has("must-understand");
+    let no_store = if must_understand {
+        !understood
+    } else {
+        has("no-store")
+    };
     if headers.contains_key(header::SET_COOKIE)
         || varies_on_everything(headers)
         || made_for_one_request(head.status)
         || has("private")
-        || has("no-store")
+        || no_store
     {
         return Sharing::Pass;
     }
@@ -59,7 +72,7 @@ pub(crate) fn judge(
     let explicit =
         || has("s-maxage") || has("max-age") || (expires && headers.contains_key(header::EXPIRES));
     let unstored_error = head.status.is_server_error() && !(store_server_errors && explicit());
-    if unstored_error || grpc_failed(headers) || has("no-cache") {
+    if unstored_error || grpc_failed(headers) {
         return Sharing::FlightOnly;
     }
     Sharing::Store
@@ -327,11 +340,36 @@ mod tests {
     }
 
     #[test]
+    fn must_understand_stores_only_the_statuses_this_cache_understands() {
+        let cc = |v: &'static str| [("cache-control", v)];
+        assert_eq!(
+            judge(&head(200, &cc("max-age=60, must-understand, no-store"))),
+            Sharing::Store,
+            "understood: the no-store beside it is for other caches"
+        );
+        assert_eq!(
+            judge(&head(404, &cc("max-age=60, must-understand"))),
+            Sharing::Store
+        );
+        assert_eq!(
+            judge(&head(302, &cc("max-age=60, must-understand"))),
+            Sharing::Pass,
+            "not understood: as if no-store"
+        );
+        assert_eq!(
+            judge(&head(200, &cc("max-age=60, no-store"))),
+            Sharing::Pass
+        );
+    }
+
+    #[test]
     fn server_errors_are_shared_with_the_flight_but_not_stored() {
         assert_eq!(judge(&head(503, &[])), Sharing::FlightOnly);
+        // No-cache answers are stored, to be revalidated at every use (their
+        // lifetime says so).
         assert_eq!(
             judge(&head(200, &[("cache-control", "no-cache")])),
-            Sharing::FlightOnly
+            Sharing::Store
         );
     }
 

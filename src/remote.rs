@@ -138,6 +138,11 @@ pub(crate) async fn elect<E>(
                 );
                 return Elected::Lead(Some(token));
             }
+            // Held. A refresh refused because another answer replaced the
+            // one it saw has that answer near now (see `Leases::try_lock`),
+            // and its message may have gone out before this wait listened:
+            // look again at once rather than at the next recheck.
+            Ok(_) if replaced(shared, key, version) => continue,
             Ok(_) => {}
             Err(unavailable) => return unsure("taking the lease", unavailable, token),
         }
@@ -161,6 +166,18 @@ pub(crate) async fn elect<E>(
             }
         }
     }
+}
+
+/// Whether this process now holds another answer for `key` than the one
+/// stored at `version`, which a refresh meant to replace.
+fn replaced<E>(shared: &Shared<E>, key: &Key, version: Option<SystemTime>) -> bool {
+    version.is_some()
+        && shared
+            .config
+            .backend
+            .find_local(key)
+            .and_then(Found::into_entry)
+            .is_some_and(|entry| entry.stored_at() != version)
 }
 
 /// The head of the key's stream under way, if there is one this process can

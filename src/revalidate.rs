@@ -6,6 +6,13 @@ use crate::Entry;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{response, Request, Response, StatusCode};
 
+/// Whether a stored answer can be revalidated: it has an `ETag` or a
+/// `Last-Modified`.
+pub(crate) fn has_validators(stored: &Entry) -> bool {
+    let headers = stored.headers();
+    headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
+}
+
 /// Adds the stale answer's validators to the refresh's request (§4.3.1):
 /// its entity tag as `If-None-Match`, its `Last-Modified` as
 /// `If-Modified-Since`. Whether any was added.

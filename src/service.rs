@@ -120,7 +120,14 @@ where
                 refused = asks.as_ref().is_some_and(|asks| !asks.accepts(entry));
                 !refused
             })
-            .and_then(|entry| Some((entry.serve_as()?, entry)));
+            .and_then(|entry| {
+                // Past its windows, only for a client that takes it stale.
+                let outcome = entry.serve_as().or_else(|| {
+                    let takes = asks.as_ref()?.takes_stale(&entry, &shared.config.targeted);
+                    takes.then_some(crate::Outcome::Stale)
+                })?;
+                Some((outcome, entry))
+            });
         // Nothing of a `no-store` request's exchange is stored: it starts no
         // refresh and leads no flight.
         let no_store = asks.as_ref().is_some_and(crate::client::Asks::no_store);

@@ -8,7 +8,13 @@ use libfuzzer_sys::fuzz_target;
 use tower_coalesce::Entry;
 
 /// Tags of the format versions `Entry::decode` reads (see `src/entry/codec.rs`).
-const MAGICS: [&[u8]; 4] = [b"TCE\x04", b"TCE\x03", b"TCE\x02", b"TCE\x01"];
+const MAGICS: [&[u8]; 5] = [
+    b"TCE\x05",
+    b"TCE\x04",
+    b"TCE\x03",
+    b"TCE\x02",
+    b"TCE\x01",
+];
 
 fuzz_target!(|data: &[u8]| {
     // The input exactly as a value read back from Redis could be.

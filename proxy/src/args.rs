@@ -64,6 +64,9 @@ pub struct Args {
     pub cdn_cache_control: bool,
     /// Whether `Accept-Encoding` is rewritten to `br`, `gzip` or nothing.
     pub normalize_accept_encoding: bool,
+    /// How long answers with validators are kept past their windows, for
+    /// revalidation only.
+    pub revalidation_retention: Duration,
 }
 
 /// The command line as clap reads it.
@@ -230,6 +233,17 @@ struct Cli {
     /// them: answers that vary on it then make at most three variants.
     #[arg(long = "normalize-accept-encoding")]
     normalize_accept_encoding: bool,
+
+    /// How long an answer with validators (ETag, Last-Modified) is kept
+    /// past the time it may be served, for revalidation only: the next
+    /// request then asks the upstream whether it changed, and a 304 renews
+    /// it without a body. 0 keeps nothing past it.
+    #[arg(
+        long = "revalidation-retention-ms",
+        value_name = "N",
+        default_value_t = 600_000
+    )]
+    revalidation_retention_ms: u64,
 }
 
 impl Args {
@@ -312,6 +326,7 @@ impl From<Cli> for Args {
             store_server_errors: cli.store_server_errors,
             cdn_cache_control: !cli.no_cdn_cache_control,
             normalize_accept_encoding: cli.normalize_accept_encoding,
+            revalidation_retention: Duration::from_millis(cli.revalidation_retention_ms),
         }
     }
 }

@@ -171,6 +171,24 @@ async fn by_encoding(
     res
 }
 
+/// Kept one second and never served stale, with an `ETag`: a request that
+/// asks for it with that tag gets `304` and no body.
+async fn must(State(up): State<Upstream>, headers: HeaderMap) -> impl IntoResponse {
+    let conditional = headers
+        .get("if-none-match")
+        .is_some_and(|tag| tag == "\"m1\"");
+    up.count(if conditional { "must-304" } else { "must-200" });
+    let head = [
+        ("etag", "\"m1\""),
+        ("cache-control", "max-age=1, must-revalidate"),
+    ];
+    if conditional {
+        (StatusCode::NOT_MODIFIED, head, String::new())
+    } else {
+        (StatusCode::OK, head, "must".repeat(1000))
+    }
+}
+
 /// `503 Service Unavailable`, with the `Cache-Control` its query names.
 async fn unavailable(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
     up.count("unavailable");
@@ -242,6 +260,7 @@ async fn upstream() -> (Upstream, Uri) {
         .route("/unavailable", routing::get(unavailable))
         .route("/targeted", routing::get(targeted))
         .route("/by-encoding", routing::get(by_encoding))
+        .route("/must", routing::get(must))
         .route("/tagged", any(tagged))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(up.clone());
@@ -1067,6 +1086,30 @@ async fn answers_are_selected_by_their_vary_and_shared_across_accept_encodings_w
         }
         assert_eq!(up.calls("by-encoding") - before, calls, "{flags:?}");
     }
+}
+
+#[tokio::test]
+async fn a_stale_answer_that_may_not_be_served_stale_is_revalidated() {
+    let (up, upstream) = upstream().await;
+    let (proxy, _layer) = proxy_from(&upstream, &[]).await;
+    let client = client();
+    let first = send(&client, get(proxy, "/must")).await;
+    assert_eq!(first.outcome(), "leader");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..3 {
+        let answer = send(&client, get(proxy, "/must")).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, "must".repeat(1000));
+    }
+    // One conditional request, answered with no body; the other two were
+    // hits on the renewed answer.
+    assert_eq!((up.calls("must-200"), up.calls("must-304")), (1, 1));
+    // Without retention, the stale answer is gone: fetched whole again.
+    let (proxy, _layer) = proxy_from(&upstream, &["--revalidation-retention-ms", "0"]).await;
+    send(&client, get(proxy, "/must")).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    send(&client, get(proxy, "/must")).await;
+    assert_eq!((up.calls("must-200"), up.calls("must-304")), (3, 1));
 }
 
 #[tokio::test]

@@ -127,6 +127,19 @@ impl CoalesceConfig {
         self
     }
 
+    /// How long an answer with validators (`ETag`, `Last-Modified`) is kept
+    /// past the windows in which it may be served, for revalidation only
+    /// (default 10 minutes, as nginx's `inactive`; zero keeps nothing
+    /// past them). Such an answer is never served without a `304` that
+    /// renews it (RFC 9111 §4.3): the flight that finds it asks the origin
+    /// with its validators, and a `304` renews its headers and freshness
+    /// for every caller, without a body. Answers with `no-cache` are
+    /// stored this way only (they must be revalidated at every use).
+    pub fn revalidation_retention(mut self, retention: Duration) -> Self {
+        self.revalidation_retention = retention;
+        self
+    }
+
     /// Refreshes a hot answer before its freshness ends, so that it is never
     /// stale: on each hit, with a probability that grows as the end nears
     /// (probabilistic early expiration, "XFetch": Vattani, Chierichetti and

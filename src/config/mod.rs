@@ -57,6 +57,7 @@ pub struct CoalesceConfig {
     pub(crate) stale_if_error: Duration,
     pub(crate) client_directives: bool,
     pub(crate) normalize_accept_encoding: bool,
+    pub(crate) revalidation_retention: Duration,
     pub(crate) store_server_errors: bool,
     /// Targeted cache-control fields, in their order of precedence.
     pub(crate) targeted: Vec<HeaderName>,
@@ -100,6 +101,7 @@ impl fmt::Debug for CoalesceConfig {
             .field("stale_if_error", &self.stale_if_error)
             .field("client_directives", &self.client_directives)
             .field("normalize_accept_encoding", &self.normalize_accept_encoding)
+            .field("revalidation_retention", &self.revalidation_retention)
             .field("max_stored_bytes", &self.max_stored_bytes)
             .field("stream_window", &self.stream_window)
             .field("wait_timeout", &self.wait_timeout)
@@ -248,6 +250,7 @@ impl CoalesceConfig {
             stale_if_error: Duration::ZERO,
             client_directives: true,
             normalize_accept_encoding: false,
+            revalidation_retention: Duration::from_secs(600),
             store_server_errors: false,
             targeted: Vec::new(),
             own_cache_control: None,

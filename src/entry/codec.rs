@@ -19,8 +19,13 @@ fn millis(d: Duration) -> u64 {
 /// Version 2 added the time the entry was stored, version 3 how long it is
 /// fresh and how long it may then be served stale, and where its fill
 /// stands in the purge order with its tags, version 4 the purge order's
-/// epoch beside that position.
-pub(crate) const MAGIC: &[u8; 4] = b"TCE\x04";
+/// epoch beside that position, version 5 how long past its windows it is
+/// kept for revalidation (and a lifetime with no freshness at all: an answer
+/// that must be revalidated at every use).
+pub(crate) const MAGIC: &[u8; 4] = b"TCE\x05";
+/// The first bytes of a version 4 entry, still read (kept for no
+/// revalidation).
+pub(crate) const MAGIC_V4: &[u8; 4] = b"TCE\x04";
 /// The first bytes of a version 3 entry, still read (its fill in epoch 0:
 /// purged wherever the purge order has an epoch of its own).
 pub(crate) const MAGIC_V3: &[u8; 4] = b"TCE\x03";
@@ -55,6 +60,7 @@ impl Entry {
         buf.put_u64(life.map_or(0, |l| millis(l.stale)));
         buf.put_u64(life.map_or(0, |l| millis(l.if_error)));
         buf.put_u64(life.map_or(0, |l| millis(l.took)));
+        buf.put_u64(life.map_or(0, |l| millis(l.retain)));
         buf.put_u64(p.fill.at.position);
         buf.put_u64(p.fill.at.epoch);
         // At most `MAX_TAGS`: the layer gives an entry no more.
@@ -78,12 +84,13 @@ impl Entry {
     }
 
     /// Reads an entry written by [`Entry::encode`], of this format version
-    /// or the three before. The body shares `bytes`.
+    /// or the four before. The body shares `bytes`.
     pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
         let v1 = bytes.starts_with(MAGIC_V1);
         let v2 = bytes.starts_with(MAGIC_V2);
         let v3 = bytes.starts_with(MAGIC_V3);
-        if bytes.len() < MAGIC.len() + 4 || !(v1 || v2 || v3 || bytes.starts_with(MAGIC)) {
+        let v4 = bytes.starts_with(MAGIC_V4);
+        if bytes.len() < MAGIC.len() + 4 || !(v1 || v2 || v3 || v4 || bytes.starts_with(MAGIC)) {
             return Err(DecodeError("not an entry of this format version"));
         }
         let (content, crc) = bytes.split_at(bytes.len() - 4);
@@ -99,6 +106,7 @@ impl Entry {
         } else {
             (r.u64()?, r.u64()?, r.u64()?, r.u64()?)
         };
+        let retain_ms = if v1 || v2 || v3 || v4 { 0 } else { r.u64()? };
         let fill = if v1 || v2 {
             Fill::default()
         } else {
@@ -136,18 +144,19 @@ impl Entry {
             ms => Some(Stored {
                 at: from_millis(ms).ok_or(DecodeError("bad stored time"))?,
                 initial: initial_age(&headers),
-                life: (fresh_ms != 0).then(|| Life {
+                life: (fresh_ms != 0 || retain_ms != 0).then(|| Life {
                     fresh: Duration::from_millis(fresh_ms),
                     stale: Duration::from_millis(stale_ms),
                     if_error: Duration::from_millis(if_error_ms),
                     took: Duration::from_millis(took_ms),
+                    retain: Duration::from_millis(retain_ms),
                 }),
             }),
         };
         // What decodes must encode back to itself: a lifetime is all there
         // or all absent, and only on a stored entry.
-        let partial = (fresh_ms, stale_ms, if_error_ms, took_ms) != (0, 0, 0, 0);
-        if (stored_ms == 0 || fresh_ms == 0) && partial {
+        let partial = (fresh_ms, stale_ms, if_error_ms, took_ms, retain_ms) != (0, 0, 0, 0, 0);
+        if (stored_ms == 0 || (fresh_ms == 0 && retain_ms == 0)) && partial {
             return Err(DecodeError("a partial lifetime"));
         }
         Ok(Entry::with_parts(Parts {

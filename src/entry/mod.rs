@@ -18,7 +18,7 @@ mod tests;
 pub use codec::DecodeError;
 #[cfg(test)]
 #[cfg(test)]
-use codec::{MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3};
+use codec::{MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3, MAGIC_V4};
 
 use crate::purge::Digest16;
 use bytes::Bytes;
@@ -95,6 +95,10 @@ pub(crate) struct Life {
     /// How long the origin took to make it: what an early refresh expects
     /// the next one to take (XFetch's delta).
     pub(crate) took: Duration,
+    /// Past its windows, how much longer it is kept for revalidation only
+    /// (never served without a `304` that renews it): zero for an answer
+    /// without validators.
+    pub(crate) retain: Duration,
 }
 
 impl Life {
@@ -104,12 +108,22 @@ impl Life {
         stale: Duration::ZERO,
         if_error: Duration::ZERO,
         took: Duration::ZERO,
+        retain: Duration::ZERO,
     };
 
     /// How long a backend keeps the entry: fresh, then stale (while
-    /// refreshed, or instead of an error, whichever is longer).
+    /// refreshed, or instead of an error, whichever is longer), then for
+    /// revalidation only.
     pub(crate) fn kept(&self) -> Duration {
-        self.fresh.saturating_add(self.stale.max(self.if_error))
+        self.fresh
+            .saturating_add(self.stale.max(self.if_error))
+            .saturating_add(self.retain)
+    }
+
+    /// Whether an entry with this life is stored at all: fresh for a
+    /// while, or kept to be revalidated.
+    pub(crate) fn stores(&self) -> bool {
+        !self.fresh.is_zero() || !self.retain.is_zero()
     }
 }
 
@@ -276,7 +290,9 @@ impl Entry {
     /// keeps it only while it is fresh), and costs no look at the clock.
     pub(crate) fn is_stale(&self) -> bool {
         match self.life() {
-            Some(life) if !(life.stale.is_zero() && life.if_error.is_zero()) => {
+            Some(life)
+                if !(life.stale.is_zero() && life.if_error.is_zero() && life.retain.is_zero()) =>
+            {
                 self.resident(SystemTime::now()) >= life.fresh
             }
             _ => false,
@@ -350,6 +366,13 @@ impl Entry {
     pub fn fresh_for(&self, now: SystemTime) -> Option<Duration> {
         let life = self.life()?;
         Some(life.fresh.saturating_sub(self.resident(now)))
+    }
+
+    /// How long it has been stale at `now` (zero while fresh): `None` if it
+    /// was never stored or its lifetime is not known.
+    pub(crate) fn stale_for(&self, now: SystemTime) -> Option<Duration> {
+        let life = self.life()?;
+        Some(self.resident(now).saturating_sub(life.fresh))
     }
 
     /// When the entry was stored, if it was.

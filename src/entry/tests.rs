@@ -78,6 +78,7 @@ fn the_lifetime_survives_encoding_and_older_versions_are_read_without_one() {
         stale: Duration::from_secs(10),
         if_error: Duration::from_secs(30),
         took: Duration::from_millis(120),
+        retain: Duration::from_secs(600),
     };
     let kept = sample().kept(at, None, life);
     let v3 = kept.encode();
@@ -92,15 +93,26 @@ fn the_lifetime_survives_encoding_and_older_versions_are_read_without_one() {
         Some(Duration::ZERO)
     );
     assert_eq!(decoded.encode(), v3, "encodes back to itself");
+    assert_eq!(decoded.life(), Some(life));
+    // Kept for revalidation only: no freshness, a retention.
+    let revalidate_only = Life {
+        fresh: Duration::ZERO,
+        stale: Duration::ZERO,
+        if_error: Duration::ZERO,
+        took: Duration::from_millis(120),
+        retain: Duration::from_secs(600),
+    };
+    let kept_only = Entry::decode(sample().kept(at, None, revalidate_only).encode()).unwrap();
+    assert_eq!(kept_only.life(), Some(revalidate_only));
     // The stored time sits where the Redis scripts read it.
     assert_eq!(&v3[7..15], &1_700_000_000_000u64.to_be_bytes());
     // Version 2: the same without the lifetime.
     let mut v2 = BytesMut::new();
     v2.put_slice(MAGIC_V2);
     v2.put_slice(&v3[4..15]);
-    // Past the lifetime, the fill's position and epoch and no tags (17
-    // bytes).
-    v2.put_slice(&v3[64..v3.len() - 4]);
+    // Past the lifetime and retention, the fill's position and epoch and
+    // no tags (17 bytes).
+    v2.put_slice(&v3[72..v3.len() - 4]);
     let crc = crc32fast::hash(&v2);
     v2.put_u32(crc);
     let old = Entry::decode(v2.freeze()).unwrap();
@@ -117,13 +129,13 @@ fn the_lifetime_survives_encoding_and_older_versions_are_read_without_one() {
 
 #[test]
 fn version_one_entries_are_read_as_never_stored() {
-    // A version 1 entry is a version 3 one without the stored time, the
-    // lifetime and the fill.
+    // A version 1 entry is a current one without the stored time, the
+    // lifetime, the retention and the fill.
     let v3 = sample().encode();
     let mut v1 = BytesMut::new();
     v1.put_slice(MAGIC_V1);
     v1.put_slice(&v3[4..7]);
-    v1.put_slice(&v3[64..v3.len() - 4]);
+    v1.put_slice(&v3[72..v3.len() - 4]);
     let crc = crc32fast::hash(&v1);
     v1.put_u32(crc);
     let d = Entry::decode(v1.freeze()).unwrap();
@@ -275,6 +287,7 @@ fn the_ttl_left_is_rounded_down_and_negative_once_stale() {
         stale: Duration::from_secs(10),
         if_error: Duration::ZERO,
         took: Duration::ZERO,
+        retain: Duration::ZERO,
     };
     let ttl = |ago_ms: u64| {
         let at = SystemTime::now() - Duration::from_millis(ago_ms);
@@ -305,16 +318,27 @@ fn the_fill_and_its_tags_survive_encoding() {
     // A tag count past the bound is no entry.
     let mut bad = BytesMut::from(&entry.encode()[..]);
     bad.truncate(bad.len() - 4);
-    bad[63] = (crate::purge::MAX_TAGS + 1) as u8;
+    bad[71] = (crate::purge::MAX_TAGS + 1) as u8;
     let crc = crc32fast::hash(&bad);
     bad.put_u32(crc);
     assert!(Entry::decode(bad.freeze()).is_err());
-    // Version 3: the same without the epoch, which is then 0.
-    let v4 = entry.encode();
+    // Version 4: the same without the retention, which is then 0.
+    let v5 = entry.encode();
+    let mut v4 = BytesMut::new();
+    v4.put_slice(MAGIC_V4);
+    v4.put_slice(&v5[4..47]);
+    v4.put_slice(&v5[55..v5.len() - 4]);
+    let crc = crc32fast::hash(&v4);
+    v4.put_u32(crc);
+    let old = Entry::decode(v4.freeze()).unwrap();
+    assert_eq!(old.fill_position(), entry.fill_position());
+    assert_eq!(old.tags(), &tags[..]);
+    // Version 3: without the epoch either, which is then 0.
     let mut v3 = BytesMut::new();
     v3.put_slice(MAGIC_V3);
-    v3.put_slice(&v4[4..55]);
-    v3.put_slice(&v4[63..v4.len() - 4]);
+    v3.put_slice(&v5[4..47]);
+    v3.put_slice(&v5[55..63]);
+    v3.put_slice(&v5[71..v5.len() - 4]);
     let crc = crc32fast::hash(&v3);
     v3.put_u32(crc);
     let old = Entry::decode(v3.freeze()).unwrap();

@@ -267,7 +267,7 @@ pub(crate) fn delta_seconds(arg: &str) -> Option<u64> {
 
 /// RFC 9110 §15.1: the statuses that may be given heuristic freshness.
 /// (206 is in the list too, but this layer never stores one.)
-fn heuristically_cacheable(status: StatusCode) -> bool {
+pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
         200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
