@@ -7,37 +7,14 @@
 mod support;
 
 use bytes::Bytes;
-use http::{Request, Response};
 use http_body_util::Full;
 use std::time::Duration;
 use support::redis::{RedisCluster, RedisServer};
-use support::{body, until, Origin, Svc};
+use support::{body, by_encoding, until, with_encoding, Origin, Svc};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::{
-    BoxError, CoalesceConfig, CoalesceLayer, Key, KeyExtractor, Outcome, RedisBackend,
-    RedisBackendBuilder,
+    CoalesceConfig, CoalesceLayer, Key, KeyExtractor, Outcome, RedisBackend, RedisBackendBuilder,
 };
-
-/// Answers `Vary: Accept-Encoding`, with the encoding it was asked for as
-/// its body.
-async fn by_encoding(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, BoxError> {
-    let asked = req
-        .headers()
-        .get("accept-encoding")
-        .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
-    Ok(Response::builder()
-        .header("vary", "Accept-Encoding")
-        .body(Full::new(Bytes::from(asked)))
-        .unwrap())
-}
-
-fn with_encoding(encoding: Option<&str>) -> Request<Full<Bytes>> {
-    let mut req = Request::get("/page");
-    if let Some(encoding) = encoding {
-        req = req.header("accept-encoding", encoding);
-    }
-    req.body(Full::new(Bytes::new())).unwrap()
-}
 
 async fn instance(builder: RedisBackendBuilder, origin: &Origin) -> (CoalesceLayer, Svc) {
     let backend = builder.connect().await.unwrap();

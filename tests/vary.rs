@@ -11,7 +11,7 @@ use http_body_util::Full;
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::time::Duration;
-use support::{body, until, Origin};
+use support::{body, by_encoding, until, with_encoding, Origin};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::{BoxError, CoalesceConfig, CoalesceLayer, Key, MemoryBackend, Outcome, Purge};
 
@@ -30,14 +30,6 @@ async fn per_tenant(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, 
         .header("vary", "X-Tenant")
         .body(Full::new(Bytes::from(tenant)))
         .unwrap())
-}
-
-fn with_encoding(encoding: Option<&str>) -> Request<Full<Bytes>> {
-    let mut req = Request::get("/page");
-    if let Some(encoding) = encoding {
-        req = req.header("accept-encoding", encoding);
-    }
-    req.body(Full::new(Bytes::new())).unwrap()
 }
 
 /// What browsers and clients send, in five spellings (two of which
@@ -117,19 +109,6 @@ async fn a_burst_that_differs_only_in_accept_encoding_shares_an_answer_that_does
         let res = svc.clone().oneshot(with_encoding(spelling)).await.unwrap();
         assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Hit));
     }
-}
-
-/// Answers `Vary: Accept-Encoding`, with the encoding it was asked for as
-/// its body.
-async fn by_encoding(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, BoxError> {
-    let asked = req
-        .headers()
-        .get("accept-encoding")
-        .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
-    Ok(Response::builder()
-        .header("vary", "Accept-Encoding")
-        .body(Full::new(Bytes::from(asked)))
-        .unwrap())
 }
 
 #[tokio::test]

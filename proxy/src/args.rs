@@ -67,6 +67,8 @@ pub struct Args {
     /// How long answers with validators are kept past their windows, for
     /// revalidation only.
     pub revalidation_retention: Duration,
+    /// The largest answer stored.
+    pub max_stored_bytes: usize,
 }
 
 /// The command line as clap reads it.
@@ -244,6 +246,13 @@ struct Cli {
         default_value_t = 600_000
     )]
     revalidation_retention_ms: u64,
+
+    /// The largest answer (in bytes) kept to answer later requests. Larger
+    /// ones are still shared with every request of their burst, streamed as
+    /// they arrive, but the next request goes to the upstream again. With
+    /// Redis, each instance holds stored answers in its memory too.
+    #[arg(long = "max-stored-bytes", value_name = "N", default_value_t = 1024 * 1024)]
+    max_stored_bytes: usize,
 }
 
 impl Args {
@@ -327,6 +336,7 @@ impl From<Cli> for Args {
             cdn_cache_control: !cli.no_cdn_cache_control,
             normalize_accept_encoding: cli.normalize_accept_encoding,
             revalidation_retention: Duration::from_millis(cli.revalidation_retention_ms),
+            max_stored_bytes: cli.max_stored_bytes,
         }
     }
 }

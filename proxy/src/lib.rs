@@ -144,6 +144,7 @@ pub async fn layer(args: &Args) -> Result<ProxyLayer, String> {
         .store_server_errors(args.store_server_errors)
         .normalize_accept_encoding(args.normalize_accept_encoding)
         .revalidation_retention(args.revalidation_retention)
+        .max_stored_bytes(args.max_stored_bytes)
         .outcome_header_name(args.header.clone());
     if args.cache_status {
         config = config.cache_status("coalesce-proxy");

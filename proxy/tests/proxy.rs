@@ -572,6 +572,28 @@ async fn a_body_over_the_stored_size_streams_through_whole_to_every_caller() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_stored_bytes_raises_the_size_of_the_answers_kept() {
+    let (up, upstream) = upstream().await;
+    up.big_gate.add_permits(10);
+    let client = client();
+    let expected = big_body();
+    let flags = ["--ttl-ms", "60000", "--max-stored-bytes", "8388608"];
+    let (proxy, _layer) = proxy_from(&upstream, &flags).await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let answer = send(&client, get(proxy, "/big")).await;
+        assert!(
+            answer.body == expected,
+            "a body of {} bytes differs",
+            answer.body.len()
+        );
+        seen.push(answer.outcome().to_owned());
+    }
+    assert_eq!(seen, ["leader", "hit"], "4 MiB kept under an 8 MiB bound");
+    assert_eq!(up.calls("big"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_with_set_cookie_is_never_shared() {
     const N: usize = 20;
     let (up, upstream) = upstream().await;

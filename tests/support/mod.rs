@@ -93,6 +93,28 @@ pub async fn echo_path(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>
     ))))
 }
 
+/// Answers `Vary: Accept-Encoding`, with the `Accept-Encoding` it was asked
+/// with as its body (`-` for none).
+pub async fn by_encoding(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, BoxError> {
+    let asked = req
+        .headers()
+        .get("accept-encoding")
+        .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
+    Ok(Response::builder()
+        .header("vary", "Accept-Encoding")
+        .body(Full::new(Bytes::from(asked)))
+        .unwrap())
+}
+
+/// A `GET /page` with this `Accept-Encoding`, if any.
+pub fn with_encoding(encoding: Option<&str>) -> Request<Full<Bytes>> {
+    let mut req = Request::get("/page");
+    if let Some(encoding) = encoding {
+        req = req.header("accept-encoding", encoding);
+    }
+    req.body(Full::new(Bytes::new())).unwrap()
+}
+
 pub fn get(uri: &str) -> Request<Full<Bytes>> {
     Request::get(uri).body(Full::new(Bytes::new())).unwrap()
 }
