@@ -1,11 +1,14 @@
 //! The embedded backend: entries in this process's memory, bounded in count
 //! and bytes, each expiring after its own TTL. Built on `moka`.
 
+mod kept;
+mod variants;
+
 use super::{BackendFuture, Completion, Invalidation, LeaseToken, Leases, Store, TryLock, Watch};
 use crate::purge::PurgeLog;
-use crate::{Entry, Found, Key, Purge, Purged, Variants};
+use crate::{Entry, Found, Key, Purge, Purged};
+use kept::{Kept, Live, PerEntryTtl, Stored};
 use moka::sync::Cache;
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,97 +36,6 @@ pub struct MemoryBackend {
     live: Option<Arc<Mutex<Live>>>,
     /// The most variants kept per primary key.
     max_variants: usize,
-}
-
-/// The resources with an entry stored (by digest), each with the latest
-/// expiry of its entries. Pruned of expired ones as it grows, so it holds
-/// about as many resources as the cache holds entries.
-#[derive(Debug, Default)]
-struct Live {
-    until: std::collections::HashMap<[u8; 16], Instant>,
-    prune_at: usize,
-}
-
-impl Live {
-    fn stored(&mut self, resource: [u8; 16], until: Instant) {
-        let at = self.until.entry(resource).or_insert(until);
-        *at = (*at).max(until);
-        if self.until.len() > self.prune_at {
-            let now = Instant::now();
-            self.until.retain(|_, until| *until > now);
-            self.prune_at = (self.until.len() * 2).max(4096);
-        }
-    }
-
-    fn has(&self, resource: &[u8; 16]) -> bool {
-        self.until
-            .get(resource)
-            .is_some_and(|until| *until > Instant::now())
-    }
-}
-
-#[derive(Clone)]
-struct Stored {
-    kept: Kept,
-    ttl: Duration,
-}
-
-/// What a key holds: an answer, or (a primary key) its variants' index.
-#[derive(Clone)]
-enum Kept {
-    Entry(Entry),
-    Index(Arc<Index>),
-}
-
-/// The variants of a primary key: the headers they vary on, and the
-/// selected keys stored, the most recently used first.
-struct Index {
-    variants: Variants,
-    keys: Mutex<VecDeque<Key>>,
-}
-
-impl Index {
-    /// `key` used: first in line.
-    fn touch(&self, key: &Key) {
-        let mut keys = crate::sync::lock(&self.keys);
-        if keys.front() != Some(key) {
-            if let Some(at) = keys.iter().position(|k| k == key) {
-                keys.remove(at);
-                keys.push_front(key.clone());
-            }
-        }
-    }
-}
-
-impl Stored {
-    fn weight(&self, key: &Key) -> usize {
-        key.len()
-            + match &self.kept {
-                Kept::Entry(entry) => entry.weight(),
-                Kept::Index(index) => {
-                    let keys = crate::sync::lock(&index.keys);
-                    64 + keys.iter().map(Key::len).sum::<usize>()
-                }
-            }
-    }
-}
-
-struct PerEntryTtl;
-
-impl moka::Expiry<Key, Stored> for PerEntryTtl {
-    fn expire_after_create(&self, _: &Key, value: &Stored, _: Instant) -> Option<Duration> {
-        Some(value.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Key,
-        value: &Stored,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -244,67 +156,6 @@ impl MemoryBackend {
         if let Some(variants) = key.variants() {
             self.index(key, variants, ttl);
         }
-    }
-
-    /// Records the variant stored under the selected `key` in its primary
-    /// key's index (a new one if the primary key held an answer, or an
-    /// index of other headers), first in line; drops the least recently
-    /// used past the bound. The index lives as long as its longest-lived
-    /// variant might.
-    fn index(&self, key: &Key, variants: &Variants, ttl: Duration) {
-        let primary = key.primary();
-        let current = self.cache.get(&primary);
-        let (index, kept_for) = match current {
-            Some(Stored {
-                kept: Kept::Index(index),
-                ttl: kept_for,
-            }) if index.variants == *variants => (index, kept_for),
-            _ => (
-                Arc::new(Index {
-                    variants: variants.clone(),
-                    keys: Mutex::default(),
-                }),
-                Duration::ZERO,
-            ),
-        };
-        let dropped = {
-            let mut keys = crate::sync::lock(&index.keys);
-            keys.retain(|k| k != key);
-            keys.push_front(key.clone());
-            let kept = keys.len().min(self.max_variants);
-            keys.split_off(kept)
-        };
-        for key in dropped {
-            self.cache.invalidate(&key);
-        }
-        // Its expiry renewed: it must outlive the variant just stored.
-        let kept = Kept::Index(index);
-        let ttl = ttl.max(kept_for);
-        self.cache.insert(primary, Stored { kept, ttl });
-    }
-
-    /// Keeps `variants` as the index of the primary key `key` for `ttl`,
-    /// as another process's store holds it (a `RedisBackend`'s near cache),
-    /// unless an index of the same headers is kept already.
-    pub(crate) fn insert_index(&self, key: &Key, variants: Variants, ttl: Duration) {
-        if ttl.is_zero() {
-            return;
-        }
-        if let Some(Stored {
-            kept: Kept::Index(index),
-            ..
-        }) = self.cache.get(key)
-        {
-            if index.variants == variants {
-                return;
-            }
-        }
-        let index = Arc::new(Index {
-            variants,
-            keys: Mutex::default(),
-        });
-        let kept = Kept::Index(index);
-        self.cache.insert(key.clone(), Stored { kept, ttl });
     }
 
     /// The same cache, judging entries against `log` (a `RedisBackend`'s
@@ -479,69 +330,4 @@ impl Invalidation for MemoryBackend {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use http::{HeaderMap, StatusCode, Version};
-
-    fn entry(body: &'static [u8]) -> Entry {
-        Entry::new(
-            StatusCode::OK,
-            Version::HTTP_11,
-            HeaderMap::new(),
-            Bytes::from_static(body),
-            None,
-        )
-    }
-
-    #[tokio::test]
-    async fn stores_and_finds_until_the_ttl_passes() {
-        let b = MemoryBackend::new();
-        let k = Key::from("a");
-        b.store(&k, entry(b"x"), Duration::from_millis(100))
-            .await
-            .unwrap();
-        assert_eq!(b.lookup(&k).await.unwrap().unwrap().body(), "x");
-        std::thread::sleep(Duration::from_millis(150));
-        assert!(b.lookup(&k).await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn entry_count_is_bounded() {
-        let b = MemoryBackend::builder()
-            .max_entries(10)
-            .max_bytes(1 << 20)
-            .build();
-        for i in 0..100 {
-            let k = Key::from(format!("k{i}"));
-            b.store(&k, entry(b"x"), Duration::from_secs(60))
-                .await
-                .unwrap();
-        }
-        assert!(b.entry_count() <= 10, "held {}", b.entry_count());
-    }
-
-    #[tokio::test]
-    async fn bytes_are_bounded() {
-        static BIG: [u8; 1000] = [7; 1000];
-        let b = MemoryBackend::builder()
-            .max_entries(1000)
-            .max_bytes(10_000)
-            .build();
-        for i in 0..100 {
-            let k = Key::from(format!("k{i}"));
-            b.store(&k, entry(&BIG), Duration::from_secs(60))
-                .await
-                .unwrap();
-        }
-        assert!(b.entry_count() <= 10, "held {}", b.entry_count());
-    }
-
-    #[tokio::test]
-    async fn zero_ttl_stores_nothing() {
-        let b = MemoryBackend::new();
-        let k = Key::from("a");
-        b.store(&k, entry(b"x"), Duration::ZERO).await.unwrap();
-        assert!(b.get_local(&k).is_none());
-    }
-}
+mod tests;

@@ -1,19 +1,25 @@
 //! The work of one flight, wherever it runs (a caller's flight task, or a
 //! detached refresh): look in the backend, take the lease or wait for
 //! another process's answer, call the origin, store, and say how it ended.
+//! How its answer streams on while the body arrives is `streaming`; how it
+//! ends in the backend (store, complete, purge what it replaces), `end`.
 
-use crate::backend::Completion;
-use crate::backend::LeaseToken;
+mod end;
+mod streaming;
+
 use crate::backend_call::optional;
 use crate::conditions::Asked;
 use crate::error::is_grpc;
 use crate::flight::Landing;
-use crate::origin::{produce, Keep, Made, Origin, OriginBody, Own, Produced, Pump};
+use crate::origin::{produce, Made, Origin, OriginBody, Own, Produced};
 use crate::remote::{Elected, Held};
 use crate::shared::Shared;
 use crate::stats::{bump, Forwarded, Fwd};
 use crate::{Entry, FlightError, FlightErrorKind, Found, Key, KeyExtractor, Outcome, WaitFallback};
+use end::{end, fence, Tail};
 use http::Request;
+use streaming::Source;
+pub(crate) use streaming::Streaming;
 
 /// Whether a landing is the origin failing: an error, a failed body, a
 /// `5xx` (what a stale answer may stand in for).
@@ -342,81 +348,6 @@ where
     Flown::Landed(landing, own)
 }
 
-/// A flight whose answer's body is arriving, with what it holds until the
-/// body ends: the pump that reads it, and the lease to end.
-pub(crate) struct Streaming<B> {
-    source: Source<B>,
-    tail: Tail,
-    /// The key it leases and stores under.
-    key: Key,
-}
-
-/// Where a streaming answer's body comes from.
-enum Source<B> {
-    /// The origin, read by this flight.
-    Origin(Pump<B>),
-    /// Another instance's flight, through the backend.
-    Remote(crate::remote_stream::Follow),
-}
-
-impl<B: OriginBody> Streaming<B> {
-    /// The landing that gives the followers the answer as it arrives.
-    pub(crate) fn landing(&self) -> Landing {
-        let streamed = match &self.source {
-            Source::Origin(pump) => &pump.streamed,
-            Source::Remote(follow) => follow.streamed(),
-        };
-        Landing::Streaming(streamed.clone())
-    }
-
-    /// Reads the body to its end (renewing the lease, and publishing the
-    /// body to the other instances, meanwhile), stores the answer if it may
-    /// be kept, and ends the lease; returns how the flight ended. `close`
-    /// takes the flight out of the table (see [`Pump::run`]).
-    pub(crate) async fn finish<E>(self, shared: &Shared<E>, close: impl Fn()) -> Landing {
-        let Streaming { source, tail, key } = self;
-        let key = &key;
-        let pump = match source {
-            Source::Origin(pump) => pump,
-            // The other instance stores it and ends its lease.
-            Source::Remote(follow) => return follow.run(shared, key, close).await,
-        };
-        // Waiters in other instances exist only behind a lease; an answer
-        // made for another variant than the one leased is not handed to
-        // them.
-        let variant = match &pump.streamed.varied {
-            Some(varied) => varied.key(&key.primary()) == *key,
-            None => key.variants().is_none(),
-        };
-        let publisher = tail
-            .lease
-            .clone()
-            .filter(|_| variant)
-            .map(|token| crate::remote_stream::Publisher::new(key.clone(), token));
-        let pumped = pump.run(shared, close, publisher);
-        let ((landing, mut keep), lost) = match &tail.lease {
-            Some(lease) => crate::remote::with_watchdog(shared, key, lease, pumped).await,
-            None => (pumped.await, false),
-        };
-        fence(shared, key, &mut keep);
-        end(shared, key, tail, keep, &landing, lost).await;
-        landing
-    }
-}
-
-/// What a flight holds of the backend until it ends.
-#[derive(Default)]
-struct Tail {
-    /// The lease it holds.
-    lease: Option<LeaseToken>,
-    /// A lease attempt that failed but may have run: its token.
-    unsure: Option<LeaseToken>,
-    /// Releases the lease if the flight is dropped.
-    held: Option<Held>,
-    /// The stored answer the flight replaces, if any.
-    version: Option<std::time::SystemTime>,
-}
-
 /// Makes `key`, a primary key whose answers vary on `variants`, the key of
 /// the variant that a request with `headers` selects, and marks the flight
 /// as made for that variant only.
@@ -432,178 +363,4 @@ fn select(
     let varied = crate::flight::Varied::of(variants.clone(), headers);
     *key = varied.key(key);
     let _ = only.set(varied);
-}
-
-/// Drops what a flight would keep if a purge landed during its fill: its
-/// answer was made from data read before it.
-fn fence<E>(shared: &Shared<E>, key: &Key, keep: &mut Option<Keep>) {
-    if keep
-        .as_ref()
-        .is_some_and(|k| shared.config.backend.purged(key, &k.entry).is_some())
-    {
-        // Its callers have it, the store does not.
-        tracing::debug!("purged during the fill; not stored");
-        bump(&shared.counters.purge_fenced);
-        *keep = None;
-    }
-}
-
-/// Ends a flight in the backend: stores what it keeps, ends its lease with
-/// how it landed (waking the other instances' waiters), and drops a stored
-/// answer it replaces but may not stand for.
-async fn end<E>(
-    shared: &Shared<E>,
-    key: &Key,
-    tail: Tail,
-    keep: Option<Keep>,
-    landing: &Landing,
-    lost: bool,
-) {
-    let config = &shared.config;
-    let counters = &shared.counters;
-    let Tail {
-        lease,
-        unsure,
-        held,
-        version,
-    } = tail;
-    if matches!(landing, Landing::Pass) {
-        shared.remember_pass(key);
-    }
-    // An answer is stored under the key of the variant it was made for
-    // (the primary key, if it varies on nothing): when that is not the key
-    // this flight leased — it led for the primary key and the answer
-    // varies, or the answers vary on other headers than the index said —
-    // it is stored apart, and the lease is released, so that other
-    // instances waiting on it look again and find the variant.
-    let under = match varied(landing) {
-        Some(varied) => varied.key(&key.primary()),
-        None => key.primary(),
-    };
-    let (keep, apart) = match keep {
-        Some(keep) if under != *key => (None, Some((under.clone(), keep))),
-        keep => (keep, None),
-    };
-    if let Some((under, keep)) = &apart {
-        store_unleased(shared, under, Some(keep.clone())).await;
-    }
-    // The answer replaces a stored one but may not be stored itself: the
-    // stored one goes, from every instance's near cache too.
-    let drops = version.is_some()
-        && keep.is_none()
-        && apart.is_none()
-        && matches!(
-            landing,
-            Landing::Pass | Landing::Varied(..) | Landing::Streaming(_)
-        );
-    match (lease, unsure) {
-        (Some(lease), _) => {
-            let completion = match &apart {
-                Some(_) => Completion::Released,
-                None => completion(keep, landing, config, under == *key),
-            };
-            crate::remote::complete(shared, key, &lease, completion, lost).await;
-            if let Some(held) = held {
-                held.disarm();
-            }
-        }
-        (None, Some(token)) => {
-            // Kept aside: stored without the lease if it was not this
-            // flight's.
-            let stored = keep.clone();
-            let completion = match &apart {
-                Some(_) => Completion::Released,
-                None => completion(keep, landing, config, under == *key),
-            };
-            match optional(shared, |b| b.complete(key, &token, completion)).await {
-                Ok(true) => {
-                    tracing::debug!(
-                        "the lease whose reply was lost was this flight's; ended with its answer"
-                    );
-                    if stored.is_some() {
-                        bump(&counters.stored);
-                    }
-                }
-                // Not its lease: stored as by a flight without one.
-                Ok(false) => store_unleased(shared, key, stored).await,
-                // If it was its lease, the lease ends by itself.
-                Err(unavailable) => unavailable.report(
-                    counters,
-                    "completing a lease that may be this flight's",
-                    "the answer is shared but not kept",
-                ),
-            }
-        }
-        (None, None) => store_unleased(shared, key, keep).await,
-    }
-    if drops {
-        let purge = crate::Purge::Key(key.clone());
-        match optional(shared, |backend| backend.purge(&purge)).await {
-            Ok(purged) => tracing::debug!(
-                position = purged.position,
-                "the answer that replaced a stored one may not be shared; the stored one is purged"
-            ),
-            Err(unavailable) => unavailable.report(
-                counters,
-                "backend purge",
-                "other instances may serve the replaced answer until its stale window ends",
-            ),
-        }
-    }
-}
-
-/// The variant a landing's answer was made for, if it varies.
-fn varied(landing: &Landing) -> Option<&crate::flight::Varied> {
-    match landing {
-        Landing::Varied(_, varied) => Some(varied),
-        Landing::Streaming(streamed) => streamed.varied.as_deref(),
-        _ => None,
-    }
-}
-
-/// How a leased flight ends, from what it keeps and how it landed.
-/// `leased_variant`: the answer was made for the variant the lease is on
-/// (waiting instances' callers select it too).
-fn completion(
-    keep: Option<Keep>,
-    landing: &Landing,
-    config: &crate::CoalesceConfig,
-    leased_variant: bool,
-) -> Completion {
-    match (keep, landing) {
-        (Some(Keep { entry, ttl }), _) => Completion::Stored { entry, ttl },
-        (None, Landing::Done(entry) | Landing::Rescued(entry, _)) => {
-            Completion::Shared(entry.clone())
-        }
-        (None, Landing::Varied(entry, _)) if leased_variant => Completion::Shared(entry.clone()),
-        // The leader's values of headers outside the key decided it: other
-        // instances' callers may differ in them.
-        (None, Landing::Varied(..)) => Completion::Pass {
-            ttl: std::time::Duration::ZERO,
-        },
-        (None, Landing::Pass) => Completion::Pass {
-            ttl: config.pass_ttl,
-        },
-        // Too large to keep whole: the other instances' callers call the
-        // origin themselves this once (the key does not become pass).
-        (None, Landing::Streaming(_)) => Completion::Pass {
-            ttl: std::time::Duration::ZERO,
-        },
-        (None, Landing::Failed(_)) => Completion::Released,
-    }
-}
-
-/// Stores what a flight without a lease keeps, if anything.
-async fn store_unleased<E>(shared: &Shared<E>, key: &Key, keep: Option<Keep>) {
-    let Some(Keep { entry, ttl }) = keep else {
-        return;
-    };
-    match optional(shared, |backend| backend.store(key, entry, ttl)).await {
-        Ok(()) => bump(&shared.counters.stored),
-        Err(unavailable) => unavailable.report(
-            &shared.counters,
-            "backend store",
-            "the answer is shared but not kept",
-        ),
-    }
 }
