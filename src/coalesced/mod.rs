@@ -23,8 +23,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::sync::oneshot;
-use tower::ServiceExt;
 use tower_service::Service;
+
+mod again;
+use again::{join, pass, rejoin, rejoin_variant, selects};
 
 pin_project! {
     /// A keyed request's future after a miss: it leads a flight (its task runs
@@ -164,118 +166,6 @@ where
     backend
         .purged(&key, entry)
         .is_some_and(|position| position <= joined)
-}
-
-/// A follower whose flight's answer it cannot have: joins (or leads) a new
-/// flight for its key, or passes if the extractor no longer keys it.
-/// `overdue`: the flight timed out with `CallOrigin`, so a new one it leads
-/// goes to the origin without waiting on another process's lease again,
-/// and is not timed out.
-fn rejoin<S, E, ReqBody, ResBody>(
-    shared: &Arc<Shared<E>>,
-    call: &mut Option<(Request<ReqBody>, S)>,
-    overdue: bool,
-) -> State<ResBody, S::Error>
-where
-    S: Origin<ReqBody, ResBody>,
-    E: KeyExtractor<ReqBody>,
-    ReqBody: Send + 'static,
-    ResBody: OriginBody,
-{
-    let Some(key) = call.as_ref().and_then(|(req, _)| {
-        let key = shared.key(req)?;
-        Some(leader::variant_of(shared, key, req.headers()))
-    }) else {
-        return pass(shared, call);
-    };
-    let Some(role) = join(shared, &key, call) else {
-        return pass(shared, call);
-    };
-    if let (true, Role::Leader(_), Some((req, _))) = (overdue, &role, call.as_mut()) {
-        req.extensions_mut().insert(leader::Overdue);
-    }
-    start(shared, key, call, role)
-}
-
-/// Whether this follower's request selects the variant a flight's answer
-/// was made for.
-fn selects<S, ReqBody>(
-    call: &Option<(Request<ReqBody>, S)>,
-    varied: &crate::flight::Varied,
-) -> bool {
-    call.as_ref()
-        .is_some_and(|(req, _)| varied.matches(req.headers()))
-}
-
-/// A follower whose request selects another variant of its key's answers
-/// (varying on `variants`) than its flight's: joins (or leads) the flight
-/// for its own variant, where the followers that select the same meet — one
-/// flight per variant, not one origin call per follower.
-fn rejoin_variant<S, E, ReqBody, ResBody>(
-    shared: &Arc<Shared<E>>,
-    call: &mut Option<(Request<ReqBody>, S)>,
-    variants: Option<&crate::Variants>,
-) -> State<ResBody, S::Error>
-where
-    S: Origin<ReqBody, ResBody>,
-    E: KeyExtractor<ReqBody>,
-    ReqBody: Send + 'static,
-    ResBody: OriginBody,
-{
-    let key = call
-        .as_ref()
-        .zip(variants)
-        .and_then(|((req, _), variants)| {
-            let primary = shared.key(req)?;
-            Some(crate::flight::Varied::of(variants.clone(), req.headers()).key(&primary))
-        });
-    let Some(key) = key else {
-        return pass(shared, call);
-    };
-    let Some(role) = join(shared, &key, call) else {
-        return pass(shared, call);
-    };
-    start(shared, key, call, role)
-}
-
-/// Joins the flight table again for `key`: leads or follows — or, for a
-/// `no-store` request, which never leads, follows or (`None`) nothing.
-fn join<S, E, ReqBody>(
-    shared: &Shared<E>,
-    key: &Key,
-    call: &Option<(Request<ReqBody>, S)>,
-) -> Option<Role> {
-    let no_store = shared.config.client_directives
-        && call
-            .as_ref()
-            .and_then(|(req, _)| crate::client::Asks::of(req.headers()))
-            .is_some_and(|asks| asks.no_store());
-    if no_store {
-        return shared.table.follow(key).map(Role::Follower);
-    }
-    Some(shared.table.join(key))
-}
-
-/// Calls the inner service for this request alone, as its caller sent it.
-fn pass<S, E, ReqBody, ResBody>(
-    shared: &Arc<Shared<E>>,
-    call: &mut Option<(Request<ReqBody>, S)>,
-) -> State<ResBody, S::Error>
-where
-    S: Origin<ReqBody, ResBody>,
-    E: KeyExtractor<ReqBody>,
-    ReqBody: Send + 'static,
-{
-    let (mut req, inner) = call.take().expect("a follower passes only once");
-    req.extensions_mut().insert(Outcome::Pass);
-    bump(&shared.counters.origin_calls);
-    let grpc = crate::error::is_grpc(&req);
-    let shared = Arc::clone(shared);
-    State::Passing {
-        future: Box::pin(
-            async move { crate::direct::bounded(&shared, inner.oneshot(req), grpc).await },
-        ),
-    }
 }
 
 impl<S, E, ReqBody, ResBody> Future for Coalesced<S, E, ReqBody, ResBody>
