@@ -1152,6 +1152,12 @@ async fn by_default_answers_are_kept_as_long_as_the_upstream_says() {
         }
     };
     assert_eq!(outcomes("/fresh?max-age=60").await, ["leader", "hit"]);
+    // must-understand, from a cache that understands 200: the no-store
+    // beside it is for caches that do not (RFC 9111 §5.2.2.3).
+    assert_eq!(
+        outcomes("/fresh?max-age=60,%20must-understand,%20no-store").await,
+        ["leader", "hit"]
+    );
     // Each answer says how the proxy handled it (RFC 9211).
     let answer = send(&client, get(proxy, "/fresh?max-age=60")).await;
     let status = answer.headers["cache-status"].to_str().unwrap();
@@ -1171,7 +1177,7 @@ async fn by_default_answers_are_kept_as_long_as_the_upstream_says() {
     ] {
         assert_eq!(outcomes(path).await, ["leader", "leader"], "{path}");
     }
-    assert_eq!(up.calls("fresh"), 2 + 2 * 5);
+    assert_eq!(up.calls("fresh"), 3 + 2 * 5);
     let answer = send(&client, get(proxy, "/fresh")).await;
     assert_eq!(
         answer.headers["cache-status"],
@@ -1183,7 +1189,7 @@ async fn by_default_answers_are_kept_as_long_as_the_upstream_says() {
     for _ in 0..2 {
         send(&client, get(fixed, "/fresh?max-age=0")).await;
     }
-    assert_eq!(up.calls("fresh"), 2 + 2 * 5 + 1 + 1);
+    assert_eq!(up.calls("fresh"), 3 + 2 * 5 + 1 + 1);
 }
 
 #[tokio::test]
