@@ -189,6 +189,25 @@ async fn must(State(up): State<Upstream>, headers: HeaderMap) -> impl IntoRespon
     }
 }
 
+/// Kept one second, with an `ETag` (a conditional request for it gets
+/// `304`); it may be served stale.
+async fn brief(State(up): State<Upstream>, headers: HeaderMap) -> impl IntoResponse {
+    let conditional = headers
+        .get("if-none-match")
+        .is_some_and(|tag| tag == "\"b1\"");
+    up.count(if conditional {
+        "brief-304"
+    } else {
+        "brief-200"
+    });
+    let head = [("etag", "\"b1\""), ("cache-control", "max-age=1")];
+    if conditional {
+        (StatusCode::NOT_MODIFIED, head, "")
+    } else {
+        (StatusCode::OK, head, "brief")
+    }
+}
+
 /// `503 Service Unavailable`, with the `Cache-Control` its query names.
 async fn unavailable(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
     up.count("unavailable");
@@ -261,6 +280,7 @@ async fn upstream() -> (Upstream, Uri) {
         .route("/targeted", routing::get(targeted))
         .route("/by-encoding", routing::get(by_encoding))
         .route("/must", routing::get(must))
+        .route("/brief", routing::get(brief))
         .route("/tagged", any(tagged))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(up.clone());
@@ -1132,6 +1152,27 @@ async fn a_stale_answer_that_may_not_be_served_stale_is_revalidated() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     send(&client, get(proxy, "/must")).await;
     assert_eq!((up.calls("must-200"), up.calls("must-304")), (3, 1));
+}
+
+#[tokio::test]
+async fn max_stale_takes_an_answer_kept_for_revalidation_at_once() {
+    let (up, upstream) = upstream().await;
+    let (proxy, _layer) = proxy_from(&upstream, &[]).await;
+    let client = client();
+    assert_eq!(
+        send(&client, get(proxy, "/brief")).await.outcome(),
+        "leader"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let asked = get_with(proxy, "/brief", &[("cache-control", "max-stale=60")]);
+    let answer = send(&client, asked).await;
+    assert_eq!(
+        (answer.outcome(), &answer.body[..]),
+        ("stale", &b"brief"[..])
+    );
+    // Refreshed behind it, by a conditional request.
+    until("the refresh", || up.calls("brief-304") == 1).await;
+    assert_eq!(up.calls("brief-200"), 1);
 }
 
 #[tokio::test]
