@@ -105,3 +105,39 @@ async fn a_no_store_request_stores_nothing_in_any_instance() {
     assert_eq!(outcome(&a, Some("no-store")).await, Outcome::Hit);
     assert_eq!(origin.calls(), 2);
 }
+
+#[tokio::test]
+async fn must_understand_and_lenient_dates_hold_across_instances() {
+    let server = RedisServer::start();
+    // Understood: stored in spite of the no-store beside it.
+    let origin = Origin::open();
+    let headers = &[("cache-control", "max-age=60, must-understand, no-store")];
+    let [a, b] = instances(&server, &origin, origin_freshness, StatusCode::OK, headers).await;
+    assert_eq!(outcome(&a, None).await, Outcome::Leader);
+    assert_eq!(outcome(&b, None).await, Outcome::Hit);
+    // An Expires a minute ahead, with a weekday that does not match its
+    // date and its month in capitals: read, as the mainstream caches do.
+    let now = std::time::SystemTime::now();
+    let date: &'static str = Box::leak(httpdate::fmt_http_date(now).into_boxed_str());
+    let expires = httpdate::fmt_http_date(now + std::time::Duration::from_secs(60));
+    let weekday = &expires[..3];
+    let wrong = if weekday == "Mon" { "Tue" } else { "Mon" };
+    let month = &expires[8..11];
+    let expires =
+        expires
+            .replacen(weekday, wrong, 1)
+            .replacen(month, &month.to_ascii_uppercase(), 1);
+    let expires: &'static str = Box::leak(expires.into_boxed_str());
+    let headers: &'static [(&'static str, &'static str)] =
+        Box::leak(vec![("date", date), ("expires", expires)].into_boxed_slice());
+    let origin = Origin::open();
+    let server = RedisServer::start();
+    let [a, b] = instances(&server, &origin, origin_freshness, StatusCode::OK, headers).await;
+    assert_eq!(
+        outcome(&a, None).await,
+        Outcome::Leader,
+        "Expires: {expires}"
+    );
+    assert_eq!(outcome(&b, None).await, Outcome::Hit, "Expires: {expires}");
+    assert_eq!(origin.calls(), 1);
+}

@@ -1176,6 +1176,24 @@ async fn max_stale_takes_an_answer_kept_for_revalidation_at_once() {
 }
 
 #[tokio::test]
+async fn a_no_store_request_leads_no_flight_and_stores_nothing() {
+    let (up, upstream) = upstream().await;
+    let (proxy, _layer) = proxy_from(&upstream, &[]).await;
+    let client = client();
+    let no_store = || get_with(proxy, "/fresh?max-age=60", &[("cache-control", "no-store")]);
+    assert_eq!(send(&client, no_store()).await.outcome(), "pass");
+    assert_eq!(
+        send(&client, get(proxy, "/fresh?max-age=60"))
+            .await
+            .outcome(),
+        "leader"
+    );
+    // Once stored, it may answer a no-store request.
+    assert_eq!(send(&client, no_store()).await.outcome(), "hit");
+    assert_eq!(up.calls("fresh"), 2);
+}
+
+#[tokio::test]
 async fn by_default_answers_are_kept_as_long_as_the_upstream_says() {
     let (up, upstream) = upstream().await;
     let (proxy, _layer) = proxy_from(&upstream, &[]).await;
