@@ -25,6 +25,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# The embedded backend alone, without the Redis client.
+cargo clippy -p tower-coalesce --no-default-features --lib -- -D warnings
 # Broken intra-doc links and undocumented items fail the docs as they would
 # on docs.rs.
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps

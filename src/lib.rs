@@ -136,8 +136,10 @@
 //!   `Cache-Control` that cannot be read), or
 //!   `Vary: *` is given only to its own caller; the followers call the inner
 //!   service themselves. A response that `Vary`s on headers outside the key
-//!   goes only to followers that sent the leader's values of them, and is
-//!   never stored ([`KeyExtractor::keys_header`]). Server errors and gRPC
+//!   (or has a `Content-Encoding`/`Content-Language`) is stored as the
+//!   variant its leader's values select, and goes only to the requests that
+//!   select it (RFC 9111 §4.1); followers that select another meet in one
+//!   flight per variant ([`KeyExtractor::keys_header`]). Server errors and gRPC
 //!   error statuses go to the flight's followers but are not stored (server
 //!   errors with explicit freshness are, with
 //!   [`store_server_errors`](CoalesceConfig::store_server_errors)).
@@ -160,6 +162,16 @@
 //!
 //! Every response carries its [`Outcome`] (hit, leader, follower, bypass,
 //! pass) in its extensions; [`CoalesceLayer::stats`] counts them all.
+//!
+//! # Features
+//! - `redis` (default): [`RedisBackend`], shared by every instance through a
+//!   Redis server or cluster. Without it the layer has its embedded
+//!   [`MemoryBackend`] and none of the Redis client's dependencies.
+//! - `tls`: `rediss://` URLs, through the system's TLS library (native-tls).
+//! - `metrics`: every [`Stats`] counter also reported to the `metrics`
+//!   facade.
+//! - `grpc`: the [`grpc`] module, to coalesce gRPC unary calls by their
+//!   message.
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -206,9 +218,12 @@ mod vary;
 
 pub use backend::{
     Announcer, Backend, BackendError, BackendFuture, Completion, Invalidation, LeaseToken, Leases,
-    MemoryBackend, MemoryBackendBuilder, Notice, RedisBackend, RedisBackendBuilder, Store,
+    MemoryBackend, MemoryBackendBuilder, Notice, Store,
     StreamEnd, StreamRead, Streams, TryLock, Watch,
 };
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use backend::{RedisBackend, RedisBackendBuilder};
 pub use body::{BoxError, CoalesceBody};
 pub use config::{CoalesceConfig, ConfigError, WaitFallback, WritePurgeFailure};
 pub use entry::{DecodeError, Entry};

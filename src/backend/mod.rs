@@ -14,6 +14,7 @@
 //! entries and leases between processes.
 //!
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
 mod streams;
 mod watch;
@@ -21,6 +22,8 @@ mod watch;
 pub use streams::{StreamEnd, StreamRead, Streams};
 pub use watch::{Announcer, Notice, Watch};
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisBackend, RedisBackendBuilder};
 pub use memory::{MemoryBackend, MemoryBackendBuilder};
 

@@ -195,6 +195,7 @@ impl Key {
     }
 
     /// The first 128 bits of SHA-256 of the selection, for a selected key.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn selection_digest(&self) -> Option<[u8; 16]> {
         self.variants.as_ref()?;
         Some(truncated(Sha256::digest(self.selection())))

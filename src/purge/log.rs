@@ -83,6 +83,7 @@ impl PurgeLog {
 
     /// Starts the log afresh in `epoch`: every entry filled in an earlier
     /// one now counts as purged, and no record of an earlier one is kept.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn reset(&self, epoch: u64) {
         let mut records = crate::sync::write(&self.records);
         *records = Records::default();
@@ -147,6 +148,7 @@ impl PurgeLog {
     /// Every entry filled before `position` counts as purged, and every
     /// purge up to it as known: for purges that may have been missed (a
     /// lost connection), or forgotten.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn flush_before(&self, position: u64) {
         self.floor.fetch_max(position, Ordering::AcqRel);
         self.known_through(position);
@@ -154,6 +156,7 @@ impl PurgeLog {
 
     /// Every purge up to `position` is known (the records read with it are
     /// in): a catch-up after purges may have been missed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn known_through(&self, position: u64) {
         let mut records = crate::sync::write(&self.records);
         let whole = self.whole.load(Ordering::Acquire).max(position);

@@ -163,6 +163,7 @@ pub(crate) enum Kind {
 
 impl Kind {
     /// Its byte in purge messages and records.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn code(self) -> u8 {
         match self {
             Kind::Key => b'k',
@@ -171,6 +172,7 @@ impl Kind {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_code(code: u8) -> Option<Self> {
         match code {
             b'k' => Some(Kind::Key),
@@ -211,6 +213,7 @@ impl Target {
     }
 
     /// Its 17-byte form: the kind's code, then the digest.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn to_bytes(self) -> [u8; 17] {
         let mut out = [0u8; 17];
         out[0] = self.kind.code();
@@ -218,6 +221,7 @@ impl Target {
         out
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let (&code, digest) = bytes.split_first()?;
         Some(Target {

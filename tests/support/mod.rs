@@ -5,6 +5,7 @@
 #[allow(unused_imports)]
 pub use coalesce_test_redis as redis;
 
+#[cfg(feature = "redis")]
 pub mod held;
 pub mod tap;
 

@@ -160,6 +160,7 @@ impl MemoryBackend {
 
     /// The same cache, judging entries against `log` (a `RedisBackend`'s
     /// near cache, against every process's purges).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn judged_by(mut self, log: Arc<PurgeLog>) -> Self {
         self.log = log;
         // Redis keeps the presence marks; keeping them here too would only

@@ -70,6 +70,7 @@ impl MemoryBackend {
     /// Keeps `variants` as the index of the primary key `key` for `ttl`,
     /// as another process's store holds it (a `RedisBackend`'s near cache),
     /// unless an index of the same headers is kept already.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn insert_index(&self, key: &Key, variants: Variants, ttl: Duration) {
         if ttl.is_zero() {
             return;
