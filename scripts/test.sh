@@ -31,3 +31,6 @@ cargo clippy -p tower-coalesce --no-default-features --lib -- -D warnings
 # on docs.rs.
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
 cargo test --workspace --all-features
+# With every feature the Redis client speaks TLS through rustls; this runs
+# the TLS tests through native-tls too.
+cargo test -p tower-coalesce --features tls-native --test redis_url

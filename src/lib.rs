@@ -167,7 +167,8 @@
 //! - `redis` (default): [`RedisBackend`], shared by every instance through a
 //!   Redis server or cluster. Without it the layer has its embedded
 //!   [`MemoryBackend`] and none of the Redis client's dependencies.
-//! - `tls`: `rediss://` URLs, through the system's TLS library (native-tls).
+//! - `tls-native` (formerly `tls`) or `tls-rustls`: `rediss://` URLs, through
+//!   the system's TLS library or through rustls (with both on, rustls).
 //! - `metrics`: every [`Stats`] counter also reported to the `metrics`
 //!   facade.
 //! - `grpc`: the [`grpc`] module, to coalesce gRPC unary calls by their
@@ -218,8 +219,8 @@ mod vary;
 
 pub use backend::{
     Announcer, Backend, BackendError, BackendFuture, Completion, Invalidation, LeaseToken, Leases,
-    MemoryBackend, MemoryBackendBuilder, Notice, Store,
-    StreamEnd, StreamRead, Streams, TryLock, Watch,
+    MemoryBackend, MemoryBackendBuilder, Notice, Store, StreamEnd, StreamRead, Streams, TryLock,
+    Watch,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

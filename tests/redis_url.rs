@@ -1,4 +1,5 @@
-//! What a Redis URL can carry: credentials, and (with the `tls` feature) TLS.
+//! What a Redis URL can carry: credentials, and (with the `tls-native` or
+//! `tls-rustls` feature) TLS.
 
 mod support;
 
@@ -50,7 +51,7 @@ async fn credentials_in_the_url_are_used_and_wrong_ones_only_cost_the_cache() {
 }
 
 /// A self-signed certificate for 127.0.0.1 and its key, in `dir`.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls-native", feature = "tls-rustls"))]
 fn certificate(dir: &std::path::Path) -> (String, String) {
     std::fs::create_dir_all(dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -85,7 +86,7 @@ fn certificate(dir: &std::path::Path) -> (String, String) {
 }
 
 /// The arguments that make a redis-server also listen on `port` with TLS.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls-native", feature = "tls-rustls"))]
 fn tls_args(port: &str, cert: &str, key: &str) -> Vec<String> {
     [
         "--tls-port",
@@ -103,7 +104,7 @@ fn tls_args(port: &str, cert: &str, key: &str) -> Vec<String> {
     .to_vec()
 }
 
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls-native", feature = "tls-rustls"))]
 #[tokio::test]
 async fn rediss_urls_speak_tls() {
     let dir = std::env::temp_dir().join(format!("tower-coalesce-tls-{}", std::process::id()));
@@ -119,7 +120,7 @@ async fn rediss_urls_speak_tls() {
 
 /// A cluster whose nodes speak TLS (`tls-cluster`: they give TLS clients
 /// their TLS ports), reached through `rediss://` seed nodes.
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls-native", feature = "tls-rustls"))]
 #[tokio::test]
 async fn rediss_cluster_nodes_speak_tls() {
     let dir =

@@ -115,6 +115,14 @@ impl RedisBackendBuilder {
     /// that cannot be parsed, an empty namespace or one containing `{` or `}`
     /// (which would break the hash tag), and zero timeouts are errors.
     pub async fn connect(self) -> Result<RedisBackend, BackendError> {
+        // rustls needs a process-wide crypto provider; one the application
+        // installed first is kept. ring builds with a C compiler alone, but
+        // offers no post-quantum key exchange (hence rustls's deprecation
+        // note): an application that wants one installs aws-lc-rs's
+        // provider before connecting.
+        #[cfg(feature = "tls-rustls")]
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
         if self.namespace.is_empty() || self.namespace.contains(['{', '}']) {
             return Err(BackendError::msg(format!(
                 "namespace {:?} must be non-empty and contain no '{{' or '}}'",
