@@ -140,14 +140,10 @@ impl Leases for RedisBackend {
                 .map_or(crate::PurgePosition::default(), |(entry, _)| {
                     entry.fill_position()
                 });
-            let (index, primary, selected_by, field) = self.variant_args(key, &names);
-            let done: i64 = names
-                .leased(&COMPLETE)
-                .key(names.purged())
-                .key(names.resource_purged())
-                .key(names.live())
-                .key(index)
-                .key(primary)
+            let (selected_by, field) = self.variant_args(key, &names);
+            let mut complete = names.leased(&COMPLETE);
+            names.stored_keys(&mut complete);
+            let done: i64 = complete
                 .arg(token.as_str())
                 .arg(value.as_ref())
                 .arg(ttl)

@@ -117,6 +117,19 @@ impl Names {
         self.resource_name("live")
     }
 
+    /// Adds the names a stored value is fenced and indexed by, in the order
+    /// `STORE` and `COMPLETE` take them after their own: the key's purge
+    /// mark, its resource's, the resource's presence mark, the primary
+    /// key's variants index and the primary key's value.
+    pub(super) fn stored_keys(&self, invocation: &mut ScriptInvocation<'_>) {
+        invocation
+            .key(self.purged())
+            .key(self.resource_purged())
+            .key(self.live())
+            .key(self.index())
+            .key(self.primary_value());
+    }
+
     /// `script` with this key's lease, value and pass mark as `KEYS[1]`,
     /// `KEYS[2]` and `KEYS[3]`, the keys `TRY_LOCK` and `COMPLETE` take.
     pub(super) fn leased<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {

@@ -13,19 +13,13 @@ use std::time::Duration;
 
 impl RedisBackend {
     /// What `STORE` and `COMPLETE` take to keep the variants index of
-    /// `key`'s primary key: its name, the primary key's value's, the names
-    /// the variant is selected by and its value's name (both empty for a
-    /// primary key).
-    pub(super) fn variant_args(
-        &self,
-        key: &Key,
-        names: &Names,
-    ) -> (String, String, String, String) {
-        let (selected_by, field) = match key.variants() {
+    /// `key`'s primary key: the names the variant is selected by and its
+    /// value's name (both empty for a primary key).
+    pub(super) fn variant_args(&self, key: &Key, names: &Names) -> (String, String) {
+        match key.variants() {
             Some(variants) => (variants.to_field(), names.value()),
             None => (String::new(), String::new()),
-        };
-        (names.index(), names.primary_value(), selected_by, field)
+        }
     }
 
     pub(super) fn keep_near(&self, key: &Key, entry: &Entry, ttl: Duration) {
@@ -128,14 +122,10 @@ impl Store for RedisBackend {
             let value = entry.encode();
             let ms = millis(ttl)?;
             let message = stored_message(&value, ms);
-            let (index, primary, selected_by, field) = self.variant_args(key, &names);
-            let stored: i64 = STORE
-                .key(names.value())
-                .key(names.purged())
-                .key(names.resource_purged())
-                .key(names.live())
-                .key(index)
-                .key(primary)
+            let (selected_by, field) = self.variant_args(key, &names);
+            let mut store = STORE.key(names.value());
+            names.stored_keys(&mut store);
+            let stored: i64 = store
                 .arg(value.as_ref())
                 .arg(ms)
                 .arg(entry.fill_position().to_string())
