@@ -101,8 +101,22 @@ async fn on_a_cluster_a_waiting_instance_reads_the_answer_while_it_arrives() {
     b_reads_a_s_answer_as_it_arrives(backends).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_failing_in_the_leading_instance_fails_the_waiting_instance_too() {
+/// Two instances on one Redis; A leads a 1 MiB answer, B waits on A's lease
+/// and has read its first 100,000 bytes: what the failure tests start from.
+struct Midway {
+    _server: RedisServer,
+    origin: Origin,
+    a: CoalesceLayer,
+    b: CoalesceLayer,
+    b_addr: SocketAddr,
+    client: support::tap::Http,
+    expected: Vec<u8>,
+    leading: http::Response<hyper::body::Incoming>,
+    tap: support::tap::Tap,
+    waiting: http::Response<hyper::body::Incoming>,
+}
+
+async fn midway() -> Midway {
     const LEN: usize = 1 << 20;
     let server = RedisServer::start();
     let mut origin = Origin::new(&cacheable(LEN));
@@ -123,6 +137,34 @@ async fn a_body_failing_in_the_leading_instance_fails_the_waiting_instance_too()
     tap.send(&expected[..100_000]).await;
     let mut waiting = waiting.await.unwrap();
     read_at_least(waiting.body_mut(), 100_000).await;
+    Midway {
+        _server: server,
+        origin,
+        a,
+        b,
+        b_addr,
+        client,
+        expected,
+        leading,
+        tap,
+        waiting,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_failing_in_the_leading_instance_fails_the_waiting_instance_too() {
+    let Midway {
+        _server,
+        mut origin,
+        a,
+        b,
+        b_addr,
+        client,
+        expected,
+        leading,
+        tap,
+        waiting,
+    } = midway().await;
     tap.fail().await;
     assert!(rest(leading).await.is_err());
     assert!(
@@ -147,26 +189,14 @@ async fn a_body_failing_in_the_leading_instance_fails_the_waiting_instance_too()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leading_instance_that_stops_mid_body_fails_the_waiting_instance_within_a_lease() {
-    const LEN: usize = 1 << 20;
-    let server = RedisServer::start();
-    let mut origin = Origin::new(&cacheable(LEN));
-    let backends = [
-        RedisBackend::connect(server.url()).await.unwrap(),
-        RedisBackend::connect(server.url()).await.unwrap(),
-    ];
-    let [(a, a_addr), (b, b_addr)] = fleet(&origin, backends).await;
-    let client = client();
-    let expected = answer(LEN);
-    let _leading = request(&client, a_addr, HOST).await;
-    let tap = origin.tap().await;
-    let waiting = tokio::spawn({
-        let client = client.clone();
-        async move { request(&client, b_addr, HOST).await }
-    });
-    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
-    tap.send(&expected[..100_000]).await;
-    let mut waiting = waiting.await.unwrap();
-    read_at_least(waiting.body_mut(), 100_000).await;
+    let Midway {
+        _server,
+        a,
+        tap,
+        waiting,
+        leading: _leading,
+        ..
+    } = midway().await;
     // A stops at once, its flight unfinished, the origin's connection open.
     a.shutdown(Duration::ZERO).await;
     let started = tokio::time::Instant::now();
