@@ -50,67 +50,13 @@ async fn credentials_in_the_url_are_used_and_wrong_ones_only_cost_the_cache() {
     );
 }
 
-/// A self-signed certificate for 127.0.0.1 and its key, in `dir`.
-#[cfg(any(feature = "tls-native", feature = "tls-rustls"))]
-fn certificate(dir: &std::path::Path) -> (String, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("the openssl command is needed for this test (scripts/test.sh installs it)");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    (
-        cert.to_str().unwrap().to_owned(),
-        key.to_str().unwrap().to_owned(),
-    )
-}
-
-/// The arguments that make a redis-server also listen on `port` with TLS.
-#[cfg(any(feature = "tls-native", feature = "tls-rustls"))]
-fn tls_args(port: &str, cert: &str, key: &str) -> Vec<String> {
-    [
-        "--tls-port",
-        port,
-        "--tls-cert-file",
-        cert,
-        "--tls-key-file",
-        key,
-        "--tls-ca-cert-file",
-        cert,
-        "--tls-auth-clients",
-        "no",
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
 #[cfg(any(feature = "tls-native", feature = "tls-rustls"))]
 #[tokio::test]
 async fn rediss_urls_speak_tls() {
     let dir = std::env::temp_dir().join(format!("tower-coalesce-tls-{}", std::process::id()));
-    let (cert, key) = certificate(&dir);
+    let (cert, key) = support::redis::tls::certificate(&dir);
     let tls_port = support::redis::free_port().to_string();
-    let args = tls_args(&tls_port, &cert, &key);
+    let args = support::redis::tls::args(&tls_port, &cert, &key);
     let _server = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
     // The certificate is self-signed, so verification is off for this test only.
     let url = format!("rediss://127.0.0.1:{tls_port}/#insecure");
@@ -125,12 +71,12 @@ async fn rediss_urls_speak_tls() {
 async fn rediss_cluster_nodes_speak_tls() {
     let dir =
         std::env::temp_dir().join(format!("tower-coalesce-tls-cluster-{}", std::process::id()));
-    let (cert, key) = certificate(&dir);
+    let (cert, key) = support::redis::tls::certificate(&dir);
     let ports: Vec<String> = (0..3)
         .map(|_| support::redis::free_port().to_string())
         .collect();
     let cluster = support::redis::RedisCluster::start_custom(3, 0, Duration::from_secs(5), &|i| {
-        let mut args = tls_args(&ports[i], &cert, &key);
+        let mut args = support::redis::tls::args(&ports[i], &cert, &key);
         args.extend(["--tls-cluster", "yes"].map(str::to_owned));
         args
     });

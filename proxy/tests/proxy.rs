@@ -1194,6 +1194,29 @@ async fn a_no_store_request_leads_no_flight_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn proxies_share_answers_through_a_redis_that_speaks_tls() {
+    let dir = std::env::temp_dir().join(format!("coalesce-proxy-tls-{}", std::process::id()));
+    let (cert, key) = coalesce_test_redis::tls::certificate(&dir);
+    let tls_port = coalesce_test_redis::free_port().to_string();
+    let args = coalesce_test_redis::tls::args(&tls_port, &cert, &key);
+    let _server = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Self-signed: verification is off for this test only.
+    let url = format!("rediss://127.0.0.1:{tls_port}/#insecure");
+    let (up, upstream) = upstream().await;
+    let client = client();
+    // One public name: proxies reached at different addresses share keys.
+    let flags = ["--redis", &url, "--public-host", "shop.example"];
+    let (first, _a) = proxy_from(&upstream, &flags).await;
+    let (second, _b) = proxy_from(&upstream, &flags).await;
+    let answer = send(&client, get(first, "/fresh?max-age=60")).await;
+    assert_eq!(answer.outcome(), "leader");
+    let answer = send(&client, get(second, "/fresh?max-age=60")).await;
+    assert_eq!(answer.outcome(), "hit", "found in Redis, over TLS");
+    assert_eq!(up.calls("fresh"), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn by_default_answers_are_kept_as_long_as_the_upstream_says() {
     let (up, upstream) = upstream().await;
     let (proxy, _layer) = proxy_from(&upstream, &[]).await;

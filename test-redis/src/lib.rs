@@ -4,6 +4,7 @@
 //! it never skips.
 
 mod relay;
+pub mod tls;
 
 pub use relay::Relay;
 
