@@ -208,6 +208,25 @@ async fn brief(State(up): State<Upstream>, headers: HeaderMap) -> impl IntoRespo
     }
 }
 
+/// Fresh for a minute by its `Expires`, written as some servers do: a
+/// weekday that does not match the date, the month in capitals.
+async fn dated(State(up): State<Upstream>) -> impl IntoResponse {
+    up.count("dated");
+    let now = std::time::SystemTime::now();
+    let expires = httpdate::fmt_http_date(now + Duration::from_secs(60));
+    let wrong = if expires.starts_with("Mon") {
+        "Tue"
+    } else {
+        "Mon"
+    };
+    let month = expires[8..11].to_ascii_uppercase();
+    let expires = format!("{wrong}{}{month}{}", &expires[3..8], &expires[11..]);
+    (
+        [("date", httpdate::fmt_http_date(now)), ("expires", expires)],
+        "dated",
+    )
+}
+
 /// `503 Service Unavailable`, with the `Cache-Control` its query names.
 async fn unavailable(State(up): State<Upstream>, uri: Uri) -> impl IntoResponse {
     up.count("unavailable");
@@ -281,6 +300,7 @@ async fn upstream() -> (Upstream, Uri) {
         .route("/by-encoding", routing::get(by_encoding))
         .route("/must", routing::get(must))
         .route("/brief", routing::get(brief))
+        .route("/dated", routing::get(dated))
         .route("/tagged", any(tagged))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(up.clone());
@@ -1214,6 +1234,19 @@ async fn proxies_share_answers_through_a_redis_that_speaks_tls() {
     assert_eq!(answer.outcome(), "hit", "found in Redis, over TLS");
     assert_eq!(up.calls("fresh"), 1);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_expires_with_a_wrong_weekday_or_letter_case_is_read() {
+    let (up, upstream) = upstream().await;
+    let (proxy, _layer) = proxy_from(&upstream, &[]).await;
+    let client = client();
+    assert_eq!(
+        send(&client, get(proxy, "/dated")).await.outcome(),
+        "leader"
+    );
+    assert_eq!(send(&client, get(proxy, "/dated")).await.outcome(), "hit");
+    assert_eq!(up.calls("dated"), 1);
 }
 
 #[tokio::test]
