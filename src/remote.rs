@@ -94,13 +94,15 @@ pub(crate) async fn elect<E>(
     }
     // Held elsewhere. Subscribe first, then look: an answer completed in
     // between is found by the lookup, one completed after it wakes the watch.
-    bump(&counters.remote_waits);
-    tracing::debug!("another instance leads this key; waiting for its answer");
     let mut watch = match optional(shared, |b| b.watch(key)).await {
         Ok(Some(watch)) => watch,
         Ok(None) => return Elected::Lead(None),
         Err(unavailable) => return degrade("subscribing", unavailable),
     };
+    // Counted once the watch is in place: from then on no way the flight
+    // ends is missed.
+    bump(&counters.remote_waits);
+    tracing::debug!("another instance leads this key; waiting for its answer");
     loop {
         // Look before trying the lease: a leader's completion stores the
         // answer and frees the lease in one step, and a waiter woken by it

@@ -115,7 +115,8 @@ pub struct Stats {
     /// Backend operations not tried because the backend kept failing (see
     /// [`CoalesceConfig::backend_cooldown`](crate::CoalesceConfig::backend_cooldown)).
     pub backend_skipped: u64,
-    /// Flights that found the key leased by another process and waited on it.
+    /// Flights that found the key leased by another process and waited on it
+    /// (counted once they listen for its end).
     pub remote_waits: u64,
     /// Waiting flights that took the lease over (its holder went away).
     pub takeovers: u64,
