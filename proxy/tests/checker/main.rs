@@ -16,7 +16,8 @@
 //! CHECKER_SEED=17 CHECKER_VERBOSE=1 CHECKER_LOGS=/tmp/logs cargo test -p coalesce-proxy --test checker   # with each instance's debug log
 //! ```
 //! `CHECKER_RUST_LOG` sets the instances' log filter (default: debug for
-//! the library and the proxy).
+//! the library and the proxy). Logs are kept only for histories that broke
+//! a promise, so a long run can keep them all on.
 //! A failing history prints its seed: add it to [`REGRESSIONS`] to keep it.
 
 mod deployment;

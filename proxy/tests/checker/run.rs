@@ -54,6 +54,11 @@ pub async fn many(bin: &str, seeds: &[u64], parallel: usize, cluster: bool) -> S
                 };
                 let history = one(&bin, seed, cluster).await;
                 let violations = history.violations();
+                if violations.is_empty() {
+                    // Kept only where there is something to read: a long
+                    // run logs every history.
+                    forget_logs(seed);
+                }
                 let mut summary = summary.lock().unwrap();
                 summary.histories += 1;
                 summary.operations += history.gets.len() + history.purges.len();
@@ -140,6 +145,18 @@ fn log(seed: u64, n: usize) -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("CHECKER_LOGS")?;
     std::fs::create_dir_all(&dir).ok()?;
     Some(std::path::Path::new(&dir).join(format!("{seed}-instance-{n}.log")))
+}
+
+/// Removes the logs of `seed`'s instances, if any were kept.
+fn forget_logs(seed: u64) {
+    for n in 0.. {
+        match log(seed, n) {
+            Some(path) if path.exists() => {
+                let _ = std::fs::remove_file(path);
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Sends the signal `name` to `pid`.
