@@ -30,6 +30,11 @@ cargo clippy -p tower-coalesce --no-default-features --lib -- -D warnings
 # Broken intra-doc links and undocumented items fail the docs as they would
 # on docs.rs.
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
+# The MSRV the workspace declares, proven with that toolchain (its own
+# target directory: artifacts of two compilers do not mix).
+msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+rustup toolchain list | grep -q "^$msrv-" || rustup toolchain install "$msrv" --profile minimal
+CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --workspace --all-features --all-targets
 cargo test --workspace --all-features
 # With every feature the Redis client speaks TLS through rustls; this runs
 # the TLS tests through native-tls too.
