@@ -115,7 +115,7 @@ impl Leases for RedisBackend {
         Box::pin(async move {
             let mut kept = None;
             let drop = matches!(completion, Completion::Pass { .. });
-            let (value, ttl, pass, message) = match completion {
+            let (value, mut ttl, pass, mut message) = match completion {
                 Completion::Stored { entry, ttl } => {
                     let value = entry.encode();
                     let ttl = millis(ttl)?;
@@ -135,6 +135,21 @@ impl Leases for RedisBackend {
             };
             let names = self.names(key);
             let mut conn = self.conn.clone();
+            let value = match kept {
+                Some(_) => {
+                    match super::pieces::write(&mut conn, &names.value(), value, ttl).await {
+                        Ok(value) => value,
+                        Err(error) => {
+                            // Released instead: the waiting instances take the
+                            // lease over now rather than after it runs out.
+                            tracing::warn!(%error, "storing a large answer failed; releasing its lease");
+                            (kept, ttl, message) = (None, 0, RELEASED.to_vec());
+                            bytes::Bytes::new()
+                        }
+                    }
+                }
+                None => value,
+            };
             let filled = kept
                 .as_ref()
                 .map_or(crate::PurgePosition::default(), |(entry, _)| {

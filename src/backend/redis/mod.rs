@@ -27,6 +27,7 @@ mod channels;
 mod conn;
 mod leases;
 mod names;
+mod pieces;
 mod pubsub;
 mod purges;
 mod scripts;

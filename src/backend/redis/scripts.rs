@@ -58,6 +58,25 @@ fn sequence(n: usize) -> String {
     )
 }
 
+/// A large value's pieces (see `pieces`): `drop_pieces(name, v)` deletes
+/// the pieces of `v`, if it is a pointer written as the value named `name`
+/// (a store that did not happen); `unpiece(name)` those of the value named
+/// `name`, before it is replaced or deleted. A pointer is short: its first
+/// 128 bytes are all of it, and no longer value is copied into the script.
+const PIECES: &str = r"
+local function drop_pieces(name, v)
+  if v and string.sub(v, 1, 4) == 'TCR\1' then
+    local id, count = string.match(string.sub(v, 16), '^(%x+):(%d+):')
+    if id then
+      for i = 0, tonumber(count) - 1 do redis.call('DEL', name .. ':p:' .. id .. ':' .. i) end
+    end
+  end
+end
+local function unpiece(name)
+  drop_pieces(name, redis.call('GETRANGE', name, 0, 127))
+end
+";
+
 /// A primary key's variants index (`…:vary`, see `Names::index`), kept as
 /// a variant is stored: `variant(index, primary value, names, field, ms,
 /// max)` records the variant whose value is named `field`, selected by the
@@ -71,10 +90,14 @@ fn sequence(n: usize) -> String {
 const VARIANT: &str = r"
 local function variant(index, primary, names, field, ms, max)
   if field == '' then return end
+  unpiece(primary)
   redis.call('DEL', primary)
   if redis.call('HGET', index, 'n') ~= names then
     for _, f in ipairs(redis.call('HKEYS', index)) do
-      if f ~= 'n' and f ~= 'c' then redis.call('DEL', f) end
+      if f ~= 'n' and f ~= 'c' then
+        unpiece(f)
+        redis.call('DEL', f)
+      end
     end
     redis.call('DEL', index)
     redis.call('HSET', index, 'n', names)
@@ -92,6 +115,7 @@ local function variant(index, primary, names, field, ms, max)
   end
   if count > tonumber(max) then
     redis.call('HDEL', index, oldest)
+    unpiece(oldest)
     redis.call('DEL', oldest)
   end
   if redis.call('PTTL', index) < tonumber(ms) then redis.call('PEXPIRE', index, ms) end
@@ -164,10 +188,14 @@ pub(super) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
 /// KEYS[1] value; ARGV[1] the bytes read. Deletes a value that did not decode,
 /// only if it is still those bytes (a fresh answer written since stays).
 pub(super) static DROP_BAD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-          return 0",
-    )
+    Script::new(&format!(
+        r"{PIECES}
+          if redis.call('GET', KEYS[1]) == ARGV[1] then
+            drop_pieces(KEYS[1], ARGV[1])
+            return redis.call('DEL', KEYS[1])
+          end
+          return 0"
+    ))
 });
 
 /// KEYS[1] lock, KEYS[2] the resource's presence mark, KEYS[3] the key's
@@ -204,14 +232,19 @@ pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
 /// purge of the key or its resource came after its fill started).
 pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{POSITIONS}{LIVE}{VARIANT}
-          if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        r"{POSITIONS}{LIVE}{PIECES}{VARIANT}
+          if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+            drop_pieces(KEYS[2], ARGV[2])
+            return 0
+          end
           local done = 1
           if ARGV[3] ~= '0' then
             local filled = ARGV[8]
             if after(redis.call('GET', KEYS[4]), filled) or after(redis.call('GET', KEYS[5]), filled) then
+              drop_pieces(KEYS[2], ARGV[2])
               done = 2
             else
+              unpiece(KEYS[2])
               redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
               live(KEYS[6], ARGV[3])
               variant(KEYS[7], KEYS[8], ARGV[10], ARGV[11], ARGV[3], ARGV[12])
@@ -221,6 +254,7 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
             redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
           end
           if ARGV[7] == '1' then
+            unpiece(KEYS[2])
             redis.call('DEL', KEYS[2])
           end
           if done == 1 and ARGV[3] ~= '0' and ARGV[11] == '' then
@@ -244,11 +278,13 @@ pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
 /// that instances waiting on the key hear of it at once. Returns 1.
 pub(super) static STORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{POSITIONS}{LIVE}{VARIANT}
+        r"{POSITIONS}{LIVE}{PIECES}{VARIANT}
           local filled = ARGV[3]
           if after(redis.call('GET', KEYS[2]), filled) or after(redis.call('GET', KEYS[3]), filled) then
+            drop_pieces(KEYS[1], ARGV[1])
             return 2
           end
+          unpiece(KEYS[1])
           redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
           live(KEYS[4], ARGV[2])
           if ARGV[8] == '' then
@@ -297,11 +333,14 @@ pub(super) static PURGE_LOG: LazyLock<Script> = LazyLock::new(|| {
 /// lease (so that the old leader's completion fails its token check).
 pub(super) static PURGE_KEY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{POSITIONS}
+        r"{POSITIONS}{PIECES}
           if after(ARGV[1], redis.call('GET', KEYS[1])) then
             redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
           end
-          if KEYS[2] then redis.call('DEL', KEYS[2], KEYS[3]) end
+          if KEYS[2] then
+            unpiece(KEYS[2])
+            redis.call('DEL', KEYS[2], KEYS[3])
+          end
           return 1"
     ))
 });

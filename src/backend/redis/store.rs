@@ -3,7 +3,9 @@
 //! without a lease, and the near cache keeps what this process stored or
 //! read for the rest of its TTL.
 
+use super::conn::Conn;
 use super::names::Names;
+use super::pieces::{self, Pointer};
 use super::pubsub::stored_message;
 use super::scripts::{DROP_BAD, GET_FRESH, STORE};
 use super::{millis, RedisBackend};
@@ -88,7 +90,20 @@ impl Store for RedisBackend {
             // Shared, not copied: the entry's body keeps these bytes, and a
             // value that does not decode is sent back to be deleted.
             let value = bytes::Bytes::from(value);
-            match Entry::decode(value.clone()) {
+            let encoded = match Pointer::read(&value) {
+                None => value.clone(),
+                Some(pointer) => match pieces::read(&mut conn, &redis_key, &pointer).await? {
+                    Some(whole) => whole,
+                    None => {
+                        // Its pieces went before it (evicted): it answers
+                        // nobody, and would keep the lease from being taken.
+                        tracing::warn!(%redis_key, "deleting a stored answer whose pieces are gone");
+                        drop_bad(&mut conn, &redis_key, &value).await?;
+                        return Ok(None);
+                    }
+                },
+            };
+            match Entry::decode(encoded) {
                 Ok(entry) => {
                     // A value without an expiry (-1, set by hand) is not kept.
                     if let Ok(left) = u64::try_from(left_ms) {
@@ -100,12 +115,7 @@ impl Store for RedisBackend {
                     tracing::warn!(%redis_key, %error, "deleting a value that is not a valid entry");
                     // Deleted, not only ignored: a stored value keeps the
                     // lease from being taken, and this one answers nobody.
-                    let _: i64 = DROP_BAD
-                        .key(&redis_key)
-                        .arg(value.as_ref())
-                        .invoke_async(&mut conn)
-                        .await
-                        .map_err(|e| BackendError::new("Redis DEL of a bad value failed", e))?;
+                    drop_bad(&mut conn, &redis_key, &value).await?;
                     Ok(None)
                 }
             }
@@ -119,9 +129,10 @@ impl Store for RedisBackend {
             }
             let mut conn = self.conn.clone();
             let names = self.names(key);
-            let value = entry.encode();
+            let encoded = entry.encode();
             let ms = millis(ttl)?;
-            let message = stored_message(&value, ms);
+            let message = stored_message(&encoded, ms);
+            let value = pieces::write(&mut conn, &names.value(), encoded, ms).await?;
             let (selected_by, field) = self.variant_args(key, &names);
             let mut store = STORE.key(names.value());
             names.stored_keys(&mut store);
@@ -146,4 +157,16 @@ impl Store for RedisBackend {
             Ok(())
         })
     }
+}
+
+/// Deletes the value named `name` if it still holds `value` (with its
+/// pieces, if it points to some): one that answers nobody.
+async fn drop_bad(conn: &mut Conn, name: &str, value: &[u8]) -> Result<(), BackendError> {
+    let _: i64 = DROP_BAD
+        .key(name)
+        .arg(value)
+        .invoke_async(conn)
+        .await
+        .map_err(|e| BackendError::new("Redis DEL of a bad value failed", e))?;
+    Ok(())
 }
