@@ -16,6 +16,8 @@ pub struct Args {
     pub listen: SocketAddr,
     /// The service behind the proxy.
     pub upstream: Uri,
+    /// How the proxy speaks to it.
+    pub upstream_options: crate::UpstreamOptions,
     /// The Redis shared with other instances, if any.
     pub redis: Option<String>,
     /// Or the Redis Cluster shared with them: some of its nodes' URLs.
@@ -87,9 +89,21 @@ struct Cli {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
-    /// The service behind the proxy, http://host:port.
+    /// The service behind the proxy, http://host:port or https://host:port
+    /// (offered HTTP/2 and HTTP/1.1 by ALPN, its certificate verified
+    /// against the system's roots or --upstream-ca).
     #[arg(long, value_name = "URL", value_parser = upstream)]
     upstream: Uri,
+
+    /// Speak HTTP/2 to an http:// upstream, with prior knowledge (h2c);
+    /// one connection then carries every request at once.
+    #[arg(long = "upstream-http2")]
+    upstream_http2: bool,
+
+    /// Verify an https:// upstream's certificate against the certificate
+    /// authorities in this PEM file instead of the system's roots.
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    upstream_ca: Option<std::path::PathBuf>,
 
     /// Share flights and stored answers with every proxy using this Redis.
     #[arg(long, value_name = "URL")]
@@ -309,6 +323,10 @@ impl From<Cli> for Args {
         Self {
             listen: cli.listen,
             upstream: cli.upstream,
+            upstream_options: crate::UpstreamOptions {
+                http2: cli.upstream_http2,
+                ca: cli.upstream_ca,
+            },
             redis: cli.redis,
             redis_cluster: cli.redis_cluster,
             namespace: cli.namespace,

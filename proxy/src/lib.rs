@@ -1,7 +1,15 @@
 //! `coalesce-proxy`: a coalescing reverse proxy. Put it in front of any
-//! HTTP/1.1 service (Go, Java, anything) and identical concurrent `GET`/`HEAD`
+//! HTTP service (Go, Java, anything) and identical concurrent `GET`/`HEAD`
 //! requests cost that service one call — in one instance, and across every
 //! instance that shares a Redis.
+//!
+//! Clients speak HTTP/1.1 or HTTP/2 with prior knowledge (h2c) on the one
+//! listener; a burst multiplexed on one HTTP/2 connection coalesces as one
+//! spread over many, and a body that fails mid-way resets its stream. The
+//! upstream is spoken to in HTTP/1.1, in HTTP/2 with `--upstream-http2`
+//! (h2c), or over TLS for an `https://` upstream (rustls; ALPN offers h2
+//! and http/1.1; the certificate verified against the system's roots or
+//! `--upstream-ca FILE`).
 //!
 //! ```text
 //! cargo install --path proxy
@@ -90,7 +98,7 @@ mod key;
 mod purge;
 
 pub use args::Args;
-pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody};
+pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody, UpstreamOptions};
 pub use key::{proxy_key, ProxyKey};
 
 use bytes::Bytes;
@@ -99,8 +107,8 @@ use futures_util::future::{self, TryFutureExt};
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
@@ -215,8 +223,21 @@ pub fn proxy_service(
     forwarding: Forwarding,
     layer: ProxyLayer,
 ) -> Result<Proxy, String> {
-    let upstream = Upstream::new(&upstream).map_err(|e| format!("upstream {upstream}: {e}"))?;
-    let forward = Forward::new(upstream, forwarding);
+    proxy_service_with(upstream, forwarding, layer, &UpstreamOptions::default())
+}
+
+/// As [`proxy_service`], speaking to the upstream as `options` say
+/// (`https://` upstreams, HTTP/2).
+pub fn proxy_service_with(
+    upstream: Uri,
+    forwarding: Forwarding,
+    layer: ProxyLayer,
+    options: &UpstreamOptions,
+) -> Result<Proxy, String> {
+    let shown = upstream.clone();
+    let upstream = Upstream::new(&upstream).map_err(|e| format!("upstream {shown}: {e}"))?;
+    let forward = Forward::new(upstream, forwarding, options)
+        .map_err(|e| format!("upstream {shown}: {e}"))?;
     Ok(Proxy {
         inner: layer.layer(forward.clone()),
         layer,
@@ -292,15 +313,17 @@ impl Service<Request<Incoming>> for Proxy {
     }
 }
 
-/// Accepts HTTP/1.1 connections on `listener` and serves each with `proxy`
-/// until `shutdown` completes; then stops accepting, asks every open
-/// connection to close once its request in flight is answered (idle
-/// keep-alive connections close at once), and returns when all are closed.
+/// Accepts connections on `listener` and serves each with `proxy` — HTTP/1.1,
+/// and HTTP/2 with prior knowledge (h2c) — until `shutdown` completes; then
+/// stops accepting, asks every open connection to close once its requests
+/// in flight are answered (idle keep-alive connections close at once; an
+/// HTTP/2 connection gets `GOAWAY`), and returns when all are closed.
 pub async fn serve<F>(listener: TcpListener, proxy: Proxy, shutdown: F)
 where
     F: Future<Output = ()>,
 {
     let graceful = GracefulShutdown::new();
+    let server = connection_builder();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -320,15 +343,14 @@ where
         let _ = stream.set_nodelay(true);
         let proxy = proxy.for_client(addr);
         let service = hyper::service::service_fn(move |req| proxy.clone().oneshot(req));
-        // The timer enables hyper's header read timeout (30 s), so idle or
-        // trickling clients cannot hold connections forever.
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let connection = server.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                if !error.is_incomplete_message() {
+                let incomplete = error
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_incomplete_message);
+                if !incomplete {
                     eprintln!("coalesce-proxy: connection from {addr}: {error}");
                 }
             }
@@ -336,4 +358,22 @@ where
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// How each client connection is served: HTTP/1.1 with hyper's header read
+/// timeout (30 s; it also ends an idle keep-alive connection), or HTTP/2,
+/// told apart by the connection preface. HTTP/2 connections are pinged
+/// every 20 s and closed when a ping goes unanswered for 20 s (a client
+/// that went away without a word); hyper limits each to 200 concurrent
+/// streams and guards against reset floods.
+fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(200)
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
 }

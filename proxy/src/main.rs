@@ -1,7 +1,7 @@
 //! The `coalesce-proxy` command; see the crate documentation, or
 //! `coalesce-proxy --help`.
 
-use coalesce_proxy::{layer, proxy_service, serve, Args};
+use coalesce_proxy::{layer, proxy_service_with, serve, Args};
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -31,10 +31,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let proxy = match proxy_service(
+    let proxy = match proxy_service_with(
         args.upstream.clone(),
         args.forwarding.clone(),
         layer.clone(),
+        &args.upstream_options,
     ) {
         Ok(proxy) => match &args.purge_token {
             Some(token) => proxy.with_purge_token(token),
@@ -57,7 +58,7 @@ async fn main() -> ExitCode {
         ),
     };
     println!(
-        "coalesce-proxy: http://{} -> {} ({freshness}, {}{})",
+        "coalesce-proxy: http://{} (HTTP/1.1, h2c) -> {} ({freshness}, {}{})",
         args.listen,
         args.upstream,
         if args.shares() {

@@ -779,7 +779,7 @@ fn the_command_line_is_checked() {
         &[][..],
         &["--listen", "127.0.0.1:1"],
         &["--upstream"],
-        &["--upstream", "https://127.0.0.1:3000"],
+        &["--upstream", "ftp://127.0.0.1:3000"],
         &["--upstream", "127.0.0.1:3000"],
         &["--upstream", "http://127.0.0.1:3000/api"],
         &["--upstream", "http://127.0.0.1:3000", "--ttl-ms", "soon"],
