@@ -215,6 +215,24 @@ pub struct Proxy {
     purge: Option<purge::PurgeEndpoint>,
 }
 
+/// The proxy the arguments describe, and its layer: [`layer`], then
+/// [`proxy_service_with`] the arguments' upstream options, answering
+/// `PURGE` if they give a token.
+pub async fn build(args: &Args) -> Result<(Proxy, ProxyLayer), String> {
+    let layer = layer(args).await?;
+    let proxy = proxy_service_with(
+        args.upstream.clone(),
+        args.forwarding.clone(),
+        layer.clone(),
+        &args.upstream_options,
+    )?;
+    let proxy = match &args.purge_token {
+        Some(token) => proxy.with_purge_token(token),
+        None => proxy,
+    };
+    Ok((proxy, layer))
+}
+
 /// A proxy to `upstream` (`http://host:port`) through `layer`, which must
 /// key by [`proxy_key`] of the same `upstream` and `forwarding` (as
 /// [`layer`] does).

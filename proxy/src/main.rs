@@ -1,7 +1,7 @@
 //! The `coalesce-proxy` command; see the crate documentation, or
 //! `coalesce-proxy --help`.
 
-use coalesce_proxy::{layer, proxy_service_with, serve, Args};
+use coalesce_proxy::{build, serve, Args};
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -17,8 +17,8 @@ async fn main() -> ExitCode {
              other through Redis; only requests within one instance coalesce"
         );
     }
-    let layer = match layer(&args).await {
-        Ok(layer) => layer,
+    let (proxy, layer) = match build(&args).await {
+        Ok(built) => built,
         Err(error) => {
             eprintln!("coalesce-proxy: {error}");
             return ExitCode::FAILURE;
@@ -28,21 +28,6 @@ async fn main() -> ExitCode {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("coalesce-proxy: cannot listen on {}: {error}", args.listen);
-            return ExitCode::FAILURE;
-        }
-    };
-    let proxy = match proxy_service_with(
-        args.upstream.clone(),
-        args.forwarding.clone(),
-        layer.clone(),
-        &args.upstream_options,
-    ) {
-        Ok(proxy) => match &args.purge_token {
-            Some(token) => proxy.with_purge_token(token),
-            None => proxy,
-        },
-        Err(error) => {
-            eprintln!("coalesce-proxy: {error}");
             return ExitCode::FAILURE;
         }
     };

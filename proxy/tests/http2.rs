@@ -83,14 +83,7 @@ async fn proxy(upstream: &Uri, args: &[&str]) -> (SocketAddr, coalesce_proxy::Pr
         .into_iter()
         .chain(args.iter().map(|a| a.to_string()));
     let args = coalesce_proxy::Args::parse(argv).unwrap();
-    let layer = coalesce_proxy::layer(&args).await.unwrap();
-    let proxy = coalesce_proxy::proxy_service_with(
-        args.upstream.clone(),
-        args.forwarding.clone(),
-        layer.clone(),
-        &args.upstream_options,
-    )
-    .unwrap();
+    let (proxy, layer) = coalesce_proxy::build(&args).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(coalesce_proxy::serve(

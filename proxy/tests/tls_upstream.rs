@@ -88,14 +88,7 @@ async fn upstream(config: tokio_rustls::rustls::ServerConfig) -> (Uri, Arc<Mutex
 
 async fn proxy(args: &[String]) -> SocketAddr {
     let args = coalesce_proxy::Args::parse(args.iter().cloned()).unwrap();
-    let layer = coalesce_proxy::layer(&args).await.unwrap();
-    let proxy = coalesce_proxy::proxy_service_with(
-        args.upstream.clone(),
-        args.forwarding.clone(),
-        layer,
-        &args.upstream_options,
-    )
-    .unwrap();
+    let (proxy, _) = coalesce_proxy::build(&args).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(coalesce_proxy::serve(
@@ -160,14 +153,7 @@ async fn an_https_upstream_is_verified_against_the_ca_given_and_spoken_to_in_htt
         .map(str::to_owned),
     )
     .unwrap();
-    let layer = coalesce_proxy::layer(&args).await.unwrap();
-    let refused = coalesce_proxy::proxy_service_with(
-        args.upstream.clone(),
-        args.forwarding.clone(),
-        layer,
-        &args.upstream_options,
-    )
-    .unwrap_err();
+    let refused = coalesce_proxy::build(&args).await.unwrap_err();
     assert!(refused.contains("no certificate"), "{refused}");
     let _ = std::fs::remove_dir_all(&dir);
 }
