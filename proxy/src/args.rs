@@ -14,6 +14,9 @@ use std::time::Duration;
 pub struct Args {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// The listener's certificate chain and private key (PEM files), if it
+    /// speaks TLS.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// The service behind the proxy.
     pub upstream: Uri,
     /// How the proxy speaks to it.
@@ -88,6 +91,16 @@ struct Cli {
     /// Where to listen, IP:PORT.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+
+    /// Speak TLS on the listener with this certificate chain (PEM); HTTP/2
+    /// and HTTP/1.1 are offered by ALPN. Read again, with the key, on
+    /// SIGHUP: new connections get the new certificate, open ones are kept.
+    #[arg(long = "tls-cert", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long = "tls-key", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 
     /// The service behind the proxy, http://host:port or https://host:port
     /// (offered HTTP/2 and HTTP/1.1 by ALPN, its certificate verified
@@ -322,6 +335,7 @@ impl From<Cli> for Args {
         };
         Self {
             listen: cli.listen,
+            tls: cli.tls_cert.zip(cli.tls_key),
             upstream: cli.upstream,
             upstream_options: crate::UpstreamOptions {
                 http2: cli.upstream_http2,

@@ -9,7 +9,10 @@
 //! upstream is spoken to in HTTP/1.1, in HTTP/2 with `--upstream-http2`
 //! (h2c), or over TLS for an `https://` upstream (rustls; ALPN offers h2
 //! and http/1.1; the certificate verified against the system's roots or
-//! `--upstream-ca FILE`).
+//! `--upstream-ca FILE`). With `--tls-cert FILE --tls-key FILE` the
+//! listener speaks TLS (HTTP/2 and HTTP/1.1 by ALPN); `SIGHUP` reads the
+//! certificate and key again, for new connections, without dropping open
+//! ones.
 //!
 //! ```text
 //! cargo install --path proxy
@@ -96,10 +99,12 @@ mod args;
 mod forward;
 mod key;
 mod purge;
+mod tls;
 
 pub use args::Args;
 pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody, UpstreamOptions};
 pub use key::{proxy_key, ProxyKey};
+pub use tls::Tls;
 
 use bytes::Bytes;
 use forward::{bad_request, forwardable_path, into_origin_form, Upstream, BAD_TARGET};
@@ -340,6 +345,16 @@ pub async fn serve<F>(listener: TcpListener, proxy: Proxy, shutdown: F)
 where
     F: Future<Output = ()>,
 {
+    serve_with(listener, proxy, None, shutdown).await;
+}
+
+/// As [`serve`], with TLS on every connection when `tls` is given (HTTP/2
+/// then by ALPN). A handshake that does not complete within 10 s is
+/// dropped.
+pub async fn serve_with<F>(listener: TcpListener, proxy: Proxy, tls: Option<Tls>, shutdown: F)
+where
+    F: Future<Output = ()>,
+{
     let graceful = GracefulShutdown::new();
     let server = connection_builder();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -361,10 +376,34 @@ where
         let _ = stream.set_nodelay(true);
         let proxy = proxy.for_client(addr);
         let service = hyper::service::service_fn(move |req| proxy.clone().oneshot(req));
-        let connection = server.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
+        let (server, watcher) = (server.clone(), graceful.watcher());
+        let tls = tls.clone();
+        // The handshake runs in the connection's task: a slow client holds
+        // up no one else's accept.
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let served = match tls {
+                None => {
+                    let connection = server.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(tls) => {
+                    let handshake = tls.acceptor().accept(stream);
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%addr, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%addr, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection = server.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(error) = served {
                 let incomplete = error
                     .downcast_ref::<hyper::Error>()
                     .is_some_and(hyper::Error::is_incomplete_message);
@@ -377,6 +416,9 @@ where
     drop(listener);
     graceful.shutdown().await;
 }
+
+/// How long a client has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How each client connection is served: HTTP/1.1 with hyper's header read
 /// timeout (30 s; it also ends an idle keep-alive connection), or HTTP/2,

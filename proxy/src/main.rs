@@ -1,7 +1,7 @@
 //! The `coalesce-proxy` command; see the crate documentation, or
 //! `coalesce-proxy --help`.
 
-use coalesce_proxy::{build, serve, Args};
+use coalesce_proxy::{build, serve_with, Args, Tls};
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -31,8 +31,26 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tls = match &args.tls {
+        Some((cert, key)) => match Tls::from_files(cert, key) {
+            Ok(tls) => {
+                reload_on_hangup(tls.clone());
+                Some(tls)
+            }
+            Err(error) => {
+                eprintln!("coalesce-proxy: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let scheme = if tls.is_some() {
+        "https (HTTP/1.1, h2)"
+    } else {
+        "http (HTTP/1.1, h2c)"
+    };
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, proxy, async {
+    let server = tokio::spawn(serve_with(listener, proxy, tls, async {
         let _ = stopped.await;
     }));
     let freshness = match args.ttl {
@@ -43,7 +61,7 @@ async fn main() -> ExitCode {
         ),
     };
     println!(
-        "coalesce-proxy: http://{} (HTTP/1.1, h2c) -> {} ({freshness}, {}{})",
+        "coalesce-proxy: {} {scheme} -> {} ({freshness}, {}{})",
         args.listen,
         args.upstream,
         if args.shares() {
@@ -83,6 +101,36 @@ async fn main() -> ExitCode {
     }
     println!("{:#?}", layer.stats());
     ExitCode::SUCCESS
+}
+
+/// Reads the listener's certificate and key again at every `SIGHUP`; a
+/// reload that fails keeps the certificate in use and says why.
+fn reload_on_hangup(tls: Tls) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                eprintln!(
+                    "coalesce-proxy: cannot listen for SIGHUP, no certificate reloads: {error}"
+                );
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => eprintln!("coalesce-proxy: certificate reloaded"),
+                    Err(error) => eprintln!(
+                        "coalesce-proxy: certificate not reloaded, the one in use stays: {error}"
+                    ),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 /// Completes at the first `SIGTERM` or `SIGINT` (Ctrl-C).

@@ -4,6 +4,8 @@
 //! that fails mid-way reset as a stream (the connection lives on), and an
 //! upstream spoken to in HTTP/2.
 
+mod support;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -78,19 +80,10 @@ async fn upstream() -> (Upstream, Uri) {
     (up, uri.parse().unwrap())
 }
 
-async fn proxy(upstream: &Uri, args: &[&str]) -> (SocketAddr, coalesce_proxy::ProxyLayer) {
-    let argv = ["--upstream".to_owned(), upstream.to_string()]
-        .into_iter()
-        .chain(args.iter().map(|a| a.to_string()));
-    let args = coalesce_proxy::Args::parse(argv).unwrap();
-    let (proxy, layer) = coalesce_proxy::build(&args).await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(coalesce_proxy::serve(
-        listener,
-        proxy,
-        std::future::pending(),
-    ));
+async fn proxy(upstream: &Uri, extra: &[&str]) -> (SocketAddr, coalesce_proxy::ProxyLayer) {
+    let mut argv = support::args(&["--upstream", &upstream.to_string()]);
+    argv.extend(support::args(extra));
+    let (addr, layer, _) = support::start(&argv).await;
     (addr, layer)
 }
 

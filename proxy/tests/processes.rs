@@ -1,7 +1,10 @@
 //! The `coalesce-proxy` binary as OS processes sharing a real redis-server:
 //! a leader killed mid-call is taken over and no waiting request fails; a
 //! leader sent `SIGTERM` finishes what it can within its grace, releases its
-//! lease at once, and exits cleanly.
+//! lease at once, and exits cleanly; `SIGHUP` reloads the listener's
+//! certificate.
+
+mod support;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -644,4 +647,49 @@ async fn proxy_processes_on_a_redis_cluster_make_one_upstream_call_per_burst() {
         "one upstream call for both processes"
     );
     assert_eq!(fetch(proxies[1].addr, "/clustered").await.1, "hit");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_listeners_certificate() {
+    let ca = support::Ca::new();
+    let dir = support::scratch("sighup");
+    let first = ca.issue();
+    let (cert, key) = support::write_leaf(&dir, &first);
+    // The upstream is never asked: only handshakes are made.
+    let upstream: Uri = "http://127.0.0.1:9".parse().unwrap();
+    let proxy = ProxyProcess::start_on(
+        &upstream,
+        &[],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let presented = || async {
+        let config = ca.client_config(&[b"h2"]);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
+    assert_eq!(presented().await, first.der);
+    let second = ca.issue();
+    support::write_leaf(&dir, &second);
+    let sent = Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(sent, "kill -HUP failed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while presented().await != second.der {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP never reloaded the certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,6 +3,8 @@
 //! `--upstream-ca`; ALPN settles on HTTP/2; a burst still costs one call;
 //! and without that CA the certificate is refused (`502`), never trusted.
 
+mod support;
+
 use axum::extract::{Request, State};
 use axum::routing;
 use axum::Router;
@@ -12,7 +14,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -21,31 +22,19 @@ use tower::ServiceExt;
 /// A certificate authority's PEM, and a server configuration whose
 /// certificate (for 127.0.0.1) it issued.
 fn pki() -> (String, tokio_rustls::rustls::ServerConfig) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    // ring, as the proxy uses (deprecated by rustls for lacking
-    // post-quantum key exchange; aws-lc-rs needs cmake to build).
-    #[allow(deprecated)]
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+    let ca = support::Ca::new();
+    let leaf = ca.issue();
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(support::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            vec![leaf.der],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(leaf.key_der.into()),
         )
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    (ca.pem(), config)
+    (ca.pem, config)
 }
 
 /// An upstream speaking TLS on a loopback port: records each request's
@@ -87,16 +76,7 @@ async fn upstream(config: tokio_rustls::rustls::ServerConfig) -> (Uri, Arc<Mutex
 }
 
 async fn proxy(args: &[String]) -> SocketAddr {
-    let args = coalesce_proxy::Args::parse(args.iter().cloned()).unwrap();
-    let (proxy, _) = coalesce_proxy::build(&args).await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(coalesce_proxy::serve(
-        listener,
-        proxy,
-        std::future::pending(),
-    ));
-    addr
+    support::start(args).await.0
 }
 
 async fn get(addr: SocketAddr) -> (StatusCode, Bytes) {
@@ -112,8 +92,7 @@ async fn get(addr: SocketAddr) -> (StatusCode, Bytes) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_upstream_is_verified_against_the_ca_given_and_spoken_to_in_http2() {
     let (ca, config) = pki();
-    let dir = std::env::temp_dir().join(format!("coalesce-proxy-ca-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = support::scratch("ca");
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca).unwrap();
     let (upstream, seen) = upstream(config).await;
