@@ -57,9 +57,14 @@ pub struct Args {
     pub forwarding: Forwarding,
     /// On `SIGTERM` or Ctrl-C, how long requests in flight get to finish.
     pub shutdown_grace: Duration,
-    /// How long the upstream may take to answer a request the proxy does
-    /// not coalesce (the layer's `direct_timeout`).
+    /// How long the upstream may take to start answering any request.
     pub upstream_timeout: Duration,
+    /// How long a request waits for its flight (the layer's `wait_timeout`).
+    pub flight_timeout: Duration,
+    /// The most client connections open at once.
+    pub max_connections: usize,
+    /// The largest request body sent on to the upstream.
+    pub max_request_body: u64,
     /// Whether successful unsafe requests purge their URL (RFC 9111 §4.4).
     pub invalidate_on_unsafe: bool,
     /// Whether `5xx` answers with explicit freshness are stored.
@@ -227,12 +232,29 @@ struct Cli {
     #[arg(long = "shutdown-grace-ms", value_name = "N", default_value_t = 30_000)]
     shutdown_grace_ms: u64,
 
-    /// How long the upstream may take to start answering a request the
-    /// proxy does not coalesce (credentials, unsafe methods, answers that
-    /// cannot be shared); past it the client gets 504. Coalesced requests
-    /// are bounded by their flight's own wait (30 s).
+    /// How long the upstream may take to start answering any request
+    /// (its head; a body may then take as long as it streams). Past it the
+    /// request gets 504 — for a coalesced request, every caller of its
+    /// flight, and nothing is stored.
     #[arg(long = "upstream-timeout-ms", value_name = "N", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     upstream_timeout_ms: u64,
+
+    /// How long a request waits for its flight's answer, at most (the
+    /// layer's wait timeout); past it, it gets 504 (or a stale answer that
+    /// may stand in for an error).
+    #[arg(long = "flight-timeout-ms", value_name = "N", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    flight_timeout_ms: u64,
+
+    /// The most client connections open at once; past it new connections
+    /// wait in the listen backlog until one closes.
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+
+    /// The largest request body (bytes) sent on to the upstream: a larger
+    /// declared `Content-Length` gets 413 at once, a chunked body that grows
+    /// past it is cut off and gets 413.
+    #[arg(long = "max-request-body-bytes", value_name = "N", default_value_t = 16 * 1024 * 1024)]
+    max_request_body_bytes: u64,
 
     /// Do not purge the stored answers of a URL when an unsafe request
     /// (POST, PUT, DELETE...) to it succeeds. This turns off a MUST of RFC
@@ -338,6 +360,8 @@ impl From<Cli> for Args {
             tls: cli.tls_cert.zip(cli.tls_key),
             upstream: cli.upstream,
             upstream_options: crate::UpstreamOptions {
+                timeout: Duration::from_millis(cli.upstream_timeout_ms),
+                max_request_body: cli.max_request_body_bytes,
                 http2: cli.upstream_http2,
                 ca: cli.upstream_ca,
             },
@@ -363,6 +387,9 @@ impl From<Cli> for Args {
             },
             shutdown_grace: Duration::from_millis(cli.shutdown_grace_ms),
             upstream_timeout: Duration::from_millis(cli.upstream_timeout_ms),
+            flight_timeout: Duration::from_millis(cli.flight_timeout_ms),
+            max_connections: usize::try_from(cli.max_connections).unwrap_or(usize::MAX),
+            max_request_body: cli.max_request_body_bytes,
             invalidate_on_unsafe: !cli.no_invalidate_on_unsafe,
             store_server_errors: cli.store_server_errors,
             cdn_cache_control: !cli.no_cdn_cache_control,

@@ -6,7 +6,7 @@ use futures_util::future;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -89,8 +89,15 @@ impl Upstream {
 }
 
 /// How the proxy speaks to its upstream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct UpstreamOptions {
+    /// How long the upstream may take to start answering (its head); past
+    /// it the request is answered `504`.
+    pub timeout: Duration,
+    /// The largest request body sent on: a larger declared length is
+    /// answered `413` at once, a chunked body cut off past it and answered
+    /// `413`.
+    pub max_request_body: u64,
     /// Speak HTTP/2 to an `http://` upstream, with prior knowledge (h2c).
     /// An `https://` upstream is offered HTTP/2 and HTTP/1.1 by ALPN
     /// whatever this says.
@@ -98,6 +105,17 @@ pub struct UpstreamOptions {
     /// A PEM file of the certificate authorities an `https://` upstream's
     /// certificate is verified against, instead of the system's roots.
     pub ca: Option<std::path::PathBuf>,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            max_request_body: 16 * 1024 * 1024,
+            http2: false,
+            ca: None,
+        }
+    }
 }
 
 /// The TLS settings for an `https://` upstream: the operator's CA file, or
@@ -157,7 +175,9 @@ pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 /// upstream) and never stores.
 #[derive(Debug, Clone)]
 pub struct Forward {
-    client: Client<Connector, Incoming>,
+    client: Client<Connector, Limited<Incoming>>,
+    timeout: Duration,
+    max_request_body: u64,
     upstream: Arc<Upstream>,
     forwarding: Arc<Forwarding>,
     /// The address of the client whose connection this serves.
@@ -197,6 +217,8 @@ impl Forward {
             .build(connector);
         Ok(Self {
             client,
+            timeout: options.timeout,
+            max_request_body: options.max_request_body,
             upstream: Arc::new(upstream),
             forwarding: Arc::new(forwarding),
             peer: None,
@@ -289,18 +311,37 @@ impl Service<Request<Incoming>> for Forward {
         if let Err(message) = self.prepare(&mut req) {
             return Box::pin(future::ready(Ok(bad_request(message).map(Either::Right))));
         }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_request_body) {
+            return Box::pin(future::ready(Ok(too_large())));
+        }
         let target = req.uri().clone();
-        let response = self.client.request(req);
+        let limit = usize::try_from(self.max_request_body).unwrap_or(usize::MAX);
+        let response = self
+            .client
+            .request(req.map(|body| Limited::new(body, limit)));
+        let timeout = self.timeout;
         Box::pin(async move {
-            match response.await {
-                Ok(res) => {
+            match tokio::time::timeout(timeout, response).await {
+                Ok(Ok(res)) => {
                     let (mut head, body) = res.into_parts();
                     strip_hop_by_hop(&mut head.headers);
                     Ok(Response::from_parts(head, Either::Left(body)))
                 }
-                Err(error) => {
+                Ok(Err(error)) if cut_off(&error) => Ok(too_large()),
+                Ok(Err(error)) => {
                     eprintln!("proxy: {target}: {}", error_chain(&error));
                     Ok(bad_gateway())
+                }
+                Err(_) => {
+                    eprintln!("proxy: {target}: no answer within {timeout:?}");
+                    Ok(plain(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "gateway timeout: the upstream server did not answer in time\n",
+                    ))
                 }
             }
         })
@@ -345,15 +386,34 @@ pub(crate) fn bad_request(message: &'static str) -> Response<Full<Bytes>> {
 }
 
 fn bad_gateway() -> Response<UpstreamBody> {
-    let mut res = Response::new(Either::Right(Full::from(
+    plain(
+        StatusCode::BAD_GATEWAY,
         "bad gateway: no answer from the upstream server\n",
-    )));
-    *res.status_mut() = StatusCode::BAD_GATEWAY;
+    )
+}
+
+fn too_large() -> Response<UpstreamBody> {
+    plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "content too large: the request body is over the proxy's limit\n",
+    )
+}
+
+/// An answer the proxy makes itself, in plain text.
+fn plain(status: StatusCode, text: &'static str) -> Response<UpstreamBody> {
+    let mut res = Response::new(Either::Right(Full::from(text)));
+    *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     res
+}
+
+/// Whether the request failed because its body went over the limit.
+fn cut_off(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source())
+        .any(|e| e.is::<http_body_util::LengthLimitError>())
 }
 
 /// The error and its causes: the client's own message alone ("client

@@ -118,6 +118,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -152,7 +153,9 @@ pub async fn layer(args: &Args) -> Result<ProxyLayer, String> {
             Duration::ZERO
         })
         .early_refresh(args.early_refresh)
-        .direct_timeout(args.upstream_timeout)
+        // Every upstream request is bounded by `Forward` (its options'
+        // timeout); the flight's wait is the operator's too.
+        .wait_timeout(args.flight_timeout)
         .invalidate_on_unsafe(args.invalidate_on_unsafe)
         .store_server_errors(args.store_server_errors)
         .normalize_accept_encoding(args.normalize_accept_encoding)
@@ -345,20 +348,46 @@ pub async fn serve<F>(listener: TcpListener, proxy: Proxy, shutdown: F)
 where
     F: Future<Output = ()>,
 {
-    serve_with(listener, proxy, None, shutdown).await;
+    serve_with(listener, proxy, ListenOptions::default(), shutdown).await;
 }
 
-/// As [`serve`], with TLS on every connection when `tls` is given (HTTP/2
-/// then by ALPN). A handshake that does not complete within 10 s is
-/// dropped.
-pub async fn serve_with<F>(listener: TcpListener, proxy: Proxy, tls: Option<Tls>, shutdown: F)
+/// How the listener takes connections.
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    /// TLS on every connection (HTTP/2 then by ALPN); a handshake that does
+    /// not complete within 10 s is dropped.
+    pub tls: Option<Tls>,
+    /// The most connections open at once: past it, new ones wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// As [`serve`], taking connections as `options` say.
+pub async fn serve_with<F>(listener: TcpListener, proxy: Proxy, options: ListenOptions, shutdown: F)
 where
     F: Future<Output = ()>,
 {
     let graceful = GracefulShutdown::new();
     let server = connection_builder();
+    let open = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    let tls = options.tls;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // A connection is accepted only with a place for it.
+        let place = tokio::select! {
+            place = open.clone().acquire_owned() => place,
+            () = &mut shutdown => break,
+        };
+        let Ok(place) = place else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
@@ -381,6 +410,7 @@ where
         // The handshake runs in the connection's task: a slow client holds
         // up no one else's accept.
         tokio::spawn(async move {
+            let _place = place;
             let served = match tls {
                 None => {
                     let connection = server.serve_connection(TokioIo::new(stream), service);

@@ -1,7 +1,7 @@
 //! The `coalesce-proxy` command; see the crate documentation, or
 //! `coalesce-proxy --help`.
 
-use coalesce_proxy::{build, serve_with, Args, Tls};
+use coalesce_proxy::{build, serve_with, Args, ListenOptions, Tls};
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -50,7 +50,11 @@ async fn main() -> ExitCode {
         "http (HTTP/1.1, h2c)"
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve_with(listener, proxy, tls, async {
+    let listening = ListenOptions {
+        tls,
+        max_connections: args.max_connections,
+    };
+    let server = tokio::spawn(serve_with(listener, proxy, listening, async {
         let _ = stopped.await;
     }));
     let freshness = match args.ttl {

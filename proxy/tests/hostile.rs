@@ -2,6 +2,8 @@
 //! or one variant's answer for another: each over real TCP, with upstreams
 //! that are plain sockets answering what they were asked.
 
+mod support;
+
 use bytes::Bytes;
 use coalesce_test_redis::RedisServer;
 use http::{Request, StatusCode, Uri};
@@ -90,13 +92,8 @@ async fn proxy(upstream: &Uri, args: &[&str]) -> SocketAddr {
     let argv = ["--upstream".to_owned(), upstream.to_string()]
         .into_iter()
         .chain(args.iter().map(|a| a.to_string()));
-    let args = coalesce_proxy::Args::parse(argv).unwrap();
-    let layer = coalesce_proxy::layer(&args).await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let svc = coalesce_proxy::proxy_service(upstream.clone(), args.forwarding, layer).unwrap();
-    tokio::spawn(coalesce_proxy::serve(listener, svc, std::future::pending()));
-    addr
+    let argv: Vec<String> = argv.collect();
+    support::start(&argv).await.0
 }
 
 /// What the proxy answered: status, outcome header and body.
@@ -336,7 +333,8 @@ async fn an_absolute_form_targets_authority_replaces_host_for_the_key_and_the_up
 }
 
 /// An upstream that answers `GET`s with `hello` (kept a minute), `POST`s
-/// `204`, and never answers a request carrying `Authorization`.
+/// `204`, and never answers a request carrying `Authorization`, nor one
+/// for `/hang`.
 async fn hanging_upstream() -> Uri {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let uri = format!("http://{}", listener.local_addr().unwrap());
@@ -347,7 +345,8 @@ async fn hanging_upstream() -> Uri {
                 let Some(head) = read_head(&mut stream).await else {
                     return;
                 };
-                if header(&parse_head(&head), "authorization") != "-" {
+                let hangs = head.starts_with("GET /hang ");
+                if hangs || header(&parse_head(&head), "authorization") != "-" {
                     // Holds the connection, answers nothing.
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     return;
@@ -375,6 +374,23 @@ async fn an_upstream_that_never_answers_an_uncoalesced_request_gets_it_a_504() {
     let answer = get(addr, "/me", &[("authorization", "Bearer 1")]).await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(answer.outcome, "bypass");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_a_coalesced_burst_gets_every_caller_a_504() {
+    let upstream = hanging_upstream().await;
+    let addr = proxy(&upstream, &["--upstream-timeout-ms", "300"]).await;
+    let start = std::time::Instant::now();
+    let burst: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { get(addr, "/hang", &[]).await }))
+        .collect();
+    for answer in burst {
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT, "{answer:?}");
+        assert!(["leader", "follower"].contains(&answer.outcome.as_str()));
+    }
+    // Bounded by the upstream timeout, not by the flight's 30 s.
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 

@@ -106,10 +106,14 @@ pub async fn start(
         .map(|(cert, key)| coalesce_proxy::Tls::from_files(cert, key).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let listening = coalesce_proxy::ListenOptions {
+        tls: tls.clone(),
+        max_connections: args.max_connections,
+    };
     tokio::spawn(coalesce_proxy::serve_with(
         listener,
         proxy,
-        tls.clone(),
+        listening,
         std::future::pending(),
     ));
     (addr, layer, tls)
