@@ -14,6 +14,9 @@ use std::time::Duration;
 pub struct Args {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// Where the admin endpoints listen (`/healthz`, `/readyz`,
+    /// `/metrics`), if anywhere.
+    pub admin_listen: Option<SocketAddr>,
     /// The listener's certificate chain and private key (PEM files), if it
     /// speaks TLS.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
@@ -96,6 +99,11 @@ struct Cli {
     /// Where to listen, IP:PORT.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+
+    /// Serve /healthz, /readyz and /metrics (Prometheus) on this address,
+    /// IP:PORT, apart from the public port.
+    #[arg(long = "admin-listen", value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
 
     /// Speak TLS on the listener with this certificate chain (PEM); HTTP/2
     /// and HTTP/1.1 are offered by ALPN. Read again, with the key, on
@@ -357,6 +365,7 @@ impl From<Cli> for Args {
         };
         Self {
             listen: cli.listen,
+            admin_listen: cli.admin_listen,
             tls: cli.tls_cert.zip(cli.tls_key),
             upstream: cli.upstream,
             upstream_options: crate::UpstreamOptions {

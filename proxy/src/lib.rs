@@ -95,108 +95,43 @@
 //! headers must say so with `Vary` or `Cache-Control: private`, which keeps
 //! the answer to its own caller.
 
+mod admin;
 mod args;
+mod build;
 mod forward;
 mod key;
+mod listen;
 mod purge;
 mod tls;
+mod upstream;
 
+pub use admin::{install_metrics, serve_admin, Admin};
 pub use args::Args;
-pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody, UpstreamOptions};
+pub use build::{build, layer, Built};
+pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody};
 pub use key::{proxy_key, ProxyKey};
+pub use listen::{serve, serve_with, ListenOptions};
 pub use tls::Tls;
+pub use upstream::UpstreamOptions;
 
 use bytes::Bytes;
-use forward::{bad_request, forwardable_path, into_origin_form, Upstream, BAD_TARGET};
+use forward::{bad_request, forwardable_path, into_origin_form, BAD_TARGET};
 use futures_util::future::{self, TryFutureExt};
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::net::TcpListener;
-use tower::{Layer, Service, ServiceExt};
-use tower_coalesce::{
-    CoalesceBody, CoalesceConfig, CoalesceLayer, CoalesceService, Freshness, OriginFreshness,
-    RedisBackend,
-};
+use tower::{Layer, Service};
+use tower_coalesce::{CoalesceBody, CoalesceLayer, CoalesceService};
+use upstream::Upstream;
 
 /// The body of every response the proxy sends.
 pub type ProxyBody = Either<CoalesceBody<UpstreamBody>, Full<Bytes>>;
 
 /// The coalescing layer of a proxy: keyed by [`ProxyKey`].
 pub type ProxyLayer = CoalesceLayer<ProxyKey>;
-
-/// The coalescing layer the arguments describe: connects to Redis if asked.
-pub async fn layer(args: &Args) -> Result<ProxyLayer, String> {
-    let freshness = match args.ttl {
-        Some(ttl) => Freshness::Fixed(ttl),
-        None => Freshness::Origin(
-            OriginFreshness::new()
-                .default_ttl(args.default_ttl)
-                .max_ttl(args.max_ttl)
-                .max_stale(args.stale),
-        ),
-    };
-    let mut config = CoalesceConfig::new()
-        .freshness(freshness)
-        .stale_while_revalidate(if args.ttl.is_some() {
-            args.stale
-        } else {
-            Duration::ZERO
-        })
-        .early_refresh(args.early_refresh)
-        // Every upstream request is bounded by `Forward` (its options'
-        // timeout); the flight's wait is the operator's too.
-        .wait_timeout(args.flight_timeout)
-        .invalidate_on_unsafe(args.invalidate_on_unsafe)
-        .store_server_errors(args.store_server_errors)
-        .normalize_accept_encoding(args.normalize_accept_encoding)
-        .revalidation_retention(args.revalidation_retention)
-        .max_stored_bytes(args.max_stored_bytes)
-        .outcome_header_name(args.header.clone());
-    if args.cache_status {
-        config = config.cache_status("coalesce-proxy");
-    }
-    if args.cdn_cache_control {
-        config =
-            config.targeted_cache_control([http::HeaderName::from_static("cdn-cache-control")]);
-    }
-    if let Some(name) = &args.tag_header {
-        config = config.tag_header(name.clone());
-    }
-    if let Some(lease) = args.lease {
-        config = config.lease(lease);
-    }
-    let redis = match &args.redis {
-        Some(url) => Some(RedisBackend::builder(url.clone())),
-        None if !args.redis_cluster.is_empty() => {
-            Some(RedisBackend::cluster_builder(args.redis_cluster.clone()))
-        }
-        None => None,
-    };
-    if let Some(mut redis) = redis {
-        if let Some(namespace) = &args.namespace {
-            redis = redis.namespace(namespace.clone());
-        }
-        let backend = redis
-            .connect()
-            .await
-            .map_err(|e| format!("{}: {e}", args.redis_shown()))?;
-        config = config.backend(backend);
-    }
-    CoalesceLayer::builder(config)
-        .extractor(proxy_key(&args.upstream, &args.forwarding))
-        .build()
-        .map_err(|e| e.to_string())
-}
 
 /// The URL without its password, for messages.
 pub fn redact(url: &str) -> String {
@@ -221,24 +156,6 @@ pub struct Proxy {
     layer: ProxyLayer,
     forward: Forward,
     purge: Option<purge::PurgeEndpoint>,
-}
-
-/// The proxy the arguments describe, and its layer: [`layer`], then
-/// [`proxy_service_with`] the arguments' upstream options, answering
-/// `PURGE` if they give a token.
-pub async fn build(args: &Args) -> Result<(Proxy, ProxyLayer), String> {
-    let layer = layer(args).await?;
-    let proxy = proxy_service_with(
-        args.upstream.clone(),
-        args.forwarding.clone(),
-        layer.clone(),
-        &args.upstream_options,
-    )?;
-    let proxy = match &args.purge_token {
-        Some(token) => proxy.with_purge_token(token),
-        None => proxy,
-    };
-    Ok((proxy, layer))
 }
 
 /// A proxy to `upstream` (`http://host:port`) through `layer`, which must
@@ -337,133 +254,4 @@ impl Service<Request<Incoming>> for Proxy {
         let into_proxy_body: IntoProxyBody = |res| res.map(Either::Left);
         future::Either::Right(self.inner.call(req).map_ok(into_proxy_body))
     }
-}
-
-/// Accepts connections on `listener` and serves each with `proxy` — HTTP/1.1,
-/// and HTTP/2 with prior knowledge (h2c) — until `shutdown` completes; then
-/// stops accepting, asks every open connection to close once its requests
-/// in flight are answered (idle keep-alive connections close at once; an
-/// HTTP/2 connection gets `GOAWAY`), and returns when all are closed.
-pub async fn serve<F>(listener: TcpListener, proxy: Proxy, shutdown: F)
-where
-    F: Future<Output = ()>,
-{
-    serve_with(listener, proxy, ListenOptions::default(), shutdown).await;
-}
-
-/// How the listener takes connections.
-#[derive(Debug, Clone)]
-pub struct ListenOptions {
-    /// TLS on every connection (HTTP/2 then by ALPN); a handshake that does
-    /// not complete within 10 s is dropped.
-    pub tls: Option<Tls>,
-    /// The most connections open at once: past it, new ones wait in the
-    /// listen backlog until one closes.
-    pub max_connections: usize,
-}
-
-impl Default for ListenOptions {
-    fn default() -> Self {
-        Self {
-            tls: None,
-            max_connections: 10_000,
-        }
-    }
-}
-
-/// As [`serve`], taking connections as `options` say.
-pub async fn serve_with<F>(listener: TcpListener, proxy: Proxy, options: ListenOptions, shutdown: F)
-where
-    F: Future<Output = ()>,
-{
-    let graceful = GracefulShutdown::new();
-    let server = connection_builder();
-    let open = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
-    let tls = options.tls;
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        // A connection is accepted only with a place for it.
-        let place = tokio::select! {
-            place = open.clone().acquire_owned() => place,
-            () = &mut shutdown => break,
-        };
-        let Ok(place) = place else { break };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let (stream, addr) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors, typically: retrying at once would
-                // spin; the condition clears as connections close.
-                eprintln!("coalesce-proxy: accept: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.for_client(addr);
-        let service = hyper::service::service_fn(move |req| proxy.clone().oneshot(req));
-        let (server, watcher) = (server.clone(), graceful.watcher());
-        let tls = tls.clone();
-        // The handshake runs in the connection's task: a slow client holds
-        // up no one else's accept.
-        tokio::spawn(async move {
-            let _place = place;
-            let served = match tls {
-                None => {
-                    let connection = server.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
-                }
-                Some(tls) => {
-                    let handshake = tls.acceptor().accept(stream);
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%addr, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%addr, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let connection = server.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
-                }
-            };
-            if let Err(error) = served {
-                let incomplete = error
-                    .downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_incomplete_message);
-                if !incomplete {
-                    eprintln!("coalesce-proxy: connection from {addr}: {error}");
-                }
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-}
-
-/// How long a client has to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How each client connection is served: HTTP/1.1 with hyper's header read
-/// timeout (30 s; it also ends an idle keep-alive connection), or HTTP/2,
-/// told apart by the connection preface. HTTP/2 connections are pinged
-/// every 20 s and closed when a ping goes unanswered for 20 s (a client
-/// that went away without a word); hyper limits each to 200 concurrent
-/// streams and guards against reset floods.
-fn connection_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(200)
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
 }

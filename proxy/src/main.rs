@@ -1,7 +1,9 @@
 //! The `coalesce-proxy` command; see the crate documentation, or
 //! `coalesce-proxy --help`.
 
-use coalesce_proxy::{build, serve_with, Args, ListenOptions, Tls};
+use coalesce_proxy::{
+    build, install_metrics, serve_admin, serve_with, Admin, Args, ListenOptions, Tls,
+};
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -17,13 +19,35 @@ async fn main() -> ExitCode {
              other through Redis; only requests within one instance coalesce"
         );
     }
-    let (proxy, layer) = match build(&args).await {
+    // Before the layer is built: its metrics register with the recorder.
+    let metrics = match args.admin_listen.map(|_| install_metrics()) {
+        Some(Ok(handle)) => Some(handle),
+        Some(Err(error)) => {
+            eprintln!("coalesce-proxy: {error}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    let built = match build(&args).await {
         Ok(built) => built,
         Err(error) => {
             eprintln!("coalesce-proxy: {error}");
             return ExitCode::FAILURE;
         }
     };
+    let (proxy, layer) = (built.proxy, built.layer);
+    let admin = Admin::new(built.redis, metrics);
+    if let Some(addr) = args.admin_listen {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tokio::spawn(serve_admin(listener, admin.clone(), std::future::pending()));
+            }
+            Err(error) => {
+                eprintln!("coalesce-proxy: cannot listen on {addr} (admin): {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let listener = match TcpListener::bind(args.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -82,7 +106,9 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    // Stop accepting; requests in flight get the grace to finish.
+    // Not ready from now on, then stop accepting; requests in flight get
+    // the grace to finish.
+    admin.drain();
     let deadline = Instant::now() + args.shutdown_grace;
     println!(
         "coalesce-proxy: shutting down; requests in flight have {} ms",

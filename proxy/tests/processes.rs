@@ -405,11 +405,14 @@ async fn a_leader_sent_sigterm_releases_its_lease_and_another_instance_takes_ove
 async fn sigterm_refuses_new_connections_and_lets_requests_in_flight_finish() {
     let server = RedisServer::start();
     let (up, upstream) = gated_upstream().await;
-    let grace = ["--shutdown-grace-ms", "20000"];
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin_arg = admin.to_string();
+    let grace = ["--shutdown-grace-ms", "20000", "--admin-listen", &admin_arg];
     let mut proxy = ProxyProcess::start_with(&upstream, &server.url(), "1000", &grace);
     let addr = proxy.addr;
     let in_flight = tokio::spawn(async move { fetch(addr, "/gated").await });
     until_calls(&up, 1, "the proxy").await;
+    assert_eq!(fetch(admin, "/readyz").await.0, StatusCode::OK);
 
     proxy.terminate();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -420,6 +423,12 @@ async fn sigterm_refuses_new_connections_and_lets_requests_in_flight_finish() {
     assert!(
         proxy.child.try_wait().unwrap().is_none(),
         "the proxy waits for its request in flight"
+    );
+    // Not ready while it drains.
+    let (status, _, body) = fetch(admin, "/readyz").await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::SERVICE_UNAVAILABLE, &b"draining\n"[..])
     );
 
     up.gate.add_permits(1);

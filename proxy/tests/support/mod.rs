@@ -99,7 +99,7 @@ pub async fn start(
     Option<coalesce_proxy::Tls>,
 ) {
     let args = coalesce_proxy::Args::parse(args.iter().cloned()).unwrap();
-    let (proxy, layer) = coalesce_proxy::build(&args).await.unwrap();
+    let coalesce_proxy::Built { proxy, layer, .. } = coalesce_proxy::build(&args).await.unwrap();
     let tls = args
         .tls
         .as_ref()
