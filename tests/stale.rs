@@ -230,9 +230,12 @@ async fn with_early_refresh_a_hot_answer_is_refreshed_before_it_goes_stale() {
     assert!(stats.refreshes >= 1, "{stats:?}");
     assert_eq!(stats.stale, 0);
     until_calls(&layer, &calls, 1 + stats.refreshes as usize).await;
-    // Each refresh is one origin call, however many hits asked for one.
+    // Each refresh is one origin call, however many hits asked for one;
+    // a handful in all, not one per hit. (How many depends on the origin
+    // time XFetch measures, which a loaded machine stretches: 4 were seen
+    // where 1 or 2 are usual.)
     assert!(stats.early_refreshes >= stats.refreshes, "{stats:?}");
-    assert!(stats.refreshes <= 3, "{stats:?}");
+    assert!(stats.refreshes <= 10, "{stats:?}");
 }
 
 async fn until_calls(layer: &CoalesceLayer, calls: &AtomicUsize, n: usize) {
