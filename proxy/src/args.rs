@@ -17,6 +17,11 @@ pub struct Args {
     /// Where the admin endpoints listen (`/healthz`, `/readyz`,
     /// `/metrics`), if anywhere.
     pub admin_listen: Option<SocketAddr>,
+    /// Log lines as JSON objects rather than text.
+    pub log_json: bool,
+    /// Log a line per request: `Some(true)` with the query, `Some(false)`
+    /// without.
+    pub access_log: Option<bool>,
     /// The listener's certificate chain and private key (PEM files), if it
     /// speaks TLS.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
@@ -104,6 +109,22 @@ struct Cli {
     /// IP:PORT, apart from the public port.
     #[arg(long = "admin-listen", value_name = "ADDR")]
     admin_listen: Option<SocketAddr>,
+
+    /// How log lines are written to standard error: text, or json (one
+    /// object per line). RUST_LOG filters them (default: warn).
+    #[arg(long = "log-format", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
+    /// Log one line per request at INFO (target coalesce_proxy::access):
+    /// method, path without the query, status, outcome, duration to the
+    /// last byte, bytes sent. Never a header.
+    #[arg(long = "access-log")]
+    access_log: bool,
+
+    /// With --access-log, keep the query in the logged path (queries may
+    /// carry tokens).
+    #[arg(long = "access-log-query", requires = "access_log")]
+    access_log_query: bool,
 
     /// Speak TLS on the listener with this certificate chain (PEM); HTTP/2
     /// and HTTP/1.1 are offered by ALPN. Read again, with the key, on
@@ -366,6 +387,8 @@ impl From<Cli> for Args {
         Self {
             listen: cli.listen,
             admin_listen: cli.admin_listen,
+            log_json: cli.log_format == "json",
+            access_log: cli.access_log.then_some(cli.access_log_query),
             tls: cli.tls_cert.zip(cli.tls_key),
             upstream: cli.upstream,
             upstream_options: crate::UpstreamOptions {

@@ -95,6 +95,7 @@
 //! headers must say so with `Vary` or `Cache-Control: private`, which keeps
 //! the answer to its own caller.
 
+mod access;
 mod admin;
 mod args;
 mod build;
@@ -105,6 +106,7 @@ mod purge;
 mod tls;
 mod upstream;
 
+pub use access::TARGET as ACCESS_TARGET;
 pub use admin::{install_metrics, serve_admin, Admin};
 pub use args::Args;
 pub use build::{build, layer, Built};

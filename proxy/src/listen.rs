@@ -1,10 +1,14 @@
 //! The listener: accepting connections within the limit, TLS handshakes,
 //! HTTP/1.1 and HTTP/2 on each, and the graceful drain at shutdown.
 
+use crate::access::{Logged, Pending};
 use crate::{Proxy, Tls};
+use http::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +36,9 @@ pub struct ListenOptions {
     /// The most connections open at once: past it, new ones wait in the
     /// listen backlog until one closes.
     pub max_connections: usize,
+    /// Log a line per request (under [`ACCESS_TARGET`](crate::ACCESS_TARGET)):
+    /// `Some(true)` with the query, `Some(false)` without.
+    pub access_log: Option<bool>,
 }
 
 impl Default for ListenOptions {
@@ -39,6 +46,7 @@ impl Default for ListenOptions {
         Self {
             tls: None,
             max_connections: 10_000,
+            access_log: None,
         }
     }
 }
@@ -76,7 +84,18 @@ where
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.for_client(addr);
-        let service = hyper::service::service_fn(move |req| proxy.clone().oneshot(req));
+        let access_log = options.access_log;
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let pending = access_log.map(|query| Pending::of(&req, query));
+            let answered = proxy.clone().oneshot(req);
+            async move {
+                let res = answered.await?;
+                Ok::<_, Infallible>(match pending {
+                    Some(pending) => pending.answered(res),
+                    None => res.map(Logged::unlogged),
+                })
+            }
+        });
         let (server, watcher) = (server.clone(), graceful.watcher());
         let tls = tls.clone();
         // The handshake runs in the connection's task: a slow client holds

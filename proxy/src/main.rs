@@ -12,7 +12,7 @@ use tokio::time::Instant;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::from_env();
-    logs();
+    logs(&args);
     if args.shares() && args.ttl == Some(std::time::Duration::ZERO) {
         eprintln!(
             "coalesce-proxy: warning: with --ttl-ms 0 instances cannot hand answers to each \
@@ -77,6 +77,7 @@ async fn main() -> ExitCode {
     let listening = ListenOptions {
         tls,
         max_connections: args.max_connections,
+        access_log: args.access_log,
     };
     let server = tokio::spawn(serve_with(listener, proxy, listening, async {
         let _ = stopped.await;
@@ -182,14 +183,23 @@ async fn termination() -> std::io::Result<()> {
 
 /// Logs to standard error, filtered by `RUST_LOG` (default: warnings and
 /// errors), so that what the library reports — Redis unreachable, a lease
-/// lost, a panicking upstream call — is seen.
-fn logs() {
+/// lost, a panicking upstream call — is seen; as text or JSON lines. The
+/// access log, when asked for, is on whatever `RUST_LOG` says.
+fn logs(args: &Args) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    if args.access_log.is_some() {
+        if let Ok(access) = format!("{}=info", coalesce_proxy::ACCESS_TARGET).parse() {
+            filter = filter.add_directive(access);
+        }
+    }
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        logs.json().with_current_span(false).init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }

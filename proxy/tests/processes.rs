@@ -63,6 +63,11 @@ impl ProxyProcess {
     /// One public host name, answers shared through `redis` (`--redis URL`
     /// or `--redis-cluster URLS`), and `args`.
     fn start_on(upstream: &Uri, redis: &[&str], args: &[&str]) -> Self {
+        Self::start_logging(upstream, redis, args, Stdio::null())
+    }
+
+    /// As `start_on`, its standard error (its logs) going to `logs`.
+    fn start_logging(upstream: &Uri, redis: &[&str], args: &[&str], logs: Stdio) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let bin = env!("CARGO_BIN_EXE_coalesce-proxy");
         let child = Command::new(bin)
@@ -72,7 +77,7 @@ impl ProxyProcess {
             .args(["--public-host", "shop.example"])
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(logs)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
         let mut proxy = ProxyProcess { child, addr };
@@ -699,6 +704,51 @@ async fn sighup_reloads_the_listeners_certificate() {
             "SIGHUP never reloaded the certificate"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn json_logs_carry_one_access_line_per_request_and_never_its_query() {
+    let (up, upstream) = gated_upstream().await;
+    up.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    let dir = support::scratch("access-log");
+    let path = dir.join("proxy.log");
+    let file = std::fs::File::create(&path).unwrap();
+    let mut proxy = ProxyProcess::start_logging(
+        &upstream,
+        &[],
+        &["--ttl-ms", "60000", "--log-format", "json", "--access-log"],
+        Stdio::from(file),
+    );
+    let addr = proxy.addr;
+    assert_eq!(fetch(addr, "/gated?token=secret").await.1, "leader");
+    assert_eq!(fetch(addr, "/gated?token=secret").await.1, "hit");
+    proxy.terminate();
+    assert!(proxy.exit_status(Duration::from_secs(10)).success());
+
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(!log.contains("secret"), "a query reached the log: {log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .filter(|line: &serde_json::Value| line["target"] == "coalesce_proxy::access")
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    let body = "answer for /gated".len() as u64;
+    for (line, outcome) in lines.iter().zip(["leader", "hit"]) {
+        let fields = &line["fields"];
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert_eq!(fields["method"], "GET", "{line}");
+        assert_eq!(fields["path"], "/gated", "{line}");
+        assert_eq!(fields["status"], 200, "{line}");
+        assert_eq!(fields["outcome"], outcome, "{line}");
+        assert_eq!(fields["bytes"], body, "{line}");
+        assert_eq!(fields["end"], "complete", "{line}");
+        assert!(
+            fields["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{line}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

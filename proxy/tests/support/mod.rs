@@ -109,6 +109,7 @@ pub async fn start(
     let listening = coalesce_proxy::ListenOptions {
         tls: tls.clone(),
         max_connections: args.max_connections,
+        access_log: args.access_log,
     };
     tokio::spawn(coalesce_proxy::serve_with(
         listener,
