@@ -36,6 +36,8 @@ msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
 rustup toolchain list | grep -q "^$msrv-" || rustup toolchain install "$msrv" --profile minimal
 CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --workspace --all-features --all-targets
 cargo test --workspace --all-features
+# The proxy's release build, as its container image makes it.
+bash proxy/deploy/build.sh
 # With every feature the Redis client speaks TLS through rustls; this runs
 # the TLS tests through native-tls too.
 cargo test -p tower-coalesce --features tls-native --test redis_url

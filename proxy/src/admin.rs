@@ -165,3 +165,30 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     });
     Ok(handle)
 }
+
+/// `coalesce-proxy healthcheck [ADDR]`: asks the admin listener at `addr`
+/// for `/healthz`, for container health checks in an image that has no
+/// HTTP client. `Ok` if it answered `200` within 3 s; else why not.
+pub async fn healthcheck(addr: std::net::SocketAddr) -> Result<(), String> {
+    let ask = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let req = Request::get("/healthz")
+            .header(header::HOST, addr.to_string())
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let res = send.send_request(req).await.map_err(|e| e.to_string())?;
+        match res.status() {
+            StatusCode::OK => Ok(()),
+            status => Err(format!("{addr} answered {status}")),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), ask)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer from {addr} within 3 s")))
+}

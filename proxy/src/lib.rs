@@ -107,7 +107,7 @@ mod tls;
 mod upstream;
 
 pub use access::TARGET as ACCESS_TARGET;
-pub use admin::{install_metrics, serve_admin, Admin};
+pub use admin::{healthcheck, install_metrics, serve_admin, Admin};
 pub use args::Args;
 pub use build::{build, layer, Built};
 pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody};

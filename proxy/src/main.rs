@@ -2,15 +2,36 @@
 //! `coalesce-proxy --help`.
 
 use coalesce_proxy::{
-    build, install_metrics, serve_admin, serve_with, Admin, Args, ListenOptions, Tls,
+    build, healthcheck, install_metrics, serve_admin, serve_with, Admin, Args, ListenOptions, Tls,
 };
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+/// Where `healthcheck` asks when given no address.
+const ADMIN_DEFAULT: &str = "127.0.0.1:9901";
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `coalesce-proxy healthcheck [ADDR]`: exit 0 if the admin listener
+    // answers `/healthz` (a container's HEALTHCHECK, with no curl in the
+    // image).
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("healthcheck") {
+        let addr = argv.next().unwrap_or_else(|| ADMIN_DEFAULT.to_owned());
+        let Ok(addr) = addr.parse() else {
+            eprintln!("usage: coalesce-proxy healthcheck [IP:PORT of --admin-listen, default {ADMIN_DEFAULT}]");
+            return ExitCode::from(2);
+        };
+        return match healthcheck(addr).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("coalesce-proxy healthcheck: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::from_env();
     logs(&args);
     if args.shares() && args.ttl == Some(std::time::Duration::ZERO) {

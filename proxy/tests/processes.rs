@@ -752,3 +752,37 @@ async fn json_logs_carry_one_access_line_per_request_and_never_its_query() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_healthcheck_command_says_whether_the_admin_listener_answers() {
+    let (_, upstream) = gated_upstream().await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin_arg = admin.to_string();
+    let proxy = ProxyProcess::start_on(&upstream, &[], &["--admin-listen", &admin_arg]);
+    let bin = env!("CARGO_BIN_EXE_coalesce-proxy");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(admin).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the admin listener never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let healthy = Command::new(bin)
+        .args(["healthcheck", &admin_arg])
+        .status()
+        .unwrap();
+    assert!(healthy.success());
+    drop(proxy);
+    let gone = Command::new(bin)
+        .args(["healthcheck", &admin_arg])
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot connect"));
+    let bad = Command::new(bin)
+        .args(["healthcheck", "nowhere"])
+        .status()
+        .unwrap();
+    assert_eq!(bad.code(), Some(2));
+}
