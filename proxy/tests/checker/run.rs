@@ -190,9 +190,14 @@ pub async fn one(bin: &str, seed: u64, cluster: bool) -> History {
     let redis = Deployment::start(cluster).await;
     let base = Instant::now();
     let origin = Origin::start(base).await;
+    // Named by the deployment too: the server and cluster checks run at
+    // once in one process, and draw the same seeds when they start within
+    // one second; one history removing the other's token file made its
+    // next instance exit before listening.
     let token_file = std::env::temp_dir().join(format!(
-        "coalesce-checker-token-{}-{seed}",
-        std::process::id()
+        "coalesce-checker-token-{}-{}-{seed}",
+        std::process::id(),
+        if cluster { "cluster" } else { "server" },
     ));
     std::fs::write(&token_file, TOKEN).unwrap();
     let token_path = token_file.to_str().unwrap().to_owned();
