@@ -57,7 +57,7 @@ pub async fn many(bin: &str, seeds: &[u64], parallel: usize, cluster: bool) -> S
                 if violations.is_empty() {
                     // Kept only where there is something to read: a long
                     // run logs every history.
-                    forget_logs(seed);
+                    forget_logs(seed, cluster);
                 }
                 let mut summary = summary.lock().unwrap();
                 summary.histories += 1;
@@ -140,17 +140,19 @@ impl Drop for Instance {
 }
 
 /// Where the `n`th instance of `seed`'s history logs: a file in the
-/// directory `CHECKER_LOGS` names, if it names one.
-fn log(seed: u64, n: usize) -> Option<std::path::PathBuf> {
+/// directory `CHECKER_LOGS` names, if it names one (the cluster's histories
+/// apart from the server's, which run at once with the same seeds).
+fn log(seed: u64, cluster: bool, n: usize) -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("CHECKER_LOGS")?;
     std::fs::create_dir_all(&dir).ok()?;
-    Some(std::path::Path::new(&dir).join(format!("{seed}-instance-{n}.log")))
+    let on = if cluster { "cluster-" } else { "" };
+    Some(std::path::Path::new(&dir).join(format!("{on}{seed}-instance-{n}.log")))
 }
 
 /// Removes the logs of `seed`'s instances, if any were kept.
-fn forget_logs(seed: u64) {
+fn forget_logs(seed: u64, cluster: bool) {
     for n in 0.. {
-        match log(seed, n) {
+        match log(seed, cluster, n) {
             Some(path) if path.exists() => {
                 let _ = std::fs::remove_file(path);
             }
@@ -170,6 +172,8 @@ pub(crate) fn signal(pid: u32, name: &str) {
 /// Everything one history runs against.
 struct Fleet {
     seed: u64,
+    /// On a cluster, rather than one server.
+    cluster: bool,
     /// Instances started so far.
     started: usize,
     base: Instant,
@@ -202,10 +206,19 @@ pub async fn one(bin: &str, seed: u64, cluster: bool) -> History {
     std::fs::write(&token_file, TOKEN).unwrap();
     let token_path = token_file.to_str().unwrap().to_owned();
     let instances = (0..SHAPE.instances)
-        .map(|i| Instance::start(bin, origin.addr, &redis.args(), &token_path, log(seed, i)))
+        .map(|i| {
+            Instance::start(
+                bin,
+                origin.addr,
+                &redis.args(),
+                &token_path,
+                log(seed, cluster, i),
+            )
+        })
         .collect();
     let mut fleet = Fleet {
         seed,
+        cluster,
         started: SHAPE.instances,
         base,
         origin,
@@ -440,7 +453,7 @@ impl Fleet {
                     self.origin.addr,
                     &self.redis.args(),
                     &self.token_path,
-                    log(self.seed, self.started),
+                    log(self.seed, self.cluster, self.started),
                 );
                 self.started += 1;
                 drop(std::mem::replace(&mut self.instances[instance], started));
