@@ -2,7 +2,7 @@
 //! starts.
 
 use crate::forward::{Forwarding, Upstream};
-use clap::{ArgGroup, Parser};
+use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser};
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::Uri;
@@ -100,7 +100,15 @@ pub struct Args {
 // What sharing through Redis needs one of: `--namespace` means nothing
 // without it.
 #[command(group(ArgGroup::new("shared").args(["redis", "redis_cluster"])))]
-struct Cli {
+pub(crate) struct Cli {
+    /// Read settings from this TOML file: its keys are these flags' names
+    /// (`upstream-timeout-ms = 5000`, `access-log = true`). Every flag is
+    /// also read from COALESCE_<NAME> (COALESCE_UPSTREAM_TIMEOUT_MS).
+    /// Precedence: flags, then the environment, then the file, then the
+    /// defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+
     /// Where to listen, IP:PORT.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -363,18 +371,138 @@ impl Args {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let argv =
-            std::iter::once("coalesce-proxy".to_owned()).chain(args.into_iter().map(Into::into));
-        Cli::try_parse_from(argv)
-            .map(Self::from)
-            .map_err(|e| e.to_string())
+        let argv = args.into_iter().map(Into::into).collect();
+        Self::read(argv).map_err(|error| match error {
+            Read::Clap(error, origins) => origins.explain(error),
+            Read::File(message) => message,
+        })
     }
 
-    /// Parses the process's own arguments; on `--help`, `--version` or a bad
-    /// argument, prints what clap says and exits (status 2 for errors).
+    /// Parses the process's own arguments (with the environment and the
+    /// file they name); on `--help`, `--version` or a bad argument, prints
+    /// what clap says and exits (status 2 for errors).
     pub fn from_env() -> Self {
-        Self::from(Cli::parse())
+        match Self::read(std::env::args().skip(1).collect()) {
+            Ok(args) => args,
+            Err(Read::Clap(error, origins)) => match error.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    error.exit()
+                }
+                _ => {
+                    eprintln!("coalesce-proxy: {}", origins.explain(error));
+                    std::process::exit(2);
+                }
+            },
+            Err(Read::File(message)) => {
+                eprintln!("coalesce-proxy: {message}");
+                std::process::exit(2);
+            }
+        }
     }
+
+    fn read(argv: Vec<String>) -> Result<Self, Read> {
+        let (argv, origins) = crate::config::with_file(argv).map_err(Read::File)?;
+        let argv = std::iter::once("coalesce-proxy".to_owned()).chain(argv);
+        let matches = match command().try_get_matches_from(argv) {
+            Ok(matches) => matches,
+            Err(error) => return Err(Read::Clap(error, origins)),
+        };
+        Cli::from_arg_matches(&matches)
+            .map(Self::from)
+            .map_err(|error| Read::Clap(error, origins))
+    }
+}
+
+impl Args {
+    /// The effective settings, one `name = value` line each, as
+    /// `coalesce-proxy check` prints them: never a secret (the purge token
+    /// is not shown, Redis passwords are masked).
+    pub fn summary(&self) -> String {
+        let ms = |d: Duration| d.as_millis().to_string();
+        let freshness = match self.ttl {
+            Some(ttl) => format!("ttl {} ms, stale {} ms", ttl.as_millis(), self.stale.as_millis()),
+            None => format!(
+                "from the upstream (at most {} ms; {} ms without; stale-while-revalidate up to {} ms)",
+                self.max_ttl.as_millis(),
+                self.default_ttl.as_millis(),
+                self.stale.as_millis()
+            ),
+        };
+        let lines = [
+            ("listen", self.listen.to_string()),
+            (
+                "tls",
+                self.tls.as_ref().map_or("off".into(), |(c, k)| {
+                    format!("{} {}", c.display(), k.display())
+                }),
+            ),
+            (
+                "admin-listen",
+                self.admin_listen.map_or("off".into(), |a| a.to_string()),
+            ),
+            ("upstream", self.upstream.to_string()),
+            ("upstream-http2", self.upstream_options.http2.to_string()),
+            (
+                "shared",
+                if self.shares() {
+                    self.redis_shown()
+                } else {
+                    "no (in-process)".into()
+                },
+            ),
+            (
+                "namespace",
+                self.namespace.clone().unwrap_or_else(|| "coalesce".into()),
+            ),
+            ("freshness", freshness),
+            ("upstream-timeout-ms", ms(self.upstream_timeout)),
+            ("flight-timeout-ms", ms(self.flight_timeout)),
+            ("max-connections", self.max_connections.to_string()),
+            ("max-request-body-bytes", self.max_request_body.to_string()),
+            ("max-stored-bytes", self.max_stored_bytes.to_string()),
+            (
+                "purge",
+                if self.purge_token.is_some() {
+                    "with a token".into()
+                } else {
+                    "off".into()
+                },
+            ),
+            (
+                "access-log",
+                self.access_log.map_or("off".into(), |q| {
+                    if q {
+                        "with queries".into()
+                    } else {
+                        "on".into()
+                    }
+                }),
+            ),
+            (
+                "log-format",
+                if self.log_json {
+                    "json".into()
+                } else {
+                    "text".into()
+                },
+            ),
+        ];
+        lines
+            .iter()
+            .map(|(name, value)| format!("{name} = {value}\n"))
+            .collect()
+    }
+}
+
+/// Why the settings could not be read.
+enum Read {
+    Clap(clap::Error, crate::config::Origins),
+    File(String),
+}
+
+/// The command line clap reads: every flag also from the environment.
+pub(crate) fn command() -> clap::Command {
+    crate::config::with_env(Cli::command())
 }
 
 impl From<Cli> for Args {

@@ -99,6 +99,7 @@ mod access;
 mod admin;
 mod args;
 mod build;
+mod config;
 mod forward;
 mod key;
 mod listen;

@@ -18,7 +18,22 @@ async fn main() -> ExitCode {
     // answers `/healthz` (a container's HEALTHCHECK, with no curl in the
     // image).
     let mut argv = std::env::args().skip(1);
-    if argv.next().as_deref() == Some("healthcheck") {
+    let first = argv.next();
+    // `coalesce-proxy check [--config FILE] [FLAGS]`: the settings as a
+    // start would read them, printed, or why they are wrong (status 2).
+    if first.as_deref() == Some("check") {
+        return match Args::parse(argv) {
+            Ok(args) => {
+                print!("{}", args.summary());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("coalesce-proxy check: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if first.as_deref() == Some("healthcheck") {
         let addr = argv.next().unwrap_or_else(|| ADMIN_DEFAULT.to_owned());
         let Ok(addr) = addr.parse() else {
             eprintln!("usage: coalesce-proxy healthcheck [IP:PORT of --admin-listen, default {ADMIN_DEFAULT}]");
