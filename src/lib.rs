@@ -219,8 +219,8 @@ mod vary;
 
 pub use backend::{
     Announcer, Backend, BackendError, BackendFuture, Completion, Invalidation, LeaseToken, Leases,
-    MemoryBackend, MemoryBackendBuilder, Notice, Store, StreamEnd, StreamRead, Streams, TryLock,
-    Watch,
+    LocalSize, MemoryBackend, MemoryBackendBuilder, Notice, Store, StreamEnd, StreamRead, Streams,
+    TryLock, Watch,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
