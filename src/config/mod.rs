@@ -3,6 +3,7 @@
 mod bounds;
 mod invalidation;
 mod lifecycle;
+mod observe;
 mod validate;
 
 pub(crate) use invalidation::TagsFn;
@@ -247,36 +248,6 @@ impl CoalesceConfig {
     /// would throw the query away and every retry would start it again.
     pub fn complete_abandoned(mut self, complete: bool) -> Self {
         self.complete_abandoned = complete;
-        self
-    }
-
-    /// Also write each response's [`Outcome`](crate::Outcome) as this header
-    /// (`hit`, `leader`, `follower`, `bypass` or `pass`). Off by default.
-    ///
-    /// # Panics
-    /// If `name` is not a valid header name; use
-    /// [`outcome_header_name`](Self::outcome_header_name) with a checked one.
-    pub fn outcome_header(self, name: &'static str) -> Self {
-        self.outcome_header_name(Some(HeaderName::from_static(name)))
-    }
-
-    /// Sets or clears the outcome header with a checked [`HeaderName`].
-    pub fn outcome_header_name(mut self, name: Option<HeaderName>) -> Self {
-        self.outcome_header = name;
-        self
-    }
-
-    /// Also add this cache's member to each response's `Cache-Status`
-    /// (RFC 9211), named `name` (a token, such as `tower-coalesce` or the
-    /// host's name), after any member the origin's response already
-    /// carries: `hit; ttl=N` from storage (`N` negative when stale),
-    /// `fwd=miss; fwd-status=S` for a flight's leader, with `collapsed` for
-    /// its followers, `fwd=bypass` for requests the layer does not handle
-    /// (`detail=pass` for keys whose answers cannot be shared),
-    /// `detail=not-cached` for an `only-if-cached` with nothing stored.
-    /// Off by default.
-    pub fn cache_status(mut self, name: impl Into<String>) -> Self {
-        self.cache_status = Some(name.into());
         self
     }
 
