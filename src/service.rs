@@ -97,6 +97,7 @@ where
             tracing::trace!("bypass: no key");
             bump(&shared.counters.bypasses);
             let grpc = crate::error::is_grpc(&req);
+            shared.meter.response(crate::Outcome::Bypass);
             if shared.config.invalidate_on_unsafe && !req.method().is_safe() {
                 if let Some(write) = crate::purge::Write::of(shared, &mut req) {
                     let purger = crate::Purger::new(self.shared.clone());
@@ -132,6 +133,7 @@ where
         // refresh and leads no flight.
         let no_store = asks.as_ref().is_some_and(crate::client::Asks::no_store);
         if let Some((outcome, entry)) = held {
+            shared.meter.response(outcome);
             let refresh = !no_store
                 && match outcome {
                     crate::Outcome::Stale => {
@@ -164,6 +166,7 @@ where
         if let Some(asks) = asks {
             if asks.only_if_cached() {
                 tracing::debug!(key = %key.fingerprint(), "only-if-cached, and nothing stored: 504");
+                shared.meter.response(crate::Outcome::NotCached);
                 return ResponseFuture::not_cached(header);
             }
             // The flight it may lead must not answer it from storage either.
@@ -188,6 +191,7 @@ where
             // the origin, and its answer to this caller alone.
             req.extensions_mut().insert(crate::Outcome::Pass);
             let grpc = crate::error::is_grpc(&req);
+            shared.meter.response(crate::Outcome::Pass);
             let future = self.inner.call(req);
             return ResponseFuture::direct(future, crate::Outcome::Pass, &self.shared, grpc);
         }

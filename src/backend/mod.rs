@@ -102,8 +102,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// How much this store holds in this process's memory (what
-    /// [`find_local`](Self::find_local) answers from). It must be cheap to
-    /// read, and may lag (by what expired since, say). `None`, the
+    /// [`find_local`](Self::find_local) answers from), for the near-cache
+    /// gauges of the `metrics` feature. Read as flights end, so it must be
+    /// cheap, and may lag (by what expired since, say). `None`, the
     /// default: nothing held, or not counted.
     fn local_size(&self) -> Option<LocalSize> {
         None

@@ -10,7 +10,7 @@ use crate::flight::{Landing, Varied};
 use crate::leader;
 use crate::origin::{Origin, OriginBody};
 use crate::shared::Shared;
-use crate::stats::{bump, mark, Forwarded, Fwd};
+use crate::stats::{bump, Forwarded, Fwd, Started};
 use crate::{CoalesceBody, FlightErrorKind, KeyExtractor, Outcome, WaitFallback};
 use http::{Request, Response};
 use std::sync::Arc;
@@ -22,6 +22,7 @@ pub(super) struct Follower<'a, S, E, ReqBody> {
     pub(super) joined: &'a mut crate::PurgePosition,
     pub(super) refused: bool,
     pub(super) grpc: bool,
+    pub(super) since: Started,
 }
 
 /// What comes of a landing for a follower.
@@ -51,6 +52,7 @@ where
         joined,
         refused,
         grpc,
+        since,
     } = follower;
     let header = shared.marks.as_deref();
     let state = match landing {
@@ -95,7 +97,9 @@ where
                 },
             };
             match res {
-                Some(res) => return Next::Answer(mark(res, Outcome::Follower, header, None)),
+                Some(res) => {
+                    return Next::Answer(followed(shared, since, res, Outcome::Follower, None))
+                }
                 // Joined after the window dropped the answer's first
                 // bytes: a new flight.
                 None => rejoin(shared, call, false),
@@ -111,7 +115,7 @@ where
             };
             forwarded.note(&mut res, header);
             let ttl = entry.ttl_secs();
-            return Next::Answer(mark(res, Outcome::Stale, header, ttl));
+            return Next::Answer(followed(shared, since, res, Outcome::Stale, ttl));
         }
         Some(Landing::Done(entry) | Landing::Varied(entry, _)) => {
             // The flight found a stale answer, and is refreshing it.
@@ -133,7 +137,7 @@ where
                 };
                 forwarded.note(&mut res, header);
             }
-            return Next::Answer(mark(res, outcome, header, ttl));
+            return Next::Answer(followed(shared, since, res, outcome, ttl));
         }
         Some(Landing::Failed(error))
             if error.kind() == FlightErrorKind::WaitTimeout
@@ -145,7 +149,7 @@ where
         }
         Some(Landing::Failed(error)) => {
             let res = error.into_response(grpc);
-            return Next::Answer(mark(res, Outcome::Follower, header, None));
+            return Next::Answer(followed(shared, since, res, Outcome::Follower, None));
         }
         Some(Landing::Pass) => pass(shared, call),
         None => {
@@ -171,7 +175,7 @@ where
                         bump(counter);
                         let res = answer(call, &entry);
                         let ttl = entry.ttl_secs();
-                        return Next::Answer(mark(res, outcome, header, ttl));
+                        return Next::Answer(followed(shared, since, res, outcome, ttl));
                     }
                     match join(shared, &key, call) {
                         Some(role) => start(shared, key, call, role),
@@ -213,6 +217,19 @@ fn answer<S, ReqBody, ResBody>(
         Some((req, _)) => Asked::of(req).answer(entry),
         None => entry.to_response(),
     }
+}
+
+/// A follower's answer, marked: counted by outcome, and how long it
+/// waited since it joined at `since`.
+fn followed<E, B>(
+    shared: &Shared<E>,
+    since: Started,
+    res: Response<B>,
+    outcome: Outcome,
+    ttl: Option<i64>,
+) -> Response<B> {
+    shared.meter.follower_wait(since);
+    shared.mark(res, outcome, ttl)
 }
 
 /// Whether `entry`, a flight's answer, was purged by a purge this follower

@@ -11,7 +11,7 @@ use crate::flight::{Role, Wait};
 use crate::leader;
 use crate::origin::{Origin, OriginBody, Own};
 use crate::shared::Shared;
-use crate::stats::{bump, mark};
+use crate::stats::{bump, Started};
 use crate::{CoalesceBody, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -55,6 +55,8 @@ pin_project! {
         // The request and a clone of the inner service, until a flight or a
         // pass takes them.
         call: Option<(Request<ReqBody>, S)>,
+        // When it joined the flight table, for how long a follower waited.
+        since: Started,
         #[pin]
         state: State<ResBody, S::Error>,
     }
@@ -90,6 +92,7 @@ where
     ) -> Self {
         let grpc = crate::error::is_grpc(&req);
         let joined = shared.config.backend.purge_position();
+        let since = Started::now();
         let mut call = Some((req, inner));
         let state = start(&shared, key, &mut call, role);
         Self {
@@ -98,6 +101,7 @@ where
             refused,
             joined,
             call,
+            since,
             state,
         }
     }
@@ -142,24 +146,22 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let header = this.shared.marks.as_deref();
         loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Leading { own } => {
                     let own = ready!(Pin::new(own).poll(cx));
                     this.state.set(State::Done);
                     return Poll::Ready(match own {
-                        Ok(own) => own.map(|(res, outcome)| mark(res, outcome, header, None)),
+                        Ok(own) => own.map(|(res, outcome)| this.shared.mark(res, outcome, None)),
                         // The task ended without answering: only when the
                         // runtime shuts down.
-                        Err(_) => Ok(mark(
+                        Err(_) => Ok(this.shared.mark(
                             FlightError::new(
                                 FlightErrorKind::Dropped,
                                 "the flight's task was stopped",
                             )
                             .into_response(*this.grpc),
                             Outcome::Leader,
-                            header,
                             None,
                         )),
                     });
@@ -167,7 +169,7 @@ where
                 StateProj::Passing { future } => {
                     let res = ready!(future.as_mut().poll(cx));
                     this.state.set(State::Done);
-                    return Poll::Ready(res.map(|res| mark(res, Outcome::Pass, header, None)));
+                    return Poll::Ready(res.map(|res| this.shared.mark(res, Outcome::Pass, None)));
                 }
                 StateProj::Done => panic!("Coalesced polled after completion"),
                 StateProj::Following { mut wait } => {
@@ -181,6 +183,7 @@ where
                         joined: this.joined,
                         refused: *this.refused,
                         grpc: *this.grpc,
+                        since: *this.since,
                     };
                     match landed(follower, landing, only) {
                         Next::Answer(res) => return Poll::Ready(Ok(res)),

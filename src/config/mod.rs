@@ -81,6 +81,8 @@ pub struct CoalesceConfig {
     pub(crate) credentials: Vec<HeaderName>,
     pub(crate) outcome_header: Option<HeaderName>,
     pub(crate) cache_status: Option<String>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics_label: String,
     pub(crate) tag_header: Option<HeaderName>,
     pub(crate) keep_tag_header: bool,
     pub(crate) tags: Option<TagsFn>,
@@ -97,8 +99,8 @@ impl Default for CoalesceConfig {
 
 impl fmt::Debug for CoalesceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CoalesceConfig")
-            .field("freshness", &self.freshness)
+        let mut d = f.debug_struct("CoalesceConfig");
+        d.field("freshness", &self.freshness)
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("early_refresh", &self.early_refresh)
             .field("stale_if_error", &self.stale_if_error)
@@ -124,8 +126,10 @@ impl fmt::Debug for CoalesceConfig {
             .field("keep_tag_header", &self.keep_tag_header)
             .field("tags", &self.tags.is_some())
             .field("invalidate_on_unsafe", &self.invalidate_on_unsafe)
-            .field("write_purge_failure", &self.write_purge_failure)
-            .finish_non_exhaustive()
+            .field("write_purge_failure", &self.write_purge_failure);
+        #[cfg(feature = "metrics")]
+        d.field("metrics_label", &self.metrics_label);
+        d.finish_non_exhaustive()
     }
 }
 
@@ -184,6 +188,8 @@ impl CoalesceConfig {
             ],
             outcome_header: None,
             cache_status: None,
+            #[cfg(feature = "metrics")]
+            metrics_label: Self::DEFAULT_METRICS_LABEL.to_owned(),
             tag_header: None,
             keep_tag_header: false,
             tags: None,

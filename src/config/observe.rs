@@ -1,5 +1,6 @@
 //! The settings of what the layer tells about its answers besides them:
-//! the outcome header and its `Cache-Status` member.
+//! the outcome header, its `Cache-Status` member, and the label of its
+//! metrics.
 
 use super::CoalesceConfig;
 use http::HeaderName;
@@ -34,4 +35,27 @@ impl CoalesceConfig {
         self.cache_status = Some(name.into());
         self
     }
+
+    /// The value of the `layer` label on every series this layer reports
+    /// to the `metrics` facade (default `"default"`), so that two layers in
+    /// one process (an API and its admin routes, say) can be told apart.
+    ///
+    /// ```
+    /// use tower_coalesce::{CoalesceConfig, CoalesceLayer};
+    ///
+    /// let api = CoalesceLayer::new(CoalesceConfig::new().metrics_label("api"));
+    /// let admin = CoalesceLayer::new(CoalesceConfig::new().metrics_label("admin"));
+    /// # let _ = (api, admin);
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_label(mut self, label: impl Into<String>) -> Self {
+        self.metrics_label = label.into();
+        self
+    }
+
+    /// The `layer` label of a layer that was given none.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub const DEFAULT_METRICS_LABEL: &'static str = "default";
 }

@@ -7,6 +7,7 @@
 //! joins again. The table must never hold a flight that no task will finish;
 //! [`FlightGuard`] removes the entry when the leader's task ends, whichever way.
 
+use crate::stats::{Meter, Started};
 use crate::tape::Tape;
 use crate::{Entry, FlightError, Key};
 use pin_project_lite::pin_project;
@@ -96,9 +97,33 @@ pub(crate) enum Role {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct FlightTable {
     flights: Arc<Mutex<HashMap<Key, Arc<Flight>>>>,
+    /// Told how many flights are under way, and how long each took.
+    meter: Meter,
 }
 
 impl FlightTable {
+    /// An empty table, reporting to `meter`.
+    pub(crate) fn new(meter: Meter) -> Self {
+        Self {
+            flights: Arc::default(),
+            meter,
+        }
+    }
+
+    /// A new flight for `key`, in `flights` (this table's, locked).
+    fn lead(&self, flights: &mut HashMap<Key, Arc<Flight>>, key: &Key) -> FlightGuard {
+        let flight = Arc::new(Flight::default());
+        flights.insert(key.clone(), flight.clone());
+        // Under the lock: the last count set is the table's.
+        self.meter.flights(flights.len());
+        FlightGuard {
+            table: self.clone(),
+            key: key.clone(),
+            flight,
+            started: Started::now(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Flight>>> {
         crate::sync::lock(&self.flights)
     }
@@ -114,13 +139,7 @@ impl FlightTable {
                 flight: flight.clone(),
             });
         }
-        let flight = Arc::new(Flight::default());
-        flights.insert(key.clone(), flight.clone());
-        Role::Leader(FlightGuard {
-            table: self.clone(),
-            key: key.clone(),
-            flight,
-        })
+        Role::Leader(self.lead(&mut flights, key))
     }
 
     /// Follows the flight under way for `key`, if there is one; never
@@ -142,13 +161,7 @@ impl FlightTable {
         if flights.contains_key(key) {
             return None;
         }
-        let flight = Arc::new(Flight::default());
-        flights.insert(key.clone(), flight.clone());
-        Some(FlightGuard {
-            table: self.clone(),
-            key: key.clone(),
-            flight,
-        })
+        Some(self.lead(&mut flights, key))
     }
 
     /// Takes the flights whose keys `purged` holds for out of the table, so
@@ -158,6 +171,7 @@ impl FlightTable {
         let mut flights = self.lock();
         let before = flights.len();
         flights.retain(|key, _| !purged(key));
+        self.meter.flights(flights.len());
         before - flights.len()
     }
 
@@ -174,6 +188,7 @@ pub(crate) struct FlightGuard {
     table: FlightTable,
     key: Key,
     flight: Arc<Flight>,
+    started: Started,
 }
 
 impl FlightGuard {
@@ -182,6 +197,7 @@ impl FlightGuard {
     /// new flight (or find the stored answer), never join a finished one.
     pub(crate) fn land(self, landing: Landing) {
         self.remove();
+        self.landed();
         self.flight.settle(Some(landing));
     }
 
@@ -190,7 +206,13 @@ impl FlightGuard {
     /// body arrives join it, until the guard is dropped or
     /// [`close`](Self::close)d.
     pub(crate) fn stream(&self, landing: Landing) {
+        self.landed();
         self.flight.settle(Some(landing));
+    }
+
+    /// Reports the landing: how long the flight took.
+    fn landed(&self) {
+        self.table.meter.flight(self.started);
     }
 
     /// Takes the flight out of the table: callers from now on start a new
@@ -224,17 +246,21 @@ impl FlightGuard {
         if self.flight.followers.load(Ordering::Acquire) > 0 {
             return false;
         }
-        Self::remove_locked(&mut flights, &self.key, &self.flight);
+        self.remove_locked(&mut flights);
         true
     }
 
     fn remove(&self) {
-        Self::remove_locked(&mut self.table.lock(), &self.key, &self.flight);
+        self.remove_locked(&mut self.table.lock());
     }
 
-    fn remove_locked(flights: &mut HashMap<Key, Arc<Flight>>, key: &Key, flight: &Arc<Flight>) {
-        if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-            flights.remove(key);
+    fn remove_locked(&self, flights: &mut HashMap<Key, Arc<Flight>>) {
+        if flights
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            flights.remove(&self.key);
+            self.table.meter.flights(flights.len());
         }
     }
 }
@@ -244,6 +270,8 @@ impl Drop for FlightGuard {
         self.remove();
         // A no-op after `land`: the slot is written once.
         self.flight.settle(None);
+        // Whatever the flight stored is in by now.
+        self.table.meter.near_cache();
     }
 }
 
