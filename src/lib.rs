@@ -163,6 +163,17 @@
 //! Every response carries its [`Outcome`] (hit, leader, follower, bypass,
 //! pass) in its extensions; [`CoalesceLayer::stats`] counts them all.
 //!
+//! # Tracing
+//! With DEBUG on for the target `tower_coalesce`, each keyed request runs
+//! in a `coalesce.request` span (`http.request.method`,
+//! `http.response.status_code`, `coalesce.outcome`, `coalesce.key`: the
+//! key's [fingerprint](Key::fingerprint)) and each flight in a
+//! `coalesce.flight` span, a child of its leader's request span, which
+//! records how the leader was answered (`coalesce.role`) and how many
+//! followers it had (`coalesce.followers`); followers' spans follow from
+//! their flight's. The field names are OpenTelemetry's where one fits.
+//! With DEBUG off, a request holds no span.
+//!
 //! # Features
 //! - `redis` (default): [`RedisBackend`], shared by every instance through a
 //!   Redis server or cluster. Without it the layer has its embedded
@@ -227,6 +238,7 @@ mod stats;
 mod sync;
 mod tape;
 mod targeted;
+mod trace;
 mod vary;
 
 pub use backend::{

@@ -81,7 +81,7 @@ pub(crate) fn start<S, E, ReqBody, ResBody>(
     let Some(guard) = lead(shared, &key) else {
         return;
     };
-    let span = tracing::debug_span!("coalesce.refresh", key = %key.fingerprint());
+    let span = crate::trace::refresh(&key);
     let task = refresh(shared.clone(), guard, key, req, inner, stale.clone());
     shared.tasks.spawn(task.instrument(span));
 }

@@ -12,6 +12,7 @@ use crate::leader;
 use crate::origin::{Origin, OriginBody, Own};
 use crate::shared::Shared;
 use crate::stats::{bump, Started};
+use crate::trace::Traced;
 use crate::{CoalesceBody, FlightError, FlightErrorKind, Key, KeyExtractor, Outcome};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -57,6 +58,8 @@ pin_project! {
         call: Option<(Request<ReqBody>, S)>,
         // When it joined the flight table, for how long a follower waited.
         since: Started,
+        // The request's span, if it is recorded.
+        span: Traced,
         #[pin]
         state: State<ResBody, S::Error>,
     }
@@ -80,8 +83,9 @@ where
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
-    /// Starts as `role`: a leader's flight task is spawned here. `refused`:
-    /// the caller's directives refused an answer this process held.
+    /// Starts as `role`: a leader's flight task is spawned here, its span
+    /// a child of `span`. `refused`: the caller's directives refused an
+    /// answer this process held.
     pub(crate) fn new(
         shared: Arc<Shared<E>>,
         key: Key,
@@ -89,12 +93,16 @@ where
         req: Request<ReqBody>,
         inner: S,
         refused: bool,
+        span: Traced,
     ) -> Self {
         let grpc = crate::error::is_grpc(&req);
         let joined = shared.config.backend.purge_position();
         let since = Started::now();
         let mut call = Some((req, inner));
-        let state = start(&shared, key, &mut call, role);
+        let state = {
+            let _entered = span.as_deref().map(tracing::Span::enter);
+            start(&shared, key, &mut call, role)
+        };
         Self {
             shared,
             grpc,
@@ -102,6 +110,7 @@ where
             joined,
             call,
             since,
+            span,
             state,
         }
     }
@@ -146,12 +155,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
+        // Events of the request (and a flight it starts) are in its span.
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
+        let answer = loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Leading { own } => {
                     let own = ready!(Pin::new(own).poll(cx));
                     this.state.set(State::Done);
-                    return Poll::Ready(match own {
+                    break match own {
                         Ok(own) => own.map(|(res, outcome)| this.shared.mark(res, outcome, None)),
                         // The task ended without answering: only when the
                         // runtime shuts down.
@@ -164,17 +175,21 @@ where
                             Outcome::Leader,
                             None,
                         )),
-                    });
+                    };
                 }
                 StateProj::Passing { future } => {
                     let res = ready!(future.as_mut().poll(cx));
                     this.state.set(State::Done);
-                    return Poll::Ready(res.map(|res| this.shared.mark(res, Outcome::Pass, None)));
+                    break res.map(|res| this.shared.mark(res, Outcome::Pass, None));
                 }
                 StateProj::Done => panic!("Coalesced polled after completion"),
                 StateProj::Following { mut wait } => {
                     let landing = ready!(wait.as_mut().poll(cx));
-                    let only = wait.as_ref().get_ref().only().cloned();
+                    let wait = wait.as_ref().get_ref();
+                    if let (Some(span), Some(flight)) = (this.span.as_deref(), wait.span()) {
+                        span.follows_from(flight);
+                    }
+                    let only = wait.only().cloned();
                     // Off the flight before anything else: it has landed.
                     this.state.set(State::Done);
                     let follower = Follower {
@@ -186,12 +201,16 @@ where
                         since: *this.since,
                     };
                     match landed(follower, landing, only) {
-                        Next::Answer(res) => return Poll::Ready(Ok(res)),
+                        Next::Answer(res) => break Ok(res),
                         Next::Go(state) => state,
                     }
                 }
             };
             this.state.set(next);
+        };
+        if let Ok(res) = &answer {
+            crate::trace::answered(this.span, res);
         }
+        Poll::Ready(answer)
     }
 }

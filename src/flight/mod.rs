@@ -75,6 +75,10 @@ struct Flight {
     /// (its leader found them varying before it went on): whatever it
     /// lands is for the followers that select that variant only.
     only: Arc<OnceLock<Varied>>,
+    /// The flight's tracing span, while it is recorded: its followers'
+    /// spans follow from it. Held here, so that it stays open as long as a
+    /// follower may still link to it.
+    span: OnceLock<tracing::Span>,
 }
 
 impl Flight {
@@ -210,9 +214,22 @@ impl FlightGuard {
         self.flight.settle(Some(landing));
     }
 
-    /// Reports the landing: how long the flight took.
+    /// Reports the landing: how long the flight took, and in its span how
+    /// many followers it has.
     fn landed(&self) {
         self.table.meter.flight(self.started);
+        if let Some(span) = self.flight.span.get() {
+            let followers = self.flight.followers.load(Ordering::Relaxed);
+            span.record("coalesce.followers", followers as u64);
+        }
+    }
+
+    /// Makes `span` the flight's, for its followers to follow from, if it
+    /// is recorded.
+    pub(crate) fn trace(&self, span: &tracing::Span) {
+        if !span.is_disabled() {
+            let _ = self.flight.span.set(span.clone());
+        }
     }
 
     /// Takes the flight out of the table: callers from now on start a new
@@ -318,6 +335,11 @@ impl Wait {
     /// The variant the flight was made for, if it was made for one only.
     pub(crate) fn only(&self) -> Option<&Varied> {
         self.receiver.flight.only.get()
+    }
+
+    /// The flight's span, if it is recorded.
+    pub(crate) fn span(&self) -> Option<&tracing::Span> {
+        self.receiver.flight.span.get()
     }
 }
 
