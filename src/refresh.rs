@@ -82,6 +82,9 @@ pub(crate) fn start<S, E, ReqBody, ResBody>(
         return;
     };
     let span = crate::trace::refresh(&key);
+    // Requests that join the refresh (their stale answer ran out meanwhile)
+    // follow from it.
+    guard.trace(&span);
     let task = refresh(shared.clone(), guard, key, req, inner, stale.clone());
     shared.tasks.spawn(task.instrument(span));
 }

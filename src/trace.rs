@@ -13,7 +13,9 @@
 //!   `follower` when another instance's did, `hit` when the answer was
 //!   stored...) and how many followers it had when it landed
 //!   (`coalesce.followers`).
-//! - `coalesce.refresh`, one per refresh, with the key's fingerprint.
+//! - `coalesce.refresh`, one per refresh started by a request: the key's
+//!   fingerprint and, like a flight, its follower count at landing (the
+//!   requests that joined it once their stale answer ran out).
 //!
 //! With DEBUG off for the target, a request pays a level check and holds
 //! no span (`None`: nothing allocated, nothing formatted); the
@@ -85,6 +87,7 @@ pub(crate) fn refresh(key: &Key) -> tracing::Span {
         target: "tower_coalesce",
         "coalesce.refresh",
         coalesce.key = %key.fingerprint(),
+        coalesce.followers = Empty,
     )
 }
 
