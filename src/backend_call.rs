@@ -8,6 +8,59 @@
 use crate::shared::Shared;
 use crate::stats::bump;
 
+/// Which backend operation a call is: the `op` label of its duration
+/// (`coalesce_backend_call_duration_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Find,
+    TryLock,
+    Watch,
+    Renew,
+    Complete,
+    Store,
+    Purge,
+    OpenStream,
+    AppendStream,
+    EndStream,
+    ReadStream,
+}
+
+impl Op {
+    /// Every operation, in the order of their discriminants.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) const ALL: [Op; 11] = [
+        Op::Find,
+        Op::TryLock,
+        Op::Watch,
+        Op::Renew,
+        Op::Complete,
+        Op::Store,
+        Op::Purge,
+        Op::OpenStream,
+        Op::AppendStream,
+        Op::EndStream,
+        Op::ReadStream,
+    ];
+
+    /// The `op` label's value.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Op::Find => "find",
+            Op::TryLock => "try_lock",
+            Op::Watch => "watch",
+            Op::Renew => "renew",
+            Op::Complete => "complete",
+            Op::Store => "store",
+            Op::Purge => "purge",
+            Op::OpenStream => "open_stream",
+            Op::AppendStream => "append_stream",
+            Op::EndStream => "end_stream",
+            Op::ReadStream => "read_stream",
+        }
+    }
+}
+
 /// Why a flight goes without the backend for one operation.
 pub(crate) enum Unavailable {
     /// Not tried: the backend kept failing (see `backend_cooldown`).
@@ -37,25 +90,32 @@ impl Unavailable {
 /// is being skipped, otherwise as [`required`].
 pub(crate) async fn optional<'a, E, T>(
     shared: &'a Shared<E>,
-    op: impl FnOnce(&'a dyn crate::Backend) -> crate::backend::BackendFuture<'a, T>,
+    op: Op,
+    call: impl FnOnce(&'a dyn crate::Backend) -> crate::backend::BackendFuture<'a, T>,
 ) -> Result<T, Unavailable> {
     if shared.breaker.skipping() {
         return Err(Unavailable::Skipped);
     }
-    required(shared, op).await.map_err(Unavailable::Failed)
+    required(shared, op, call)
+        .await
+        .map_err(Unavailable::Failed)
 }
 
 /// A backend operation a flight must try whatever the backend did before
 /// (renewing or completing a lease it holds): bounded as [`patient`] says,
-/// its outcome (and how long it took) counted toward skipping the backend.
+/// its outcome (and how long it took) counted toward skipping the backend,
+/// and how long it took reported as `op`'s.
 pub(crate) async fn required<'a, E, T>(
     shared: &'a Shared<E>,
-    op: impl FnOnce(&'a dyn crate::Backend) -> crate::backend::BackendFuture<'a, T>,
+    op: Op,
+    call: impl FnOnce(&'a dyn crate::Backend) -> crate::backend::BackendFuture<'a, T>,
 ) -> Result<T, crate::BackendError> {
     let config = &shared.config;
     let started = std::time::Instant::now();
-    let result = patient(shared, op(&*config.backend)).await;
-    shared.breaker.record_timed(&result, started.elapsed());
+    let result = patient(shared, call(&*config.backend)).await;
+    let took = started.elapsed();
+    shared.breaker.record_timed(&result, took);
+    shared.meter.backend_call(op, took);
     result
 }
 

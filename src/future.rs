@@ -8,6 +8,7 @@
 use crate::coalesced::Coalesced;
 use crate::conditions::Asked;
 use crate::stats::{mark, Marks};
+use crate::trace::Traced;
 use crate::{BoxError, CoalesceBody, Entry, KeyExtractor, Outcome};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -40,19 +41,22 @@ pin_project! {
         S: Service<Request<ReqBody>>,
     {
         // The entry, not a response built from it: an `Arc`, so hits keep
-        // this future small.
-        Ready { entry: Option<Entry>, asked: Asked, outcome: Outcome },
-        Direct { #[pin] future: S::Future, outcome: Outcome },
+        // this future small. Each state but `Coalesced` (which keeps its
+        // own) holds the request's span, if it is recorded: a follower's
+        // future is not made larger by a span it never holds here.
+        Ready { entry: Option<Entry>, asked: Asked, outcome: Outcome, span: Traced },
+        Direct { #[pin] future: S::Future, outcome: Outcome, span: Traced },
         // Marks its own outcome.
         Coalesced { #[pin] future: Coalesced<S, E, ReqBody, ResBody> },
         // `only-if-cached`, with nothing stored: a 504.
-        NotCached,
+        NotCached { span: Traced },
         // An answer made by a boxed future, marked `outcome`: an unsafe
         // request's, which purges its URL when it succeeds, or a direct call
         // bounded by the direct timeout.
         Boxed {
             future: BoxFuture<'static, Result<Response<CoalesceBody<ResBody>>, S::Error>>,
             outcome: Outcome,
+            span: Traced,
         },
     }
 }
@@ -61,10 +65,13 @@ impl<S, E, ReqBody, ResBody> ResponseFuture<S, E, ReqBody, ResBody>
 where
     S: Service<Request<ReqBody>>,
 {
+    // The request's span is given to each constructor rather than set
+    // after: a hit's future is built once, in place, never moved whole.
+
     /// A hit: the stored entry, answered for what the caller asked when
     /// first polled.
-    pub(crate) fn hit(entry: Entry, asked: Asked, marks: Option<Arc<Marks>>) -> Self {
-        Self::stored(entry, asked, Outcome::Hit, marks)
+    pub(crate) fn hit(entry: Entry, asked: Asked, marks: Option<Arc<Marks>>, span: Traced) -> Self {
+        Self::stored(entry, asked, Outcome::Hit, marks, span)
     }
 
     /// An answer from storage, marked `outcome` (a hit, or a stale answer).
@@ -73,12 +80,14 @@ where
         asked: Asked,
         outcome: Outcome,
         marks: Option<Arc<Marks>>,
+        span: Traced,
     ) -> Self {
         Self {
             kind: Kind::Ready {
                 entry: Some(entry),
                 asked,
                 outcome,
+                span,
             },
             marks,
         }
@@ -92,6 +101,7 @@ where
         outcome: Outcome,
         shared: &Arc<crate::shared::Shared<E2>>,
         grpc: bool,
+        span: Traced,
     ) -> Self
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -102,22 +112,30 @@ where
         let marks = shared.marks.clone();
         if shared.config.direct_timeout.is_none() {
             return Self {
-                kind: Kind::Direct { future, outcome },
+                kind: Kind::Direct {
+                    future,
+                    outcome,
+                    span,
+                },
                 marks,
             };
         }
         let shared = shared.clone();
         let future = Box::pin(async move { crate::direct::bounded(&shared, future, grpc).await });
         Self {
-            kind: Kind::Boxed { future, outcome },
+            kind: Kind::Boxed {
+                future,
+                outcome,
+                span,
+            },
             marks,
         }
     }
 
     /// The answer to an `only-if-cached` request with nothing stored: `504`.
-    pub(crate) fn not_cached(marks: Option<Arc<Marks>>) -> Self {
+    pub(crate) fn not_cached(marks: Option<Arc<Marks>>, span: Traced) -> Self {
         Self {
-            kind: Kind::NotCached,
+            kind: Kind::NotCached { span },
             marks,
         }
     }
@@ -160,6 +178,7 @@ where
             kind: Kind::Boxed {
                 future,
                 outcome: Outcome::Bypass,
+                span: None,
             },
             marks,
         }
@@ -190,11 +209,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        // Each answer is recorded in its span where it is made: no
+        // response is moved on its way out for it.
         match this.kind.project() {
             KindProj::Ready {
                 entry,
                 asked,
                 outcome,
+                span,
             } => {
                 let entry = entry
                     .take()
@@ -204,32 +226,38 @@ where
                 let ttl = marks
                     .filter(|m| m.cache_status.is_some())
                     .and_then(|_| entry.ttl_secs());
-                Poll::Ready(Ok(mark(asked.answer(&entry), *outcome, marks, ttl)))
+                let res = mark(asked.answer(&entry), *outcome, marks, ttl);
+                crate::trace::answered(span, &res);
+                Poll::Ready(Ok(res))
             }
-            KindProj::Direct { future, outcome } => {
-                let res = ready!(future.poll(cx))?;
-                Poll::Ready(Ok(mark(
-                    res.map(CoalesceBody::inner),
-                    *outcome,
-                    this.marks.as_deref(),
-                    None,
-                )))
+            KindProj::Direct {
+                future,
+                outcome,
+                span,
+            } => {
+                let res = ready!(future.poll(cx))?.map(CoalesceBody::inner);
+                let res = mark(res, *outcome, this.marks.as_deref(), None);
+                crate::trace::answered(span, &res);
+                Poll::Ready(Ok(res))
             }
             KindProj::Coalesced { future } => future.poll(cx),
-            KindProj::Boxed { future, outcome } => {
+            KindProj::Boxed {
+                future,
+                outcome,
+                span,
+            } => {
                 let res = ready!(future.as_mut().poll(cx))?;
-                Poll::Ready(Ok(mark(res, *outcome, this.marks.as_deref(), None)))
+                let res = mark(res, *outcome, this.marks.as_deref(), None);
+                crate::trace::answered(span, &res);
+                Poll::Ready(Ok(res))
             }
-            KindProj::NotCached => {
+            KindProj::NotCached { span } => {
                 let body = Bytes::from_static(b"only-if-cached: no stored answer\n");
                 let mut res = Response::new(CoalesceBody::full(body, None));
                 *res.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
-                Poll::Ready(Ok(mark(
-                    res,
-                    Outcome::NotCached,
-                    this.marks.as_deref(),
-                    None,
-                )))
+                let res = mark(res, Outcome::NotCached, this.marks.as_deref(), None);
+                crate::trace::answered(span, &res);
+                Poll::Ready(Ok(res))
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use crate::flight::FlightTable;
 use crate::shared::{Recent, Shared};
-use crate::stats::Counters;
+use crate::stats::{Counters, Meter};
 use crate::{CoalesceConfig, CoalesceService, ConfigError, HttpKey, Stats};
 use std::sync::Arc;
 use tower_layer::Layer;
@@ -76,6 +76,8 @@ impl<E> CoalesceLayerBuilder<E> {
     pub fn build(self) -> Result<CoalesceLayer<E>, ConfigError> {
         let CoalesceLayerBuilder { config, extractor } = self;
         config.validate()?;
+        // Registers nothing yet: see `Meter`.
+        let meter = Meter::of(&config);
         let passes =
             (!config.pass_ttl.is_zero()).then(|| Recent::new(config.pass_ttl, config.pass_memory));
         let breaker = Arc::new(crate::breaker::Breaker::new(config.backend_cooldown));
@@ -102,8 +104,9 @@ impl<E> CoalesceLayerBuilder<E> {
                 breaker,
                 config,
                 extractor,
-                table: FlightTable::default(),
-                counters: Counters::default(),
+                table: FlightTable::new(meter.clone()),
+                counters: Counters::new(&meter),
+                meter,
                 passes,
                 refresh_failed,
                 marks,

@@ -84,14 +84,36 @@ where
     ResBody: OriginBody,
 {
     bump(&shared.counters.flights);
-    let (own_tx, own_rx) = oneshot::channel();
+    let (tx, own_rx) = oneshot::channel();
     // The flight's span: every event of the flight (origin answer, backend
-    // trouble, takeover, timeout) carries the key's fingerprint.
-    let span = tracing::debug_span!("coalesce.flight", key = %key.fingerprint());
+    // trouble, takeover, timeout) carries the key's fingerprint, and the
+    // followers' spans follow from it.
+    let span = crate::trace::flight(&key);
+    guard.trace(&span);
+    let caller = Caller {
+        tx,
+        span: span.clone(),
+    };
     let asked = for_the_flight(&mut req);
-    let flight = run(shared.clone(), guard, key, asked, req, inner, own_tx);
+    let flight = run(shared.clone(), guard, key, asked, req, inner, caller);
     shared.tasks.spawn(flight.instrument(span));
     own_rx
+}
+
+/// Where the leader's own caller gets its answer; the flight's span
+/// records how it was answered.
+struct Caller<B, Err> {
+    tx: oneshot::Sender<Own<B, Err>>,
+    span: tracing::Span,
+}
+
+impl<B, Err> Caller<B, Err> {
+    fn answer(self, own: Own<B, Err>) {
+        if let Ok((_, outcome)) = &own {
+            crate::trace::role(&self.span, *outcome);
+        }
+        let _ = self.tx.send(own);
+    }
 }
 
 /// Makes a caller's request the flight's: it asks for the whole
@@ -112,7 +134,7 @@ async fn run<S, E, ReqBody, ResBody>(
     asked: Asked,
     mut req: Request<ReqBody>,
     inner: S,
-    mut own_tx: oneshot::Sender<Own<ResBody, S::Error>>,
+    mut caller: Caller<ResBody, S::Error>,
 ) where
     S: Origin<ReqBody, ResBody>,
     E: KeyExtractor<ReqBody>,
@@ -161,7 +183,7 @@ async fn run<S, E, ReqBody, ResBody>(
                     if config.wait_fallback == WaitFallback::GatewayTimeout {
                         // The inner call is dropped, as with a 504.
                         let own = crate::fly::rescued_answer(&shared, &asked, stale, None);
-                        let _ = own_tx.send(Ok((own, Outcome::Stale)));
+                        caller.answer(Ok((own, Outcome::Stale)));
                         return;
                     }
                     continue;
@@ -185,7 +207,7 @@ async fn run<S, E, ReqBody, ResBody>(
                 if let Some(guard) = &guard {
                     guard.followers_gone().await;
                 }
-                own_tx.closed().await;
+                caller.tx.closed().await;
             }, if !config.complete_abandoned => {
                 if guard.as_ref().is_none_or(FlightGuard::abandon_if_unfollowed) {
                     bump(&shared.counters.cancelled);
@@ -201,7 +223,7 @@ async fn run<S, E, ReqBody, ResBody>(
                 if let Some(guard) = guard.take() {
                     guard.land(Landing::Failed(error.clone()));
                 }
-                let _ = own_tx.send(Ok((error.into_response(grpc), Outcome::Leader)));
+                caller.answer(Ok((error.into_response(grpc), Outcome::Leader)));
                 return;
             }
         }
@@ -214,7 +236,7 @@ async fn run<S, E, ReqBody, ResBody>(
             if let Some(guard) = &guard {
                 guard.stream(streaming.landing());
             }
-            let _ = own_tx.send(own);
+            caller.answer(own);
             let close = || {
                 if let Some(guard) = &guard {
                     guard.close();
@@ -249,7 +271,7 @@ async fn run<S, E, ReqBody, ResBody>(
             if let Some(guard) = guard {
                 guard.land(Landing::Done(entry.clone()));
             }
-            let _ = own_tx.send(own);
+            caller.answer(own);
             crate::refresh::after_stale(shared.clone(), stored_under, req, inner, entry).await;
             return;
         }
@@ -267,7 +289,7 @@ async fn run<S, E, ReqBody, ResBody>(
                     Outcome::Pass,
                 )),
             };
-            let _ = own_tx.send(own);
+            caller.answer(own);
             return;
         }
         Some(Err(panic)) => {
@@ -285,7 +307,7 @@ async fn run<S, E, ReqBody, ResBody>(
     if let Some(guard) = guard {
         guard.land(landing);
     }
-    let _ = own_tx.send(own);
+    caller.answer(own);
 }
 
 /// The error for a call to the inner service that panicked: counted,

@@ -163,14 +163,37 @@
 //! Every response carries its [`Outcome`] (hit, leader, follower, bypass,
 //! pass) in its extensions; [`CoalesceLayer::stats`] counts them all.
 //!
+//! # Tracing
+//! With DEBUG on for the target `tower_coalesce`, each keyed request runs
+//! in a `coalesce.request` span (`http.request.method`,
+//! `http.response.status_code`, `coalesce.outcome`, `coalesce.key`: the
+//! key's [fingerprint](Key::fingerprint)) and each flight in a
+//! `coalesce.flight` span, a child of its leader's request span, which
+//! records how the leader was answered (`coalesce.role`) and how many
+//! followers it had (`coalesce.followers`); followers' spans follow from
+//! their flight's. The field names are OpenTelemetry's where one fits.
+//! With DEBUG off, a request holds no span.
+//!
 //! # Features
 //! - `redis` (default): [`RedisBackend`], shared by every instance through a
 //!   Redis server or cluster. Without it the layer has its embedded
 //!   [`MemoryBackend`] and none of the Redis client's dependencies.
 //! - `tls-native` (formerly `tls`) or `tls-rustls`: `rediss://` URLs, through
 //!   the system's TLS library or through rustls (with both on, rustls).
-//! - `metrics`: every [`Stats`] counter also reported to the `metrics`
-//!   facade.
+//! - `metrics`: the layer's series in the [`metrics`](https://docs.rs/metrics)
+//!   facade, for whatever recorder the application installs, each labelled
+//!   `layer` ([`CoalesceConfig::metrics_label`]) and described with its
+//!   unit: every [`Stats`] counter (`coalesce_<field>_total`); responses by
+//!   [`Outcome`] (`coalesce_responses_total{outcome}`); the histograms
+//!   `coalesce_flight_duration_seconds` (a flight until it landed),
+//!   `coalesce_follower_wait_seconds` (a follower until its answer's head),
+//!   `coalesce_origin_duration_seconds` (a flight's inner call until its
+//!   response head) and `coalesce_backend_call_duration_seconds{op}`
+//!   (`find`, `try_lock`, `renew`, `complete`, `store`...); the gauges
+//!   `coalesce_flights_in_progress`, `coalesce_near_cache_entries` and
+//!   `coalesce_near_cache_bytes` ([`Store::local_size`]). A layer registers
+//!   its handles on its first request and keeps them: install the recorder
+//!   before that. Without the feature, none of it is compiled in.
 //! - `grpc`: the [`grpc`] module, to coalesce gRPC unary calls by their
 //!   message.
 //!
@@ -215,12 +238,13 @@ mod stats;
 mod sync;
 mod tape;
 mod targeted;
+mod trace;
 mod vary;
 
 pub use backend::{
     Announcer, Backend, BackendError, BackendFuture, Completion, Invalidation, LeaseToken, Leases,
-    MemoryBackend, MemoryBackendBuilder, Notice, Store, StreamEnd, StreamRead, Streams, TryLock,
-    Watch,
+    LocalSize, MemoryBackend, MemoryBackendBuilder, Notice, Store, StreamEnd, StreamRead, Streams,
+    TryLock, Watch,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -81,7 +81,10 @@ pub(crate) fn start<S, E, ReqBody, ResBody>(
     let Some(guard) = lead(shared, &key) else {
         return;
     };
-    let span = tracing::debug_span!("coalesce.refresh", key = %key.fingerprint());
+    let span = crate::trace::refresh(&key);
+    // Requests that join the refresh (their stale answer ran out meanwhile)
+    // follow from it.
+    guard.trace(&span);
     let task = refresh(shared.clone(), guard, key, req, inner, stale.clone());
     shared.tasks.spawn(task.instrument(span));
 }

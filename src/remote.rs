@@ -10,7 +10,7 @@
 //! slow turns the flight into a process-local one; it never fails a request.
 
 use crate::backend::{Completion, LeaseToken, Notice, TryLock};
-use crate::backend_call::{bounded, optional, required, Unavailable};
+use crate::backend_call::{bounded, optional, required, Op, Unavailable};
 use crate::shared::Shared;
 use crate::stats::bump;
 use crate::{Backend, Entry, Found, Key};
@@ -86,7 +86,11 @@ pub(crate) async fn elect<E>(
         }
     };
     let version = *refresh;
-    match optional(shared, |b| b.try_lock(key, &token, config.lease, version)).await {
+    match optional(shared, Op::TryLock, |b| {
+        b.try_lock(key, &token, config.lease, version)
+    })
+    .await
+    {
         Ok(TryLock::Acquired) => return Elected::Lead(Some(token)),
         Ok(TryLock::Pass) => return Elected::Pass { remember: true },
         Ok(_) => {}
@@ -94,7 +98,7 @@ pub(crate) async fn elect<E>(
     }
     // Held elsewhere. Subscribe first, then look: an answer completed in
     // between is found by the lookup, one completed after it wakes the watch.
-    let mut watch = match optional(shared, |b| b.watch(key)).await {
+    let mut watch = match optional(shared, Op::Watch, |b| b.watch(key)).await {
         Ok(Some(watch)) => watch,
         Ok(None) => return Elected::Lead(None),
         Err(unavailable) => return degrade("subscribing", unavailable),
@@ -107,7 +111,7 @@ pub(crate) async fn elect<E>(
         // Look before trying the lease: a leader's completion stores the
         // answer and frees the lease in one step, and a waiter woken by it
         // must take the answer, not the free lease.
-        let looked = match optional(shared, |b| b.find(key)).await {
+        let looked = match optional(shared, Op::Find, |b| b.find(key)).await {
             Ok(Some(Found::Variants(variants))) => return Elected::Varies(variants),
             looked => looked.map(|found| found.and_then(Found::into_entry)),
         };
@@ -128,7 +132,11 @@ pub(crate) async fn elect<E>(
             Err(unavailable) => return degrade("looking up", unavailable),
         }
         let version = *refresh;
-        match optional(shared, |b| b.try_lock(key, &token, config.lease, version)).await {
+        match optional(shared, Op::TryLock, |b| {
+            b.try_lock(key, &token, config.lease, version)
+        })
+        .await
+        {
             Ok(TryLock::Pass) => return Elected::Pass { remember: true },
             Ok(TryLock::Acquired) => {
                 // The lease was free with no answer stored: its holder died,
@@ -185,7 +193,7 @@ fn replaced<E>(shared: &Shared<E>, key: &Key, version: Option<SystemTime>) -> bo
 /// The head of the key's stream under way, if there is one this process can
 /// still read from its first byte.
 async fn stream_head<E>(shared: &Shared<E>, key: &Key) -> Option<crate::backend::StreamRead> {
-    match optional(shared, |b| b.read_stream(key, None, 0, 0)).await {
+    match optional(shared, Op::ReadStream, |b| b.read_stream(key, None, 0, 0)).await {
         Ok(Some(read)) if read.head.is_some() && !read.dropped => Some(read),
         _ => None,
     }
@@ -208,7 +216,7 @@ pub(crate) async fn with_watchdog<E, T>(
         tick.tick().await;
         loop {
             tick.tick().await;
-            match required(shared, |b| b.renew(key, token, config.lease)).await {
+            match required(shared, Op::Renew, |b| b.renew(key, token, config.lease)).await {
                 Ok(true) => {}
                 Ok(false) => {
                     bump(&shared.counters.lease_lost);
@@ -291,7 +299,7 @@ pub(crate) async fn complete<E>(
     counted_lost: bool,
 ) {
     let stored = matches!(completion, Completion::Stored { .. });
-    match required(shared, |b| b.complete(key, token, completion)).await {
+    match required(shared, Op::Complete, |b| b.complete(key, token, completion)).await {
         Ok(true) if stored => bump(&shared.counters.stored),
         Ok(true) => {}
         Ok(false) => {

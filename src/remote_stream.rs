@@ -12,7 +12,7 @@
 //! one flight as another's: every read names the stream's lease token.
 
 use crate::backend::{LeaseToken, StreamEnd, StreamRead, Watch};
-use crate::backend_call::optional;
+use crate::backend_call::{optional, Op};
 use crate::flight::{Landing, Streamed};
 use crate::shared::Shared;
 use crate::tape::Tape;
@@ -82,7 +82,11 @@ impl Publisher {
         let lease = shared.config.lease;
         if !self.opened {
             let (key, token, head) = (&self.key, &self.token, &streamed.head);
-            match optional(shared, |b| b.open_stream(key, token, head, lease)).await {
+            match optional(shared, Op::OpenStream, |b| {
+                b.open_stream(key, token, head, lease)
+            })
+            .await
+            {
                 Ok(true) => self.opened = true,
                 Ok(false) => {
                     self.off = true;
@@ -109,7 +113,11 @@ impl Publisher {
                 .max(shared.config.max_stored_bytes),
         );
         let (key, token, at) = (&self.key, &self.token, self.sent);
-        match optional(shared, |b| b.append_stream(key, token, at, bytes, bounds)).await {
+        match optional(shared, Op::AppendStream, |b| {
+            b.append_stream(key, token, at, bytes, bounds)
+        })
+        .await
+        {
             Ok(true) => self.sent += len,
             Ok(false) => self.off = true,
             Err(unavailable) => {
@@ -136,7 +144,11 @@ impl Publisher {
             }
         }
         let (key, token, lease) = (&self.key, &self.token, shared.config.lease);
-        if let Err(unavailable) = optional(shared, |b| b.end_stream(key, token, end, lease)).await {
+        if let Err(unavailable) = optional(shared, Op::EndStream, |b| {
+            b.end_stream(key, token, end, lease)
+        })
+        .await
+        {
             unavailable.report(
                 &shared.counters,
                 "ending the answer's stream",
@@ -150,7 +162,7 @@ impl Publisher {
     async fn give_up<E>(&mut self, shared: &Shared<E>) {
         self.off = true;
         let (key, token, lease) = (&self.key, &self.token, shared.config.lease);
-        let _ = optional(shared, |b| {
+        let _ = optional(shared, Op::EndStream, |b| {
             b.end_stream(key, token, StreamEnd::Failed, lease)
         })
         .await;
@@ -214,8 +226,10 @@ impl Follow {
             // Everything there is to read now.
             let end = loop {
                 let (token, have) = (self.token.as_str(), self.have);
-                let read =
-                    optional(shared, |b| b.read_stream(key, Some(token), have, READ_MAX)).await;
+                let read = optional(shared, Op::ReadStream, |b| {
+                    b.read_stream(key, Some(token), have, READ_MAX)
+                })
+                .await;
                 let read = match read {
                     Ok(Some(read)) if !read.dropped => read,
                     Ok(Some(_)) => {

@@ -97,6 +97,7 @@ where
             tracing::trace!("bypass: no key");
             bump(&shared.counters.bypasses);
             let grpc = crate::error::is_grpc(&req);
+            shared.meter.response(crate::Outcome::Bypass);
             if shared.config.invalidate_on_unsafe && !req.method().is_safe() {
                 if let Some(write) = crate::purge::Write::of(shared, &mut req) {
                     let purger = crate::Purger::new(self.shared.clone());
@@ -105,8 +106,10 @@ where
                 }
             }
             let future = self.inner.call(req);
-            return ResponseFuture::direct(future, crate::Outcome::Bypass, &self.shared, grpc);
+            let outcome = crate::Outcome::Bypass;
+            return ResponseFuture::direct(future, outcome, &self.shared, grpc, None);
         };
+        let span = crate::trace::request(&req, &key);
         // What the request asks of the cache, if anything (`no-cache`,
         // `max-age`, `only-if-cached`...).
         let asks = shared
@@ -132,6 +135,7 @@ where
         // refresh and leads no flight.
         let no_store = asks.as_ref().is_some_and(crate::client::Asks::no_store);
         if let Some((outcome, entry)) = held {
+            shared.meter.response(outcome);
             let refresh = !no_store
                 && match outcome {
                     crate::Outcome::Stale => {
@@ -153,18 +157,19 @@ where
                     }
                 };
             if !refresh {
-                return ResponseFuture::hit(entry, Asked::of(&req), header);
+                return ResponseFuture::hit(entry, Asked::of(&req), header, span);
             }
             let asked = crate::leader::for_the_flight(&mut req);
             let clone = self.inner.clone();
             let inner = std::mem::replace(&mut self.inner, clone);
             crate::refresh::start(shared, key, req, inner, &entry);
-            return ResponseFuture::stored(entry, asked, outcome, header);
+            return ResponseFuture::stored(entry, asked, outcome, header, span);
         }
         if let Some(asks) = asks {
             if asks.only_if_cached() {
                 tracing::debug!(key = %key.fingerprint(), "only-if-cached, and nothing stored: 504");
-                return ResponseFuture::not_cached(header);
+                shared.meter.response(crate::Outcome::NotCached);
+                return ResponseFuture::not_cached(header, span);
             }
             // The flight it may lead must not answer it from storage either.
             req.extensions_mut().insert(asks);
@@ -188,8 +193,10 @@ where
             // the origin, and its answer to this caller alone.
             req.extensions_mut().insert(crate::Outcome::Pass);
             let grpc = crate::error::is_grpc(&req);
+            shared.meter.response(crate::Outcome::Pass);
             let future = self.inner.call(req);
-            return ResponseFuture::direct(future, crate::Outcome::Pass, &self.shared, grpc);
+            let outcome = crate::Outcome::Pass;
+            return ResponseFuture::direct(future, outcome, &self.shared, grpc, span);
         }
         let role = role.unwrap_or_else(|| shared.table.join(&key));
         // The leader's task calls the inner service later, so it takes the
@@ -203,8 +210,8 @@ where
             }
             crate::flight::Role::Follower(_) => self.inner.clone(),
         };
-        let future =
-            crate::coalesced::Coalesced::new(self.shared.clone(), key, role, req, inner, refused);
+        let shared = self.shared.clone();
+        let future = crate::coalesced::Coalesced::new(shared, key, role, req, inner, refused, span);
         ResponseFuture::coalesced(future)
     }
 }

@@ -5,7 +5,7 @@
 use crate::breaker::Breaker;
 use crate::flight::FlightTable;
 use crate::shutdown::Tasks;
-use crate::stats::{Counters, Marks};
+use crate::stats::{Counters, Marks, Meter};
 use crate::{CoalesceConfig, Key, KeyExtractor};
 use http::Request;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,6 +16,9 @@ pub(crate) struct Shared<E> {
     pub(crate) extractor: E,
     pub(crate) table: FlightTable,
     pub(crate) counters: Counters,
+    /// The layer's series in the `metrics` facade (nothing without that
+    /// feature).
+    pub(crate) meter: Meter,
     /// Keys whose last answer could not be shared, for `pass_ttl`: requests
     /// for them go straight to the origin instead of queueing behind a flight
     /// whose answer they could not have (Varnish's hit-for-pass).
@@ -70,6 +73,18 @@ impl Recent {
 }
 
 impl<E> Shared<E> {
+    /// Marks `res` as answered `outcome` (see [`mark`](crate::stats::mark)),
+    /// and counts it by outcome.
+    pub(crate) fn mark<B>(
+        &self,
+        res: http::Response<B>,
+        outcome: crate::Outcome,
+        ttl: Option<i64>,
+    ) -> http::Response<B> {
+        self.meter.response(outcome);
+        crate::stats::mark(res, outcome, self.marks.as_deref(), ttl)
+    }
+
     /// Whether `key` is remembered as pass-through.
     pub(crate) fn passes(&self, key: &Key) -> bool {
         self.passes.as_ref().is_some_and(|p| p.contains(key))

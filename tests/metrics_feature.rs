@@ -1,5 +1,6 @@
 //! With the `metrics` feature, every counter of `Stats` is also reported to
-//! the `metrics` facade as `coalesce_<name>_total`.
+//! the `metrics` facade as `coalesce_<name>_total`, labelled with the
+//! layer's `metrics_label`; a Prometheus exporter renders them.
 #![cfg(feature = "metrics")]
 
 mod support;
@@ -9,9 +10,12 @@ use support::{echo_path, get, until, Origin};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::{CoalesceConfig, CoalesceLayer};
 
+/// The value of `name` for the layer labelled `default`.
 fn value(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        rest.strip_prefix("{layer=\"default\"} ")?.parse().ok()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,6 +37,10 @@ async fn counters_reach_the_installed_recorder() {
     }
     let text = handle.render();
     let stats = layer.stats();
+    assert!(
+        text.contains("# HELP coalesce_origin_calls_total Calls made to the inner service"),
+        "{text}"
+    );
     assert_eq!(
         value(&text, "coalesce_requests_total"),
         Some(stats.requests)

@@ -100,6 +100,33 @@ pub trait Store: Send + Sync + 'static {
     fn lookup<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Entry>> {
         Box::pin(async move { Ok(self.find(key).await?.and_then(Found::into_entry)) })
     }
+
+    /// How much this store holds in this process's memory (what
+    /// [`find_local`](Self::find_local) answers from), for the near-cache
+    /// gauges of the `metrics` feature. Read as flights end, so it must be
+    /// cheap, and may lag (by what expired since, say). `None`, the
+    /// default: nothing held, or not counted.
+    fn local_size(&self) -> Option<LocalSize> {
+        None
+    }
+}
+
+/// What a [`Store`] holds in this process's memory: see
+/// [`Store::local_size`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LocalSize {
+    /// Entries held (answers, and variants' indexes).
+    pub entries: u64,
+    /// Their bytes: bodies, headers and keys.
+    pub bytes: u64,
+}
+
+impl LocalSize {
+    /// `entries` entries of `bytes` bytes in all.
+    pub fn new(entries: u64, bytes: u64) -> Self {
+        Self { entries, bytes }
+    }
 }
 
 /// How flights for one key in different processes exclude each other: the

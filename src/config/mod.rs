@@ -3,6 +3,7 @@
 mod bounds;
 mod invalidation;
 mod lifecycle;
+mod observe;
 mod validate;
 
 pub(crate) use invalidation::TagsFn;
@@ -80,6 +81,8 @@ pub struct CoalesceConfig {
     pub(crate) credentials: Vec<HeaderName>,
     pub(crate) outcome_header: Option<HeaderName>,
     pub(crate) cache_status: Option<String>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics_label: String,
     pub(crate) tag_header: Option<HeaderName>,
     pub(crate) keep_tag_header: bool,
     pub(crate) tags: Option<TagsFn>,
@@ -96,8 +99,8 @@ impl Default for CoalesceConfig {
 
 impl fmt::Debug for CoalesceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CoalesceConfig")
-            .field("freshness", &self.freshness)
+        let mut d = f.debug_struct("CoalesceConfig");
+        d.field("freshness", &self.freshness)
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("early_refresh", &self.early_refresh)
             .field("stale_if_error", &self.stale_if_error)
@@ -123,8 +126,10 @@ impl fmt::Debug for CoalesceConfig {
             .field("keep_tag_header", &self.keep_tag_header)
             .field("tags", &self.tags.is_some())
             .field("invalidate_on_unsafe", &self.invalidate_on_unsafe)
-            .field("write_purge_failure", &self.write_purge_failure)
-            .finish_non_exhaustive()
+            .field("write_purge_failure", &self.write_purge_failure);
+        #[cfg(feature = "metrics")]
+        d.field("metrics_label", &self.metrics_label);
+        d.finish_non_exhaustive()
     }
 }
 
@@ -183,6 +188,8 @@ impl CoalesceConfig {
             ],
             outcome_header: None,
             cache_status: None,
+            #[cfg(feature = "metrics")]
+            metrics_label: Self::DEFAULT_METRICS_LABEL.to_owned(),
             tag_header: None,
             keep_tag_header: false,
             tags: None,
@@ -247,36 +254,6 @@ impl CoalesceConfig {
     /// would throw the query away and every retry would start it again.
     pub fn complete_abandoned(mut self, complete: bool) -> Self {
         self.complete_abandoned = complete;
-        self
-    }
-
-    /// Also write each response's [`Outcome`](crate::Outcome) as this header
-    /// (`hit`, `leader`, `follower`, `bypass` or `pass`). Off by default.
-    ///
-    /// # Panics
-    /// If `name` is not a valid header name; use
-    /// [`outcome_header_name`](Self::outcome_header_name) with a checked one.
-    pub fn outcome_header(self, name: &'static str) -> Self {
-        self.outcome_header_name(Some(HeaderName::from_static(name)))
-    }
-
-    /// Sets or clears the outcome header with a checked [`HeaderName`].
-    pub fn outcome_header_name(mut self, name: Option<HeaderName>) -> Self {
-        self.outcome_header = name;
-        self
-    }
-
-    /// Also add this cache's member to each response's `Cache-Status`
-    /// (RFC 9211), named `name` (a token, such as `tower-coalesce` or the
-    /// host's name), after any member the origin's response already
-    /// carries: `hit; ttl=N` from storage (`N` negative when stale),
-    /// `fwd=miss; fwd-status=S` for a flight's leader, with `collapsed` for
-    /// its followers, `fwd=bypass` for requests the layer does not handle
-    /// (`detail=pass` for keys whose answers cannot be shared),
-    /// `detail=not-cached` for an `only-if-cached` with nothing stored.
-    /// Off by default.
-    pub fn cache_status(mut self, name: impl Into<String>) -> Self {
-        self.cache_status = Some(name.into());
         self
     }
 

@@ -4,7 +4,7 @@
 
 use crate::backend::Completion;
 use crate::backend::LeaseToken;
-use crate::backend_call::optional;
+use crate::backend_call::{optional, Op};
 use crate::flight::Landing;
 use crate::origin::Keep;
 use crate::remote::Held;
@@ -106,7 +106,11 @@ pub(super) async fn end<E>(
                 Some(_) => Completion::Released,
                 None => completion(keep, landing, config, under == *key),
             };
-            match optional(shared, |b| b.complete(key, &token, completion)).await {
+            match optional(shared, Op::Complete, |b| {
+                b.complete(key, &token, completion)
+            })
+            .await
+            {
                 Ok(true) => {
                     tracing::debug!(
                         "the lease whose reply was lost was this flight's; ended with its answer"
@@ -129,7 +133,7 @@ pub(super) async fn end<E>(
     }
     if drops {
         let purge = crate::Purge::Key(key.clone());
-        match optional(shared, |backend| backend.purge(&purge)).await {
+        match optional(shared, Op::Purge, |backend| backend.purge(&purge)).await {
             Ok(purged) => tracing::debug!(
                 position = purged.position,
                 "the answer that replaced a stored one may not be shared; the stored one is purged"
@@ -189,7 +193,7 @@ async fn store_unleased<E>(shared: &Shared<E>, key: &Key, keep: Option<Keep>) {
     let Some(Keep { entry, ttl }) = keep else {
         return;
     };
-    match optional(shared, |backend| backend.store(key, entry, ttl)).await {
+    match optional(shared, Op::Store, |backend| backend.store(key, entry, ttl)).await {
         Ok(()) => bump(&shared.counters.stored),
         Err(unavailable) => unavailable.report(
             &shared.counters,

@@ -7,7 +7,7 @@
 mod end;
 mod streaming;
 
-use crate::backend_call::optional;
+use crate::backend_call::{optional, Op};
 use crate::conditions::Asked;
 use crate::error::is_grpc;
 use crate::flight::Landing;
@@ -150,10 +150,10 @@ where
     // variant's key.
     let lease = loop {
         if config.stores() {
-            let mut looked = optional(shared, |backend| backend.find(&key)).await;
+            let mut looked = optional(shared, Op::Find, |backend| backend.find(&key)).await;
             if let Ok(Some(Found::Variants(variants))) = &looked {
                 select(&mut key, only, variants, req.headers());
-                looked = optional(shared, |backend| backend.find(&key)).await;
+                looked = optional(shared, Op::Find, |backend| backend.find(&key)).await;
             }
             match looked.map(|looked| looked.and_then(Found::into_entry)) {
                 // A refresh looks past the stale answer it replaces.

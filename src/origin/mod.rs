@@ -120,7 +120,10 @@ where
     // A body the head's `Content-Length` does not describe.
     let head_only = req.method() == http::Method::HEAD;
     let requested = SystemTime::now();
-    let res = match inner.oneshot(req).await {
+    let started = crate::stats::Started::now();
+    let answered = inner.oneshot(req).await;
+    shared.meter.origin(started);
+    let res = match answered {
         Ok(res) => res,
         Err(error) => {
             bump(&counters.errors);

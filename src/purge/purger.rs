@@ -112,12 +112,17 @@ impl<E> Purger<E> {
             purge => purge,
         };
         let config = &shared.config;
+        let started = std::time::Instant::now();
         let purged =
             crate::backend_call::bounded(config.backend_timeout, config.backend.purge(&purge))
                 .await;
+        let op = crate::backend_call::Op::Purge;
+        shared.meter.backend_call(op, started.elapsed());
         match purged {
             Ok(purged) => {
                 crate::stats::bump(&shared.counters.purges);
+                // What this process held of it is gone.
+                shared.meter.near_cache();
                 tracing::debug!(?purge, position = purged.position, "purged");
                 Ok(purged)
             }

@@ -2,11 +2,20 @@
 //!
 //! The counters are plain relaxed atomics: they are read for reporting, never
 //! used to make a decision, so they must never cost a lock on the request path.
+//! With the `metrics` feature the layer's [`Meter`] also reports them, with
+//! the durations and gauges the counters cannot show (`meter`); without it,
+//! the meter is an empty stand-in that compiles to nothing (`unmetered`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 mod marks;
+#[cfg(feature = "metrics")]
+mod meter;
+#[cfg(not(feature = "metrics"))]
+#[path = "unmetered.rs"]
+mod meter;
 pub(crate) use marks::{mark, Forwarded, Fwd, Marks};
+pub(crate) use meter::{Meter, Started};
 
 /// How one response was produced. Inserted into every response's extensions,
 /// and optionally written as a response header (see
@@ -163,22 +172,24 @@ pub struct Stats {
     pub origin_timeouts: u64,
 }
 
-/// One event count, and with the `metrics` feature the name under which it
-/// is also reported to the `metrics` facade.
+/// One event count, and with the `metrics` feature its series in the
+/// `metrics` facade (`coalesce_<name>_total`), as the layer's [`Meter`]
+/// registered it.
 #[derive(Debug)]
 pub(crate) struct Counter {
     value: AtomicU64,
+    /// The layer's meter, and where this counter is among its handles.
     #[cfg(feature = "metrics")]
-    name: &'static str,
+    meter: (Meter, usize),
 }
 
 impl Counter {
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    const fn new(name: &'static str) -> Self {
+    fn new(meter: &Meter, index: usize) -> Self {
         Self {
             value: AtomicU64::new(0),
             #[cfg(feature = "metrics")]
-            name,
+            meter: (meter.clone(), index),
         }
     }
 
@@ -188,21 +199,33 @@ impl Counter {
 }
 
 macro_rules! counters {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident: $help:literal),* $(,)?) => {
         #[derive(Debug)]
         pub(crate) struct Counters {
             $(pub(crate) $name: Counter,)*
         }
 
-        impl Default for Counters {
-            fn default() -> Self {
-                Self {
-                    $($name: Counter::new(concat!("coalesce_", stringify!($name), "_total")),)*
-                }
-            }
+        /// Where each counter is in [`COUNTERS`].
+        #[allow(non_camel_case_types)]
+        enum At {
+            $($name,)*
         }
 
+        /// Every counter's series name and help text, in the order the
+        /// fields are declared.
+        #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+        pub(crate) const COUNTERS: &[(&str, &str)] = &[
+            $((concat!("coalesce_", stringify!($name), "_total"), $help),)*
+        ];
+
         impl Counters {
+            /// Counters reported (with the `metrics` feature) through `meter`.
+            pub(crate) fn new(meter: &Meter) -> Self {
+                Self {
+                    $($name: Counter::new(meter, At::$name as usize),)*
+                }
+            }
+
             pub(crate) fn snapshot(&self) -> Stats {
                 Stats { $($name: self.$name.load(),)* }
             }
@@ -228,42 +251,50 @@ macro_rules! counters {
 }
 
 counters!(
-    requests,
-    bypasses,
-    hits,
-    flights,
-    followers,
-    origin_calls,
-    stored,
-    passed_flights,
-    errors,
-    panics,
-    dangling,
-    wait_timeouts,
-    cancelled,
-    backend_errors,
-    backend_skipped,
-    remote_waits,
-    takeovers,
-    lease_lost,
-    passes,
-    stale,
-    refreshes,
-    early_refreshes,
-    revalidations,
-    stale_on_error,
-    purges,
-    purge_fenced,
-    purge_reruns,
-    write_purge_failures,
-    origin_timeouts,
+    requests: "Requests seen by the layer.",
+    bypasses: "Requests the layer did not key, passed to the inner service untouched.",
+    hits: "Requests answered from storage.",
+    flights: "Flights started in this process.",
+    followers: "Requests that joined another request's flight in this process.",
+    origin_calls: "Calls made to the inner service for keyed requests.",
+    stored: "Answers stored in the backend.",
+    passed_flights: "Flights whose answer could not be shared.",
+    errors: "Flights that failed: an error, a failed body or a panic.",
+    panics: "Flights whose inner call panicked.",
+    dangling: "Followers whose flight ended without an answer, re-elected.",
+    wait_timeouts: "Flights that reached the wait timeout.",
+    cancelled: "Flights cancelled because every caller had gone.",
+    backend_errors: "Backend operations that failed or timed out.",
+    backend_skipped: "Backend operations skipped while the backend kept failing.",
+    remote_waits: "Flights that waited on another process's lease.",
+    takeovers: "Waiting flights that took another process's lease over.",
+    lease_lost: "Leases found lost, by the watchdog or at completion.",
+    passes: "Requests sent straight to the origin: their key's answers cannot be shared.",
+    stale: "Requests answered with a stale stored answer.",
+    refreshes: "Refreshes run: flights that fetched the next answer for a stale one.",
+    early_refreshes: "Hits that asked for an early refresh.",
+    revalidations: "Refreshes answered 304 Not Modified, which renewed the stored answer.",
+    stale_on_error: "Flights whose failing origin was stood in for by the stale answer.",
+    purges: "Purges made through this layer.",
+    purge_fenced: "Answers not stored because a purge landed during their fill.",
+    purge_reruns: "Followers sent to a new flight: their flight's answer was purged.",
+    write_purge_failures: "Successful writes whose purges could not be recorded.",
+    origin_timeouts: "Direct calls that got no answer within the direct timeout.",
 );
 
-/// Adds one to a counter (and to its `metrics` counter, with that feature).
+#[cfg(test)]
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new(&Meter::of(&crate::CoalesceConfig::new()))
+    }
+}
+
+/// Adds one to a counter (and to its `metrics` series, with that feature).
+#[inline]
 pub(crate) fn bump(counter: &Counter) {
     counter.value.fetch_add(1, Relaxed);
     #[cfg(feature = "metrics")]
-    metrics::counter!(counter.name).increment(1);
+    counter.meter.0.count(counter.meter.1);
 }
 
 #[cfg(test)]

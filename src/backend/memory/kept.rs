@@ -3,6 +3,7 @@
 
 use super::variants::Index;
 use crate::{Entry, Key};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,9 @@ impl Live {
 pub(super) struct Stored {
     pub(super) kept: Kept,
     pub(super) ttl: Duration,
+    /// Its bytes when it was kept: what it weighs, and what it takes off
+    /// the bytes held when it goes.
+    pub(super) bytes: u64,
 }
 
 /// What a key holds: an answer, or (a primary key) its variants' index.
@@ -47,15 +51,46 @@ pub(super) enum Kept {
 }
 
 impl Stored {
-    pub(super) fn weight(&self, key: &Key) -> usize {
-        key.len()
-            + match &self.kept {
+    pub(super) fn new(key: &Key, kept: Kept, ttl: Duration) -> Self {
+        let bytes = key.len()
+            + match &kept {
                 Kept::Entry(entry) => entry.weight(),
                 Kept::Index(index) => {
                     let keys = crate::sync::lock(&index.keys);
                     64 + keys.iter().map(Key::len).sum::<usize>()
                 }
-            }
+            };
+        Self {
+            kept,
+            ttl,
+            bytes: bytes as u64,
+        }
+    }
+}
+
+/// How much the cache holds: counted as entries are kept and as the cache
+/// lets them go (replaced, purged, evicted or expired), so reading it costs
+/// two loads — the cache's own count needs its pending work run first, and
+/// its weight counts small entries at the floor weight.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Held {
+    pub(super) fn kept(&self, stored: &Stored) {
+        self.entries.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(stored.bytes, Relaxed);
+    }
+
+    pub(super) fn gone(&self, stored: &Stored) {
+        self.entries.fetch_sub(1, Relaxed);
+        self.bytes.fetch_sub(stored.bytes, Relaxed);
+    }
+
+    pub(super) fn size(&self) -> crate::LocalSize {
+        crate::LocalSize::new(self.entries.load(Relaxed), self.bytes.load(Relaxed))
     }
 }
 

@@ -7,7 +7,7 @@ mod variants;
 use super::{BackendFuture, Completion, Invalidation, LeaseToken, Leases, Store, TryLock, Watch};
 use crate::purge::PurgeLog;
 use crate::{Entry, Found, Key, Purge, Purged};
-use kept::{Kept, Live, PerEntryTtl, Stored};
+use kept::{Held, Kept, Live, PerEntryTtl, Stored};
 use moka::sync::Cache;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ pub struct MemoryBackend {
     live: Option<Arc<Mutex<Live>>>,
     /// The most variants kept per primary key.
     max_variants: usize,
+    /// How many entries and bytes it holds.
+    held: Arc<Held>,
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -117,13 +119,16 @@ impl MemoryBackendBuilder {
     /// The backend.
     pub fn build(self) -> MemoryBackend {
         let floor = (self.max_bytes / self.max_entries).max(1);
+        let held = Arc::new(Held::default());
+        let gone = held.clone();
         let cache = Cache::builder()
             .max_capacity(self.max_bytes)
-            .weigher(move |key: &Key, value: &Stored| {
-                let bytes = value.weight(key) as u64;
-                u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+            .weigher(move |_: &Key, value: &Stored| {
+                u32::try_from(value.bytes.max(floor)).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
+            // Every way an entry goes, an insert the cache refused included.
+            .eviction_listener(move |_, value: Stored, _| gone.gone(&value))
             .build();
         MemoryBackend {
             cache,
@@ -131,6 +136,7 @@ impl MemoryBackendBuilder {
             purging: Arc::default(),
             live: Some(Arc::default()),
             max_variants: self.max_variants,
+            held,
         }
     }
 }
@@ -139,6 +145,13 @@ impl MemoryBackend {
     /// Forgets what is kept under `key`.
     pub(crate) fn remove(&self, key: &Key) {
         self.cache.invalidate(key);
+    }
+
+    /// Keeps `kept` under `key` for `ttl`, counted.
+    fn put(&self, key: Key, kept: Kept, ttl: Duration) {
+        let stored = Stored::new(&key, kept, ttl);
+        self.held.kept(&stored);
+        self.cache.insert(key, stored);
     }
 
     /// Keeps `entry` for `ttl` (nothing for zero, nor for an entry a purge
@@ -151,8 +164,7 @@ impl MemoryBackend {
         if let Some(live) = &self.live {
             crate::sync::lock(live).stored(key.resource_digest(), Instant::now() + ttl);
         }
-        let kept = Kept::Entry(entry);
-        self.cache.insert(key.clone(), Stored { kept, ttl });
+        self.put(key.clone(), Kept::Entry(entry), ttl);
         if let Some(variants) = key.variants() {
             self.index(key, variants, ttl);
         }
@@ -204,6 +216,10 @@ impl Store for MemoryBackend {
     fn store<'a>(&'a self, key: &'a Key, entry: Entry, ttl: Duration) -> BackendFuture<'a, ()> {
         self.insert(key, entry, ttl);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn local_size(&self) -> Option<crate::LocalSize> {
+        Some(self.held.size())
     }
 }
 

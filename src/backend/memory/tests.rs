@@ -62,3 +62,48 @@ async fn zero_ttl_stores_nothing() {
     b.store(&k, entry(b"x"), Duration::ZERO).await.unwrap();
     assert!(b.get_local(&k).is_none());
 }
+
+#[tokio::test]
+async fn local_size_counts_what_is_held_as_it_comes_and_goes() {
+    let b = MemoryBackend::builder()
+        .max_entries(10)
+        .max_bytes(1 << 20)
+        .build();
+    let size = |b: &MemoryBackend| {
+        b.cache.run_pending_tasks();
+        b.local_size().unwrap()
+    };
+    let (a, c) = (Key::from("a"), Key::from("c"));
+    let ttl = Duration::from_secs(60);
+    b.store(&a, entry(b"xyz"), ttl).await.unwrap();
+    // Key, method and body: no floor weight, no headers.
+    let one = (a.len() + 3) as u64;
+    assert_eq!(size(&b), crate::LocalSize::new(1, one));
+    // Replaced: counted once, at its new size.
+    b.store(&a, entry(b"x"), ttl).await.unwrap();
+    assert_eq!(size(&b), crate::LocalSize::new(1, one - 2));
+    b.store(&c, entry(b"x"), ttl).await.unwrap();
+    assert_eq!(size(&b).entries, 2);
+    b.invalidate(&a);
+    assert_eq!(size(&b), crate::LocalSize::new(1, one - 2));
+    // Evicted past the bound: what goes is taken off.
+    for i in 0..100 {
+        let k = Key::from(format!("k{i}"));
+        b.store(&k, entry(b"x"), ttl).await.unwrap();
+    }
+    assert_eq!(size(&b).entries, b.entry_count());
+    assert!(size(&b).entries <= 10, "{:?}", size(&b));
+    // Expired: taken off when the cache's timer wheel (about a second a
+    // slot) lets it go.
+    let b = MemoryBackend::new();
+    b.store(&a, entry(b"x"), Duration::from_millis(20))
+        .await
+        .unwrap();
+    for _ in 0..40 {
+        if size(&b).entries == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(size(&b), crate::LocalSize::new(0, 0));
+}

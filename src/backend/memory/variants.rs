@@ -42,6 +42,7 @@ impl MemoryBackend {
             Some(Stored {
                 kept: Kept::Index(index),
                 ttl: kept_for,
+                ..
             }) if index.variants == *variants => (index, kept_for),
             _ => (
                 Arc::new(Index {
@@ -62,9 +63,8 @@ impl MemoryBackend {
             self.cache.invalidate(&key);
         }
         // Its expiry renewed: it must outlive the variant just stored.
-        let kept = Kept::Index(index);
         let ttl = ttl.max(kept_for);
-        self.cache.insert(primary, Stored { kept, ttl });
+        self.put(primary, Kept::Index(index), ttl);
     }
 
     /// Keeps `variants` as the index of the primary key `key` for `ttl`,
@@ -88,7 +88,6 @@ impl MemoryBackend {
             variants,
             keys: Mutex::default(),
         });
-        let kept = Kept::Index(index);
-        self.cache.insert(key.clone(), Stored { kept, ttl });
+        self.put(key.clone(), Kept::Index(index), ttl);
     }
 }

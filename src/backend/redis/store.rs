@@ -40,6 +40,10 @@ impl Store for RedisBackend {
         self.near.as_ref()?.find_local(key)
     }
 
+    fn local_size(&self) -> Option<crate::LocalSize> {
+        self.near.as_ref()?.local_size()
+    }
+
     fn find<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<Found>> {
         Box::pin(async move {
             // An answer that came with a completion message is already here.

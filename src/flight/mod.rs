@@ -7,6 +7,7 @@
 //! joins again. The table must never hold a flight that no task will finish;
 //! [`FlightGuard`] removes the entry when the leader's task ends, whichever way.
 
+use crate::stats::{Meter, Started};
 use crate::tape::Tape;
 use crate::{Entry, FlightError, Key};
 use pin_project_lite::pin_project;
@@ -74,6 +75,10 @@ struct Flight {
     /// (its leader found them varying before it went on): whatever it
     /// lands is for the followers that select that variant only.
     only: Arc<OnceLock<Varied>>,
+    /// The flight's tracing span, while it is recorded: its followers'
+    /// spans follow from it. Held here, so that it stays open as long as a
+    /// follower may still link to it.
+    span: OnceLock<tracing::Span>,
 }
 
 impl Flight {
@@ -96,9 +101,33 @@ pub(crate) enum Role {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct FlightTable {
     flights: Arc<Mutex<HashMap<Key, Arc<Flight>>>>,
+    /// Told how many flights are under way, and how long each took.
+    meter: Meter,
 }
 
 impl FlightTable {
+    /// An empty table, reporting to `meter`.
+    pub(crate) fn new(meter: Meter) -> Self {
+        Self {
+            flights: Arc::default(),
+            meter,
+        }
+    }
+
+    /// A new flight for `key`, in `flights` (this table's, locked).
+    fn lead(&self, flights: &mut HashMap<Key, Arc<Flight>>, key: &Key) -> FlightGuard {
+        let flight = Arc::new(Flight::default());
+        flights.insert(key.clone(), flight.clone());
+        // Under the lock: the last count set is the table's.
+        self.meter.flights(flights.len());
+        FlightGuard {
+            table: self.clone(),
+            key: key.clone(),
+            flight,
+            started: Started::now(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, Arc<Flight>>> {
         crate::sync::lock(&self.flights)
     }
@@ -114,13 +143,7 @@ impl FlightTable {
                 flight: flight.clone(),
             });
         }
-        let flight = Arc::new(Flight::default());
-        flights.insert(key.clone(), flight.clone());
-        Role::Leader(FlightGuard {
-            table: self.clone(),
-            key: key.clone(),
-            flight,
-        })
+        Role::Leader(self.lead(&mut flights, key))
     }
 
     /// Follows the flight under way for `key`, if there is one; never
@@ -142,13 +165,7 @@ impl FlightTable {
         if flights.contains_key(key) {
             return None;
         }
-        let flight = Arc::new(Flight::default());
-        flights.insert(key.clone(), flight.clone());
-        Some(FlightGuard {
-            table: self.clone(),
-            key: key.clone(),
-            flight,
-        })
+        Some(self.lead(&mut flights, key))
     }
 
     /// Takes the flights whose keys `purged` holds for out of the table, so
@@ -158,6 +175,7 @@ impl FlightTable {
         let mut flights = self.lock();
         let before = flights.len();
         flights.retain(|key, _| !purged(key));
+        self.meter.flights(flights.len());
         before - flights.len()
     }
 
@@ -174,6 +192,7 @@ pub(crate) struct FlightGuard {
     table: FlightTable,
     key: Key,
     flight: Arc<Flight>,
+    started: Started,
 }
 
 impl FlightGuard {
@@ -182,6 +201,7 @@ impl FlightGuard {
     /// new flight (or find the stored answer), never join a finished one.
     pub(crate) fn land(self, landing: Landing) {
         self.remove();
+        self.landed();
         self.flight.settle(Some(landing));
     }
 
@@ -190,7 +210,26 @@ impl FlightGuard {
     /// body arrives join it, until the guard is dropped or
     /// [`close`](Self::close)d.
     pub(crate) fn stream(&self, landing: Landing) {
+        self.landed();
         self.flight.settle(Some(landing));
+    }
+
+    /// Reports the landing: how long the flight took, and in its span how
+    /// many followers it has.
+    fn landed(&self) {
+        self.table.meter.flight(self.started);
+        if let Some(span) = self.flight.span.get() {
+            let followers = self.flight.followers.load(Ordering::Relaxed);
+            span.record("coalesce.followers", followers as u64);
+        }
+    }
+
+    /// Makes `span` the flight's, for its followers to follow from, if it
+    /// is recorded.
+    pub(crate) fn trace(&self, span: &tracing::Span) {
+        if !span.is_disabled() {
+            let _ = self.flight.span.set(span.clone());
+        }
     }
 
     /// Takes the flight out of the table: callers from now on start a new
@@ -224,17 +263,21 @@ impl FlightGuard {
         if self.flight.followers.load(Ordering::Acquire) > 0 {
             return false;
         }
-        Self::remove_locked(&mut flights, &self.key, &self.flight);
+        self.remove_locked(&mut flights);
         true
     }
 
     fn remove(&self) {
-        Self::remove_locked(&mut self.table.lock(), &self.key, &self.flight);
+        self.remove_locked(&mut self.table.lock());
     }
 
-    fn remove_locked(flights: &mut HashMap<Key, Arc<Flight>>, key: &Key, flight: &Arc<Flight>) {
-        if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-            flights.remove(key);
+    fn remove_locked(&self, flights: &mut HashMap<Key, Arc<Flight>>) {
+        if flights
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            flights.remove(&self.key);
+            self.table.meter.flights(flights.len());
         }
     }
 }
@@ -244,6 +287,8 @@ impl Drop for FlightGuard {
         self.remove();
         // A no-op after `land`: the slot is written once.
         self.flight.settle(None);
+        // Whatever the flight stored is in by now.
+        self.table.meter.near_cache();
     }
 }
 
@@ -291,6 +336,11 @@ impl Wait {
     pub(crate) fn only(&self) -> Option<&Varied> {
         self.receiver.flight.only.get()
     }
+
+    /// The flight's span, if it is recorded.
+    pub(crate) fn span(&self) -> Option<&tracing::Span> {
+        self.receiver.flight.span.get()
+    }
 }
 
 impl Future for Wait {
@@ -316,73 +366,4 @@ impl Future for Wait {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::FlightErrorKind;
-
-    fn key() -> Key {
-        Key::from("k")
-    }
-
-    #[tokio::test]
-    async fn one_leader_and_followers_hear_the_landing() {
-        let table = FlightTable::default();
-        let Role::Leader(guard) = table.join(&key()) else {
-            panic!("first caller must lead")
-        };
-        let Role::Follower(rx) = table.join(&key()) else {
-            panic!("second caller must follow")
-        };
-        assert_eq!(table.len(), 1);
-        guard.land(Landing::Failed(FlightError::new(
-            FlightErrorKind::Origin,
-            "x",
-        )));
-        assert_eq!(table.len(), 0);
-        assert!(matches!(rx.wait().await, Some(Landing::Failed(_))));
-    }
-
-    #[tokio::test]
-    async fn dropped_leader_releases_followers_and_the_entry() {
-        let table = FlightTable::default();
-        let Role::Leader(guard) = table.join(&key()) else {
-            panic!()
-        };
-        let Role::Follower(rx) = table.join(&key()) else {
-            panic!()
-        };
-        drop(guard);
-        assert_eq!(table.len(), 0);
-        assert!(rx.wait().await.is_none());
-        assert!(matches!(table.join(&key()), Role::Leader(_)));
-    }
-
-    #[tokio::test]
-    async fn an_old_guard_never_removes_a_newer_flight() {
-        let table = FlightTable::default();
-        let Role::Leader(old) = table.join(&key()) else {
-            panic!()
-        };
-        assert!(old.abandon_if_unfollowed());
-        let Role::Leader(_new) = table.join(&key()) else {
-            panic!()
-        };
-        drop(old);
-        assert_eq!(table.len(), 1, "the newer flight must stay");
-    }
-
-    #[tokio::test]
-    async fn a_followed_flight_is_not_abandoned() {
-        let table = FlightTable::default();
-        let Role::Leader(guard) = table.join(&key()) else {
-            panic!()
-        };
-        let Role::Follower(rx) = table.join(&key()) else {
-            panic!()
-        };
-        assert!(!guard.abandon_if_unfollowed());
-        drop(rx);
-        assert!(guard.abandon_if_unfollowed());
-        assert_eq!(table.len(), 0);
-    }
-}
+mod tests;
