@@ -108,7 +108,10 @@ async fn health_readiness_and_metrics_say_what_the_proxy_is_doing() {
     );
     assert_eq!(sample(&text, "coalesce_hits_total"), Some(4.0), "{text}");
     // Histograms with buckets, the layer's label, and descriptions.
-    assert!(text.contains("coalesce_flight_duration_seconds_bucket{"), "{text}");
+    assert!(
+        text.contains("coalesce_flight_duration_seconds_bucket{"),
+        "{text}"
+    );
     assert!(text.contains("layer=\"default\""), "{text}");
     assert!(text.contains("# HELP coalesce_requests_total"), "{text}");
 
