@@ -1,6 +1,7 @@
 //! The command line: parsed by clap, every value checked before anything
 //! starts.
 
+use crate::config::KindMessage;
 use crate::forward::{Forwarding, Upstream};
 use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser};
 use http::header::{HeaderName, HeaderValue};
@@ -87,6 +88,11 @@ pub struct Args {
     pub revalidation_retention: Duration,
     /// The largest answer stored.
     pub max_stored_bytes: usize,
+    /// Whether `GET`/`HEAD` requests are coalesced (a route in `bypass`
+    /// mode coalesces none).
+    pub coalesce: bool,
+    /// The config file's routes.
+    pub(crate) routes: Vec<crate::routes::RouteSpec>,
 }
 
 /// The command line as clap reads it.
@@ -401,15 +407,26 @@ impl Args {
     }
 
     fn read(argv: Vec<String>) -> Result<Self, Read> {
-        let (argv, origins) = crate::config::with_file(argv).map_err(Read::File)?;
+        let (argv, origins, routes) = crate::config::with_file(argv).map_err(Read::File)?;
         let argv = std::iter::once("coalesce-proxy".to_owned()).chain(argv);
         let matches = match command().try_get_matches_from(argv) {
             Ok(matches) => matches,
             Err(error) => return Err(Read::Clap(error, origins)),
         };
-        Cli::from_arg_matches(&matches)
+        let mut args = Cli::from_arg_matches(&matches)
             .map(Self::from)
-            .map_err(|error| Read::Clap(error, origins))
+            .map_err(|error| Read::Clap(error, origins))?;
+        args.routes = routes;
+        Ok(args)
+    }
+
+    /// `argv` read as flags alone: no file, no environment (a route's own
+    /// settings).
+    pub(crate) fn parse_alone(argv: Vec<String>) -> Result<Self, String> {
+        let argv = std::iter::once("coalesce-proxy".to_owned()).chain(argv);
+        Cli::try_parse_from(argv)
+            .map(Self::from)
+            .map_err(|e| e.kind_message())
     }
 }
 
@@ -487,10 +504,14 @@ impl Args {
                 },
             ),
         ];
-        lines
+        let mut out: String = lines
             .iter()
             .map(|(name, value)| format!("{name} = {value}\n"))
-            .collect()
+            .collect();
+        for (n, route) in self.routes.iter().enumerate() {
+            out.push_str(&format!("route {} = {}\n", n + 1, route.describe(self)));
+        }
+        out
     }
 }
 
@@ -556,6 +577,8 @@ impl From<Cli> for Args {
             normalize_accept_encoding: cli.normalize_accept_encoding,
             revalidation_retention: Duration::from_millis(cli.revalidation_retention_ms),
             max_stored_bytes: cli.max_stored_bytes,
+            coalesce: true,
+            routes: Vec::new(),
         }
     }
 }

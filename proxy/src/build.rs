@@ -1,6 +1,7 @@
 //! From the command line to a running proxy's parts: the coalescing layer
 //! (and the Redis it shares answers through), and the proxy service.
 
+use crate::routes::Routes;
 use crate::{proxy_key, proxy_service_with, Args, Proxy, ProxyLayer};
 use std::time::Duration;
 use tower_coalesce::{CoalesceConfig, CoalesceLayer, Freshness, OriginFreshness, RedisBackend};
@@ -8,18 +9,42 @@ use tower_coalesce::{CoalesceConfig, CoalesceLayer, Freshness, OriginFreshness, 
 /// What [`build`] makes of the arguments.
 #[derive(Debug, Clone)]
 pub struct Built {
-    /// The proxy service, for [`serve`](crate::serve).
-    pub proxy: Proxy,
-    /// Its coalescing layer: counters, purges, shutdown.
+    /// The proxy service with its routes, for [`serve`](crate::serve).
+    pub proxy: Routes,
+    /// The coalescing layer of requests no route takes (`--upstream`):
+    /// counters, purges, shutdown.
     pub layer: ProxyLayer,
     /// The Redis answers are shared through, if any: for readiness checks.
     pub redis: Option<RedisBackend>,
+    /// Every route's coalescing layer, in the file's order.
+    pub route_layers: Vec<ProxyLayer>,
 }
 
-/// The proxy the arguments describe: [`layer`], then
-/// [`proxy_service_with`] the arguments' upstream options, answering
-/// `PURGE` if they give a token.
+impl Built {
+    /// Every coalescing layer: the routes', then `--upstream`'s.
+    pub fn layers(&self) -> impl Iterator<Item = &ProxyLayer> {
+        self.route_layers.iter().chain(std::iter::once(&self.layer))
+    }
+}
+
+/// The proxy the arguments describe: for `--upstream` and for each route of
+/// the config file, [`layer`], then [`proxy_service_with`] the upstream
+/// options, answering `PURGE` if a token is given.
 pub async fn build(args: &Args) -> Result<Built, String> {
+    let (proxy, layer, redis) = build_one(args).await?;
+    let (routes, parts) = Routes::build(&args.routes, args, proxy).await?;
+    Ok(Built {
+        proxy: routes,
+        layer,
+        redis,
+        route_layers: parts.into_iter().map(|(_, layer, _)| layer).collect(),
+    })
+}
+
+/// One proxy, its layer and its Redis: `--upstream`'s, or a route's.
+pub(crate) async fn build_one(
+    args: &Args,
+) -> Result<(Proxy, ProxyLayer, Option<RedisBackend>), String> {
     let (layer, redis) = layer_and_backend(args).await?;
     let proxy = proxy_service_with(
         args.upstream.clone(),
@@ -31,11 +56,7 @@ pub async fn build(args: &Args) -> Result<Built, String> {
         Some(token) => proxy.with_purge_token(token),
         None => proxy,
     };
-    Ok(Built {
-        proxy,
-        layer,
-        redis,
-    })
+    Ok((proxy, layer, redis))
 }
 
 /// The coalescing layer the arguments describe: connects to Redis if asked.
@@ -104,7 +125,8 @@ async fn layer_and_backend(args: &Args) -> Result<(ProxyLayer, Option<RedisBacke
         shared = Some(backend);
     }
     let layer = CoalesceLayer::builder(config)
-        .extractor(proxy_key(&args.upstream, &args.forwarding))
+        // A route in bypass mode keys no request: every one goes on alone.
+        .extractor(proxy_key(&args.upstream, &args.forwarding).keying(args.coalesce))
         .build()
         .map_err(|e| e.to_string())?;
     Ok((layer, shared))

@@ -44,7 +44,7 @@ impl Origins {
     }
 }
 
-trait KindMessage {
+pub(crate) trait KindMessage {
     fn kind_message(&self) -> String;
 }
 
@@ -60,13 +60,17 @@ impl KindMessage for clap::Error {
 /// The command line with the file's settings in front: `argv` (without the
 /// program's name) with `--config FILE` taken out, and a `--flag=value` for
 /// each field of the file that neither `argv` nor the environment sets.
-pub(crate) fn with_file(argv: Vec<String>) -> Result<(Vec<String>, Origins), String> {
+#[allow(clippy::type_complexity)]
+pub(crate) fn with_file(
+    argv: Vec<String>,
+) -> Result<(Vec<String>, Origins, Vec<crate::routes::RouteSpec>), String> {
     let (file, argv) = take_config(argv)?;
     let Some(path) = file.or_else(|| std::env::var("COALESCE_CONFIG").ok()) else {
-        return Ok((argv, Origins::default()));
+        return Ok((argv, Origins::default(), Vec::new()));
     };
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let table: toml::Table = text.parse().map_err(|e| format!("{path}: {e}"))?;
+    let routes = crate::routes::RoutesFile::read(&path, &text)?;
     let command = crate::args::command();
     let mut origins = Origins {
         path: Some(path.clone()),
@@ -74,6 +78,9 @@ pub(crate) fn with_file(argv: Vec<String>) -> Result<(Vec<String>, Origins), Str
     };
     let mut from_file = Vec::new();
     for (key, value) in &table {
+        if key == "route" {
+            continue;
+        }
         let line = line_of(&text, key);
         let at = |what: &str| format!("{path}:{line}: field `{key}`: {what}");
         let arg = command
@@ -111,7 +118,7 @@ pub(crate) fn with_file(argv: Vec<String>) -> Result<(Vec<String>, Origins), Str
         from_file.push(format!("--{key}={value}"));
     }
     from_file.extend(argv);
-    Ok((from_file, origins))
+    Ok((from_file, origins, routes))
 }
 
 /// `--config FILE` (or `--config=FILE`) taken out of `argv`.

@@ -19,6 +19,8 @@ use tower_coalesce::{HttpKey, Key, KeyExtractor};
 pub struct ProxyKey {
     http: HttpKey,
     upstream: Bytes,
+    /// Whether it keys anything: a route in bypass mode keys nothing.
+    on: bool,
 }
 
 /// The key for a proxy to `upstream`: [`HttpKey`]'s, so the authority (the
@@ -41,10 +43,21 @@ pub fn proxy_key(upstream: &Uri, forwarding: &Forwarding) -> ProxyKey {
     let upstream = upstream.authority().map_or_else(Bytes::new, |a| {
         Bytes::copy_from_slice(a.as_str().as_bytes())
     });
-    ProxyKey { http, upstream }
+    ProxyKey {
+        http,
+        upstream,
+        on: true,
+    }
 }
 
 impl ProxyKey {
+    /// The same key, or (`on` false) one that keys no request, so that
+    /// every request bypasses the layer.
+    pub fn keying(mut self, on: bool) -> Self {
+        self.on = on;
+        self
+    }
+
     /// `key` with the upstream in front of its resource; each part framed
     /// by its length, so no upstream name and resource can spell another
     /// pair.
@@ -62,10 +75,16 @@ where
     }
 
     fn extract(&self, req: &Request<B>) -> Option<Key> {
+        if !self.on {
+            return None;
+        }
         self.http.extract(req).map(|key| self.scoped(key))
     }
 
     fn extract_head(&self, head: &http::request::Parts) -> Option<Key> {
+        if !self.on {
+            return None;
+        }
         KeyExtractor::<B>::extract_head(&self.http, head).map(|key| self.scoped(key))
     }
 }

@@ -104,6 +104,7 @@ mod forward;
 mod key;
 mod listen;
 mod purge;
+mod routes;
 mod tls;
 mod upstream;
 
@@ -114,6 +115,7 @@ pub use build::{build, layer, Built};
 pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody};
 pub use key::{proxy_key, ProxyKey};
 pub use listen::{serve, serve_with, ListenOptions};
+pub use routes::Routes;
 pub use tls::Tls;
 pub use upstream::UpstreamOptions;
 

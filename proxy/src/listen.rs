@@ -2,7 +2,8 @@
 //! HTTP/1.1 and HTTP/2 on each, and the graceful drain at shutdown.
 
 use crate::access::{Logged, Pending};
-use crate::{Proxy, Tls};
+use crate::routes::Routes;
+use crate::Tls;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -13,14 +14,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 
 /// Accepts connections on `listener` and serves each with `proxy` — HTTP/1.1,
 /// and HTTP/2 with prior knowledge (h2c) — until `shutdown` completes; then
 /// stops accepting, asks every open connection to close once its requests
 /// in flight are answered (idle keep-alive connections close at once; an
 /// HTTP/2 connection gets `GOAWAY`), and returns when all are closed.
-pub async fn serve<F>(listener: TcpListener, proxy: Proxy, shutdown: F)
+pub async fn serve<F>(listener: TcpListener, proxy: impl Into<Routes>, shutdown: F)
 where
     F: Future<Output = ()>,
 {
@@ -52,10 +52,15 @@ impl Default for ListenOptions {
 }
 
 /// As [`serve`], taking connections as `options` say.
-pub async fn serve_with<F>(listener: TcpListener, proxy: Proxy, options: ListenOptions, shutdown: F)
-where
+pub async fn serve_with<F>(
+    listener: TcpListener,
+    proxy: impl Into<Routes>,
+    options: ListenOptions,
+    shutdown: F,
+) where
     F: Future<Output = ()>,
 {
+    let proxy: Routes = proxy.into();
     let graceful = GracefulShutdown::new();
     let server = connection_builder();
     let open = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
@@ -87,7 +92,7 @@ where
         let access_log = options.access_log;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let pending = access_log.map(|query| Pending::of(&req, query));
-            let answered = proxy.clone().oneshot(req);
+            let answered = proxy.answer(req);
             async move {
                 let res = answered.await?;
                 Ok::<_, Infallible>(match pending {

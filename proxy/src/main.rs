@@ -71,7 +71,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (proxy, layer) = (built.proxy, built.layer);
+    let layers: Vec<_> = built.layers().cloned().collect();
+    let proxy = built.proxy;
     let admin = Admin::new(built.redis, metrics);
     if let Some(addr) = args.admin_listen {
         match TcpListener::bind(addr).await {
@@ -155,18 +156,20 @@ async fn main() -> ExitCode {
     if tokio::time::timeout_at(deadline, server).await.is_err() {
         eprintln!("coalesce-proxy: connections still open at the end of the grace; closing them");
     }
-    // Then the layer: flights still under way (their callers gone) end, and
-    // the leases they hold are released for other instances.
-    let report = layer
-        .shutdown(deadline.saturating_duration_since(Instant::now()))
-        .await;
-    if report.stopped_flights > 0 {
+    // Then the layers (one per route): flights still under way (their
+    // callers gone) end, and the leases they hold are released for other
+    // instances.
+    let grace = deadline.saturating_duration_since(Instant::now());
+    let reports = futures_util::future::join_all(layers.iter().map(|l| l.shutdown(grace))).await;
+    let stopped: usize = reports.iter().map(|r| r.stopped_flights).sum();
+    if stopped > 0 {
         eprintln!(
-            "coalesce-proxy: {} flight(s) stopped unfinished; their leases were released",
-            report.stopped_flights
+            "coalesce-proxy: {stopped} flight(s) stopped unfinished; their leases were released"
         );
     }
-    println!("{:#?}", layer.stats());
+    for layer in &layers {
+        println!("{:#?}", layer.stats());
+    }
     ExitCode::SUCCESS
 }
 

@@ -1,0 +1,358 @@
+//! Routes: an ordered list in the config file (`[[route]]`), the first that
+//! matches a request's host and path taking it, each with its upstream and
+//! policy; requests no route takes go to `--upstream` with the flags'
+//! policy. A route may drop query parameters (`utm_*`, …) and sort the
+//! rest before the request is keyed, so the key and the upstream see the
+//! same query: a parameter one caller sent and the key ignored would
+//! otherwise decide the answer everyone gets.
+
+use crate::{Args, Proxy, ProxyLayer};
+use http::uri::PathAndQuery;
+use http::{Request, Uri};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+use tower_coalesce::RedisBackend;
+
+/// A route as the file writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RouteSpec {
+    /// The host it takes (case-insensitive, without a port); any if absent.
+    host: Option<String>,
+    /// The path prefix it takes: `/api/` takes `/api/` and below.
+    #[serde(default = "root")]
+    path: String,
+    upstream: String,
+    /// `origin` (the upstream's freshness), `ttl` (`ttl-ms`), `coalesce`
+    /// (nothing stored) or `bypass` (nothing coalesced).
+    mode: Option<Mode>,
+    ttl_ms: Option<u64>,
+    stale_ms: Option<u64>,
+    #[serde(default)]
+    ignore_query: Vec<String>,
+    #[serde(default)]
+    sort_query: bool,
+    namespace: Option<String>,
+    tag_header: Option<String>,
+    invalidate_on_unsafe: Option<bool>,
+    upstream_timeout_ms: Option<u64>,
+    upstream_http2: Option<bool>,
+}
+
+fn root() -> String {
+    "/".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    Origin,
+    Ttl,
+    Coalesce,
+    Bypass,
+}
+
+/// The `[[route]]` tables of a config file (its other keys are flags).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RoutesFile {
+    #[serde(default)]
+    route: Vec<RouteSpec>,
+}
+
+impl RoutesFile {
+    /// The routes in the TOML `text` of the file at `path`; an error names
+    /// the file, the line and the field.
+    pub(crate) fn read(path: &str, text: &str) -> Result<Vec<RouteSpec>, String> {
+        let file: RoutesFile = toml::from_str(text).map_err(|e| format!("{path}: {e}"))?;
+        Ok(file.route)
+    }
+}
+
+impl RouteSpec {
+    /// The settings of this route: `base` (the flags' settings) with the
+    /// route's own in place.
+    pub(crate) fn args(&self, base: &Args) -> Result<Args, String> {
+        let mut argv = vec!["--upstream".to_owned(), self.upstream.clone()];
+        let mut flag = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                argv.push(format!("--{name}={value}"));
+            }
+        };
+        flag("ttl-ms", self.ttl_ms.map(|ms| ms.to_string()));
+        flag("stale-ms", self.stale_ms.map(|ms| ms.to_string()));
+        flag("namespace", self.namespace.clone());
+        flag("tag-header", self.tag_header.clone());
+        flag(
+            "upstream-timeout-ms",
+            self.upstream_timeout_ms.map(|ms| ms.to_string()),
+        );
+        // Checked as the flags are: the same messages for the same mistakes.
+        let own = Args::parse_alone(argv).map_err(|e| format!("route {}: {e}", self.shown()))?;
+        let mut args = base.clone();
+        args.upstream = own.upstream;
+        args.upstream_options.timeout = own.upstream_options.timeout;
+        if self.upstream_timeout_ms.is_none() {
+            args.upstream_options.timeout = base.upstream_options.timeout;
+        }
+        if let Some(http2) = self.upstream_http2 {
+            args.upstream_options.http2 = http2;
+        }
+        if self.namespace.is_some() {
+            args.namespace = own.namespace;
+        }
+        if self.tag_header.is_some() {
+            args.tag_header = own.tag_header;
+        }
+        if let Some(on) = self.invalidate_on_unsafe {
+            args.invalidate_on_unsafe = on;
+        }
+        let stale = self.stale_ms.map(Duration::from_millis);
+        match self.mode.unwrap_or(if self.ttl_ms.is_some() {
+            Mode::Ttl
+        } else {
+            Mode::Origin
+        }) {
+            Mode::Origin => {
+                args.ttl = None;
+                args.stale = stale.unwrap_or(base.stale);
+            }
+            Mode::Ttl => {
+                let ttl = own
+                    .ttl
+                    .ok_or_else(|| format!("route {}: mode \"ttl\" needs ttl-ms", self.shown()))?;
+                args.ttl = Some(ttl);
+                args.stale = stale.unwrap_or(Duration::ZERO);
+            }
+            Mode::Coalesce => args.ttl = Some(Duration::ZERO),
+            Mode::Bypass => args.coalesce = false,
+        }
+        Ok(args)
+    }
+
+    /// What `check` prints of the route: what it takes, and where to.
+    pub(crate) fn describe(&self, base: &Args) -> String {
+        match self.args(base) {
+            Ok(args) => {
+                let policy = match (args.coalesce, args.ttl) {
+                    (false, _) => "bypass".to_owned(),
+                    (true, Some(ttl)) if ttl.is_zero() => "coalesce only".to_owned(),
+                    (true, Some(ttl)) => format!("ttl {} ms", ttl.as_millis()),
+                    (true, None) => "the upstream's freshness".to_owned(),
+                };
+                let mut query = String::new();
+                if !self.ignore_query.is_empty() {
+                    query = format!(", ignoring {}", self.ignore_query.join(" "));
+                }
+                if self.sort_query {
+                    query.push_str(", query sorted");
+                }
+                format!("{} -> {} ({policy}{query})", self.shown(), args.upstream)
+            }
+            Err(error) => error,
+        }
+    }
+
+    fn shown(&self) -> String {
+        format!("{}{}", self.host.as_deref().unwrap_or(""), self.path)
+    }
+}
+
+/// Which requests a route takes, and what it does to their query.
+#[derive(Debug, Clone)]
+struct Take {
+    host: Option<String>,
+    path: String,
+    ignore_query: Vec<String>,
+    sort_query: bool,
+}
+
+impl Take {
+    fn takes<B>(&self, req: &Request<B>) -> bool {
+        let host_ok = self.host.as_ref().is_none_or(|host| {
+            let asked = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().host())
+                .unwrap_or_default();
+            let asked = asked.rsplit_once(':').map_or(asked, |(h, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    asked
+                }
+            });
+            asked.eq_ignore_ascii_case(host)
+        });
+        host_ok && req.uri().path().starts_with(self.path.as_str())
+    }
+
+    /// The query without the ignored parameters, sorted by name (stably:
+    /// repeated names keep their order) if asked.
+    fn rewrite<B>(&self, req: &mut Request<B>) {
+        if self.ignore_query.is_empty() && !self.sort_query {
+            return;
+        }
+        let Some(query) = req.uri().query() else {
+            return;
+        };
+        let mut pairs: Vec<&str> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .filter(|pair| {
+                let name = pair.split('=').next().unwrap_or_default();
+                !self
+                    .ignore_query
+                    .iter()
+                    .any(|pattern| ignored(pattern, name))
+            })
+            .collect();
+        if self.sort_query {
+            pairs.sort_by_key(|pair| pair.split('=').next().unwrap_or_default());
+        }
+        let path = req.uri().path();
+        let rewritten = if pairs.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{}", pairs.join("&"))
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = PathAndQuery::try_from(rewritten) {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+}
+
+/// Whether a parameter `name` matches `pattern`: exact, or a prefix when
+/// the pattern ends with `*` (`utm_*`).
+fn ignored(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
+    }
+}
+
+/// The proxy's routes, the first that takes a request answering it, and
+/// the proxy of `--upstream` for the rest.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    routes: Arc<[(Take, Proxy)]>,
+    fallback: Proxy,
+}
+
+impl From<Proxy> for Routes {
+    fn from(fallback: Proxy) -> Self {
+        Routes {
+            routes: Arc::new([]),
+            fallback,
+        }
+    }
+}
+
+impl Routes {
+    /// The routes the file's `specs` describe, over `base`'s settings, in
+    /// front of `fallback`; and every route's parts (for shutdown, purges,
+    /// readiness).
+    #[allow(clippy::type_complexity)]
+    pub(crate) async fn build(
+        specs: &[RouteSpec],
+        base: &Args,
+        fallback: Proxy,
+    ) -> Result<(Self, Vec<(Proxy, ProxyLayer, Option<RedisBackend>)>), String> {
+        let mut routes = Vec::with_capacity(specs.len());
+        let mut built = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let args = spec.args(base)?;
+            let parts = crate::build::build_one(&args).await?;
+            let take = Take {
+                host: spec.host.clone(),
+                path: spec.path.clone(),
+                ignore_query: spec.ignore_query.clone(),
+                sort_query: spec.sort_query,
+            };
+            routes.push((take, parts.0.clone()));
+            built.push(parts);
+        }
+        let routes = Routes {
+            routes: routes.into(),
+            fallback,
+        };
+        Ok((routes, built))
+    }
+
+    /// How many routes the file gave.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether the file gave none.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The same routes, for requests that come from `addr`.
+    pub(crate) fn for_client(&self, addr: SocketAddr) -> Self {
+        Routes {
+            routes: self
+                .routes
+                .iter()
+                .map(|(take, proxy)| (take.clone(), proxy.for_client(addr)))
+                .collect(),
+            fallback: self.fallback.for_client(addr),
+        }
+    }
+
+    /// Answers `req` through the route that takes it.
+    pub(crate) fn answer(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> tower::util::Oneshot<Proxy, Request<Incoming>> {
+        let proxy = match self.routes.iter().find(|(take, _)| take.takes(&req)) {
+            Some((take, proxy)) => {
+                take.rewrite(&mut req);
+                proxy
+            }
+            None => &self.fallback,
+        };
+        proxy.clone().oneshot(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(ignore: &[&str], sort: bool) -> Take {
+        Take {
+            host: Some("shop.example".into()),
+            path: "/api/".into(),
+            ignore_query: ignore.iter().map(|s| s.to_string()).collect(),
+            sort_query: sort,
+        }
+    }
+
+    fn req(uri: &str, host: &str) -> Request<()> {
+        Request::get(uri).header("host", host).body(()).unwrap()
+    }
+
+    #[test]
+    fn a_route_takes_its_host_and_path_prefix_and_rewrites_the_query() {
+        let t = take(&["utm_*", "token"], true);
+        assert!(t.takes(&req("/api/x", "Shop.Example:8080")));
+        assert!(!t.takes(&req("/apix", "shop.example")));
+        assert!(!t.takes(&req("/api/x", "other.example")));
+        let mut r = req("/api/x?z=1&utm_source=a&token=s&a=2&z=0", "shop.example");
+        t.rewrite(&mut r);
+        assert_eq!(r.uri(), "/api/x?a=2&z=1&z=0");
+        let mut r = req("/api/x?utm_a=1", "shop.example");
+        t.rewrite(&mut r);
+        assert_eq!(r.uri(), "/api/x");
+    }
+}
