@@ -91,6 +91,9 @@ pub struct Args {
     /// Whether `GET`/`HEAD` requests are coalesced (a route in `bypass`
     /// mode coalesces none).
     pub coalesce: bool,
+    /// The `layer` label of the layer's metrics: `default` for the
+    /// requests no route takes, `route-<n>` for the file's `n`th route.
+    pub metrics_label: String,
     /// The config file's routes.
     pub(crate) routes: Vec<crate::routes::RouteSpec>,
 }
@@ -578,6 +581,7 @@ impl From<Cli> for Args {
             revalidation_retention: Duration::from_millis(cli.revalidation_retention_ms),
             max_stored_bytes: cli.max_stored_bytes,
             coalesce: true,
+            metrics_label: "default".to_owned(),
             routes: Vec::new(),
         }
     }

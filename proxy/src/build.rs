@@ -76,6 +76,7 @@ async fn layer_and_backend(args: &Args) -> Result<(ProxyLayer, Option<RedisBacke
         ),
     };
     let mut config = CoalesceConfig::new()
+        .metrics_label(args.metrics_label.clone())
         .freshness(freshness)
         .stale_while_revalidate(if args.ttl.is_some() {
             args.stale

@@ -268,8 +268,10 @@ impl Routes {
     ) -> Result<(Self, Vec<(Proxy, ProxyLayer, Option<RedisBackend>)>), String> {
         let mut routes = Vec::with_capacity(specs.len());
         let mut built = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let args = spec.args(base)?;
+        for (n, spec) in specs.iter().enumerate() {
+            let mut args = spec.args(base)?;
+            // Each route's series apart from the others'.
+            args.metrics_label = format!("route-{}", n + 1);
             let parts = crate::build::build_one(&args).await?;
             let take = Take {
                 host: spec.host.clone(),

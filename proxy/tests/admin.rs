@@ -67,8 +67,22 @@ async fn health_readiness_and_metrics_say_what_the_proxy_is_doing() {
 
     // As the command does: the recorder first, then the layer.
     let metrics = coalesce_proxy::install_metrics().unwrap();
-    let args =
-        coalesce_proxy::Args::parse(["--upstream", &upstream, "--redis", &redis.url()]).unwrap();
+    // One route besides `--upstream`: its layer's series apart.
+    let config = std::env::temp_dir().join(format!("coalesce-admin-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!("[[route]]\npath = \"/routed/\"\nupstream = \"{upstream}\"\n"),
+    )
+    .unwrap();
+    let args = coalesce_proxy::Args::parse([
+        "--upstream",
+        &upstream,
+        "--redis",
+        &redis.url(),
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .unwrap();
     let built = coalesce_proxy::build(&args).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -99,20 +113,34 @@ async fn health_readiness_and_metrics_say_what_the_proxy_is_doing() {
         let (status, body) = fetch(format!("http://{addr}/r")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "r"));
     }
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let routed = Request::get(format!("http://{addr}/routed/x"))
+        .body(Full::default())
+        .unwrap();
+    client.request(routed).await.unwrap();
+    let _ = std::fs::remove_file(&config);
     let (status, text) = fetch(at("/metrics")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        sample(&text, "coalesce_requests_total"),
+        sample(&text, "coalesce_requests_total{layer=\"default\"}"),
         Some(5.0),
         "{text}"
     );
-    assert_eq!(sample(&text, "coalesce_hits_total"), Some(4.0), "{text}");
+    assert_eq!(
+        sample(&text, "coalesce_hits_total{layer=\"default\"}"),
+        Some(4.0),
+        "{text}"
+    );
     // Histograms with buckets, the layer's label, and descriptions.
     assert!(
         text.contains("coalesce_flight_duration_seconds_bucket{"),
         "{text}"
     );
     assert!(text.contains("layer=\"default\""), "{text}");
+    assert!(
+        text.contains("coalesce_requests_total{layer=\"route-1\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("# HELP coalesce_requests_total"), "{text}");
 
     // Redis stops answering: still serving, degraded; back when it answers.
