@@ -1,7 +1,6 @@
 //! The command line: parsed by clap, every value checked before anything
 //! starts.
 
-use crate::config::KindMessage;
 use crate::forward::{Forwarding, Upstream};
 use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser};
 use http::header::{HeaderName, HeaderValue};
@@ -66,14 +65,10 @@ pub struct Args {
     pub forwarding: Forwarding,
     /// On `SIGTERM` or Ctrl-C, how long requests in flight get to finish.
     pub shutdown_grace: Duration,
-    /// How long the upstream may take to start answering any request.
-    pub upstream_timeout: Duration,
     /// How long a request waits for its flight (the layer's `wait_timeout`).
     pub flight_timeout: Duration,
     /// The most client connections open at once.
     pub max_connections: usize,
-    /// The largest request body sent on to the upstream.
-    pub max_request_body: u64,
     /// Whether successful unsafe requests purge their URL (RFC 9111 §4.4).
     pub invalidate_on_unsafe: bool,
     /// Whether `5xx` answers with explicit freshness are stored.
@@ -429,7 +424,7 @@ impl Args {
         let argv = std::iter::once("coalesce-proxy".to_owned()).chain(argv);
         Cli::try_parse_from(argv)
             .map(Self::from)
-            .map_err(|e| e.kind_message())
+            .map_err(|e| crate::config::first_line(&e))
     }
 }
 
@@ -475,10 +470,13 @@ impl Args {
                 self.namespace.clone().unwrap_or_else(|| "coalesce".into()),
             ),
             ("freshness", freshness),
-            ("upstream-timeout-ms", ms(self.upstream_timeout)),
+            ("upstream-timeout-ms", ms(self.upstream_options.timeout)),
             ("flight-timeout-ms", ms(self.flight_timeout)),
             ("max-connections", self.max_connections.to_string()),
-            ("max-request-body-bytes", self.max_request_body.to_string()),
+            (
+                "max-request-body-bytes",
+                self.upstream_options.max_request_body.to_string(),
+            ),
             ("max-stored-bytes", self.max_stored_bytes.to_string()),
             (
                 "purge",
@@ -570,10 +568,8 @@ impl From<Cli> for Args {
                 trust: cli.trust_forwarded,
             },
             shutdown_grace: Duration::from_millis(cli.shutdown_grace_ms),
-            upstream_timeout: Duration::from_millis(cli.upstream_timeout_ms),
             flight_timeout: Duration::from_millis(cli.flight_timeout_ms),
             max_connections: usize::try_from(cli.max_connections).unwrap_or(usize::MAX),
-            max_request_body: cli.max_request_body_bytes,
             invalidate_on_unsafe: !cli.no_invalidate_on_unsafe,
             store_server_errors: cli.store_server_errors,
             cdn_cache_control: !cli.no_cdn_cache_control,

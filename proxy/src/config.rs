@@ -38,23 +38,17 @@ impl Origins {
             .next()
             .unwrap_or_default();
         match self.lines.get(name) {
-            Some(line) => format!("{path}:{line}: field `{name}`: {}", error.kind_message()),
+            Some(line) => format!("{path}:{line}: field `{name}`: {}", first_line(&error)),
             None => error.to_string(),
         }
     }
 }
 
-pub(crate) trait KindMessage {
-    fn kind_message(&self) -> String;
-}
-
-impl KindMessage for clap::Error {
-    /// The first line of clap's message, without its `error: ` prefix.
-    fn kind_message(&self) -> String {
-        let text = self.to_string();
-        let first = text.lines().next().unwrap_or_default();
-        first.trim_start_matches("error: ").to_owned()
-    }
+/// The first line of clap's message, without its `error: ` prefix.
+pub(crate) fn first_line(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").to_owned()
 }
 
 /// The command line with the file's settings in front: `argv` (without the

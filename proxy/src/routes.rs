@@ -94,9 +94,8 @@ impl RouteSpec {
         let own = Args::parse_alone(argv).map_err(|e| format!("route {}: {e}", self.shown()))?;
         let mut args = base.clone();
         args.upstream = own.upstream;
-        args.upstream_options.timeout = own.upstream_options.timeout;
-        if self.upstream_timeout_ms.is_none() {
-            args.upstream_options.timeout = base.upstream_options.timeout;
+        if self.upstream_timeout_ms.is_some() {
+            args.upstream_options.timeout = own.upstream_options.timeout;
         }
         if let Some(http2) = self.upstream_http2 {
             args.upstream_options.http2 = http2;
@@ -179,13 +178,9 @@ impl Take {
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| req.uri().host())
                 .unwrap_or_default();
-            let asked = asked.rsplit_once(':').map_or(asked, |(h, port)| {
-                if port.bytes().all(|b| b.is_ascii_digit()) {
-                    h
-                } else {
-                    asked
-                }
-            });
+            // The host without its port, as an authority reads it.
+            let authority = asked.parse::<http::uri::Authority>().ok();
+            let asked = authority.as_ref().map_or(asked, http::uri::Authority::host);
             asked.eq_ignore_ascii_case(host)
         });
         host_ok && req.uri().path().starts_with(self.path.as_str())

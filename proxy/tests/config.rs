@@ -39,7 +39,11 @@ fn settings_come_from_flags_then_environment_then_file_then_defaults() {
     assert_eq!(args.access_log, Some(false));
     assert_eq!(args.max_connections, 500);
     assert_eq!(args.redis_cluster.len(), 2);
-    assert_eq!(args.upstream_timeout, Duration::from_secs(60), "a default");
+    assert_eq!(
+        args.upstream_options.timeout,
+        Duration::from_secs(60),
+        "a default"
+    );
 
     // The environment over the file; a flag over both.
     std::env::set_var("COALESCE_TTL_MS", "2500");
