@@ -105,7 +105,7 @@ pub async fn serve_with<F>(
         let tls = tls.clone();
         // The handshake runs in the connection's task: a slow client holds
         // up no one else's accept.
-        tokio::spawn(async move {
+        let task = async move {
             let _place = place;
             let served = match tls {
                 None => {
@@ -126,7 +126,10 @@ pub async fn serve_with<F>(
                         }
                     };
                     let connection = server.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    // Boxed: a TLS connection's state is larger than a plain
+                    // one's, and every connection's task would otherwise
+                    // be as large (5.0 KiB against 3.8 KiB).
+                    Box::pin(watcher.watch(connection.into_owned())).await
                 }
             };
             if let Err(error) = served {
@@ -137,7 +140,8 @@ pub async fn serve_with<F>(
                     eprintln!("coalesce-proxy: connection from {addr}: {error}");
                 }
             }
-        });
+        };
+        tokio::spawn(task);
     }
     drop(listener);
     graceful.shutdown().await;

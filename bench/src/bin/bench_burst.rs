@@ -42,7 +42,8 @@
 //! max_ms=.. sent_ms=.. wall_ms=.. ttfb_min_ms=.. ttfb_p50_ms=..
 //! ttfb_p99_ms=..` (the last-byte figures over every request, a failed one
 //! at the moment it failed; the `ttfb` ones over the requests that
-//! succeeded), then, if asked, `header NAME: VALUE=COUNT ...` and one line
+//! succeeded), then one line per reason requests failed for, `failed
+//! REASON: requests=.. first_ms=.. last_ms=..`, then, if asked, `header NAME: VALUE=COUNT ...` and one line
 //! per value, `by NAME=VALUE: requests=.. ok=.. ttfb_min_ms=..
 //! ttfb_p50_ms=.. ttfb_p99_ms=.. p50_ms=.. p99_ms=..`: with a cache's
 //! outcome header, the leader's own figures beside its followers'.
@@ -176,6 +177,8 @@ struct Answer {
     done: Instant,
     ok: bool,
     header: Option<String>,
+    /// Why it failed, if it did.
+    failure: Option<String>,
 }
 
 /// The parts of a response head the client needs.
@@ -375,26 +378,37 @@ fn take_line(line: &mut Vec<u8>, input: &[u8]) -> Option<(usize, bool)> {
 
 /// What a request that got its whole answer came back with.
 struct Reply {
-    ok: bool,
     first: Instant,
     header: Option<String>,
 }
 
-/// Reads one response from `stream`; `None` if it failed or was malformed.
+/// Reads one response from `stream`; why not, if it failed or was
+/// malformed.
 async fn read_answer(
     stream: &mut TcpStream,
     count_header: Option<&str>,
     check_pattern: Option<u64>,
-) -> Option<Reply> {
+) -> Result<Reply, String> {
     let mut chunk = vec![0u8; READ_BUFFER];
     let mut head_bytes = Vec::new();
     let mut head = None;
     let mut body: Option<BodyReader> = None;
     let mut first = None;
     loop {
-        let n = stream.read(&mut chunk).await.ok()?;
+        let n = stream.read(&mut chunk).await.map_err(|e| {
+            let at = if head.is_some() {
+                "in the body"
+            } else {
+                "before the head"
+            };
+            format!("read error {at}: {}", e.kind())
+        })?;
         if n == 0 {
-            return None;
+            return Err(match &body {
+                Some(_) => "closed in the body".to_owned(),
+                None if head_bytes.is_empty() => "closed before the head".to_owned(),
+                None => "closed in the head".to_owned(),
+            });
         }
         let mut input = &chunk[..n];
         let reader = match &mut body {
@@ -403,27 +417,35 @@ async fn read_answer(
                 head_bytes.extend_from_slice(input);
                 let Some(h) = parse_head(&head_bytes, count_header) else {
                     if head_bytes.len() > MAX_HEAD {
-                        return None;
+                        return Err("head too long or malformed".to_owned());
                     }
                     continue;
                 };
                 // What of this read is body: the head ends within it.
                 input = &input[n - (head_bytes.len() - h.len)..];
-                let reader = BodyReader::new(&h, check_pattern)?;
+                let reader = BodyReader::new(&h, check_pattern)
+                    .ok_or_else(|| format!("status {} without a length", h.status))?;
                 head = Some(h);
                 body.insert(reader)
             }
         };
-        reader.feed(input)?;
+        reader.feed(input).ok_or("malformed or wrong body")?;
         // Framing (a chunk-size line) is not the first byte of the body.
         if first.is_none() && (reader.received > 0 || reader.done()) {
             first = Some(Instant::now());
         }
         if reader.done() {
-            let head = head.as_ref()?;
-            return Some(Reply {
-                ok: (200..300).contains(&head.status) && reader.complete(),
-                first: first?,
+            let (Some(head), Some(first)) = (head.as_ref(), first) else {
+                return Err("no head".to_owned());
+            };
+            if !(200..300).contains(&head.status) {
+                return Err(format!("status {}", head.status));
+            }
+            if !reader.complete() {
+                return Err("body incomplete".to_owned());
+            }
+            return Ok(Reply {
+                first,
                 header: head.header.clone(),
             });
         }
@@ -509,24 +531,25 @@ async fn run(settings: Settings) -> Result<bool, String> {
                     );
                     tokio::time::timeout(settings.timeout, read)
                         .await
-                        .ok()
-                        .flatten()
+                        .unwrap_or_else(|_| Err("timed out".to_owned()))
                 } else {
-                    None
+                    Err("request not written whole".to_owned())
                 };
                 let done = Instant::now();
                 match reply {
-                    Some(reply) => Answer {
+                    Ok(reply) => Answer {
                         first: Some(reply.first),
                         done,
-                        ok: reply.ok,
+                        ok: true,
                         header: reply.header,
+                        failure: None,
                     },
-                    None => Answer {
+                    Err(why) => Answer {
                         first: None,
                         done,
                         ok: false,
                         header: None,
+                        failure: Some(why),
                     },
                 }
             })
@@ -557,6 +580,22 @@ async fn run(settings: Settings) -> Result<bool, String> {
         percentile(&first, 0.50),
         percentile(&first, 0.99),
     );
+    // Why requests failed, and when: `failed REASON: requests=N first_ms=..
+    // last_ms=..` per reason.
+    let mut failures = BTreeMap::<&str, Vec<Duration>>::new();
+    for answer in &answers {
+        if let Some(why) = &answer.failure {
+            failures.entry(why).or_default().push(answer.done - start);
+        }
+    }
+    for (why, at) in &failures {
+        println!(
+            "failed {why}: requests={} first_ms={:.1} last_ms={:.1}",
+            at.len(),
+            at.iter().min().unwrap_or(&Duration::ZERO).as_secs_f64() * 1e3,
+            at.iter().max().unwrap_or(&Duration::ZERO).as_secs_f64() * 1e3,
+        );
+    }
     if let Some(name) = &settings.count_header {
         let mut by_value = BTreeMap::<String, Vec<&Answer>>::new();
         for answer in &answers {
