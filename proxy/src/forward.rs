@@ -10,6 +10,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,6 +65,8 @@ pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 #[derive(Debug, Clone)]
 pub struct Forward {
     client: Client<Connector, Limited<Incoming>>,
+    /// HTTP/1.1 alone, for protocol upgrades.
+    tunnels: Client<Connector, Limited<Incoming>>,
     timeout: Duration,
     max_request_body: u64,
     upstream: Arc<Upstream>,
@@ -78,9 +81,11 @@ impl Forward {
         forwarding: Forwarding,
         options: &UpstreamOptions,
     ) -> Result<Self, String> {
-        let client = upstream.client(options)?;
+        let client = upstream.client(options, false)?;
+        let tunnels = upstream.client(options, true)?;
         Ok(Self {
             client,
+            tunnels,
             timeout: options.timeout,
             max_request_body: options.max_request_body,
             upstream: Arc::new(upstream),
@@ -161,6 +166,113 @@ impl Forward {
     }
 }
 
+impl Forward {
+    /// Sends a request that asks for a protocol upgrade (a WebSocket
+    /// handshake, say; see [`upgrade_of`]) to the upstream over HTTP/1.1,
+    /// and, if the upstream switches protocols, joins the client's
+    /// connection to the upstream's, byte for byte in both directions,
+    /// until either side closes. Any other answer goes back as it came.
+    /// The request is its client's own: no layer sees it.
+    pub(crate) fn tunnel(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> impl Future<Output = Response<UpstreamBody>> + Send + 'static {
+        let protocol = upgrade_of(&req);
+        let client_side = hyper::upgrade::on(&mut req);
+        // The connection keeps its place under `--max-connections` while
+        // the tunnel lasts.
+        let place = req.extensions_mut().remove::<ConnectionPlace>();
+        let prepared = self.prepare(&mut req).map(|()| {
+            let headers = req.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(protocol) = protocol {
+                headers.insert(header::UPGRADE, protocol);
+            }
+            let limit = usize::try_from(self.max_request_body).unwrap_or(usize::MAX);
+            let target = req.uri().clone();
+            (
+                target,
+                self.tunnels
+                    .request(req.map(|body| Limited::new(body, limit))),
+            )
+        });
+        let timeout = self.timeout;
+        async move {
+            let (target, response) = match prepared {
+                Ok(prepared) => prepared,
+                Err(message) => return bad_request(message).map(Either::Right),
+            };
+            let mut res = match tokio::time::timeout(timeout, response).await {
+                Ok(Ok(res)) => res,
+                Ok(Err(error)) => {
+                    eprintln!("proxy: {target}: {}", error_chain(&error));
+                    return bad_gateway();
+                }
+                Err(_) => {
+                    eprintln!("proxy: {target}: no answer within {timeout:?}");
+                    return gateway_timeout();
+                }
+            };
+            if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+                let (mut head, body) = res.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                return Response::from_parts(head, Either::Left(body));
+            }
+            let upstream_side = hyper::upgrade::on(&mut res);
+            let (mut head, _) = res.into_parts();
+            let switched_to = head.headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(&mut head.headers);
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(protocol) = switched_to {
+                head.headers.insert(header::UPGRADE, protocol);
+            }
+            // Both upgrades complete once the `101` has gone to the client.
+            tokio::spawn(async move {
+                let _place = place;
+                let (upstream, client) = match tokio::join!(upstream_side, client_side) {
+                    (Ok(upstream), Ok(client)) => (upstream, client),
+                    (Err(error), _) | (_, Err(error)) => {
+                        tracing::debug!(%target, %error, "a protocol upgrade did not complete");
+                        return;
+                    }
+                };
+                let (mut upstream, mut client) = (TokioIo::new(upstream), TokioIo::new(client));
+                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                {
+                    tracing::debug!(%target, %error, "an upgraded connection ended");
+                }
+            });
+            Response::from_parts(head, Either::Right(Full::default()))
+        }
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to: its `Upgrade`, when
+/// `Connection` names `upgrade` (RFC 9110 §7.8). HTTP/2 has no such
+/// upgrade (its extended `CONNECT`, RFC 8441, is not proxied).
+pub(crate) fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asked = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asked.then(|| req.headers().get(header::UPGRADE).cloned())?
+}
+
+/// A client connection's place under `--max-connections`, in the request
+/// extensions of a protocol upgrade: the tunnel holds it as long as it
+/// lasts, after the connection's own task has ended.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionPlace(
+    #[allow(dead_code)] pub(crate) Arc<tokio::sync::OwnedSemaphorePermit>,
+);
+
 impl Service<Request<Incoming>> for Forward {
     type Response = Response<UpstreamBody>;
     type Error = Infallible;
@@ -202,10 +314,7 @@ impl Service<Request<Incoming>> for Forward {
                 }
                 Err(_) => {
                     eprintln!("proxy: {target}: no answer within {timeout:?}");
-                    Ok(plain(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "gateway timeout: the upstream server did not answer in time\n",
-                    ))
+                    Ok(gateway_timeout())
                 }
             }
         })
@@ -253,6 +362,13 @@ fn bad_gateway() -> Response<UpstreamBody> {
     plain(
         StatusCode::BAD_GATEWAY,
         "bad gateway: no answer from the upstream server\n",
+    )
+}
+
+fn gateway_timeout() -> Response<UpstreamBody> {
+    plain(
+        StatusCode::GATEWAY_TIMEOUT,
+        "gateway timeout: the upstream server did not answer in time\n",
     )
 }
 

@@ -54,10 +54,14 @@
 //!   `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
 //!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authenticate`
 //!   and `Proxy-Authorization` (the credentials are for this proxy, which asks
-//!   for none). So protocol upgrades (WebSocket) are not proxied. A
-//!   request loses them before it is keyed: what the upstream is not told
-//!   is not in the key (so `Proxy-Authorization` does not keep an answer
-//!   private either).
+//!   for none). A request loses them before it is keyed: what the upstream
+//!   is not told is not in the key (so `Proxy-Authorization` does not keep
+//!   an answer private either).
+//! - A protocol upgrade (WebSocket: an HTTP/1.1 request with `Connection:
+//!   upgrade` and `Upgrade`) goes past the layer to the upstream, with its
+//!   `Upgrade`, over HTTP/1.1; on `101 Switching Protocols` the two
+//!   connections are joined byte for byte until either closes, one tunnel
+//!   per client.
 //! - Requests get `Via: 1.1 tower-coalesce`, which RFC 9110 §7.6.3 requires of
 //!   a gateway.
 //! - Every request header that reaches the upstream is in the key, or is set
@@ -120,7 +124,7 @@ pub use tls::Tls;
 pub use upstream::UpstreamOptions;
 
 use bytes::Bytes;
-use forward::{bad_request, forwardable_path, into_origin_form, BAD_TARGET};
+use forward::{bad_request, forwardable_path, into_origin_form, upgrade_of, BAD_TARGET};
 use futures_util::future::{self, TryFutureExt};
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
@@ -132,8 +136,13 @@ use tower::{Layer, Service};
 use tower_coalesce::{CoalesceBody, CoalesceLayer, CoalesceService};
 use upstream::Upstream;
 
+/// A body the proxy makes itself, as a [`ProxyBody`].
+pub(crate) fn own_body(body: Full<Bytes>) -> ProxyBody {
+    Either::Right(Either::Right(body))
+}
+
 /// The body of every response the proxy sends.
-pub type ProxyBody = Either<CoalesceBody<UpstreamBody>, Full<Bytes>>;
+pub type ProxyBody = Either<CoalesceBody<UpstreamBody>, UpstreamBody>;
 
 /// The coalescing layer of a proxy: keyed by [`ProxyKey`].
 pub type ProxyLayer = CoalesceLayer<ProxyKey>;
@@ -236,15 +245,22 @@ impl Service<Request<Incoming>> for Proxy {
         // Checked before the layer: a target with no path has no key to
         // coalesce by and nothing to forward.
         if forwardable_path(req.uri()).is_none() {
-            let res = bad_request(BAD_TARGET).map(Either::Right);
+            let res = bad_request(BAD_TARGET).map(own_body);
             return future::Either::Left(future::Either::Left(future::ready(Ok(res))));
         }
         // Before the layer keys the request too: keyed by the target's
         // authority, it must not reach the upstream as a request for the
         // `Host` it also carries.
         if let Err(message) = into_origin_form(&mut req) {
-            let res = bad_request(message).map(Either::Right);
+            let res = bad_request(message).map(own_body);
             return future::Either::Left(future::Either::Left(future::ready(Ok(res))));
+        }
+        // A protocol upgrade (WebSocket) is its client's alone: past the
+        // layer, straight to the upstream.
+        if upgrade_of(&req).is_some() {
+            let tunnel = self.forward.tunnel(req);
+            let answer = async move { Ok(tunnel.await.map(Either::Right)) };
+            return future::Either::Left(future::Either::Right(Box::pin(answer)));
         }
         // Before the layer keys the request: a keyed header that
         // `Connection` names never reaches the upstream, so a key holding

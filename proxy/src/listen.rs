@@ -2,6 +2,7 @@
 //! HTTP/1.1 and HTTP/2 on each, and the graceful drain at shutdown.
 
 use crate::access::{Logged, Pending};
+use crate::forward::{upgrade_of, ConnectionPlace};
 use crate::routes::Routes;
 use crate::Tls;
 use http::Request;
@@ -90,7 +91,12 @@ pub async fn serve_with<F>(
         let _ = stream.set_nodelay(true);
         let proxy = proxy.for_client(addr);
         let access_log = options.access_log;
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let place = Arc::new(place);
+        let held = place.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            if upgrade_of(&req).is_some() {
+                req.extensions_mut().insert(ConnectionPlace(held.clone()));
+            }
             let pending = access_log.map(|query| Pending::of(&req, query));
             let answered = proxy.answer(req);
             async move {
@@ -109,7 +115,8 @@ pub async fn serve_with<F>(
             let _place = place;
             let served = match tls {
                 None => {
-                    let connection = server.serve_connection(TokioIo::new(stream), service);
+                    let connection =
+                        server.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(connection.into_owned()).await
                 }
                 Some(tls) => {
@@ -125,7 +132,8 @@ pub async fn serve_with<F>(
                             return;
                         }
                     };
-                    let connection = server.serve_connection(TokioIo::new(stream), service);
+                    let connection =
+                        server.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     // Boxed: a TLS connection's state is larger than a plain
                     // one's, and every connection's task would otherwise
                     // be as large (5.0 KiB against 3.8 KiB).

@@ -16,7 +16,7 @@
 use crate::{ProxyBody, ProxyKey};
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use tower_coalesce::{PurgeErrorKind, Purger};
@@ -123,7 +123,7 @@ impl PurgeEndpoint {
 }
 
 fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
-    let mut res = Response::new(Either::Right(Full::new(Bytes::from(body.to_owned()))));
+    let mut res = Response::new(crate::own_body(Full::new(Bytes::from(body.to_owned()))));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,

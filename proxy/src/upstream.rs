@@ -48,10 +48,12 @@ impl Upstream {
 
     /// The client requests to this upstream go through: plain TCP for
     /// `http://` (HTTP/2 with prior knowledge if `options` ask), TLS with
-    /// ALPN for `https://`.
+    /// ALPN for `https://`. `http1`: HTTP/1.1 only, whatever `options` say
+    /// (a protocol upgrade exists in HTTP/1.1 alone).
     pub(crate) fn client(
         &self,
         options: &UpstreamOptions,
+        http1: bool,
     ) -> Result<Client<Connector, Limited<Incoming>>, String> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -66,7 +68,7 @@ impl Upstream {
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1();
-        let connector = if https {
+        let connector = if https && !http1 {
             builder.enable_http2().wrap_connector(connector)
         } else {
             builder.wrap_connector(connector)
@@ -74,7 +76,7 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .http2_only(options.http2 && !https)
+            .http2_only(options.http2 && !https && !http1)
             .timer(TokioTimer::new())
             .http2_keep_alive_interval(Duration::from_secs(20))
             .build(connector);
