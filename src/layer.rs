@@ -118,6 +118,14 @@ impl<E> CoalesceLayerBuilder<E> {
 }
 
 impl<E> CoalesceLayer<E> {
+    /// The extractor this layer keys requests by: to name a request's key
+    /// outside the layer, in an access log say (log its
+    /// [`fingerprint`](crate::Key::fingerprint), never the key, which may
+    /// hold credentials).
+    pub fn key_extractor(&self) -> &E {
+        &self.shared.extractor
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()

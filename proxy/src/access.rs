@@ -1,14 +1,17 @@
 //! The access log: one line per request, written when its body has been
 //! sent (or the client went away), at INFO under the target
 //! `coalesce_proxy::access`: method, path (without the query unless asked:
-//! queries carry tokens), status, outcome, duration to the last byte, and
-//! the bytes sent. Never a header: credentials stay out of logs.
+//! queries carry tokens), status, outcome, the key's fingerprint (`key`,
+//! as the library's own logs name keys; `-` for a request the layer did
+//! not key), duration to the last byte, and the bytes sent. Never a
+//! header, never the key itself: credentials stay out of logs.
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tower_coalesce::Outcome;
@@ -21,20 +24,38 @@ pub(crate) struct Pending {
     method: Method,
     path: String,
     start: Instant,
+    key: KeySlot,
+}
+
+/// Where the proxy writes the fingerprint of a logged request's key, once
+/// the request is routed (the route's extractor names it): in the
+/// request's extensions while the access log is on.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeySlot(Arc<OnceLock<String>>);
+
+impl KeySlot {
+    /// Names `key` as the request's.
+    pub(crate) fn fill(&self, key: &tower_coalesce::Key) {
+        let _ = self.0.set(key.fingerprint().to_string());
+    }
 }
 
 impl Pending {
-    /// Notes `req`, its query kept only if `query` says so.
-    pub(crate) fn of<B>(req: &Request<B>, query: bool) -> Self {
+    /// Notes `req`, its query kept only if `query` says so, and gives it
+    /// the slot its key's fingerprint goes in.
+    pub(crate) fn of<B>(req: &mut Request<B>, query: bool) -> Self {
         let uri = req.uri();
         let path = match (query, uri.path_and_query()) {
             (true, Some(pq)) => pq.as_str().to_owned(),
             _ => uri.path().to_owned(),
         };
+        let key = KeySlot::default();
+        req.extensions_mut().insert(key.clone());
         Self {
             method: req.method().clone(),
             path,
             start: Instant::now(),
+            key,
         }
     }
 
@@ -92,12 +113,19 @@ impl Line {
             outcome,
         } = self;
         let duration_ms = pending.start.elapsed().as_secs_f64() * 1000.0;
+        // A bypassed request has a key only in name: the layer did not
+        // use it.
+        let key = match pending.key.0.get() {
+            Some(key) if outcome != Outcome::Bypass.as_str() => key.as_str(),
+            _ => "-",
+        };
         tracing::info!(
             target: TARGET,
             method = %pending.method,
             path = %pending.path,
             status,
             outcome,
+            key,
             duration_ms,
             bytes,
             end,

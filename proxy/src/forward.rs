@@ -3,6 +3,7 @@
 
 pub(crate) use crate::upstream::{Connector, Upstream, UpstreamOptions};
 
+use crate::meter::{Ended, Request as Kind, UpstreamMeter};
 use bytes::Bytes;
 use futures_util::future;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -17,7 +18,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tower::Service;
 use tower_coalesce::Outcome;
 
@@ -73,6 +74,7 @@ pub struct Forward {
     forwarding: Arc<Forwarding>,
     /// The address of the client whose connection this serves.
     peer: Option<SocketAddr>,
+    meter: Arc<UpstreamMeter>,
 }
 
 impl Forward {
@@ -91,6 +93,7 @@ impl Forward {
             upstream: Arc::new(upstream),
             forwarding: Arc::new(forwarding),
             peer: None,
+            meter: Arc::new(UpstreamMeter::new()),
         })
     }
 
@@ -196,19 +199,26 @@ impl Forward {
                     .request(req.map(|body| Limited::new(body, limit))),
             )
         });
-        let timeout = self.timeout;
+        let (timeout, meter) = (self.timeout, self.meter.clone());
         async move {
             let (target, response) = match prepared {
                 Ok(prepared) => prepared,
                 Err(message) => return bad_request(message).map(Either::Right),
             };
-            let mut res = match tokio::time::timeout(timeout, response).await {
-                Ok(Ok(res)) => res,
+            let start = Instant::now();
+            let answered = tokio::time::timeout(timeout, response).await;
+            let mut res = match answered {
+                Ok(Ok(res)) => {
+                    meter.ended(Kind::Direct, Ended::Answered(res.status()), start.elapsed());
+                    res
+                }
                 Ok(Err(error)) => {
+                    meter.ended(Kind::Direct, Ended::Failed, start.elapsed());
                     eprintln!("proxy: {target}: {}", error_chain(&error));
                     return bad_gateway();
                 }
                 Err(_) => {
+                    meter.ended(Kind::Direct, Ended::TimedOut, start.elapsed());
                     eprintln!("proxy: {target}: no answer within {timeout:?}");
                     return gateway_timeout();
                 }
@@ -284,6 +294,10 @@ impl Service<Request<Incoming>> for Forward {
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let kind = match req.extensions().get::<Outcome>() {
+            Some(Outcome::Leader) => Kind::Flight,
+            _ => Kind::Direct,
+        };
         if let Err(message) = self.prepare(&mut req) {
             return Box::pin(future::ready(Ok(bad_request(message).map(Either::Right))));
         }
@@ -299,20 +313,26 @@ impl Service<Request<Incoming>> for Forward {
         let response = self
             .client
             .request(req.map(|body| Limited::new(body, limit)));
-        let timeout = self.timeout;
+        let (timeout, meter) = (self.timeout, self.meter.clone());
         Box::pin(async move {
-            match tokio::time::timeout(timeout, response).await {
+            let start = Instant::now();
+            let answered = tokio::time::timeout(timeout, response).await;
+            let took = start.elapsed();
+            match answered {
                 Ok(Ok(res)) => {
+                    meter.ended(kind, Ended::Answered(res.status()), took);
                     let (mut head, body) = res.into_parts();
                     strip_hop_by_hop(&mut head.headers);
                     Ok(Response::from_parts(head, Either::Left(body)))
                 }
                 Ok(Err(error)) if cut_off(&error) => Ok(too_large()),
                 Ok(Err(error)) => {
+                    meter.ended(kind, Ended::Failed, took);
                     eprintln!("proxy: {target}: {}", error_chain(&error));
                     Ok(bad_gateway())
                 }
                 Err(_) => {
+                    meter.ended(kind, Ended::TimedOut, took);
                     eprintln!("proxy: {target}: no answer within {timeout:?}");
                     Ok(gateway_timeout())
                 }

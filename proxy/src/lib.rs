@@ -107,6 +107,7 @@ mod config;
 mod forward;
 mod key;
 mod listen;
+mod meter;
 mod purge;
 mod routes;
 mod tls;
@@ -133,7 +134,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
-use tower_coalesce::{CoalesceBody, CoalesceLayer, CoalesceService};
+use tower_coalesce::{CoalesceBody, CoalesceLayer, CoalesceService, KeyExtractor};
 use upstream::Upstream;
 
 /// A body the proxy makes itself, as a [`ProxyBody`].
@@ -266,6 +267,12 @@ impl Service<Request<Incoming>> for Proxy {
         // `Connection` names never reaches the upstream, so a key holding
         // it would name an answer made without it.
         strip_hop_by_hop(req.headers_mut());
+        // The access log names the key as the layer will make it.
+        if let Some(slot) = req.extensions().get::<access::KeySlot>() {
+            if let Some(key) = KeyExtractor::<Incoming>::extract(self.layer.key_extractor(), &req) {
+                slot.fill(&key);
+            }
+        }
         if let (Some(endpoint), true) = (&self.purge, purge::is_purge(&req)) {
             let endpoint = endpoint.clone();
             let (head, _body) = req.into_parts();

@@ -3,6 +3,7 @@
 
 use crate::access::{Logged, Pending};
 use crate::forward::{upgrade_of, ConnectionPlace};
+use crate::meter::ResponseMeter;
 use crate::routes::Routes;
 use crate::Tls;
 use http::Request;
@@ -13,7 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// Accepts connections on `listener` and serves each with `proxy` — HTTP/1.1,
@@ -66,6 +67,7 @@ pub async fn serve_with<F>(
     let server = connection_builder();
     let open = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     let tls = options.tls;
+    let meter = Arc::new(ResponseMeter::new());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // A connection is accepted only with a place for it.
@@ -93,14 +95,18 @@ pub async fn serve_with<F>(
         let access_log = options.access_log;
         let place = Arc::new(place);
         let held = place.clone();
+        let meter = meter.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let start = Instant::now();
             if upgrade_of(&req).is_some() {
                 req.extensions_mut().insert(ConnectionPlace(held.clone()));
             }
-            let pending = access_log.map(|query| Pending::of(&req, query));
+            let pending = access_log.map(|query| Pending::of(&mut req, query));
             let answered = proxy.answer(req);
+            let meter = meter.clone();
             async move {
                 let res = answered.await?;
+                meter.answered(&res, start.elapsed());
                 Ok::<_, Infallible>(match pending {
                     Some(pending) => pending.answered(res),
                     None => res.map(Logged::unlogged),

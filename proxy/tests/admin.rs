@@ -142,6 +142,50 @@ async fn health_readiness_and_metrics_say_what_the_proxy_is_doing() {
         "{text}"
     );
     assert!(text.contains("# HELP coalesce_requests_total"), "{text}");
+    // The proxy's own: responses by outcome and status class, time to the
+    // head, and the upstream's time for every request it was sent.
+    let count = |series: &str| sample(&text, series).unwrap_or(0.0);
+    assert_eq!(
+        count("coalesce_proxy_responses_total{outcome=\"hit\",status=\"2xx\"}"),
+        4.0,
+        "{text}"
+    );
+    // The leader under `--upstream` got a 200; the routed one a 404.
+    assert_eq!(
+        count("coalesce_proxy_responses_total{outcome=\"leader\",status=\"2xx\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        count("coalesce_proxy_responses_total{outcome=\"leader\",status=\"4xx\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        count("coalesce_proxy_ttfb_seconds_count{outcome=\"hit\"}"),
+        4.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("coalesce_proxy_ttfb_seconds_bucket{outcome=\"leader\",le=\"0.0005\"}"),
+        "{text}"
+    );
+    assert_eq!(
+        count("coalesce_proxy_upstream_duration_seconds_count{request=\"flight\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        count("coalesce_proxy_upstream_responses_total{request=\"flight\",status=\"2xx\"}"),
+        1.0,
+        "{text}"
+    );
+    // Only what happened is shown.
+    assert!(!text.contains("status=\"timeout\""), "{text}");
+    assert!(
+        text.contains("# HELP coalesce_proxy_ttfb_seconds"),
+        "{text}"
+    );
 
     // Redis stops answering: still serving, degraded; back when it answers.
     signal(redis.pid(), "STOP");

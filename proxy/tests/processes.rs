@@ -724,6 +724,7 @@ async fn json_logs_carry_one_access_line_per_request_and_never_its_query() {
     let addr = proxy.addr;
     assert_eq!(fetch(addr, "/gated?token=secret").await.1, "leader");
     assert_eq!(fetch(addr, "/gated?token=secret").await.1, "hit");
+    assert_eq!(fetch(addr, "/gated?token=other").await.1, "leader");
     proxy.terminate();
     assert!(proxy.exit_status(Duration::from_secs(10)).success());
 
@@ -734,9 +735,9 @@ async fn json_logs_carry_one_access_line_per_request_and_never_its_query() {
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .filter(|line: &serde_json::Value| line["target"] == "coalesce_proxy::access")
         .collect();
-    assert_eq!(lines.len(), 2, "{log}");
+    assert_eq!(lines.len(), 3, "{log}");
     let body = "answer for /gated".len() as u64;
-    for (line, outcome) in lines.iter().zip(["leader", "hit"]) {
+    for (line, outcome) in lines.iter().zip(["leader", "hit", "leader"]) {
         let fields = &line["fields"];
         assert_eq!(line["level"], "INFO", "{line}");
         assert_eq!(fields["method"], "GET", "{line}");
@@ -749,7 +750,17 @@ async fn json_logs_carry_one_access_line_per_request_and_never_its_query() {
             fields["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
             "{line}"
         );
+        let key = fields["key"].as_str().unwrap_or_default();
+        assert!(
+            key.len() == 16 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{line}"
+        );
     }
+    // The key's fingerprint names the request's key: the same for the hit
+    // as for its leader, another for another query.
+    let key = |i: usize| lines[i]["fields"]["key"].clone();
+    assert_eq!(key(0), key(1));
+    assert_ne!(key(0), key(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
