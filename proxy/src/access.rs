@@ -6,6 +6,7 @@
 //! not key), duration to the last byte, and the bytes sent. Never a
 //! header, never the key itself: credentials stay out of logs.
 
+use crate::conn::Busy;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
@@ -61,7 +62,7 @@ impl Pending {
 
     /// The response, its body logged when it ends (at once for a body
     /// that is over before it starts: a `HEAD`, a `304`).
-    pub(crate) fn answered<B: Body>(self, res: Response<B>) -> Response<Logged<B>> {
+    pub(crate) fn answered<B: Body>(self, res: Response<B>, busy: Busy) -> Response<Logged<B>> {
         let status = res.status().as_u16();
         let outcome = res
             .extensions()
@@ -83,6 +84,7 @@ impl Pending {
                 inner,
                 line,
                 bytes: 0,
+                _busy: busy,
             }
         })
     }
@@ -90,11 +92,12 @@ impl Pending {
 
 impl<B> Logged<B> {
     /// A body not logged.
-    pub(crate) fn unlogged(inner: B) -> Self {
+    pub(crate) fn unlogged(inner: B, busy: Busy) -> Self {
         Logged {
             inner,
             line: None,
             bytes: 0,
+            _busy: busy,
         }
     }
 }
@@ -143,6 +146,9 @@ pin_project! {
         inner: B,
         line: Option<Line>,
         bytes: u64,
+        // Its request counts as in progress on its connection until the
+        // body is dropped: sent, failed or abandoned.
+        _busy: Busy,
     }
 
     impl<B> PinnedDrop for Logged<B> {

@@ -65,7 +65,7 @@ pub(crate) fn with_file(
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let table: toml::Table = text.parse().map_err(|e| format!("{path}: {e}"))?;
     let routes = crate::routes::RoutesFile::read(&path, &text)?;
-    let command = crate::args::command();
+    let command = crate::cli::command();
     let mut origins = Origins {
         path: Some(path.clone()),
         lines: HashMap::new(),

@@ -2,20 +2,22 @@
 //! HTTP/1.1 and HTTP/2 on each, and the graceful drain at shutdown.
 
 use crate::access::{Logged, Pending};
+use crate::conn::{drive, Activity, ConnectionOptions};
 use crate::forward::{upgrade_of, ConnectionPlace};
 use crate::meter::ResponseMeter;
 use crate::routes::Routes;
 use crate::Tls;
 use http::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Accepts connections on `listener` and serves each with `proxy` — HTTP/1.1,
 /// and HTTP/2 with prior knowledge (h2c) — until `shutdown` completes; then
@@ -41,6 +43,8 @@ pub struct ListenOptions {
     /// Log a line per request (under [`ACCESS_TARGET`](crate::ACCESS_TARGET)):
     /// `Some(true)` with the query, `Some(false)` without.
     pub access_log: Option<bool>,
+    /// How each connection is served: timeouts and HTTP/2 limits.
+    pub connections: ConnectionOptions,
 }
 
 impl Default for ListenOptions {
@@ -49,6 +53,7 @@ impl Default for ListenOptions {
             tls: None,
             max_connections: 10_000,
             access_log: None,
+            connections: ConnectionOptions::default(),
         }
     }
 }
@@ -63,8 +68,10 @@ pub async fn serve_with<F>(
     F: Future<Output = ()>,
 {
     let proxy: Routes = proxy.into();
-    let graceful = GracefulShutdown::new();
-    let server = connection_builder();
+    let drain = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let server = options.connections.builder();
+    let idle = options.connections.idle_timeout;
     let open = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     let tls = options.tls;
     let meter = Arc::new(ResponseMeter::new());
@@ -96,8 +103,11 @@ pub async fn serve_with<F>(
         let place = Arc::new(place);
         let held = place.clone();
         let meter = meter.clone();
+        let activity = Arc::new(Activity::default());
+        let requests = activity.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let start = Instant::now();
+            let busy = requests.begin();
             if upgrade_of(&req).is_some() {
                 req.extensions_mut().insert(ConnectionPlace(held.clone()));
             }
@@ -108,12 +118,12 @@ pub async fn serve_with<F>(
                 let res = answered.await?;
                 meter.answered(&res, start.elapsed());
                 Ok::<_, Infallible>(match pending {
-                    Some(pending) => pending.answered(res),
-                    None => res.map(Logged::unlogged),
+                    Some(pending) => pending.answered(res, busy),
+                    None => res.map(|body| Logged::unlogged(body, busy)),
                 })
             }
         });
-        let (server, watcher) = (server.clone(), graceful.watcher());
+        let (server, drain) = (server.clone(), drain.clone());
         let tls = tls.clone();
         // The handshake runs in the connection's task: a slow client holds
         // up no one else's accept.
@@ -123,7 +133,8 @@ pub async fn serve_with<F>(
                 None => {
                     let connection =
                         server.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    let close = auto::UpgradeableConnection::graceful_shutdown;
+                    drive(connection, close, &drain, &activity, idle).await
                 }
                 Some(tls) => {
                     let handshake = tls.acceptor().accept(stream);
@@ -143,41 +154,30 @@ pub async fn serve_with<F>(
                     // Boxed: a TLS connection's state is larger than a plain
                     // one's, and every connection's task would otherwise
                     // be as large (5.0 KiB against 3.8 KiB).
-                    Box::pin(watcher.watch(connection.into_owned())).await
+                    let close = auto::UpgradeableConnection::graceful_shutdown;
+                    Box::pin(drive(connection, close, &drain, &activity, idle)).await
                 }
             };
             if let Err(error) = served {
-                let incomplete = error
+                // A client that left mid-request, or kept a connection idle
+                // past the header read timeout: nothing to tell.
+                let expected = error
                     .downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_incomplete_message);
-                if !incomplete {
+                    .is_some_and(|e| e.is_incomplete_message() || e.is_timeout());
+                if expected {
+                    tracing::debug!(%addr, %error, "connection closed");
+                } else {
                     eprintln!("coalesce-proxy: connection from {addr}: {error}");
                 }
             }
         };
-        tokio::spawn(task);
+        tasks.spawn(task);
     }
     drop(listener);
-    graceful.shutdown().await;
+    drain.cancel();
+    tasks.close();
+    tasks.wait().await;
 }
 
 /// How long a client has to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How each client connection is served: HTTP/1.1 with hyper's header read
-/// timeout (30 s; it also ends an idle keep-alive connection), or HTTP/2,
-/// told apart by the connection preface. HTTP/2 connections are pinged
-/// every 20 s and closed when a ping goes unanswered for 20 s (a client
-/// that went away without a word); hyper limits each to 200 concurrent
-/// streams and guards against reset floods.
-fn connection_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(200)
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
-}

@@ -115,6 +115,7 @@ async fn main() -> ExitCode {
         tls,
         max_connections: args.max_connections,
         access_log: args.access_log,
+        connections: args.connections.clone(),
     };
     let server = tokio::spawn(serve_with(listener, proxy, listening, async {
         let _ = stopped.await;

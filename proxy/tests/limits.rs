@@ -1,6 +1,8 @@
 //! The proxy's limits over real TCP: request bodies over the limit get
-//! `413` (declared or chunked) and never reach the upstream whole, and
-//! connections past the limit wait for a place.
+//! `413` (declared or chunked) and never reach the upstream whole;
+//! connections past the limit wait for a place; a client slow to send its
+//! head is cut at the header read timeout; an idle HTTP/2 connection is
+//! closed at the idle timeout, and a busy one is not.
 
 mod support;
 
@@ -32,7 +34,14 @@ async fn upstream() -> (String, Arc<AtomicUsize>) {
                 (StatusCode::CREATED, body)
             }),
         )
-        .route("/r", get(|| async { "an answer" }));
+        .route("/r", get(|| async { "an answer" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                "a slow answer"
+            }),
+        );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let uri = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -129,4 +138,62 @@ async fn connections_past_the_limit_wait_for_a_place() {
         .expect("the waiting connection was never served")
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
+}
+
+#[tokio::test]
+async fn a_client_slow_to_send_its_head_is_cut_at_the_header_read_timeout() {
+    let (upstream, _) = upstream().await;
+    let addr = proxy(&upstream, &["--header-read-timeout-ms", "300"]).await;
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let start = std::time::Instant::now();
+    slow.write_all(b"GET /r HTTP/1.1\r\nhost: shop.example\r\n")
+        .await
+        .unwrap();
+    // The head never ends: the proxy closes the connection (with a 408 or
+    // without a word), never answers, never waits forever.
+    let mut buf = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("the connection was still open after 5 s");
+    let said = match read {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).to_string(),
+        Err(_) => String::new(),
+    };
+    assert!(
+        said.is_empty() || said.starts_with("HTTP/1.1 408"),
+        "{said}"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    // A client that sends its head in time is answered.
+    let mut prompt = TcpStream::connect(addr).await.unwrap();
+    let ok = Some("HTTP/1.1 200 OK".to_owned());
+    assert_eq!(ask(&mut prompt, Duration::from_secs(5)).await, ok);
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_at_the_idle_timeout_and_a_busy_one_is_not() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (upstream, _) = upstream().await;
+    let addr = proxy(&upstream, &["--idle-timeout-ms", "300"]).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    // A request that takes longer than the idle timeout is answered whole:
+    // the connection is not idle while it is in progress.
+    let req = Request::get(format!("http://{addr}/slow"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "a slow answer");
+    // Then, idle, the proxy sends GOAWAY and the connection ends.
+    tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the idle HTTP/2 connection was still open after 5 s")
+        .unwrap()
+        .unwrap();
 }

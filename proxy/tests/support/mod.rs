@@ -110,6 +110,7 @@ pub async fn start(
         tls: tls.clone(),
         max_connections: args.max_connections,
         access_log: args.access_log,
+        connections: args.connections.clone(),
     };
     tokio::spawn(coalesce_proxy::serve_with(
         listener,
