@@ -58,6 +58,8 @@ pub struct Args {
     pub purge_token: Option<String>,
     /// The response header that tags answers for purging.
     pub tag_header: Option<HeaderName>,
+    /// Request headers keyed besides those every key has.
+    pub key_headers: Vec<HeaderName>,
     /// The outcome header, or `None` for none.
     pub header: Option<HeaderName>,
     /// Whether responses carry the proxy's `Cache-Status` member.

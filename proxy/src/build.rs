@@ -127,7 +127,11 @@ async fn layer_and_backend(args: &Args) -> Result<(ProxyLayer, Option<RedisBacke
     }
     let layer = CoalesceLayer::builder(config)
         // A route in bypass mode keys no request: every one goes on alone.
-        .extractor(proxy_key(&args.upstream, &args.forwarding).keying(args.coalesce))
+        .extractor(
+            proxy_key(&args.upstream, &args.forwarding)
+                .vary(&args.key_headers)
+                .keying(args.coalesce),
+        )
         .build()
         .map_err(|e| e.to_string())?;
     Ok((layer, shared))

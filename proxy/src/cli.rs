@@ -158,6 +158,13 @@ pub(crate) struct Cli {
     #[arg(long = "tag-header", value_name = "NAME", value_parser = header_name, default_value = "surrogate-key")]
     tag_header: HeaderName,
 
+    /// Request headers whose values are part of the key (comma-separated;
+    /// repeatable), such as a tenant or locale header the upstream answers
+    /// by. A credential header listed here (`authorization`) no longer
+    /// makes requests bypass: each credential gets answers of its own.
+    #[arg(long = "key-header", value_name = "NAME[,NAME...]", value_delimiter = ',', value_parser = header_name)]
+    key_header: Vec<HeaderName>,
+
     /// Read no tags from responses (and pass the tag header through).
     #[arg(long = "no-tag-header", conflicts_with = "tag_header")]
     no_tag_header: bool,
@@ -347,6 +354,7 @@ impl From<Cli> for Args {
             early_refresh: cli.early_refresh.unwrap_or(0.0),
             purge_token: cli.purge_token_file,
             tag_header: (!cli.no_tag_header).then_some(cli.tag_header),
+            key_headers: cli.key_header,
             header,
             cache_status: !cli.no_cache_status,
             forwarding: Forwarding {

@@ -51,6 +51,14 @@ pub fn proxy_key(upstream: &Uri, forwarding: &Forwarding) -> ProxyKey {
 }
 
 impl ProxyKey {
+    /// The same key, with the values of `headers` in it too.
+    pub fn vary(mut self, headers: &[HeaderName]) -> Self {
+        for name in headers {
+            self.http = self.http.clone().vary(name.clone());
+        }
+        self
+    }
+
     /// The same key, or (`on` false) one that keys no request, so that
     /// every request bypasses the layer.
     pub fn keying(mut self, on: bool) -> Self {

@@ -23,9 +23,14 @@ use tower_coalesce::RedisBackend;
 pub(crate) struct RouteSpec {
     /// The host it takes (case-insensitive, without a port); any if absent.
     host: Option<String>,
-    /// The path prefix it takes: `/api/` takes `/api/` and below.
+    /// The paths it takes: a prefix (`/api/` takes `/api/` and below), or,
+    /// with a `*` in it, a glob the whole path must match: `*` within one
+    /// segment, `**` across segments (`/users/*/orders/**`).
     #[serde(default = "root")]
     path: String,
+    /// Request headers keyed besides the top-level `key-header`s.
+    #[serde(default)]
+    key_headers: Vec<String>,
     upstream: String,
     /// `origin` (the upstream's freshness), `ttl` (`ttl-ms`), `coalesce`
     /// (nothing stored) or `bypass` (nothing coalesced).
@@ -90,6 +95,12 @@ impl RouteSpec {
             "upstream-timeout-ms",
             self.upstream_timeout_ms.map(|ms| ms.to_string()),
         );
+        if !self.key_headers.is_empty() {
+            flag("key-header", Some(self.key_headers.join(",")));
+        }
+        if !self.path.starts_with('/') {
+            return Err(format!("route {}: path must start with /", self.shown()));
+        }
         // Checked as the flags are: the same messages for the same mistakes.
         let own = Args::parse_alone(argv).map_err(|e| format!("route {}: {e}", self.shown()))?;
         let mut args = base.clone();
@@ -108,6 +119,11 @@ impl RouteSpec {
         }
         if let Some(on) = self.invalidate_on_unsafe {
             args.invalidate_on_unsafe = on;
+        }
+        for name in own.key_headers {
+            if !args.key_headers.contains(&name) {
+                args.key_headers.push(name);
+            }
         }
         let stale = self.stale_ms.map(Duration::from_millis);
         match self.mode.unwrap_or(if self.ttl_ms.is_some() {
@@ -149,7 +165,16 @@ impl RouteSpec {
                 if self.sort_query {
                     query.push_str(", query sorted");
                 }
-                format!("{} -> {} ({policy}{query})", self.shown(), args.upstream)
+                let mut keyed = String::new();
+                if !args.key_headers.is_empty() {
+                    let names: Vec<&str> = args.key_headers.iter().map(|h| h.as_str()).collect();
+                    keyed = format!(", keyed by {}", names.join(" "));
+                }
+                format!(
+                    "{} -> {} ({policy}{query}{keyed})",
+                    self.shown(),
+                    args.upstream
+                )
             }
             Err(error) => error,
         }
@@ -164,7 +189,7 @@ impl RouteSpec {
 #[derive(Debug, Clone)]
 struct Take {
     host: Option<String>,
-    path: String,
+    paths: Paths,
     ignore_query: Vec<String>,
     sort_query: bool,
 }
@@ -183,7 +208,7 @@ impl Take {
             let asked = authority.as_ref().map_or(asked, http::uri::Authority::host);
             asked.eq_ignore_ascii_case(host)
         });
-        host_ok && req.uri().path().starts_with(self.path.as_str())
+        host_ok && self.paths.take(req.uri().path())
     }
 
     /// The query without the ignored parameters, sorted by name (stably:
@@ -223,6 +248,83 @@ impl Take {
             }
         }
     }
+}
+
+/// The paths a route takes.
+#[derive(Debug, Clone)]
+enum Paths {
+    /// Those that start with it.
+    Prefix(String),
+    /// Those that match it whole.
+    Glob(Vec<Token>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Byte(u8),
+    /// `*`: any bytes but `/`.
+    Star,
+    /// `**`: any bytes.
+    DeepStar,
+}
+
+impl Paths {
+    /// A prefix, or a glob if `pattern` has a `*`.
+    fn new(pattern: &str) -> Self {
+        if !pattern.contains('*') {
+            return Paths::Prefix(pattern.to_owned());
+        }
+        let mut tokens = Vec::new();
+        let mut bytes = pattern.bytes().peekable();
+        while let Some(b) = bytes.next() {
+            tokens.push(match b {
+                b'*' if bytes.peek() == Some(&b'*') => {
+                    // Three stars or more are two.
+                    while bytes.peek() == Some(&b'*') {
+                        bytes.next();
+                    }
+                    Token::DeepStar
+                }
+                b'*' => Token::Star,
+                b => Token::Byte(b),
+            });
+        }
+        Paths::Glob(tokens)
+    }
+
+    fn take(&self, path: &str) -> bool {
+        match self {
+            Paths::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            Paths::Glob(tokens) => glob(tokens, path.as_bytes()),
+        }
+    }
+}
+
+/// Whether `path` matches `tokens` whole. Dynamic programming over (token,
+/// byte), one row at a time: time proportional to their product, whatever
+/// the path (a client's) does to the stars.
+fn glob(tokens: &[Token], path: &[u8]) -> bool {
+    let m = tokens.len();
+    // `next[i]`: tokens[i..] match path[j + 1..]; `row[i]`: they match
+    // path[j..]. The row past the path's end first.
+    let mut next = vec![false; m + 1];
+    next[m] = true;
+    for i in (0..m).rev() {
+        next[i] = matches!(tokens[i], Token::Star | Token::DeepStar) && next[i + 1];
+    }
+    let mut row = vec![false; m + 1];
+    for j in (0..path.len()).rev() {
+        row[m] = false;
+        for i in (0..m).rev() {
+            row[i] = match tokens[i] {
+                Token::Byte(b) => path[j] == b && next[i + 1],
+                Token::Star => row[i + 1] || (path[j] != b'/' && next[i]),
+                Token::DeepStar => row[i + 1] || next[i],
+            };
+        }
+        std::mem::swap(&mut row, &mut next);
+    }
+    next[0]
 }
 
 /// Whether a parameter `name` matches `pattern`: exact, or a prefix when
@@ -270,7 +372,7 @@ impl Routes {
             let parts = crate::build::build_one(&args).await?;
             let take = Take {
                 host: spec.host.clone(),
-                path: spec.path.clone(),
+                paths: Paths::new(&spec.path),
                 ignore_query: spec.ignore_query.clone(),
                 sort_query: spec.sort_query,
             };
@@ -329,7 +431,7 @@ mod tests {
     fn take(ignore: &[&str], sort: bool) -> Take {
         Take {
             host: Some("shop.example".into()),
-            path: "/api/".into(),
+            paths: Paths::new("/api/"),
             ignore_query: ignore.iter().map(|s| s.to_string()).collect(),
             sort_query: sort,
         }
@@ -351,5 +453,36 @@ mod tests {
         let mut r = req("/api/x?utm_a=1", "shop.example");
         t.rewrite(&mut r);
         assert_eq!(r.uri(), "/api/x");
+    }
+
+    #[test]
+    fn a_glob_takes_whole_paths_star_within_a_segment_two_across() {
+        let cases: [(&str, &str, bool); 16] = [
+            ("/users/*/orders", "/users/42/orders", true),
+            ("/users/*/orders", "/users/42/x/orders", false),
+            ("/users/*/orders", "/users/42/orders/1", false),
+            ("/users/*/orders", "/users//orders", true),
+            ("/users/*/orders/**", "/users/42/orders/1/2", true),
+            ("/users/*/orders/**", "/users/42/orders/", true),
+            ("/users/*/orders/**", "/users/42/orders", false),
+            // A later single star that cannot cross `/` leaves the match
+            // to an earlier double one.
+            ("/**/x/*", "/a/x/b/x/c", true),
+            ("/**/x/*", "/a/x/b/y/c", false),
+            ("/static/**.png", "/static/a/b.png", true),
+            ("/static/**.png", "/static/a/b.jpg", false),
+            ("/*", "/a", true),
+            ("/*", "/a/b", false),
+            ("/***", "/a/b", true),
+            ("/a*c", "/abbc", true),
+            ("/a*c", "/ab/c", false),
+        ];
+        for (pattern, path, takes) in cases {
+            assert_eq!(Paths::new(pattern).take(path), takes, "{pattern} {path}");
+        }
+        // A client's path cannot make matching costly: many stars against
+        // a long path that nearly matches stays proportional to both.
+        let long = format!("/{}", "a".repeat(20_000));
+        assert!(!Paths::new("/**a**a**a**a**b").take(&long));
     }
 }

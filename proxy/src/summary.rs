@@ -45,6 +45,15 @@ impl Args {
                 self.namespace.clone().unwrap_or_else(|| "coalesce".into()),
             ),
             ("freshness", freshness),
+            (
+                "key-header",
+                if self.key_headers.is_empty() {
+                    "none".into()
+                } else {
+                    let names: Vec<&str> = self.key_headers.iter().map(|h| h.as_str()).collect();
+                    names.join(",")
+                },
+            ),
             ("upstream-timeout-ms", ms(self.upstream_options.timeout)),
             ("flight-timeout-ms", ms(self.flight_timeout)),
             ("max-connections", self.max_connections.to_string()),

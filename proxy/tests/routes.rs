@@ -164,3 +164,71 @@ async fn each_route_sends_its_requests_to_its_upstream_with_its_policy() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+async fn send_with(addr: SocketAddr, target: &str, header: (&str, &str)) -> (String, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::get(format!("http://{addr}{target}"))
+        .header(header.0, header.1)
+        .body(Full::default())
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let outcome = res.headers()["x-coalesce"].to_str().unwrap().to_owned();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (outcome, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glob_route_takes_whole_paths_and_keys_its_listed_headers() {
+    let (fallback, _) = upstream("F").await;
+    let (a, a_calls) = upstream("A").await;
+    let dir = support::scratch("routes-glob");
+    let file = dir.join("proxy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "upstream = \"{fallback}\"\n\
+             \n\
+             [[route]]\n\
+             path = \"/users/*/profile\"\n\
+             upstream = \"{a}\"\n\
+             ttl-ms = 60000\n\
+             key-headers = [\"x-tenant\"]\n\
+             \n\
+             [[route]]\n\
+             path = \"/me/**\"\n\
+             upstream = \"{a}\"\n\
+             ttl-ms = 60000\n\
+             key-headers = [\"authorization\"]\n"
+        ),
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    let (addr, _, _) = support::start(&support::args(&["--config", config])).await;
+
+    // Each tenant its own answer; the same tenant the stored one.
+    let profile = "/users/7/profile";
+    let tenant = |t| send_with(addr, profile, ("x-tenant", t));
+    assert_eq!(tenant("a").await, ("leader".into(), format!("A {profile}")));
+    assert_eq!(tenant("a").await.0, "hit");
+    assert_eq!(tenant("b").await.0, "leader");
+    assert_eq!(a_calls.load(Ordering::SeqCst), 2);
+    // `*` stays within its segment: a deeper path is not the route's.
+    let (outcome, body) = send_with(addr, "/users/7/x/profile", ("x-tenant", "a")).await;
+    assert_eq!(
+        (outcome.as_str(), body.as_str()),
+        ("leader", "F /users/7/x/profile")
+    );
+
+    // A credential the route keys no longer bypasses: each credential has
+    // answers of its own, never another's.
+    let me = |token| send_with(addr, "/me/orders/1", ("authorization", token));
+    assert_eq!(me("Bearer one").await.0, "leader");
+    assert_eq!(me("Bearer one").await.0, "hit");
+    assert_eq!(me("Bearer two").await.0, "leader");
+    assert_eq!(a_calls.load(Ordering::SeqCst), 4);
+    // Where it is not keyed, a credential still bypasses.
+    let (outcome, _) = send_with(addr, profile, ("authorization", "Bearer one")).await;
+    assert_eq!(outcome, "bypass");
+    let _ = std::fs::remove_dir_all(&dir);
+}
