@@ -224,7 +224,7 @@ pub(crate) struct Cli {
 
     /// A connection with no request in progress for this long is closed
     /// gracefully (HTTP/2 gets GOAWAY): what ends an idle HTTP/2
-    /// connection.
+    /// connection. Looked at once per timeout: closed after one to two.
     #[arg(long = "idle-timeout-ms", value_name = "N", default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout_ms: u64,
 

@@ -9,10 +9,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How each client connection is served.
@@ -24,8 +23,9 @@ pub struct ConnectionOptions {
     /// ends an idle keep-alive connection.
     pub header_read_timeout: Duration,
     /// A connection with no request in progress for this long is closed
-    /// gracefully (HTTP/2 gets `GOAWAY`). HTTP/2 has no header timer, so
-    /// this is what ends an idle HTTP/2 connection.
+    /// gracefully (HTTP/2 gets `GOAWAY`): looked at once per timeout, so
+    /// after one to two of them. HTTP/2 has no header timer, so this is
+    /// what ends an idle HTTP/2 connection.
     pub idle_timeout: Duration,
     /// HTTP/2: the most streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
@@ -78,12 +78,13 @@ impl ConnectionOptions {
     }
 }
 
-/// How many requests of one connection are in progress: from the call of
-/// the service to the end of the response's body.
+/// How many requests of one connection are in progress (from the call of
+/// the service to the end of the response's body), and how many have
+/// begun: two atomic adds a request, no timer.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
     in_progress: AtomicUsize,
-    changed: Notify,
+    begun: AtomicU64,
 }
 
 /// One request in progress, until dropped (with its response's body).
@@ -92,41 +93,34 @@ pub(crate) struct Busy(Arc<Activity>);
 
 impl Activity {
     pub(crate) fn begin(self: &Arc<Self>) -> Busy {
-        if self.in_progress.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.changed.notify_one();
-        }
+        self.begun.fetch_add(1, Ordering::Relaxed);
+        self.in_progress.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }
 
-    fn idle(&self) -> bool {
-        self.in_progress.load(Ordering::Acquire) == 0
-    }
-
-    /// Completes once no request has been in progress for `timeout`.
+    /// Completes once a whole `timeout` has passed with no request in
+    /// progress and none begun: looked at once per `timeout`, so an idle
+    /// connection is found idle after one to two timeouts.
     async fn idle_for(&self, timeout: Duration) {
+        // Idle for a whole period: idle at its start and at its end, and
+        // nothing begun in between.
+        let mut seen = self.begun.load(Ordering::Relaxed);
+        let mut idle = self.in_progress.load(Ordering::Acquire) == 0;
         loop {
-            // `Notify` keeps a notice given while no one waits, so a change
-            // between the look and the wait is not missed.
-            while !self.idle() {
-                self.changed.notified().await;
+            tokio::time::sleep(timeout).await;
+            let begun = self.begun.load(Ordering::Relaxed);
+            let idle_now = self.in_progress.load(Ordering::Acquire) == 0;
+            if idle && idle_now && begun == seen {
+                return;
             }
-            tokio::select! {
-                () = tokio::time::sleep(timeout) => {
-                    if self.idle() {
-                        return;
-                    }
-                }
-                () = self.changed.notified() => {}
-            }
+            (seen, idle) = (begun, idle_now);
         }
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.0.in_progress.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_one();
-        }
+        self.0.in_progress.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -146,6 +140,7 @@ pub(crate) async fn drive<C: Future>(
     let mut asked = false;
     loop {
         tokio::select! {
+            biased;
             out = connection.as_mut() => return out,
             () = drain.cancelled(), if !asked => {
                 asked = true;

@@ -65,16 +65,24 @@ pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 /// upstream) and never stores.
 #[derive(Debug, Clone)]
 pub struct Forward {
+    /// What every clone shares: cloned per request, the service must be
+    /// cheap to clone.
+    to: Arc<Upstreams>,
+    /// The address of the client whose connection this serves.
+    peer: Option<SocketAddr>,
+}
+
+/// The upstream and how to reach it.
+#[derive(Debug)]
+struct Upstreams {
     client: Client<Connector, Limited<Incoming>>,
     /// HTTP/1.1 alone, for protocol upgrades.
     tunnels: Client<Connector, Limited<Incoming>>,
     timeout: Duration,
     max_request_body: u64,
-    upstream: Arc<Upstream>,
-    forwarding: Arc<Forwarding>,
-    /// The address of the client whose connection this serves.
-    peer: Option<SocketAddr>,
-    meter: Arc<UpstreamMeter>,
+    upstream: Upstream,
+    forwarding: Forwarding,
+    meter: UpstreamMeter,
 }
 
 impl Forward {
@@ -85,15 +93,18 @@ impl Forward {
     ) -> Result<Self, String> {
         let client = upstream.client(options, false)?;
         let tunnels = upstream.client(options, true)?;
-        Ok(Self {
+        let to = Upstreams {
             client,
             tunnels,
             timeout: options.timeout,
             max_request_body: options.max_request_body,
-            upstream: Arc::new(upstream),
-            forwarding: Arc::new(forwarding),
+            upstream,
+            forwarding,
+            meter: UpstreamMeter::new(),
+        };
+        Ok(Self {
+            to: Arc::new(to),
             peer: None,
-            meter: Arc::new(UpstreamMeter::new()),
         })
     }
 
@@ -126,7 +137,7 @@ impl Forward {
         // The layer marks the request that leads a flight: its answer may
         // go to every request with its key.
         let shared = req.extensions().get::<Outcome>() == Some(&Outcome::Leader);
-        let forwarding = &*self.forwarding;
+        let forwarding = &self.to.forwarding;
         let headers = req.headers_mut();
         // `Proxy` strips them before the layer keys the request; again
         // here so that nothing else that sends through `Forward` lets them
@@ -155,11 +166,11 @@ impl Forward {
             }
             (None, None) => {}
         }
-        headers.insert(header::HOST, self.upstream.host.clone());
+        headers.insert(header::HOST, self.to.upstream.host.clone());
 
         *req.uri_mut() = Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
+            .scheme(self.to.upstream.scheme.clone())
+            .authority(self.to.upstream.authority.clone())
             .path_and_query(path)
             .build()
             .map_err(|_| "bad request: the target cannot be forwarded\n")?;
@@ -191,35 +202,38 @@ impl Forward {
             if let Some(protocol) = protocol {
                 headers.insert(header::UPGRADE, protocol);
             }
-            let limit = usize::try_from(self.max_request_body).unwrap_or(usize::MAX);
+            let limit = usize::try_from(self.to.max_request_body).unwrap_or(usize::MAX);
             let target = req.uri().clone();
             (
                 target,
-                self.tunnels
+                self.to
+                    .tunnels
                     .request(req.map(|body| Limited::new(body, limit))),
             )
         });
-        let (timeout, meter) = (self.timeout, self.meter.clone());
+        let to = self.to.clone();
         async move {
             let (target, response) = match prepared {
                 Ok(prepared) => prepared,
                 Err(message) => return bad_request(message).map(Either::Right),
             };
             let start = Instant::now();
-            let answered = tokio::time::timeout(timeout, response).await;
+            let answered = tokio::time::timeout(to.timeout, response).await;
             let mut res = match answered {
                 Ok(Ok(res)) => {
-                    meter.ended(Kind::Direct, Ended::Answered(res.status()), start.elapsed());
+                    to.meter
+                        .ended(Kind::Direct, Ended::Answered(res.status()), start.elapsed());
                     res
                 }
                 Ok(Err(error)) => {
-                    meter.ended(Kind::Direct, Ended::Failed, start.elapsed());
+                    to.meter.ended(Kind::Direct, Ended::Failed, start.elapsed());
                     eprintln!("proxy: {target}: {}", error_chain(&error));
                     return bad_gateway();
                 }
                 Err(_) => {
-                    meter.ended(Kind::Direct, Ended::TimedOut, start.elapsed());
-                    eprintln!("proxy: {target}: no answer within {timeout:?}");
+                    to.meter
+                        .ended(Kind::Direct, Ended::TimedOut, start.elapsed());
+                    eprintln!("proxy: {target}: no answer within {:?}", to.timeout);
                     return gateway_timeout();
                 }
             };
@@ -305,35 +319,36 @@ impl Service<Request<Incoming>> for Forward {
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.max_request_body) {
+        if declared.is_some_and(|len| len > self.to.max_request_body) {
             return Box::pin(future::ready(Ok(too_large())));
         }
         let target = req.uri().clone();
-        let limit = usize::try_from(self.max_request_body).unwrap_or(usize::MAX);
+        let limit = usize::try_from(self.to.max_request_body).unwrap_or(usize::MAX);
         let response = self
+            .to
             .client
             .request(req.map(|body| Limited::new(body, limit)));
-        let (timeout, meter) = (self.timeout, self.meter.clone());
+        let to = self.to.clone();
         Box::pin(async move {
             let start = Instant::now();
-            let answered = tokio::time::timeout(timeout, response).await;
+            let answered = tokio::time::timeout(to.timeout, response).await;
             let took = start.elapsed();
             match answered {
                 Ok(Ok(res)) => {
-                    meter.ended(kind, Ended::Answered(res.status()), took);
+                    to.meter.ended(kind, Ended::Answered(res.status()), took);
                     let (mut head, body) = res.into_parts();
                     strip_hop_by_hop(&mut head.headers);
                     Ok(Response::from_parts(head, Either::Left(body)))
                 }
                 Ok(Err(error)) if cut_off(&error) => Ok(too_large()),
                 Ok(Err(error)) => {
-                    meter.ended(kind, Ended::Failed, took);
+                    to.meter.ended(kind, Ended::Failed, took);
                     eprintln!("proxy: {target}: {}", error_chain(&error));
                     Ok(bad_gateway())
                 }
                 Err(_) => {
-                    meter.ended(kind, Ended::TimedOut, took);
-                    eprintln!("proxy: {target}: no answer within {timeout:?}");
+                    to.meter.ended(kind, Ended::TimedOut, took);
+                    eprintln!("proxy: {target}: no answer within {:?}", to.timeout);
                     Ok(gateway_timeout())
                 }
             }

@@ -190,7 +190,12 @@ async fn an_idle_http2_connection_is_closed_at_the_idle_timeout_and_a_busy_one_i
     assert_eq!(res.status(), StatusCode::OK);
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "a slow answer");
-    // Then, idle, the proxy sends GOAWAY and the connection ends.
+    // Then, idle, the proxy sends GOAWAY and the connection ends: not
+    // before a whole idle timeout has passed...
+    let mut connection = connection;
+    let early = tokio::time::timeout(Duration::from_millis(200), &mut connection).await;
+    assert!(early.is_err(), "closed before it had been idle a timeout");
+    // ...and within a few.
     tokio::time::timeout(Duration::from_secs(5), connection)
         .await
         .expect("the idle HTTP/2 connection was still open after 5 s")
