@@ -191,11 +191,35 @@ fn replaced<E>(shared: &Shared<E>, key: &Key, version: Option<SystemTime>) -> bo
 }
 
 /// The head of the key's stream under way, if there is one this process can
-/// still read from its first byte.
+/// still read from its first byte. A read that fails is tried again (after
+/// 50 ms, then 100, ...) for up to a third of a lease: missing the stream
+/// would leave this wait to the flight's completion, which for an answer
+/// too large to store is a call of its own to the origin.
 async fn stream_head<E>(shared: &Shared<E>, key: &Key) -> Option<crate::backend::StreamRead> {
-    match optional(shared, Op::ReadStream, |b| b.read_stream(key, None, 0, 0)).await {
-        Ok(Some(read)) if read.head.is_some() && !read.dropped => Some(read),
-        _ => None,
+    let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match optional(shared, Op::ReadStream, |b| b.read_stream(key, None, 0, 0)).await {
+            Ok(Some(read)) if read.head.is_some() && !read.dropped => return Some(read),
+            Ok(_) => return None,
+            Err(unavailable) => {
+                if started.elapsed() + wait > shared.config.lease / 3 {
+                    unavailable.report(
+                        &shared.counters,
+                        "reading the head of another instance's stream",
+                        "waiting for its answer whole",
+                    );
+                    return None;
+                }
+                unavailable.report(
+                    &shared.counters,
+                    "reading the head of another instance's stream",
+                    "trying again",
+                );
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
     }
 }
 

@@ -10,9 +10,16 @@
 //! the stream's messages and looking again once per lease third, so a lost
 //! message costs latency, never bytes. Nothing here ever serves bytes of
 //! one flight as another's: every read names the stream's lease token.
+//!
+//! A Redis that answers late for a moment (a busy one does) costs latency
+//! too, not the answer: a write that failed or timed out is sent again,
+//! with the bytes that came since, at the same offset (the backend appends
+//! only what it lacks), for up to a lease; a read that failed is tried
+//! again until no byte has arrived for the wait timeout. Waits between
+//! tries start at 50 ms and double up to a second.
 
 use crate::backend::{LeaseToken, StreamEnd, StreamRead, Watch};
-use crate::backend_call::{optional, Op};
+use crate::backend_call::{optional, Op, Unavailable};
 use crate::flight::{Landing, Streamed};
 use crate::shared::Shared;
 use crate::tape::Tape;
@@ -28,19 +35,27 @@ const BATCH: usize = 64 * 1024;
 const BATCH_DELAY: Duration = Duration::from_millis(5);
 /// The most bytes one read asks for.
 const READ_MAX: usize = 1 << 20;
+/// The first wait before a failed write or read is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// The longest wait between tries.
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The leading process's side: the body, published as it is read.
 pub(crate) struct Publisher {
     key: Key,
     token: LeaseToken,
-    /// Bytes not written yet, and since when the first of them waits.
+    /// Bytes not written yet.
     pending: BytesMut,
-    since: Option<Instant>,
+    /// When they are to be written: a moment after the first of them
+    /// arrived, or when a write that failed is tried again.
+    due_at: Option<Instant>,
     /// Bytes written so far.
     sent: u64,
     opened: bool,
     /// Given up (the backend failed, or does not stream).
     off: bool,
+    /// Since when writes have failed, and the wait before the next try.
+    failing: Option<(Instant, Duration)>,
 }
 
 impl Publisher {
@@ -49,10 +64,11 @@ impl Publisher {
             key,
             token,
             pending: BytesMut::new(),
-            since: None,
+            due_at: None,
             sent: 0,
             opened: false,
             off: false,
+            failing: None,
         }
     }
 
@@ -61,21 +77,22 @@ impl Publisher {
         if self.off {
             return false;
         }
-        self.since.get_or_insert_with(Instant::now);
+        self.due_at
+            .get_or_insert_with(|| Instant::now() + BATCH_DELAY);
         self.pending.extend_from_slice(chunk);
-        self.pending.len() >= BATCH
+        // While writes fail, the next try waits its turn, however much
+        // comes meanwhile.
+        self.failing.is_none() && self.pending.len() >= BATCH
     }
 
     /// When the bytes waiting must be written, if any wait.
     pub(crate) fn due(&self) -> Option<Instant> {
-        self.since
-            .filter(|_| !self.off)
-            .map(|since| since + BATCH_DELAY)
+        self.due_at.filter(|_| !self.off)
     }
 
     /// Writes what waits, opening the stream first if it is not open.
     pub(crate) async fn flush<E>(&mut self, shared: &Shared<E>, streamed: &Streamed) {
-        self.since = None;
+        self.due_at = None;
         if self.off || self.pending.is_empty() {
             return;
         }
@@ -105,30 +122,54 @@ impl Publisher {
         }
         let bytes = self.pending.split().freeze();
         let len = bytes.len() as u64;
-        let bounds = (
-            lease,
-            shared
-                .config
-                .stream_window
-                .max(shared.config.max_stored_bytes),
-        );
-        let (key, token, at) = (&self.key, &self.token, self.sent);
+        let bounds = (lease, window(shared));
+        let (key, token, at, sent) = (&self.key, &self.token, self.sent, bytes.clone());
         match optional(shared, Op::AppendStream, |b| {
-            b.append_stream(key, token, at, bytes, bounds)
+            b.append_stream(key, token, at, sent, bounds)
         })
         .await
         {
-            Ok(true) => self.sent += len,
-            Ok(false) => self.off = true,
-            Err(unavailable) => {
-                unavailable.report(
-                    &shared.counters,
-                    "writing the answer's stream",
-                    "its readers in other instances get an error",
-                );
-                self.give_up(shared).await;
+            Ok(true) => {
+                self.sent += len;
+                self.failing = None;
             }
+            Ok(false) => self.off = true,
+            Err(unavailable) => self.retry_later(shared, bytes, &unavailable).await,
         }
+    }
+
+    /// After a write of `bytes` failed: keeps them, before what came since,
+    /// to be written again at the same offset once the wait is over — or
+    /// gives up, once writes have failed for a lease or more than the
+    /// window waits.
+    async fn retry_later<E>(
+        &mut self,
+        shared: &Shared<E>,
+        bytes: Bytes,
+        unavailable: &Unavailable,
+    ) {
+        let mut kept = BytesMut::with_capacity(bytes.len() + self.pending.len());
+        kept.extend_from_slice(&bytes);
+        kept.extend_from_slice(&self.pending);
+        self.pending = kept;
+        let now = Instant::now();
+        let (since, wait) = *self.failing.get_or_insert((now, RETRY_FIRST));
+        if now - since >= shared.config.lease || self.pending.len() > window(shared) {
+            unavailable.report(
+                &shared.counters,
+                "writing the answer's stream",
+                "its readers in other instances get an error",
+            );
+            self.give_up(shared).await;
+            return;
+        }
+        unavailable.report(
+            &shared.counters,
+            "writing the answer's stream",
+            "trying again",
+        );
+        self.due_at = Some(now + wait);
+        self.failing = Some((since, (wait * 2).min(RETRY_MAX)));
     }
 
     /// Ends the stream, if one was opened: complete with `trailers` once the
@@ -138,22 +179,47 @@ impl Publisher {
             return;
         }
         if matches!(end, StreamEnd::Complete(_)) {
-            self.flush(shared, streamed).await;
-            if self.off {
-                return;
+            loop {
+                self.flush(shared, streamed).await;
+                if self.off {
+                    return;
+                }
+                if self.pending.is_empty() {
+                    break;
+                }
+                // A write failed: tried again when due (see `retry_later`).
+                if let Some(at) = self.due_at {
+                    tokio::time::sleep_until(at).await;
+                }
             }
         }
         let (key, token, lease) = (&self.key, &self.token, shared.config.lease);
-        if let Err(unavailable) = optional(shared, Op::EndStream, |b| {
-            b.end_stream(key, token, end, lease)
-        })
-        .await
-        {
+        let started = Instant::now();
+        let mut wait = RETRY_FIRST;
+        loop {
+            let end = end.clone();
+            let Err(unavailable) = optional(shared, Op::EndStream, |b| {
+                b.end_stream(key, token, end, lease)
+            })
+            .await
+            else {
+                return;
+            };
+            if started.elapsed() >= lease {
+                unavailable.report(
+                    &shared.counters,
+                    "ending the answer's stream",
+                    "its readers in other instances get an error when it expires",
+                );
+                return;
+            }
             unavailable.report(
                 &shared.counters,
                 "ending the answer's stream",
-                "its readers in other instances get an error within a lease",
+                "trying again",
             );
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RETRY_MAX);
         }
     }
 
@@ -167,6 +233,13 @@ impl Publisher {
         })
         .await;
     }
+}
+
+/// The bytes of an answer that will not be stored that a stream keeps, at
+/// most: the latest ones.
+fn window<E>(shared: &Shared<E>) -> usize {
+    let config = &shared.config;
+    config.stream_window.max(config.max_stored_bytes)
 }
 
 /// A waiting process's side: another process's answer, read into a tape
@@ -219,9 +292,10 @@ impl Follow {
         let config = &shared.config;
         let tape = self.streamed.tape.clone();
         let _ends = crate::tape::EndsTape::new(&tape);
-        let window = config.stream_window.max(config.max_stored_bytes);
+        let window = window(shared);
         let mut closed = false;
         let mut progress = Instant::now();
+        let mut retry = RETRY_FIRST;
         let failure = 'follow: loop {
             // Everything there is to read now.
             let end = loop {
@@ -237,15 +311,28 @@ impl Follow {
                     }
                     Ok(None) => break 'follow "the instance leading the flight stopped".to_owned(),
                     Err(unavailable) => {
+                        if progress.elapsed() >= config.wait_timeout {
+                            unavailable.report(
+                                &shared.counters,
+                                "reading another instance's answer",
+                                "its callers get an error",
+                            );
+                            break 'follow format!(
+                                "the stream of another instance's answer could not be read for {:?}",
+                                config.wait_timeout
+                            );
+                        }
                         unavailable.report(
                             &shared.counters,
                             "reading another instance's answer",
-                            "its callers get an error",
+                            "trying again",
                         );
-                        break 'follow "the stream of another instance's answer could not be read"
-                            .to_owned();
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(RETRY_MAX);
+                        continue;
                     }
                 };
+                retry = RETRY_FIRST;
                 if !read.bytes.is_empty() {
                     self.have += read.bytes.len() as u64;
                     tape.push(read.bytes);

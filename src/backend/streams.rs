@@ -81,7 +81,13 @@ pub trait Streams: Send + Sync + 'static {
     /// before them, and announces it. `bounds`: the lease (what it writes
     /// lasts a few of them past its last write), and the window (of a body
     /// longer than it, only about the latest that many bytes need be
-    /// kept). `false`: the stream is no longer the flight's.
+    /// kept). `false`: the stream is no longer the flight's, or it is out
+    /// of step (shorter than `at`).
+    ///
+    /// A write that failed or timed out may have been applied all the
+    /// same, and is sent again at the same `at`, with the bytes that came
+    /// since after it: what the stream already holds of them must not be
+    /// appended twice.
     fn append_stream<'a>(
         &'a self,
         key: &'a Key,

@@ -43,13 +43,23 @@ pub(super) static OPEN: LazyLock<Script> = LazyLock::new(|| {
 /// drop (past the window); ARGV[1] token, ARGV[2] bytes, ARGV[3] how long
 /// pieces last in ms, ARGV[4] the new length, ARGV[5] message, ARGV[6] the
 /// publishing command, ARGV[7] the first piece kept once KEYS[4] is
-/// dropped (`''`: none dropped).
+/// dropped (`''`: none dropped), ARGV[8] the length the bytes start at.
+///
+/// A write may be sent again when its reply was late or lost: whatever
+/// part of the bytes the stream already has is not appended twice, so a
+/// retry never repeats or reorders a byte. A stream shorter than where the
+/// bytes start (a gap) or longer than where they end is out of step: 0.
 pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('HGET', KEYS[1], 'k') ~= ARGV[1] then return 0 end
-          redis.call('APPEND', KEYS[2], ARGV[2])
+        r"local s = redis.call('HMGET', KEYS[1], 'k', 'n')
+          if s[1] ~= ARGV[1] then return 0 end
+          local n, from, to = tonumber(s[2]), tonumber(ARGV[8]), tonumber(ARGV[4])
+          if n < from or n > to then return 0 end
+          if n < to then
+            redis.call('APPEND', KEYS[2], string.sub(ARGV[2], n - from + 1))
+            redis.call('HSET', KEYS[1], 'n', ARGV[4])
+          end
           redis.call('PEXPIRE', KEYS[2], ARGV[3])
-          redis.call('HSET', KEYS[1], 'n', ARGV[4])
           if ARGV[7] ~= '' then
             redis.call('DEL', KEYS[4])
             redis.call('HSET', KEYS[1], 'f', ARGV[7])
@@ -203,6 +213,7 @@ impl Streams for RedisBackend {
                 let piece = at / PIECE;
                 let room = (PIECE - at % PIECE) as usize;
                 let now = rest.split_to(room.min(rest.len()));
+                let from = at;
                 at += now.len() as u64;
                 // Past the window, the piece that many pieces back goes.
                 let behind = (window as u64 / PIECE).max(1) + 1;
@@ -219,6 +230,7 @@ impl Streams for RedisBackend {
                     .arg(STREAM)
                     .arg(conn.publish_command())
                     .arg(dropped.map_or(String::new(), |d| (d + 1).to_string()))
+                    .arg(from)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| BackendError::new("Redis stream append failed", e))?;

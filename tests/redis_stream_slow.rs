@@ -1,0 +1,108 @@
+//! A Redis that answers late for a moment in the middle of a streamed
+//! answer — as a busy one does, with a thousand connections on two cores —
+//! costs the instances following the stream latency, never the answer:
+//! the reads and the writes given up at the backend timeout are tried
+//! again, and the waiting instance's caller gets every byte, in order, of
+//! one origin call.
+//!
+//! Each instance is a layer with its own `RedisBackend`, served over TCP;
+//! the slow one reaches Redis through a relay that holds its replies back.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::redis::{RedisServer, Relay};
+use support::tap::{answer, cacheable, client, read_at_least, request, rest, serve, Origin};
+use support::until;
+use tower_coalesce::{CoalesceConfig, CoalesceLayer, RedisBackend};
+
+const HOST: &[(&str, &str)] = &[("host", "shop.example")];
+const LEN: usize = 1 << 20;
+
+fn config() -> CoalesceConfig {
+    CoalesceConfig::new()
+        .ttl(Duration::from_secs(60))
+        .lease(Duration::from_secs(4))
+        .outcome_header("x-coalesce")
+}
+
+/// Which instance reaches Redis through the relay.
+#[derive(Clone, Copy)]
+enum Slow {
+    /// B, the waiting instance: its reads of the stream are late.
+    Reader,
+    /// A, the leading instance: its writes to the stream are late.
+    Writer,
+}
+
+async fn instance(origin: &Origin, url: String) -> (CoalesceLayer, SocketAddr) {
+    let backend = RedisBackend::connect(url).await.unwrap();
+    let layer = CoalesceLayer::new(config().backend(backend));
+    let addr = serve(origin, &layer).await;
+    (layer, addr)
+}
+
+async fn a_slow_moment_mid_stream_costs_latency_not_the_answer(slow: Slow) {
+    let server = RedisServer::start();
+    let relay = Relay::start(server.port);
+    let (a_url, b_url) = match slow {
+        Slow::Reader => (server.url(), relay.url()),
+        Slow::Writer => (relay.url(), server.url()),
+    };
+    let mut origin = Origin::new(&cacheable(LEN));
+    let (a, a_addr) = instance(&origin, a_url).await;
+    let (b, b_addr) = instance(&origin, b_url).await;
+    let client = client();
+    let expected = answer(LEN);
+
+    let leading = request(&client, a_addr, HOST).await;
+    let tap = origin.tap().await;
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { request(&client, b_addr, HOST).await }
+    });
+    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    tap.send(&expected[..100_000]).await;
+    let mut waiting = waiting.await.unwrap();
+    assert_eq!(waiting.headers()["x-coalesce"], "follower");
+    let first = read_at_least(waiting.body_mut(), 100_000).await;
+
+    // Redis answers the slow instance 1.5 s late for 2 s: longer than any
+    // single call waits (half a lease at most, and less once no call has
+    // been answered lately), shorter than a lease.
+    relay.delay_replies(Duration::from_millis(1_500));
+    let errors_before = a.stats().backend_errors + b.stats().backend_errors;
+    for chunk in expected[100_000..600_000].chunks(64 << 10) {
+        tap.send(chunk).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until(&b, "a call of the slow instance to be given up", |_| {
+        a.stats().backend_errors + b.stats().backend_errors > errors_before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    relay.delay_replies(Duration::ZERO);
+    for chunk in expected[600_000..].chunks(64 << 10) {
+        tap.send(chunk).await;
+    }
+    drop(tap);
+
+    let mut whole = first;
+    whole.extend_from_slice(&rest(waiting).await.expect("B's body whole, not failed"));
+    assert!(whole == expected, "B got every byte once, in order");
+    assert!(rest(leading).await.unwrap() == expected[..]);
+    assert_eq!(origin.calls(), 1, "one origin call for both instances");
+    until(&a, "A's flight to end", |_| a.flights_in_progress() == 0).await;
+    until(&b, "B's flight to end", |_| b.flights_in_progress() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_the_stream_given_up_while_redis_is_slow_are_tried_again() {
+    a_slow_moment_mid_stream_costs_latency_not_the_answer(Slow::Reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_the_stream_given_up_while_redis_is_slow_are_sent_again_once() {
+    a_slow_moment_mid_stream_costs_latency_not_the_answer(Slow::Writer).await;
+}
