@@ -15,8 +15,10 @@
 //! too, not the answer: a write that failed or timed out is sent again,
 //! with the bytes that came since, at the same offset (the backend appends
 //! only what it lacks), for up to a lease; a read that failed is tried
-//! again until no byte has arrived for the wait timeout. Waits between
-//! tries start at 50 ms and double up to a second.
+//! again, also for up to a lease. Waits between tries start at 50 ms and
+//! double up to a second. Past that the readers' bodies fail: their
+//! callers already have part of the answer, and nothing else can finish
+//! it.
 
 use crate::backend::{LeaseToken, StreamEnd, StreamRead, Watch};
 use crate::backend_call::{optional, Op, Unavailable};
@@ -296,6 +298,8 @@ impl Follow {
         let mut closed = false;
         let mut progress = Instant::now();
         let mut retry = RETRY_FIRST;
+        // Since when reads have failed, one after another.
+        let mut failing: Option<Instant> = None;
         let failure = 'follow: loop {
             // Everything there is to read now.
             let end = loop {
@@ -311,7 +315,10 @@ impl Follow {
                     }
                     Ok(None) => break 'follow "the instance leading the flight stopped".to_owned(),
                     Err(unavailable) => {
-                        if progress.elapsed() >= config.wait_timeout {
+                        let since = *failing.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= config.lease
+                            || progress.elapsed() >= config.wait_timeout
+                        {
                             unavailable.report(
                                 &shared.counters,
                                 "reading another instance's answer",
@@ -319,7 +326,7 @@ impl Follow {
                             );
                             break 'follow format!(
                                 "the stream of another instance's answer could not be read for {:?}",
-                                config.wait_timeout
+                                since.elapsed()
                             );
                         }
                         unavailable.report(
@@ -333,6 +340,7 @@ impl Follow {
                     }
                 };
                 retry = RETRY_FIRST;
+                failing = None;
                 if !read.bytes.is_empty() {
                     self.have += read.bytes.len() as u64;
                     tape.push(read.bytes);
