@@ -38,16 +38,7 @@ async fn upstream(name: &'static str) -> (String, Arc<AtomicUsize>) {
 }
 
 async fn send(addr: SocketAddr, host: &str, target: &str) -> (String, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::get(format!("http://{addr}{target}"))
-        .header("host", host)
-        .body(Full::default())
-        .unwrap();
-    let res = client.request(req).await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let outcome = res.headers()["x-coalesce"].to_str().unwrap().to_owned();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (outcome, String::from_utf8_lossy(&body).into_owned())
+    send_with(addr, target, ("host", host)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
