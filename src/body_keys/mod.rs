@@ -68,6 +68,7 @@ mod route;
 #[cfg(test)]
 mod tests;
 
+pub use crate::buffered::BufferedBody;
 pub use buffer::{Buffer, BufferLayer};
 pub use json::canonical_json;
 pub use route::Route;
