@@ -114,15 +114,19 @@ fn canonical(request: Value<'_>, persisted: &HashSet<Box<str>>) -> Option<Vec<u8
         return None;
     };
     // `null` and absent mean the same for these; the document replaced by
-    // its normal form.
+    // its normal form, which holds the selected operation alone (and so
+    // its name: `operationName` would only tell apart requests that run
+    // the same operation).
     let members = members
         .into_iter()
         .filter(|(name, value)| {
-            !(matches!(value, Value::Null)
-                && matches!(
-                    name.as_ref(),
-                    "query" | "operationName" | "variables" | "extensions"
-                ))
+            let known = matches!(
+                name.as_ref(),
+                "query" | "operationName" | "variables" | "extensions"
+            );
+            let null = known && matches!(value, Value::Null);
+            let redundant = document.is_some() && name == "operationName";
+            !null && !redundant
         })
         .map(|(name, value)| match (name.as_ref(), &document) {
             ("query", Some(document)) => (name, Value::String(Cow::Borrowed(document.as_str()))),

@@ -204,6 +204,17 @@ mod graphql {
             "{\"variables\":{\"locale\":\"en\",\"id\":\"7\"},\"operationName\":null,\n\"query\":\"# the product\\nquery P($id: ID!) {\\n  product(id: $id) {\\n    id,\\n    name\\n  }\\n}\\n\"}",
         );
         assert_eq!(a, b);
+        // Naming the document's only operation selects what it runs anyway.
+        let named = Q.replace("{\"query\"", "{\"operationName\":\"P\",\"query\"");
+        assert_ne!(named, Q);
+        assert_eq!(a, ask(&named));
+        // Another operation beside it, unselected, changes nothing either.
+        let beside = Q.replace("} }\"", "} } query Q { other }\"");
+        assert_ne!(beside, Q);
+        assert_eq!(
+            a,
+            ask(&beside.replace("{\"query\"", "{\"operationName\":\"P\",\"query\""))
+        );
     }
 
     #[test]
