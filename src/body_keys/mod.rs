@@ -53,9 +53,15 @@
 //!
 //! # Headers
 //! A request carrying a header that another route (or the [`HttpKey`])
-//! keys but its own route does not bypasses: the layer lets credentials
-//! through when *the extractor* keys them, and this keeps a credential
-//! keyed for one route from riding unkeyed on another.
+//! keys but its own route does not bypasses. The layer asks the extractor
+//! as a whole whether it keys a header ([`KeyExtractor::keys_header`]):
+//! to let a credential through, and to share an answer that varies on the
+//! header. This rule keeps both right per route: a credential keyed for
+//! one route never rides unkeyed on another, and every request keyed by a
+//! route that does not key a header lacks it. Keep the headers the routes
+//! and the fallback key alike (the default: `Accept`) unless that is meant.
+//!
+//! [`KeyExtractor::keys_header`]: crate::KeyExtractor::keys_header
 
 mod buffer;
 #[cfg(feature = "graphql")]

@@ -136,6 +136,12 @@ impl Route {
     }
 
     /// Replaces the list of keyed request headers (default: `Accept`).
+    ///
+    /// A request of this route carrying a header that the [`BodyKeys`](super::BodyKeys)'
+    /// fallback [`HttpKey`](crate::HttpKey) or another route keys, but
+    /// this route does not, bypasses (see the [module](super) documentation):
+    /// leaving out `Accept`, which the default `HttpKey` keys, makes nearly
+    /// every request bypass unless the fallback leaves it out too.
     pub fn vary_only(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.vary = names.into_iter().collect();
         self
