@@ -1,5 +1,5 @@
 //! The cost of keying a request by its body: canonicalising a typical
-//! GraphQL query (JSON, then the document), and a stored body-keyed
+//! GraphQL query (JSON, then the document: read before, or parsed), and a stored body-keyed
 //! answer's hit through the whole stack (reading the body, keying it,
 //! answering from the cache), beside the bare service and the `GET` hit
 //! path of `hit_path`, in one run.
@@ -47,8 +47,14 @@ fn body_keys(c: &mut Criterion) {
     group.bench_function("canonical_json", |b| {
         b.iter(|| black_box(canonical_json(black_box(QUERY.as_bytes()))))
     });
+    // A document seen before: its normal form from the route's cache.
     group.bench_function("graphql_key", |b| {
         b.iter(|| black_box(keys.extract(black_box(&read))))
+    });
+    // A document seen for the first time: parsed and printed.
+    let parsing = BodyKeys::new(HttpKey::new()).route(Route::graphql("/graphql").document_cache(0));
+    group.bench_function("graphql_key_parsed", |b| {
+        b.iter(|| black_box(parsing.extract(black_box(&read))))
     });
 
     // The whole stack: a stored answer for the query, then hits.

@@ -15,15 +15,82 @@ use apollo_parser::cst::{CstNode, Definition};
 use apollo_parser::{Parser, SyntaxKind, SyntaxNode};
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Nesting the parser follows before it gives up (the request bypasses).
 const RECURSION_LIMIT: usize = 128;
 /// Tokens the parser reads before it gives up (the request bypasses).
 const TOKEN_LIMIT: usize = 30_000;
 
+/// The normal forms of the documents a route has read lately (or that they
+/// bypass), by operation name and document: clients send a few documents
+/// over and over with other variables, and parsing one is most of what a
+/// key costs (tens of µs, against a few for the JSON around it). Keyed by
+/// the whole text, never a digest of it, so two documents never share an
+/// entry; bounded by bytes.
+#[derive(Clone)]
+pub(crate) struct Documents(Option<moka::sync::Cache<String, Option<Arc<str>>>>);
+
+impl Documents {
+    /// What one entry costs besides its texts (an estimate).
+    const ENTRY_BYTES: usize = 96;
+
+    /// A cache of at most `bytes` of texts (none for zero).
+    pub(crate) fn new(bytes: u64) -> Self {
+        Self((bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|key: &String, value: &Option<Arc<str>>| {
+                    let len = key.len() + value.as_ref().map_or(0, |v| v.len()) + Self::ENTRY_BYTES;
+                    u32::try_from(len).unwrap_or(u32::MAX)
+                })
+                .build()
+        }))
+    }
+
+    /// The normal form of `document` with `operation` selected, from the
+    /// cache or read now.
+    fn normalised(&self, document: &str, operation: Option<&str>) -> Option<Arc<str>> {
+        let Some(cache) = &self.0 else {
+            return normalised(document, operation).map(Arc::from);
+        };
+        // The operation name, framed, then the document: no two pairs
+        // spell one key.
+        let mut key = String::with_capacity(document.len() + 24);
+        match operation {
+            Some(name) => {
+                key.push_str(&name.len().to_string());
+                key.push(':');
+                key.push_str(name);
+            }
+            None => key.push('-'),
+        }
+        key.push_str(document);
+        if let Some(known) = cache.get(&key) {
+            return known;
+        }
+        let read = normalised(document, operation).map(Arc::from);
+        cache.insert(key, read.clone());
+        read
+    }
+}
+
+impl std::fmt::Debug for Documents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries = self.0.as_ref().map(|c| c.entry_count());
+        f.debug_struct("Documents")
+            .field("entries", &entries)
+            .finish()
+    }
+}
+
 /// The canonical form of a GraphQL request in a JSON body.
-pub(crate) fn canonical_body(body: &[u8], persisted: &HashSet<Box<str>>) -> Option<Vec<u8>> {
-    canonical(json::parse(body)?, persisted)
+pub(crate) fn canonical_body(
+    body: &[u8],
+    persisted: &HashSet<Box<str>>,
+    documents: &Documents,
+) -> Option<Vec<u8>> {
+    canonical(json::parse(body)?, persisted, documents)
 }
 
 /// The canonical form of a GraphQL request in a URL's query (a `GET`),
@@ -33,6 +100,7 @@ pub(crate) fn canonical_body(body: &[u8], persisted: &HashSet<Box<str>>) -> Opti
 pub(crate) fn canonical_query(
     query: &str,
     persisted: &HashSet<Box<str>>,
+    documents: &Documents,
 ) -> Option<(Vec<u8>, String)> {
     // extensions, operationName, query, variables: the order of their
     // names, as an object's members are kept.
@@ -76,19 +144,23 @@ pub(crate) fn canonical_query(
             json::parse(variables.as_bytes())?,
         ));
     }
-    let canonical = canonical(Value::Object(members), persisted)?;
+    let canonical = canonical(Value::Object(members), persisted, documents)?;
     Some((canonical, rest.join("&")))
 }
 
 /// The canonical form of the GraphQL request `request` (a JSON object).
-fn canonical(request: Value<'_>, persisted: &HashSet<Box<str>>) -> Option<Vec<u8>> {
+fn canonical(
+    request: Value<'_>,
+    persisted: &HashSet<Box<str>>,
+    documents: &Documents,
+) -> Option<Vec<u8>> {
     let operation = match request.get("operationName") {
         None | Some(Value::Null) => None,
         Some(Value::String(name)) => Some(name.as_ref()),
         Some(_) => return None,
     };
     let document = match request.get("query") {
-        Some(Value::String(document)) => Some(normalised(document, operation)?),
+        Some(Value::String(document)) => Some(documents.normalised(document, operation)?),
         None | Some(Value::Null) => {
             let hash = request
                 .get("extensions")
@@ -129,7 +201,7 @@ fn canonical(request: Value<'_>, persisted: &HashSet<Box<str>>) -> Option<Vec<u8
             !null && !redundant
         })
         .map(|(name, value)| match (name.as_ref(), &document) {
-            ("query", Some(document)) => (name, Value::String(Cow::Borrowed(document.as_str()))),
+            ("query", Some(document)) => (name, Value::String(Cow::Borrowed(&**document))),
             _ => (name, value),
         })
         .collect();

@@ -49,7 +49,7 @@ impl<B: http_body::Body> KeyExtractor<B> for BodyKeys {
             #[cfg(feature = "graphql")]
             Form::GraphQl => (
                 GRAPHQL,
-                super::graphql::canonical_body(body, &route.persisted)?,
+                super::graphql::canonical_body(body, &route.persisted, &route.documents)?,
             ),
         };
         Some(self.key(route, uri, headers, (form, content_type, &canonical)))
@@ -97,7 +97,8 @@ impl BodyKeys {
                 if !has_graphql_parameter(query) {
                     return self.fallback(req);
                 }
-                let (canonical, rest) = super::graphql::canonical_query(query, &route.persisted)?;
+                let (canonical, rest) =
+                    super::graphql::canonical_query(query, &route.persisted, &route.documents)?;
                 let path = uri.path();
                 let target = match rest.is_empty() {
                     true => path.to_owned(),

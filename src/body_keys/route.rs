@@ -57,6 +57,9 @@ pub struct Route {
     /// Persisted query hashes allowed without a document.
     #[cfg_attr(not(feature = "graphql"), allow(dead_code))]
     pub(crate) persisted: Arc<HashSet<Box<str>>>,
+    /// The normal forms of documents read lately.
+    #[cfg(feature = "graphql")]
+    pub(crate) documents: super::graphql::Documents,
 }
 
 impl Route {
@@ -74,6 +77,8 @@ impl Route {
             stored: false,
             purged_with_url: false,
             persisted: Arc::default(),
+            #[cfg(feature = "graphql")]
+            documents: super::graphql::Documents::new(0),
         }
     }
 
@@ -108,11 +113,31 @@ impl Route {
     #[cfg(feature = "graphql")]
     #[cfg_attr(docsrs, doc(cfg(feature = "graphql")))]
     pub fn graphql(path: impl Into<String>) -> Self {
-        Self::new(
+        let route = Self::new(
             vec![Method::POST, Method::GET, Method::HEAD],
             path.into(),
             Form::GraphQl,
-        )
+        );
+        route.document_cache(Self::DEFAULT_DOCUMENT_CACHE)
+    }
+
+    /// The document cache of a GraphQL route unless
+    /// [`document_cache`](Self::document_cache) says otherwise: 4 MiB.
+    #[cfg(feature = "graphql")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "graphql")))]
+    pub const DEFAULT_DOCUMENT_CACHE: u64 = 4 * 1024 * 1024;
+
+    /// How many bytes of documents a GraphQL route keeps read, by their
+    /// text and operation name, with their normal form or the news that
+    /// they bypass (zero: none, every document is parsed). Clients send a
+    /// few documents again and again with other variables; reading one
+    /// again costs a hash of its text instead of a parse (see
+    /// `BENCHMARKS.md`).
+    #[cfg(feature = "graphql")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "graphql")))]
+    pub fn document_cache(mut self, bytes: u64) -> Self {
+        self.documents = super::graphql::Documents::new(bytes);
+        self
     }
 
     /// Also accepts bodies of this media type (such as

@@ -251,6 +251,32 @@ mod graphql {
     }
 
     #[test]
+    fn a_document_read_from_the_cache_keys_as_one_parsed_again() {
+        let cached = keys();
+        let parsed = BodyKeys::new(HttpKey::new()).route(
+            Route::graphql("/graphql")
+                .persisted_queries(["ABC123"])
+                .document_cache(0),
+        );
+        let bodies = [
+            Q.to_owned(),
+            Q.replace("\"7\"", "\"8\""),
+            r#"{"query":"query A { a } query B { b }","operationName":"A"}"#.to_owned(),
+            r#"{"query":"query A { a } query B { b }","operationName":"B"}"#.to_owned(),
+            r#"{"query":"query A { a } mutation B { b }","operationName":"B"}"#.to_owned(),
+            r#"{"query":"{ a "}"#.to_owned(),
+        ];
+        for _ in 0..3 {
+            for body in &bodies {
+                let of = |keys: &BodyKeys| keys.extract(&read(post("/graphql", body), body));
+                assert_eq!(of(&cached), of(&parsed), "{body}");
+            }
+        }
+        assert_ne!(ask(&bodies[2]), ask(&bodies[3]));
+        assert_eq!(ask(&bodies[4]), None);
+    }
+
+    #[test]
     fn persisted_queries_by_hash_alone_coalesce_only_when_allowed() {
         let by_hash = |hash: &str| {
             ask(&format!(
