@@ -156,8 +156,13 @@ impl Key {
 
     /// The same key, for answers that are shared with the callers of one
     /// flight and never stored: no stored answer is looked up for it, and
-    /// its flight's answer is not kept (it still goes, through the
-    /// backend's lease, to the callers that wait in other processes).
+    /// its flight's answer is not kept. Where the layer stores answers at
+    /// all (a `ttl` above zero, or the origin's freshness), the flight
+    /// still takes the backend's lease, and its answer still reaches the
+    /// callers that wait on it in other processes, in the lease's
+    /// completion message (one too large for the message does not: each
+    /// of those processes then makes one call of its own); otherwise
+    /// flights are per process.
     ///
     /// For requests whose method does not let a cache reuse an answer for
     /// a later request (a `POST`, RFC 9110 §9.3.3) but whose concurrent
