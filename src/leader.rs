@@ -35,7 +35,7 @@ pub(crate) fn local_hit<E>(
     key: &mut Key,
     headers: &http::HeaderMap,
 ) -> Option<Entry> {
-    if !shared.config.stores() {
+    if !shared.config.stores() || key.is_flight_only() {
         return None;
     }
     let backend = &shared.config.backend;
@@ -52,7 +52,7 @@ pub(crate) fn local_hit<E>(
 /// The key of the variant a request with `headers` selects, when this
 /// process knows `key`'s answers to vary; `key` otherwise.
 pub(crate) fn variant_of<E>(shared: &Shared<E>, key: Key, headers: &http::HeaderMap) -> Key {
-    if !shared.config.stores() || key.variants().is_some() {
+    if !shared.config.stores() || key.variants().is_some() || key.is_flight_only() {
         return key;
     }
     match shared.config.backend.find_local(&key) {

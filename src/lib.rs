@@ -119,6 +119,13 @@
 //! coalesce allow-listed unary methods by their request message; its
 //! documentation shows the two layers in a tonic server.
 //!
+//! # Queries in the body (JSON, GraphQL)
+//! With the `body-keys` feature, the `body_keys` module's `BufferLayer` and
+//! `BodyKeys` coalesce `POST`s of listed routes by what their body means
+//! (canonical JSON; with `graphql`, the selected operation and its
+//! variables), sharing answers among concurrent duplicates without storing
+//! them unless a route says so.
+//!
 //! # What is shared, and with whom
 //! - The default key, [`HttpKey`], is the authority, path and query plus
 //!   `Accept*` headers, framed so that no header value can shift into
@@ -196,6 +203,8 @@
 //!   before that. Without the feature, none of it is compiled in.
 //! - `grpc`: the [`grpc`] module, to coalesce gRPC unary calls by their
 //!   message.
+//! - `body-keys`: the `body_keys` module, to coalesce requests whose
+//!   question is in a JSON body; `graphql` adds GraphQL routes.
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -206,7 +215,12 @@
 mod backend;
 mod backend_call;
 mod body;
+#[cfg(feature = "body-keys")]
+#[cfg_attr(docsrs, doc(cfg(feature = "body-keys")))]
+pub mod body_keys;
 mod breaker;
+#[cfg(any(feature = "grpc", feature = "body-keys"))]
+mod buffered;
 mod client;
 mod coalesced;
 mod conditions;

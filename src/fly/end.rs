@@ -25,9 +25,14 @@ pub(super) struct Tail {
     pub(super) version: Option<std::time::SystemTime>,
 }
 
-/// Drops what a flight would keep if a purge landed during its fill: its
-/// answer was made from data read before it.
+/// Drops what a flight would keep if a purge landed during its fill (its
+/// answer was made from data read before it), or if its key is
+/// [flight-only](Key::flight_only).
 pub(super) fn fence<E>(shared: &Shared<E>, key: &Key, keep: &mut Option<Keep>) {
+    if key.is_flight_only() {
+        *keep = None;
+        return;
+    }
     if keep
         .as_ref()
         .is_some_and(|k| shared.config.backend.purged(key, &k.entry).is_some())

@@ -149,7 +149,8 @@ where
     // Once more when the key's answers turn out to vary: for the
     // variant's key.
     let lease = loop {
-        if config.stores() {
+        // A flight-only key has nothing stored to find.
+        if config.stores() && !key.is_flight_only() {
             let mut looked = optional(shared, Op::Find, |backend| backend.find(&key)).await;
             if let Ok(Some(Found::Variants(variants))) = &looked {
                 select(&mut key, only, variants, req.headers());

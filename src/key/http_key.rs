@@ -2,7 +2,7 @@
 
 use super::{put_len, put_part, Key, KeyExtractor};
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderName, HeaderValue, Method, Request};
+use http::{header, HeaderName, HeaderValue, Request};
 
 /// The default extractor: scheme, authority, path and query as the
 /// resource, and the values of the request headers that vary the answer as
@@ -199,29 +199,47 @@ impl HttpKey {
     /// The key of a `GET` of `uri` with `headers`.
     fn key(&self, uri: &http::Uri, headers: &http::HeaderMap) -> Key {
         let mut buf = BytesMut::with_capacity(64);
-        let host = headers.get(header::HOST).map(|h| h.as_bytes());
-        self.put_resource(&mut buf, uri, host);
+        self.put_target(&mut buf, uri, headers);
         let split = buf.len();
-        // Each header present: its name, how many values, then the values.
-        // The count keeps values from shifting between headers.
-        for name in &self.vary {
-            let values = headers.get_all(name);
-            let count = values.iter().count();
-            if count == 0 {
-                continue;
-            }
-            put_part(&mut buf, name.as_str().as_bytes());
-            put_len(&mut buf, count);
-            for value in values {
-                put_part(&mut buf, value.as_bytes());
-            }
+        put_varied(&mut buf, &self.vary, headers);
+        Key::framed(buf.freeze(), split)
+    }
+
+    /// Appends the scheme, authority (from `Host` for an origin-form
+    /// target) and path and query, as this extractor keys them: three
+    /// parts.
+    #[cfg_attr(not(feature = "body-keys"), allow(dead_code))]
+    pub(crate) fn put_target(
+        &self,
+        buf: &mut BytesMut,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) {
+        let host = headers.get(header::HOST).map(|h| h.as_bytes());
+        self.put_resource(buf, uri, host);
+    }
+
+    /// The headers whose values are in the key.
+    #[cfg_attr(not(feature = "body-keys"), allow(dead_code))]
+    pub(crate) fn varied(&self) -> &[HeaderName] {
+        &self.vary
+    }
+}
+
+/// Appends the values of the headers `names` in `headers`: for each header
+/// present, its name, how many values, then the values. The count keeps
+/// values from shifting between headers.
+pub(crate) fn put_varied(buf: &mut BytesMut, names: &[HeaderName], headers: &http::HeaderMap) {
+    for name in names {
+        let values = headers.get_all(name);
+        let count = values.iter().count();
+        if count == 0 {
+            continue;
         }
-        Key {
-            method: Method::GET,
-            select: buf.len(),
-            bytes: buf.freeze(),
-            split,
-            variants: None,
+        put_part(buf, name.as_str().as_bytes());
+        put_len(buf, count);
+        for value in values {
+            put_part(buf, value.as_bytes());
         }
     }
 }

@@ -9,6 +9,8 @@ mod http_key;
 #[cfg(test)]
 mod tests;
 
+#[cfg_attr(not(feature = "body-keys"), allow(unused_imports))]
+pub(crate) use self::http_key::put_varied;
 pub use self::http_key::HttpKey;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -49,6 +51,9 @@ pub struct Key {
     select: usize,
     /// The headers the selection is of; `None` for a primary key.
     variants: Option<crate::Variants>,
+    /// Answers are shared with one flight's callers and never stored (see
+    /// [`Key::flight_only`]).
+    flight_only: bool,
 }
 
 impl Key {
@@ -63,6 +68,20 @@ impl Key {
             select: bytes.len(),
             bytes,
             variants: None,
+            flight_only: false,
+        }
+    }
+
+    /// A key of `bytes`, whose resource is the first `split` bytes and
+    /// whose variant is the rest, both already framed.
+    pub(crate) fn framed(bytes: Bytes, split: usize) -> Self {
+        Key {
+            method: Method::GET,
+            select: bytes.len(),
+            bytes,
+            split,
+            variants: None,
+            flight_only: false,
         }
     }
 
@@ -101,6 +120,7 @@ impl Key {
             select: bytes.len(),
             bytes,
             variants: None,
+            flight_only: self.flight_only,
         }
     }
 
@@ -118,6 +138,7 @@ impl Key {
             split: self.split,
             select: self.select,
             variants: Some(variants),
+            flight_only: self.flight_only,
         }
     }
 
@@ -129,7 +150,34 @@ impl Key {
             split: self.split,
             select: self.select,
             variants: None,
+            flight_only: self.flight_only,
         }
+    }
+
+    /// The same key, for answers that are shared with the callers of one
+    /// flight and never stored: no stored answer is looked up for it, and
+    /// its flight's answer is not kept. Where the layer stores answers at
+    /// all (a `ttl` above zero, or the origin's freshness), the flight
+    /// still takes the backend's lease, and its answer still reaches the
+    /// callers that wait on it in other processes, in the lease's
+    /// completion message (one too large for the message does not: each
+    /// of those processes then makes one call of its own); otherwise
+    /// flights are per process.
+    ///
+    /// For requests whose method does not let a cache reuse an answer for
+    /// a later request (a `POST`, RFC 9110 §9.3.3) but whose concurrent
+    /// duplicates may share one, such as the body-keyed queries of the
+    /// `body-keys` feature. Two keys that differ only in this
+    /// are different keys: they never share a flight.
+    pub fn flight_only(mut self) -> Self {
+        self.flight_only = true;
+        self
+    }
+
+    /// Whether answers for this key are never stored (see
+    /// [`flight_only`](Self::flight_only)).
+    pub fn is_flight_only(&self) -> bool {
+        self.flight_only
     }
 
     /// The headers a selected key's variant is selected by; `None` for a

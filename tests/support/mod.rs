@@ -5,6 +5,8 @@
 #[allow(unused_imports)]
 pub use coalesce_test_redis as redis;
 
+#[cfg(feature = "body-keys")]
+pub mod body;
 #[cfg(feature = "redis")]
 pub mod held;
 pub mod tap;
