@@ -60,6 +60,8 @@ pub struct Args {
     pub tag_header: Option<HeaderName>,
     /// Request headers keyed besides those every key has.
     pub key_headers: Vec<HeaderName>,
+    /// A route's requests keyed by their bodies (`body-keys` in a route).
+    pub body_keys: Option<crate::routes::BodySpec>,
     /// The outcome header, or `None` for none.
     pub header: Option<HeaderName>,
     /// Whether responses carry the proxy's `Cache-Status` member.

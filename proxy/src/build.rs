@@ -125,13 +125,13 @@ async fn layer_and_backend(args: &Args) -> Result<(ProxyLayer, Option<RedisBacke
         config = config.backend(backend.clone());
         shared = Some(backend);
     }
-    let layer = CoalesceLayer::builder(config)
+    let mut key = proxy_key(&args.upstream, &args.forwarding).vary(&args.key_headers);
+    if let Some(body) = &args.body_keys {
+        key = key.body_route(body.route(&args.key_headers));
+    }
+    let layer = CoalesceLayer::builder(config.methods(key.methods()))
         // A route in bypass mode keys no request: every one goes on alone.
-        .extractor(
-            proxy_key(&args.upstream, &args.forwarding)
-                .vary(&args.key_headers)
-                .keying(args.coalesce),
-        )
+        .extractor(key.keying(args.coalesce))
         .build()
         .map_err(|e| e.to_string())?;
     Ok((layer, shared))

@@ -355,6 +355,7 @@ impl From<Cli> for Args {
             purge_token: cli.purge_token_file,
             tag_header: (!cli.no_tag_header).then_some(cli.tag_header),
             key_headers: cli.key_header,
+            body_keys: None,
             header,
             cache_status: !cli.no_cache_status,
             forwarding: Forwarding {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower::Service;
+use tower_coalesce::body_keys::BufferedBody;
 use tower_coalesce::Outcome;
 
 /// What the proxy does with the forwarding headers (`X-Forwarded-*`,
@@ -54,6 +55,10 @@ pub(crate) const KEYED_FORWARDING: [&str; 3] =
 /// upstream only on requests whose answer is not shared.
 const PER_CLIENT: [&str; 3] = ["x-forwarded-for", "forwarded", "x-real-ip"];
 
+/// The body of a request the proxy sends on: the client's, read whole
+/// first on the routes keyed by their bodies.
+pub type Sent = BufferedBody<Incoming>;
+
 /// The body of a response from the upstream, or of one the proxy made itself.
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
@@ -75,7 +80,7 @@ pub struct Forward {
 /// The upstream and how to reach it.
 #[derive(Debug)]
 struct Upstreams {
-    client: Client<Connector, Limited<Incoming>>,
+    client: Client<Connector, Limited<Sent>>,
     /// HTTP/1.1 alone, for protocol upgrades.
     tunnels: Client<Connector, Limited<Incoming>>,
     timeout: Duration,
@@ -118,7 +123,7 @@ impl Forward {
 
     /// Rewrites a request from the client into the request for the upstream,
     /// or says why it cannot be forwarded.
-    fn prepare(&self, req: &mut Request<Incoming>) -> Result<(), &'static str> {
+    fn prepare<B>(&self, req: &mut Request<B>) -> Result<(), &'static str> {
         let path = match forwardable_path(req.uri()) {
             Some(pq) => pq.clone(),
             None => return Err(BAD_TARGET),
@@ -297,7 +302,7 @@ pub(crate) struct ConnectionPlace(
     #[allow(dead_code)] pub(crate) Arc<tokio::sync::OwnedSemaphorePermit>,
 );
 
-impl Service<Request<Incoming>> for Forward {
+impl Service<Request<Sent>> for Forward {
     type Response = Response<UpstreamBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -307,7 +312,7 @@ impl Service<Request<Incoming>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Sent>) -> Self::Future {
         let kind = match req.extensions().get::<Outcome>() {
             Some(Outcome::Leader) => Kind::Flight,
             _ => Kind::Direct,

@@ -6,6 +6,7 @@ use crate::forward::{Forwarding, KEYED_FORWARDING};
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{Request, Uri};
+use tower_coalesce::body_keys::{BodyKeys, BufferLayer, Route};
 use tower_coalesce::{HttpKey, Key, KeyExtractor};
 
 /// The key the proxy coalesces by: [`HttpKey`]'s, with the upstream's
@@ -21,6 +22,9 @@ pub struct ProxyKey {
     upstream: Bytes,
     /// Whether it keys anything: a route in bypass mode keys nothing.
     on: bool,
+    /// The routes keyed by their bodies, if any: then they key every
+    /// request, the others by `http`.
+    body: Option<BodyKeys>,
 }
 
 /// The key for a proxy to `upstream`: [`HttpKey`]'s, so the authority (the
@@ -47,6 +51,7 @@ pub fn proxy_key(upstream: &Uri, forwarding: &Forwarding) -> ProxyKey {
         http,
         upstream,
         on: true,
+        body: None,
     }
 }
 
@@ -66,27 +71,69 @@ impl ProxyKey {
         self
     }
 
+    /// The same key, with `route` keyed by its body (see
+    /// [`tower_coalesce::body_keys`]); the other requests as before. Give
+    /// the layer [`methods`](Self::methods), and put
+    /// [`buffer_layer`](Self::buffer_layer) in front of it (the proxy's
+    /// services do both).
+    pub fn body_route(mut self, route: Route) -> Self {
+        let keys = self
+            .body
+            .take()
+            .unwrap_or_else(|| BodyKeys::new(self.http.clone()));
+        self.body = Some(keys.route(route));
+        self
+    }
+
+    /// The methods the layer must key: `GET` and `HEAD`, and those of the
+    /// body-keyed routes.
+    pub fn methods(&self) -> Vec<http::Method> {
+        match &self.body {
+            Some(keys) => keys.methods(),
+            None => vec![http::Method::GET, http::Method::HEAD],
+        }
+    }
+
+    /// What reads the bodies of the body-keyed routes' requests before the
+    /// layer keys them; a layer that reads none if there are none.
+    pub fn buffer_layer(&self) -> BufferLayer {
+        match &self.body {
+            Some(keys) => keys.buffer_layer(),
+            None => BodyKeys::new(HttpKey::new()).buffer_layer(),
+        }
+    }
+
     /// `key` with the upstream in front of its resource; each part framed
     /// by its length, so no upstream name and resource can spell another
-    /// pair.
+    /// pair. A key whose answers are never stored stays so.
     fn scoped(&self, key: Key) -> Key {
-        Key::from_parts([&self.upstream[..], key.resource()]).with_variant([key.variant()])
+        let scoped =
+            Key::from_parts([&self.upstream[..], key.resource()]).with_variant([key.variant()]);
+        if key.is_flight_only() {
+            scoped.flight_only()
+        } else {
+            scoped
+        }
     }
 }
 
-impl<B> KeyExtractor<B> for ProxyKey
-where
-    HttpKey: KeyExtractor<B>,
-{
+impl<B: hyper::body::Body> KeyExtractor<B> for ProxyKey {
     fn keys_header(&self, name: &HeaderName) -> bool {
-        KeyExtractor::<B>::keys_header(&self.http, name)
+        match &self.body {
+            Some(keys) => KeyExtractor::<B>::keys_header(keys, name),
+            None => KeyExtractor::<B>::keys_header(&self.http, name),
+        }
     }
 
     fn extract(&self, req: &Request<B>) -> Option<Key> {
         if !self.on {
             return None;
         }
-        self.http.extract(req).map(|key| self.scoped(key))
+        let key = match &self.body {
+            Some(keys) => keys.extract(req),
+            None => self.http.extract(req),
+        };
+        key.map(|key| self.scoped(key))
     }
 
     fn extract_head(&self, head: &http::request::Parts) -> Option<Key> {

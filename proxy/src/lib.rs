@@ -121,10 +121,10 @@ pub use admin::{healthcheck, install_metrics, serve_admin, Admin};
 pub use args::Args;
 pub use build::{build, layer, Built};
 pub use conn::ConnectionOptions;
-pub use forward::{strip_hop_by_hop, Forward, Forwarding, UpstreamBody};
+pub use forward::{strip_hop_by_hop, Forward, Forwarding, Sent, UpstreamBody};
 pub use key::{proxy_key, ProxyKey};
 pub use listen::{serve, serve_with, ListenOptions};
-pub use routes::Routes;
+pub use routes::{BodySpec, Routes};
 pub use tls::Tls;
 pub use upstream::UpstreamOptions;
 
@@ -138,6 +138,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
+use tower_coalesce::body_keys::Buffer;
 use tower_coalesce::{CoalesceBody, CoalesceLayer, CoalesceService, KeyExtractor};
 use upstream::Upstream;
 
@@ -162,7 +163,11 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-type CoalesceFuture = <CoalesceService<Forward, ProxyKey> as Service<Request<Incoming>>>::Future;
+/// The coalescing service of one upstream, behind the reading of the
+/// bodies its body-keyed routes key.
+type Coalescing = Buffer<CoalesceService<Forward, ProxyKey>>;
+
+type CoalesceFuture = <Coalescing as Service<Request<Incoming>>>::Future;
 
 /// Turns the layer's response into the proxy's.
 type IntoProxyBody = fn(Response<CoalesceBody<UpstreamBody>>) -> Response<ProxyBody>;
@@ -171,7 +176,7 @@ type IntoProxyBody = fn(Response<CoalesceBody<UpstreamBody>>) -> Response<ProxyB
 /// the coalescing layer to [`Forward`], which prepares it for the upstream.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    inner: CoalesceService<Forward, ProxyKey>,
+    inner: Coalescing,
     layer: ProxyLayer,
     forward: Forward,
     purge: Option<purge::PurgeEndpoint>,
@@ -201,11 +206,19 @@ pub fn proxy_service_with(
     let forward = Forward::new(upstream, forwarding, options)
         .map_err(|e| format!("upstream {shown}: {e}"))?;
     Ok(Proxy {
-        inner: layer.layer(forward.clone()),
+        inner: coalescing(&layer, forward.clone()),
         layer,
         forward,
         purge: None,
     })
+}
+
+/// `forward` under `layer`, behind the reading of the bodies its key needs.
+fn coalescing(layer: &ProxyLayer, forward: Forward) -> Coalescing {
+    layer
+        .key_extractor()
+        .buffer_layer()
+        .layer(layer.layer(forward))
 }
 
 impl Proxy {
@@ -214,7 +227,7 @@ impl Proxy {
     pub fn for_client(&self, addr: SocketAddr) -> Self {
         let forward = self.forward.for_client(addr);
         Self {
-            inner: self.layer.layer(forward.clone()),
+            inner: coalescing(&self.layer, forward.clone()),
             layer: self.layer.clone(),
             forward,
             purge: self.purge.clone(),

@@ -31,6 +31,15 @@ pub(crate) struct RouteSpec {
     /// Request headers keyed besides the top-level `key-header`s.
     #[serde(default)]
     key_headers: Vec<String>,
+    /// `json` or `graphql`: the route's requests to its `path` exactly are
+    /// keyed by what their body means (see [`BodySpec`]).
+    body_keys: Option<BodyForm>,
+    /// The largest body read to be keyed (larger ones go on unkeyed).
+    body_limit_bytes: Option<usize>,
+    /// Store the body-keyed answers (by default they are shared with the
+    /// concurrent requests alone, as a `POST`'s answer is never reused).
+    #[serde(default)]
+    body_keys_stored: bool,
     upstream: String,
     /// `origin` (the upstream's freshness), `ttl` (`ttl-ms`), `coalesce`
     /// (nothing stored) or `bypass` (nothing coalesced).
@@ -50,6 +59,47 @@ pub(crate) struct RouteSpec {
 
 fn root() -> String {
     "/".to_owned()
+}
+
+/// How a route's bodies are keyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BodyForm {
+    /// `POST`s with a JSON body, keyed by its canonical form.
+    Json,
+    /// GraphQL queries (`POST` and `GET`), keyed by the selected operation,
+    /// normalised, and its variables; mutations and subscriptions bypass.
+    Graphql,
+}
+
+/// A route whose requests to one path are keyed by their bodies: GraphQL
+/// queries or JSON `POST`s, with the route's key headers, up to `limit`
+/// bytes of body, their answers stored only if `stored`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodySpec {
+    form: BodyForm,
+    path: String,
+    limit: usize,
+    stored: bool,
+}
+
+impl BodySpec {
+    /// The library's route, keying `headers` besides `Accept`.
+    pub(crate) fn route(&self, headers: &[http::HeaderName]) -> tower_coalesce::body_keys::Route {
+        use tower_coalesce::body_keys::Route;
+        let mut route = match self.form {
+            BodyForm::Json => Route::json(http::Method::POST, self.path.clone()),
+            BodyForm::Graphql => Route::graphql(self.path.clone()),
+        };
+        route = route.limit(self.limit);
+        for name in headers {
+            route = route.vary(name.clone());
+        }
+        if self.stored {
+            route = route.stored();
+        }
+        route
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -125,6 +175,22 @@ impl RouteSpec {
                 args.key_headers.push(name);
             }
         }
+        if let Some(form) = self.body_keys {
+            if self.path.contains('*') {
+                return Err(format!(
+                    "route {}: body-keys keys one path: give it without `*`",
+                    self.shown()
+                ));
+            }
+            args.body_keys = Some(BodySpec {
+                form,
+                path: self.path.clone(),
+                limit: self
+                    .body_limit_bytes
+                    .unwrap_or(tower_coalesce::body_keys::Route::DEFAULT_LIMIT),
+                stored: self.body_keys_stored,
+            });
+        }
         let stale = self.stale_ms.map(Duration::from_millis);
         match self.mode.unwrap_or(if self.ttl_ms.is_some() {
             Mode::Ttl
@@ -166,9 +232,16 @@ impl RouteSpec {
                     query.push_str(", query sorted");
                 }
                 let mut keyed = String::new();
+                if let Some(body) = &args.body_keys {
+                    let form = match body.form {
+                        BodyForm::Json => "JSON",
+                        BodyForm::Graphql => "GraphQL",
+                    };
+                    keyed = format!(", {form} bodies keyed");
+                }
                 if !args.key_headers.is_empty() {
                     let names: Vec<&str> = args.key_headers.iter().map(|h| h.as_str()).collect();
-                    keyed = format!(", keyed by {}", names.join(" "));
+                    keyed.push_str(&format!(", keyed by {}", names.join(" ")));
                 }
                 format!(
                     "{} -> {} ({policy}{query}{keyed})",

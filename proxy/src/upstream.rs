@@ -5,7 +5,6 @@ use http::header::HeaderValue;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 use http_body_util::Limited;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -50,11 +49,16 @@ impl Upstream {
     /// `http://` (HTTP/2 with prior knowledge if `options` ask), TLS with
     /// ALPN for `https://`. `http1`: HTTP/1.1 only, whatever `options` say
     /// (a protocol upgrade exists in HTTP/1.1 alone).
-    pub(crate) fn client(
+    pub(crate) fn client<B>(
         &self,
         options: &UpstreamOptions,
         http1: bool,
-    ) -> Result<Client<Connector, Limited<Incoming>>, String> {
+    ) -> Result<Client<Connector, Limited<B>>, String>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         // A black-holed upstream would otherwise hold requests for the
