@@ -276,6 +276,99 @@ mod graphql {
         assert_eq!(ask(&bodies[4]), None);
     }
 
+    /// A JSON body holding `document` as its query.
+    fn with_document(document: &str) -> String {
+        let mut body = br#"{"query":"#.to_vec();
+        let mut escaped = Vec::new();
+        for c in document.chars() {
+            match c {
+                '"' => escaped.extend_from_slice(b"\\\""),
+                '\\' => escaped.extend_from_slice(b"\\\\"),
+                '\n' => escaped.extend_from_slice(b"\\n"),
+                '\t' => escaped.extend_from_slice(b"\\t"),
+                c if c < ' ' => {
+                    escaped.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+                }
+                c => escaped.extend_from_slice(c.to_string().as_bytes()),
+            }
+        }
+        body.push(b'"');
+        body.extend_from_slice(&escaped);
+        body.extend_from_slice(br#"","variables":{"id":"7"}}"#);
+        String::from_utf8(body).unwrap()
+    }
+
+    const TOKENS: [&str; 24] = [
+        "query",
+        "P",
+        "(",
+        "$id",
+        ":",
+        "ID",
+        "!",
+        ")",
+        "{",
+        "product",
+        "(",
+        "id",
+        ":",
+        "$id",
+        ")",
+        "{",
+        "...",
+        "Card",
+        "}",
+        "}",
+        "fragment",
+        "Card",
+        "on",
+        "Product { id name }",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn ignored_tokens_between_a_documents_tokens_change_nothing(
+            gaps in proptest::collection::vec(0usize..5, TOKENS.len()),
+        ) {
+            const GAPS: [&str; 5] = [" ", "\n  ", ",", " # a comment, { mutation }\n", "\t,\r\n"];
+            let mut document = String::new();
+            for (token, gap) in TOKENS.iter().zip(&gaps) {
+                document.push_str(token);
+                document.push_str(GAPS[*gap]);
+            }
+            let plain = ask(&with_document(&TOKENS.join(" ")));
+            proptest::prop_assert!(plain.is_some());
+            let key = ask(&with_document(&document));
+            // `apollo-parser` 0.8 rejects a comma right after a spread's
+            // `...`: such a request bypasses, the safe outcome. Never
+            // another key.
+            let spread = TOKENS.iter().position(|t| *t == "...").unwrap();
+            if GAPS[gaps[spread]].contains(',') {
+                proptest::prop_assert!(key.is_none() || key == plain);
+            } else {
+                proptest::prop_assert_eq!(key, plain);
+            }
+        }
+
+        #[test]
+        fn any_document_gives_a_key_or_a_bypass_without_panicking(document in "\\PC{0,80}") {
+            let _ = ask(&with_document(&document));
+        }
+
+        #[test]
+        fn a_damaged_document_gives_a_key_or_a_bypass_without_panicking(
+            at in 0usize..200,
+            with in proptest::prelude::any::<char>(),
+        ) {
+            let mut document: Vec<char> = TOKENS.join(" ").chars().collect();
+            let i = at % document.len();
+            document[i] = with;
+            let _ = ask(&with_document(&document.into_iter().collect::<String>()));
+        }
+    }
+
     #[test]
     fn persisted_queries_by_hash_alone_coalesce_only_when_allowed() {
         let by_hash = |hash: &str| {
