@@ -66,6 +66,8 @@
 mod buffer;
 #[cfg(feature = "graphql")]
 mod graphql;
+#[cfg(all(test, feature = "graphql"))]
+mod graphql_tests;
 mod json;
 #[cfg(test)]
 mod json_tests;
