@@ -59,9 +59,25 @@ impl<'a> Value<'a> {
     }
 }
 
-/// The canonical form of `text` (see the [module](self) documentation), or
-/// `None` if it is not one JSON value in UTF-8, has an object with two
-/// members of one key, or nests deeper than 128.
+/// The canonical form of the JSON `text`, or `None` if it is not one JSON
+/// value (RFC 8259) in UTF-8, has an object with two members of one key
+/// (parsers disagree on which wins), or nests deeper than 128.
+///
+/// The form: no insignificant whitespace; object members sorted by their
+/// keys' UTF-8 bytes (after unescaping); strings unescaped, then written
+/// with the shortest escapes (`\"`, `\\`, `\n` and the like, `\u00xx`
+/// for other control characters, everything else as UTF-8); numbers
+/// exactly as written (`1`, `1.0` and `1e0` stay three numbers: a server
+/// may read them differently). It is JSON itself, and a function of the
+/// value alone: two texts have one form exactly when they hold one value.
+///
+/// ```
+/// use tower_coalesce::body_keys::canonical_json;
+///
+/// let form = canonical_json(br#" { "b": [1.0, "\u0041"], "a": null } "#);
+/// assert_eq!(form.as_deref(), Some(&br#"{"a":null,"b":[1.0,"A"]}"#[..]));
+/// assert_eq!(canonical_json(br#"{"a":1,"a":2}"#), None);
+/// ```
 pub fn canonical_json(text: &[u8]) -> Option<Vec<u8>> {
     let value = parse(text)?;
     let mut out = Vec::with_capacity(text.len());

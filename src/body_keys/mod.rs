@@ -2,7 +2,7 @@
 //! feature; GraphQL with `graphql`).
 //!
 //! Searches, lookups and GraphQL queries often come as `POST`s, and a
-//! [`KeyExtractor`] sees a request before its body. So two layers work
+//! [`KeyExtractor`](crate::KeyExtractor) sees a request before its body. So two layers work
 //! together, outermost first, both made from one [`BodyKeys`]:
 //! 1. [`BufferLayer`] ([`BodyKeys::buffer_layer`]) reads the whole body of
 //!    the routes' requests, up to each route's limit, and records it as a
@@ -43,7 +43,7 @@
 //! ```
 //!
 //! # Keys
-//! Each part framed as [`Key::from_parts`] frames them. The resource: a
+//! Each part framed as [`Key::from_parts`](crate::Key::from_parts) frames them. The resource: a
 //! marker, the form (canonical JSON, raw bytes, GraphQL), the target as the
 //! [`HttpKey`] keys it (for GraphQL over `GET`, without its GraphQL
 //! parameters), the `Content-Type` as sent, and the canonical body; the
@@ -66,6 +66,8 @@
 mod buffer;
 #[cfg(feature = "graphql")]
 mod graphql;
+#[cfg(all(test, feature = "graphql"))]
+mod graphql_tests;
 mod json;
 #[cfg(test)]
 mod json_tests;
