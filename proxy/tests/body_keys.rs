@@ -41,8 +41,10 @@ async fn upstream() -> (String, Arc<AtomicUsize>) {
     (url, calls)
 }
 
-async fn proxy(upstream: &str) -> (SocketAddr, std::path::PathBuf) {
-    let dir = support::scratch("body-keys");
+/// The proxy, its config file in a directory of `name`'s own (each test's
+/// file names its own upstream).
+async fn proxy(upstream: &str, name: &str) -> (SocketAddr, std::path::PathBuf) {
+    let dir = support::scratch(name);
     let file = dir.join("proxy.toml");
     std::fs::write(
         &file,
@@ -95,7 +97,7 @@ async fn burst(addr: SocketAddr, path: &str, bodies: Vec<String>) -> Vec<(String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graphql_queries_that_mean_the_same_share_one_upstream_call_and_mutations_do_not() {
     let (upstream, calls) = upstream().await;
-    let (addr, dir) = proxy(&upstream).await;
+    let (addr, dir) = proxy(&upstream, "body-keys-graphql").await;
     // One query, written 40 ways: spacing, a comment, variables in
     // another order.
     let bodies: Vec<String> = (0..40)
@@ -135,7 +137,7 @@ async fn graphql_queries_that_mean_the_same_share_one_upstream_call_and_mutation
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_route_shares_canonical_bodies_and_lets_large_ones_through_whole() {
     let (upstream, calls) = upstream().await;
-    let (addr, dir) = proxy(&upstream).await;
+    let (addr, dir) = proxy(&upstream, "body-keys-json").await;
     let same = [
         r#"{"q":"shoes","page":1,"filters":{"size":42,"colour":"red"}}"#,
         r#"{ "page": 1, "q": "shoes", "filters": { "colour": "red", "size": 42 } }"#,
