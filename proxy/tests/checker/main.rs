@@ -69,6 +69,26 @@ async fn randomized_histories_on_a_cluster_keep_the_cache_promises() {
     check("CHECKER_CLUSTER_HISTORIES", CI_CLUSTER_HISTORIES, &[], true).await;
 }
 
+/// The seeds as runs of consecutive ones: `418264001, 9400000..9400059`
+/// (the regressions first, then the random ones).
+fn shown(seeds: &[u64]) -> String {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &seed in seeds {
+        match runs.last_mut() {
+            Some((_, last)) if seed == *last + 1 => *last = seed,
+            _ => runs.push((seed, seed)),
+        }
+    }
+    let runs: Vec<String> = runs
+        .iter()
+        .map(|&(first, last)| match first == last {
+            true => first.to_string(),
+            false => format!("{first}..={last}"),
+        })
+        .collect();
+    runs.join(", ")
+}
+
 /// Runs the histories the environment asks for (`histories` names how
 /// many random ones), after the `regressions`.
 async fn check(histories: &str, default: u64, regressions: &[u64], cluster: bool) {
@@ -106,13 +126,13 @@ async fn check(histories: &str, default: u64, regressions: &[u64], cluster: bool
     let summary = run::many(&bin, &seeds, parallel, cluster).await;
     let redis = if cluster { "a cluster" } else { "one server" };
     println!(
-        "checker ({redis}): {} histories, {} operations, {} faults, {} violations in {:.0?} (seeds {}..)",
+        "checker ({redis}): {} histories, {} operations, {} faults, {} violations in {:.0?} (seeds {})",
         summary.histories,
         summary.operations,
         summary.faults,
         summary.violations.len(),
         started.elapsed(),
-        seeds.first().copied().unwrap_or_default(),
+        shown(&seeds),
     );
     for (seed, violation) in &summary.violations {
         println!("  seed {seed}: {violation}");
