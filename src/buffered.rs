@@ -11,6 +11,37 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+/// The call of a buffering layer's inner service for a request whose body
+/// it reads first: up to `limit` bytes, recorded in the request's
+/// extensions as `record` makes them if read whole. The call happens after
+/// an await, so `inner`, which `poll_ready` readied, is taken and a fresh
+/// clone left in its place.
+pub(crate) fn read_then_call<S, B, X>(
+    inner: &mut S,
+    req: http::Request<B>,
+    limit: usize,
+    record: fn(Bytes) -> X,
+) -> futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>
+where
+    S: tower_service::Service<http::Request<BufferedBody<B>>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send,
+    X: Clone + Send + Sync + 'static,
+{
+    let clone = inner.clone();
+    let mut inner = std::mem::replace(inner, clone);
+    Box::pin(async move {
+        let (parts, body) = req.into_parts();
+        let (body, read) = read_up_to(body, limit).await;
+        let mut req = http::Request::from_parts(parts, body);
+        if let Some(read) = read {
+            req.extensions_mut().insert(record(read));
+        }
+        inner.call(req).await
+    })
+}
+
 /// Reads `body` to its end if it holds at most `limit` bytes of data and no
 /// trailers, and returns a body with the same content and, then, its bytes.
 /// Otherwise the returned body gives the frames already read and then the

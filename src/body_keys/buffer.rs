@@ -2,7 +2,7 @@
 //! can be made of them, and hands on a body with the same frames.
 
 use super::{RequestBody, Routes};
-use crate::buffered::{read_up_to, BufferedBody};
+use crate::buffered::{read_then_call, BufferedBody};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either};
 use http::Request;
@@ -75,18 +75,6 @@ where
             }
             _ => return Either::Left(self.inner.call(req.map(BufferedBody::untouched))),
         };
-        // The call happens after an await, so take the service that
-        // `poll_ready` readied and leave a fresh clone in its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Either::Right(Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let (body, read) = read_up_to(body, limit).await;
-            let mut req = Request::from_parts(parts, body);
-            if let Some(read) = read {
-                req.extensions_mut().insert(RequestBody(read));
-            }
-            inner.call(req).await
-        }))
+        Either::Right(read_then_call(&mut self.inner, req, limit, RequestBody))
     }
 }

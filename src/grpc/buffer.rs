@@ -2,7 +2,7 @@
 //! a key can be made of it, and hands on a body with the same frames.
 
 use super::{Methods, RequestMessage};
-use crate::buffered::read_up_to;
+use crate::buffered::read_then_call;
 pub use crate::buffered::BufferedBody;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either};
@@ -86,19 +86,11 @@ where
         if !self.methods.contains(req.uri().path()) {
             return Either::Left(self.inner.call(req.map(BufferedBody::untouched)));
         }
-        // The call happens after an await, so take the service that
-        // `poll_ready` readied and leave a fresh clone in its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limit = self.limit;
-        Either::Right(Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let (body, message) = read_up_to(body, limit).await;
-            let mut req = Request::from_parts(parts, body);
-            if let Some(message) = message {
-                req.extensions_mut().insert(RequestMessage(message));
-            }
-            inner.call(req).await
-        }))
+        Either::Right(read_then_call(
+            &mut self.inner,
+            req,
+            self.limit,
+            RequestMessage,
+        ))
     }
 }
