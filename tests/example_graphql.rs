@@ -7,21 +7,25 @@
 mod graphql;
 
 use graphql::{app, burst, database, query_body, serve, Resolver, MUTATION};
+use std::net::SocketAddr;
 use std::time::Duration;
+
+/// The example's app on a loopback port, with the layer or without, its
+/// resolver taking `resolve` a call.
+async fn started(layer: bool, resolve: Duration) -> (SocketAddr, Resolver) {
+    let db = database(Duration::from_millis(1)).unwrap();
+    let resolver = Resolver::new(db, resolve);
+    let app = app(resolver.clone(), layer).unwrap();
+    let addr = serve(app, ([127, 0, 0, 1], 0).into()).await.unwrap();
+    (addr, resolver)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_burst_costs_one_resolver_call_and_mutations_one_each() {
     const N: usize = 300;
     const M: usize = 30;
     // Slow enough that the burst gathers behind its first request.
-    let db = database(Duration::from_millis(1)).unwrap();
-    let resolver = Resolver::new(db, Duration::from_millis(1000));
-    let addr = serve(
-        app(resolver.clone(), true).unwrap(),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .unwrap();
+    let (addr, resolver) = started(true, Duration::from_millis(1000)).await;
     let queries = burst(addr, &resolver, (0..N).map(query_body).collect())
         .await
         .unwrap();
@@ -41,14 +45,7 @@ async fn a_query_burst_costs_one_resolver_call_and_mutations_one_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_layer_every_query_costs_a_resolver_call() {
     const N: usize = 20;
-    let db = database(Duration::from_millis(1)).unwrap();
-    let resolver = Resolver::new(db, Duration::from_millis(1));
-    let addr = serve(
-        app(resolver.clone(), false).unwrap(),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .unwrap();
+    let (addr, resolver) = started(false, Duration::from_millis(1)).await;
     let queries = burst(addr, &resolver, (0..N).map(query_body).collect())
         .await
         .unwrap();
