@@ -1,7 +1,7 @@
 //! Keys: framing, parts, and the equivalence `HttpKey` defines.
 
 use super::*;
-use http::header;
+use http::{header, HeaderName, Request};
 use http_body_util::Full;
 
 fn get(uri: &str) -> http::request::Builder {
