@@ -13,7 +13,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::redis::{RedisServer, Relay};
-use support::tap::{answer, cacheable, client, read_at_least, request, rest, serve, Origin};
+use support::tap::{
+    answer, both_ended_whole, cacheable, client, read_at_least, request, serve, Origin,
+};
 use support::until;
 use tower_coalesce::{CoalesceConfig, CoalesceLayer, RedisBackend};
 
@@ -88,13 +90,7 @@ async fn a_slow_moment_mid_stream_costs_latency_not_the_answer(slow: Slow) {
     }
     drop(tap);
 
-    let mut whole = first;
-    whole.extend_from_slice(&rest(waiting).await.expect("B's body whole, not failed"));
-    assert!(whole == expected, "B got every byte once, in order");
-    assert!(rest(leading).await.unwrap() == expected[..]);
-    assert_eq!(origin.calls(), 1, "one origin call for both instances");
-    until(&a, "A's flight to end", |_| a.flights_in_progress() == 0).await;
-    until(&b, "B's flight to end", |_| b.flights_in_progress() == 0).await;
+    both_ended_whole(&origin, (&a, leading), (&b, waiting), first, &expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::redis::{RedisCluster, RedisServer};
-use support::tap::{answer, cacheable, client, read_at_least, request, rest, serve, Origin};
+use support::tap::{
+    answer, both_ended_whole, cacheable, client, read_at_least, request, rest, serve, Origin,
+};
 use support::until;
 use tower_coalesce::{CoalesceConfig, CoalesceLayer, RedisBackend};
 
@@ -70,13 +72,7 @@ async fn b_reads_a_s_answer_as_it_arrives(backends: [RedisBackend; 2]) {
         tap.send(chunk).await;
     }
     drop(tap);
-    let mut whole = first;
-    whole.extend_from_slice(&rest(waiting).await.expect("every byte"));
-    assert!(whole == expected, "B got every byte in order");
-    assert!(rest(leading).await.unwrap() == expected[..]);
-    assert_eq!(origin.calls(), 1, "one origin call for both instances");
-    until(&a, "A's flight to end", |_| a.flights_in_progress() == 0).await;
-    until(&b, "B's flight to end", |_| b.flights_in_progress() == 0).await;
+    both_ended_whole(&origin, (&a, leading), (&b, waiting), first, &expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

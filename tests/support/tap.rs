@@ -159,3 +159,23 @@ pub async fn rest(res: Response<hyper::body::Incoming>) -> Result<Bytes, hyper::
         .expect("the body ends within 30 s")
         .map(|b| b.to_bytes())
 }
+
+/// How a streamed answer shared by two instances must end: B, which
+/// waited on A's lease, has every byte of `expected` in order (`first`, the
+/// bytes it read already, then the rest of `waiting`); A's caller has the
+/// whole of `leading`; the origin was called once; both flights are over.
+pub async fn both_ended_whole(
+    origin: &Origin,
+    (a, leading): (&CoalesceLayer, Response<hyper::body::Incoming>),
+    (b, waiting): (&CoalesceLayer, Response<hyper::body::Incoming>),
+    first: Vec<u8>,
+    expected: &[u8],
+) {
+    let mut whole = first;
+    whole.extend_from_slice(&rest(waiting).await.expect("B's body whole, not failed"));
+    assert!(whole == expected, "B got every byte once, in order");
+    assert!(rest(leading).await.unwrap() == expected);
+    assert_eq!(origin.calls(), 1, "one origin call for both instances");
+    super::until(a, "A's flight to end", |_| a.flights_in_progress() == 0).await;
+    super::until(b, "B's flight to end", |_| b.flights_in_progress() == 0).await;
+}
