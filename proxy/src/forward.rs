@@ -90,6 +90,32 @@ struct Upstreams {
     meter: UpstreamMeter,
 }
 
+impl Upstreams {
+    /// The proxy's own answer to a request to `target` that got none from
+    /// the upstream after `took`: it failed with `error`, or (`None`) the
+    /// timeout passed. Recorded and logged.
+    fn unanswered(
+        &self,
+        kind: Kind,
+        target: &Uri,
+        error: Option<&hyper_util::client::legacy::Error>,
+        took: Duration,
+    ) -> Response<UpstreamBody> {
+        match error {
+            Some(error) => {
+                self.meter.ended(kind, Ended::Failed, took);
+                eprintln!("proxy: {target}: {}", error_chain(error));
+                bad_gateway()
+            }
+            None => {
+                self.meter.ended(kind, Ended::TimedOut, took);
+                eprintln!("proxy: {target}: no answer within {:?}", self.timeout);
+                gateway_timeout()
+            }
+        }
+    }
+}
+
 impl Forward {
     pub(crate) fn new(
         upstream: Upstream,
@@ -224,23 +250,15 @@ impl Forward {
             };
             let start = Instant::now();
             let answered = tokio::time::timeout(to.timeout, response).await;
+            let took = start.elapsed();
             let mut res = match answered {
                 Ok(Ok(res)) => {
                     to.meter
-                        .ended(Kind::Direct, Ended::Answered(res.status()), start.elapsed());
+                        .ended(Kind::Direct, Ended::Answered(res.status()), took);
                     res
                 }
-                Ok(Err(error)) => {
-                    to.meter.ended(Kind::Direct, Ended::Failed, start.elapsed());
-                    eprintln!("proxy: {target}: {}", error_chain(&error));
-                    return bad_gateway();
-                }
-                Err(_) => {
-                    to.meter
-                        .ended(Kind::Direct, Ended::TimedOut, start.elapsed());
-                    eprintln!("proxy: {target}: no answer within {:?}", to.timeout);
-                    return gateway_timeout();
-                }
+                Ok(Err(error)) => return to.unanswered(Kind::Direct, &target, Some(&error), took),
+                Err(_) => return to.unanswered(Kind::Direct, &target, None, took),
             };
             if res.status() != StatusCode::SWITCHING_PROTOCOLS {
                 let (mut head, body) = res.into_parts();
@@ -346,16 +364,8 @@ impl Service<Request<Sent>> for Forward {
                     Ok(Response::from_parts(head, Either::Left(body)))
                 }
                 Ok(Err(error)) if cut_off(&error) => Ok(too_large()),
-                Ok(Err(error)) => {
-                    to.meter.ended(kind, Ended::Failed, took);
-                    eprintln!("proxy: {target}: {}", error_chain(&error));
-                    Ok(bad_gateway())
-                }
-                Err(_) => {
-                    to.meter.ended(kind, Ended::TimedOut, took);
-                    eprintln!("proxy: {target}: no answer within {:?}", to.timeout);
-                    Ok(gateway_timeout())
-                }
+                Ok(Err(error)) => Ok(to.unanswered(kind, &target, Some(&error), took)),
+                Err(_) => Ok(to.unanswered(kind, &target, None, took)),
             }
         })
     }

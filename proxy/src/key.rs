@@ -58,9 +58,7 @@ pub fn proxy_key(upstream: &Uri, forwarding: &Forwarding) -> ProxyKey {
 impl ProxyKey {
     /// The same key, with the values of `headers` in it too.
     pub fn vary(mut self, headers: &[HeaderName]) -> Self {
-        for name in headers {
-            self.http = self.http.clone().vary(name.clone());
-        }
+        self.http = headers.iter().cloned().fold(self.http, HttpKey::vary);
         self
     }
 
