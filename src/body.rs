@@ -33,7 +33,9 @@ pin_project! {
     enum Kind<B> {
         Full {
             data: Option<Bytes>,
-            trailers: Option<HeaderMap>,
+            // Boxed: most answers have none, and a response is moved
+            // several times on its way to each caller.
+            trailers: Option<Box<HeaderMap>>,
         },
         Inner {
             #[pin]
@@ -63,7 +65,10 @@ impl<B> CoalesceBody<B> {
     pub(crate) fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         let data = (!data.is_empty()).then_some(data);
         Self {
-            kind: Kind::Full { data, trailers },
+            kind: Kind::Full {
+                data,
+                trailers: trailers.map(Box::new),
+            },
         }
     }
 
@@ -137,7 +142,7 @@ where
                 if let Some(data) = data.take() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
             KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             KindProj::Tape { reader } => reader.poll_frame(cx),
@@ -244,6 +249,16 @@ mod tests {
     use http_body_util::{BodyExt, Full, StreamBody};
 
     type Inner = Full<Bytes>;
+
+    #[test]
+    fn a_body_held_whole_is_no_larger_than_a_replay() {
+        // Every response is moved several times on its way to its caller:
+        // the body's size is copied each time. Its largest kind is the
+        // replay of a body the leader began to read (a queue, a box, an
+        // error); a whole body's rare trailers must not outgrow it.
+        let size = std::mem::size_of::<CoalesceBody<Inner>>();
+        assert!(size <= 56, "CoalesceBody is {size} bytes");
+    }
 
     #[tokio::test]
     async fn full_body_yields_data_then_trailers() {
