@@ -168,6 +168,17 @@ pub trait Leases: Send + Sync + 'static {
         lease: Duration,
     ) -> BackendFuture<'a, bool>;
 
+    /// Whether these leases are shared with other processes (a store such
+    /// as Redis). A flight that stores nothing — a ttl of zero — takes the
+    /// lease only then, so that instances still coalesce with each other:
+    /// the answer reaches the waiting processes in its completion, or as a
+    /// stream. The default, `false`, suits a backend private to one
+    /// process, whose flight table coalesces already: there a lease for an
+    /// answer that is not stored would only cost.
+    fn shares_leases(&self) -> bool {
+        false
+    }
+
     /// A [`Watch`] that fires when a flight for `key` in another process may
     /// have ended; `None` for a backend private to one process.
     ///

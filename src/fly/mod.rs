@@ -200,8 +200,9 @@ where
             }
         }
 
-        break if !config.stores() {
-            // Nothing is stored, so nothing could be handed to another process.
+        break if !config.stores() && !backend.shares_leases() {
+            // Nothing is stored, and no other process shares the leases:
+            // the flight table has coalesced this process's callers.
             None
         } else if overdue {
             // Waited out once already: the answer is stored and announced when

@@ -106,6 +106,10 @@ impl Leases for RedisBackend {
         })
     }
 
+    fn shares_leases(&self) -> bool {
+        true
+    }
+
     fn complete<'a>(
         &'a self,
         key: &'a Key,

@@ -100,8 +100,17 @@ pub(super) fn route(
     }
 }
 
-/// Answers up to this size (encoded) travel inside the completion message.
+/// Stored answers up to this size (encoded) travel inside the completion
+/// message; the waiting instances read larger ones with a `GET`.
 const ANNOUNCED_MAX: usize = 16 * 1024;
+/// Answers shared but not stored (a server error, a ttl of zero, a
+/// flight-only key) up to this size (encoded) travel inside the completion
+/// message: there is nothing to read them from. It goes to the instances
+/// waiting on the key's lease only, and stays far below Redis's default
+/// limits on a subscriber's output (8 MB for a minute, 32 MB at once).
+/// Past it the waiting instances take the lease over (one origin call
+/// more); an answer still arriving past `max_stored_bytes` streams instead.
+const SHARED_MAX: usize = 1024 * 1024 + 64 * 1024;
 
 /// The completion message of a flight whose answer could not be shared.
 pub(super) const PASS: &[u8] = b"pass";
@@ -128,7 +137,7 @@ pub(super) fn stored_message(encoded: &[u8], ttl_ms: u64) -> Vec<u8> {
 /// but not stored: `F`, then the encoded entry — or `released` for a large
 /// one, whose waiters then take the lease over.
 pub(super) fn shared_message(encoded: &[u8]) -> Vec<u8> {
-    if encoded.len() > ANNOUNCED_MAX {
+    if encoded.len() > SHARED_MAX {
         return RELEASED.to_vec();
     }
     let mut message = Vec::with_capacity(1 + encoded.len());
