@@ -256,9 +256,9 @@ mod trace;
 mod vary;
 
 pub use backend::{
-    Announcer, Backend, BackendError, BackendFuture, Completion, Invalidation, LeaseToken, Leases,
-    LocalSize, MemoryBackend, MemoryBackendBuilder, Notice, Store, StreamEnd, StreamRead, Streams,
-    TryLock, Watch,
+    Announcer, Backend, BackendError, BackendFuture, Completed, Completion, Invalidation,
+    LeaseToken, Leases, LocalSize, MemoryBackend, MemoryBackendBuilder, Notice, Store, StreamEnd,
+    StreamRead, Streams, TryLock, Watch,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -9,7 +9,7 @@
 //! leaves a lease that ends without a message. A backend that fails or is
 //! slow turns the flight into a process-local one; it never fails a request.
 
-use crate::backend::{Completion, LeaseToken, Notice, TryLock};
+use crate::backend::{Completed, Completion, LeaseToken, Notice, TryLock};
 use crate::backend_call::{bounded, optional, required, Op, Unavailable};
 use crate::shared::Shared;
 use crate::stats::bump;
@@ -324,9 +324,9 @@ pub(crate) async fn complete<E>(
 ) {
     let stored = matches!(completion, Completion::Stored { .. });
     match required(shared, Op::Complete, |b| b.complete(key, token, completion)).await {
-        Ok(true) if stored => bump(&shared.counters.stored),
-        Ok(true) => {}
-        Ok(false) => {
+        Ok(Completed::Done) if stored => bump(&shared.counters.stored),
+        Ok(Completed::Done | Completed::NotStored) => {}
+        Ok(Completed::Lost) => {
             // Once per lost lease: the watchdog may have counted it already.
             if !counted_lost {
                 bump(&shared.counters.lease_lost);

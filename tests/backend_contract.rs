@@ -16,8 +16,8 @@ use support::{body, get, until, Origin, Svc};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::BackendFuture;
 use tower_coalesce::{
-    Announcer, Backend, BoxError, CoalesceConfig, CoalesceLayer, Completion, Entry, Found,
-    Invalidation, Key, LeaseToken, Leases, Notice, Outcome, Purge, Purged, Store, StreamEnd,
+    Announcer, Backend, BoxError, CoalesceConfig, CoalesceLayer, Completed, Completion, Entry,
+    Found, Invalidation, Key, LeaseToken, Leases, Notice, Outcome, Purge, Purged, Store, StreamEnd,
     StreamRead, Streams, TryLock, Watch,
 };
 
@@ -144,14 +144,14 @@ impl Leases for Shared {
         key: &'a Key,
         token: &'a LeaseToken,
         completion: Completion,
-    ) -> BackendFuture<'a, bool> {
+    ) -> BackendFuture<'a, Completed> {
         let mut server = self.server();
         if !server
             .leases
             .get(key)
             .is_some_and(|(holder, _)| holder == token)
         {
-            return ready(false);
+            return ready(Completed::Lost);
         }
         server.leases.remove(key);
         let notice = match completion {
@@ -173,7 +173,7 @@ impl Leases for Shared {
         if let Some(announcer) = server.announcers.get(key) {
             announcer.announce(notice);
         }
-        ready(true)
+        ready(Completed::Done)
     }
 }
 

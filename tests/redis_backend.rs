@@ -9,7 +9,7 @@ use support::redis::RedisServer;
 use support::{body, echo_path, get, Origin};
 use tower::{Layer, ServiceExt};
 use tower_coalesce::{
-    CoalesceConfig, CoalesceLayer, Completion, Key, Leases, Outcome, RedisBackend, Store,
+    CoalesceConfig, CoalesceLayer, Completed, Completion, Key, Leases, Outcome, RedisBackend, Store,
 };
 
 async fn instance(
@@ -368,7 +368,7 @@ async fn a_small_answer_travels_in_the_completion_message() {
             )
             .await
             .unwrap();
-        assert!(done);
+        assert_eq!(done, Completed::Done);
         assert!(watch.changed().await.is_some());
         let arrived = waiter.get_local(&key);
         assert_eq!(
@@ -427,7 +427,7 @@ async fn a_waiter_that_races_the_unsubscribe_of_the_last_one_still_hears_the_com
                 ttl: Duration::from_secs(60),
             },
         );
-        assert!(complete.await.unwrap());
+        assert_eq!(complete.await.unwrap(), Completed::Done);
         tokio::time::timeout(Duration::from_secs(5), watch.changed())
             .await
             .unwrap_or_else(|_| panic!("round {round}: never woken after the completion"));

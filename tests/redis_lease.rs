@@ -7,7 +7,9 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Version};
 use std::time::Duration;
 use support::redis::RedisServer;
-use tower_coalesce::{Completion, Entry, Key, LeaseToken, Leases, RedisBackend, Store};
+use tower_coalesce::{
+    Completed, Completion, Entry, Invalidation, Key, LeaseToken, Leases, Purge, RedisBackend, Store,
+};
 
 fn entry(body: &'static str) -> Entry {
     Entry::new(
@@ -131,11 +133,11 @@ async fn a_stale_leader_neither_overwrites_nor_releases_its_successor() {
         )
         .await
         .unwrap();
-    assert!(!late, "completion is refused");
+    assert_eq!(late, Completed::Lost, "completion is refused");
     assert!(first
         .complete(&key, &old, Completion::Released)
         .await
-        .is_ok_and(|done| !done));
+        .is_ok_and(|done| done == Completed::Lost));
     let holder: String = redis::cmd("GET")
         .arg(second.lock_key(&key))
         .query(&mut server.conn())
@@ -146,17 +148,20 @@ async fn a_stale_leader_neither_overwrites_nor_releases_its_successor() {
         "no stale value was written"
     );
 
-    assert!(second
-        .complete(
-            &key,
-            &new,
-            Completion::Stored {
-                entry: entry("fresh"),
-                ttl: Duration::from_secs(60)
-            }
-        )
-        .await
-        .unwrap());
+    assert!(
+        second
+            .complete(
+                &key,
+                &new,
+                Completion::Stored {
+                    entry: entry("fresh"),
+                    ttl: Duration::from_secs(60)
+                }
+            )
+            .await
+            .unwrap()
+            == Completed::Done
+    );
     assert_eq!(first.lookup(&key).await.unwrap().unwrap().body(), "fresh");
     let exists: bool = redis::cmd("EXISTS")
         .arg(second.lock_key(&key))
@@ -198,17 +203,20 @@ async fn completion_publishes_on_the_keys_channel() {
         .await
         .unwrap()
         .is_acquired());
-    assert!(backend
-        .complete(
-            &key,
-            &token,
-            Completion::Stored {
-                entry: entry("x"),
-                ttl: Duration::from_secs(5)
-            }
-        )
-        .await
-        .unwrap());
+    assert!(
+        backend
+            .complete(
+                &key,
+                &token,
+                Completion::Stored {
+                    entry: entry("x"),
+                    ttl: Duration::from_secs(5)
+                }
+            )
+            .await
+            .unwrap()
+            == Completed::Done
+    );
     // A small answer travels in the message: `V`, the TTL in ms, the entry.
     let payload = listener.join().unwrap();
     assert_eq!(payload[0], b'V');
@@ -258,17 +266,20 @@ async fn a_watch_is_woken_by_another_instances_completion_and_unsubscribes_when_
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!woken.is_finished(), "nothing has happened yet");
-    assert!(leader
-        .complete(
-            &key,
-            &token,
-            Completion::Stored {
-                entry: entry("answer"),
-                ttl: Duration::from_secs(30)
-            }
-        )
-        .await
-        .unwrap());
+    assert!(
+        leader
+            .complete(
+                &key,
+                &token,
+                Completion::Stored {
+                    entry: entry("answer"),
+                    ttl: Duration::from_secs(30)
+                }
+            )
+            .await
+            .unwrap()
+            == Completed::Done
+    );
     let (fired, watch) = woken.await.unwrap();
     assert_eq!(fired, Ok(true), "woken by the message");
     assert_eq!(waiter.lookup(&key).await.unwrap().unwrap().body(), "answer");
@@ -315,10 +326,13 @@ async fn losing_the_connection_wakes_every_watch() {
         .await
         .unwrap()
         .is_acquired());
-    assert!(leader
-        .complete(&key, &token, Completion::Released)
-        .await
-        .unwrap());
+    assert!(
+        leader
+            .complete(&key, &token, Completion::Released)
+            .await
+            .unwrap()
+            == Completed::Done
+    );
     let fired = tokio::time::timeout(Duration::from_secs(10), async {
         watch.changed().await.is_some()
     })
@@ -368,7 +382,10 @@ async fn a_refresh_lease_is_granted_only_while_the_stale_value_it_saw_is_stored(
         entry: fresh,
         ttl: Duration::from_secs(60),
     };
-    assert!(a.complete(&key, &ta, completion).await.unwrap());
+    assert_eq!(
+        a.complete(&key, &ta, completion).await.unwrap(),
+        Completed::Done
+    );
     let c = RedisBackend::builder(server.url()).connect().await.unwrap();
     let tc = LeaseToken::new().unwrap();
     assert!(!c
@@ -400,4 +417,46 @@ async fn an_answer_stored_without_a_lease_is_announced() {
     assert!(matches!(fired, Ok(Some(_))), "the waiter was not told");
     // The answer came with the message: no `GET` needed.
     assert_eq!(waiter.get_local(&key).unwrap().body(), "stored alone");
+}
+
+#[tokio::test]
+async fn a_completion_after_a_purge_during_the_fill_reports_its_answer_not_stored() {
+    let server = RedisServer::start();
+    let leader = RedisBackend::connect(server.url()).await.unwrap();
+    let other = RedisBackend::connect(server.url()).await.unwrap();
+    let key = Key::from("k");
+    let token = LeaseToken::new().unwrap();
+    assert!(leader
+        .try_lock(&key, &token, Duration::from_secs(5), None)
+        .await
+        .unwrap()
+        .is_acquired());
+    // Another process purges the key's resource (a purge of the key itself
+    // would take its lease too) while the flight's origin call runs: the
+    // answer's fill started (as `Entry::new`'s is judged) before it.
+    other.purge(&Purge::Resource(key.clone())).await.unwrap();
+    let done = leader
+        .complete(
+            &key,
+            &token,
+            Completion::Stored {
+                entry: entry("made before the purge"),
+                ttl: Duration::from_secs(60),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Completed::NotStored,
+        "the lease was ended, the answer not stored"
+    );
+    assert!(other.lookup(&key).await.unwrap().is_none());
+    // The lease is free: the next flight takes it.
+    let next = LeaseToken::new().unwrap();
+    assert!(other
+        .try_lock(&key, &next, Duration::from_secs(5), None)
+        .await
+        .unwrap()
+        .is_acquired());
 }

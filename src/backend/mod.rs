@@ -190,15 +190,17 @@ pub trait Leases: Send + Sync + 'static {
     /// still holds the lease: does what `completion` says (store the
     /// answer, or mark the key pass-through), tells the waiting processes
     /// (whose [`Watch`]es report the matching [`Notice`]), and releases the
-    /// lease. `false` means the lease had been lost and nothing was changed:
-    /// a leader that lost its lease never overwrites the answer or the lock
-    /// of the one that followed.
+    /// lease. [`Completed::Lost`] means the lease had been lost and nothing
+    /// was changed: a leader that lost its lease never overwrites the
+    /// answer or the lock of the one that followed. [`Completed::NotStored`]
+    /// means an answer that was to be stored was not (a purge came during
+    /// its fill, or writing it failed), though the lease was ended.
     fn complete<'a>(
         &'a self,
         key: &'a Key,
         token: &'a LeaseToken,
         completion: Completion,
-    ) -> BackendFuture<'a, bool>;
+    ) -> BackendFuture<'a, Completed>;
 }
 
 /// How purges are ordered and told (see [`Purger`](crate::Purger)): each
@@ -282,6 +284,30 @@ pub enum Completion {
     /// Nothing to hand on (the flight failed or was abandoned): the lease
     /// is released, and waiting processes look again and may take it.
     Released,
+}
+
+/// What came of [`Leases::complete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Completed {
+    /// As the [`Completion`] said: the answer stored if it was to be, the
+    /// waiting processes told, the lease released.
+    Done,
+    /// The lease was ended and the waiting processes told, but the answer
+    /// that was to be stored was not: a purge of it came during its fill
+    /// (its data may predate the purge), or writing it failed. The waiting
+    /// processes look again, as after [`Completion::Released`].
+    NotStored,
+    /// The lease had been lost (it ran out, and another flight may hold
+    /// it): nothing was changed.
+    Lost,
+}
+
+impl Completed {
+    /// Whether the lease was still held, so the flight ended it.
+    pub fn held(self) -> bool {
+        self != Completed::Lost
+    }
 }
 
 /// The proof of holding a lease: a random 128-bit value, unique to one flight.

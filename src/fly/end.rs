@@ -2,8 +2,8 @@
 //! completed with how it landed, and a stored answer it replaces but may
 //! not stand for purged.
 
-use crate::backend::Completion;
 use crate::backend::LeaseToken;
+use crate::backend::{Completed, Completion};
 use crate::backend_call::{optional, Op};
 use crate::flight::Landing;
 use crate::origin::Keep;
@@ -116,16 +116,16 @@ pub(super) async fn end<E>(
             })
             .await
             {
-                Ok(true) => {
+                Ok(completed @ (Completed::Done | Completed::NotStored)) => {
                     tracing::debug!(
                         "the lease whose reply was lost was this flight's; ended with its answer"
                     );
-                    if stored.is_some() {
+                    if stored.is_some() && completed == Completed::Done {
                         bump(&counters.stored);
                     }
                 }
                 // Not its lease: stored as by a flight without one.
-                Ok(false) => store_unleased(shared, key, stored).await,
+                Ok(Completed::Lost) => store_unleased(shared, key, stored).await,
                 // If it was its lease, the lease ends by itself.
                 Err(unavailable) => unavailable.report(
                     counters,

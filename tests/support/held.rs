@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower_coalesce::{
-    BackendFuture, Completion, Entry, Found, Invalidation, Key, LeaseToken, Leases, Purge, Purged,
-    RedisBackend, Store, StreamEnd, StreamRead, Streams, TryLock, Watch,
+    BackendFuture, Completed, Completion, Entry, Found, Invalidation, Key, LeaseToken, Leases,
+    Purge, Purged, RedisBackend, Store, StreamEnd, StreamRead, Streams, TryLock, Watch,
 };
 
 /// A `RedisBackend` whose `n`-th lease attempt waits for the test before
@@ -81,7 +81,7 @@ impl Leases for HeldLeaseAttempt {
         key: &'a Key,
         token: &'a LeaseToken,
         completion: Completion,
-    ) -> BackendFuture<'a, bool> {
+    ) -> BackendFuture<'a, Completed> {
         self.inner.complete(key, token, completion)
     }
 }

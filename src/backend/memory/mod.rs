@@ -250,14 +250,14 @@ impl Leases for MemoryBackend {
         key: &'a Key,
         _: &'a LeaseToken,
         completion: Completion,
-    ) -> BackendFuture<'a, bool> {
+    ) -> BackendFuture<'a, super::Completed> {
         match completion {
             Completion::Stored { entry, ttl } => self.insert(key, entry, ttl),
             // The key's answers cannot be shared: a stale one must not stay.
             Completion::Pass { .. } => self.remove(key),
             Completion::Shared(_) | Completion::Released => {}
         }
-        Box::pin(std::future::ready(Ok(true)))
+        Box::pin(std::future::ready(Ok(super::Completed::Done)))
     }
 }
 

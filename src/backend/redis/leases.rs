@@ -6,7 +6,7 @@ use super::pubsub::{shared_message, stored_message, unsubscribe, PASS, RELEASED}
 use super::scripts::{COMPLETE, RENEW, TRY_LOCK};
 use super::{millis, RedisBackend};
 use crate::backend::watch::Watch;
-use crate::backend::{BackendFuture, Completion, LeaseToken, Leases, TryLock};
+use crate::backend::{BackendFuture, Completed, Completion, LeaseToken, Leases, TryLock};
 use crate::{BackendError, Entry, Key};
 use std::time::{Duration, SystemTime};
 
@@ -115,9 +115,11 @@ impl Leases for RedisBackend {
         key: &'a Key,
         token: &'a LeaseToken,
         completion: Completion,
-    ) -> BackendFuture<'a, bool> {
+    ) -> BackendFuture<'a, Completed> {
         Box::pin(async move {
             let mut kept = None;
+            // Writing a large answer's pieces failed: released instead.
+            let mut unwritten = false;
             let drop = matches!(completion, Completion::Pass { .. });
             let (value, mut ttl, pass, mut message) = match completion {
                 Completion::Stored { entry, ttl } => {
@@ -148,6 +150,7 @@ impl Leases for RedisBackend {
                             // lease over now rather than after it runs out.
                             tracing::warn!(%error, "storing a large answer failed; releasing its lease");
                             (kept, ttl, message) = (None, 0, RELEASED.to_vec());
+                            unwritten = true;
                             bytes::Bytes::new()
                         }
                     }
@@ -184,10 +187,15 @@ impl Leases for RedisBackend {
             if let (1, true, Some(near)) = (done, drop, &self.near) {
                 near.remove(key);
             }
-            if done == 2 {
-                tracing::debug!("a purge came during the fill: its answer is not stored");
-            }
-            Ok(done != 0)
+            Ok(match done {
+                0 => Completed::Lost,
+                2 => {
+                    tracing::debug!("a purge came during the fill: its answer is not stored");
+                    Completed::NotStored
+                }
+                _ if unwritten => Completed::NotStored,
+                _ => Completed::Done,
+            })
         })
     }
 }
