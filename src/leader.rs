@@ -138,6 +138,7 @@ async fn run<S, E, ReqBody, ResBody>(
 ) where
     S: Origin<ReqBody, ResBody>,
     E: KeyExtractor<ReqBody>,
+    ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
     let config = &shared.config;

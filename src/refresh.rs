@@ -101,6 +101,7 @@ pub(crate) async fn after_stale<S, E, ReqBody, ResBody>(
 ) where
     S: Origin<ReqBody, ResBody>,
     E: KeyExtractor<ReqBody>,
+    ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
     if let Some(guard) = lead(&shared, &key) {
@@ -127,6 +128,7 @@ async fn refresh<S, E, ReqBody, ResBody>(
 ) where
     S: Origin<ReqBody, ResBody>,
     E: KeyExtractor<ReqBody>,
+    ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
     bump(&shared.counters.refreshes);

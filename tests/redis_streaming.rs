@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use support::redis::{RedisCluster, RedisServer};
 use support::tap::{
-    answer, both_ended_whole, cacheable, client, read_at_least, request, rest, serve, Origin,
+    answer, both_ended_whole, cacheable, client, read_at_least, request, rest, serve, with_tag,
+    Origin,
 };
 use support::until;
 use tower_coalesce::{CoalesceConfig, CoalesceLayer, RedisBackend};
@@ -98,7 +99,8 @@ async fn on_a_cluster_a_waiting_instance_reads_the_answer_while_it_arrives() {
 }
 
 /// Two instances on one Redis; A leads a 1 MiB answer, B waits on A's lease
-/// and has read its first 100,000 bytes: what the failure tests start from.
+/// and has read its first 100,000 bytes (`first`): what the failure tests
+/// start from.
 struct Midway {
     _server: RedisServer,
     origin: Origin,
@@ -110,12 +112,14 @@ struct Midway {
     leading: http::Response<hyper::body::Incoming>,
     tap: support::tap::Tap,
     waiting: http::Response<hyper::body::Incoming>,
+    first: Vec<u8>,
 }
 
-async fn midway() -> Midway {
+/// [`Midway`], the answer with this `ETag`.
+async fn midway(tag: &str) -> Midway {
     const LEN: usize = 1 << 20;
     let server = RedisServer::start();
-    let mut origin = Origin::new(&cacheable(LEN));
+    let mut origin = Origin::new(&with_tag(LEN, tag));
     let backends = [
         RedisBackend::connect(server.url()).await.unwrap(),
         RedisBackend::connect(server.url()).await.unwrap(),
@@ -132,7 +136,7 @@ async fn midway() -> Midway {
     until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
     tap.send(&expected[..100_000]).await;
     let mut waiting = waiting.await.unwrap();
-    read_at_least(waiting.body_mut(), 100_000).await;
+    let first = read_at_least(waiting.body_mut(), 100_000).await;
     Midway {
         _server: server,
         origin,
@@ -144,6 +148,7 @@ async fn midway() -> Midway {
         leading,
         tap,
         waiting,
+        first,
     }
 }
 
@@ -160,7 +165,8 @@ async fn a_body_failing_in_the_leading_instance_fails_the_waiting_instance_too()
         leading,
         tap,
         waiting,
-    } = midway().await;
+        ..
+    } = midway("\"v1\"").await;
     tap.fail().await;
     assert!(rest(leading).await.is_err());
     assert!(
@@ -185,6 +191,8 @@ async fn a_body_failing_in_the_leading_instance_fails_the_waiting_instance_too()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leading_instance_that_stops_mid_body_fails_the_waiting_instance_within_a_lease() {
+    // A weak tag: the rest may not be asked for with a range (RFC 9110
+    // §13.1.5), so nothing can finish B's answer.
     let Midway {
         _server,
         a,
@@ -192,7 +200,7 @@ async fn a_leading_instance_that_stops_mid_body_fails_the_waiting_instance_withi
         waiting,
         leading: _leading,
         ..
-    } = midway().await;
+    } = midway("W/\"v1\"").await;
     // A stops at once, its flight unfinished, the origin's connection open.
     a.shutdown(Duration::ZERO).await;
     let started = tokio::time::Instant::now();
@@ -203,4 +211,41 @@ async fn a_leading_instance_that_stops_mid_body_fails_the_waiting_instance_withi
         started.elapsed()
     );
     drop(tap);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leading_instance_that_stops_mid_body_is_resumed_by_the_waiting_instance() {
+    let Midway {
+        _server,
+        mut origin,
+        a,
+        b,
+        tap,
+        waiting,
+        leading: _leading,
+        expected,
+        first,
+        ..
+    } = midway("\"v1\"").await;
+    // A stops at once, its flight unfinished; B has the first 100,000
+    // bytes, and the answer has a strong tag.
+    a.shutdown(Duration::ZERO).await;
+    drop(tap);
+    // B asks the origin for the rest, from the byte it has, of the same
+    // representation only.
+    let rest_tap = origin.tap().await;
+    assert_eq!(origin.ranges(), ["bytes=100000-"]);
+    for chunk in expected[100_000..].chunks(128 << 10) {
+        rest_tap.send(chunk).await;
+    }
+    drop(rest_tap);
+    let mut whole = first;
+    whole.extend_from_slice(&rest(waiting).await.expect("B's body whole, not failed"));
+    assert!(
+        whole == expected,
+        "B's callers got every byte once, in order"
+    );
+    assert_eq!(origin.calls(), 2, "the first call, and the rest once");
+    assert_eq!(b.stats().resumes, 1);
+    until(&b, "B's flight to end", |_| b.flights_in_progress() == 0).await;
 }

@@ -118,6 +118,7 @@ pub(crate) async fn fly<S, E, ReqBody, ResBody>(
 where
     S: Origin<ReqBody, ResBody>,
     E: KeyExtractor<ReqBody>,
+    ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
     let config = &shared.config;
@@ -224,6 +225,11 @@ where
                 }
                 Elected::Streaming(watch, read) => {
                     if let Some(follow) = crate::remote_stream::Follow::new(watch, read) {
+                        // The flight's request and service, kept to ask the
+                        // origin for the rest should the leading instance
+                        // stop mid-body.
+                        let resume = crate::remote_stream::Resume::new(req, inner);
+                        let follow = follow.resuming(resume);
                         let own = asked
                             .answer_tape(follow.streamed())
                             .expect("a new tape starts at its first byte");

@@ -1,13 +1,16 @@
 //! A waiting process's side of a streamed answer: another process's
 //! answer, read from the backend into a tape of this process's own.
 
+use super::resume::{self, Resume};
 use super::{window, READ_MAX, RETRY_FIRST, RETRY_MAX};
 use crate::backend::{StreamEnd, StreamRead, Watch};
 use crate::backend_call::{optional, Op};
 use crate::flight::{Landing, Streamed};
 use crate::shared::Shared;
+use crate::stats::bump;
 use crate::tape::Tape;
 use crate::{FlightError, FlightErrorKind, Key};
+use http_body_util::BodyExt;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -19,6 +22,9 @@ pub(crate) struct Follow {
     watch: Watch,
     /// Bytes read into the tape so far.
     have: u64,
+    /// How to ask the origin for the rest, should the leading process
+    /// stop mid-body.
+    resume: Option<Resume>,
 }
 
 impl Follow {
@@ -42,7 +48,15 @@ impl Follow {
             token: read.token,
             watch,
             have: 0,
+            resume: None,
         })
+    }
+
+    /// Resumes the answer from the origin with `resume` if the leading
+    /// process stops mid-body (see [`resume`](super::resume)).
+    pub(crate) fn resuming(mut self, resume: Resume) -> Self {
+        self.resume = Some(resume);
+        self
     }
 
     pub(crate) fn streamed(&self) -> &Arc<Streamed> {
@@ -80,7 +94,10 @@ impl Follow {
                     Ok(Some(_)) => {
                         break 'follow "the stream's window moved past this reader".to_owned()
                     }
-                    Ok(None) => break 'follow "the instance leading the flight stopped".to_owned(),
+                    Ok(None) => match self.take_over(shared, &mut closed, &close).await {
+                        Ok(()) => return self.landing(shared),
+                        Err(why) => break 'follow why,
+                    },
                     Err(unavailable) => {
                         let since = *failing.get_or_insert_with(Instant::now);
                         if since.elapsed() >= config.lease
@@ -157,6 +174,84 @@ impl Follow {
         };
         tape.fail(&failure);
         Landing::Failed(FlightError::new(FlightErrorKind::Body, failure))
+    }
+
+    /// The instance leading the flight stopped mid-body (its stream is
+    /// gone): the rest of the answer from the origin, onto the tape, when
+    /// it can be resumed; why the callers' bodies fail otherwise.
+    async fn take_over<E>(
+        &mut self,
+        shared: &Shared<E>,
+        closed: &mut bool,
+        close: &impl Fn(),
+    ) -> Result<(), String> {
+        const STOPPED: &str = "the instance leading the flight stopped";
+        let head = &self.streamed.head;
+        let tag = resume::strong_tag(head.status(), head.headers()).cloned();
+        let (Some(resume), Some(tag)) = (self.resume.take(), tag) else {
+            return Err(format!(
+                "{STOPPED}, and its answer has no strong entity tag to resume it with"
+            ));
+        };
+        let config = &shared.config;
+        let tape = self.streamed.tape.clone();
+        let from = self.have;
+        tracing::info!(
+            from,
+            "{STOPPED} mid-body; asking the origin for the rest of the answer"
+        );
+        bump(&shared.counters.origin_calls);
+        bump(&shared.counters.resumes);
+        let limit = config.wait_timeout;
+        let res = tokio::time::timeout(limit, resume.send(from, &tag))
+            .await
+            .map_err(|_| {
+                format!("{STOPPED}; the origin did not answer for the rest within {limit:?}")
+            })?
+            .map_err(|e| format!("{STOPPED}; asking the origin for the rest failed: {e}"))?;
+        let mut skip = resume::skip(&res, &tag, from, tape.declared())
+            .map_err(|why| format!("{STOPPED}; {why}"))?;
+        let window = window(shared);
+        let mut body = res.into_body();
+        let mut trailers = None;
+        while let Some(frame) = tokio::time::timeout(limit, body.frame())
+            .await
+            .map_err(|_| format!("no byte of the rest of the answer arrived for {limit:?}"))?
+        {
+            let frame = frame.map_err(|e| format!("the rest of the answer failed: {e}"))?;
+            let mut data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    trailers = frame.into_trailers().ok();
+                    continue;
+                }
+            };
+            let skipped = skip.min(data.len() as u64);
+            skip -= skipped;
+            let data = data.split_off(skipped as usize);
+            if data.is_empty() {
+                continue;
+            }
+            self.have += data.len() as u64;
+            tape.push(data);
+            if tape.len() > config.max_stored_bytes as u64 && tape.trim(window) && !*closed {
+                *closed = true;
+                close();
+            }
+        }
+        if skip > 0 {
+            return Err(format!(
+                "the origin's answer for the rest ended before byte {from}"
+            ));
+        }
+        if let Some(declared) = tape.declared().filter(|d| *d != self.have) {
+            return Err(format!(
+                "the resumed answer ended after {} of the {declared} bytes declared",
+                self.have
+            ));
+        }
+        tape.complete(trailers);
+        Ok(())
     }
 
     /// The landing of a complete stream: the whole answer, if small enough

@@ -21,8 +21,10 @@
 //! it.
 
 mod follow;
+mod resume;
 
 pub(crate) use follow::Follow;
+pub(crate) use resume::Resume;
 
 use crate::backend::{LeaseToken, StreamEnd};
 use crate::backend_call::{optional, Op, Unavailable};

@@ -129,6 +129,9 @@ pub struct Stats {
     pub remote_waits: u64,
     /// Waiting flights that took the lease over (its holder went away).
     pub takeovers: u64,
+    /// Answers another process stopped streaming mid-body, whose rest this
+    /// process asked the origin for with a `Range` request.
+    pub resumes: u64,
     /// Leases found lost, by the watchdog or at completion (each lease once).
     pub lease_lost: u64,
     /// Requests sent straight to the origin because their key's last answer
@@ -268,6 +271,7 @@ counters!(
     backend_skipped: "Backend operations skipped while the backend kept failing.",
     remote_waits: "Flights that waited on another process's lease.",
     takeovers: "Waiting flights that took another process's lease over.",
+    resumes: "Answers another process stopped streaming mid-body, resumed from the origin with a Range request.",
     lease_lost: "Leases found lost, by the watchdog or at completion.",
     passes: "Requests sent straight to the origin: their key's answers cannot be shared.",
     stale: "Requests answered with a stale stored answer.",

@@ -46,6 +46,7 @@ fn counters_lists_every_field_once_by_its_metric_name() {
         backend_skipped: 1,
         remote_waits: 1,
         takeovers: 1,
+        resumes: 1,
         lease_lost: 1,
         passes: 1,
         stale: 1,

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tower_coalesce::{BoxError, CoalesceLayer};
@@ -42,21 +42,36 @@ impl Tap {
 }
 
 /// An origin whose every call answers `200` with these headers at once, and
-/// a body the test sends through the call's [`Tap`].
+/// a body the test sends through the call's [`Tap`]. A call with `Range:
+/// bytes=N-` (and an `If-Range` that is the answer's `ETag`, if any) of an
+/// answer with a `Content-Length` is answered `206` for the bytes from N:
+/// the test sends those.
 pub struct Origin {
     calls: Arc<AtomicUsize>,
     taps: mpsc::UnboundedReceiver<Tap>,
+    /// The `Range` of each call that had one.
+    ranges: Arc<Mutex<Vec<String>>>,
     pub service: Router,
 }
 
 impl Origin {
     pub fn new(headers: &[(&'static str, String)]) -> Self {
         let calls = Arc::new(AtomicUsize::new(0));
+        let ranges = Arc::new(Mutex::new(Vec::new()));
         let (tap_tx, taps) = mpsc::unbounded_channel();
         let headers = headers.to_vec();
         let counted = calls.clone();
-        let service = Router::new().fallback(move || {
+        let asked = ranges.clone();
+        let service = Router::new().fallback(move |req: Request<Body>| {
             counted.fetch_add(1, Ordering::SeqCst);
+            // Noted before the tap goes out: a test that has the tap sees it.
+            let range = req
+                .headers()
+                .get("range")
+                .map(|r| r.to_str().unwrap().to_owned());
+            if let Some(range) = &range {
+                asked.lock().unwrap().push(range.clone());
+            }
             // One chunk in flight at a time: the origin sends as fast as
             // the flight reads.
             let (tx, rx) = mpsc::channel::<Chunk>(1);
@@ -69,13 +84,36 @@ impl Origin {
                 res.headers_mut()
                     .insert(*name, value.parse().expect("a header value"));
             }
+            if let Some(range) = range {
+                let tag = res.headers().get("etag");
+                let same = req.headers().get("if-range").is_none_or(|t| Some(t) == tag);
+                let len = res.headers().get("content-length");
+                let len: Option<u64> = len.map(|l| l.to_str().unwrap().parse().unwrap());
+                let from = range
+                    .strip_prefix("bytes=")
+                    .and_then(|r| r.strip_suffix('-'));
+                if let (true, Some(len), Some(from)) = (same, len, from) {
+                    let from: u64 = from.parse().unwrap();
+                    *res.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+                    let headers = res.headers_mut();
+                    let content_range = format!("bytes {from}-{}/{len}", len - 1);
+                    headers.insert("content-range", content_range.parse().unwrap());
+                    headers.insert("content-length", (len - from).into());
+                }
+            }
             std::future::ready(res)
         });
         Self {
             calls,
             taps,
+            ranges,
             service,
         }
+    }
+
+    /// The `Range` of each call that had one, in order.
+    pub fn ranges(&self) -> Vec<String> {
+        self.ranges.lock().unwrap().clone()
     }
 
     /// The tap of the next origin call.
@@ -91,12 +129,17 @@ impl Origin {
     }
 }
 
-/// Headers of an answer kept a minute, with its length and an `ETag`.
+/// Headers of an answer kept a minute, with its length and a strong `ETag`.
 pub fn cacheable(len: usize) -> Vec<(&'static str, String)> {
+    with_tag(len, "\"v1\"")
+}
+
+/// Headers of an answer kept a minute, with its length and this `ETag`.
+pub fn with_tag(len: usize, tag: &str) -> Vec<(&'static str, String)> {
     vec![
         ("cache-control", "max-age=60".into()),
         ("content-length", len.to_string()),
-        ("etag", "\"v1\"".into()),
+        ("etag", tag.into()),
     ]
 }
 
