@@ -28,6 +28,21 @@ fn pttl(server: &RedisServer, name: &str) -> i64 {
         .unwrap()
 }
 
+/// Ends `token`'s lease on `key`, storing an answer with `body` for `ttl`.
+async fn complete_storing(
+    backend: &RedisBackend,
+    key: &Key,
+    token: &LeaseToken,
+    body: &'static str,
+    ttl: Duration,
+) -> Completed {
+    let completion = Completion::Stored {
+        entry: entry(body),
+        ttl,
+    };
+    backend.complete(key, token, completion).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_lease_is_exclusive_until_it_expires() {
     let server = RedisServer::start();
@@ -122,17 +137,7 @@ async fn a_stale_leader_neither_overwrites_nor_releases_its_successor() {
             .unwrap(),
         "it learns it lost the lease"
     );
-    let late = first
-        .complete(
-            &key,
-            &old,
-            Completion::Stored {
-                entry: entry("stale"),
-                ttl: Duration::from_secs(60),
-            },
-        )
-        .await
-        .unwrap();
+    let late = complete_storing(&first, &key, &old, "stale", Duration::from_secs(60)).await;
     assert_eq!(late, Completed::Lost, "completion is refused");
     assert!(first
         .complete(&key, &old, Completion::Released)
@@ -149,17 +154,7 @@ async fn a_stale_leader_neither_overwrites_nor_releases_its_successor() {
     );
 
     assert!(
-        second
-            .complete(
-                &key,
-                &new,
-                Completion::Stored {
-                    entry: entry("fresh"),
-                    ttl: Duration::from_secs(60)
-                }
-            )
-            .await
-            .unwrap()
+        complete_storing(&second, &key, &new, "fresh", Duration::from_secs(60)).await
             == Completed::Done
     );
     assert_eq!(first.lookup(&key).await.unwrap().unwrap().body(), "fresh");
@@ -204,17 +199,7 @@ async fn completion_publishes_on_the_keys_channel() {
         .unwrap()
         .is_acquired());
     assert!(
-        backend
-            .complete(
-                &key,
-                &token,
-                Completion::Stored {
-                    entry: entry("x"),
-                    ttl: Duration::from_secs(5)
-                }
-            )
-            .await
-            .unwrap()
+        complete_storing(&backend, &key, &token, "x", Duration::from_secs(5)).await
             == Completed::Done
     );
     // A small answer travels in the message: `V`, the TTL in ms, the entry.
@@ -267,17 +252,7 @@ async fn a_watch_is_woken_by_another_instances_completion_and_unsubscribes_when_
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!woken.is_finished(), "nothing has happened yet");
     assert!(
-        leader
-            .complete(
-                &key,
-                &token,
-                Completion::Stored {
-                    entry: entry("answer"),
-                    ttl: Duration::from_secs(30)
-                }
-            )
-            .await
-            .unwrap()
+        complete_storing(&leader, &key, &token, "answer", Duration::from_secs(30)).await
             == Completed::Done
     );
     let (fired, watch) = woken.await.unwrap();
@@ -435,17 +410,14 @@ async fn a_completion_after_a_purge_during_the_fill_reports_its_answer_not_store
     // would take its lease too) while the flight's origin call runs: the
     // answer's fill started (as `Entry::new`'s is judged) before it.
     other.purge(&Purge::Resource(key.clone())).await.unwrap();
-    let done = leader
-        .complete(
-            &key,
-            &token,
-            Completion::Stored {
-                entry: entry("made before the purge"),
-                ttl: Duration::from_secs(60),
-            },
-        )
-        .await
-        .unwrap();
+    let done = complete_storing(
+        &leader,
+        &key,
+        &token,
+        "made before the purge",
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(
         done,
         Completed::NotStored,
