@@ -37,8 +37,8 @@ pub(super) enum Next<B, Err> {
 /// `only`, the variant it was made for if it was made for one only.
 pub(super) fn landed<S, E, ReqBody, ResBody>(
     follower: Follower<'_, S, E, ReqBody>,
-    landing: Option<Landing>,
-    only: Option<Varied>,
+    landing: Option<&Landing>,
+    only: Option<&Varied>,
 ) -> Next<ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
@@ -59,16 +59,16 @@ where
         // The flight was made for another variant of the key's answers
         // than this request selects: it goes on for its own, with those
         // that select the same.
-        Some(_) if only.as_ref().is_some_and(|only| !selects(call, only)) => {
-            let variants = only.as_ref().map(Varied::variants);
+        Some(_) if only.is_some_and(|only| !selects(call, only)) => {
+            let variants = only.map(Varied::variants);
             rejoin_variant(shared, call, variants)
         }
         // Asked with other values of a header the answer varies on.
-        Some(Landing::Varied(_, varied)) if !selects(call, &varied) => {
+        Some(Landing::Varied(_, varied)) if !selects(call, varied) => {
             rejoin_variant(shared, call, Some(varied.variants()))
         }
         Some(Landing::Done(entry) | Landing::Varied(entry, _) | Landing::Rescued(entry, _))
-            if purged_before(shared, call, &entry, *joined) =>
+            if purged_before(shared, call, entry, *joined) =>
         {
             rerun(shared, call, joined)
         }
@@ -92,8 +92,8 @@ where
                 // Whole by now: answered as any other answer.
                 Some(entry) => Some(answer(call, entry)),
                 None => match call {
-                    Some((req, _)) => Asked::of(req).answer_tape(&streamed),
-                    None => Asked::default().answer_tape(&streamed),
+                    Some((req, _)) => Asked::of(req).answer_tape(streamed),
+                    None => Asked::default().answer_tape(streamed),
                 },
             };
             match res {
@@ -107,9 +107,9 @@ where
         }
         Some(Landing::Rescued(entry, failed)) => {
             bump(&shared.counters.stale);
-            let mut res = answer(call, &entry);
+            let mut res = answer(call, entry);
             let forwarded = Forwarded {
-                rescued: Some(failed),
+                rescued: Some(*failed),
                 collapsed: true,
                 ..Forwarded::default()
             };
@@ -128,7 +128,7 @@ where
             let ttl = (outcome == Outcome::Stale)
                 .then(|| entry.ttl_secs())
                 .flatten();
-            let mut res = answer(call, &entry);
+            let mut res = answer(call, entry);
             if refused && outcome == Outcome::Follower {
                 let forwarded = Forwarded {
                     why: Fwd::Request,
@@ -148,7 +148,7 @@ where
             rejoin(shared, call, true)
         }
         Some(Landing::Failed(error)) => {
-            let res = error.into_response(grpc);
+            let res = error.clone().into_response(grpc);
             return Next::Answer(followed(shared, since, res, Outcome::Follower, None));
         }
         Some(Landing::Pass) => pass(shared, call),

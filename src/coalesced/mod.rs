@@ -184,14 +184,11 @@ where
                 }
                 StateProj::Done => panic!("Coalesced polled after completion"),
                 StateProj::Following { mut wait } => {
-                    let landing = ready!(wait.as_mut().poll(cx));
+                    ready!(wait.as_mut().poll_landed(cx));
                     let wait = wait.as_ref().get_ref();
                     if let (Some(span), Some(flight)) = (this.span.as_deref(), wait.span()) {
                         span.follows_from(flight);
                     }
-                    let only = wait.only().cloned();
-                    // Off the flight before anything else: it has landed.
-                    this.state.set(State::Done);
                     let follower = Follower {
                         shared: this.shared,
                         call: this.call,
@@ -200,8 +197,12 @@ where
                         grpc: *this.grpc,
                         since: *this.since,
                     };
-                    match landed(follower, landing, only) {
-                        Next::Answer(res) => break Ok(res),
+                    // Read where it landed, then off the flight.
+                    match landed(follower, wait.landing(), wait.only()) {
+                        Next::Answer(res) => {
+                            this.state.set(State::Done);
+                            break Ok(res);
+                        }
                         Next::Go(state) => state,
                     }
                 }

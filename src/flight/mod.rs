@@ -343,10 +343,12 @@ impl Wait {
     }
 }
 
-impl Future for Wait {
-    type Output = Option<Landing>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+impl Wait {
+    /// Ready once the flight has landed; [`landing`](Self::landing) then
+    /// reads the landing where it is. Followers do not each clone it: at a
+    /// landing, a million of them would each touch its reference counts,
+    /// one cache line bouncing between the runtime's workers.
+    pub(crate) fn poll_landed(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
         // The registration first: once woken it completes without a lock, and
         // a completed one is dropped without one too. Reading the slot first
@@ -356,12 +358,27 @@ impl Future for Wait {
             // Not woken yet, but the flight may have landed already (the
             // landing is still waking others): no need to wait for it.
             return match this.receiver.flight.slot.get() {
-                Some(landing) => Poll::Ready(landing.clone()),
+                Some(_) => Poll::Ready(()),
                 None => Poll::Pending,
             };
         }
         // `settle` writes the slot before it wakes anyone.
-        Poll::Ready(this.receiver.flight.slot.get().cloned().flatten())
+        Poll::Ready(())
+    }
+
+    /// How the flight landed, once [`poll_landed`](Self::poll_landed) is
+    /// ready: `None` if it was abandoned.
+    pub(crate) fn landing(&self) -> Option<&Landing> {
+        self.receiver.flight.slot.get().and_then(Option::as_ref)
+    }
+}
+
+impl Future for Wait {
+    type Output = Option<Landing>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        std::task::ready!(self.as_mut().poll_landed(cx));
+        Poll::Ready(self.landing().cloned())
     }
 }
 
