@@ -249,3 +249,85 @@ async fn a_leading_instance_that_stops_mid_body_is_resumed_by_the_waiting_instan
     assert_eq!(b.stats().resumes, 1);
     until(&b, "B's flight to end", |_| b.flights_in_progress() == 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_instance_holds_no_slot_of_a_concurrency_limit_while_it_reads_the_stream() {
+    use bytes::Bytes;
+    use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+    use std::sync::{Arc, Mutex};
+    use tower::{Layer, ServiceExt};
+    type Body = UnsyncBoxBody<Bytes, tower_coalesce::BoxError>;
+    type Chunk = Result<http_body::Frame<Bytes>, tower_coalesce::BoxError>;
+
+    // `/report` streams what the test sends; anything else answers at once.
+    const LEN: usize = 1 << 20;
+    let feed: Arc<Mutex<Option<tokio::sync::mpsc::Sender<Chunk>>>> = Arc::default();
+    let fed = feed.clone();
+    let origin = tower::service_fn(move |req: http::Request<Full<Bytes>>| {
+        let fed = fed.clone();
+        async move {
+            let res = http::Response::builder()
+                .header("cache-control", "max-age=60")
+                .header("etag", "\"v1\"");
+            if req.uri().path() != "/report" {
+                let body = Full::new(Bytes::from_static(b"other")).map_err(|e| match e {});
+                return Ok::<_, tower_coalesce::BoxError>(
+                    res.body(UnsyncBoxBody::new(body)).unwrap(),
+                );
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+            *fed.lock().unwrap() = Some(tx);
+            let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk, rx))
+            });
+            let body: Body = UnsyncBoxBody::new(StreamBody::new(chunks));
+            Ok(res.header("content-length", LEN).body(body).unwrap())
+        }
+    });
+    let server = RedisServer::start();
+    let a =
+        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
+    let b =
+        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
+    let a_svc = a.layer(origin.clone());
+    // B's service admits one call at a time.
+    let b_svc = b.layer(tower::limit::ConcurrencyLimit::new(origin, 1));
+    let expected = answer(LEN);
+
+    let leading = tokio::spawn(a_svc.oneshot(support::get("/report")));
+    until(&a, "A at the origin", |_| feed.lock().unwrap().is_some()).await;
+    let waiting = tokio::spawn(b_svc.clone().oneshot(support::get("/report")));
+    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    let tx = feed.lock().unwrap().take().unwrap();
+    tx.send(Ok(http_body::Frame::data(Bytes::copy_from_slice(
+        &expected[..100_000],
+    ))))
+    .await
+    .unwrap();
+    let mut waiting = waiting.await.unwrap().unwrap().into_body();
+    let mut first = Vec::new();
+    while first.len() < 100_000 {
+        let frame = waiting.frame().await.unwrap().unwrap();
+        first.extend_from_slice(&frame.into_data().unwrap());
+    }
+    // B's flight reads A's answer from Redis and calls nothing: another
+    // request on B reaches the origin meanwhile.
+    let other = b_svc.clone().oneshot(support::get("/other"));
+    let other = tokio::time::timeout(std::time::Duration::from_secs(5), other)
+        .await
+        .expect("B's one slot is free while its flight reads the stream")
+        .unwrap();
+    assert_eq!(
+        other.into_body().collect().await.unwrap().to_bytes(),
+        "other"
+    );
+    for chunk in expected[100_000..].chunks(256 << 10) {
+        let frame = http_body::Frame::data(Bytes::copy_from_slice(chunk));
+        tx.send(Ok(frame)).await.unwrap();
+    }
+    drop(tx);
+    first.extend_from_slice(&waiting.collect().await.unwrap().to_bytes());
+    assert!(first == expected);
+    let leading = leading.await.unwrap().unwrap();
+    assert!(leading.into_body().collect().await.unwrap().to_bytes() == expected[..]);
+}

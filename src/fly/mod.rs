@@ -225,10 +225,12 @@ where
                 }
                 Elected::Streaming(watch, read) => {
                     if let Some(follow) = crate::remote_stream::Follow::new(watch, read) {
-                        // The flight's request and service, kept to ask the
-                        // origin for the rest should the leading instance
-                        // stop mid-body.
-                        let resume = crate::remote_stream::Resume::new(req, inner);
+                        // The flight's request and a clone of its service,
+                        // kept to ask the origin for the rest should the
+                        // leading instance stop mid-body. A clone, readied
+                        // only then: the readied service may hold a slot of
+                        // a concurrency limit, for as long as the stream.
+                        let resume = crate::remote_stream::Resume::new(req, inner.clone());
                         let follow = follow.resuming(resume);
                         let own = asked
                             .answer_tape(follow.streamed())

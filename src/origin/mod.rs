@@ -34,21 +34,24 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 /// The inner services the flight machinery can drive: what a flight's task
-/// needs of the service, its future and its bodies, said once.
+/// needs of the service, its future and its bodies, said once. Cloned (as
+/// tower's services are) where a flight keeps one to call later, so that
+/// it holds no readied service meanwhile.
 pub(crate) trait Origin<ReqBody, ResBody>:
     Service<
         Request<ReqBody>,
         Response = Response<ResBody>,
         Future: Send + 'static,
         Error: Display + Send + 'static,
-    > + Send
+    > + Clone
+    + Send
     + 'static
 {
 }
 
 impl<S, ReqBody, ResBody> Origin<ReqBody, ResBody> for S
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Display + Send + 'static,
 {
