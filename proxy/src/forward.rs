@@ -22,7 +22,10 @@ use tower::Service;
 use tower_coalesce::body_keys::BufferedBody;
 use tower_coalesce::Outcome;
 
+mod failed;
 mod tunnel;
+
+use failed::{bad_gateway, cut_off, error_chain, gateway_timeout, too_large};
 
 pub(crate) use tunnel::{upgrade_of, ConnectionPlace};
 
@@ -300,57 +303,6 @@ pub(crate) fn bad_request(message: &'static str) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::from(message));
     *res.status_mut() = StatusCode::BAD_REQUEST;
     res
-}
-
-fn bad_gateway() -> Response<UpstreamBody> {
-    plain(
-        StatusCode::BAD_GATEWAY,
-        "bad gateway: no answer from the upstream server\n",
-    )
-}
-
-fn gateway_timeout() -> Response<UpstreamBody> {
-    plain(
-        StatusCode::GATEWAY_TIMEOUT,
-        "gateway timeout: the upstream server did not answer in time\n",
-    )
-}
-
-fn too_large() -> Response<UpstreamBody> {
-    plain(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "content too large: the request body is over the proxy's limit\n",
-    )
-}
-
-/// An answer the proxy makes itself, in plain text.
-fn plain(status: StatusCode, text: &'static str) -> Response<UpstreamBody> {
-    let mut res = Response::new(Either::Right(Full::from(text)));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    res
-}
-
-/// Whether the request failed because its body went over the limit.
-fn cut_off(error: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(error), |e| e.source())
-        .any(|e| e.is::<http_body_util::LengthLimitError>())
-}
-
-/// The error and its causes: the client's own message alone ("client
-/// error (Connect)") does not say what went wrong.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 /// Headers that are about one connection rather than the message, besides
