@@ -139,40 +139,8 @@ pub(crate) async fn elect<E>(
         {
             Ok(TryLock::Pass) => return Elected::Pass { remember: true },
             Ok(TryLock::Acquired) => {
-                // Free with no answer stored. The leader may have handed
-                // its answer on without storing it (a ttl of zero, a server
-                // error): its message went out before this reply, though
-                // this process may not have read it yet. Unless a notice
-                // is here already (a failed flight's release, say), it is
-                // waited for a moment: at most `backend_timeout`, and only
-                // when the lease was free without a word, as when its
-                // holder died. Then this flight takes that answer, and
-                // ends the lease as the leader did, for anyone still
-                // waiting.
-                let notice = match watch.arrived() {
-                    Some(notice) => Some(notice),
-                    None => tokio::time::timeout(config.backend_timeout, watch.changed())
-                        .await
-                        .ok()
-                        .flatten(),
-                };
-                if let Some(Notice::Answer(entry)) = notice {
-                    let completion = Completion::Shared(entry.clone());
-                    let ended = optional(shared, Op::Complete, |b| {
-                        b.complete(key, &token, completion)
-                    })
-                    .await;
-                    if let Err(unavailable) = ended {
-                        unavailable.report(
-                            counters,
-                            "ending a lease taken after the answer came",
-                            "it runs out by itself",
-                        );
-                    }
-                    return Elected::Shared(entry);
-                }
-                // Otherwise its holder died, or its answer could not be
-                // shared.
+                // The lease was free with no answer stored: its holder died,
+                // or its answer could not be shared.
                 bump(&counters.takeovers);
                 tracing::info!(
                     key = %key.fingerprint(),
