@@ -78,7 +78,7 @@ pub(crate) fn start<S, E, ReqBody, ResBody>(
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
-    let Some(guard) = lead(shared, &key) else {
+    let Some(guard) = lead(shared, &key, stale) else {
         return;
     };
     let span = crate::trace::refresh(&key);
@@ -104,18 +104,18 @@ pub(crate) async fn after_stale<S, E, ReqBody, ResBody>(
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
-    if let Some(guard) = lead(&shared, &key) {
+    if let Some(guard) = lead(&shared, &key, &stale) {
         refresh(shared, guard, key, req, inner, stale).await;
     }
 }
 
-/// The refresh of `key`, unless one is under way or the last failed within
-/// [`BACKOFF`].
-fn lead<E>(shared: &Shared<E>, key: &Key) -> Option<FlightGuard> {
+/// The refresh of `stale` under `key`, unless a flight is under way or
+/// the last refresh failed within [`BACKOFF`].
+fn lead<E>(shared: &Shared<E>, key: &Key, stale: &Entry) -> Option<FlightGuard> {
     if shared.refresh_failed_lately(key) {
         return None;
     }
-    shared.table.lead_if_idle(key)
+    shared.table.lead_if_idle(key, stale)
 }
 
 async fn refresh<S, E, ReqBody, ResBody>(

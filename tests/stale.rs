@@ -155,6 +155,39 @@ async fn across_instances_on_one_redis_one_refresh_runs_and_everyone_gets_its_an
     assert_eq!(origin.calls(), 2);
 }
 
+/// Without a near cache every request that is not a hit goes through the
+/// flight table, where the refresh is under way: it must still be answered
+/// at once with the stale answer the refresh replaces, not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_and_no_near_cache_requests_during_a_refresh_are_answered_stale() {
+    let server = support::redis::RedisServer::start();
+    let origin = Origin::new();
+    let backend = RedisBackend::builder(server.url())
+        .without_near_cache()
+        .connect()
+        .await
+        .unwrap();
+    let layer = CoalesceLayer::new(config().backend(backend));
+    let svc = Svc::new(layer.layer(origin.serve()));
+    assert_eq!(answer(&svc).await, (Outcome::Leader, "answer 1".into()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // The flight finds it stale in Redis, answers with it, and refreshes
+    // it; the refresh's origin call is held.
+    assert_eq!(answer(&svc).await, (Outcome::Stale, "answer 1".into()));
+    until(&layer, "the refresh's origin call", |_| origin.calls() == 2).await;
+    for (outcome, text) in burst(std::slice::from_ref(&svc), 20).await {
+        assert_eq!((outcome, text.as_str()), (Outcome::Stale, "answer 1"));
+    }
+    assert_eq!(origin.calls(), 2, "one refresh");
+    assert_eq!(layer.stats().refreshes, 1);
+
+    origin.gate.add_permits(1);
+    until(&layer, "the refresh", |s| s.stored == 2).await;
+    assert_eq!(answer(&svc).await, (Outcome::Hit, "answer 2".into()));
+    assert_eq!(origin.calls(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_refresh_leaves_the_stale_answer_and_is_retried_after_a_backoff() {
     let origin = Origin::new();

@@ -188,6 +188,23 @@ where
     Next::Go(state)
 }
 
+/// What a caller that joined a refresh gets while it runs: the answer the
+/// refresh replaces (`refreshed`), while that may be served (fresh, or in
+/// its stale-while-revalidate window) and the caller's own directives
+/// accept it. It then lands as the flight's answer would (purges and
+/// variants judged as for any landing).
+pub(super) fn while_refreshed<'e, S, ReqBody>(
+    call: &Option<(Request<ReqBody>, S)>,
+    refreshed: Option<&'e crate::Entry>,
+) -> Option<&'e crate::Entry> {
+    let entry = refreshed?;
+    entry.serve_as()?;
+    let asks = call
+        .as_ref()
+        .and_then(|(req, _)| req.extensions().get::<crate::client::Asks>());
+    asks.is_none_or(|asks| asks.accepts(entry)).then_some(entry)
+}
+
 /// A follower whose flight's answer was purged before it joined: a new
 /// flight, as of the purges known now.
 fn rerun<S, E, ReqBody, ResBody>(

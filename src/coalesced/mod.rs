@@ -7,7 +7,7 @@
 //! woken by it, never polling. A flight that was abandoned sends it back to the
 //! table, where it leads or follows again.
 
-use crate::flight::{Role, Wait};
+use crate::flight::{Landing, Role, Wait};
 use crate::leader;
 use crate::origin::{Origin, OriginBody, Own};
 use crate::shared::Shared;
@@ -184,7 +184,18 @@ where
                 }
                 StateProj::Done => panic!("Coalesced polled after completion"),
                 StateProj::Following { mut wait } => {
-                    ready!(wait.as_mut().poll_landed(cx));
+                    // A refresh's callers get the answer it replaces, at
+                    // once, while that may still be served.
+                    let held = match wait.as_mut().poll_landed(cx) {
+                        Poll::Ready(()) => None,
+                        Poll::Pending => {
+                            let refreshed = wait.as_ref().get_ref().refreshed();
+                            match follow::while_refreshed(this.call, refreshed) {
+                                Some(entry) => Some(Landing::Done(entry.clone())),
+                                None => return Poll::Pending,
+                            }
+                        }
+                    };
                     let wait = wait.as_ref().get_ref();
                     if let (Some(span), Some(flight)) = (this.span.as_deref(), wait.span()) {
                         span.follows_from(flight);
@@ -198,7 +209,8 @@ where
                         since: *this.since,
                     };
                     // Read where it landed, then off the flight.
-                    match landed(follower, wait.landing(), wait.only()) {
+                    let landing = held.as_ref().or_else(|| wait.landing());
+                    match landed(follower, landing, wait.only()) {
                         Next::Answer(res) => {
                             this.state.set(State::Done);
                             break Ok(res);

@@ -79,6 +79,10 @@ struct Flight {
     /// spans follow from it. Held here, so that it stays open as long as a
     /// follower may still link to it.
     span: OnceLock<tracing::Span>,
+    /// For a refresh, the answer it replaces: callers that join it are
+    /// answered with that at once, while it may still be served, rather
+    /// than wait (set before the flight enters the table).
+    refreshes: OnceLock<Entry>,
 }
 
 impl Flight {
@@ -157,15 +161,19 @@ impl FlightTable {
         })
     }
 
-    /// Leads a flight for `key` if none is under way; never follows. For a
-    /// refresh, which nobody waits on: a request that finds one running is
-    /// answered stale instead.
-    pub(crate) fn lead_if_idle(&self, key: &Key) -> Option<FlightGuard> {
+    /// Leads a refresh of `stale` for `key` if no flight is under way;
+    /// never follows. Nobody waits on a refresh: a request that finds one
+    /// running is answered with `stale` instead (see
+    /// [`Wait::refreshed`]), while it may be served.
+    pub(crate) fn lead_if_idle(&self, key: &Key, stale: &Entry) -> Option<FlightGuard> {
         let mut flights = self.lock();
         if flights.contains_key(key) {
             return None;
         }
-        Some(self.lead(&mut flights, key))
+        let guard = self.lead(&mut flights, key);
+        // Under the lock: no caller joins before it is set.
+        let _ = guard.flight.refreshes.set(stale.clone());
+        Some(guard)
     }
 
     /// Takes the flights whose keys `purged` holds for out of the table, so
@@ -340,6 +348,12 @@ impl Wait {
     /// The flight's span, if it is recorded.
     pub(crate) fn span(&self) -> Option<&tracing::Span> {
         self.receiver.flight.span.get()
+    }
+
+    /// For a refresh, the answer it replaces, to answer with while it
+    /// runs.
+    pub(crate) fn refreshed(&self) -> Option<&Entry> {
+        self.receiver.flight.refreshes.get()
     }
 }
 
