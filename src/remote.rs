@@ -85,6 +85,22 @@ pub(crate) async fn elect<E>(
             return Elected::Lead(None);
         }
     };
+    // With nothing stored, the answer a leader hands on travels in its
+    // message only, and reaches only the processes already listening: a
+    // flight that finds the lease held must have listened before it
+    // looked, or the answer may go by between the two. (With answers
+    // stored, the lookup after subscribing finds them; only an unstored
+    // server error can go by, and costs its origin call again.)
+    let early = if config.stores() {
+        None
+    } else {
+        match optional(shared, Op::Watch, |b| b.watch(key)).await {
+            Ok(Some(watch)) => Some(watch),
+            Ok(None) => return Elected::Lead(None),
+            Err(unavailable) => return degrade("subscribing", unavailable),
+        }
+    };
+    let listened_first = early.is_some();
     let version = *refresh;
     match optional(shared, Op::TryLock, |b| {
         b.try_lock(key, &token, config.lease, version)
@@ -98,10 +114,13 @@ pub(crate) async fn elect<E>(
     }
     // Held elsewhere. Subscribe first, then look: an answer completed in
     // between is found by the lookup, one completed after it wakes the watch.
-    let mut watch = match optional(shared, Op::Watch, |b| b.watch(key)).await {
-        Ok(Some(watch)) => watch,
-        Ok(None) => return Elected::Lead(None),
-        Err(unavailable) => return degrade("subscribing", unavailable),
+    let mut watch = match early {
+        Some(watch) => watch,
+        None => match optional(shared, Op::Watch, |b| b.watch(key)).await {
+            Ok(Some(watch)) => watch,
+            Ok(None) => return Elected::Lead(None),
+            Err(unavailable) => return degrade("subscribing", unavailable),
+        },
     };
     // Counted once the watch is in place: from then on no way the flight
     // ends is missed.
@@ -139,8 +158,44 @@ pub(crate) async fn elect<E>(
         {
             Ok(TryLock::Pass) => return Elected::Pass { remember: true },
             Ok(TryLock::Acquired) => {
-                // The lease was free with no answer stored: its holder died,
-                // or its answer could not be shared.
+                // Free with no answer stored. The leader may have handed
+                // its answer on without storing it (a ttl of zero, a server
+                // error): its message went out before this reply, on
+                // another connection, and may not have been read yet. One
+                // that has is taken. One that has not is waited for (at
+                // most `backend_timeout`) when this flight listened before
+                // its first look, so that the message is sure to come if
+                // there is one; a holder that died sends none, and its
+                // takeover waits that much longer. A flight that takes an
+                // answer so ends the lease as the leader did, for anyone
+                // still waiting.
+                let notice = match watch.arrived() {
+                    Some(notice) => Some(notice),
+                    None if listened_first => {
+                        tokio::time::timeout(config.backend_timeout, watch.changed())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    None => None,
+                };
+                if let Some(Notice::Answer(entry)) = notice {
+                    let completion = Completion::Shared(entry.clone());
+                    let ended = optional(shared, Op::Complete, |b| {
+                        b.complete(key, &token, completion)
+                    })
+                    .await;
+                    if let Err(unavailable) = ended {
+                        unavailable.report(
+                            counters,
+                            "ending a lease taken after the answer came",
+                            "it runs out by itself",
+                        );
+                    }
+                    return Elected::Shared(entry);
+                }
+                // Otherwise its holder died, or its answer could not be
+                // shared.
                 bump(&counters.takeovers);
                 tracing::info!(
                     key = %key.fingerprint(),

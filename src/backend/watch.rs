@@ -92,6 +92,14 @@ impl Watch {
         self.rx.changed().await.ok()?;
         Some(self.rx.borrow_and_update().clone())
     }
+
+    /// A notice that has arrived and not been read yet, without waiting.
+    pub(crate) fn arrived(&mut self) -> Option<Notice> {
+        if !self.rx.has_changed().unwrap_or(false) {
+            return None;
+        }
+        Some(self.rx.borrow_and_update().clone())
+    }
 }
 
 #[cfg(test)]
