@@ -35,7 +35,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
 msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
 rustup toolchain list | grep -q "^$msrv-" || rustup toolchain install "$msrv" --profile minimal
 CARGO_TARGET_DIR=target/msrv cargo "+$msrv" check --workspace --all-features --all-targets
-cargo test --workspace --all-features
+# The checker keeps its proxies' logs of a history that breaks a promise,
+# and prints them with the failure.
+CHECKER_LOGS="${CHECKER_LOGS:-$PWD/target/checker-logs}" cargo test --workspace --all-features
 # The proxy's release build, as its container image makes it.
 bash proxy/deploy/build.sh
 # With every feature the Redis client speaks TLS through rustls; this runs

@@ -58,6 +58,8 @@ pub async fn many(bin: &str, seeds: &[u64], parallel: usize, cluster: bool) -> S
                     // Kept only where there is something to read: a long
                     // run logs every history.
                     forget_logs(seed, cluster);
+                } else {
+                    show_logs(seed, cluster);
                 }
                 let mut summary = summary.lock().unwrap();
                 summary.histories += 1;
@@ -147,6 +149,34 @@ fn log(seed: u64, cluster: bool, n: usize) -> Option<std::path::PathBuf> {
     std::fs::create_dir_all(&dir).ok()?;
     let on = if cluster { "cluster-" } else { "" };
     Some(std::path::Path::new(&dir).join(format!("{on}{seed}-instance-{n}.log")))
+}
+
+/// Prints what the logs of `seed`'s instances say, if they were kept: the
+/// warnings and errors, and the last lines. On a machine that cannot be
+/// reached afterwards (CI), the test's output is all there is to read.
+fn show_logs(seed: u64, cluster: bool) {
+    const TAIL: usize = 60;
+    for n in 0.. {
+        let Some(path) = log(seed, cluster, n).filter(|path| path.exists()) else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines.len().saturating_sub(TAIL);
+        println!("--- seed {seed}, instance {n}: {}", path.display());
+        let warned = lines[..tail]
+            .iter()
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "));
+        for line in warned.take(40) {
+            println!("  {line}");
+        }
+        println!("  ... its last {} lines:", lines.len() - tail);
+        for line in &lines[tail..] {
+            println!("  {line}");
+        }
+    }
 }
 
 /// Removes the logs of `seed`'s instances, if any were kept.
