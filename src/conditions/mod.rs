@@ -282,6 +282,12 @@ impl Asking {
     }
 }
 
+/// Whether `value` is one strong entity tag (RFC 9110 §8.8.3): what a
+/// `Range` request may be made conditional on with `If-Range` (§13.1.5).
+pub(crate) fn is_strong_tag(value: &http::HeaderValue) -> bool {
+    EntityTag::parse(value.as_bytes()).is_some_and(|tag| !tag.weak)
+}
+
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?

@@ -10,6 +10,8 @@ use crate::shared::Shared;
 use crate::stats::bump;
 use crate::tape::Tape;
 use crate::{FlightError, FlightErrorKind, Key};
+use bytes::Bytes;
+use http::HeaderMap;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -75,7 +77,6 @@ impl Follow {
         let config = &shared.config;
         let tape = self.streamed.tape.clone();
         let _ends = crate::tape::EndsTape::new(&tape);
-        let window = window(shared);
         let mut closed = false;
         let mut progress = Instant::now();
         let mut retry = RETRY_FIRST;
@@ -126,13 +127,8 @@ impl Follow {
                 retry = RETRY_FIRST;
                 failing = None;
                 if !read.bytes.is_empty() {
-                    self.have += read.bytes.len() as u64;
-                    tape.push(read.bytes);
+                    self.push(shared, read.bytes, &mut closed, &close);
                     progress = Instant::now();
-                    if tape.len() > config.max_stored_bytes as u64 && tape.trim(window) && !closed {
-                        closed = true;
-                        close();
-                    }
                 }
                 if self.have >= read.len {
                     break read.end;
@@ -142,16 +138,10 @@ impl Follow {
                 Some(StreamEnd::Failed) => {
                     break "the origin's body failed in the instance leading the flight".to_owned()
                 }
-                Some(StreamEnd::Complete(trailers)) => {
-                    if let Some(declared) = tape.declared().filter(|d| *d != self.have) {
-                        break format!(
-                            "the stream ended after {} of the {declared} bytes declared",
-                            self.have
-                        );
-                    }
-                    tape.complete(trailers);
-                    return self.landing(shared);
-                }
+                Some(StreamEnd::Complete(trailers)) => match self.end(trailers, "the stream") {
+                    Ok(()) => return self.landing(shared),
+                    Err(why) => break why,
+                },
                 None => {}
             }
             // News, or a look once per lease third: a leading instance that
@@ -193,8 +183,6 @@ impl Follow {
                 "{STOPPED}, and its answer has no strong entity tag to resume it with"
             ));
         };
-        let config = &shared.config;
-        let tape = self.streamed.tape.clone();
         let from = self.have;
         tracing::info!(
             from,
@@ -202,16 +190,15 @@ impl Follow {
         );
         bump(&shared.counters.origin_calls);
         bump(&shared.counters.resumes);
-        let limit = config.wait_timeout;
+        let limit = shared.config.wait_timeout;
         let res = tokio::time::timeout(limit, resume.send(from, &tag))
             .await
             .map_err(|_| {
                 format!("{STOPPED}; the origin did not answer for the rest within {limit:?}")
             })?
             .map_err(|e| format!("{STOPPED}; asking the origin for the rest failed: {e}"))?;
-        let mut skip = resume::skip(&res, &tag, from, tape.declared())
+        let mut skip = resume::skip(&res, &tag, from, self.streamed.tape.declared())
             .map_err(|why| format!("{STOPPED}; {why}"))?;
-        let window = window(shared);
         let mut body = res.into_body();
         let mut trailers = None;
         while let Some(frame) = tokio::time::timeout(limit, body.frame())
@@ -229,14 +216,8 @@ impl Follow {
             let skipped = skip.min(data.len() as u64);
             skip -= skipped;
             let data = data.split_off(skipped as usize);
-            if data.is_empty() {
-                continue;
-            }
-            self.have += data.len() as u64;
-            tape.push(data);
-            if tape.len() > config.max_stored_bytes as u64 && tape.trim(window) && !*closed {
-                *closed = true;
-                close();
+            if !data.is_empty() {
+                self.push(shared, data, closed, close);
             }
         }
         if skip > 0 {
@@ -244,9 +225,31 @@ impl Follow {
                 "the origin's answer for the rest ended before byte {from}"
             ));
         }
+        self.end(trailers, "the resumed answer")
+    }
+
+    /// Puts bytes read on the tape. Past what may be kept whole the tape
+    /// keeps only its window, and once it has dropped its first bytes the
+    /// flight leaves the table (`close`, once: `closed` says whether it
+    /// has).
+    fn push<E>(&mut self, shared: &Shared<E>, bytes: Bytes, closed: &mut bool, close: &impl Fn()) {
+        let tape = &self.streamed.tape;
+        self.have += bytes.len() as u64;
+        tape.push(bytes);
+        let kept_whole = shared.config.max_stored_bytes as u64;
+        if tape.len() > kept_whole && tape.trim(window(shared)) && !*closed {
+            *closed = true;
+            close();
+        }
+    }
+
+    /// Ends the tape with `trailers` if it holds the length its head
+    /// declared; why not otherwise (`what` ended short).
+    fn end(&self, trailers: Option<HeaderMap>, what: &str) -> Result<(), String> {
+        let tape = &self.streamed.tape;
         if let Some(declared) = tape.declared().filter(|d| *d != self.have) {
             return Err(format!(
-                "the resumed answer ended after {} of the {declared} bytes declared",
+                "{what} ended after {} of the {declared} bytes declared",
                 self.have
             ));
         }

@@ -54,7 +54,8 @@ impl Resume {
         }))
     }
 
-    /// Asks for the answer whose head is `head` from byte `from` on.
+    /// Asks for the answer from byte `from` on, only if it is still the
+    /// representation `tag` names.
     pub(crate) async fn send(self, from: u64, tag: &HeaderValue) -> Result<Resumed, String> {
         let mut headers = HeaderMap::new();
         let range =
@@ -69,10 +70,7 @@ impl Resume {
 /// with this status and these headers can be made conditional on, if any.
 pub(crate) fn strong_tag(status: StatusCode, headers: &HeaderMap) -> Option<&HeaderValue> {
     let tag = headers.get(ETAG)?;
-    let quoted = tag.as_bytes().len() >= 2
-        && tag.as_bytes().first() == Some(&b'"')
-        && tag.as_bytes().last() == Some(&b'"');
-    (status == StatusCode::OK && quoted).then_some(tag)
+    (status == StatusCode::OK && crate::conditions::is_strong_tag(tag)).then_some(tag)
 }
 
 /// How many of the resumed answer's first bytes are already on the tape
@@ -153,6 +151,7 @@ mod tests {
         assert!(strong_tag(StatusCode::OK, &with("\"v1\"")).is_some());
         assert!(strong_tag(StatusCode::OK, &with("W/\"v1\"")).is_none());
         assert!(strong_tag(StatusCode::OK, &with("v1")).is_none());
+        assert!(strong_tag(StatusCode::OK, &with("\"v\"1\"")).is_none());
         assert!(strong_tag(StatusCode::NOT_FOUND, &with("\"v1\"")).is_none());
         assert!(strong_tag(StatusCode::OK, &HeaderMap::new()).is_none());
     }

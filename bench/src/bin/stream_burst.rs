@@ -33,7 +33,7 @@
 //! fresh child process, so its peak is its own.
 
 use bytes::Bytes;
-use coalesce_bench::report::{command_calls, group, machine, peak_rss_bytes};
+use coalesce_bench::report::{command_calls, group, machine, peak_rss_bytes, rss_bytes};
 use http::{Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
@@ -117,15 +117,6 @@ struct Seen {
     whole: bool,
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// Reads `body` whole, checking where each frame sits; the time of its
 /// first byte.
 async fn read<B>(mut body: B, len: usize, start: Instant) -> (Option<Duration>, bool)
@@ -206,7 +197,7 @@ fn child(callers: usize, len: usize, instances: usize, redis: Option<&str>) {
         for _ in 0..instances {
             services.push(layer(redis, &namespace).await.layer(origin.clone()));
         }
-        let before = rss_bytes();
+        let before = rss_bytes().unwrap_or(0);
         let start = Instant::now();
         let tasks: Vec<_> = (0..callers)
             .map(|i| {
