@@ -20,7 +20,13 @@ use tower::{Layer, Service, ServiceExt};
 use tower_coalesce::{CoalesceBody, CoalesceConfig, CoalesceLayer};
 
 const BODY: &[u8] = b"{\"id\":7,\"name\":\"Espresso machine\",\"price_cents\":34900,\"stock\":12}";
-pub const CONTENDERS: [&str; 4] = ["ours", "async_singleflight", "moka_get_with", "floor"];
+pub const CONTENDERS: [&str; 5] = [
+    "ours",
+    "async_singleflight",
+    "async_singleflight_http",
+    "moka_get_with",
+    "floor",
+];
 
 /// The state of the round under way. Rounds run one after another, so one
 /// process-wide value serves them all, and a waiter's task captures nothing.
@@ -201,6 +207,9 @@ pub fn contender(name: &str) -> &'static dyn Contender {
         "async_singleflight" => Box::leak(Box::new(Singleflight {
             group: async_singleflight::DefaultGroup::new(),
         })),
+        "async_singleflight_http" => Box::leak(Box::new(SingleflightHttp {
+            group: async_singleflight::DefaultGroup::new(),
+        })),
         "moka_get_with" => Box::leak(Box::new(Moka {
             cache: moka::future::Cache::new(16),
             key: AtomicU64::new(0),
@@ -238,10 +247,7 @@ where
         self.followers_before
             .store(self.layer.stats().followers, Ordering::SeqCst);
         for _ in 0..waiters {
-            let req = Request::get("http://api.example/products/7")
-                .header("accept", "application/json")
-                .body(Empty::new())
-                .unwrap();
+            let req = product_request();
             spawn(Enter::new(self.svc.clone().oneshot(req)).map(|res| {
                 let ok = res.is_ok_and(|res| {
                     res.status() == StatusCode::OK
@@ -273,6 +279,71 @@ impl Contender for Singleflight {
                 .group
                 .work("/products/7", ROUND.origin().map(Ok::<_, Infallible>));
             spawn(Enter::new(work).map(|res| ROUND.answer(res.is_ok_and(|b| b == BODY))));
+        }
+    }
+
+    fn joined(&self, waiters: usize) -> bool {
+        ROUND.entered.load(Ordering::SeqCst) == waiters
+    }
+}
+
+/// The request every waiter of the HTTP contenders holds while it waits,
+/// as a service's caller does.
+fn product_request() -> Request<Empty<Bytes>> {
+    Request::get("http://api.example/products/7")
+        .header("accept", "application/json")
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// The origin's answer as `async_singleflight` hands it to each waiter: a
+/// clone of one `Arc`.
+type SharedAnswer = Arc<(StatusCode, http::HeaderMap, Bytes)>;
+
+/// An HTTP single-flight built on `async_singleflight`, doing for each
+/// waiter what an HTTP answer takes whoever makes it, and nothing else:
+/// the waiter holds its request until answered, and gets a response of its
+/// own (the head's headers cloned, the body shared) marked with an
+/// extension, as `ours` marks its `Outcome`. The floor for `ours` with
+/// `http` types; `async_singleflight` hands out a value, not a response.
+struct SingleflightHttp {
+    group: async_singleflight::DefaultGroup<SharedAnswer, Infallible>,
+}
+
+impl SingleflightHttp {
+    async fn origin() -> Result<SharedAnswer, Infallible> {
+        let (head, body) = ROUND.origin_response().await?.into_parts();
+        let body = read_now(body).unwrap_or_default();
+        Ok(Arc::new((head.status, head.headers, body)))
+    }
+}
+
+impl Contender for SingleflightHttp {
+    fn name(&self) -> &'static str {
+        "async_singleflight_http"
+    }
+
+    fn spawn(&'static self, waiters: usize) {
+        for _ in 0..waiters {
+            let req = product_request();
+            let work = self.group.work("/products/7", Self::origin());
+            spawn(Enter::new(work).map(move |answer| {
+                let res = answer.ok().map(|answer| {
+                    let (status, headers, body) = &*answer;
+                    let mut res = Response::new(Full::new(body.clone()));
+                    *res.status_mut() = *status;
+                    *res.headers_mut() = headers.clone();
+                    res.extensions_mut()
+                        .insert(tower_coalesce::Outcome::Follower);
+                    res
+                });
+                let ok = res.is_some_and(|res| {
+                    res.status() == StatusCode::OK
+                        && read_now(res.into_body()).is_some_and(|b| b == BODY)
+                });
+                drop(req);
+                ROUND.answer(ok)
+            }));
         }
     }
 

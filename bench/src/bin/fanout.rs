@@ -20,6 +20,11 @@
 //!   The request carries one `Accept` header, as in `hit_path`: a follower
 //!   keeps its request while it waits, so its cost grows with the request.
 //! - `async_singleflight`: `Group::work`.
+//! - `async_singleflight_http`: an HTTP single-flight on `Group::work`
+//!   doing what any HTTP answer takes per waiter: it holds the same
+//!   request until answered and gets a response of its own (headers
+//!   cloned, body shared) marked with an extension. The floor for
+//!   `ours` with `http` types.
 //! - `moka_get_with`: `moka::future::Cache::get_with`.
 //! - `floor`: tasks awaiting one `tokio::sync::Notify`, woken by
 //!   `notify_waiters` from a task: what Tokio itself needs to wake N tasks.
