@@ -127,6 +127,7 @@ async fn across_instances_on_one_redis_one_refresh_runs_and_everyone_gets_its_an
         svcs.push(Svc::new(layer.layer(origin.serve())));
         layers.push(layer);
     }
+    let _shown = support::StatsOnPanic(&layers);
     assert_eq!(answer(&svcs[0]).await.0, Outcome::Leader);
     tokio::time::sleep(Duration::from_millis(150)).await;
 
@@ -168,6 +169,7 @@ async fn with_redis_and_no_near_cache_requests_during_a_refresh_are_answered_sta
         .await
         .unwrap();
     let layer = CoalesceLayer::new(config().backend(backend));
+    let _shown = support::StatsOnPanic(std::slice::from_ref(&layer));
     let svc = Svc::new(layer.layer(origin.serve()));
     assert_eq!(answer(&svc).await, (Outcome::Leader, "answer 1".into()));
     tokio::time::sleep(Duration::from_millis(150)).await;

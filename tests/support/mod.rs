@@ -150,6 +150,25 @@ pub async fn until<E>(layer: &CoalesceLayer<E>, what: &str, cond: impl Fn(&Stats
     }
 }
 
+/// Prints each layer's counters if the test panics while this is held:
+/// all a failure on a machine that cannot be reached afterwards (CI) leaves
+/// to read.
+pub struct StatsOnPanic<'a>(pub &'a [CoalesceLayer]);
+
+impl Drop for StatsOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (n, layer) in self.0.iter().enumerate() {
+                eprintln!(
+                    "layer {n}: {:?}, {} flights in progress",
+                    layer.stats(),
+                    layer.flights_in_progress()
+                );
+            }
+        }
+    }
+}
+
 /// A layered test service, boxed: what the instances of a test hold.
 pub type Svc = tower::util::BoxCloneService<
     Request<Full<Bytes>>,
