@@ -184,7 +184,24 @@ async fn with_redis_and_no_near_cache_requests_during_a_refresh_are_answered_sta
     assert_eq!(origin.calls(), 2, "one refresh");
     assert_eq!(layer.stats().refreshes, 1);
 
+    // A request that refuses stored answers (`no-cache`) is not given the
+    // stale one: it follows the refresh, and gets its answer.
+    let refusing = tokio::spawn({
+        let svc = svc.clone();
+        async move {
+            let req = Request::get("/a")
+                .header("cache-control", "no-cache")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            String::from_utf8(body(res).await.unwrap().to_vec()).unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!refusing.is_finished(), "no-cache took the stale answer");
+
     origin.gate.add_permits(1);
+    assert_eq!(refusing.await.unwrap(), "answer 2");
     until(&layer, "the refresh", |s| s.stored == 2).await;
     assert_eq!(answer(&svc).await, (Outcome::Hit, "answer 2".into()));
     assert_eq!(origin.calls(), 2);
