@@ -5,6 +5,13 @@
 
 use std::time::Duration;
 
+/// The nearest-rank `q`-quantile (0 < `q` ≤ 1) of `sorted`, ascending:
+/// the smallest value at least `q` of them do not exceed. `None` if empty.
+pub fn nearest_rank<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied()
+}
+
 /// The process's peak resident memory so far (Linux's `VmHWM`).
 pub fn peak_rss_bytes() -> Option<u64> {
     status_bytes("VmHWM:")
@@ -78,4 +85,20 @@ pub fn command_calls(info: &str) -> impl Iterator<Item = (&str, u64)> {
             .ok()?;
         Some((name, calls))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nearest_rank;
+
+    #[test]
+    fn nearest_rank_takes_the_smallest_value_covering_the_share() {
+        let sorted = [1, 2, 3, 4];
+        assert_eq!(nearest_rank(&sorted, 0.25), Some(1));
+        assert_eq!(nearest_rank(&sorted, 0.5), Some(2));
+        assert_eq!(nearest_rank(&sorted, 0.51), Some(3));
+        assert_eq!(nearest_rank(&sorted, 0.99), Some(4));
+        assert_eq!(nearest_rank(&sorted, 1.0), Some(4));
+        assert_eq!(nearest_rank::<u32>(&[], 0.5), None);
+    }
 }

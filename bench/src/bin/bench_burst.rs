@@ -48,6 +48,7 @@
 //! ttfb_p50_ms=.. ttfb_p99_ms=.. p50_ms=.. p99_ms=..`: with a cache's
 //! outcome header, the leader's own figures beside its followers'.
 
+use coalesce_bench::report::nearest_rank;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::{Arc, LazyLock};
@@ -454,11 +455,7 @@ async fn read_answer(
 
 /// The nearest-rank percentile of sorted latencies, in milliseconds.
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1].as_secs_f64() * 1e3
+    nearest_rank(sorted, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
 /// The figures of a set of answers: `(last byte, first byte of the ones

@@ -32,7 +32,7 @@
 //! `--waiters 1,4`. The output is markdown, with the machine it ran on.
 
 use bytes::Bytes;
-use coalesce_bench::report::{group, machine, ms};
+use coalesce_bench::report::{group, machine, ms, nearest_rank};
 use coalesce_test_redis::{slot, RedisCluster, RedisServer};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -289,8 +289,7 @@ async fn wakeups(target: &Target<'_>, waiters: usize, samples: usize) -> Vec<Dur
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[i - 1]
+    nearest_rank(sorted, q).unwrap_or_default()
 }
 
 fn number_list(value: &str) -> Vec<usize> {

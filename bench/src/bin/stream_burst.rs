@@ -33,7 +33,9 @@
 //! fresh child process, so its peak is its own.
 
 use bytes::Bytes;
-use coalesce_bench::report::{command_calls, group, machine, peak_rss_bytes, rss_bytes};
+use coalesce_bench::report::{
+    command_calls, group, machine, nearest_rank, peak_rss_bytes, rss_bytes,
+};
 use http::{Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty};
@@ -257,11 +259,7 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
+    nearest_rank(sorted, p).unwrap_or(f64::NAN)
 }
 
 struct Args {
