@@ -91,16 +91,23 @@ pub(crate) async fn elect<E>(
     // looked, or the answer may go by between the two. (With answers
     // stored, the lookup after subscribing finds them; only an unstored
     // server error can go by, and costs its origin call again.)
-    let early = if config.stores() {
-        None
-    } else {
-        match optional(shared, Op::Watch, |b| b.watch(key)).await {
-            Ok(Some(watch)) => Some(watch),
-            Ok(None) => return Elected::Lead(None),
-            Err(unavailable) => return degrade("subscribing", unavailable),
-        }
+    let listen_first = !config.stores();
+    // A subscription's watch; `None` (reported) when this flight leads
+    // without a lease instead.
+    let watched = |subscribed: Result<Option<crate::backend::Watch>, Unavailable>| {
+        subscribed.unwrap_or_else(|unavailable| {
+            degrade("subscribing", unavailable);
+            None
+        })
     };
-    let listened_first = early.is_some();
+    let early = if listen_first {
+        let Some(watch) = watched(optional(shared, Op::Watch, |b| b.watch(key)).await) else {
+            return Elected::Lead(None);
+        };
+        Some(watch)
+    } else {
+        None
+    };
     let version = *refresh;
     match optional(shared, Op::TryLock, |b| {
         b.try_lock(key, &token, config.lease, version)
@@ -114,13 +121,12 @@ pub(crate) async fn elect<E>(
     }
     // Held elsewhere. Subscribe first, then look: an answer completed in
     // between is found by the lookup, one completed after it wakes the watch.
-    let mut watch = match early {
-        Some(watch) => watch,
-        None => match optional(shared, Op::Watch, |b| b.watch(key)).await {
-            Ok(Some(watch)) => watch,
-            Ok(None) => return Elected::Lead(None),
-            Err(unavailable) => return degrade("subscribing", unavailable),
-        },
+    let watch = match early {
+        Some(watch) => Some(watch),
+        None => watched(optional(shared, Op::Watch, |b| b.watch(key)).await),
+    };
+    let Some(mut watch) = watch else {
+        return Elected::Lead(None);
     };
     // Counted once the watch is in place: from then on no way the flight
     // ends is missed.
@@ -171,7 +177,7 @@ pub(crate) async fn elect<E>(
                 // still waiting.
                 let notice = match watch.arrived() {
                     Some(notice) => Some(notice),
-                    None if listened_first => {
+                    None if listen_first => {
                         tokio::time::timeout(config.backend_timeout, watch.changed())
                             .await
                             .ok()
@@ -180,18 +186,14 @@ pub(crate) async fn elect<E>(
                     None => None,
                 };
                 if let Some(Notice::Answer(entry)) = notice {
-                    let completion = Completion::Shared(entry.clone());
-                    let ended = optional(shared, Op::Complete, |b| {
-                        b.complete(key, &token, completion)
-                    })
+                    complete(
+                        shared,
+                        key,
+                        &token,
+                        Completion::Shared(entry.clone()),
+                        false,
+                    )
                     .await;
-                    if let Err(unavailable) = ended {
-                        unavailable.report(
-                            counters,
-                            "ending a lease taken after the answer came",
-                            "it runs out by itself",
-                        );
-                    }
                     return Elected::Shared(entry);
                 }
                 // Otherwise its holder died, or its answer could not be
