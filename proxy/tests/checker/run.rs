@@ -151,15 +151,17 @@ fn log(seed: u64, cluster: bool, n: usize) -> Option<std::path::PathBuf> {
     Some(std::path::Path::new(&dir).join(format!("{on}{seed}-instance-{n}.log")))
 }
 
+/// The logs kept of `seed`'s instances, in order: `(instance, path)`.
+fn kept_logs(seed: u64, cluster: bool) -> impl Iterator<Item = (usize, std::path::PathBuf)> {
+    (0..).map_while(move |n| Some((n, log(seed, cluster, n).filter(|path| path.exists())?)))
+}
+
 /// Prints what the logs of `seed`'s instances say, if they were kept: the
 /// warnings and errors, and the last lines. On a machine that cannot be
 /// reached afterwards (CI), the test's output is all there is to read.
 fn show_logs(seed: u64, cluster: bool) {
     const TAIL: usize = 60;
-    for n in 0.. {
-        let Some(path) = log(seed, cluster, n).filter(|path| path.exists()) else {
-            return;
-        };
+    for (n, path) in kept_logs(seed, cluster) {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
@@ -181,13 +183,8 @@ fn show_logs(seed: u64, cluster: bool) {
 
 /// Removes the logs of `seed`'s instances, if any were kept.
 fn forget_logs(seed: u64, cluster: bool) {
-    for n in 0.. {
-        match log(seed, cluster, n) {
-            Some(path) if path.exists() => {
-                let _ = std::fs::remove_file(path);
-            }
-            _ => return,
-        }
+    for (_, path) in kept_logs(seed, cluster) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
