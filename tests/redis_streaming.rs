@@ -327,3 +327,61 @@ async fn a_waiting_instance_holds_no_slot_of_a_concurrency_limit_while_it_reads_
     let leading = leading.await.unwrap().unwrap();
     assert!(leading.into_body().collect().await.unwrap().to_bytes() == expected[..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_stale_answer_that_may_stand_in_no_instance_streams_a_head_before_the_body_is_whole()
+{
+    const LEN: usize = 200_000;
+    let server = RedisServer::start();
+    let mut origin = Origin::new(&[("content-length", LEN.to_string())]);
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let backend = RedisBackend::connect(server.url()).await.unwrap();
+        let config = config()
+            .ttl(Duration::from_millis(300))
+            .stale_if_error(Duration::from_secs(60))
+            .backend(backend);
+        let layer = CoalesceLayer::new(config);
+        let addr = serve(&origin, &layer).await;
+        fleet.push((layer, addr));
+    }
+    let [(a, a_addr), (b, b_addr)] = <[_; 2]>::try_from(fleet).unwrap_or_else(|_| unreachable!());
+    let expected = answer(LEN);
+    let client = client();
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { rest(request(&client, a_addr, HOST).await).await }
+    });
+    let tap = origin.tap().await;
+    tap.send(&expected).await;
+    drop(tap);
+    assert!(first.await.unwrap().unwrap() == expected[..]);
+    until(&a, "the store", |s| s.stored == 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // Stale now: A leads the flight that refetches it, B waits on A's
+    // lease, and the origin's body fails past a batch's worth of bytes.
+    let outcome_and_body = |addr: SocketAddr| {
+        let client = client.clone();
+        async move {
+            let res = request(&client, addr, HOST).await;
+            let outcome = res.headers()["x-coalesce"].to_str().unwrap().to_owned();
+            (outcome, res.status(), rest(res).await)
+        }
+    };
+    let leading = tokio::spawn(outcome_and_body(a_addr));
+    let tap = origin.tap().await;
+    let waiting = tokio::spawn(outcome_and_body(b_addr));
+    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    tap.send(&expected[..100_000]).await;
+    tap.fail().await;
+    // Neither instance sent a head it could not finish: each caller has
+    // the stale answer, whole.
+    for caller in [leading, waiting] {
+        let (outcome, status, body) = caller.await.unwrap();
+        assert_eq!((outcome.as_str(), status), ("stale", http::StatusCode::OK));
+        assert!(body.expect("the stale answer, whole") == expected[..]);
+    }
+    assert_eq!((a.stats().stale_on_error, b.stats().stale), (1, 1));
+    assert_eq!(origin.calls(), 2);
+}

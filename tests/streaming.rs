@@ -292,3 +292,103 @@ async fn a_body_that_stops_arriving_fails_every_caller_after_the_wait_timeout() 
     drop(tap);
     assert_eq!(layer.stats().stored, 0);
 }
+
+/// A layer whose answers are fresh for 100 ms, and may then stand in for
+/// the origin's failure for a minute (stale-if-error).
+fn standing_in(max_stored_bytes: usize) -> CoalesceLayer {
+    CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_millis(100))
+            .stale_if_error(Duration::from_secs(60))
+            .max_stored_bytes(max_stored_bytes)
+            .outcome_header("x-coalesce"),
+    )
+}
+
+/// Stores `body` through `layer` by one request, then lets it go stale.
+async fn stored_then_stale(
+    origin: &mut Origin,
+    layer: &CoalesceLayer,
+    addr: SocketAddr,
+    body: &[u8],
+) {
+    let client = client();
+    let first = tokio::spawn(async move { rest(request(&client, addr, &[]).await).await });
+    let tap = origin.tap().await;
+    tap.send(body).await;
+    drop(tap);
+    assert!(first.await.unwrap().unwrap() == body);
+    until(layer, "the store", |s| s.stored == 1).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+}
+
+/// A caller's outcome header, status and whole body (or its error).
+async fn outcome_and_body(
+    client: Http,
+    addr: SocketAddr,
+) -> (String, StatusCode, Result<bytes::Bytes, hyper::Error>) {
+    let res = request(&client, addr, &[]).await;
+    let outcome = res.headers()["x-coalesce"].to_str().unwrap().to_owned();
+    (outcome, res.status(), rest(res).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_stale_answer_that_may_stand_in_no_head_goes_out_before_the_body_is_whole() {
+    const LEN: usize = 20_000;
+    let mut origin = Origin::new(&[("content-length", LEN.to_string())]);
+    let layer = standing_in(1 << 20);
+    let addr = serve(&origin, &layer).await;
+    let expected = answer(LEN);
+    stored_then_stale(&mut origin, &layer, addr, &expected).await;
+
+    // Past its freshness: a flight asks the origin, whose body fails
+    // midway, after its head and a quarter of the body.
+    let client = client();
+    let callers: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(outcome_and_body(client.clone(), addr)))
+        .collect();
+    let tap = origin.tap().await;
+    tap.send(&expected[..LEN / 4]).await;
+    until(&layer, "the follower", |s| s.followers == 1).await;
+    tap.fail().await;
+    // Had the head gone out, the callers' bodies would now fail; as none
+    // did, the stale answer stands in, whole, for every caller.
+    for caller in callers {
+        let (outcome, status, body) = caller.await.unwrap();
+        assert_eq!((outcome.as_str(), status), ("stale", StatusCode::OK));
+        assert!(body.expect("the stale answer, whole") == expected[..]);
+    }
+    assert_eq!(layer.stats().stale_on_error, 1);
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_stored_size_the_stand_in_is_given_up_and_a_failure_fails_the_callers() {
+    // No length: the body tells its size as it goes.
+    let mut origin = Origin::new(&[]);
+    let layer = standing_in(10_000);
+    let addr = serve(&origin, &layer).await;
+    let expected = answer(30_000);
+    stored_then_stale(&mut origin, &layer, addr, &expected[..5000]).await;
+
+    let client = client();
+    let caller = tokio::spawn(async move { request(&client, addr, &[]).await });
+    let tap = origin.tap().await;
+    // Past the stored size the answer can no longer be stood in for: its
+    // head goes out, and the body streams.
+    tap.send(&expected[..6000]).await;
+    tap.send(&expected[6000..12_000]).await;
+    let mut res = caller.await.unwrap();
+    assert_eq!(res.headers()["x-coalesce"], "leader");
+    assert_eq!(
+        read_at_least(res.body_mut(), 12_000).await,
+        expected[..12_000]
+    );
+    tap.fail().await;
+    assert!(
+        rest(res).await.is_err(),
+        "a failed answer must not end like a whole one"
+    );
+    assert_eq!(layer.stats().stale_on_error, 0);
+    assert_eq!(origin.calls(), 2);
+}

@@ -70,6 +70,27 @@ pub(crate) fn rescued_answer<E, B>(
     res
 }
 
+/// The answer another instance's flight brought this flight's caller: a
+/// stale one (it stood in for that origin's failure, or was stored while
+/// refreshed) said to be stale, as to a local follower of such a flight.
+fn remote_answer<E, B>(
+    shared: &Shared<E>,
+    asked: &Asked,
+    entry: &Entry,
+) -> (http::Response<crate::CoalesceBody<B>>, Outcome) {
+    let mut res = asked.answer(entry);
+    if !entry.is_stale() {
+        return (res, Outcome::Follower);
+    }
+    bump(&shared.counters.stale);
+    let forwarded = Forwarded {
+        ttl: entry.ttl_secs(),
+        ..Forwarded::default()
+    };
+    forwarded.note(&mut res, shared.marks.as_deref());
+    (res, Outcome::Stale)
+}
+
 /// How a flight's work ended.
 pub(crate) enum Flown<S, ReqBody, B, E> {
     /// Land this for the followers; answer the leader's caller with that.
@@ -246,8 +267,8 @@ where
                     None
                 }
                 Elected::Answer(entry) | Elected::Shared(entry) => {
-                    let res = asked.answer(&entry);
-                    return Flown::Landed(Landing::Done(entry), Ok((res, Outcome::Follower)));
+                    let (res, outcome) = remote_answer(shared, asked, &entry);
+                    return Flown::Landed(Landing::Done(entry), Ok((res, outcome)));
                 }
                 Elected::Pass { remember } => {
                     tracing::debug!(
