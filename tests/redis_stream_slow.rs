@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use support::redis::{RedisServer, Relay};
 use support::tap::{
-    answer, both_ended_whole, cacheable, client, read_at_least, request, serve, Origin,
+    answer, both_ended_whole, cacheable, client, read_at_least, request, rest, serve, Origin,
 };
 use support::until;
 use tower_coalesce::{CoalesceConfig, CoalesceLayer, RedisBackend};
@@ -101,4 +101,34 @@ async fn reads_of_the_stream_given_up_while_redis_is_slow_are_tried_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_the_stream_given_up_while_redis_is_slow_are_sent_again_once() {
     a_slow_moment_mid_stream_costs_latency_not_the_answer(Slow::Writer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_a_body_failed_starts_a_new_flight_while_the_failed_one_ends() {
+    let server = RedisServer::start();
+    let relay = Relay::start(server.port);
+    let mut origin = Origin::new(&cacheable(LEN));
+    let (_a, a_addr) = instance(&origin, relay.url()).await;
+    let expected = answer(LEN);
+    let mut leading = request(&client(), a_addr, HOST).await;
+    let tap = origin.tap().await;
+    tap.send(&expected[..100_000]).await;
+    read_at_least(leading.body_mut(), 100_000).await;
+
+    // Redis answers late from now on: the failed flight's ending (its
+    // stream's end, its lease's release) takes a while.
+    relay.delay_replies(Duration::from_millis(500));
+    tap.fail().await;
+    assert!(rest(leading).await.is_err());
+    // A request that comes once the failure is known does not join the
+    // flight that failed: it gets a whole answer from a new one. (On a new
+    // connection: the failed body's was closed.)
+    let next = tokio::spawn(async move { rest(request(&client(), a_addr, HOST).await).await });
+    let tap = origin.tap().await;
+    for chunk in expected.chunks(256 << 10) {
+        tap.send(chunk).await;
+    }
+    drop(tap);
+    assert!(next.await.unwrap().expect("a whole body") == expected[..]);
+    assert_eq!(origin.calls(), 2);
 }

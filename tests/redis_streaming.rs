@@ -385,3 +385,160 @@ async fn with_a_stale_answer_that_may_stand_in_no_instance_streams_a_head_before
     assert_eq!((a.stats().stale_on_error, b.stats().stale), (1, 1));
     assert_eq!(origin.calls(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_of_a_streamed_answer_reach_a_waiting_instances_callers() {
+    use tower::{Layer, ServiceExt};
+    let server = RedisServer::start();
+    let mut origin = Origin::new(&[("cache-control", "max-age=60".into())]);
+    let a =
+        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
+    let b =
+        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
+    let (a_svc, b_svc) = (
+        a.layer(origin.service.clone()),
+        b.layer(origin.service.clone()),
+    );
+    let get = || {
+        http::Request::get("http://shop.example/report")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let expected = answer(100_000);
+
+    let leading = tokio::spawn(a_svc.oneshot(get()));
+    let tap = origin.tap().await;
+    let waiting = tokio::spawn(b_svc.oneshot(get()));
+    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    // More than a batch: published at once, and B's caller has its head.
+    tap.send(&expected).await;
+    let waiting = waiting.await.unwrap().unwrap();
+    assert_eq!(
+        waiting.extensions().get::<tower_coalesce::Outcome>(),
+        Some(&tower_coalesce::Outcome::Follower)
+    );
+    let leading = leading.await.unwrap().unwrap();
+    let reading = [leading, waiting]
+        .map(|res| tokio::spawn(http_body_util::BodyExt::collect(res.into_body())));
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    trailers.insert("x-checksum", "42".parse().unwrap());
+    tap.trailers(trailers).await;
+    for read in reading {
+        let read = read.await.unwrap().unwrap();
+        let trailers = read.trailers().expect("trailers, in each instance").clone();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-checksum"], "42");
+        assert!(read.to_bytes() == expected[..]);
+    }
+    until(&a, "A's flight to end", |_| a.flights_in_progress() == 0).await;
+    until(&b, "B's flight to end", |_| b.flights_in_progress() == 0).await;
+    assert_eq!(a.stats().stored, 1);
+    assert_eq!(origin.calls(), 1);
+}
+
+/// The bytes Redis holds in the pieces of flights' streams.
+fn stream_bytes(server: &RedisServer) -> u64 {
+    let mut conn = server.conn();
+    let pieces: Vec<String> = redis::cmd("KEYS").arg("*:b:*").query(&mut conn).unwrap();
+    pieces
+        .iter()
+        .map(|piece| {
+            redis::cmd("STRLEN")
+                .arg(piece)
+                .query::<u64>(&mut conn)
+                .unwrap()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_holds_a_window_of_an_answer_too_large_to_store_and_a_late_instance_calls_the_origin()
+{
+    const LEN: usize = 6 << 20;
+    const WINDOW: usize = 1 << 20;
+    const STEP: usize = 256 << 10;
+    let server = RedisServer::start();
+    let mut origin = Origin::new(&cacheable(LEN));
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        let backend = RedisBackend::connect(server.url()).await.unwrap();
+        let layer = CoalesceLayer::new(config().stream_window(WINDOW).backend(backend));
+        let addr = serve(&origin, &layer).await;
+        fleet.push((layer, addr));
+    }
+    let layers: Vec<_> = fleet.iter().map(|(layer, _)| layer.clone()).collect();
+    let _stats = support::StatsOnPanic(&layers);
+    let [(a, a_addr), (b, b_addr), (c, c_addr)] =
+        <[_; 3]>::try_from(fleet).unwrap_or_else(|_| unreachable!());
+    let client = client();
+    let expected = answer(LEN);
+
+    let mut leading = request(&client, a_addr, HOST).await;
+    let tap = origin.tap().await;
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { request(&client, b_addr, HOST).await }
+    });
+    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    // The callers in both instances read each step before the next is sent,
+    // so none falls behind a window; Redis must hold no more than the
+    // window and the piece being written, however much has gone through.
+    let mut steps = expected.chunks(STEP);
+    tap.send(steps.next().unwrap()).await;
+    let mut waiting = waiting.await.unwrap();
+    let (mut a_got, mut b_got) = (Vec::new(), Vec::new());
+    let mut late = None;
+    let mut held_most = 0;
+    let mut sent = STEP;
+    loop {
+        a_got.extend(read_at_least(leading.body_mut(), sent - a_got.len()).await);
+        b_got.extend(read_at_least(waiting.body_mut(), sent - b_got.len()).await);
+        held_most = held_most.max(stream_bytes(&server));
+        // Past the first piece, C starts to wait: it cannot follow the
+        // stream from its first byte.
+        if sent == 3 << 20 {
+            let client = client.clone();
+            late = Some(tokio::spawn(
+                async move { request(&client, c_addr, HOST).await },
+            ));
+            until(&c, "C waiting on A's lease", |s| s.remote_waits == 1).await;
+        }
+        let Some(step) = steps.next() else { break };
+        tap.send(step).await;
+        sent += step.len();
+    }
+    drop(tap);
+    assert!(held_most > 0, "the stream went through Redis");
+    assert!(
+        held_most <= (WINDOW + (1 << 20)) as u64,
+        "Redis held {held_most} bytes of one flight's stream"
+    );
+    for (got, res) in [(a_got, leading), (b_got, waiting)] {
+        let mut whole = got;
+        whole.extend_from_slice(&rest(res).await.expect("a whole body"));
+        assert!(whole == expected, "every byte once, in order");
+    }
+    // Both have read A's stream to its end (their clients stop at the
+    // length; their flights at the stream's end).
+    until(&a, "A's flight to end", |_| a.flights_in_progress() == 0).await;
+    until(&b, "B's flight to end", |_| b.flights_in_progress() == 0).await;
+    // C did not follow the stream: once A's flight was over, it called the
+    // origin itself, once, and its caller gets the whole answer from there.
+    let tap = origin.tap().await;
+    let mut late = late.unwrap().await.unwrap();
+    // As the completion says (`pass`), or as the flight after A's if C
+    // took the lease first (`leader`): either way not A's stream.
+    let outcome = &late.headers()["x-coalesce"];
+    assert!(outcome == "pass" || outcome == "leader", "{outcome:?}");
+    let mut c_got = Vec::new();
+    for (i, step) in expected.chunks(STEP).enumerate() {
+        tap.send(step).await;
+        c_got.extend(read_at_least(late.body_mut(), (i + 1) * STEP - c_got.len()).await);
+    }
+    drop(tap);
+    c_got.extend_from_slice(&rest(late).await.unwrap());
+    assert!(c_got == expected);
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(a.stats().stored + b.stats().stored + c.stats().stored, 0);
+}

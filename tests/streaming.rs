@@ -108,6 +108,17 @@ async fn callers_read_the_first_bytes_before_the_origin_has_sent_the_rest() {
         read_at_least(part.body_mut(), 100).await,
         expected[100..200]
     );
+    // A HEAD gets the head alone, now.
+    let head = Request::head(format!("http://{addr}/report"));
+    let head = client.request(head.body(Default::default()).unwrap());
+    let head = tokio::time::timeout(Duration::from_secs(20), head)
+        .await
+        .expect("a head within 20 s")
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()["x-coalesce"], "follower");
+    assert_eq!(head.headers()["content-length"], LEN.to_string().as_str());
+    assert!(rest(head).await.unwrap().is_empty());
     assert_eq!(origin.calls(), 1, "all of them from the one flight");
 
     for chunk in expected[1000..].chunks(16 << 10) {
@@ -390,5 +401,48 @@ async fn past_the_stored_size_the_stand_in_is_given_up_and_a_failure_fails_the_c
         "a failed answer must not end like a whole one"
     );
     assert_eq!(layer.stats().stale_on_error, 0);
+    assert_eq!(origin.calls(), 2);
+}
+
+/// Trailers saying this gRPC status.
+fn grpc_status(status: &str) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", status.parse().unwrap());
+    trailers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_of_a_streamed_answer_reach_every_caller_at_its_end_and_decide_storing() {
+    let mut origin = Origin::new(&[("cache-control", "max-age=60".into())]);
+    let layer = layer();
+    let svc = layer.layer(origin.service.clone());
+    let get = || Request::get("/report").body(Body::empty()).unwrap();
+    // A gRPC error is shared with the flight but not stored; the next
+    // flight's OK is.
+    for (status, stored) in [("5", 0), ("0", 1)] {
+        let first = tokio::spawn(svc.clone().oneshot(get()));
+        let tap = origin.tap().await;
+        tap.send(b"part one").await;
+        // The head is out and the body arriving: a caller joins mid-body.
+        let first = first.await.unwrap().unwrap();
+        let joined = svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(
+            joined.extensions().get::<Outcome>(),
+            Some(&Outcome::Follower)
+        );
+        let reading = [first, joined].map(|res| tokio::spawn(res.into_body().collect()));
+        tap.send(b", part two").await;
+        tap.trailers(grpc_status(status)).await;
+        for read in reading {
+            let read = read.await.unwrap().unwrap();
+            assert_eq!(read.trailers().expect("trailers")["grpc-status"], status);
+            assert_eq!(read.to_bytes(), "part one, part two");
+        }
+        until(&layer, "the flight's end", |_| {
+            layer.flights_in_progress() == 0
+        })
+        .await;
+        assert_eq!(layer.stats().stored, stored, "grpc-status {status}");
+    }
     assert_eq!(origin.calls(), 2);
 }

@@ -129,6 +129,13 @@ impl<B: OriginBody> Pump<B> {
         });
         if let Some(why) = failure {
             bump(&shared.counters.errors);
+            // Out of the table before any caller can see the failure: a
+            // request that comes after it starts a new flight, rather than
+            // join this one while it ends (its stream's end and its lease's
+            // release may take a while).
+            if !closed {
+                close();
+            }
             tape.fail(&why);
             if let Some(publisher) = &mut publisher {
                 publisher.end(shared, &streamed, StreamEnd::Failed).await;

@@ -162,6 +162,10 @@ impl Follow {
                 );
             }
         };
+        // Out of the table first, as a flight reading the origin does.
+        if !closed {
+            close();
+        }
         tape.fail(&failure);
         Landing::Failed(FlightError::new(FlightErrorKind::Body, failure))
     }

@@ -33,6 +33,14 @@ impl Tap {
             .expect("the flight reads the origin");
     }
 
+    /// Ends the body with these trailers.
+    pub async fn trailers(self, trailers: http::HeaderMap) {
+        self.0
+            .send(Ok(Frame::trailers(trailers)))
+            .await
+            .expect("the flight reads the origin");
+    }
+
     pub async fn fail(self) {
         let _ = self
             .0
