@@ -132,3 +132,65 @@ async fn a_request_after_a_body_failed_starts_a_new_flight_while_the_failed_one_
     assert!(next.await.unwrap().expect("a whole body") == expected[..]);
     assert_eq!(origin.calls(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_reads_its_streams_end_after_a_new_flight_opened_the_next() {
+    let server = RedisServer::start();
+    let relay = Relay::start(server.port);
+    let mut origin = Origin::new(&cacheable(LEN));
+    // Too large to store: the request after a flight makes a new one.
+    let instance = |url: String| {
+        let origin = &origin;
+        async move {
+            let backend = RedisBackend::connect(url).await.unwrap();
+            let config = config().max_stored_bytes(LEN / 2).backend(backend);
+            let layer = CoalesceLayer::new(config);
+            let addr = serve(origin, &layer).await;
+            (layer, addr)
+        }
+    };
+    let (a, a_addr) = instance(server.url()).await;
+    let (b, b_addr) = instance(relay.url()).await;
+    let _stats = support::StatsOnPanic(&[a.clone(), b.clone()]);
+    let expected = answer(LEN);
+
+    let leading = request(&client(), a_addr, HOST).await;
+    let tap = origin.tap().await;
+    let waiting = tokio::spawn(async move { request(&client(), b_addr, HOST).await });
+    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    tap.send(&expected[..100_000]).await;
+    let mut waiting = waiting.await.unwrap();
+    let first = read_at_least(waiting.body_mut(), 100_000).await;
+    let b_rest = tokio::spawn(rest(waiting));
+
+    // B hears of A's stream a second late from now on; A sends the rest and
+    // ends its flight, and the next request on A makes a new flight, whose
+    // stream takes the key's place before B has read the first one's end.
+    relay.delay_replies(Duration::from_millis(1_000));
+    for chunk in expected[100_000..].chunks(64 << 10) {
+        tap.send(chunk).await;
+    }
+    drop(tap);
+    assert!(rest(leading).await.unwrap() == expected[..]);
+    until(&a, "A's flight to end", |_| a.flights_in_progress() == 0).await;
+    let next = tokio::spawn(async move { request(&client(), a_addr, HOST).await });
+    let tap = origin.tap().await;
+    tap.send(&expected[..100_000]).await;
+    let next = next.await.unwrap();
+    assert_eq!(next.headers()["x-coalesce"], "leader");
+
+    // B finishes the first flight's answer from what Redis still holds of
+    // it, without asking the origin for the rest.
+    let mut whole = first;
+    whole.extend_from_slice(&b_rest.await.unwrap().expect("B's body whole"));
+    assert!(whole == expected, "every byte once, in order");
+    until(&b, "B's flight to end", |_| b.flights_in_progress() == 0).await;
+    assert_eq!(b.stats().resumes, 0);
+    assert_eq!(origin.calls(), 2);
+    relay.delay_replies(Duration::ZERO);
+    for chunk in expected[100_000..].chunks(256 << 10) {
+        tap.send(chunk).await;
+    }
+    drop(tap);
+    assert!(rest(next).await.unwrap() == expected[..]);
+}

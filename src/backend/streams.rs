@@ -109,8 +109,10 @@ pub trait Streams: Send + Sync + 'static {
     /// Reads up to `max` bytes of the key's stream from byte `from`: of the
     /// stream of `token`, or (`None`) of whichever flight's stream is under
     /// way, with its head. `None`: no such stream (it ended long enough ago
-    /// to have expired, its flight's process stopped, or another flight's
-    /// replaced it).
+    /// to have expired, or its flight's process stopped). A stream that
+    /// ended is read through its `token` for as long as its bytes last,
+    /// also once the key's next flight has a stream of its own: a reader a
+    /// little behind reads the end of the one it follows.
     fn read_stream<'a>(
         &'a self,
         key: &'a Key,

@@ -69,37 +69,53 @@ pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS[1] stream, KEYS[2] done channel; ARGV[1] token, ARGV[2] `c`
-/// (complete) or `f` (failed), ARGV[3] the encoded trailers, ARGV[4] how
-/// long the stream lasts now in ms, ARGV[5] message, ARGV[6] the
-/// publishing command.
+/// KEYS[1] stream, KEYS[2] done channel, KEYS[3] the flight's end record;
+/// ARGV[1] token, ARGV[2] `c` (complete) or `f` (failed), ARGV[3] the
+/// encoded trailers, ARGV[4] how long the stream lasts now in ms, ARGV[5]
+/// message, ARGV[6] the publishing command.
+///
+/// The end record keeps the length, the end and the trailers under the
+/// flight's token as long as its pieces last, for a reader that reads the
+/// end after the key's next flight has replaced the stream (see `READ`).
 pub(super) static END: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('HGET', KEYS[1], 'k') ~= ARGV[1] then return 0 end
           redis.call('HSET', KEYS[1], 'e', ARGV[2], 't', ARGV[3])
           redis.call('PEXPIRE', KEYS[1], ARGV[4])
+          local n = redis.call('HGET', KEYS[1], 'n')
+          redis.call('HSET', KEYS[3], 'n', n, 'e', ARGV[2], 't', ARGV[3])
+          redis.call('PEXPIRE', KEYS[3], ARGV[4])
           redis.call(ARGV[6], KEYS[2], ARGV[5])
           return 1",
     )
 });
 
 /// KEYS[1] stream, KEYS[2] the piece to read (the stream's own name when
-/// the token is not known yet); ARGV[1] token (`''`: any), ARGV[2] the
-/// piece's index, ARGV[3] and ARGV[4] the first and last offset in it,
-/// ARGV[5] the size of a piece.
+/// the token is not known yet), KEYS[3] the end record of the token's
+/// flight (the stream's name again when the token is not known); ARGV[1]
+/// token (`''`: any), ARGV[2] the piece's index, ARGV[3] and ARGV[4] the
+/// first and last offset in it, ARGV[5] the size of a piece.
 /// Returns false if there is no such stream, else {token, length, first
 /// piece kept, end, trailers, head (when the token was not given), bytes,
 /// dropped}.
+///
+/// A flight's stream gives way to the next flight's for the key; a reader
+/// of the one before that has not read its end yet finds it in the flight's
+/// end record, with the pieces it still lacks (they last as long).
 pub(super) static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local s = redis.call('HMGET', KEYS[1], 'k', 'n', 'f', 'e', 't', 'h')
-          if not s[1] then return false end
           if ARGV[1] == '' then
+            if not s[1] then return false end
             local dropped = 0
             if tonumber(ARGV[2]) < tonumber(s[3]) then dropped = 1 end
             return {s[1], s[2], s[3], s[4] or '', s[5] or '', s[6], '', dropped}
           end
-          if s[1] ~= ARGV[1] then return false end
+          if s[1] ~= ARGV[1] then
+            local r = redis.call('HMGET', KEYS[3], 'n', 'e', 't')
+            if not r[1] then return false end
+            s = {ARGV[1], r[1], '0', r[2], r[3]}
+          end
           local bytes = ''
           local dropped = 0
           if tonumber(ARGV[2]) < tonumber(s[3]) then
@@ -127,6 +143,11 @@ impl Names {
     /// Piece `n` of the stream of the flight holding `token`.
     pub(super) fn piece(&self, token: &str, n: u64) -> String {
         self.name(&format!("b:{token}:{n}"))
+    }
+
+    /// How the stream of the flight holding `token` ended.
+    pub(super) fn ended(&self, token: &str) -> String {
+        self.name(&format!("b:{token}:e"))
     }
 }
 
@@ -259,6 +280,7 @@ impl Streams for RedisBackend {
             let _: i64 = END
                 .key(names.stream())
                 .key(names.done())
+                .key(names.ended(token.as_str()))
                 .arg(token.as_str())
                 .arg(code)
                 .arg(trailers.as_ref())
@@ -285,13 +307,14 @@ impl Streams for RedisBackend {
             let piece = from / PIECE;
             let start = from % PIECE;
             let last = (start + max.max(1) as u64).min(PIECE) - 1;
-            let piece_name = match token {
-                Some(token) => names.piece(token, piece),
-                None => names.stream(),
+            let (piece_name, ended) = match token {
+                Some(token) => (names.piece(token, piece), names.ended(token)),
+                None => (names.stream(), names.stream()),
             };
             let read: Option<Read> = READ
                 .key(names.stream())
                 .key(piece_name)
+                .key(ended)
                 .arg(token.unwrap_or(""))
                 .arg(piece)
                 .arg(start)
