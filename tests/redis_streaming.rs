@@ -542,3 +542,33 @@ async fn redis_holds_a_window_of_an_answer_too_large_to_store_and_a_late_instanc
     assert_eq!(origin.calls(), 2);
     assert_eq!(a.stats().stored + b.stats().stored + c.stats().stored, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leading_instances_caller_going_away_mid_body_holds_no_other_instance_back() {
+    let Midway {
+        _server,
+        origin,
+        a,
+        b,
+        expected,
+        leading,
+        tap,
+        waiting,
+        first,
+        ..
+    } = midway("\"v1\"").await;
+    // The caller in the leading instance goes away mid-body: its flight
+    // reads the origin on, for B and for the store.
+    drop(leading);
+    for chunk in expected[100_000..].chunks(64 << 10) {
+        tap.send(chunk).await;
+    }
+    drop(tap);
+    let mut whole = first;
+    whole.extend_from_slice(&rest(waiting).await.expect("B's body whole"));
+    assert!(whole == expected, "every byte once, in order");
+    until(&a, "A's flight to end", |_| a.flights_in_progress() == 0).await;
+    until(&b, "B's flight to end", |_| b.flights_in_progress() == 0).await;
+    assert_eq!(a.stats().stored, 1, "whole and small enough: stored");
+    assert_eq!(origin.calls(), 1);
+}
