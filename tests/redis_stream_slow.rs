@@ -151,7 +151,8 @@ async fn a_reader_behind_reads_its_streams_end_after_a_new_flight_opened_the_nex
     };
     let (a, a_addr) = instance(server.url()).await;
     let (b, b_addr) = instance(relay.url()).await;
-    let _stats = support::StatsOnPanic(&[a.clone(), b.clone()]);
+    let layers = [a.clone(), b.clone()];
+    let _stats = support::StatsOnPanic(&layers);
     let expected = answer(LEN);
 
     let leading = request(&client(), a_addr, HOST).await;
