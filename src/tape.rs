@@ -140,6 +140,13 @@ impl Tape {
         self.grew.notify_waiters();
     }
 
+    /// The chunks appended so far, if the tape still holds them all (each
+    /// shared, not copied).
+    pub(crate) fn chunks_from_start(&self) -> Option<Vec<Bytes>> {
+        let reel = self.reel();
+        (reel.first == 0).then(|| reel.chunks.iter().cloned().collect())
+    }
+
     /// The whole body, joined, and the trailers, once the tape is complete
     /// and still holds all of it.
     pub(crate) fn joined(&self) -> Option<(Bytes, Option<HeaderMap>)> {

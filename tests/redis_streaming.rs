@@ -572,3 +572,94 @@ async fn the_leading_instances_caller_going_away_mid_body_holds_no_other_instanc
     assert_eq!(a.stats().stored, 1, "whole and small enough: stored");
     assert_eq!(origin.calls(), 1);
 }
+
+/// An origin for `/report` whose first `with_head` bytes are there with its
+/// head (as when they came in the same read), and whose rest comes as the
+/// test sends it through the sender it leaves in `feed`; with a
+/// `Content-Length` of `len` if given.
+fn origin_with_bytes_at_the_head(
+    with_head: bytes::Bytes,
+    len: Option<usize>,
+    feed: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Chunk>>>>,
+) -> impl tower::Service<
+    http::Request<http_body_util::Full<bytes::Bytes>>,
+    Response = http::Response<ReportBody>,
+    Error = tower_coalesce::BoxError,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(
+        move |_req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+            *feed.lock().unwrap() = Some(tx);
+            let first = futures_util::stream::once(std::future::ready(Ok(http_body::Frame::data(
+                with_head.clone(),
+            ))));
+            let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk, rx))
+            });
+            let body = ReportBody::new(http_body_util::StreamBody::new(
+                futures_util::StreamExt::chain(first, rest),
+            ));
+            let mut res = http::Response::builder().header("cache-control", "max-age=60");
+            if let Some(len) = len {
+                res = res.header("content-length", len);
+            }
+            std::future::ready(Ok(res.body(body).unwrap()))
+        },
+    )
+}
+
+type Chunk = Result<http_body::Frame<bytes::Bytes>, tower_coalesce::BoxError>;
+type ReportBody =
+    http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, tower_coalesce::BoxError>;
+
+/// A leads an answer whose first bytes come with its head; B waits on A's
+/// lease and must get every byte, those first ones included.
+async fn bytes_with_the_head_reach_the_waiting_instance(declared: bool) {
+    use http_body_util::BodyExt;
+    use tower::{Layer, ServiceExt};
+    const LEN: usize = 300_000;
+    let expected = answer(LEN);
+    let feed = std::sync::Arc::default();
+    let origin = origin_with_bytes_at_the_head(
+        bytes::Bytes::copy_from_slice(&expected[..1000]),
+        declared.then_some(LEN),
+        std::sync::Arc::clone(&feed),
+    );
+    let server = RedisServer::start();
+    let a =
+        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
+    let b =
+        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
+    let (a_svc, b_svc) = (a.layer(origin.clone()), b.layer(origin));
+
+    let leading = tokio::spawn(a_svc.oneshot(support::get("/report")));
+    until(&a, "A at the origin", |_| feed.lock().unwrap().is_some()).await;
+    let waiting = tokio::spawn(b_svc.oneshot(support::get("/report")));
+    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    let tx = feed.lock().unwrap().take().unwrap();
+    for chunk in expected[1000..].chunks(64 << 10) {
+        let frame = http_body::Frame::data(bytes::Bytes::copy_from_slice(chunk));
+        tx.send(Ok(frame)).await.unwrap();
+    }
+    drop(tx);
+    for (name, res) in [("A", leading), ("B", waiting)] {
+        let res = res.await.unwrap().unwrap();
+        let body = res.into_body().collect().await;
+        let body = body.unwrap_or_else(|e| panic!("{name}'s body failed: {e}"));
+        assert!(body.to_bytes() == expected[..], "{name} got every byte");
+    }
+    assert_eq!(b.stats().remote_waits, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_came_with_the_head_reach_the_waiting_instance_with_a_length() {
+    bytes_with_the_head_reach_the_waiting_instance(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_came_with_the_head_reach_the_waiting_instance_without_a_length() {
+    bytes_with_the_head_reach_the_waiting_instance(false).await;
+}

@@ -56,6 +56,22 @@ impl<B: OriginBody> Pump<B> {
         let window = config.stream_window.max(limit);
         let mut closed = false;
         let mut trailers = None;
+        // What came with the head is on the tape already: the stream the
+        // other instances read starts with it (and is not written at all
+        // without it).
+        match (&mut publisher, tape.chunks_from_start()) {
+            (Some(publisher), Some(held)) => {
+                let mut due = false;
+                for chunk in &held {
+                    due |= publisher.add(chunk);
+                }
+                if due {
+                    publisher.flush(shared, &streamed).await;
+                }
+            }
+            (Some(_), None) => publisher = None,
+            (None, _) => {}
+        }
         // A body that stops arriving fails, rather than hold every caller.
         let idle = config.wait_timeout;
         let failure = loop {
