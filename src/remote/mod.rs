@@ -9,15 +9,16 @@
 //! leaves a lease that ends without a message. A backend that fails or is
 //! slow turns the flight into a process-local one; it never fails a request.
 
-use crate::backend::{Completed, Completion, LeaseToken, Notice, TryLock};
-use crate::backend_call::{bounded, optional, required, Op, Unavailable};
+mod held;
+
+pub(crate) use held::{complete, with_watchdog, Held};
+
+use crate::backend::{Completion, LeaseToken, Notice, TryLock};
+use crate::backend_call::{optional, Op, Unavailable};
 use crate::shared::Shared;
 use crate::stats::bump;
-use crate::{Backend, Entry, Found, Key};
-use std::future::Future;
-use std::sync::Arc;
+use crate::{Entry, Found, Key};
 use std::time::{Duration, SystemTime};
-use tokio_util::task::TaskTracker;
 
 /// The outcome of trying to lead a key across processes.
 pub(crate) enum Elected {
@@ -47,11 +48,6 @@ pub(crate) enum Elected {
     /// Another process's flight is streaming its answer: follow it with
     /// this watch, from this read of its head.
     Streaming(crate::backend::Watch, crate::backend::StreamRead),
-}
-
-/// How often a held lease is renewed, and how often a waiter looks again.
-fn renew_every(lease: Duration) -> Duration {
-    (lease / 3).max(Duration::from_millis(1))
 }
 
 pub(crate) async fn elect<E>(
@@ -92,16 +88,17 @@ pub(crate) async fn elect<E>(
     // stored, the lookup after subscribing finds them; only an unstored
     // server error can go by, and costs its origin call again.)
     let listen_first = !config.stores();
-    // A subscription's watch; `None` (reported) when this flight leads
-    // without a lease instead.
-    let watched = |subscribed: Result<Option<crate::backend::Watch>, Unavailable>| {
+    // The key's watch; `None` (reported) when this flight leads without a
+    // lease instead.
+    let subscribe = || async {
+        let subscribed = optional(shared, Op::Watch, |b| b.watch(key)).await;
         subscribed.unwrap_or_else(|unavailable| {
             degrade("subscribing", unavailable);
             None
         })
     };
     let early = if listen_first {
-        let Some(watch) = watched(optional(shared, Op::Watch, |b| b.watch(key)).await) else {
+        let Some(watch) = subscribe().await else {
             return Elected::Lead(None);
         };
         Some(watch)
@@ -123,7 +120,7 @@ pub(crate) async fn elect<E>(
     // between is found by the lookup, one completed after it wakes the watch.
     let watch = match early {
         Some(watch) => Some(watch),
-        None => watched(optional(shared, Op::Watch, |b| b.watch(key)).await),
+        None => subscribe().await,
     };
     let Some(mut watch) = watch else {
         return Elected::Lead(None);
@@ -276,126 +273,6 @@ async fn stream_head<E>(shared: &Shared<E>, key: &Key) -> Option<crate::backend:
                 tokio::time::sleep(wait).await;
                 wait *= 2;
             }
-        }
-    }
-}
-
-/// Runs `work` while renewing the lease every lease/3. A renewal that fails
-/// is observed and counted: the work goes on (its callers still want the
-/// answer), and the owner check in `complete` keeps it from touching a
-/// successor's lease or value.
-pub(crate) async fn with_watchdog<E, T>(
-    shared: &Shared<E>,
-    key: &Key,
-    token: &LeaseToken,
-    work: impl Future<Output = T>,
-) -> (T, bool) {
-    let config = &shared.config;
-    let lost = std::sync::atomic::AtomicBool::new(false);
-    let watchdog = async {
-        let mut tick = tokio::time::interval(renew_every(config.lease));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            match required(shared, Op::Renew, |b| b.renew(key, token, config.lease)).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    bump(&shared.counters.lease_lost);
-                    lost.store(true, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(
-                        key = %key.fingerprint(),
-                        "lease lost while the origin call ran; another instance may lead now"
-                    );
-                    return std::future::pending::<()>().await;
-                }
-                Err(error) => {
-                    bump(&shared.counters.backend_errors);
-                    tracing::warn!(key = %key.fingerprint(), %error, "lease renewal failed; trying again");
-                }
-            }
-        }
-    };
-    let out = tokio::select! {
-        out = work => out,
-        _ = watchdog => unreachable!("the watchdog never ends"),
-    };
-    (out, lost.into_inner())
-}
-
-/// A held lease that is released if its flight is dropped before completing
-/// (cancelled, or ended at the wait timeout): the waiting processes are told
-/// at once instead of waiting for the lease to run out.
-pub(crate) struct Held {
-    release: Option<(Arc<dyn Backend>, Key, LeaseToken, Duration)>,
-    /// The layer's tasks: a layer shutting down waits for the release.
-    tasks: TaskTracker,
-}
-
-impl Held {
-    pub(crate) fn new<E>(shared: &Shared<E>, key: &Key, token: &LeaseToken) -> Self {
-        let config = &shared.config;
-        Self {
-            release: Some((
-                config.backend.clone(),
-                key.clone(),
-                token.clone(),
-                config.backend_timeout,
-            )),
-            tasks: shared.tasks.tracker(),
-        }
-    }
-
-    /// The flight completed (or tried to): nothing to release.
-    pub(crate) fn disarm(mut self) {
-        self.release = None;
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let Some((backend, key, token, limit)) = self.release.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let release = async move {
-            // Owner-checked: a lease that moved on is left alone.
-            let release = backend.complete(&key, &token, Completion::Released);
-            if let Err(error) = bounded(limit, release).await {
-                tracing::warn!(key = %key.fingerprint(), %error, "releasing an abandoned lease failed; it runs out by itself");
-            }
-        };
-        self.tasks.spawn_on(release, &runtime);
-    }
-}
-
-/// Ends a leased flight as `completion` says, wakes the waiting processes
-/// and releases the lease, in one step, only if the lease is still ours.
-pub(crate) async fn complete<E>(
-    shared: &Shared<E>,
-    key: &Key,
-    token: &LeaseToken,
-    completion: Completion,
-    counted_lost: bool,
-) {
-    let stored = matches!(completion, Completion::Stored { .. });
-    match required(shared, Op::Complete, |b| b.complete(key, token, completion)).await {
-        Ok(Completed::Done) if stored => bump(&shared.counters.stored),
-        Ok(Completed::Done | Completed::NotStored) => {}
-        Ok(Completed::Lost) => {
-            // Once per lost lease: the watchdog may have counted it already.
-            if !counted_lost {
-                bump(&shared.counters.lease_lost);
-            }
-            tracing::warn!(
-                key = %key.fingerprint(),
-                "lease lost before completion; the answer went to local callers only"
-            );
-        }
-        Err(error) => {
-            bump(&shared.counters.backend_errors);
-            tracing::warn!(key = %key.fingerprint(), %error, "completing the flight failed; waiters take over after the lease");
         }
     }
 }
