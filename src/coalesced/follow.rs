@@ -118,16 +118,7 @@ where
             return Next::Answer(followed(shared, since, res, Outcome::Stale, ttl));
         }
         Some(Landing::Done(entry) | Landing::Varied(entry, _)) => {
-            // The flight found a stale answer, and is refreshing it.
-            let outcome = if entry.is_stale() {
-                bump(&shared.counters.stale);
-                Outcome::Stale
-            } else {
-                Outcome::Follower
-            };
-            let ttl = (outcome == Outcome::Stale)
-                .then(|| entry.ttl_secs())
-                .flatten();
+            let (outcome, ttl) = crate::fly::waited_for(shared, entry);
             let mut res = answer(call, entry);
             if refused && outcome == Outcome::Follower {
                 let forwarded = Forwarded {

@@ -70,25 +70,34 @@ pub(crate) fn rescued_answer<E, B>(
     res
 }
 
-/// The answer another instance's flight brought this flight's caller: a
-/// stale one (it stood in for that origin's failure, or was stored while
-/// refreshed) said to be stale, as to a local follower of such a flight.
+/// How a caller that waited on a flight gets its answer `entry`: `Stale`
+/// (counted), with its ttl, when the answer is stale — it stood in for the
+/// origin's failure, or is being refreshed — else `Follower`.
+pub(crate) fn waited_for<E>(shared: &Shared<E>, entry: &Entry) -> (Outcome, Option<i64>) {
+    if !entry.is_stale() {
+        return (Outcome::Follower, None);
+    }
+    bump(&shared.counters.stale);
+    (Outcome::Stale, entry.ttl_secs())
+}
+
+/// The answer another instance's flight brought this flight's caller,
+/// marked as a local follower of that flight's answer would be.
 fn remote_answer<E, B>(
     shared: &Shared<E>,
     asked: &Asked,
     entry: &Entry,
 ) -> (http::Response<crate::CoalesceBody<B>>, Outcome) {
     let mut res = asked.answer(entry);
-    if !entry.is_stale() {
-        return (res, Outcome::Follower);
+    let (outcome, ttl) = waited_for(shared, entry);
+    if outcome == Outcome::Stale {
+        let forwarded = Forwarded {
+            ttl,
+            ..Forwarded::default()
+        };
+        forwarded.note(&mut res, shared.marks.as_deref());
     }
-    bump(&shared.counters.stale);
-    let forwarded = Forwarded {
-        ttl: entry.ttl_secs(),
-        ..Forwarded::default()
-    };
-    forwarded.note(&mut res, shared.marks.as_deref());
-    (res, Outcome::Stale)
+    (res, outcome)
 }
 
 /// How a flight's work ended.
