@@ -576,11 +576,13 @@ async fn the_leading_instances_caller_going_away_mid_body_holds_no_other_instanc
 /// An origin for `/report` whose first `with_head` bytes are there with its
 /// head (as when they came in the same read), and whose rest comes as the
 /// test sends it through the sender it leaves in `feed`; with a
-/// `Content-Length` of `len` if given.
+/// `Content-Length` of `len` if given. With a `gate`, each call sends its
+/// head once it takes a permit.
 fn origin_with_bytes_at_the_head(
     with_head: bytes::Bytes,
     len: Option<usize>,
     feed: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Chunk>>>>,
+    gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 ) -> impl tower::Service<
     http::Request<http_body_util::Full<bytes::Bytes>>,
     Response = http::Response<ReportBody>,
@@ -593,9 +595,9 @@ fn origin_with_bytes_at_the_head(
         move |_req: http::Request<http_body_util::Full<bytes::Bytes>>| {
             let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(1);
             *feed.lock().unwrap() = Some(tx);
-            let first = futures_util::stream::once(std::future::ready(Ok(http_body::Frame::data(
-                with_head.clone(),
-            ))));
+            let first = futures_util::stream::iter(
+                (!with_head.is_empty()).then(|| Ok(http_body::Frame::data(with_head.clone()))),
+            );
             let rest = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|chunk| (chunk, rx))
             });
@@ -606,7 +608,13 @@ fn origin_with_bytes_at_the_head(
             if let Some(len) = len {
                 res = res.header("content-length", len);
             }
-            std::future::ready(Ok(res.body(body).unwrap()))
+            let gate = gate.clone();
+            async move {
+                if let Some(gate) = gate {
+                    gate.acquire().await.unwrap().forget();
+                }
+                Ok(res.body(body).unwrap())
+            }
         },
     )
 }
@@ -627,6 +635,7 @@ async fn bytes_with_the_head_reach_the_waiting_instance(declared: bool) {
         bytes::Bytes::copy_from_slice(&expected[..1000]),
         declared.then_some(LEN),
         std::sync::Arc::clone(&feed),
+        None,
     );
     let server = RedisServer::start();
     let a =
@@ -662,4 +671,58 @@ async fn bytes_that_came_with_the_head_reach_the_waiting_instance_with_a_length(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_that_came_with_the_head_reach_the_waiting_instance_without_a_length() {
     bytes_with_the_head_reach_the_waiting_instance(false).await;
+}
+
+/// An answer longer than one write's batch cannot travel in its completion
+/// message: its stream opens with its head, so a waiting instance's callers
+/// have the head before the origin has sent a byte of the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_instance_has_a_long_answers_head_before_its_first_byte() {
+    use http_body_util::BodyExt;
+    use tower::{Layer, ServiceExt};
+    const LEN: usize = 1 << 20;
+    let expected = answer(LEN);
+    let feed = std::sync::Arc::default();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let origin = origin_with_bytes_at_the_head(
+        bytes::Bytes::new(),
+        Some(LEN),
+        std::sync::Arc::clone(&feed),
+        Some(std::sync::Arc::clone(&gate)),
+    );
+    let server = RedisServer::start();
+    let a =
+        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
+    let b =
+        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
+    let (a_svc, b_svc) = (a.layer(origin.clone()), b.layer(origin));
+
+    let leading = tokio::spawn(a_svc.oneshot(support::get("/report")));
+    until(&a, "A at the origin", |_| feed.lock().unwrap().is_some()).await;
+    let waiting = tokio::spawn(b_svc.oneshot(support::get("/report")));
+    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    // The head, and not a byte of the body.
+    gate.add_permits(1);
+    let waiting = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("B's caller has the head while the origin holds the whole body")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        waiting.headers()["content-length"],
+        LEN.to_string().as_str()
+    );
+    let tx = feed.lock().unwrap().take().unwrap();
+    for chunk in expected.chunks(64 << 10) {
+        let frame = http_body::Frame::data(bytes::Bytes::copy_from_slice(chunk));
+        tx.send(Ok(frame)).await.unwrap();
+    }
+    drop(tx);
+    let leading = leading.await.unwrap().unwrap();
+    for (name, res) in [("A", leading), ("B", waiting)] {
+        let body = res.into_body().collect().await;
+        let body = body.unwrap_or_else(|e| panic!("{name}'s body failed: {e}"));
+        assert!(body.to_bytes() == expected[..], "{name} got every byte");
+    }
+    assert_eq!(b.stats().remote_waits, 1);
 }

@@ -61,6 +61,7 @@ impl<B: OriginBody> Pump<B> {
         // without it).
         match (&mut publisher, tape.chunks_from_start()) {
             (Some(publisher), Some(held)) => {
+                publisher.open_if_long(shared, &streamed).await;
                 let mut due = false;
                 for chunk in &held {
                     due |= publisher.add(chunk);

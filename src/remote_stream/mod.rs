@@ -5,7 +5,9 @@
 //!
 //! Publishing waits until the body has been arriving for a moment (5 ms, or
 //! 64 KiB): an answer that is whole by then travels in its completion as
-//! before, and costs no stream. Then one write per 5 ms or 64 KiB,
+//! before, and costs no stream. An answer whose head declares more than
+//! 64 KiB cannot be whole by then: its stream opens with its head, and its
+//! first bytes are written as they come. Then one write per 5 ms or 64 KiB,
 //! whichever comes first. A reader reads what it lacks by offset, woken by
 //! the stream's messages and looking again once per lease third, so a lost
 //! message costs latency, never bytes. Nothing here ever serves bytes of
@@ -78,7 +80,8 @@ impl Publisher {
         }
     }
 
-    /// Takes a chunk of the body; true if a write is due now.
+    /// Takes a chunk of the body; true if a write is due now: a batch is
+    /// full, or these are the first bytes of a stream opened with its head.
     pub(crate) fn add(&mut self, chunk: &Bytes) -> bool {
         if self.off {
             return false;
@@ -87,13 +90,58 @@ impl Publisher {
             .get_or_insert_with(|| Instant::now() + BATCH_DELAY);
         self.pending.extend_from_slice(chunk);
         // While writes fail, the next try waits its turn, however much
-        // comes meanwhile.
-        self.failing.is_none() && self.pending.len() >= BATCH
+        // comes meanwhile. Batches end on multiples of a batch, so that a
+        // stream whose first bytes went alone still writes and reads its
+        // pieces (multiples of a batch) whole.
+        let batched = self.sent as usize % BATCH + self.pending.len() >= BATCH;
+        self.failing.is_none() && (batched || self.opened && self.sent == 0)
     }
 
     /// When the bytes waiting must be written, if any wait.
     pub(crate) fn due(&self) -> Option<Instant> {
         self.due_at.filter(|_| !self.off)
+    }
+
+    /// Opens the stream at once, with the head, if the body is declared
+    /// longer than a batch: such an answer cannot travel in its completion
+    /// message, and the other instances' callers then have its head before
+    /// its body comes, and its first bytes as soon as they come (see
+    /// [`add`](Self::add)).
+    pub(crate) async fn open_if_long<E>(&mut self, shared: &Shared<E>, streamed: &Streamed) {
+        if streamed
+            .tape
+            .declared()
+            .is_some_and(|len| len > BATCH as u64)
+        {
+            self.open(shared, streamed).await;
+        }
+    }
+
+    /// Opens the stream; false if it was not opened (and publishing is
+    /// given up).
+    async fn open<E>(&mut self, shared: &Shared<E>, streamed: &Streamed) -> bool {
+        if self.off {
+            return false;
+        }
+        let (key, token, head) = (&self.key, &self.token, &streamed.head);
+        let lease = shared.config.lease;
+        match optional(shared, Op::OpenStream, |b| {
+            b.open_stream(key, token, head, lease)
+        })
+        .await
+        {
+            Ok(true) => self.opened = true,
+            Ok(false) => self.off = true,
+            Err(unavailable) => {
+                unavailable.report(
+                    &shared.counters,
+                    "opening the answer's stream",
+                    "other instances get the answer when it is complete",
+                );
+                self.off = true;
+            }
+        }
+        self.opened
     }
 
     /// Writes what waits, opening the stream first if it is not open.
@@ -102,30 +150,10 @@ impl Publisher {
         if self.off || self.pending.is_empty() {
             return;
         }
-        let lease = shared.config.lease;
-        if !self.opened {
-            let (key, token, head) = (&self.key, &self.token, &streamed.head);
-            match optional(shared, Op::OpenStream, |b| {
-                b.open_stream(key, token, head, lease)
-            })
-            .await
-            {
-                Ok(true) => self.opened = true,
-                Ok(false) => {
-                    self.off = true;
-                    return;
-                }
-                Err(unavailable) => {
-                    unavailable.report(
-                        &shared.counters,
-                        "opening the answer's stream",
-                        "other instances get the answer when it is complete",
-                    );
-                    self.off = true;
-                    return;
-                }
-            }
+        if !self.opened && !self.open(shared, streamed).await {
+            return;
         }
+        let lease = shared.config.lease;
         let bytes = self.pending.split().freeze();
         let len = bytes.len() as u64;
         let bounds = (lease, window(shared));
