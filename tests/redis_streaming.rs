@@ -581,7 +581,7 @@ async fn the_leading_instances_caller_going_away_mid_body_holds_no_other_instanc
 fn origin_with_bytes_at_the_head(
     with_head: bytes::Bytes,
     len: Option<usize>,
-    feed: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Chunk>>>>,
+    feed: Feed,
     gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 ) -> impl tower::Service<
     http::Request<http_body_util::Full<bytes::Bytes>>,
@@ -620,13 +620,43 @@ fn origin_with_bytes_at_the_head(
 }
 
 type Chunk = Result<http_body::Frame<bytes::Bytes>, tower_coalesce::BoxError>;
+type Feed = std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Chunk>>>>;
+
+/// Two instances, A and B, each a layer with its own connection to `server`.
+async fn two_instances(server: &RedisServer) -> [CoalesceLayer; 2] {
+    let a = RedisBackend::connect(server.url()).await.unwrap();
+    let b = RedisBackend::connect(server.url()).await.unwrap();
+    [a, b].map(|backend| CoalesceLayer::new(config().backend(backend)))
+}
+
+/// Sends `rest` as the origin's body, in 64 KiB chunks, and ends it.
+async fn send_rest(feed: &Feed, rest: &[u8]) {
+    let tx = feed.lock().unwrap().take().unwrap();
+    for chunk in rest.chunks(64 << 10) {
+        let frame = http_body::Frame::data(bytes::Bytes::copy_from_slice(chunk));
+        tx.send(Ok(frame)).await.unwrap();
+    }
+}
+
+/// Each named response's body is `expected`, whole.
+async fn every_byte<B>(responses: [(&str, http::Response<B>); 2], expected: &[u8])
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    for (name, res) in responses {
+        let body = res.into_body().collect().await;
+        let body = body.unwrap_or_else(|e| panic!("{name}'s body failed: {e}"));
+        assert!(body.to_bytes() == expected, "{name} got every byte");
+    }
+}
 type ReportBody =
     http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, tower_coalesce::BoxError>;
 
 /// A leads an answer whose first bytes come with its head; B waits on A's
 /// lease and must get every byte, those first ones included.
 async fn bytes_with_the_head_reach_the_waiting_instance(declared: bool) {
-    use http_body_util::BodyExt;
     use tower::{Layer, ServiceExt};
     const LEN: usize = 300_000;
     let expected = answer(LEN);
@@ -638,28 +668,19 @@ async fn bytes_with_the_head_reach_the_waiting_instance(declared: bool) {
         None,
     );
     let server = RedisServer::start();
-    let a =
-        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
-    let b =
-        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
+    let [a, b] = two_instances(&server).await;
     let (a_svc, b_svc) = (a.layer(origin.clone()), b.layer(origin));
 
     let leading = tokio::spawn(a_svc.oneshot(support::get("/report")));
     until(&a, "A at the origin", |_| feed.lock().unwrap().is_some()).await;
     let waiting = tokio::spawn(b_svc.oneshot(support::get("/report")));
     until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
-    let tx = feed.lock().unwrap().take().unwrap();
-    for chunk in expected[1000..].chunks(64 << 10) {
-        let frame = http_body::Frame::data(bytes::Bytes::copy_from_slice(chunk));
-        tx.send(Ok(frame)).await.unwrap();
-    }
-    drop(tx);
-    for (name, res) in [("A", leading), ("B", waiting)] {
-        let res = res.await.unwrap().unwrap();
-        let body = res.into_body().collect().await;
-        let body = body.unwrap_or_else(|e| panic!("{name}'s body failed: {e}"));
-        assert!(body.to_bytes() == expected[..], "{name} got every byte");
-    }
+    send_rest(&feed, &expected[1000..]).await;
+    let (leading, waiting) = (
+        leading.await.unwrap().unwrap(),
+        waiting.await.unwrap().unwrap(),
+    );
+    every_byte([("A", leading), ("B", waiting)], &expected).await;
     assert_eq!(b.stats().remote_waits, 1);
 }
 
@@ -678,7 +699,6 @@ async fn bytes_that_came_with_the_head_reach_the_waiting_instance_without_a_leng
 /// have the head before the origin has sent a byte of the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_instance_has_a_long_answers_head_before_its_first_byte() {
-    use http_body_util::BodyExt;
     use tower::{Layer, ServiceExt};
     const LEN: usize = 1 << 20;
     let expected = answer(LEN);
@@ -691,10 +711,7 @@ async fn a_waiting_instance_has_a_long_answers_head_before_its_first_byte() {
         Some(std::sync::Arc::clone(&gate)),
     );
     let server = RedisServer::start();
-    let a =
-        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
-    let b =
-        CoalesceLayer::new(config().backend(RedisBackend::connect(server.url()).await.unwrap()));
+    let [a, b] = two_instances(&server).await;
     let (a_svc, b_svc) = (a.layer(origin.clone()), b.layer(origin));
 
     let leading = tokio::spawn(a_svc.oneshot(support::get("/report")));
@@ -712,17 +729,8 @@ async fn a_waiting_instance_has_a_long_answers_head_before_its_first_byte() {
         waiting.headers()["content-length"],
         LEN.to_string().as_str()
     );
-    let tx = feed.lock().unwrap().take().unwrap();
-    for chunk in expected.chunks(64 << 10) {
-        let frame = http_body::Frame::data(bytes::Bytes::copy_from_slice(chunk));
-        tx.send(Ok(frame)).await.unwrap();
-    }
-    drop(tx);
+    send_rest(&feed, &expected).await;
     let leading = leading.await.unwrap().unwrap();
-    for (name, res) in [("A", leading), ("B", waiting)] {
-        let body = res.into_body().collect().await;
-        let body = body.unwrap_or_else(|e| panic!("{name}'s body failed: {e}"));
-        assert!(body.to_bytes() == expected[..], "{name} got every byte");
-    }
+    every_byte([("A", leading), ("B", waiting)], &expected).await;
     assert_eq!(b.stats().remote_waits, 1);
 }
