@@ -446,3 +446,53 @@ async fn trailers_of_a_streamed_answer_reach_every_caller_at_its_end_and_decide_
     }
     assert_eq!(origin.calls(), 2);
 }
+
+/// A purge that drops an answer while its body streams — here by tag,
+/// which names no flight — takes the flight from callers that come after
+/// it: they start a new flight, as they may not be answered from the old
+/// one, rather than join it again and again (before, they did, in a loop
+/// that never yielded, and the process served nothing more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_after_a_purge_that_drops_a_streaming_answer_start_a_new_flight() {
+    const LEN: usize = 300_000;
+    let mut headers = cacheable(LEN);
+    headers.push(("surrogate-key", "t".to_owned()));
+    let mut origin = Origin::new(&headers);
+    let layer = CoalesceLayer::new(
+        CoalesceConfig::new()
+            .ttl(Duration::from_secs(60))
+            .tag_header(http::HeaderName::from_static("surrogate-key"))
+            .outcome_header("x-coalesce"),
+    );
+    let addr = serve(&origin, &layer).await;
+    let client = client();
+    let expected = answer(LEN);
+
+    let mut first = request(&client, addr, &[]).await;
+    let tap = origin.tap().await;
+    tap.send(&expected[..1000]).await;
+    assert_eq!(
+        read_at_least(first.body_mut(), 1000).await,
+        expected[..1000]
+    );
+    layer.purger().purge_tag("t").await.unwrap();
+
+    let later = tokio::spawn({
+        let client = client.clone();
+        async move { request(&client, addr, &[]).await }
+    });
+    let again = tokio::time::timeout(Duration::from_secs(10), origin.tap())
+        .await
+        .expect("the request after the purge calls the origin itself");
+    for (tap, from) in [(&tap, 1000), (&again, 0)] {
+        for chunk in expected[from..].chunks(64 << 10) {
+            tap.send(chunk).await;
+        }
+    }
+    drop((tap, again));
+    let later = later.await.unwrap();
+    assert_eq!(later.headers()["x-coalesce"], "leader");
+    assert!(rest(later).await.unwrap() == expected[..]);
+    assert!(rest(first).await.unwrap() == expected[1000..]);
+    assert_eq!(origin.calls(), 2);
+}

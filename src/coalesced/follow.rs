@@ -70,7 +70,7 @@ where
         Some(Landing::Done(entry) | Landing::Varied(entry, _) | Landing::Rescued(entry, _))
             if purged_before(shared, call, entry, *joined) =>
         {
-            rerun(shared, call, joined)
+            rerun(shared, call, joined, None)
         }
         // Asked with other values of a header the answer varies on.
         Some(Landing::Streaming(streamed))
@@ -85,7 +85,7 @@ where
         Some(Landing::Streaming(streamed))
             if purged_before(shared, call, &streamed.head, *joined) =>
         {
-            rerun(shared, call, joined)
+            rerun(shared, call, joined, Some(streamed))
         }
         Some(Landing::Streaming(streamed)) => {
             let res = match streamed.whole.get() {
@@ -197,11 +197,14 @@ pub(super) fn while_refreshed<'e, S, ReqBody>(
 }
 
 /// A follower whose flight's answer was purged before it joined: a new
-/// flight, as of the purges known now.
+/// flight, as of the purges known now. A flight still streaming
+/// (`streaming`) is in the table still: it is taken out first, or this
+/// follower would join it again, and again.
 fn rerun<S, E, ReqBody, ResBody>(
     shared: &Arc<Shared<E>>,
     call: &mut Option<(Request<ReqBody>, S)>,
     joined: &mut crate::PurgePosition,
+    streaming: Option<&Arc<crate::flight::Streamed>>,
 ) -> State<ResBody, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
@@ -212,6 +215,15 @@ where
     tracing::debug!("the flight's answer was purged before this request joined; flying again");
     bump(&shared.counters.purge_reruns);
     *joined = shared.config.backend.purge_position();
+    if let Some(streamed) = streaming {
+        let key = call.as_ref().and_then(|(req, _)| {
+            let key = shared.key(req)?;
+            Some(crate::leader::variant_of(shared, key, req.headers()))
+        });
+        if let Some(key) = key {
+            shared.table.detach_stream(&key, streamed);
+        }
+    }
     rejoin(shared, call, false)
 }
 

@@ -187,6 +187,23 @@ impl FlightTable {
         before - flights.len()
     }
 
+    /// Takes the flight for `key` out of the table if it is the one whose
+    /// answer streams as `streamed`: a purge known here drops that answer,
+    /// so callers from now on must start a new flight, as
+    /// [`detach`](Self::detach) makes them for the purges this process
+    /// sends (a purge by tag, or one from another process, names no
+    /// flight). Its callers so far read on.
+    pub(crate) fn detach_stream(&self, key: &Key, streamed: &Arc<Streamed>) {
+        let mut flights = self.lock();
+        let same = flights.get(key).is_some_and(|flight| {
+            matches!(flight.slot.get(), Some(Some(Landing::Streaming(s))) if Arc::ptr_eq(s, streamed))
+        });
+        if same {
+            flights.remove(key);
+            self.meter.flights(flights.len());
+        }
+    }
+
     /// How many flights are under way.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
