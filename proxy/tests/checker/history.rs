@@ -1,7 +1,7 @@
 //! What a history recorded, and the checker that reads it: each promise of
 //! the cache is one function that lists the operations breaking it.
 
-use crate::origin::{Call, RESOURCES};
+use crate::origin::{filler, Call, RESOURCES};
 use crate::schedule::Fault;
 use std::time::Duration;
 
@@ -30,24 +30,33 @@ pub const STALE_SLACK: Duration = Duration::from_millis(1500);
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
-    /// From the body: `r<resource> v<version> m<made, µs>`.
+    /// From the body's first line: `r<resource> v<version> m<made, µs>`.
     pub resource: Option<usize>,
     pub version: u64,
     pub made: Duration,
     pub outcome: String,
+    /// The body's length.
+    pub len: usize,
+    /// Whether a `200`'s body is the one its first line names: as long as
+    /// that resource's, and, for a streamed one, its filler in place.
+    pub whole: bool,
 }
 
 impl Answer {
     /// Reads the origin's body.
-    pub fn parse(status: u16, outcome: String, body: &str) -> Self {
+    pub fn parse(status: u16, outcome: String, body: &[u8]) -> Self {
+        let line_len = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
+        let line = String::from_utf8_lossy(&body[..line_len]);
         let mut answer = Answer {
             status,
             resource: None,
             version: 0,
             made: Duration::ZERO,
             outcome,
+            len: body.len(),
+            whole: true,
         };
-        for part in body.split_whitespace() {
+        for part in line.split_whitespace() {
             let (kind, number) = part.split_at(1);
             match (kind, number.parse::<u64>()) {
                 ("r", Ok(n)) => answer.resource = usize::try_from(n).ok(),
@@ -55,6 +64,23 @@ impl Answer {
                 ("m", Ok(n)) => answer.made = Duration::from_micros(n),
                 _ => {}
             }
+        }
+        if status == 200 {
+            let size = answer
+                .resource
+                .and_then(|r| RESOURCES.get(r))
+                .map(|spec| spec.size);
+            answer.whole = match size {
+                Some(0) => line_len == body.len(),
+                Some(size) => {
+                    body.len() == size
+                        && body[line_len + 1..]
+                            .iter()
+                            .zip(line_len + 1..)
+                            .all(|(&b, at)| b == filler(at))
+                }
+                None => false,
+            };
         }
         answer
     }
@@ -124,6 +150,7 @@ impl History {
         self.purges_hold(&mut found);
         self.staleness_holds(&mut found);
         self.answers_match_requests(&mut found);
+        self.bodies_whole(&mut found);
         self.one_call_per_burst(&mut found);
         self.no_failure_outside_faults(&mut found);
         found
@@ -205,6 +232,26 @@ impl History {
         }
     }
 
+    /// A `200` that arrived whole is the whole answer, faults or not: a body
+    /// cut short must fail, never end as if complete.
+    fn bodies_whole(&self, found: &mut Vec<String>) {
+        for get in &self.gets {
+            let Ok(answer) = &get.result else { continue };
+            if !answer.whole {
+                found.push(format!(
+                    "cut body: instance {} answered r{} with {} bytes that ended cleanly, \
+                     not r{:?}'s answer ({}) at {:?}",
+                    get.instance,
+                    get.resource,
+                    answer.len,
+                    answer.resource,
+                    answer.outcome,
+                    get.start
+                ));
+            }
+        }
+    }
+
     /// Outside fault windows, a resource costs one origin call per
     /// freshness lifetime or purge: never two at once, and for long-lived
     /// answers never two within one lifetime.
@@ -270,4 +317,24 @@ impl History {
             }
         }
     }
+}
+
+#[test]
+fn a_streamed_body_cut_short_or_changed_is_not_whole() {
+    let size = RESOURCES[3].size;
+    let first = b"r3 v2 m1234\n";
+    let body: Vec<u8> = (0..size)
+        .map(|k| first.get(k).copied().unwrap_or_else(|| filler(k)))
+        .collect();
+    let parse = |status, body: &[u8]| Answer::parse(status, "follower".into(), body);
+    let whole = parse(200, &body);
+    assert!(whole.whole);
+    assert_eq!((whole.resource, whole.version), (Some(3), 2));
+    assert!(!parse(200, &body[..size - 1]).whole, "one byte short");
+    let mut changed = body.clone();
+    changed[size / 2] ^= 1;
+    assert!(!parse(200, &changed).whole, "one byte changed");
+    assert!(parse(503, &body[..10]).whole, "only a 200 is checked");
+    assert!(parse(200, b"r0 v1 m5").whole);
+    assert!(!parse(200, b"r0 v1 m5\nmore").whole);
 }

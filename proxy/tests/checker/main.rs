@@ -1,11 +1,12 @@
 //! A randomized, model-based fault test of the cache's promises, in the
 //! spirit of Jepsen's register checks: several `coalesce-proxy` processes
 //! share one Redis in front of a versioned origin; a random schedule of
-//! `GET` bursts, writes, purges by URL and tag, and faults (Redis restarted
-//! without persistence, `FLUSHALL`, Redis or an instance paused, every
-//! connection to Redis dropped through a relay, an instance killed and
-//! started again, the origin failing) runs against them; then the checker
-//! reads the history and lists every broken promise (see `history.rs`).
+//! `GET` bursts (one resource's answer streamed), writes, purges by URL and
+//! tag, and faults (Redis restarted without persistence, `FLUSHALL`, Redis
+//! or an instance paused, every connection to Redis dropped through a
+//! relay, an instance killed and started again, the origin failing) runs
+//! against them; then the checker reads the history and lists every broken
+//! promise (see `history.rs`).
 //!
 //! In CI it runs a few histories. At length, or against another build:
 //!
@@ -38,6 +39,11 @@ use std::time::Instant;
 /// - 7000278 (found after those fixes, in the first run of 1,000): a write
 ///   after `FLUSHALL` found the resource's presence mark gone and purged
 ///   nothing, while near caches kept what was filled before the reset.
+///
+/// (Seeds 12500003 and 12500013 found the streaming flight that a purge
+/// left in the table, in the first run with a streamed resource; they
+/// depend on timing, each finding it in about one run of three, so the
+/// defect's test is `tests/streaming.rs`'s instead.)
 const REGRESSIONS: &[u64] = &[418_264_001, 2000, 7_000_278];
 
 /// How many random histories CI runs on one server (each takes a few

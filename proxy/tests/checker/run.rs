@@ -388,11 +388,7 @@ impl Fleet {
                 .await
                 .map_err(|e| e.to_string())?
                 .to_bytes();
-            Ok(Answer::parse(
-                status,
-                outcome,
-                &String::from_utf8_lossy(&body),
-            ))
+            Ok(Answer::parse(status, outcome, &body))
         };
         let result = tokio::time::timeout(REQUEST_LIMIT, exchange)
             .await
