@@ -475,3 +475,57 @@ async fn the_tag_header_is_taken_off_bypassed_and_passed_answers_too() {
         assert!(!res.headers().contains_key("surrogate-key"), "{expected:?}");
     }
 }
+
+/// A tag purge that drops a stale answer while its refresh runs: callers
+/// after it may have neither the stale answer nor the refresh's (filled
+/// from data before the purge), so they start a new flight — rather than
+/// rejoin the refresh, be handed the purged stale answer, and go again, in
+/// a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_after_a_tag_purge_during_a_refresh_start_a_new_flight() {
+    use support::tap;
+    use tower_coalesce::{Freshness, OriginFreshness};
+    let headers = [
+        (
+            "cache-control",
+            "max-age=1, stale-while-revalidate=60".to_owned(),
+        ),
+        ("content-length", "2".to_owned()),
+        ("surrogate-key", "t".to_owned()),
+    ];
+    let mut origin = tap::Origin::new(&headers);
+    let layer = CoalesceLayer::new(
+        config()
+            .freshness(Freshness::Origin(OriginFreshness::new()))
+            .outcome_header("x-coalesce"),
+    );
+    let addr = tap::serve(&origin, &layer).await;
+    let client = tap::client();
+
+    let first = tap::request(&client, addr, &[]).await;
+    origin.tap().await.send(b"v1").await;
+    assert_eq!(tap::rest(first).await.unwrap(), "v1");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Stale: answered at once, and a refresh goes to the origin.
+    let stale = tap::request(&client, addr, &[]).await;
+    assert_eq!(stale.headers()["x-coalesce"], "stale");
+    let refresh = origin.tap().await;
+    layer.purger().purge_tag("t").await.unwrap();
+
+    let later = tokio::spawn({
+        let client = client.clone();
+        async move { tap::request(&client, addr, &[]).await }
+    });
+    let again = tokio::time::timeout(Duration::from_secs(10), origin.tap())
+        .await
+        .expect("the request after the purge calls the origin itself");
+    again.send(b"v3").await;
+    drop(again);
+    let later = tokio::time::timeout(Duration::from_secs(10), later)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(later.headers()["x-coalesce"], "leader");
+    assert_eq!(tap::rest(later).await.unwrap(), "v3");
+    refresh.send(b"v2").await;
+}
