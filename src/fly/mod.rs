@@ -2,8 +2,11 @@
 //! detached refresh): look in the backend, take the lease or wait for
 //! another process's answer, call the origin, store, and say how it ended.
 //! How its answer streams on while the body arrives is `streaming`; how it
-//! ends in the backend (store, complete, purge what it replaces), `end`.
+//! ends in the backend (store, complete, purge what it replaces), `end`;
+//! how its landing is judged and its waiting callers' answers marked,
+//! `answered`.
 
+mod answered;
 mod end;
 mod streaming;
 
@@ -16,89 +19,12 @@ use crate::remote::{Elected, Held};
 use crate::shared::Shared;
 use crate::stats::{bump, Forwarded, Fwd};
 use crate::{Entry, FlightError, FlightErrorKind, Found, Key, KeyExtractor, Outcome, WaitFallback};
+use answered::remote_answer;
+pub(crate) use answered::{failed, failed_status, rescue, rescued_answer, waited_for};
 use end::{end, fence, Tail};
 use http::Request;
 use streaming::Source;
 pub(crate) use streaming::Streaming;
-
-/// Whether a landing is the origin failing: an error, a failed body, a
-/// `5xx` (what a stale answer may stand in for).
-pub(crate) fn failed(landing: &Landing) -> bool {
-    match landing {
-        Landing::Failed(_) => true,
-        Landing::Done(entry) | Landing::Varied(entry, _) => entry.status().is_server_error(),
-        Landing::Streaming(streamed) => streamed.head.status().is_server_error(),
-        Landing::Pass | Landing::Rescued(..) => false,
-    }
-}
-
-/// The status a failed landing came with, if the origin answered at all.
-pub(crate) fn failed_status(landing: &Landing) -> Option<http::StatusCode> {
-    match landing {
-        Landing::Done(entry) | Landing::Varied(entry, _) => Some(entry.status()),
-        Landing::Streaming(streamed) => Some(streamed.head.status()),
-        _ => None,
-    }
-}
-
-/// `stale` stands in for the origin's failure (stale-if-error), which came
-/// with the status `failed`, if any: counted, and landed for the followers.
-pub(crate) fn rescue<E>(
-    shared: &Shared<E>,
-    stale: &Entry,
-    failed: Option<http::StatusCode>,
-) -> Landing {
-    bump(&shared.counters.stale_on_error);
-    Landing::Rescued(stale.clone(), failed)
-}
-
-/// The leader's caller's answer when `stale` stands in for the origin's
-/// failure: the stale answer, said so in `Cache-Status`.
-pub(crate) fn rescued_answer<E, B>(
-    shared: &Shared<E>,
-    asked: &Asked,
-    stale: &Entry,
-    failed: Option<http::StatusCode>,
-) -> http::Response<crate::CoalesceBody<B>> {
-    let mut res = asked.answer(stale);
-    let forwarded = Forwarded {
-        rescued: Some(failed),
-        ttl: stale.ttl_secs(),
-        ..Forwarded::default()
-    };
-    forwarded.note(&mut res, shared.marks.as_deref());
-    res
-}
-
-/// How a caller that waited on a flight gets its answer `entry`: `Stale`
-/// (counted), with its ttl, when the answer is stale — it stood in for the
-/// origin's failure, or is being refreshed — else `Follower`.
-pub(crate) fn waited_for<E>(shared: &Shared<E>, entry: &Entry) -> (Outcome, Option<i64>) {
-    if !entry.is_stale() {
-        return (Outcome::Follower, None);
-    }
-    bump(&shared.counters.stale);
-    (Outcome::Stale, entry.ttl_secs())
-}
-
-/// The answer another instance's flight brought this flight's caller,
-/// marked as a local follower of that flight's answer would be.
-fn remote_answer<E, B>(
-    shared: &Shared<E>,
-    asked: &Asked,
-    entry: &Entry,
-) -> (http::Response<crate::CoalesceBody<B>>, Outcome) {
-    let mut res = asked.answer(entry);
-    let (outcome, ttl) = waited_for(shared, entry);
-    if outcome == Outcome::Stale {
-        let forwarded = Forwarded {
-            ttl,
-            ..Forwarded::default()
-        };
-        forwarded.note(&mut res, shared.marks.as_deref());
-    }
-    (res, outcome)
-}
 
 /// How a flight's work ended.
 pub(crate) enum Flown<S, ReqBody, B, E> {
