@@ -28,10 +28,39 @@ where
     ReqBody: Send + 'static,
     ResBody: OriginBody,
 {
-    let Some(key) = call.as_ref().and_then(|(req, _)| {
-        let key = shared.key(req)?;
-        Some(leader::variant_of(shared, key, req.headers()))
-    }) else {
+    let key = key_again(shared, call);
+    rejoin_as(shared, call, key, overdue)
+}
+
+/// The key this follower's request has now: its variant's, where this
+/// process knows the key's variants; `None` if the extractor no longer
+/// keys it.
+pub(super) fn key_again<S, E, ReqBody>(
+    shared: &Shared<E>,
+    call: &Option<(Request<ReqBody>, S)>,
+) -> Option<Key>
+where
+    E: KeyExtractor<ReqBody>,
+{
+    let (req, _) = call.as_ref()?;
+    let key = shared.key(req)?;
+    Some(leader::variant_of(shared, key, req.headers()))
+}
+
+/// [`rejoin`], with the request's key found already (`None`: it passes).
+pub(super) fn rejoin_as<S, E, ReqBody, ResBody>(
+    shared: &Arc<Shared<E>>,
+    call: &mut Option<(Request<ReqBody>, S)>,
+    key: Option<Key>,
+    overdue: bool,
+) -> State<ResBody, S::Error>
+where
+    S: Origin<ReqBody, ResBody>,
+    E: KeyExtractor<ReqBody>,
+    ReqBody: Send + 'static,
+    ResBody: OriginBody,
+{
+    let Some(key) = key else {
         return pass(shared, call);
     };
     let Some(role) = join(shared, &key, call) else {

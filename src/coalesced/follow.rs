@@ -3,7 +3,7 @@
 //! own variant, to a new flight when the answer was purged before it
 //! joined or its flight was abandoned, or to the origin alone.
 
-use super::again::{join, pass, rejoin, rejoin_variant, selects};
+use super::again::{join, key_again, pass, rejoin, rejoin_as, rejoin_variant, selects};
 use super::{start, State};
 use crate::conditions::Asked;
 use crate::flight::{Landing, Varied};
@@ -215,16 +215,11 @@ where
     tracing::debug!("the flight's answer was purged before this request joined; flying again");
     bump(&shared.counters.purge_reruns);
     *joined = shared.config.backend.purge_position();
-    if let Some(streamed) = streaming {
-        let key = call.as_ref().and_then(|(req, _)| {
-            let key = shared.key(req)?;
-            Some(crate::leader::variant_of(shared, key, req.headers()))
-        });
-        if let Some(key) = key {
-            shared.table.detach_stream(&key, streamed);
-        }
+    let key = key_again(shared, call);
+    if let (Some(streamed), Some(key)) = (streaming, &key) {
+        shared.table.detach_stream(key, streamed);
     }
-    rejoin(shared, call, false)
+    rejoin_as(shared, call, key, false)
 }
 
 /// This follower's answer from the flight's entry: its own conditions,
