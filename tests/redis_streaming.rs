@@ -653,28 +653,56 @@ where
 }
 type ReportBody =
     http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, tower_coalesce::BoxError>;
+type Called = tokio::task::JoinHandle<
+    Result<http::Response<tower_coalesce::CoalesceBody<ReportBody>>, tower_coalesce::BoxError>,
+>;
 
-/// A leads an answer whose first bytes come with its head; B waits on A's
-/// lease and must get every byte, those first ones included.
-async fn bytes_with_the_head_reach_the_waiting_instance(declared: bool) {
+/// Two instances on a Redis of their own in front of
+/// [`origin_with_bytes_at_the_head`]`(with_head, len, feed, gate)`: A's
+/// call for `/report` at the origin, then B's waiting on A's lease.
+struct ALeadsBWaits {
+    _server: RedisServer,
+    b: CoalesceLayer,
+    leading: Called,
+    waiting: Called,
+}
+
+async fn a_leads_b_waits(
+    with_head: bytes::Bytes,
+    len: Option<usize>,
+    feed: &Feed,
+    gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+) -> ALeadsBWaits {
     use tower::{Layer, ServiceExt};
-    const LEN: usize = 300_000;
-    let expected = answer(LEN);
-    let feed = std::sync::Arc::default();
-    let origin = origin_with_bytes_at_the_head(
-        bytes::Bytes::copy_from_slice(&expected[..1000]),
-        declared.then_some(LEN),
-        std::sync::Arc::clone(&feed),
-        None,
-    );
+    let origin = origin_with_bytes_at_the_head(with_head, len, std::sync::Arc::clone(feed), gate);
     let server = RedisServer::start();
     let [a, b] = two_instances(&server).await;
     let (a_svc, b_svc) = (a.layer(origin.clone()), b.layer(origin));
-
     let leading = tokio::spawn(a_svc.oneshot(support::get("/report")));
     until(&a, "A at the origin", |_| feed.lock().unwrap().is_some()).await;
     let waiting = tokio::spawn(b_svc.oneshot(support::get("/report")));
     until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    ALeadsBWaits {
+        _server: server,
+        b,
+        leading,
+        waiting,
+    }
+}
+
+/// A leads an answer whose first bytes come with its head; B waits on A's
+/// lease and must get every byte, those first ones included.
+async fn bytes_with_the_head_reach_the_waiting_instance(declared: bool) {
+    const LEN: usize = 300_000;
+    let expected = answer(LEN);
+    let feed = std::sync::Arc::default();
+    let with_head = bytes::Bytes::copy_from_slice(&expected[..1000]);
+    let ALeadsBWaits {
+        _server,
+        b,
+        leading,
+        waiting,
+    } = a_leads_b_waits(with_head, declared.then_some(LEN), &feed, None).await;
     send_rest(&feed, &expected[1000..]).await;
     let (leading, waiting) = (
         leading.await.unwrap().unwrap(),
@@ -699,25 +727,16 @@ async fn bytes_that_came_with_the_head_reach_the_waiting_instance_without_a_leng
 /// have the head before the origin has sent a byte of the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_instance_has_a_long_answers_head_before_its_first_byte() {
-    use tower::{Layer, ServiceExt};
     const LEN: usize = 1 << 20;
     let expected = answer(LEN);
     let feed = std::sync::Arc::default();
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let origin = origin_with_bytes_at_the_head(
-        bytes::Bytes::new(),
-        Some(LEN),
-        std::sync::Arc::clone(&feed),
-        Some(std::sync::Arc::clone(&gate)),
-    );
-    let server = RedisServer::start();
-    let [a, b] = two_instances(&server).await;
-    let (a_svc, b_svc) = (a.layer(origin.clone()), b.layer(origin));
-
-    let leading = tokio::spawn(a_svc.oneshot(support::get("/report")));
-    until(&a, "A at the origin", |_| feed.lock().unwrap().is_some()).await;
-    let waiting = tokio::spawn(b_svc.oneshot(support::get("/report")));
-    until(&b, "B waiting on A's lease", |s| s.remote_waits == 1).await;
+    let ALeadsBWaits {
+        _server,
+        b,
+        leading,
+        waiting,
+    } = a_leads_b_waits(bytes::Bytes::new(), Some(LEN), &feed, Some(gate.clone())).await;
     // The head, and not a byte of the body.
     gate.add_permits(1);
     let waiting = tokio::time::timeout(Duration::from_secs(10), waiting)
